@@ -1,0 +1,8 @@
+//! Integration tests: one binary, a module per area.
+mod tokenizer;
+mod chat;
+mod reference;
+mod support;
+mod determinism;
+mod parity;
+mod gguf;
