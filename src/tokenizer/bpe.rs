@@ -1,0 +1,217 @@
+//! Byte-level BPE merging of one pre-tokenized word, mirroring llama.cpp's
+//! `llm_tokenizer_bpe_session::tokenize` (src/llama-vocab.cpp).
+//!
+//! Pure: builds a merge table from vocab/merge strings once, then encodes words
+//! with no allocation beyond the caller's scratch buffers. Knows nothing about
+//! GGUF, special tokens or pre-tokenization.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+
+use super::pretok::BYTE_TO_CHAR;
+
+/// Marks a symbol whose text is neither a vocab token nor a part of any merge.
+const NO_SYM: u32 = u32::MAX;
+
+/// A small multiplicative hasher for `(u32, u32)` keys: the rank lookup is the
+/// hot loop of encoding, and SipHash's DoS resistance buys nothing here
+/// (keys come from the model file, not from users).
+#[derive(Default)]
+pub(crate) struct PairHasher(u64);
+
+impl Hasher for PairHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u32(u32::from(b));
+        }
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.0 = (self.0.rotate_left(26) ^ u64::from(i)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type PairMap = HashMap<(u32, u32), (u32, u32), BuildHasherDefault<PairHasher>>;
+
+/// `(rank, left, right, left len, right len)`, smallest first: llama.cpp's
+/// queue pops the lowest rank, ties to the leftmost pair.
+type Queue = BinaryHeap<Reverse<(u32, u32, u32, u32, u32)>>;
+
+/// Merge ranks keyed by a pair of symbol ids.
+///
+/// llama.cpp keys `bpe_ranks` by `(left string, right string)` and compares
+/// strings in the loop; we intern every string once instead. Interned ids
+/// below `n_vocab` are vocab ids; merge parts that are not vocab tokens get
+/// ids from `n_vocab` up, so a merge whose result is not in the vocab still
+/// happens (as in llama.cpp) and then falls back to byte tokens.
+pub(crate) struct Merges {
+    /// `(left id, right id) -> (rank, id of left+right)`.
+    ranks: PairMap,
+    /// Interned id of the one-char string `BYTE_TO_CHAR[b]`, or `NO_SYM`.
+    byte_sym: [u32; 256],
+    /// Vocab id of the one-char string `BYTE_TO_CHAR[b]` when that char is
+    /// ASCII: llama.cpp's fallback for an unknown final symbol looks up each
+    /// UTF-8 byte of it as a one-byte string, which only ASCII bytes can match.
+    byte_fallback: [u32; 256],
+    n_vocab: u32,
+}
+
+/// One symbol of the word being merged: bytes `start..start+len` of the word.
+#[derive(Clone, Copy)]
+struct Sym {
+    start: u32,
+    len: u32,
+    id: u32,
+    prev: u32,
+    next: u32,
+}
+
+/// Reusable buffers for [`Merges::encode_word`].
+#[derive(Default)]
+pub(crate) struct Scratch {
+    syms: Vec<Sym>,
+    heap: Queue,
+}
+
+impl Merges {
+    /// Builds the table. `merges` are `(index, left, right)` as split by the
+    /// caller; duplicates keep the first (lowest) rank like `bpe_ranks.emplace`.
+    pub(crate) fn new<'a>(
+        token_to_id: &HashMap<String, u32>,
+        n_vocab: u32,
+        merges: impl Iterator<Item = (&'a str, &'a str)>,
+    ) -> Merges {
+        let mut extra: HashMap<String, u32> = HashMap::new();
+        let intern = |s: &str, extra: &mut HashMap<String, u32>| -> u32 {
+            if let Some(&id) = token_to_id.get(s) {
+                return id;
+            }
+            let next = n_vocab + extra.len() as u32;
+            *extra.entry(s.to_owned()).or_insert(next)
+        };
+        let mut ranks = PairMap::default();
+        let mut joined = String::new();
+        for (rank, (left, right)) in merges.enumerate() {
+            let l = intern(left, &mut extra);
+            let r = intern(right, &mut extra);
+            joined.clear();
+            joined.push_str(left);
+            joined.push_str(right);
+            let m = intern(&joined, &mut extra);
+            ranks.entry((l, r)).or_insert((rank as u32, m));
+        }
+        let mut byte_sym = [NO_SYM; 256];
+        let mut byte_fallback = [NO_SYM; 256];
+        let mut buf = [0u8; 4];
+        for b in 0..256 {
+            let c = BYTE_TO_CHAR[b];
+            let s: &str = c.encode_utf8(&mut buf);
+            byte_sym[b] = token_to_id
+                .get(s)
+                .or_else(|| extra.get(s))
+                .copied()
+                .unwrap_or(NO_SYM);
+            if c.is_ascii() {
+                byte_fallback[b] = token_to_id.get(s).copied().unwrap_or(NO_SYM);
+            }
+        }
+        Merges {
+            ranks,
+            byte_sym,
+            byte_fallback,
+            n_vocab,
+        }
+    }
+
+    /// Number of distinct merge pairs.
+    pub(crate) fn len(&self) -> usize {
+        self.ranks.len()
+    }
+
+    fn rank(&self, l: u32, r: u32) -> Option<(u32, u32)> {
+        if l == NO_SYM || r == NO_SYM {
+            return None;
+        }
+        self.ranks.get(&(l, r)).copied()
+    }
+
+    /// Appends the token ids of one pre-tokenized word (raw UTF-8 bytes, before
+    /// the GPT-2 byte-to-unicode mapping) to `out`.
+    pub(crate) fn encode_word(&self, word: &[u8], scratch: &mut Scratch, out: &mut Vec<u32>) {
+        let n = word.len();
+        if n == 0 {
+            return;
+        }
+        // One symbol per byte: after byte encoding each byte is one char, and
+        // llama.cpp starts from one symbol per UTF-8 char of the encoded word.
+        let syms = &mut scratch.syms;
+        syms.clear();
+        for (i, &b) in word.iter().enumerate() {
+            syms.push(Sym {
+                start: i as u32,
+                len: 1,
+                id: self.byte_sym[b as usize],
+                prev: if i == 0 { NO_SYM } else { i as u32 - 1 },
+                next: if i + 1 == n { NO_SYM } else { i as u32 + 1 },
+            });
+        }
+        if n > 1 {
+            let heap = &mut scratch.heap;
+            heap.clear();
+            for i in 1..n {
+                self.add_bigram(syms, heap, i as u32 - 1, i as u32);
+            }
+            while let Some(Reverse((_, l, r, llen, rlen))) = heap.pop() {
+                let (li, ri) = (l as usize, r as usize);
+                // llama.cpp skips outdated bigrams by comparing texts; symbols
+                // only ever grow (or empty), so equal lengths mean equal texts.
+                if syms[li].len != llen || syms[ri].len != rlen {
+                    continue;
+                }
+                let (_, merged) = self
+                    .rank(syms[li].id, syms[ri].id)
+                    .expect("queued bigram has a rank");
+                syms[li].len += rlen;
+                syms[li].id = merged;
+                syms[ri].len = 0;
+                let next = syms[ri].next;
+                syms[li].next = next;
+                if next != NO_SYM {
+                    syms[next as usize].prev = l;
+                }
+                let prev = syms[li].prev;
+                if prev != NO_SYM {
+                    self.add_bigram(syms, heap, prev, l);
+                }
+                if next != NO_SYM {
+                    self.add_bigram(syms, heap, l, next);
+                }
+            }
+        }
+        for s in syms.iter().filter(|s| s.len > 0) {
+            if s.id < self.n_vocab {
+                out.push(s.id);
+            } else {
+                // Not a vocab token: llama.cpp emits the token of each byte that
+                // is itself a one-byte token, silently dropping the others.
+                let bytes = &word[s.start as usize..(s.start + s.len) as usize];
+                out.extend(
+                    bytes
+                        .iter()
+                        .map(|&b| self.byte_fallback[b as usize])
+                        .filter(|&id| id != NO_SYM),
+                );
+            }
+        }
+    }
+
+    fn add_bigram(&self, syms: &[Sym], heap: &mut Queue, l: u32, r: u32) {
+        let (ls, rs) = (&syms[l as usize], &syms[r as usize]);
+        if let Some((rank, _)) = self.rank(ls.id, rs.id) {
+            heap.push(Reverse((rank, l, r, ls.len, rs.len)));
+        }
+    }
+}
