@@ -1,1 +1,18 @@
+//! worker-orcd: a deterministic LLM inference worker with record-and-replay.
+//!
+//! Modules in data-flow order: `gguf` (file format) → `tokenizer`/`chat` → `model` (typed
+//! config and weights) → `backend` (CPU reference, CUDA) → `sampler` → `engine` (generation
+//! loop) → `trace` → `replay` → `server`. `fetch` obtains the default model.
+
+pub mod backend;
+pub mod chat;
+pub mod engine;
+pub mod fetch;
+pub mod gguf;
+pub mod model;
+pub mod npy;
 pub mod reference;
+pub mod sampler;
+pub mod server;
+pub mod tokenizer;
+pub mod trace;

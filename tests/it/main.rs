@@ -6,3 +6,5 @@ mod support;
 mod determinism;
 mod parity;
 mod gguf;
+mod server;
+mod trace;

@@ -1,0 +1,393 @@
+//! The CPU reference backend: the llama forward pass in data-flow order, over the ops in
+//! `ops` and the quantized products in `quant`.
+//!
+//! **Architecture Invariant:** this backend is the spec the CUDA kernels are checked against.
+//! It is never optimized at the expense of readability, and it is deterministic: rows are
+//! split over threads in fixed chunks and each value is one sequential reduction, so results
+//! are bitwise identical for any thread count, and for any split of a prompt into batches.
+
+pub mod ops;
+pub mod quant;
+
+use std::sync::Arc;
+
+use crate::backend::{Backend, BackendError, LogitRows, Tap, TapPoint};
+use crate::model::{Model, ModelConfig, Weight};
+
+/// Planted faults for the replay harness's own tests (issue: replay must name each one).
+/// Only compiled with the `fault-injection` feature; release builds cannot reach them.
+#[cfg(feature = "fault-injection")]
+pub mod faults {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[repr(u32)]
+    pub enum Fault {
+        None = 0,
+        KvPosStuckAtZero = 1,
+        SkipFfnDown = 2,
+        TransposedQ = 3,
+        RopeWrongPairs = 4,
+        SoftmaxNoMax = 5,
+        SkipQkvBias = 6,
+    }
+
+    static ACTIVE: AtomicU32 = AtomicU32::new(0);
+
+    pub fn set(f: Fault) {
+        ACTIVE.store(f as u32, Ordering::SeqCst);
+    }
+
+    pub fn is(f: Fault) -> bool {
+        ACTIVE.load(Ordering::SeqCst) == f as u32
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+use faults::{is as fault, Fault};
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+fn fault(_: ()) -> bool {
+    false
+}
+
+macro_rules! planted {
+    ($name:ident) => {{
+        #[cfg(feature = "fault-injection")]
+        {
+            fault(Fault::$name)
+        }
+        #[cfg(not(feature = "fault-injection"))]
+        {
+            fault(())
+        }
+    }};
+}
+
+struct LayerNorms {
+    attn_norm: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+}
+
+/// The CPU backend: a model, its f32 norm vectors, a KV cache and a thread pool.
+pub struct CpuBackend {
+    model: Arc<Model>,
+    norms: Vec<LayerNorms>,
+    output_norm: Vec<f32>,
+    /// Per layer, (n_ctx, kv_dim) keys and values after RoPE (keys) as f32 (llama.cpp with an
+    /// F32 cache, which the reference recordings use).
+    k_cache: Vec<Vec<f32>>,
+    v_cache: Vec<Vec<f32>>,
+    n_cached: usize,
+    n_ctx: usize,
+    pool: rayon::ThreadPool,
+    n_threads: usize,
+}
+
+impl CpuBackend {
+    /// `n_threads` 0 means all available cores.
+    pub fn new(model: Arc<Model>, n_ctx: usize, n_threads: usize) -> Result<CpuBackend, BackendError> {
+        let n_threads = if n_threads == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            n_threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n_threads)
+            .thread_name(|i| format!("cpu-backend-{i}"))
+            .build()
+            .map_err(|e| BackendError::Unavailable { backend: "cpu", reason: e.to_string() })?;
+        let c = &model.config;
+        let n_ctx = n_ctx.min(c.n_ctx_train).max(1);
+        let opt = |w: &Option<Weight>| w.as_ref().map(|w| model.f32_vec(w));
+        let norms = model
+            .layers
+            .iter()
+            .map(|l| LayerNorms {
+                attn_norm: model.f32_vec(&l.attn_norm),
+                ffn_norm: model.f32_vec(&l.ffn_norm),
+                bq: opt(&l.bq),
+                bk: opt(&l.bk),
+                bv: opt(&l.bv),
+            })
+            .collect();
+        let kv = n_ctx * c.kv_dim();
+        Ok(CpuBackend {
+            output_norm: model.f32_vec(&model.output_norm),
+            norms,
+            k_cache: (0..c.n_layers).map(|_| vec![0.0; kv]).collect(),
+            v_cache: (0..c.n_layers).map(|_| vec![0.0; kv]).collect(),
+            n_cached: 0,
+            n_ctx,
+            pool,
+            n_threads,
+            model,
+        })
+    }
+
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    fn matmul(&self, w: &Weight, x: &[f32], n_tok: usize) -> Vec<f32> {
+        let m = self.model.matrix(w);
+        let mut out = vec![0.0f32; n_tok * m.n_out];
+        self.pool.install(|| quant::matmul(&m, x, n_tok, &mut out));
+        out
+    }
+
+    fn forward_inner(&mut self, tokens: &[u32], pos0: usize, rows: LogitRows, tap: &mut dyn Tap) -> Vec<f32> {
+        let c = self.model.config.clone();
+        let n = tokens.len();
+        let (dim, kv_dim, hd) = (c.dim, c.kv_dim(), c.head_dim);
+        let emit = |tap: &mut dyn Tap, p: TapPoint, data: &[f32]| {
+            if tap.wants(p) {
+                tap.record(p, pos0, n, data);
+            }
+        };
+
+        // Embedding lookup (get_rows on token_embd).
+        let mut x = vec![0.0f32; n * dim];
+        let table = self.model.bytes(&self.model.token_embd);
+        for (t, &id) in tokens.iter().enumerate() {
+            ops::embedding(self.model.token_embd.ty(), table, dim, id, &mut x[t * dim..(t + 1) * dim]);
+        }
+        emit(tap, TapPoint::Embd, &x);
+
+        let mut xn = vec![0.0f32; n * dim];
+        for l in 0..c.n_layers {
+            let lw = self.model.layers[l].clone();
+            let norms = &self.norms[l];
+
+            // Attention block.
+            ops::rmsnorm(&x, &norms.attn_norm, c.rms_eps, &mut xn);
+            emit(tap, TapPoint::AttnNorm(l), &xn);
+            let mut q = if planted!(TransposedQ) {
+                transposed_product(&self.model, &lw.wq, &xn, n)
+            } else {
+                self.matmul(&lw.wq, &xn, n)
+            };
+            let mut k = self.matmul(&lw.wk, &xn, n);
+            let mut v = self.matmul(&lw.wv, &xn, n);
+            if !planted!(SkipQkvBias) {
+                for (t, b) in [(&mut q, &norms.bq), (&mut k, &norms.bk), (&mut v, &norms.bv)] {
+                    if let Some(b) = b {
+                        for row in t.chunks_exact_mut(b.len()) {
+                            ops::add(row, b);
+                        }
+                    }
+                }
+            }
+            emit(tap, TapPoint::Q(l), &q);
+            emit(tap, TapPoint::K(l), &k);
+            emit(tap, TapPoint::V(l), &v);
+            for t in 0..n {
+                let pos = pos0 + t;
+                if planted!(RopeWrongPairs) {
+                    rope_neox_style(&mut q[t * dim..(t + 1) * dim], hd, pos, c.rope_base);
+                    rope_neox_style(&mut k[t * kv_dim..(t + 1) * kv_dim], hd, pos, c.rope_base);
+                } else {
+                    ops::rope_norm(&mut q[t * dim..(t + 1) * dim], hd, pos, c.rope_base);
+                    ops::rope_norm(&mut k[t * kv_dim..(t + 1) * kv_dim], hd, pos, c.rope_base);
+                }
+            }
+            emit(tap, TapPoint::QRope(l), &q);
+            emit(tap, TapPoint::KRope(l), &k);
+            for t in 0..n {
+                let slot = if planted!(KvPosStuckAtZero) { 0 } else { pos0 + t };
+                self.k_cache[l][slot * kv_dim..(slot + 1) * kv_dim].copy_from_slice(&k[t * kv_dim..(t + 1) * kv_dim]);
+                self.v_cache[l][slot * kv_dim..(slot + 1) * kv_dim].copy_from_slice(&v[t * kv_dim..(t + 1) * kv_dim]);
+            }
+            let want_probs = tap.wants(TapPoint::KqSoftmax(l));
+            let n_kv_total = pos0 + n;
+            let mut probs = if want_probs { vec![0.0f32; n * c.n_heads * n_kv_total] } else { Vec::new() };
+            let mut attn = vec![0.0f32; n * dim];
+            {
+                let (kc, vc) = (&self.k_cache[l], &self.v_cache[l]);
+                let qs = &q;
+                let soft_no_max = planted!(SoftmaxNoMax);
+                let chunks: Vec<(usize, &mut [f32])> = attn.chunks_mut(dim).enumerate().collect();
+                let mut prob_chunks: Vec<Option<&mut [f32]>> = if want_probs {
+                    probs.chunks_mut(c.n_heads * n_kv_total).map(Some).collect()
+                } else {
+                    (0..n).map(|_| None).collect()
+                };
+                self.pool.install(|| {
+                    use rayon::prelude::*;
+                    chunks.into_par_iter().zip(prob_chunks.par_iter_mut()).for_each(|((t, out), pc)| {
+                        let n_kv = pos0 + t + 1;
+                        let mut p_local = pc.as_ref().map(|_| vec![0.0f32; c.n_heads * n_kv]);
+                        if soft_no_max {
+                            attention_no_max(&qs[t * dim..(t + 1) * dim], kc, vc, n_kv, c.n_heads, c.n_kv_heads, hd, out);
+                        } else {
+                            ops::attention(
+                                &qs[t * dim..(t + 1) * dim],
+                                kc,
+                                vc,
+                                n_kv,
+                                c.n_heads,
+                                c.n_kv_heads,
+                                hd,
+                                out,
+                                p_local.as_deref_mut(),
+                            );
+                        }
+                        if let (Some(dst), Some(src)) = (pc.as_deref_mut(), p_local) {
+                            // Lay out as (n_heads, n_kv_total); masked future positions are 0.
+                            for h in 0..c.n_heads {
+                                dst[h * n_kv_total..h * n_kv_total + n_kv].copy_from_slice(&src[h * n_kv..(h + 1) * n_kv]);
+                            }
+                        }
+                    });
+                });
+            }
+            if want_probs {
+                tap.record(TapPoint::KqSoftmax(l), pos0, n, &probs);
+            }
+            emit(tap, TapPoint::KqvOut(l), &attn);
+            let o = self.matmul(&lw.wo, &attn, n);
+            emit(tap, TapPoint::AttnOut(l), &o);
+            ops::add(&mut x, &o);
+            emit(tap, TapPoint::FfnInp(l), &x);
+
+            // Feed-forward block (SwiGLU).
+            ops::rmsnorm(&x, &norms.ffn_norm, c.rms_eps, &mut xn);
+            emit(tap, TapPoint::FfnNorm(l), &xn);
+            let g = self.matmul(&lw.w_gate, &xn, n);
+            let u = self.matmul(&lw.w_up, &xn, n);
+            emit(tap, TapPoint::FfnGate(l), &g);
+            emit(tap, TapPoint::FfnUp(l), &u);
+            let mut s = vec![0.0f32; g.len()];
+            ops::swiglu(&g, &u, &mut s);
+            emit(tap, TapPoint::FfnSwiglu(l), &s);
+            if !planted!(SkipFfnDown) {
+                let d = self.matmul(&lw.w_down, &s, n);
+                emit(tap, TapPoint::FfnOut(l), &d);
+                ops::add(&mut x, &d);
+            }
+            emit(tap, TapPoint::LOut(l), &x);
+        }
+
+        ops::rmsnorm(&x, &self.output_norm, c.rms_eps, &mut xn);
+        emit(tap, TapPoint::ResultNorm, &xn);
+        let (first, count) = match rows {
+            LogitRows::All => (0, n),
+            LogitRows::Last => (n - 1, 1),
+            LogitRows::None => (n, 0),
+        };
+        if count == 0 {
+            return Vec::new();
+        }
+        let logits = self.matmul(&self.model.output.clone(), &xn[first * dim..(first + count) * dim], count);
+        if tap.wants(TapPoint::Logits) {
+            tap.record(TapPoint::Logits, pos0 + first, count, &logits);
+        }
+        logits
+    }
+}
+
+impl Backend for CpuBackend {
+    fn kind(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn device(&self) -> String {
+        format!("cpu ({} threads)", self.n_threads)
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.model.config
+    }
+
+    fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    fn n_cached(&self) -> usize {
+        self.n_cached
+    }
+
+    fn truncate(&mut self, pos: usize) {
+        self.n_cached = self.n_cached.min(pos);
+    }
+
+    fn forward(&mut self, tokens: &[u32], pos0: usize, rows: LogitRows, tap: &mut dyn Tap) -> Result<Vec<f32>, BackendError> {
+        if pos0 != self.n_cached {
+            return Err(BackendError::NonContiguous { cached: self.n_cached, pos0 });
+        }
+        let end = pos0 + tokens.len();
+        if end > self.n_ctx {
+            return Err(BackendError::ContextFull { pos0, end, n_ctx: self.n_ctx });
+        }
+        let n_vocab = self.model.config.n_vocab;
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= n_vocab) {
+            return Err(BackendError::BadToken { id, n_vocab });
+        }
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Matrix products use the pool through `pool.install`; run the whole pass inside it so
+        // nested parallel iterators also stay on this backend's threads.
+        let logits = self.forward_inner(tokens, pos0, rows, tap);
+        self.n_cached = end;
+        Ok(logits)
+    }
+}
+
+/// Planted fault: Q computed with the weight matrix transposed (x · W instead of W · x),
+/// the bug of an earlier worker that swapped cuBLAS operands. Only square matrices can be
+/// transposed in place of themselves, which Q's is.
+fn transposed_product(model: &Model, w: &Weight, x: &[f32], n: usize) -> Vec<f32> {
+    let dense = model.file.dequantize_tensor(&w.info.name).expect("weight dequantizes");
+    let dim = w.info.shape[0] as usize;
+    let mut out = vec![0.0f32; n * dim];
+    for t in 0..n {
+        for o in 0..dim {
+            let mut acc = 0.0f32;
+            for i in 0..dim {
+                acc += dense[i * dim + o] * x[t * dim + i];
+            }
+            out[t * dim + o] = acc;
+        }
+    }
+    out
+}
+
+/// Planted fault: RoPE rotating pairs (i, i + head_dim/2), NEOX style, on a NORM-rope model.
+fn rope_neox_style(x: &mut [f32], head_dim: usize, pos: usize, base: f32) {
+    let cache = ops::rope_cache(head_dim, pos, base);
+    let half = head_dim / 2;
+    for head in x.chunks_exact_mut(head_dim) {
+        for i in 0..half {
+            let (cos, sin) = (cache[2 * i], cache[2 * i + 1]);
+            let (x0, x1) = (head[i], head[i + half]);
+            head[i] = x0 * cos - x1 * sin;
+            head[i + half] = x0 * sin + x1 * cos;
+        }
+    }
+}
+
+/// Planted fault: softmax without subtracting the maximum (overflows for large scores).
+#[allow(clippy::too_many_arguments)]
+fn attention_no_max(q: &[f32], kc: &[f32], vc: &[f32], n_kv: usize, n_heads: usize, n_kv_heads: usize, hd: usize, out: &mut [f32]) {
+    let group = n_heads / n_kv_heads;
+    let kv_stride = n_kv_heads * hd;
+    let scale = 1.0 / (hd as f32).sqrt();
+    for h in 0..n_heads {
+        let kvh = h / group;
+        let mut s: Vec<f32> = (0..n_kv)
+            .map(|j| (0..hd).map(|d| kc[j * kv_stride + kvh * hd + d] * q[h * hd + d]).sum::<f32>() * scale)
+            .collect();
+        let sum: f32 = s.iter_mut().map(|v| {
+            *v = v.exp();
+            *v
+        }).sum();
+        for d in 0..hd {
+            out[h * hd + d] = (0..n_kv).map(|j| vc[j * kv_stride + kvh * hd + d] * s[j] / sum).sum();
+        }
+    }
+}

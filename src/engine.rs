@@ -1,0 +1,201 @@
+//! The generation loop: prefill, then sample and decode one token at a time until a stop
+//! condition, reporting each token as it is produced.
+//!
+//! The engine owns a backend and a tokenizer and knows nothing of HTTP or recording formats.
+//! **Architecture Invariant:** every request starts from an empty KV cache and draws its
+//! randomness from `(seed, token index)` only, so a request's result never depends on the
+//! requests before it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, BackendError, LogitRows, Tap};
+use crate::sampler::{self, SamplingParams};
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+
+/// One generation request, with everything resolved (seed included).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateRequest {
+    pub prompt_ids: Vec<u32>,
+    pub params: SamplingParams,
+    pub seed: u64,
+    pub max_tokens: usize,
+    /// Token-id sequences that end generation when the generated tokens end with one.
+    pub stop: Vec<Vec<u32>>,
+    /// How many most-likely alternatives to report with each token (0 = none).
+    pub top_logprobs: usize,
+    /// Prefill in chunks of this many positions (0 = the whole prompt in one pass). Results
+    /// are bitwise identical for any value; it bounds memory and latency.
+    pub prefill_chunk: usize,
+}
+
+/// A generated token, as reported while generation runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenEvent {
+    /// 0-based index among generated tokens.
+    pub index: usize,
+    pub id: u32,
+    /// Text completed by this token (may be empty while a UTF-8 sequence is incomplete).
+    pub text: String,
+    /// log-probability of the token under the model (temperature 1, before penalties).
+    pub logprob: f32,
+    pub top_logprobs: Vec<(u32, f32)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StopReason {
+    MaxTokens,
+    Eos,
+    StopSequence,
+    Cancelled,
+    ContextFull,
+}
+
+impl StopReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StopReason::MaxTokens => "MAX_TOKENS",
+            StopReason::Eos => "EOS",
+            StopReason::StopSequence => "STOP_SEQUENCE",
+            StopReason::Cancelled => "CANCELLED",
+            StopReason::ContextFull => "CONTEXT_FULL",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateOutcome {
+    /// Generated ids, the end-of-generation token excluded.
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub stop_reason: StopReason,
+    /// Index into `GenerateRequest::stop` of the sequence that matched.
+    pub stop_sequence: Option<usize>,
+    /// The end-of-generation token that stopped the run, if any.
+    pub eog_token: Option<u32>,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("empty prompt: at least one token is needed")]
+    EmptyPrompt,
+    #[error("prompt of {n_prompt} tokens leaves no room in a context of {n_ctx}")]
+    PromptTooLong { n_prompt: usize, n_ctx: usize },
+    #[error(transparent)]
+    Params(#[from] sampler::ParamError),
+}
+
+pub struct Engine {
+    backend: Box<dyn Backend>,
+    tokenizer: Arc<Tokenizer>,
+}
+
+impl Engine {
+    pub fn new(backend: Box<dyn Backend>, tokenizer: Arc<Tokenizer>) -> Engine {
+        Engine { backend, tokenizer }
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    pub fn backend_mut(&mut self) -> &mut dyn Backend {
+        self.backend.as_mut()
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    /// Runs the prompt (from an empty cache) and returns the logits of its last position.
+    pub fn prefill(&mut self, prompt: &[u32], chunk: usize, tap: &mut dyn Tap) -> Result<Vec<f32>, EngineError> {
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if prompt.len() >= self.backend.n_ctx() {
+            return Err(EngineError::PromptTooLong { n_prompt: prompt.len(), n_ctx: self.backend.n_ctx() });
+        }
+        self.backend.truncate(0);
+        let chunk = if chunk == 0 { prompt.len() } else { chunk };
+        let mut logits = Vec::new();
+        let mut pos = 0;
+        while pos < prompt.len() {
+            let end = (pos + chunk).min(prompt.len());
+            let rows = if end == prompt.len() { LogitRows::Last } else { LogitRows::None };
+            logits = self.backend.forward(&prompt[pos..end], pos, rows, tap)?;
+            pos = end;
+        }
+        Ok(logits)
+    }
+
+    /// Generates until a stop condition. `on_token` is called for every token as soon as it is
+    /// sampled; `cancel` is polled between tokens.
+    pub fn generate(
+        &mut self,
+        req: &GenerateRequest,
+        tap: &mut dyn Tap,
+        cancel: &AtomicBool,
+        on_token: &mut dyn FnMut(&TokenEvent),
+    ) -> Result<GenerateOutcome, EngineError> {
+        req.params.validate()?;
+        let t0 = Instant::now();
+        let mut logits = self.prefill(&req.prompt_ids, req.prefill_chunk, tap)?;
+        let prefill_ms = ms(t0.elapsed());
+        let t1 = Instant::now();
+
+        let mut history = req.prompt_ids.clone();
+        let mut tokens = Vec::new();
+        let mut decoder = StreamDecoder::new(&self.tokenizer);
+        let mut text = String::new();
+        let mut stop_reason = StopReason::MaxTokens;
+        let mut stop_sequence = None;
+        let mut eog_token = None;
+        for index in 0..req.max_tokens {
+            if cancel.load(Ordering::Relaxed) {
+                stop_reason = StopReason::Cancelled;
+                break;
+            }
+            let coin = sampler::draw(req.seed, index as u64);
+            let id = sampler::sample(&logits, &req.params, &history, coin);
+            if self.tokenizer.is_eog(id) {
+                stop_reason = StopReason::Eos;
+                eog_token = Some(id);
+                break;
+            }
+            let (logprob, top_logprobs) = sampler::log_probs(&logits, id, req.top_logprobs);
+            let piece = decoder.push(id);
+            text.push_str(&piece);
+            tokens.push(id);
+            history.push(id);
+            on_token(&TokenEvent { index, id, text: piece, logprob, top_logprobs });
+            if let Some(i) = req.stop.iter().position(|s| !s.is_empty() && tokens.ends_with(s)) {
+                stop_reason = StopReason::StopSequence;
+                stop_sequence = Some(i);
+                break;
+            }
+            if index + 1 == req.max_tokens {
+                break;
+            }
+            let pos = req.prompt_ids.len() + tokens.len() - 1;
+            if pos + 1 >= self.backend.n_ctx() {
+                stop_reason = StopReason::ContextFull;
+                break;
+            }
+            logits = self.backend.forward(&[id], pos, LogitRows::Last, tap)?;
+        }
+        text.push_str(&decoder.finish());
+        Ok(GenerateOutcome { tokens, text, stop_reason, stop_sequence, eog_token, prefill_ms, decode_ms: ms(t1.elapsed()) })
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
