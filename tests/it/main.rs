@@ -8,3 +8,4 @@ mod parity;
 mod gguf;
 mod server;
 mod trace;
+mod cuda;

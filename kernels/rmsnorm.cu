@@ -1,0 +1,48 @@
+// rmsnorm.cu: matches backend::cpu::ops::rmsnorm (ggml_rms_norm followed by ggml_mul), and
+// `rmsnorm_q8` fuses it with quant::quantize_row_q8_1 of the output, the activation format that
+// every quantized matvec consumes.
+//
+// Launch: grid (n_tok), block 256 threads (a multiple of 32), no dynamic shared memory.
+// Numerics: squares in f32 widened to f64, summed per thread in index order and then by the
+// fixed tree of block_sum_f64 (the CPU sums sequentially in f64); mean and scale in f32 as the
+// CPU does; `out = (x * scale) * w`. Bitwise equal to the CPU unless the two f64 sums round to
+// different f32 means (~1e-7 of rows).
+
+__device__ __forceinline__ float rms_scale(const float* xr, int dim, float eps) {
+    __shared__ double scratch[32];
+    double s = 0.0;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+        float v = xr[i];
+        s += (double)(v * v);
+    }
+    double sum = block_sum_f64(s, scratch);
+    float mean = (float)(sum / (double)dim);
+    return 1.0f / sqrtf(mean + eps);
+}
+
+extern "C" __global__ void rmsnorm_f32(const float* __restrict__ x, const float* __restrict__ w,
+                                       float* __restrict__ out, int dim, float eps) {
+    const float* xr = x + (size_t)blockIdx.x * dim;
+    float* orow = out + (size_t)blockIdx.x * dim;
+    float scale = rms_scale(xr, dim, eps);
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) orow[i] = (xr[i] * scale) * w[i];
+}
+
+// Writes the normalized row as f32 to `out` and `tap` when they are not null, and always as Q8_1
+// blocks to (aq, ads): aq (n_tok, dim) int8, ads (n_tok, dim/32) (d, s). dim % 32 == 0.
+extern "C" __global__ void rmsnorm_q8(const float* __restrict__ x, const float* __restrict__ w,
+                                      float* __restrict__ out, float* __restrict__ tap,
+                                      i8* __restrict__ aq, float2* __restrict__ ads, int dim, float eps) {
+    size_t t = blockIdx.x;
+    const float* xr = x + t * dim;
+    float scale = rms_scale(xr, dim, eps);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+    int nb = dim / QK;
+    for (int b = warp; b < nb; b += n_warps) {
+        int i = b * QK + lane;
+        float o = (xr[i] * scale) * w[i];
+        if (out) out[t * dim + i] = o;
+        if (tap) tap[t * dim + i] = o;
+        quantize_block_warp(o, aq + t * dim + b * QK, ads + t * nb + b);
+    }
+}

@@ -1,0 +1,20 @@
+// swiglu.cu: matches backend::cpu::ops::swiglu (out = silu(gate) * up, ggml_vec_swiglu_f32,
+// silu with glibc's expf), optionally fused with quantize_row_q8_1 of the result for the down
+// projection.
+//
+// Launch: grid (ceil(n/32 / 4), n_tok), block 128: one warp per block of 32 outputs. gate and
+// up are read from one buffer: gate at gu[t*gu_stride + i], up at gu[t*gu_stride + up_offset + i]
+// (the fused gate|up product writes (n_tok, 2n)). out (n_tok, n) may be null; aq/ads may be null.
+extern "C" __global__ void swiglu_f32(const float* __restrict__ gu, int gu_stride, int up_offset,
+                                      float* __restrict__ out, i8* __restrict__ aq,
+                                      float2* __restrict__ ads, int n) {
+    int nb = n / QK;
+    int b = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (b >= nb) return;
+    size_t t = blockIdx.y;
+    int i = b * QK + (threadIdx.x & 31);
+    float g = gu[t * gu_stride + i], u = gu[t * gu_stride + up_offset + i];
+    float s = silu_ref(g) * u;
+    if (out) out[t * n + i] = s;
+    if (aq) quantize_block_warp(s, aq + t * n + b * QK, ads + t * nb + b);
+}

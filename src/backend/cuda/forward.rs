@@ -1,0 +1,376 @@
+//! The forward pass on the device, in the data-flow order of `backend::cpu::CpuBackend`: the
+//! launch sequence for one chunk of positions, the decode-step CUDA graphs, and the trace taps.
+//!
+//! One chunk is: upload ids and pos0 (one host-to-device copy), then only kernels, then one
+//! download of the requested logits rows (compute stream) and one of the trace slots (copy
+//! stream, after an event), both into pinned memory. Nothing synchronizes in between, except in
+//! the debug mode that serves taps other than Embd / LOut / ResultNorm / Logits.
+
+use std::collections::BTreeMap;
+
+use cudarc::driver::sys;
+
+use super::device::{dev_err, Arg, Gpu};
+use super::ops::launch_attention;
+use super::weights::{DevMatrix, Segment};
+use super::{Act, CudaBackend, SendGraph, MAX_BATCH};
+use crate::backend::cpu::quant::QK;
+use crate::backend::{BackendError, LogitRows, Tap, TapPoint};
+
+const F32: usize = 4;
+
+/// Launches the matvec kernel of `m` for `n_tok` rows of an activation (f32 rows at `x`, or
+/// Q8_1 rows at `aq`/`ads`), writing `out[t*out_stride + r]` (mode 0) or adding to it (mode 1).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn launch_matvec(
+    gpu: &Gpu,
+    m: &DevMatrix,
+    x: u64,
+    aq: u64,
+    ads: u64,
+    n_tok: usize,
+    out: u64,
+    out_stride: usize,
+    mode: i32,
+    tap: u64,
+) -> Result<(), BackendError> {
+    let tail = [Arg::I32(m.n_in as i32), Arg::I32(m.n_out as i32), Arg::I32(out_stride as i32), Arg::I32(mode)];
+    if m.is_quantized() {
+        const ROWS: usize = 16; // MV_ROWS in matvec.cu
+        let nb = m.n_in / QK;
+        let mut args = vec![Arg::Ptr(m.qs), Arg::Ptr(m.dm), Arg::Ptr(aq), Arg::Ptr(ads), Arg::Ptr(out), Arg::Ptr(tap)];
+        args.extend_from_slice(&tail);
+        gpu.launch(m.kernel(), (m.n_out.div_ceil(ROWS) as u32, n_tok as u32, 1), 128, (ROWS * nb * 2 * F32) as u32, &args)
+    } else {
+        let mut args = vec![Arg::Ptr(m.qs), Arg::Ptr(x), Arg::Ptr(out), Arg::Ptr(tap)];
+        args.extend_from_slice(&tail);
+        gpu.launch(m.kernel(), (m.n_out.div_ceil(128) as u32, n_tok as u32, 1), 128, 0, &args)
+    }
+}
+
+/// `m` applied to rows `row0..row0 + n_tok` of `act` (width m.n_in).
+#[allow(clippy::too_many_arguments)]
+fn matvec_act(gpu: &Gpu, m: &DevMatrix, act: &Act, row0: usize, n_tok: usize, out: u64, out_stride: usize, mode: i32, tap: u64) -> Result<(), BackendError> {
+    let n_in = m.n_in;
+    launch_matvec(
+        gpu,
+        m,
+        act.f32 + (row0 * n_in * F32) as u64,
+        act.aq + (row0 * n_in) as u64,
+        act.ads + (row0 * n_in / QK * 8) as u64,
+        n_tok,
+        out,
+        out_stride,
+        mode,
+        tap,
+    )
+}
+
+fn matvec_group(gpu: &Gpu, segs: &[Segment], act: &Act, n_tok: usize, out: u64, out_stride: usize) -> Result<(), BackendError> {
+    for s in segs {
+        matvec_act(gpu, &s.m, act, 0, n_tok, out + (s.out_offset * F32) as u64, out_stride, 0, 0)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn launch_embedding(gpu: &Gpu, table: &DevMatrix, tokens: u64, x: u64, tap: u64, n_tok: usize) -> Result<(), BackendError> {
+    gpu.launch(
+        table.embedding_kernel(),
+        (n_tok as u32, 1, 1),
+        256,
+        0,
+        &[Arg::Ptr(table.qs), Arg::Ptr(table.dm), Arg::Ptr(tokens), Arg::Ptr(x), Arg::Ptr(tap), Arg::I32(table.n_in as i32)],
+    )
+}
+
+fn debug_points(l: usize) -> [TapPoint; 14] {
+    use TapPoint::*;
+    [AttnNorm(l), Q(l), K(l), V(l), QRope(l), KRope(l), KqvOut(l), AttnOut(l), FfnInp(l), FfnNorm(l), FfnGate(l), FfnUp(l), FfnSwiglu(l), FfnOut(l)]
+}
+
+/// Collects a chunked call's taps so each point is recorded once, as the CPU backend does.
+struct Buffered<'a> {
+    inner: &'a mut dyn Tap,
+    data: BTreeMap<TapPoint, (usize, usize, Vec<f32>)>,
+}
+
+impl Tap for Buffered<'_> {
+    fn wants(&self, p: TapPoint) -> bool {
+        self.inner.wants(p)
+    }
+    fn record(&mut self, p: TapPoint, pos0: usize, n_tok: usize, data: &[f32]) {
+        let e = self.data.entry(p).or_insert((pos0, 0, Vec::new()));
+        e.1 += n_tok;
+        e.2.extend_from_slice(data);
+    }
+}
+
+impl CudaBackend {
+    pub(super) fn forward_chunks(&mut self, tokens: &[u32], pos0: usize, rows: LogitRows, tap: &mut dyn Tap) -> Result<Vec<f32>, BackendError> {
+        if tokens.len() <= MAX_BATCH {
+            return self.run_chunk(tokens, pos0, rows, tap);
+        }
+        let mut buffered = Buffered { inner: tap, data: BTreeMap::new() };
+        let mut logits = Vec::new();
+        let n_chunks = tokens.len().div_ceil(MAX_BATCH);
+        for (i, chunk) in tokens.chunks(MAX_BATCH).enumerate() {
+            let r = match rows {
+                LogitRows::Last if i + 1 < n_chunks => LogitRows::None,
+                other => other,
+            };
+            logits.extend(self.run_chunk(chunk, pos0 + i * MAX_BATCH, r, &mut buffered)?);
+        }
+        for (p, (p0, n, data)) in std::mem::take(&mut buffered.data) {
+            buffered.inner.record(p, p0, n, &data);
+        }
+        Ok(logits)
+    }
+
+    fn run_chunk(&mut self, tokens: &[u32], pos0: usize, rows: LogitRows, tap: &mut dyn Tap) -> Result<Vec<f32>, BackendError> {
+        let c = self.model.config.clone();
+        let n = tokens.len();
+        let (first, count) = match rows {
+            LogitRows::All => (0, n),
+            LogitRows::Last => (n - 1, 1),
+            LogitRows::None => (n, 0),
+        };
+        let debug = (0..c.n_layers).any(|l| debug_points(l).iter().any(|&p| tap.wants(p)));
+        let trace = !debug && (tap.wants(TapPoint::Embd) || tap.wants(TapPoint::ResultNorm) || (0..c.n_layers).any(|l| tap.wants(TapPoint::LOut(l))));
+
+        // Upload pos0 and the ids (the only host-to-device copy of a step).
+        {
+            let io = self.pinned.io.i32s_mut(4 + n);
+            io[..4].copy_from_slice(&[pos0 as i32, 0, 0, 0]);
+            for (d, &t) in io[4..].iter_mut().zip(tokens) {
+                *d = t as i32;
+            }
+            let io: &[i32] = io;
+            // SAFETY: pinned source stays untouched until the stream is synchronized below.
+            unsafe { cudarc::driver::result::memcpy_htod_async(self.scratch.io, io, self.gpu.stream.cu_stream()) }.map_err(|e| dev_err("uploading ids", e))?;
+        }
+
+        if debug {
+            self.encode(n, first, count, false, Some(&mut *tap))?;
+            self.n_cached = pos0 + n;
+        } else if n == 1 && self.use_graphs {
+            let key = (trace, count > 0);
+            if !self.graphs.contains_key(&key) {
+                let g = self.capture(first, count, trace)?;
+                self.graphs.insert(key, g);
+            }
+            self.graphs[&key].0.launch().map_err(|e| dev_err("graph launch", e))?;
+        } else {
+            self.encode(n, first, count, trace, None)?;
+        }
+
+        let n_vocab = c.n_vocab;
+        let slots = c.n_layers + 2;
+        let stream = self.gpu.stream.cu_stream();
+        if count > 0 {
+            let need = count * n_vocab * F32;
+            if self.pinned.logits.as_ref().is_none_or(|p| p.bytes() < need) {
+                self.pinned.logits = Some(self.gpu.pinned(need)?);
+            }
+            let dst = self.pinned.logits.as_mut().expect("allocated above").f32s_mut(count * n_vocab);
+            // SAFETY: device range written by the logits matvec above; synchronized below.
+            unsafe { cudarc::driver::result::memcpy_dtoh_async(dst, self.scratch.logits, stream) }.map_err(|e| dev_err("downloading logits", e))?;
+        }
+        if trace {
+            let need = slots * n * c.dim * F32;
+            if self.pinned.tap.as_ref().is_none_or(|p| p.bytes() < need) {
+                self.pinned.tap = Some(self.gpu.pinned(need)?);
+            }
+            self.event.record(&self.gpu.stream).map_err(|e| dev_err("event record", e))?;
+            self.gpu.copy_stream.wait(&self.event).map_err(|e| dev_err("stream wait", e))?;
+            let dst = self.pinned.tap.as_mut().expect("allocated above").f32s_mut(slots * n * c.dim);
+            // SAFETY: ordered after the pass by the event; synchronized below.
+            unsafe { cudarc::driver::result::memcpy_dtoh_async(dst, self.scratch.tap, self.gpu.copy_stream.cu_stream()) }
+                .map_err(|e| dev_err("downloading trace", e))?;
+        }
+        self.gpu.sync()?;
+        self.gpu.copy_stream.synchronize().map_err(|e| dev_err("copy stream synchronize", e))?;
+        self.n_cached = pos0 + n;
+
+        if trace {
+            let data = self.pinned.tap.as_ref().expect("allocated above").f32s(slots * n * c.dim);
+            let slot = |s: usize| &data[s * n * c.dim..(s + 1) * n * c.dim];
+            if tap.wants(TapPoint::Embd) {
+                tap.record(TapPoint::Embd, pos0, n, slot(0));
+            }
+            for l in 0..c.n_layers {
+                if tap.wants(TapPoint::LOut(l)) {
+                    tap.record(TapPoint::LOut(l), pos0, n, slot(1 + l));
+                }
+            }
+            if tap.wants(TapPoint::ResultNorm) {
+                tap.record(TapPoint::ResultNorm, pos0, n, slot(slots - 1));
+            }
+        }
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let logits = self.pinned.logits.as_ref().expect("allocated above").f32s(count * n_vocab).to_vec();
+        if tap.wants(TapPoint::Logits) {
+            tap.record(TapPoint::Logits, pos0 + first, count, &logits);
+        }
+        Ok(logits)
+    }
+
+    /// Captures the launch sequence of a one-position step into a CUDA graph.
+    fn capture(&mut self, first: usize, count: usize, trace: bool) -> Result<SendGraph, BackendError> {
+        let stream = self.gpu.stream.clone();
+        stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| dev_err("begin capture", e))?;
+        let encoded = self.encode(1, first, count, trace, None);
+        let graph = stream.end_capture(sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH);
+        encoded?;
+        let graph = graph.map_err(|e| dev_err("end capture", e))?.ok_or_else(|| BackendError::Device("empty CUDA graph".into()))?;
+        Ok(SendGraph(graph))
+    }
+
+    /// Issues every kernel of one chunk of `n` positions. With `dbg`, downloads and records
+    /// each intermediate the tap wants right after the kernel that produced it (slow).
+    fn encode(&self, n: usize, first: usize, count: usize, trace: bool, mut dbg: Option<&mut dyn Tap>) -> Result<(), BackendError> {
+        let c = &self.model.config;
+        let g = &self.gpu;
+        let s = &self.scratch;
+        let (dim, kv_dim, hd, ffn) = (c.dim, c.kv_dim(), c.head_dim, c.ffn_dim);
+        let qkv_w = dim + 2 * kv_dim;
+        let params = s.io;
+        let tokens = s.io + 16;
+        let tap_slot = |slot: usize| if trace { s.tap + (slot * n * dim * F32) as u64 } else { 0 };
+        let pos0 = self.n_cached;
+        let emit = |dbg: &mut Option<&mut dyn Tap>, p: TapPoint, ptr: u64, width: usize, bias: u64| -> Result<(), BackendError> {
+            if let Some(tap) = dbg.as_deref_mut() {
+                if tap.wants(p) {
+                    let mut v: Vec<f32> = g.read(ptr, n * width)?;
+                    if bias != 0 {
+                        let b: Vec<f32> = g.read(bias, width)?;
+                        for row in v.chunks_exact_mut(width) {
+                            crate::backend::cpu::ops::add(row, &b);
+                        }
+                    }
+                    tap.record(p, pos0, n, &v);
+                }
+            }
+            Ok(())
+        };
+        let strided = |ptr: u64, stride: usize, offset: usize, width: usize| -> Result<Vec<f32>, BackendError> {
+            let all: Vec<f32> = g.read(ptr, n * stride)?;
+            Ok(all.chunks_exact(stride).flat_map(|r| r[offset..offset + width].iter().copied()).collect())
+        };
+
+        launch_embedding(g, &self.embd, tokens, s.x, tap_slot(0), n)?;
+        emit(&mut dbg, TapPoint::Embd, s.x, dim, 0)?;
+        let layer_kv = self.n_ctx * kv_dim * F32;
+        for (l, lw) in self.layers.iter().enumerate() {
+            let kc = self.k_cache.ptr() + (l * layer_kv) as u64;
+            let vc = self.v_cache.ptr() + (l * layer_kv) as u64;
+            // Attention block.
+            self.rmsnorm_q8(s.x, lw.attn_norm, &s.xn, 0, n)?;
+            emit(&mut dbg, TapPoint::AttnNorm(l), s.xn.f32, dim, 0)?;
+            matvec_group(g, &lw.qkv, &s.xn, n, s.qkv, qkv_w)?;
+            if let Some(tap) = dbg.as_deref_mut() {
+                for (p, off, w, b) in [(TapPoint::Q(l), 0, dim, lw.bq), (TapPoint::K(l), dim, kv_dim, lw.bk), (TapPoint::V(l), dim + kv_dim, kv_dim, lw.bv)] {
+                    if tap.wants(p) {
+                        let mut v = strided(s.qkv, qkv_w, off, w)?;
+                        if b != 0 {
+                            let bias: Vec<f32> = g.read(b, w)?;
+                            for row in v.chunks_exact_mut(w) {
+                                crate::backend::cpu::ops::add(row, &bias);
+                            }
+                        }
+                        tap.record(p, pos0, n, &v);
+                    }
+                }
+            }
+            g.launch(
+                "rope_store_kv",
+                (n as u32, 1, 1),
+                256,
+                0,
+                &[
+                    Arg::Ptr(s.qkv),
+                    Arg::Ptr(lw.bq),
+                    Arg::Ptr(lw.bk),
+                    Arg::Ptr(lw.bv),
+                    Arg::Ptr(s.q),
+                    Arg::Ptr(kc),
+                    Arg::Ptr(vc),
+                    Arg::Ptr(self.rope_table),
+                    Arg::Ptr(params),
+                    Arg::I32(dim as i32),
+                    Arg::I32(kv_dim as i32),
+                    Arg::I32(hd as i32),
+                ],
+            )?;
+            emit(&mut dbg, TapPoint::QRope(l), s.q, dim, 0)?;
+            emit(&mut dbg, TapPoint::KRope(l), kc + (pos0 * kv_dim * F32) as u64, kv_dim, 0)?;
+            launch_attention(g, s.q, kc, vc, s.attn.f32, s.attn.aq, s.attn.ads, params, n, self.n_ctx, c.n_heads, c.n_kv_heads, hd)?;
+            emit(&mut dbg, TapPoint::KqvOut(l), s.attn.f32, dim, 0)?;
+            if dbg.is_some() {
+                matvec_act(g, &lw.wo, &s.attn, 0, n, s.tmp, dim, 0, 0)?;
+                emit(&mut dbg, TapPoint::AttnOut(l), s.tmp, dim, 0)?;
+                super::ops::launch_add(g, s.x, s.tmp, n * dim)?;
+            } else {
+                matvec_act(g, &lw.wo, &s.attn, 0, n, s.x, dim, 1, 0)?;
+            }
+            emit(&mut dbg, TapPoint::FfnInp(l), s.x, dim, 0)?;
+
+            // Feed-forward block (SwiGLU).
+            self.rmsnorm_q8(s.x, lw.ffn_norm, &s.xn, 0, n)?;
+            emit(&mut dbg, TapPoint::FfnNorm(l), s.xn.f32, dim, 0)?;
+            matvec_group(g, &lw.gate_up, &s.xn, n, s.gu, 2 * ffn)?;
+            if let Some(tap) = dbg.as_deref_mut() {
+                for (p, off) in [(TapPoint::FfnGate(l), 0), (TapPoint::FfnUp(l), ffn)] {
+                    if tap.wants(p) {
+                        let v = strided(s.gu, 2 * ffn, off, ffn)?;
+                        tap.record(p, pos0, n, &v);
+                    }
+                }
+            }
+            g.launch(
+                "swiglu_f32",
+                ((ffn / QK).div_ceil(4) as u32, n as u32, 1),
+                128,
+                0,
+                &[
+                    Arg::Ptr(s.gu),
+                    Arg::I32(2 * ffn as i32),
+                    Arg::I32(ffn as i32),
+                    Arg::Ptr(s.sw.f32),
+                    Arg::Ptr(s.sw.aq),
+                    Arg::Ptr(s.sw.ads),
+                    Arg::I32(ffn as i32),
+                ],
+            )?;
+            emit(&mut dbg, TapPoint::FfnSwiglu(l), s.sw.f32, ffn, 0)?;
+            if dbg.is_some() {
+                matvec_act(g, &lw.down, &s.sw, 0, n, s.tmp, dim, 0, 0)?;
+                emit(&mut dbg, TapPoint::FfnOut(l), s.tmp, dim, 0)?;
+                super::ops::launch_add(g, s.x, s.tmp, n * dim)?;
+            } else {
+                matvec_act(g, &lw.down, &s.sw, 0, n, s.x, dim, 1, tap_slot(1 + l))?;
+            }
+            emit(&mut dbg, TapPoint::LOut(l), s.x, dim, 0)?;
+        }
+        self.rmsnorm_q8(s.x, self.output_norm, &s.xn, tap_slot(c.n_layers + 1), n)?;
+        emit(&mut dbg, TapPoint::ResultNorm, s.xn.f32, dim, 0)?;
+        if count > 0 {
+            matvec_act(g, &self.output, &s.xn, first, count, s.logits, c.n_vocab, 0, 0)?;
+        }
+        Ok(())
+    }
+
+    fn rmsnorm_q8(&self, x: u64, w: u64, out: &Act, tap: u64, n: usize) -> Result<(), BackendError> {
+        let c = &self.model.config;
+        self.gpu.launch(
+            "rmsnorm_q8",
+            (n as u32, 1, 1),
+            256,
+            0,
+            &[Arg::Ptr(x), Arg::Ptr(w), Arg::Ptr(out.f32), Arg::Ptr(tap), Arg::Ptr(out.aq), Arg::Ptr(out.ads), Arg::I32(c.dim as i32), Arg::F32(c.rms_eps)],
+        )
+    }
+}

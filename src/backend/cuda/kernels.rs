@@ -1,0 +1,160 @@
+//! The CUDA kernel sources (`kernels/*.cu`, embedded at build time) as a typed table, and their
+//! run-time compilation with NVRTC for the device's compute capability, cached on disk.
+//!
+//! This module knows source text, kernel names and compile options; it launches nothing. The
+//! hash of all sources plus the options is the kernel part of a recording's fingerprint.
+
+use std::path::PathBuf;
+
+use sha2::{Digest, Sha256};
+
+/// Prepended to every module: types, f16 conversions, glibc's expf, fixed-order reductions.
+const COMMON: &str = include_str!("../../../kernels/common.cuh");
+
+/// Options that make the device arithmetic the CPU reference's: no FMA contraction, IEEE
+/// division and square root, no flush of denormals. Part of the fingerprint.
+pub const NVRTC_OPTIONS: &[&str] = &["--fmad=false", "--ftz=false", "--prec-div=true", "--prec-sqrt=true", "--std=c++17"];
+
+/// One `.cu` file of `kernels/`, named after the CPU reference it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KernelModule {
+    Embedding,
+    Rmsnorm,
+    Quantize,
+    Matvec,
+    Rope,
+    Attention,
+    Swiglu,
+    Add,
+}
+
+impl KernelModule {
+    pub const ALL: [KernelModule; 8] = [
+        KernelModule::Embedding,
+        KernelModule::Rmsnorm,
+        KernelModule::Quantize,
+        KernelModule::Matvec,
+        KernelModule::Rope,
+        KernelModule::Attention,
+        KernelModule::Swiglu,
+        KernelModule::Add,
+    ];
+
+    pub fn file_name(self) -> &'static str {
+        match self {
+            KernelModule::Embedding => "embedding.cu",
+            KernelModule::Rmsnorm => "rmsnorm.cu",
+            KernelModule::Quantize => "quantize.cu",
+            KernelModule::Matvec => "matvec.cu",
+            KernelModule::Rope => "rope.cu",
+            KernelModule::Attention => "attention.cu",
+            KernelModule::Swiglu => "swiglu.cu",
+            KernelModule::Add => "add.cu",
+        }
+    }
+
+    pub fn source(self) -> &'static str {
+        match self {
+            KernelModule::Embedding => include_str!("../../../kernels/embedding.cu"),
+            KernelModule::Rmsnorm => include_str!("../../../kernels/rmsnorm.cu"),
+            KernelModule::Quantize => include_str!("../../../kernels/quantize.cu"),
+            KernelModule::Matvec => include_str!("../../../kernels/matvec.cu"),
+            KernelModule::Rope => include_str!("../../../kernels/rope.cu"),
+            KernelModule::Attention => include_str!("../../../kernels/attention.cu"),
+            KernelModule::Swiglu => include_str!("../../../kernels/swiglu.cu"),
+            KernelModule::Add => include_str!("../../../kernels/add.cu"),
+        }
+    }
+
+    /// The `extern "C"` kernels the module defines (each named after its CPU reference).
+    pub fn functions(self) -> &'static [&'static str] {
+        match self {
+            KernelModule::Embedding => {
+                &["embedding_q4_0", "embedding_q4_1", "embedding_q8_0", "embedding_f16", "embedding_bf16", "embedding_f32"]
+            }
+            KernelModule::Rmsnorm => &["rmsnorm_f32", "rmsnorm_q8"],
+            KernelModule::Quantize => &["quantize_q8_1"],
+            KernelModule::Matvec => {
+                &["matvec_q4_1_q8_1", "matvec_q4_0_q8_0", "matvec_q8_0_q8_0", "matvec_f16", "matvec_bf16", "matvec_f32"]
+            }
+            KernelModule::Rope => &["rope_norm", "rope_store_kv"],
+            KernelModule::Attention => &["attention_f32"],
+            KernelModule::Swiglu => &["swiglu_f32"],
+            KernelModule::Add => &["add_f32", "exp_f32"],
+        }
+    }
+
+    /// The full text handed to NVRTC: the common header, then the file (with a `#line` so
+    /// compiler messages name the right file and line).
+    pub fn full_source(self) -> String {
+        format!("{COMMON}\n#line 1 \"{}\"\n{}", self.file_name(), self.source())
+    }
+}
+
+/// sha256 over every module's full source and the compile options, hex. Changes whenever a
+/// kernel's arithmetic could.
+pub fn source_hash() -> String {
+    let mut h = Sha256::new();
+    for m in KernelModule::ALL {
+        h.update(m.file_name().as_bytes());
+        h.update([0]);
+        h.update(m.full_source().as_bytes());
+        h.update([0]);
+    }
+    for o in NVRTC_OPTIONS {
+        h.update(o.as_bytes());
+        h.update([0]);
+    }
+    hex(&h.finalize())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where compiled modules are cached: `$WORKER_ORCD_KERNEL_CACHE`, else
+/// `$XDG_CACHE_HOME/worker-orcd/kernels`, else `~/.cache/worker-orcd/kernels`. `None` if no
+/// home is known (then every start compiles).
+pub fn cache_dir() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("WORKER_ORCD_KERNEL_CACHE").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("worker-orcd").join("kernels"))
+}
+
+/// The cache key of one module for one architecture and NVRTC version.
+pub fn cache_key(module: KernelModule, arch: &str, nvrtc_version: (i32, i32)) -> String {
+    let mut h = Sha256::new();
+    h.update(module.full_source().as_bytes());
+    for o in NVRTC_OPTIONS {
+        h.update(o.as_bytes());
+    }
+    h.update(arch.as_bytes());
+    h.update(format!("{nvrtc_version:?}").as_bytes());
+    format!("{}-{}-{}.cubin", module.file_name().trim_end_matches(".cu"), arch, &hex(&h.finalize())[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_declared_function_is_defined_in_its_source() {
+        for m in KernelModule::ALL {
+            for f in m.functions() {
+                let defined = m.source().contains(&format!("void {f}(")) || m.source().contains(&format!("({f},"));
+                assert!(defined, "{} does not define {f}", m.file_name());
+            }
+        }
+    }
+
+    #[test]
+    fn source_hash_is_stable_within_a_build() {
+        assert_eq!(source_hash(), source_hash());
+        assert_eq!(source_hash().len(), 64);
+    }
+}

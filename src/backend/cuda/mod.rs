@@ -1,0 +1,343 @@
+//! The CUDA backend: the llama forward pass of `backend::cpu` on an NVIDIA GPU, through cudarc
+//! with dynamic loading, over our own kernels (`kernels/*.cu`, compiled with NVRTC at start-up).
+//!
+//! **Architecture Invariant:** every kernel computes, per output element, the arithmetic of the
+//! CPU reference function of the same name, in the same order (see each `.cu` header), so the
+//! backend is deterministic by construction and its results do not depend on how a prompt is
+//! split into batches: no atomics, no floating-point reduction whose order depends on the launch
+//! shape, no cuBLAS. It is checked op by op (`tests/it/cuda.rs`) and layer by layer against the
+//! CPU backend (`cuda-check parity`).
+//!
+//! Code map: `device` (cudarc, libraries, buffers, launches) → `kernels` (sources, NVRTC, cache,
+//! hash) → `weights` (repacking into device layouts) → `ops` (each kernel as a host function,
+//! for tests) → `forward` (the pass, trace taps, CUDA graphs) → this file (the `Backend`).
+//!
+//! Taps: `Embd`, `LOut(l)`, `ResultNorm` and `Logits` are written by the kernels into one
+//! preallocated device buffer during the pass and downloaded once per call on a separate stream
+//! into pinned memory. Asking for any other point switches to a slow debug mode (no graph, a
+//! synchronous download after each op). `KqSoftmax` is never recorded by this backend.
+
+pub mod device;
+mod forward;
+pub mod kernels;
+pub mod ops;
+mod weights;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::backend::{Backend, BackendError, LogitRows, Tap};
+use crate::model::{Model, ModelConfig};
+
+pub use device::{check_libraries, DeviceInfo, Gpu};
+
+use device::{dev_err, unavailable, DevBuf, PinnedBuf};
+use weights::{push_group, push_stacked, resolve_group, ArenaBuilder, DevMatrix, Segment};
+
+/// Positions computed per launch sequence; longer prompts are split into chunks of this size,
+/// which by construction gives the same bits as one pass.
+pub const MAX_BATCH: usize = 512;
+
+/// Whether CUDA can be used here, and on what: loads the libraries, opens device 0 and compiles
+/// (or loads cached) kernels. `Err(Unavailable)` on machines without a driver, NVRTC or GPU.
+pub fn probe() -> Result<DeviceInfo, BackendError> {
+    Gpu::open(0).map(|g| g.info.clone())
+}
+
+/// What a recording stores to know whether a replay on this device must be bit-identical.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Fingerprint {
+    pub backend: String,
+    pub device: String,
+    pub compute_capability: String,
+    pub driver_version: i32,
+    pub nvrtc_version: String,
+    pub kernel_hash: String,
+    pub compile_options: Vec<String>,
+}
+
+pub(crate) struct LayerDev {
+    attn_norm: u64,
+    ffn_norm: u64,
+    bq: u64,
+    bk: u64,
+    bv: u64,
+    qkv: Vec<Segment>,
+    wo: DevMatrix,
+    gate_up: Vec<Segment>,
+    down: DevMatrix,
+}
+
+/// Quantized-activation buffers for one activation width (f32 rows, int8 quants, (d, s)).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Act {
+    f32: u64,
+    aq: u64,
+    ads: u64,
+}
+
+/// Device scratch for one chunk of up to `MAX_BATCH` positions.
+pub(crate) struct Scratch {
+    _buf: DevBuf,
+    /// i32: [pos0, 0, 0, 0, tokens...]
+    io: u64,
+    x: u64,
+    xn: Act,
+    qkv: u64,
+    q: u64,
+    attn: Act,
+    gu: u64,
+    sw: Act,
+    tmp: u64,
+    logits: u64,
+    /// Trace slots: Embd, LOut(0..n_layers), ResultNorm, each (n_tok, dim).
+    tap: u64,
+}
+
+/// Pinned host staging, grown on demand.
+pub(crate) struct Pinned {
+    io: PinnedBuf,
+    logits: Option<PinnedBuf>,
+    tap: Option<PinnedBuf>,
+}
+
+/// A captured decode step (one position). cudarc's graph handle is not `Send`; the graph is only
+/// launched with this backend's context bound, from whichever thread owns the backend.
+pub(crate) struct SendGraph(cudarc::driver::CudaGraph);
+// SAFETY: CUDA graph executables may be launched from any thread that binds their context.
+unsafe impl Send for SendGraph {}
+
+/// Which decode graph: (trace slots written, logits computed).
+pub(crate) type GraphKey = (bool, bool);
+
+pub struct CudaBackend {
+    model: Arc<Model>,
+    gpu: Gpu,
+    _weights: DevBuf,
+    layers: Vec<LayerDev>,
+    embd: DevMatrix,
+    output: DevMatrix,
+    output_norm: u64,
+    rope_table: u64,
+    k_cache: DevBuf,
+    v_cache: DevBuf,
+    scratch: Scratch,
+    pinned: Pinned,
+    graphs: HashMap<GraphKey, SendGraph>,
+    event: cudarc::driver::CudaEvent,
+    n_ctx: usize,
+    n_cached: usize,
+    /// Capture one CUDA graph per decode step shape (on by default; `WORKER_ORCD_CUDA_GRAPHS=0`
+    /// turns it off for comparison).
+    use_graphs: bool,
+}
+
+impl CudaBackend {
+    /// Loads `model` onto GPU 0 with a KV cache of `n_ctx` positions (at most the model's
+    /// training context). Fails with `Unavailable` where CUDA or a GPU is missing.
+    pub fn new(model: Arc<Model>, n_ctx: usize) -> Result<CudaBackend, BackendError> {
+        let gpu = Gpu::open(0)?;
+        let c = model.config.clone();
+        let n_ctx = n_ctx.min(c.n_ctx_train).max(1);
+        if ops::attention_smem(c.head_dim, n_ctx) > 48 * 1024 {
+            return Err(unavailable(format!("context of {n_ctx} positions exceeds the attention kernel's shared memory")));
+        }
+        if c.head_dim % 32 != 0 {
+            return Err(unavailable(format!("head_dim {} is not a multiple of 32", c.head_dim)));
+        }
+        let mut arena = ArenaBuilder::default();
+        let vec_f32 = |arena: &mut ArenaBuilder, w: &crate::model::Weight| arena.push_f32(&model.f32_vec(w)) as u64;
+        let opt = |arena: &mut ArenaBuilder, w: &Option<crate::model::Weight>| w.as_ref().map(|w| arena.push_f32(&model.f32_vec(w)) as u64);
+        let mut layers = Vec::with_capacity(c.n_layers);
+        let mut biases = Vec::new();
+        for lw in &model.layers {
+            let m = |w| model.matrix(w);
+            let qkv = push_group(&mut arena, &[m(&lw.wq), m(&lw.wk), m(&lw.wv)]);
+            let gate_up = push_group(&mut arena, &[m(&lw.w_gate), m(&lw.w_up)]);
+            let bq = opt(&mut arena, &lw.bq);
+            let bk = opt(&mut arena, &lw.bk);
+            let bv = opt(&mut arena, &lw.bv);
+            biases.push((bq, bk, bv));
+            layers.push(LayerDev {
+                attn_norm: vec_f32(&mut arena, &lw.attn_norm),
+                ffn_norm: vec_f32(&mut arena, &lw.ffn_norm),
+                bq: 0,
+                bk: 0,
+                bv: 0,
+                qkv,
+                wo: push_stacked(&mut arena, &[m(&lw.wo)]),
+                gate_up,
+                down: push_stacked(&mut arena, &[m(&lw.w_down)]),
+            });
+        }
+        let embd = push_stacked(&mut arena, &[model.matrix(&model.token_embd)]);
+        let tied = model.output.info.name == model.token_embd.info.name;
+        let output = if tied { embd } else { push_stacked(&mut arena, &[model.matrix(&model.output)]) };
+        let output_norm = vec_f32(&mut arena, &model.output_norm);
+        let rope_table = arena.push_f32(&ops::rope_table(c.head_dim, n_ctx, c.rope_base)) as u64;
+        let weights = arena.upload(&gpu)?;
+        let base = weights.ptr();
+        for (l, (bq, bk, bv)) in layers.iter_mut().zip(biases) {
+            l.attn_norm += base;
+            l.ffn_norm += base;
+            l.bq = bq.map_or(0, |o| o + base);
+            l.bk = bk.map_or(0, |o| o + base);
+            l.bv = bv.map_or(0, |o| o + base);
+            resolve_group(&mut l.qkv, base);
+            resolve_group(&mut l.gate_up, base);
+            l.wo = l.wo.resolve(base);
+            l.down = l.down.resolve(base);
+        }
+        let kv_bytes = c.n_layers * n_ctx * c.kv_dim() * 4;
+        let k_cache = gpu.alloc(kv_bytes)?;
+        let v_cache = gpu.alloc(kv_bytes)?;
+        let scratch = alloc_scratch(&gpu, &c)?;
+        let pinned = Pinned { io: gpu.pinned((4 + MAX_BATCH) * 4)?, logits: None, tap: None };
+        let event = gpu.ctx.new_event(None).map_err(|e| dev_err("event", e))?;
+        let use_graphs = std::env::var("WORKER_ORCD_CUDA_GRAPHS").map(|v| v != "0").unwrap_or(true);
+        Ok(CudaBackend {
+            embd: embd.resolve(base),
+            output: output.resolve(base),
+            output_norm: output_norm + base,
+            rope_table: rope_table + base,
+            _weights: weights,
+            layers,
+            k_cache,
+            v_cache,
+            scratch,
+            pinned,
+            graphs: HashMap::new(),
+            event,
+            n_ctx,
+            n_cached: 0,
+            use_graphs,
+            gpu,
+            model,
+        })
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.gpu.info
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    pub fn fingerprint(&self) -> Fingerprint {
+        let i = &self.gpu.info;
+        Fingerprint {
+            backend: "cuda".into(),
+            device: i.name.clone(),
+            compute_capability: format!("{}.{}", i.compute_capability.0, i.compute_capability.1),
+            driver_version: i.driver_version,
+            nvrtc_version: format!("{}.{}", i.nvrtc_version.0, i.nvrtc_version.1),
+            kernel_hash: i.kernel_hash.clone(),
+            compile_options: i.nvrtc_options.clone(),
+        }
+    }
+
+    /// Device memory this backend allocated (weights, KV cache, scratch), in bytes.
+    pub fn device_bytes(&self) -> usize {
+        self.gpu.allocated_bytes()
+    }
+
+    /// Turns decode-step CUDA graphs on or off (results are identical either way).
+    pub fn set_graphs(&mut self, on: bool) {
+        self.use_graphs = on;
+    }
+
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+}
+
+fn alloc_scratch(gpu: &Gpu, c: &ModelConfig) -> Result<Scratch, BackendError> {
+    let b = MAX_BATCH;
+    let (dim, kv, ffn) = (c.dim, c.kv_dim(), c.ffn_dim);
+    let mut sizes: Vec<usize> = Vec::new();
+    let mut take = |bytes: usize| {
+        sizes.push(bytes.div_ceil(256) * 256);
+        sizes.len() - 1
+    };
+    let act = |take: &mut dyn FnMut(usize) -> usize, w: usize| [take(b * w * 4), take(b * w), take(b * w / 32 * 8)];
+    let io = take((4 + b) * 4);
+    let x = take(b * dim * 4);
+    let xn = act(&mut take, dim);
+    let qkv = take(b * (dim + 2 * kv) * 4);
+    let q = take(b * dim * 4);
+    let attn = act(&mut take, dim);
+    let gu = take(b * 2 * ffn * 4);
+    let sw = act(&mut take, ffn);
+    let tmp = take(b * dim.max(ffn) * 4);
+    let logits = take(b * c.n_vocab * 4);
+    let tap = take((c.n_layers + 2) * b * dim * 4);
+    let offsets: Vec<usize> = sizes.iter().scan(0, |acc, &s| {
+        let o = *acc;
+        *acc += s;
+        Some(o)
+    }).collect();
+    let total: usize = sizes.iter().sum();
+    let buf = gpu.alloc(total)?;
+    let p = |i: usize| buf.ptr() + offsets[i] as u64;
+    let a = |ix: [usize; 3]| Act { f32: p(ix[0]), aq: p(ix[1]), ads: p(ix[2]) };
+    Ok(Scratch {
+        io: p(io),
+        x: p(x),
+        xn: a(xn),
+        qkv: p(qkv),
+        q: p(q),
+        attn: a(attn),
+        gu: p(gu),
+        sw: a(sw),
+        tmp: p(tmp),
+        logits: p(logits),
+        tap: p(tap),
+        _buf: buf,
+    })
+}
+
+impl Backend for CudaBackend {
+    fn kind(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn device(&self) -> String {
+        self.gpu.info.describe()
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.model.config
+    }
+
+    fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    fn n_cached(&self) -> usize {
+        self.n_cached
+    }
+
+    fn truncate(&mut self, pos: usize) {
+        self.n_cached = self.n_cached.min(pos);
+    }
+
+    fn forward(&mut self, tokens: &[u32], pos0: usize, rows: LogitRows, tap: &mut dyn Tap) -> Result<Vec<f32>, BackendError> {
+        if pos0 != self.n_cached {
+            return Err(BackendError::NonContiguous { cached: self.n_cached, pos0 });
+        }
+        let end = pos0 + tokens.len();
+        if end > self.n_ctx {
+            return Err(BackendError::ContextFull { pos0, end, n_ctx: self.n_ctx });
+        }
+        let n_vocab = self.model.config.n_vocab;
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= n_vocab) {
+            return Err(BackendError::BadToken { id, n_vocab });
+        }
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.gpu.bind()?;
+        self.forward_chunks(tokens, pos0, rows, tap)
+    }
+}

@@ -1,0 +1,270 @@
+//! Each CUDA kernel as a host function of the same name and signature shape as its CPU reference
+//! in `backend::cpu::{ops, quant}`: upload, launch, download. For the parity tests and the
+//! `cuda-check` tool; the forward pass launches the kernels directly on device buffers.
+//!
+//! These are slow (synchronous copies every call) and never used on the generation path.
+
+use crate::backend::cpu::ops as cpu_ops;
+use crate::backend::cpu::quant::{BlockQ8_1, QMatrix, QK};
+use crate::backend::BackendError;
+
+use super::device::{Arg, DevBuf, Gpu};
+use super::weights::{push_stacked, ArenaBuilder};
+
+fn blocks(n: usize, per: usize) -> u32 {
+    n.div_ceil(per).max(1) as u32
+}
+
+/// Device buffers of quantized activation rows: aq (n_tok, width) int8, ads (n_tok, width/32) (d, s).
+pub(crate) struct QAct {
+    pub aq: DevBuf,
+    pub ads: DevBuf,
+}
+
+impl QAct {
+    pub fn alloc(gpu: &Gpu, n_tok: usize, width: usize) -> Result<QAct, BackendError> {
+        Ok(QAct { aq: gpu.alloc(n_tok * width)?, ads: gpu.alloc(n_tok * width / QK * 8)? })
+    }
+
+    /// Downloads as the CPU's block type.
+    pub fn read(&self, gpu: &Gpu, n_tok: usize, width: usize) -> Result<Vec<BlockQ8_1>, BackendError> {
+        let qs: Vec<i8> = gpu.read(self.aq.ptr(), n_tok * width)?;
+        let ds: Vec<f32> = gpu.read(self.ads.ptr(), n_tok * width / QK * 2)?;
+        Ok(qs
+            .chunks_exact(QK)
+            .zip(ds.chunks_exact(2))
+            .map(|(q, d)| {
+                let mut b = BlockQ8_1 { d: d[0], s: d[1], qs: [0; QK] };
+                b.qs.copy_from_slice(q);
+                b
+            })
+            .collect())
+    }
+}
+
+/// `quantize_row_q8_1` over `n_tok` rows of `x`, on the device (`quantize_q8_1`).
+pub fn quantize_row_q8_1(gpu: &Gpu, x: &[f32], n_tok: usize) -> Result<Vec<BlockQ8_1>, BackendError> {
+    let width = x.len() / n_tok;
+    let xd = gpu.upload(x)?;
+    let qa = QAct::alloc(gpu, n_tok, width)?;
+    quantize_dev(gpu, xd.ptr(), &qa, n_tok, width)?;
+    qa.read(gpu, n_tok, width)
+}
+
+pub(crate) fn quantize_dev(gpu: &Gpu, x: u64, qa: &QAct, n_tok: usize, width: usize) -> Result<(), BackendError> {
+    gpu.launch(
+        "quantize_q8_1",
+        (blocks(width / QK, 4), n_tok as u32, 1),
+        128,
+        0,
+        &[Arg::Ptr(x), Arg::Ptr(qa.aq.ptr()), Arg::Ptr(qa.ads.ptr()), Arg::I32(width as i32)],
+    )
+}
+
+/// `rmsnorm`: x (n_tok, dim) with weight w (dim) -> (n_tok, dim), on the device (`rmsnorm_f32`).
+pub fn rmsnorm(gpu: &Gpu, x: &[f32], w: &[f32], eps: f32) -> Result<Vec<f32>, BackendError> {
+    let dim = w.len();
+    let n_tok = x.len() / dim;
+    let (xd, wd, out) = (gpu.upload(x)?, gpu.upload(w)?, gpu.alloc(x.len() * 4)?);
+    gpu.launch(
+        "rmsnorm_f32",
+        (n_tok as u32, 1, 1),
+        256,
+        0,
+        &[Arg::Ptr(xd.ptr()), Arg::Ptr(wd.ptr()), Arg::Ptr(out.ptr()), Arg::I32(dim as i32), Arg::F32(eps)],
+    )?;
+    gpu.read(out.ptr(), x.len())
+}
+
+/// The fused `rmsnorm_q8`: the normalized rows and their Q8_1 blocks.
+pub fn rmsnorm_q8(gpu: &Gpu, x: &[f32], w: &[f32], eps: f32) -> Result<(Vec<f32>, Vec<BlockQ8_1>), BackendError> {
+    let dim = w.len();
+    let n_tok = x.len() / dim;
+    let (xd, wd, out) = (gpu.upload(x)?, gpu.upload(w)?, gpu.alloc(x.len() * 4)?);
+    let qa = QAct::alloc(gpu, n_tok, dim)?;
+    gpu.launch(
+        "rmsnorm_q8",
+        (n_tok as u32, 1, 1),
+        256,
+        0,
+        &[
+            Arg::Ptr(xd.ptr()),
+            Arg::Ptr(wd.ptr()),
+            Arg::Ptr(out.ptr()),
+            Arg::Ptr(0),
+            Arg::Ptr(qa.aq.ptr()),
+            Arg::Ptr(qa.ads.ptr()),
+            Arg::I32(dim as i32),
+            Arg::F32(eps),
+        ],
+    )?;
+    Ok((gpu.read(out.ptr(), x.len())?, qa.read(gpu, n_tok, dim)?))
+}
+
+/// `matmul`: W (n_out, n_in) @ x (n_tok, n_in)ᵀ -> (n_tok, n_out), on the device: activations
+/// quantized by `quantize_q8_1` (quantized weights) then the `matvec_*` kernel of the type.
+pub fn matmul(gpu: &Gpu, w: &QMatrix<'_>, x: &[f32], n_tok: usize) -> Result<Vec<f32>, BackendError> {
+    let mut arena = ArenaBuilder::default();
+    let m = push_stacked(&mut arena, std::slice::from_ref(w));
+    let wbuf = arena.upload(gpu)?;
+    let m = m.resolve(wbuf.ptr());
+    let xd = gpu.upload(x)?;
+    let out = gpu.alloc(n_tok * w.n_out * 4)?;
+    let qa = QAct::alloc(gpu, n_tok, w.n_in)?;
+    if m.is_quantized() {
+        quantize_dev(gpu, xd.ptr(), &qa, n_tok, w.n_in)?;
+    }
+    super::forward::launch_matvec(gpu, &m, xd.ptr(), qa.aq.ptr(), qa.ads.ptr(), n_tok, out.ptr(), w.n_out, 0, 0)?;
+    gpu.read(out.ptr(), n_tok * w.n_out)
+}
+
+/// A RoPE table for positions `0..n_pos`: `ops::rope_cache` per position, concatenated.
+pub fn rope_table(head_dim: usize, n_pos: usize, base: f32) -> Vec<f32> {
+    (0..n_pos).flat_map(|p| cpu_ops::rope_cache(head_dim, p, base)).collect()
+}
+
+/// `rope_norm` on rows `x` (n_tok, width) at positions `pos0..pos0 + n_tok`, on the device.
+pub fn rope_norm(gpu: &Gpu, x: &[f32], n_tok: usize, head_dim: usize, pos0: usize, base: f32) -> Result<Vec<f32>, BackendError> {
+    let width = x.len() / n_tok;
+    let table = gpu.upload(&rope_table(head_dim, pos0 + n_tok, base))?;
+    let params = gpu.upload(&[pos0 as i32, 0, 0, 0])?;
+    let xd = gpu.upload(x)?;
+    gpu.launch(
+        "rope_norm",
+        (n_tok as u32, 1, 1),
+        256,
+        0,
+        &[Arg::Ptr(xd.ptr()), Arg::Ptr(table.ptr()), Arg::Ptr(params.ptr()), Arg::I32(width as i32), Arg::I32(head_dim as i32)],
+    )?;
+    gpu.read(xd.ptr(), x.len())
+}
+
+/// `attention` for query rows q (n_tok, n_heads*head_dim) at positions `pos0..pos0 + n_tok`
+/// over caches (n_pos, n_kv_heads*head_dim), n_pos >= pos0 + n_tok; query t sees positions
+/// 0..=pos0 + t. Returns the f32 output and its Q8_1 blocks.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    gpu: &Gpu,
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    pos0: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+) -> Result<(Vec<f32>, Vec<BlockQ8_1>), BackendError> {
+    let dim = n_heads * head_dim;
+    let n_tok = q.len() / dim;
+    let n_pos = k_cache.len() / (n_kv_heads * head_dim);
+    assert!(n_pos >= pos0 + n_tok, "the caches must hold every position attended to");
+    let (qd, kd, vd) = (gpu.upload(q)?, gpu.upload(k_cache)?, gpu.upload(v_cache)?);
+    let params = gpu.upload(&[pos0 as i32, 0, 0, 0])?;
+    let out = gpu.alloc(q.len() * 4)?;
+    let qa = QAct::alloc(gpu, n_tok, dim)?;
+    launch_attention(gpu, qd.ptr(), kd.ptr(), vd.ptr(), out.ptr(), qa.aq.ptr(), qa.ads.ptr(), params.ptr(), n_tok, n_pos, n_heads, n_kv_heads, head_dim)?;
+    Ok((gpu.read(out.ptr(), q.len())?, qa.read(gpu, n_tok, dim)?))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn launch_attention(
+    gpu: &Gpu,
+    q: u64,
+    k: u64,
+    v: u64,
+    out: u64,
+    aq: u64,
+    ads: u64,
+    params: u64,
+    n_tok: usize,
+    n_ctx: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+) -> Result<(), BackendError> {
+    let scale = 1.0f32 / (head_dim as f32).sqrt();
+    gpu.launch(
+        "attention_f32",
+        (n_heads as u32, n_tok as u32, 1),
+        128,
+        attention_smem(head_dim, n_ctx) as u32,
+        &[
+            Arg::Ptr(q),
+            Arg::Ptr(k),
+            Arg::Ptr(v),
+            Arg::Ptr(out),
+            Arg::Ptr(aq),
+            Arg::Ptr(ads),
+            Arg::Ptr(params),
+            Arg::I32(n_heads as i32),
+            Arg::I32(n_kv_heads as i32),
+            Arg::I32(head_dim as i32),
+            Arg::F32(scale),
+        ],
+    )
+}
+
+/// Dynamic shared memory of `attention_f32`: q and output of one head, and one score per position.
+pub fn attention_smem(head_dim: usize, n_ctx: usize) -> usize {
+    (2 * head_dim + n_ctx) * 4
+}
+
+/// `swiglu`: silu(gate) * up, on the device (`swiglu_f32`), with its Q8_1 blocks.
+pub fn swiglu(gpu: &Gpu, gate: &[f32], up: &[f32], n_tok: usize) -> Result<(Vec<f32>, Vec<BlockQ8_1>), BackendError> {
+    let n = gate.len() / n_tok;
+    let mut gu = Vec::with_capacity(2 * gate.len());
+    for t in 0..n_tok {
+        gu.extend_from_slice(&gate[t * n..(t + 1) * n]);
+        gu.extend_from_slice(&up[t * n..(t + 1) * n]);
+    }
+    let gud = gpu.upload(&gu)?;
+    let out = gpu.alloc(gate.len() * 4)?;
+    let qa = QAct::alloc(gpu, n_tok, n)?;
+    gpu.launch(
+        "swiglu_f32",
+        (blocks(n / QK, 4), n_tok as u32, 1),
+        128,
+        0,
+        &[
+            Arg::Ptr(gud.ptr()),
+            Arg::I32(2 * n as i32),
+            Arg::I32(n as i32),
+            Arg::Ptr(out.ptr()),
+            Arg::Ptr(qa.aq.ptr()),
+            Arg::Ptr(qa.ads.ptr()),
+            Arg::I32(n as i32),
+        ],
+    )?;
+    Ok((gpu.read(out.ptr(), gate.len())?, qa.read(gpu, n_tok, n)?))
+}
+
+/// `add`: x + y element-wise, on the device (`add_f32`).
+pub fn add(gpu: &Gpu, x: &[f32], y: &[f32]) -> Result<Vec<f32>, BackendError> {
+    let (xd, yd) = (gpu.upload(x)?, gpu.upload(y)?);
+    launch_add(gpu, xd.ptr(), yd.ptr(), x.len())?;
+    gpu.read(xd.ptr(), x.len())
+}
+
+pub(crate) fn launch_add(gpu: &Gpu, x: u64, y: u64, n: usize) -> Result<(), BackendError> {
+    gpu.launch("add_f32", (blocks(n, 256), 1, 1), 256, 0, &[Arg::Ptr(x), Arg::Ptr(y), Arg::I32(n as i32)])
+}
+
+/// `f32::exp` element-wise through the kernels' port of glibc's expf (`exp_f32`).
+pub fn exp(gpu: &Gpu, x: &[f32]) -> Result<Vec<f32>, BackendError> {
+    let xd = gpu.upload(x)?;
+    let out = gpu.alloc(x.len() * 4)?;
+    gpu.launch("exp_f32", (blocks(x.len(), 256), 1, 1), 256, 0, &[Arg::Ptr(xd.ptr()), Arg::Ptr(out.ptr()), Arg::I32(x.len() as i32)])?;
+    gpu.read(out.ptr(), x.len())
+}
+
+/// `embedding` of `tokens` from a table given as a matrix (n_vocab rows of dim), on the device.
+pub fn embedding(gpu: &Gpu, table: &QMatrix<'_>, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
+    let mut arena = ArenaBuilder::default();
+    let m = push_stacked(&mut arena, std::slice::from_ref(table));
+    let wbuf = arena.upload(gpu)?;
+    let m = m.resolve(wbuf.ptr());
+    let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+    let idd = gpu.upload(&ids)?;
+    let out = gpu.alloc(tokens.len() * table.n_in * 4)?;
+    super::forward::launch_embedding(gpu, &m, idd.ptr(), out.ptr(), 0, tokens.len())?;
+    gpu.read(out.ptr(), tokens.len() * table.n_in)
+}

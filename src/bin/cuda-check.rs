@@ -1,0 +1,409 @@
+//! `cuda-check`: the CUDA backend's device-side checks and benchmark as one binary, for GPU
+//! machines without a Rust toolchain (built by `cargo xtask gpu-bundle`).
+//!
+//! `info` prints the device and the fingerprint; `parity` compares the CUDA backend with the CPU
+//! backend layer by layer and with the llama.cpp reference recordings; `determinism` checks
+//! repeated runs and chunked prefill for bit-identity; `bench` measures decode and prefill speed.
+//! It only reads the model and the recordings; it writes nothing but its report.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use worker_orcd::backend::cpu::CpuBackend;
+use worker_orcd::backend::cuda::{self, CudaBackend};
+use worker_orcd::backend::{Backend, LogitRows, NoTap, Tap, TapPoint};
+use worker_orcd::model::Model;
+use worker_orcd::reference::ReferenceRecording;
+use worker_orcd::sampler::argmax;
+
+const USAGE: &str = "usage: cuda-check <info|parity|determinism|bench|all> [--model PATH] [--corpus DIR] [--runs N]";
+
+struct Args {
+    cmd: String,
+    model: Option<PathBuf>,
+    corpus: PathBuf,
+    runs: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut it = std::env::args().skip(1);
+    let cmd = it.next().unwrap_or_default();
+    let mut a = Args { cmd, model: None, corpus: PathBuf::from("recordings/llama.cpp"), runs: 20 };
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--model" => a.model = Some(PathBuf::from(val()?)),
+            "--corpus" => a.corpus = PathBuf::from(val()?),
+            "--runs" => a.runs = val()?.parse().context("--runs")?,
+            other => bail!("unknown argument {other}\n{USAGE}"),
+        }
+    }
+    Ok(a)
+}
+
+fn main() -> Result<()> {
+    let a = parse_args()?;
+    match a.cmd.as_str() {
+        "info" => info(),
+        "parity" => parity(&load_model(&a)?, &a),
+        "determinism" => determinism(&load_model(&a)?, &a),
+        "bench" => bench(&load_model(&a)?),
+        "all" => {
+            info()?;
+            let m = load_model(&a)?;
+            parity(&m, &a)?;
+            determinism(&m, &a)?;
+            bench(&m)
+        }
+        _ => bail!("{USAGE}"),
+    }
+}
+
+fn load_model(a: &Args) -> Result<Arc<Model>> {
+    let path = match &a.model {
+        Some(p) => p.clone(),
+        None => worker_orcd::fetch::default_model_path()?,
+    };
+    Ok(Arc::new(Model::open(&path).with_context(|| format!("opening {}", path.display()))?))
+}
+
+fn info() -> Result<()> {
+    let info = cuda::probe()?;
+    println!("device: {}", info.describe());
+    println!("{}", serde_json::to_string_pretty(&info)?);
+    Ok(())
+}
+
+fn corpus(dir: &Path) -> Result<Vec<ReferenceRecording>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".safetensors.zst"))
+        .collect();
+    paths.sort();
+    paths.iter().map(|p| ReferenceRecording::open(p).with_context(|| p.display().to_string())).collect()
+}
+
+/// Embd, every LOut, ResultNorm and Logits (what recordings keep).
+#[derive(Default)]
+struct Collect {
+    tensors: BTreeMap<TapPoint, Vec<f32>>,
+}
+
+impl Tap for Collect {
+    fn wants(&self, p: TapPoint) -> bool {
+        matches!(p, TapPoint::Embd | TapPoint::LOut(_) | TapPoint::ResultNorm | TapPoint::Logits)
+    }
+    fn record(&mut self, p: TapPoint, _: usize, _: usize, data: &[f32]) {
+        self.tensors.entry(p).or_default().extend_from_slice(data);
+    }
+}
+
+fn nmse(a: &[f32], b: &[f32]) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        num += (x as f64 - y as f64).powi(2);
+        den += (y as f64).powi(2);
+    }
+    if den == 0.0 {
+        if num == 0.0 { 0.0 } else { f64::INFINITY }
+    } else {
+        num / den
+    }
+}
+
+fn max_row_nmse(a: &[f32], b: &[f32], width: usize) -> f64 {
+    a.chunks(width).zip(b.chunks(width)).map(|(x, y)| nmse(x, y)).fold(0.0, f64::max)
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn pick_rows(data: &[f32], width: usize, positions: &[usize]) -> Vec<f32> {
+    positions.iter().flat_map(|&p| data[p * width..(p + 1) * width].iter().copied()).collect()
+}
+
+fn rows_at(rec: &ReferenceRecording, name: &str, positions: &[usize]) -> Result<Vec<f32>> {
+    let (shape, data) = rec.f32(name)?;
+    let width: usize = shape[1..].iter().product();
+    let mut out = Vec::new();
+    for &p in positions {
+        let i = rec.row_index(name, p).with_context(|| format!("{name}: no row for position {p}"))?;
+        out.extend_from_slice(&data[i * width..(i + 1) * width]);
+    }
+    Ok(out)
+}
+
+/// Near-tie bound of tests/it/parity.rs: a greedy step whose reference top-2 gap is smaller may
+/// legitimately flip.
+const NEAR_TIE_GAP: f32 = 0.15;
+
+fn parity(m: &Arc<Model>, a: &Args) -> Result<()> {
+    let c = m.config.clone();
+    let cases = corpus(&a.corpus)?;
+    println!("\n== parity: CUDA vs CPU backend and vs llama.cpp, {} cases ==", cases.len());
+    let mut gpu = CudaBackend::new(Arc::clone(m), 1024)?;
+    let mut cpu = CpuBackend::new(Arc::clone(m), 1024, 0)?;
+    let mut worst_vs_cpu = vec![0.0f64; c.n_layers + 2];
+    let mut worst_vs_llama = vec![0.0f64; c.n_layers + 2];
+    let (mut identical_cases, mut failures) = (0, Vec::new());
+    let (mut greedy_equal_cpu, mut greedy_total) = (0usize, 0usize);
+    for rec in &cases {
+        let case = &rec.case;
+        let n = case.prompt_ids.len();
+        gpu.truncate(0);
+        cpu.truncate(0);
+        let (mut tg, mut tc) = (Collect::default(), Collect::default());
+        let lg = gpu.forward(&case.prompt_ids, 0, LogitRows::All, &mut tg)?;
+        let lc = cpu.forward(&case.prompt_ids, 0, LogitRows::All, &mut tc)?;
+        let mut all_identical = bits(&lg) == bits(&lc);
+        for l in 0..c.n_layers {
+            let p = TapPoint::LOut(l);
+            let e = max_row_nmse(&tg.tensors[&p], &tc.tensors[&p], c.dim);
+            all_identical &= bits(&tg.tensors[&p]) == bits(&tc.tensors[&p]);
+            worst_vs_cpu[l] = worst_vs_cpu[l].max(e);
+            let pos = &case.row_pos;
+            let el = max_row_nmse(&pick_rows(&tg.tensors[&p], c.dim, pos), &rows_at(rec, &format!("l_out-{l}"), pos)?, c.dim);
+            worst_vs_llama[l] = worst_vs_llama[l].max(el);
+        }
+        let e = max_row_nmse(&tg.tensors[&TapPoint::ResultNorm], &tc.tensors[&TapPoint::ResultNorm], c.dim);
+        worst_vs_cpu[c.n_layers] = worst_vs_cpu[c.n_layers].max(e);
+        let e = max_row_nmse(&lg, &lc, c.n_vocab);
+        worst_vs_cpu[c.n_layers + 1] = worst_vs_cpu[c.n_layers + 1].max(e);
+        let (_, ref_rows) = rec.f32("logits.rows")?;
+        let el = max_row_nmse(&pick_rows(&lg, c.n_vocab, &case.logits_row_pos), ref_rows, c.n_vocab);
+        worst_vs_llama[c.n_layers + 1] = worst_vs_llama[c.n_layers + 1].max(el);
+        if all_identical {
+            identical_cases += 1;
+        }
+        // Greedy: CUDA continuation vs llama.cpp (up to a near-tie) and vs the CPU backend.
+        let steps = case.greedy_ids.len();
+        gpu.truncate(0);
+        cpu.truncate(0);
+        let mut lg = gpu.forward(&case.prompt_ids, 0, LogitRows::Last, &mut NoTap)?;
+        let mut lc = cpu.forward(&case.prompt_ids, 0, LogitRows::Last, &mut NoTap)?;
+        let (mut agreed, mut tie_at, mut cpu_same) = (0, None, 0);
+        for i in 0..steps {
+            let (ours, cpu_tok) = (argmax(&lg), argmax(&lc));
+            greedy_total += 1;
+            if ours == cpu_tok {
+                cpu_same += 1;
+                greedy_equal_cpu += 1;
+            }
+            if tie_at.is_none() {
+                if case.greedy_top2_gap[i] < NEAR_TIE_GAP {
+                    tie_at = Some(i);
+                } else if ours == case.greedy_ids[i] {
+                    agreed += 1;
+                } else {
+                    failures.push(format!("{}: greedy step {i}: cuda {ours}, llama.cpp {} (gap {:.3})", case.name, case.greedy_ids[i], case.greedy_top2_gap[i]));
+                    tie_at = Some(i);
+                }
+            }
+            lg = gpu.forward(&[ours], n + i, LogitRows::Last, &mut NoTap)?;
+            lc = cpu.forward(&[cpu_tok], n + i, LogitRows::Last, &mut NoTap)?;
+        }
+        println!(
+            "{:<22} n={n:<4} cuda==cpu bitwise: {:<5} greedy vs llama.cpp {agreed}/{steps}{}  greedy cuda==cpu {cpu_same}/{steps}",
+            case.name,
+            all_identical,
+            tie_at.map(|s| format!(" (stopped at step {s})")).unwrap_or_default()
+        );
+    }
+    println!("\nper-layer worst per-position NMSE over the corpus:");
+    println!("| tensor | CUDA vs CPU backend | CUDA vs llama.cpp |");
+    println!("|---|---|---|");
+    for l in 0..c.n_layers {
+        println!("| l_out-{l} | {:.3e} | {:.3e} |", worst_vs_cpu[l], worst_vs_llama[l]);
+    }
+    println!("| result_norm | {:.3e} | - |", worst_vs_cpu[c.n_layers]);
+    println!("| logits | {:.3e} | {:.3e} |", worst_vs_cpu[c.n_layers + 1], worst_vs_llama[c.n_layers + 1]);
+    println!("cases with every tap and logit bit-identical to the CPU backend: {identical_cases}/{}", cases.len());
+    println!("greedy tokens equal to the CPU backend's: {greedy_equal_cpu}/{greedy_total}");
+    if !failures.is_empty() {
+        bail!("greedy mismatches outside near-ties: {failures:?}");
+    }
+    Ok(())
+}
+
+/// Hash of everything a run produced (tokens, every tap, every logit row), as bits.
+fn run_hash(b: &mut CudaBackend, prompt: &[u32], steps: usize, chunk: usize) -> Result<(u64, Vec<u32>, Collect)> {
+    b.truncate(0);
+    let mut tap = Collect::default();
+    let mut logits = Vec::new();
+    let mut pos = 0;
+    for c in prompt.chunks(chunk) {
+        let rows = if pos + c.len() == prompt.len() { LogitRows::Last } else { LogitRows::None };
+        logits = b.forward(c, pos, rows, &mut tap)?;
+        pos += c.len();
+    }
+    let mut toks = Vec::new();
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for _ in 0..steps {
+        let t = argmax(&logits);
+        toks.push(t);
+        logits = b.forward(&[t], pos, LogitRows::Last, &mut tap)?;
+        pos += 1;
+    }
+    for (p, v) in &tap.tensors {
+        h.update(p.name().as_bytes());
+        for x in v {
+            h.update(&x.to_bits().to_le_bytes());
+        }
+    }
+    for t in &toks {
+        h.update(&t.to_le_bytes());
+    }
+    Ok((h.digest(), toks, tap))
+}
+
+fn determinism(m: &Arc<Model>, a: &Args) -> Result<()> {
+    let cases = corpus(&a.corpus)?;
+    println!("\n== determinism: {} runs per prompt, prefill + 32 greedy steps, all taps hashed ==", a.runs);
+    let mut b = CudaBackend::new(Arc::clone(m), 1024)?;
+    for rec in cases.iter().take(4) {
+        let p = &rec.case.prompt_ids;
+        let (h0, toks, _) = run_hash(&mut b, p, 32, p.len())?;
+        let mut same = 1;
+        for _ in 1..a.runs {
+            if run_hash(&mut b, p, 32, p.len())?.0 == h0 {
+                same += 1;
+            }
+        }
+        println!("{:<22} {same}/{} runs bit-identical (hash {h0:016x}, tokens {:?}...)", rec.case.name, a.runs, &toks[..6]);
+        if same != a.runs {
+            bail!("{}: runs differ", rec.case.name);
+        }
+    }
+    println!("\n== chunk independence: prefill in one pass vs chunks vs token by token, graphs on/off ==");
+    for rec in cases.iter().take(4) {
+        let p = &rec.case.prompt_ids;
+        // Logits at every prompt position, prefilled in one pass.
+        let all_rows = |b: &mut CudaBackend, chunk: usize| -> Result<(Vec<u32>, Collect)> {
+            b.truncate(0);
+            let mut tap = Collect::default();
+            let mut logits = Vec::new();
+            let mut pos = 0;
+            for c in p.chunks(chunk) {
+                logits.extend(b.forward(c, pos, LogitRows::All, &mut tap)?);
+                pos += c.len();
+            }
+            Ok((bits(&logits), tap))
+        };
+        let (one, taps_one) = all_rows(&mut b, p.len())?;
+        let mut report = Vec::new();
+        for (chunk, graphs) in [(1, true), (1, false), (2, true), (3, true), (5, false), (8, true), (13, true), (64, true)] {
+            b.set_graphs(graphs);
+            let (got, taps) = all_rows(&mut b, chunk)?;
+            let taps_same = taps_one.tensors.iter().all(|(k, v)| bits(&taps.tensors[k]) == bits(v));
+            report.push(format!("{chunk}{}:{}", if graphs { "" } else { "(no graph)" }, if got == one && taps_same { "same" } else { "DIFF" }));
+            if got != one || !taps_same {
+                bail!("{}: chunks of {chunk} differ from one pass", rec.case.name);
+            }
+        }
+        b.set_graphs(true);
+        println!("{:<22} n={:<4} chunk sizes {}", rec.case.name, p.len(), report.join(" "));
+    }
+    Ok(())
+}
+
+/// A tap that copies what a recorder keeps (Embd, LOut, ResultNorm, Logits) into preallocated
+/// buffers, as the recorder's `TraceTap` does on the forward thread.
+struct CopyTap {
+    buf: Vec<f32>,
+    used: usize,
+}
+
+impl Tap for CopyTap {
+    fn wants(&self, p: TapPoint) -> bool {
+        matches!(p, TapPoint::Embd | TapPoint::LOut(_) | TapPoint::ResultNorm | TapPoint::Logits)
+    }
+    fn record(&mut self, _: TapPoint, _: usize, _: usize, data: &[f32]) {
+        if self.used + data.len() > self.buf.len() {
+            self.used = 0;
+        }
+        self.buf[self.used..self.used + data.len()].copy_from_slice(data);
+        self.used += data.len();
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn bench(m: &Arc<Model>) -> Result<()> {
+    println!("\n== bench ==");
+    let t0 = Instant::now();
+    let mut b = CudaBackend::new(Arc::clone(m), 2048)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    println!("device: {}", b.device());
+    println!("backend start (context, kernels {:.2} s compile, weight upload): {load_s:.2} s", b.gpu().compile_seconds);
+    let prompt: Vec<u32> = (0..512u32).map(|i| (i * 7919 + 13) % m.config.n_vocab as u32).collect();
+    let decode = |b: &mut CudaBackend, tap: &mut dyn Tap, n: usize| -> Result<f64> {
+        b.truncate(0);
+        let mut logits = b.forward(&prompt[..1], 0, LogitRows::Last, tap)?;
+        let t = Instant::now();
+        for i in 0..n {
+            let tok = argmax(&logits);
+            logits = b.forward(&[tok], 1 + i, LogitRows::Last, tap)?;
+        }
+        Ok(n as f64 / t.elapsed().as_secs_f64())
+    };
+    let mut copy = CopyTap { buf: vec![0.0; 64 << 20], used: 0 };
+    let mut rows = Vec::new();
+    for (label, graphs) in [("graphs on", true), ("graphs off", false)] {
+        b.set_graphs(graphs);
+        decode(&mut b, &mut NoTap, 16)?; // warm-up, graph capture
+        decode(&mut b, &mut copy, 16)?;
+        let off = median((0..5).map(|_| decode(&mut b, &mut NoTap, 128)).collect::<Result<Vec<_>>>()?);
+        let on = median((0..5).map(|_| decode(&mut b, &mut copy, 128)).collect::<Result<Vec<_>>>()?);
+        rows.push(format!("| decode tg128 ({label}), trace off | {off:.0} tok/s | {:.1} µs/token |", 1e6 / off));
+        rows.push(format!("| decode tg128 ({label}), trace summary/full taps | {on:.0} tok/s | {:.1} µs/token |", 1e6 / on));
+    }
+    b.set_graphs(true);
+    for n in [128usize, 512] {
+        let mut times = Vec::new();
+        for _ in 0..6 {
+            b.truncate(0);
+            let t = Instant::now();
+            b.forward(&prompt[..n], 0, LogitRows::Last, &mut NoTap)?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        let tt = median(times[1..].to_vec());
+        rows.push(format!("| prefill pp{n}, trace off | {:.0} tok/s | {:.2} ms |", n as f64 / tt, tt * 1e3));
+        let mut times = Vec::new();
+        for _ in 0..6 {
+            b.truncate(0);
+            let t = Instant::now();
+            b.forward(&prompt[..n], 0, LogitRows::Last, &mut copy)?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        let tt = median(times[1..].to_vec());
+        rows.push(format!("| prefill pp{n}, trace taps | {:.0} tok/s | {:.2} ms |", n as f64 / tt, tt * 1e3));
+    }
+    // Time to first token: a 32-token prompt, prefill + argmax, warm backend.
+    let mut times = Vec::new();
+    for _ in 0..11 {
+        b.truncate(0);
+        let t = Instant::now();
+        let l = b.forward(&prompt[..32], 0, LogitRows::Last, &mut NoTap)?;
+        let _tok = argmax(&l);
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let ttft = median(times);
+    rows.push(format!("| time to first token, 32-token prompt (warm) | {:.2} ms | |", ttft * 1e3));
+    rows.push(format!("| time to first token incl. backend start | {:.2} s | |", load_s + ttft));
+    rows.push(format!("| device memory allocated by the backend (n_ctx 2048) | {:.1} MiB | |", b.device_bytes() as f64 / (1u64 << 20) as f64));
+    rows.push(format!("| device memory in use on the card (cuMemGetInfo) | {:.1} MiB | |", b.gpu().device_used_bytes() as f64 / (1u64 << 20) as f64));
+    println!("| what | rate | per unit |\n|---|---|---|");
+    for r in rows {
+        println!("{r}");
+    }
+    Ok(())
+}

@@ -1,0 +1,472 @@
+//! CUDA parity: every kernel against its CPU reference of the same name on seeded random inputs,
+//! then the whole forward pass of a small random model (and of the real model) against the CPU
+//! backend, determinism, chunk-independence and graph/no-graph equality.
+//!
+//! Without a CUDA driver, NVRTC or GPU (CI), each test prints "skipped: no CUDA driver (reason)"
+//! and passes; `no_cuda_is_a_clean_unavailable_error` checks that failure itself. On the GPU
+//! machine run `it cuda:: --test-threads=1 --nocapture` (see BENCHMARKS.md, "CUDA").
+//!
+//! Expected precision: the kernels reproduce the CPU's arithmetic in the CPU's order, so most
+//! checks demand bitwise equality. The exceptions are reductions the CPU does in f64 (RMSNorm's
+//! sum of squares, softmax's sum): there the device sums the same f64 terms in a fixed tree, and
+//! results may differ by 1 ulp in rare rows; those checks allow `atol + rtol*|ref|` with
+//! rtol 1e-6 and report how many values were bit-identical.
+
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use worker_orcd::backend::cpu::{ops, quant, CpuBackend};
+use worker_orcd::backend::cuda::{self, ops as gops, CudaBackend, Gpu};
+use worker_orcd::backend::{Backend, BackendError, LogitRows, NoTap, Tap, TapPoint};
+use worker_orcd::gguf::{GgmlType, GgufFile, GgufWriter, MetadataValue};
+use worker_orcd::model::Model;
+
+/// The device shared by all tests in this binary, or why there is none.
+fn gpu() -> Option<MutexGuard<'static, Gpu>> {
+    static GPU: OnceLock<Result<Mutex<Gpu>, String>> = OnceLock::new();
+    match GPU.get_or_init(|| Gpu::open(0).map(Mutex::new).map_err(|e| e.to_string())) {
+        Ok(g) => Some(g.lock().unwrap_or_else(|e| e.into_inner())),
+        Err(reason) => {
+            println!("skipped: no CUDA driver ({reason})");
+            None
+        }
+    }
+}
+
+struct Rng(ChaCha8Rng);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(ChaCha8Rng::seed_from_u64(seed))
+    }
+    /// Uniform in [lo, hi).
+    fn f32(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * (self.0.next_u32() >> 8) as f32 / (1u32 << 24) as f32
+    }
+    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| self.f32(lo, hi)).collect()
+    }
+    fn u32(&mut self) -> u32 {
+        self.0.next_u32()
+    }
+    /// Activations like the model's: mostly small, a few large, some rows scaled up.
+    fn activations(&mut self, n_tok: usize, width: usize) -> Vec<f32> {
+        let mut v = Vec::with_capacity(n_tok * width);
+        for t in 0..n_tok {
+            let scale = [1.0, 30.0, 0.01, 1000.0][t % 4];
+            for _ in 0..width {
+                let mut x = self.f32(-1.0, 1.0) * scale;
+                if self.u32() % 97 == 0 {
+                    x *= 40.0;
+                }
+                v.push(x);
+            }
+        }
+        v
+    }
+}
+
+/// `|got - want| <= atol + rtol*|want|` everywhere; prints the first mismatches with indices
+/// and a one-line summary. Returns the number of bit-identical values.
+fn check(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> usize {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut bad = Vec::new();
+    let (mut max_abs, mut max_rel, mut same) = (0.0f32, 0.0f32, 0usize);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        if g.to_bits() == w.to_bits() {
+            same += 1;
+            continue;
+        }
+        let d = (g - w).abs();
+        max_abs = max_abs.max(d);
+        if w != 0.0 {
+            max_rel = max_rel.max(d / w.abs());
+        }
+        if !(d <= atol + rtol * w.abs()) {
+            bad.push((i, g, w));
+        }
+    }
+    println!("{what:<40} n={:<8} bit-identical {same:<8} max|err| {max_abs:.3e} max rel {max_rel:.3e}", got.len());
+    for (i, g, w) in bad.iter().take(8) {
+        println!("  mismatch at {i}: cuda {g:e} cpu {w:e}");
+    }
+    assert!(bad.is_empty(), "{what}: {} of {} values outside atol {atol:e} + rtol {rtol:e}", bad.len(), got.len());
+    same
+}
+
+fn exact(what: &str, got: &[f32], want: &[f32]) {
+    let same = check(what, got, want, 0.0, 0.0);
+    assert_eq!(same, got.len(), "{what}: not bit-identical");
+}
+
+fn blocks_equal(what: &str, got: &[quant::BlockQ8_1], want: &[quant::BlockQ8_1]) {
+    assert_eq!(got.len(), want.len(), "{what}: block count");
+    let bad: Vec<usize> = (0..got.len()).filter(|&i| got[i] != want[i]).collect();
+    println!("{what:<40} blocks={:<6} differing {}", got.len(), bad.len());
+    for &i in bad.iter().take(4) {
+        println!("  block {i}: cuda d {} s {} qs {:?}\n            cpu  d {} s {} qs {:?}", got[i].d, got[i].s, &got[i].qs[..8], want[i].d, want[i].s, &want[i].qs[..8]);
+    }
+    assert!(bad.is_empty(), "{what}: {} blocks differ", bad.len());
+}
+
+fn f16_bytes(x: f32) -> [u8; 2] {
+    half::f16::from_f32(x).to_bits().to_le_bytes()
+}
+
+/// Random weights of `ty` for (n_out, n_in), as GGUF bytes.
+fn random_matrix(rng: &mut Rng, ty: GgmlType, n_out: usize, n_in: usize) -> Vec<u8> {
+    let nb = n_out * n_in / 32;
+    let mut w = Vec::new();
+    match ty {
+        GgmlType::Q4_1 => (0..nb).for_each(|_| {
+            w.extend_from_slice(&f16_bytes(rng.f32(0.001, 0.02)));
+            w.extend_from_slice(&f16_bytes(rng.f32(-0.15, 0.0)));
+            w.extend((0..16).map(|_| rng.u32() as u8));
+        }),
+        GgmlType::Q4_0 => (0..nb).for_each(|_| {
+            w.extend_from_slice(&f16_bytes(rng.f32(0.001, 0.02)));
+            w.extend((0..16).map(|_| rng.u32() as u8));
+        }),
+        GgmlType::Q8_0 => (0..nb).for_each(|_| {
+            w.extend_from_slice(&f16_bytes(rng.f32(0.0005, 0.002)));
+            w.extend((0..32).map(|_| rng.u32() as u8));
+        }),
+        GgmlType::F16 => (0..n_out * n_in).for_each(|_| w.extend_from_slice(&f16_bytes(rng.f32(-0.1, 0.1)))),
+        GgmlType::BF16 => (0..n_out * n_in).for_each(|_| {
+            w.extend_from_slice(&half::bf16::from_f32(rng.f32(-0.1, 0.1)).to_bits().to_le_bytes())
+        }),
+        GgmlType::F32 => (0..n_out * n_in).for_each(|_| w.extend_from_slice(&rng.f32(-0.1, 0.1).to_le_bytes())),
+        other => panic!("no random {} matrices", other.name()),
+    }
+    w
+}
+
+#[test]
+fn no_cuda_is_a_clean_unavailable_error() {
+    if cuda::check_libraries().is_ok() {
+        println!("skipped: a CUDA driver is present here (this test checks machines without one)");
+        return;
+    }
+    match CudaBackend::new(tiny_model(GgmlType::Q4_1), 64) {
+        Err(BackendError::Unavailable { backend, reason }) => {
+            assert_eq!(backend, "cuda");
+            assert!(!reason.is_empty());
+            println!("cuda unavailable: {reason}");
+        }
+        Err(other) => panic!("expected Unavailable, got {other}"),
+        Ok(_) => panic!("CUDA backend constructed without CUDA libraries"),
+    }
+    assert!(matches!(cuda::probe(), Err(BackendError::Unavailable { backend: "cuda", .. })));
+}
+
+#[test]
+fn exp_matches_f32_exp_bitwise() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(1);
+    let mut x = rng.vec(1 << 22, -104.0, 89.0);
+    x.extend(rng.vec(1 << 20, -1.0, 1.0));
+    x.extend([0.0, -0.0, 88.72283, 88.7229, -103.97, -104.0, 1e-30, -1e-30, f32::INFINITY, f32::NEG_INFINITY]);
+    let got = gops::exp(&g, &x).unwrap();
+    let want: Vec<f32> = x.iter().map(|v| v.exp()).collect();
+    exact("exp_f32 vs f32::exp", &got, &want);
+}
+
+#[test]
+fn quantize_q8_1_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(2);
+    for (n_tok, width) in [(1, 576), (7, 1536)] {
+        let mut x = rng.activations(n_tok, width);
+        x[32..64].iter_mut().for_each(|v| *v = 0.0); // an all-zero block
+        let got = gops::quantize_row_q8_1(&g, &x, n_tok).unwrap();
+        let want: Vec<_> = x.chunks(width).flat_map(quant::quantize_row_q8_1).collect();
+        blocks_equal(&format!("quantize_q8_1 {n_tok}x{width}"), &got, &want);
+    }
+}
+
+#[test]
+fn rmsnorm_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(3);
+    let (n_tok, dim) = (9, 576);
+    let mut x = rng.activations(n_tok, dim);
+    x[507] = 23_000.0; // the model's position-0 spike
+    let w = rng.vec(dim, -2.0, 2.0);
+    let mut want = vec![0.0; x.len()];
+    ops::rmsnorm(&x, &w, 1e-5, &mut want);
+    check("rmsnorm_f32", &gops::rmsnorm(&g, &x, &w, 1e-5).unwrap(), &want, 0.0, 1e-6);
+    let (out, blocks) = gops::rmsnorm_q8(&g, &x, &w, 1e-5).unwrap();
+    let same = check("rmsnorm_q8 (f32 out)", &out, &want, 0.0, 1e-6);
+    if same == out.len() {
+        let want_q: Vec<_> = want.chunks(dim).flat_map(quant::quantize_row_q8_1).collect();
+        blocks_equal("rmsnorm_q8 (blocks)", &blocks, &want_q);
+    }
+}
+
+#[test]
+fn matvec_matches_cpu_for_every_weight_type() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(4);
+    for ty in [GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::F16, GgmlType::BF16, GgmlType::F32] {
+        for (n_out, n_in, n_tok) in [(200, 576, 1), (77, 1536, 5), (576, 576, 3)] {
+            let data = random_matrix(&mut rng, ty, n_out, n_in);
+            let m = quant::QMatrix { ty, data: &data, n_in, n_out };
+            let x = rng.activations(n_tok, n_in);
+            let mut want = vec![0.0; n_tok * n_out];
+            quant::matmul(&m, &x, n_tok, &mut want);
+            let got = gops::matmul(&g, &m, &x, n_tok).unwrap();
+            exact(&format!("matvec {} {n_out}x{n_in} n_tok={n_tok}", ty.name()), &got, &want);
+            // Batch independence on the device: the last row alone gives the same bits.
+            let last = gops::matmul(&g, &m, &x[(n_tok - 1) * n_in..], 1).unwrap();
+            assert_eq!(bits(&last), bits(&got[(n_tok - 1) * n_out..]), "{}: batch-dependent result", ty.name());
+        }
+    }
+}
+
+#[test]
+fn rope_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(5);
+    for (width, pos0) in [(576, 0), (576, 37), (192, 4000)] {
+        let n_tok = 4;
+        let x = rng.activations(n_tok, width);
+        let mut want = x.clone();
+        for t in 0..n_tok {
+            ops::rope_norm(&mut want[t * width..(t + 1) * width], 64, pos0 + t, 100000.0);
+        }
+        let got = gops::rope_norm(&g, &x, n_tok, 64, pos0, 100000.0).unwrap();
+        exact(&format!("rope_norm width={width} pos0={pos0}"), &got, &want);
+    }
+}
+
+#[test]
+fn attention_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(6);
+    let (n_heads, n_kv_heads, hd) = (9, 3, 64);
+    for (n_pos, pos0) in [(1, 0), (50, 45), (700, 690)] {
+        let n_tok = n_pos - pos0;
+        let q = rng.vec(n_tok * n_heads * hd, -3.0, 3.0);
+        let k = rng.vec(n_pos * n_kv_heads * hd, -3.0, 3.0);
+        let v = rng.vec(n_pos * n_kv_heads * hd, -2.0, 2.0);
+        let mut want = vec![0.0; q.len()];
+        let dim = n_heads * hd;
+        for t in 0..n_tok {
+            ops::attention(&q[t * dim..(t + 1) * dim], &k, &v, pos0 + t + 1, n_heads, n_kv_heads, hd, &mut want[t * dim..(t + 1) * dim], None);
+        }
+        let (got, blocks) = gops::attention(&g, &q, &k, &v, pos0, n_heads, n_kv_heads, hd).unwrap();
+        let same = check(&format!("attention n_kv={n_pos} n_tok={n_tok}"), &got, &want, 1e-7, 1e-6);
+        if same == got.len() {
+            let want_q: Vec<_> = want.chunks(dim).flat_map(quant::quantize_row_q8_1).collect();
+            blocks_equal("attention (fused q8_1)", &blocks, &want_q);
+        }
+    }
+}
+
+#[test]
+fn swiglu_and_add_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(7);
+    let (n_tok, n) = (3, 1536);
+    let gate = rng.activations(n_tok, n);
+    let up = rng.activations(n_tok, n);
+    let mut want = vec![0.0; gate.len()];
+    ops::swiglu(&gate, &up, &mut want);
+    let (got, blocks) = gops::swiglu(&g, &gate, &up, n_tok).unwrap();
+    exact("swiglu_f32", &got, &want);
+    let want_q: Vec<_> = want.chunks(n).flat_map(quant::quantize_row_q8_1).collect();
+    blocks_equal("swiglu_f32 (fused q8_1)", &blocks, &want_q);
+    let mut sum = gate.clone();
+    ops::add(&mut sum, &up);
+    exact("add_f32", &gops::add(&g, &gate, &up).unwrap(), &sum);
+}
+
+#[test]
+fn embedding_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(8);
+    let (n_vocab, dim) = (300, 576);
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::F16, GgmlType::F32] {
+        let data = random_matrix(&mut rng, ty, n_vocab, dim);
+        let m = quant::QMatrix { ty, data: &data, n_in: dim, n_out: n_vocab };
+        let tokens: Vec<u32> = (0..17).map(|_| rng.u32() % n_vocab as u32).collect();
+        let mut want = vec![0.0; tokens.len() * dim];
+        for (t, &id) in tokens.iter().enumerate() {
+            ops::embedding(ty, &data, dim, id, &mut want[t * dim..(t + 1) * dim]);
+        }
+        exact(&format!("embedding {}", ty.name()), &gops::embedding(&g, &m, &tokens).unwrap(), &want);
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The whole forward pass on a small random model (fits any call; no download).
+// ---------------------------------------------------------------------------------------------
+
+/// A 3-layer llama with random weights of `ty` (dim 128, 4 heads of 32, 2 KV heads, FFN 256,
+/// vocab 512, Q8_0 embeddings tied to the output, biases on Q/K/V to cover them).
+pub fn tiny_model(ty: GgmlType) -> Arc<Model> {
+    let mut rng = Rng::new(42);
+    let (n_layers, dim, n_heads, n_kv, ffn, vocab) = (3u32, 128usize, 4u32, 2u32, 256usize, 512usize);
+    let kv = dim / n_heads as usize * n_kv as usize;
+    let mut w = GgufWriter::new();
+    let meta = |w: &mut GgufWriter, k: &str, v: MetadataValue| w.add_metadata(k, v);
+    meta(&mut w, "general.architecture", MetadataValue::String("llama".into()));
+    meta(&mut w, "general.name", MetadataValue::String("tiny-random".into()));
+    meta(&mut w, "llama.block_count", MetadataValue::U32(n_layers));
+    meta(&mut w, "llama.embedding_length", MetadataValue::U32(dim as u32));
+    meta(&mut w, "llama.feed_forward_length", MetadataValue::U32(ffn as u32));
+    meta(&mut w, "llama.attention.head_count", MetadataValue::U32(n_heads));
+    meta(&mut w, "llama.attention.head_count_kv", MetadataValue::U32(n_kv));
+    meta(&mut w, "llama.context_length", MetadataValue::U32(1024));
+    meta(&mut w, "llama.attention.layer_norm_rms_epsilon", MetadataValue::F32(1e-5));
+    meta(&mut w, "llama.rope.freq_base", MetadataValue::F32(10000.0));
+    let f32s = |v: Vec<f32>| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    w.add_tensor("token_embd.weight", &[dim as u64, vocab as u64], GgmlType::Q8_0, random_matrix(&mut rng, GgmlType::Q8_0, vocab, dim));
+    for l in 0..n_layers {
+        let n = |s: &str| format!("blk.{l}.{s}");
+        w.add_tensor(&n("attn_norm.weight"), &[dim as u64], GgmlType::F32, f32s(rng.vec(dim, 0.5, 1.5)));
+        w.add_tensor(&n("ffn_norm.weight"), &[dim as u64], GgmlType::F32, f32s(rng.vec(dim, 0.5, 1.5)));
+        for (name, n_out) in [("attn_q.weight", dim), ("attn_k.weight", kv), ("attn_v.weight", kv), ("attn_output.weight", dim)] {
+            w.add_tensor(&n(name), &[dim as u64, n_out as u64], ty, random_matrix(&mut rng, ty, n_out, dim));
+        }
+        for (name, n_out) in [("attn_q.bias", dim), ("attn_k.bias", kv), ("attn_v.bias", kv)] {
+            w.add_tensor(&n(name), &[n_out as u64], GgmlType::F32, f32s(rng.vec(n_out, -0.1, 0.1)));
+        }
+        w.add_tensor(&n("ffn_gate.weight"), &[dim as u64, ffn as u64], ty, random_matrix(&mut rng, ty, ffn, dim));
+        w.add_tensor(&n("ffn_up.weight"), &[dim as u64, ffn as u64], ty, random_matrix(&mut rng, ty, ffn, dim));
+        w.add_tensor(&n("ffn_down.weight"), &[ffn as u64, dim as u64], ty, random_matrix(&mut rng, ty, dim, ffn));
+    }
+    w.add_tensor("output_norm.weight", &[dim as u64], GgmlType::F32, f32s(rng.vec(dim, 0.5, 1.5)));
+    let file = GgufFile::from_bytes(w.to_bytes()).expect("tiny model parses");
+    Arc::new(Model::from_gguf(Arc::new(file)).expect("tiny model loads"))
+}
+
+/// Records every point it is offered.
+#[derive(Default)]
+pub struct Collect {
+    pub all: bool,
+    pub tensors: std::collections::BTreeMap<TapPoint, Vec<f32>>,
+}
+
+impl Tap for Collect {
+    fn wants(&self, p: TapPoint) -> bool {
+        self.all || matches!(p, TapPoint::Embd | TapPoint::LOut(_) | TapPoint::ResultNorm | TapPoint::Logits)
+    }
+    fn record(&mut self, p: TapPoint, _: usize, _: usize, data: &[f32]) {
+        self.tensors.entry(p).or_default().extend_from_slice(data);
+    }
+}
+
+fn compare_taps(what: &str, cuda: &Collect, cpu: &Collect) {
+    let mut worst = (0.0f64, None);
+    for (p, want) in &cpu.tensors {
+        if *p == TapPoint::KqSoftmax(p.layer().unwrap_or(0)) {
+            continue;
+        }
+        let got = cuda.tensors.get(p).unwrap_or_else(|| panic!("{what}: cuda did not record {}", p.name()));
+        let e = crate::support::nmse(got, want);
+        if e > worst.0 || worst.1.is_none() {
+            worst = (e, Some(*p));
+        }
+        assert!(e < 1e-6, "{what}: {} NMSE {e:.3e}", p.name());
+    }
+    let identical = cpu.tensors.iter().filter(|(p, v)| cuda.tensors.get(p).map(|g| bits(g) == bits(v)).unwrap_or(false)).count();
+    println!("{what:<40} taps bit-identical {identical}/{}, worst NMSE {:.3e} at {:?}", cpu.tensors.len(), worst.0, worst.1.map(|p| p.name()));
+}
+
+#[test]
+fn tiny_model_forward_matches_cpu_at_every_tap() {
+    let Some(_g) = gpu() else { return };
+    for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16] {
+        let m = tiny_model(ty);
+        let tokens: Vec<u32> = (0..37).map(|i| (i * 131 + 7) % 512).collect();
+        let mut cpu = CpuBackend::new(Arc::clone(&m), 128, 2).unwrap();
+        let mut gpu_b = CudaBackend::new(Arc::clone(&m), 128).unwrap();
+        for all in [false, true] {
+            cpu.truncate(0);
+            gpu_b.truncate(0);
+            let (mut t_cpu, mut t_gpu) = (Collect { all, ..Default::default() }, Collect { all, ..Default::default() });
+            let want = cpu.forward(&tokens, 0, LogitRows::All, &mut t_cpu).unwrap();
+            let got = gpu_b.forward(&tokens, 0, LogitRows::All, &mut t_gpu).unwrap();
+            check(&format!("tiny {} logits (debug taps {all})", ty.name()), &got, &want, 1e-5, 1e-4);
+            compare_taps(&format!("tiny {} taps (debug {all})", ty.name()), &t_gpu, &t_cpu);
+        }
+    }
+}
+
+#[test]
+fn tiny_model_prefill_is_chunk_independent_and_deterministic() {
+    let Some(_g) = gpu() else { return };
+    let m = tiny_model(GgmlType::Q4_1);
+    let tokens: Vec<u32> = (0..40).map(|i| (i * 37 + 11) % 512).collect();
+    let mut b = CudaBackend::new(Arc::clone(&m), 128).unwrap();
+    let run = |b: &mut CudaBackend, chunk: usize, graphs: bool| -> (Vec<u32>, Collect) {
+        b.truncate(0);
+        b.set_graphs(graphs);
+        let mut tap = Collect::default();
+        let mut logits = Vec::new();
+        let mut pos = 0;
+        for c in tokens.chunks(chunk) {
+            logits.extend(b.forward(c, pos, LogitRows::All, &mut tap).unwrap());
+            pos += c.len();
+        }
+        (bits(&logits), tap)
+    };
+    let (one, taps_one) = run(&mut b, tokens.len(), true);
+    for (chunk, graphs) in [(1, true), (1, false), (3, true), (7, true), (16, false), (39, true)] {
+        let (got, taps) = run(&mut b, chunk, graphs);
+        assert_eq!(got, one, "chunks of {chunk} (graphs {graphs}) change the logits");
+        for (p, v) in &taps_one.tensors {
+            assert_eq!(bits(&taps.tensors[p]), bits(v), "chunks of {chunk}: {} differs", p.name());
+        }
+    }
+    for _ in 0..20 {
+        assert_eq!(run(&mut b, 40, true).0, one, "repeated run differs");
+    }
+    println!("tiny Q4_1: prefill in 1, chunks of 1/3/7/16/39, graphs on/off, 20 repeats: bit-identical");
+}
+
+#[test]
+fn context_errors_match_cpu() {
+    let Some(_g) = gpu() else { return };
+    let m = tiny_model(GgmlType::Q4_1);
+    let mut b = CudaBackend::new(m, 8).unwrap();
+    assert!(matches!(b.forward(&[1, 2], 1, LogitRows::Last, &mut NoTap), Err(BackendError::NonContiguous { .. })));
+    assert!(matches!(b.forward(&[9999], 0, LogitRows::Last, &mut NoTap), Err(BackendError::BadToken { .. })));
+    assert!(matches!(b.forward(&[1; 9], 0, LogitRows::Last, &mut NoTap), Err(BackendError::ContextFull { .. })));
+    assert_eq!(b.forward(&[1, 2, 3], 0, LogitRows::Last, &mut NoTap).unwrap().len(), 512);
+    assert_eq!(b.n_cached(), 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real model (needs WORKER_ORCD_MODEL or a download; skipped without a GPU before loading).
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn real_model_matches_cpu_layer_by_layer() {
+    let Some(_g) = gpu() else { return };
+    let m = crate::support::model();
+    let c = m.config.clone();
+    let tok = crate::support::tokenizer();
+    let ids = tok.encode("The capital of France is Paris. The capital of Germany is", false);
+    let mut cpu = CpuBackend::new(Arc::clone(&m), 256, 0).unwrap();
+    let mut gpu_b = CudaBackend::new(Arc::clone(&m), 256).unwrap();
+    let (mut t_cpu, mut t_gpu) = (Collect::default(), Collect::default());
+    let want = cpu.forward(&ids, 0, LogitRows::All, &mut t_cpu).unwrap();
+    let got = gpu_b.forward(&ids, 0, LogitRows::All, &mut t_gpu).unwrap();
+    for l in 0..c.n_layers {
+        let p = TapPoint::LOut(l);
+        let e = crate::support::max_row_nmse(&t_gpu.tensors[&p], &t_cpu.tensors[&p], c.dim);
+        println!("real l_out-{l:<2} max per-position NMSE vs cpu {e:.3e} bit-identical {}", bits(&t_gpu.tensors[&p]) == bits(&t_cpu.tensors[&p]));
+        assert!(e < 1e-4, "l_out-{l}: NMSE {e:.3e}");
+    }
+    let e = crate::support::max_row_nmse(&got, &want, c.n_vocab);
+    println!("real logits max per-position NMSE vs cpu {e:.3e}, bit-identical {}", bits(&got) == bits(&want));
+    assert!(e < 1e-4);
+}
