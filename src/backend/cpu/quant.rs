@@ -38,7 +38,7 @@ fn f16_round(x: f32) -> f32 {
 
 /// Quantizes one block the way ggml's AVX2 `quantize_row_q8_0/q8_1` does: `d = amax/127`
 /// (stored as f16), `q = round_half_even(x * (127/amax))` computed with the f32 inverse.
-#[inline]
+#[inline(always)]
 fn quantize_block(x: &[f32]) -> (f32, [i8; QK], i32) {
     debug_assert_eq!(x.len(), QK);
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
@@ -77,12 +77,12 @@ pub fn quantize_row_q8_1(x: &[f32]) -> Vec<BlockQ8_1> {
         .collect()
 }
 
-#[inline]
+#[inline(always)]
 fn read_f16(bytes: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()
 }
 
-#[inline]
+#[inline(always)]
 fn dot_i8(a: &[i8; QK], b: &[i8; QK]) -> i32 {
     let mut s = 0i32;
     for j in 0..QK {
@@ -93,7 +93,7 @@ fn dot_i8(a: &[i8; QK], b: &[i8; QK]) -> i32 {
 
 /// Unpacks the 16 bytes of 4-bit quants of one block: low nibbles are elements 0..16, high
 /// nibbles 16..32 (ggml's layout for Q4_0 and Q4_1).
-#[inline]
+#[inline(always)]
 fn unpack_nibbles(qs: &[u8], offset: i8) -> [i8; QK] {
     let mut out = [0i8; QK];
     for j in 0..QK / 2 {
@@ -105,6 +105,7 @@ fn unpack_nibbles(qs: &[u8], offset: i8) -> [i8; QK] {
 
 /// `ggml_vec_dot_q4_1_q8_1`: one Q4_1 weight row (20 bytes a block: f16 d, f16 m, 16 bytes of
 /// nibbles) against a Q8_1 activation row. Per block: `d_w*d_a*Σ q_w q_a + m_w*s_a`.
+#[inline(always)]
 pub fn vec_dot_q4_1_q8_1(w: &[u8], a: &[BlockQ8_1]) -> f32 {
     const BS: usize = 20;
     debug_assert_eq!(w.len(), a.len() * BS);
@@ -121,6 +122,7 @@ pub fn vec_dot_q4_1_q8_1(w: &[u8], a: &[BlockQ8_1]) -> f32 {
 }
 
 /// `ggml_vec_dot_q4_0_q8_0`: Q4_0 (18 bytes a block: f16 d, nibbles offset by 8) · Q8_0.
+#[inline(always)]
 pub fn vec_dot_q4_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
     const BS: usize = 18;
     debug_assert_eq!(w.len(), a.len() * BS);
@@ -134,6 +136,7 @@ pub fn vec_dot_q4_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
 }
 
 /// `ggml_vec_dot_q8_0_q8_0`: Q8_0 (34 bytes a block: f16 d, 32 i8) · Q8_0.
+#[inline(always)]
 pub fn vec_dot_q8_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
     const BS: usize = 34;
     debug_assert_eq!(w.len(), a.len() * BS);
@@ -150,6 +153,7 @@ pub fn vec_dot_q8_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
 }
 
 /// `ggml_vec_dot_f16`: F16 weights · activation rounded to F16, accumulated in f32.
+#[inline(always)]
 pub fn vec_dot_f16(w: &[u8], a: &[f32]) -> f32 {
     let mut acc = 0.0f32;
     for (j, &x) in a.iter().enumerate() {
@@ -159,6 +163,7 @@ pub fn vec_dot_f16(w: &[u8], a: &[f32]) -> f32 {
 }
 
 /// `ggml_vec_dot_bf16`: BF16 weights · activation rounded to BF16, accumulated in f32.
+#[inline(always)]
 pub fn vec_dot_bf16(w: &[u8], a: &[f32]) -> f32 {
     let mut acc = 0.0f32;
     for (j, &x) in a.iter().enumerate() {
@@ -169,6 +174,7 @@ pub fn vec_dot_bf16(w: &[u8], a: &[f32]) -> f32 {
 }
 
 /// `ggml_vec_dot_f32`: plain f32 dot product in index order.
+#[inline(always)]
 pub fn vec_dot_f32(w: &[u8], a: &[f32]) -> f32 {
     let mut acc = 0.0f32;
     for (j, &x) in a.iter().enumerate() {
@@ -230,6 +236,7 @@ pub fn supports(ty: GgmlType) -> bool {
 }
 
 /// Dot product of weight row `w` (type `ty`) with a quantized activation.
+#[inline(always)]
 pub fn vec_dot(ty: GgmlType, w: &[u8], a: &QuantizedActivation) -> f32 {
     match (ty, a) {
         (GgmlType::Q4_1, QuantizedActivation::Q8_1(b)) => vec_dot_q4_1_q8_1(w, b),
@@ -248,7 +255,10 @@ const ROWS_PER_TASK: usize = 64;
 
 /// `matmul`: W (n_out, n_in) @ x (n_tok, n_in)ᵀ -> out (n_tok, n_out), ggml numerics.
 ///
-/// Runs on the current rayon pool; results are bitwise independent of its size.
+/// Runs on the current rayon pool; results are bitwise independent of its size, of `n_tok`
+/// and of the CPU's vector extensions: the integer dot products are exact, and the float
+/// arithmetic per block is the same scalar sequence as in [`vec_dot_q4_1_q8_1`] and friends
+/// (Rust never contracts `a * b + c` into an FMA).
 pub fn matmul(w: &QMatrix<'_>, x: &[f32], n_tok: usize, out: &mut [f32]) {
     assert_eq!(x.len(), n_tok * w.n_in, "matmul input has wrong length");
     assert_eq!(out.len(), n_tok * w.n_out, "matmul output has wrong length");
@@ -261,18 +271,108 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n_tok: usize, out: &mut [f32]) {
     scratch
         .par_chunks_mut(ROWS_PER_TASK * n_tok)
         .enumerate()
-        .for_each(|(task, chunk)| {
-            let first = task * ROWS_PER_TASK;
-            for (r, dst) in chunk.chunks_mut(n_tok).enumerate() {
-                let row = w.row(first + r);
-                for (t, a) in acts.iter().enumerate() {
-                    dst[t] = vec_dot(w.ty, row, a);
-                }
-            }
-        });
+        .for_each(|(task, chunk)| matmul_task(w, &acts, task * ROWS_PER_TASK, chunk, n_tok));
     for t in 0..n_tok {
         for o in 0..w.n_out {
             out[t * w.n_out + o] = scratch[o * n_tok + t];
+        }
+    }
+}
+
+fn matmul_task(w: &QMatrix<'_>, acts: &[QuantizedActivation], first: usize, chunk: &mut [f32], n_tok: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            unsafe { matmul_task_avx2(w, acts, first, chunk, n_tok) };
+            return;
+        }
+    }
+    matmul_task_generic(w, acts, first, chunk, n_tok)
+}
+
+/// The same code as [`matmul_task_generic`], compiled with AVX2 enabled so the integer dot
+/// products vectorize. Bitwise identical results (see [`matmul`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn matmul_task_avx2(w: &QMatrix<'_>, acts: &[QuantizedActivation], first: usize, chunk: &mut [f32], n_tok: usize) {
+    matmul_task_generic(w, acts, first, chunk, n_tok)
+}
+
+/// One weight row unpacked once for all tokens: per block the weight scale, the Q4_1 minimum
+/// (0 otherwise) and 32 signed 8-bit quants.
+struct UnpackedRow {
+    d: Vec<f32>,
+    m: Vec<f32>,
+    q: Vec<[i8; QK]>,
+}
+
+#[inline(always)]
+fn unpack_row(ty: GgmlType, row: &[u8], into: &mut UnpackedRow) -> bool {
+    let (bs, off) = match ty {
+        GgmlType::Q4_1 => (20, 4),
+        GgmlType::Q4_0 => (18, 2),
+        GgmlType::Q8_0 => (34, 2),
+        _ => return false,
+    };
+    into.d.clear();
+    into.m.clear();
+    into.q.clear();
+    for blk in row.chunks_exact(bs) {
+        into.d.push(read_f16(blk, 0));
+        match ty {
+            GgmlType::Q4_1 => {
+                into.m.push(read_f16(blk, 2));
+                into.q.push(unpack_nibbles(&blk[off..bs], 0));
+            }
+            GgmlType::Q4_0 => into.q.push(unpack_nibbles(&blk[off..bs], 8)),
+            _ => {
+                let mut q = [0i8; QK];
+                for (dst, &src) in q.iter_mut().zip(&blk[off..bs]) {
+                    *dst = src as i8;
+                }
+                into.q.push(q);
+            }
+        }
+    }
+    true
+}
+
+#[inline(always)]
+fn matmul_task_generic(w: &QMatrix<'_>, acts: &[QuantizedActivation], first: usize, chunk: &mut [f32], n_tok: usize) {
+    let mut row_buf = UnpackedRow { d: Vec::new(), m: Vec::new(), q: Vec::new() };
+    for (r, dst) in chunk.chunks_mut(n_tok).enumerate() {
+        let row = w.row(first + r);
+        // One token (decode): dot straight from the packed row. Several (prefill): unpack the
+        // row once and reuse it for every token.
+        if acts.len() == 1 || !unpack_row(w.ty, row, &mut row_buf) {
+            for (t, a) in acts.iter().enumerate() {
+                dst[t] = vec_dot(w.ty, row, a);
+            }
+            continue;
+        }
+        let u = &row_buf;
+        for (t, a) in acts.iter().enumerate() {
+            // The same per-block arithmetic, in the same order, as vec_dot_q4_1_q8_1,
+            // vec_dot_q4_0_q8_0 and vec_dot_q8_0_q8_0.
+            dst[t] = match a {
+                QuantizedActivation::Q8_1(b) => {
+                    let (mut acc, mut summs) = (0.0f32, 0.0f32);
+                    for i in 0..b.len() {
+                        acc += (u.d[i] * b[i].d) * dot_i8(&u.q[i], &b[i].qs) as f32;
+                        summs += u.m[i] * b[i].s;
+                    }
+                    acc + summs
+                }
+                QuantizedActivation::Q8_0(b) => {
+                    let mut acc = 0.0f32;
+                    for i in 0..b.len() {
+                        acc += (u.d[i] * b[i].d) * dot_i8(&u.q[i], &b[i].qs) as f32;
+                    }
+                    acc
+                }
+                _ => unreachable!("quantized weights always get 8-bit activations"),
+            };
         }
     }
 }
@@ -359,6 +459,13 @@ mod tests {
         let one = run(1);
         for t in [2, 3, 4] {
             assert_eq!(one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), run(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        }
+        // Every element equals the reference dot product bit for bit.
+        for t in 0..3 {
+            let a = quantize_activation(GgmlType::Q4_1, &x[t * n_in..(t + 1) * n_in]);
+            for o in 0..n_out {
+                assert_eq!(one[t * n_out + o].to_bits(), vec_dot(GgmlType::Q4_1, m.row(o), &a).to_bits());
+            }
         }
         // Batch independence: token 1 alone gives the same bits as inside the batch of 3.
         let mut single = vec![0.0f32; n_out];
