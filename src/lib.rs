@@ -12,6 +12,7 @@ pub mod gguf;
 pub mod model;
 pub mod npy;
 pub mod reference;
+pub mod replay;
 pub mod sampler;
 pub mod server;
 pub mod tokenizer;

@@ -9,3 +9,5 @@ mod gguf;
 mod server;
 mod trace;
 mod cuda;
+mod replay;
+mod faults;

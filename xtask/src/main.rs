@@ -1,4 +1,8 @@
 //! Project automation (`cargo xtask <cmd>`), matklad style: one `match` over subcommands.
+mod replay;
+
+const USAGE: &str = "usage: cargo xtask <fetch-model | replay [PATHS..] [--backend auto|cpu|cuda] [--report FILE.json] [--junit FILE.xml] [--explain] [--filter PATTERN] [--diff A B] | record-llama>";
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -7,8 +11,13 @@ fn main() -> anyhow::Result<()> {
             println!("{}", path.display());
             Ok(())
         }
+        Some("replay") => {
+            let ok = replay::replay(&args)?;
+            std::process::exit(if ok { 0 } else { 1 })
+        }
+        Some("record-llama") => replay::record_llama(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <fetch-model>");
+            eprintln!("{USAGE}");
             std::process::exit(2)
         }
     }

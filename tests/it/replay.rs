@@ -1,0 +1,127 @@
+//! The replay harness on real data: every llama.cpp reference case replays on the CPU within
+//! its bounds and matches its insta snapshot; a worker recording moved to another directory
+//! replays from the file alone; `diff` of two recordings of one request; `explain`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use worker_orcd::backend::cpu::CpuBackend;
+use worker_orcd::engine::Engine;
+use worker_orcd::reference::load_corpus;
+use worker_orcd::replay::{self, backend::fingerprint_of, worker, CaseReport};
+use worker_orcd::trace::{RecordedParams, ResolvedRequest, TraceLevel};
+
+use crate::support::{model, tokenizer};
+
+/// Snapshots live in `<crate>/snapshots`, with the context in `info:`.
+pub fn assert_report_snapshot(r: &CaseReport, name: &str) {
+    let mut s = insta::Settings::clone_current();
+    s.set_snapshot_path(Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots"));
+    s.set_prepend_module_to_snapshot(false);
+    s.set_info(&serde_json::json!({ "model": r.model, "backend": r.backend, "case": r.name, "mode": r.mode }));
+    s.bind(|| insta::assert_snapshot!(name, r.snapshot_text()));
+}
+
+#[test]
+fn the_llama_cpp_corpus_replays_within_bounds_and_matches_snapshots() {
+    let m = model();
+    let tok = tokenizer();
+    let mut b = CpuBackend::new(Arc::clone(&m), 1024, 2).unwrap();
+    let _g = crate::faults::LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let t0 = std::time::Instant::now();
+    let (mut positions, mut failures) = (0usize, Vec::new());
+    let corpus = load_corpus().expect("reference corpus opens");
+    assert!(corpus.len() >= 10, "expected at least 10 cases, found {}", corpus.len());
+    for (_, rec) in corpus {
+        let r = replay::llama::replay_case(&m, &mut b, &rec, Some(&tok)).unwrap();
+        positions += r.tokens_replayed;
+        let worst_op = r.ops.iter().filter(|o| !o.control).map(|o| o.nmse).fold(0.0, f64::max);
+        let worst = r.worst_layer.as_ref().map(|w| format!("{} {:.3e}", w.label, w.worst_nmse.unwrap_or(f64::NAN))).unwrap_or_default();
+        println!("{:<20} {} worst op NMSE {worst_op:.3e}, worst site {worst}; {}", r.name, if r.passed { "PASS" } else { "FAIL" }, r.checks.iter().map(|c| format!("{}: {}", c.name, c.detail)).collect::<Vec<_>>().join("; "));
+        if !r.passed {
+            failures.push(format!("{}: {}", r.name, r.divergence_line()));
+        }
+        assert_report_snapshot(&r, &format!("replay-cpu-{}", r.name));
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!("corpus: {positions} positions in {secs:.1}s ({:.0} tokens/s)", positions as f64 / secs);
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+fn resolved(prompt: &str, temperature: f32, max_tokens: u32) -> ResolvedRequest {
+    let tok = tokenizer();
+    ResolvedRequest {
+        prompt_text: prompt.into(),
+        parse_special: false,
+        prompt_ids: tok.encode(prompt, false),
+        params: RecordedParams { temperature, top_k: 0, top_p: 0.9, min_p: 0.0, repetition_penalty: 1.0 },
+        seed: 1234,
+        seed_generated: false,
+        max_tokens,
+        stop_ids: Vec::new(),
+        stop_strings: Vec::new(),
+        top_logprobs: 2,
+        prefill_chunk: 4,
+    }
+}
+
+/// Records `resolved` on a fresh CPU engine into `dir`, as `serve --record-dir` would.
+pub fn record(dir: &Path, stem: &str, req: ResolvedRequest, level: TraceLevel, wrap: &dyn worker::TapWrap) -> std::path::PathBuf {
+    let m = model();
+    let sha = worker_orcd::fetch::sha256_file(&worker_orcd::fetch::default_model_path().unwrap()).unwrap();
+    let backend = CpuBackend::new(Arc::clone(&m), 256, 2).unwrap();
+    let fp = fingerprint_of(&m, &sha, &backend, 2);
+    let mut engine = Engine::new(Box::new(backend), tokenizer());
+    let h = worker::header_for(stem, req, fp, level, &m.config);
+    worker::record_request(&mut engine, h, dir, stem, wrap).unwrap()
+}
+
+/// A fresh engine and the fingerprint of where it runs, sharing nothing with the recorder.
+pub fn fresh_engine(threads: usize) -> (Engine, worker_orcd::trace::Fingerprint) {
+    let m = model();
+    let sha = worker_orcd::fetch::sha256_file(&worker_orcd::fetch::default_model_path().unwrap()).unwrap();
+    let backend = CpuBackend::new(Arc::clone(&m), 256, threads).unwrap();
+    let fp = fingerprint_of(&m, &sha, &backend, threads);
+    (Engine::new(Box::new(backend), tokenizer()), fp)
+}
+
+#[test]
+fn a_recording_moved_to_another_directory_replays_from_the_file_alone() {
+    let made = tempfile::tempdir().unwrap();
+    let path = {
+        let _g = crate::faults::LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        record(made.path(), "moved", resolved("The lighthouse keeper opened the door and", 0.8, 12), TraceLevel::Summary, &worker::NoWrap)
+    };
+    // Only the file travels: a new directory, a new engine with another thread count.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let moved = elsewhere.path().join(path.file_name().unwrap());
+    std::fs::copy(&path, &moved).unwrap();
+    drop(made);
+    let (mut engine, here) = fresh_engine(1);
+    let _g = crate::faults::LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let r = worker::replay(&moved, &mut engine, &here).unwrap();
+    assert!(r.passed, "{}\n{:?}", r.divergence_line(), r.checks);
+    assert_eq!(r.tokens.len(), 12);
+    assert!(r.notes.iter().any(|n| n.contains("bit-identical")), "{:?}", r.notes);
+    let text = worker::explain(&moved).unwrap();
+    for want in ["seed: 1234", "trace level: summary", "complete: true", "prompt ids:", "fingerprint: model"] {
+        assert!(text.contains(want), "explain lacks {want:?}:\n{text}");
+    }
+}
+
+#[test]
+fn diff_compares_two_recordings_without_re_executing() {
+    let dir = tempfile::tempdir().unwrap();
+    let _g = crate::faults::LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let req = resolved("Once upon a time", 0.0, 6);
+    let a = record(dir.path(), "a", req.clone(), TraceLevel::Full, &worker::NoWrap);
+    let b = record(dir.path(), "b", req, TraceLevel::Full, &worker::NoWrap);
+    let r = worker::diff(&a, &b).unwrap();
+    assert!(r.passed, "{}", r.divergence_line());
+    assert!(r.curve.iter().all(|p| p.worst_nmse == Some(0.0)), "{:?}", r.curve);
+    // A different request is refused as a comparison.
+    let c = record(dir.path(), "c", resolved("Once upon a time there", 0.0, 6), TraceLevel::Full, &worker::NoWrap);
+    let r = worker::diff(&a, &c).unwrap();
+    assert!(!r.passed);
+    assert!(r.checks.iter().any(|c| c.name.starts_with("same request") && !c.passed));
+}
