@@ -62,7 +62,7 @@ struct GenerateArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// 0 is greedy.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, allow_hyphen_values = true)]
     temperature: f32,
     /// 0 disables.
     #[arg(long, default_value_t = 40)]

@@ -82,9 +82,18 @@ pub fn fresh_seed() -> u64 {
     h.finish() >> 11 // keep it exactly representable in JSON numbers (< 2^53)
 }
 
-/// Which candidate rule applied logits instead of probabilities (planted fault for tests).
 #[cfg(feature = "fault-injection")]
-pub static TOP_P_ON_LOGITS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+thread_local! {
+    // Planted fault for the replay harness's tests: top-p summing logits instead of
+    // probabilities. Per thread, so it never leaks into tests running beside it.
+    static TOP_P_ON_LOGITS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Plants (or clears) the top-p-on-logits fault for `sample` calls on the calling thread.
+#[cfg(feature = "fault-injection")]
+pub fn set_top_p_on_logits(on: bool) {
+    TOP_P_ON_LOGITS.with(|c| c.set(on));
+}
 
 /// Samples one token. `history` is every token already in the context (prompt and generated),
 /// for the repetition penalty; `coin` is [`draw`]`(seed, index)`.
@@ -120,7 +129,7 @@ pub fn sample(logits: &[f32], params: &SamplingParams, history: &[u32], coin: f6
     let probs = softmax_f64(&cand);
     let mut keep = cand.len();
     #[cfg(feature = "fault-injection")]
-    let on_logits = TOP_P_ON_LOGITS.load(std::sync::atomic::Ordering::SeqCst);
+    let on_logits = TOP_P_ON_LOGITS.with(|c| c.get());
     #[cfg(not(feature = "fault-injection"))]
     let on_logits = false;
     if params.top_p < 1.0 {

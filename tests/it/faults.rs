@@ -6,7 +6,6 @@
 //! The fault switch is global: every test here (and every replay test that runs the CPU
 //! backend) holds [`LOCK`] while a fault may be set.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use worker_orcd::backend::cpu::faults::{self, Fault};
@@ -30,7 +29,7 @@ impl Planted<'_> {
     fn new(f: Fault, top_p_on_logits: bool) -> Planted<'static> {
         let g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
         faults::set(f);
-        worker_orcd::sampler::TOP_P_ON_LOGITS.store(top_p_on_logits, Ordering::SeqCst);
+        worker_orcd::sampler::set_top_p_on_logits(top_p_on_logits);
         Planted(g)
     }
 }
@@ -38,7 +37,7 @@ impl Planted<'_> {
 impl Drop for Planted<'_> {
     fn drop(&mut self) {
         faults::set(Fault::None);
-        worker_orcd::sampler::TOP_P_ON_LOGITS.store(false, Ordering::SeqCst);
+        worker_orcd::sampler::set_top_p_on_logits(false);
     }
 }
 
@@ -65,7 +64,9 @@ fn backend_faults_are_named_against_llama_cpp() {
         (Fault::SkipFfnDown, &["ffn_out-0#0"]),
         (Fault::TransposedQ, &["Qcur-0#0"]),
         (Fault::RopeWrongPairs, &["Qcur-0#2", "Kcur-0#2"]),
-        (Fault::SoftmaxNoMax, &["kq_soft_max-0#0", "kqv_out-0#0"]),
+        // Overflows only where a score exceeds 11.09 (see backend::cpu), so its layer is the
+        // first with such a score; the tensor must still be the attention's.
+        (Fault::SoftmaxNoMax, &["kq_soft_max", "kqv_out"]),
     ];
     let mut table = Vec::new();
     for (f, want) in cases {
@@ -73,8 +74,13 @@ fn backend_faults_are_named_against_llama_cpp() {
         table.push(format!("{f:?}: {}", r.divergence_line()));
         assert!(!r.passed, "{f:?}: replay passed");
         let d = r.first_divergence.as_ref().unwrap_or_else(|| panic!("{f:?}: no divergence named"));
-        assert_eq!(d.layer, Some(0), "{f:?}: {}", describe(&r));
-        assert!(want.contains(&d.tensor.as_str()), "{f:?}: expected one of {want:?}: {}", describe(&r));
+        if f == Fault::SoftmaxNoMax {
+            let base = d.tensor.split('-').next().unwrap_or("");
+            assert!(want.contains(&base), "{f:?}: expected one of {want:?}: {}", describe(&r));
+        } else {
+            assert_eq!(d.layer, Some(0), "{f:?}: {}", describe(&r));
+            assert!(want.contains(&d.tensor.as_str()), "{f:?}: expected one of {want:?}: {}", describe(&r));
+        }
     }
     for t in &table {
         println!("fault {t}");

@@ -18,7 +18,7 @@ use crate::model::{Model, ModelConfig, Weight};
 /// Only compiled with the `fault-injection` feature; release builds cannot reach them.
 #[cfg(feature = "fault-injection")]
 pub mod faults {
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::cell::Cell;
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     #[repr(u32)]
@@ -32,14 +32,19 @@ pub mod faults {
         SkipQkvBias = 6,
     }
 
-    static ACTIVE: AtomicU32 = AtomicU32::new(0);
+    thread_local! {
+        // Per thread, so a test that plants a fault never disturbs tests running beside it;
+        // every check runs on the thread that calls `forward`.
+        static ACTIVE: Cell<Fault> = const { Cell::new(Fault::None) };
+    }
 
+    /// Plants `f` for forward passes run by the calling thread.
     pub fn set(f: Fault) {
-        ACTIVE.store(f as u32, Ordering::SeqCst);
+        ACTIVE.with(|a| a.set(f));
     }
 
     pub fn is(f: Fault) -> bool {
-        ACTIVE.load(Ordering::SeqCst) == f as u32
+        ACTIVE.with(|a| a.get()) == f
     }
 }
 
@@ -222,7 +227,7 @@ impl CpuBackend {
                         let n_kv = pos0 + t + 1;
                         let mut p_local = pc.as_ref().map(|_| vec![0.0f32; c.n_heads * n_kv]);
                         if soft_no_max {
-                            attention_no_max(&qs[t * dim..(t + 1) * dim], kc, vc, n_kv, c.n_heads, c.n_kv_heads, hd, out);
+                            attention_no_max(&qs[t * dim..(t + 1) * dim], kc, vc, n_kv, c.n_heads, c.n_kv_heads, hd, out, p_local.as_deref_mut());
                         } else {
                             ops::attention(
                                 &qs[t * dim..(t + 1) * dim],
@@ -371,9 +376,23 @@ fn rope_neox_style(x: &mut [f32], head_dim: usize, pos: usize, base: f32) {
     }
 }
 
-/// Planted fault: softmax without subtracting the maximum (overflows for large scores).
+/// Planted fault: softmax without subtracting the maximum, as a naive half-precision kernel
+/// writes it (exponentials and their sum in f16). In f32 the missing max subtraction is
+/// harmless for this model (its scores stay below 13, far from exp's f32 overflow at 88), but
+/// in f16 `exp(s)` overflows to infinity for any score above 11.09, and the probabilities
+/// become NaN: the broken-softmax bug of the earlier worker.
 #[allow(clippy::too_many_arguments)]
-fn attention_no_max(q: &[f32], kc: &[f32], vc: &[f32], n_kv: usize, n_heads: usize, n_kv_heads: usize, hd: usize, out: &mut [f32]) {
+fn attention_no_max(
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    n_kv: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    hd: usize,
+    out: &mut [f32],
+    mut probs_out: Option<&mut [f32]>,
+) {
     let group = n_heads / n_kv_heads;
     let kv_stride = n_kv_heads * hd;
     let scale = 1.0 / (hd as f32).sqrt();
@@ -382,10 +401,18 @@ fn attention_no_max(q: &[f32], kc: &[f32], vc: &[f32], n_kv: usize, n_heads: usi
         let mut s: Vec<f32> = (0..n_kv)
             .map(|j| (0..hd).map(|d| kc[j * kv_stride + kvh * hd + d] * q[h * hd + d]).sum::<f32>() * scale)
             .collect();
-        let sum: f32 = s.iter_mut().map(|v| {
-            *v = v.exp();
-            *v
-        }).sum();
+        let mut sum = half::f16::from_f32(0.0);
+        for v in s.iter_mut() {
+            let e = half::f16::from_f32(v.exp());
+            *v = e.to_f32();
+            sum = half::f16::from_f32(sum.to_f32() + e.to_f32());
+        }
+        let sum = sum.to_f32();
+        if let Some(p) = probs_out.as_deref_mut() {
+            for (j, v) in s.iter().enumerate() {
+                p[h * n_kv + j] = v / sum;
+            }
+        }
         for d in 0..hd {
             out[h * hd + d] = (0..n_kv).map(|j| vc[j * kv_stride + kvh * hd + d] * s[j] / sum).sum();
         }
