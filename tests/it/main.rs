@@ -11,3 +11,4 @@ mod trace;
 mod cuda;
 mod replay;
 mod faults;
+mod cli;
