@@ -1,0 +1,147 @@
+//! Backends run the llama forward pass: `cpu` (the readable reference) and `cuda`.
+//!
+//! One trait, [`Backend`], which the engine drives; one tap interface, [`Tap`], through which a
+//! backend exposes intermediate tensors for tracing, dumping and parity checks.
+//! **Architecture Invariant:** a backend knows nothing of sampling, HTTP or recording formats;
+//! it computes logits and reports tensors to whatever tap it is given.
+
+pub mod cpu;
+pub mod cuda;
+
+use crate::model::ModelConfig;
+
+/// A named point of the forward pass whose value can be observed. Names follow llama.cpp's
+/// graph (`Qcur-N`, `l_out-N`, ...) so that every tap has a llama.cpp counterpart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub enum TapPoint {
+    /// Token embeddings, (n_tok, dim).
+    Embd,
+    AttnNorm(usize),
+    /// Q projection before RoPE (plus bias if any), (n_tok, dim).
+    Q(usize),
+    K(usize),
+    V(usize),
+    /// Q and K after RoPE.
+    QRope(usize),
+    KRope(usize),
+    /// Attention probabilities, (n_tok, n_heads, n_kv) with n_kv = pos0 + n_tok.
+    KqSoftmax(usize),
+    /// Attention output before the output projection, (n_tok, dim).
+    KqvOut(usize),
+    AttnOut(usize),
+    FfnInp(usize),
+    FfnNorm(usize),
+    FfnGate(usize),
+    FfnUp(usize),
+    FfnSwiglu(usize),
+    FfnOut(usize),
+    /// The residual stream after layer N, (n_tok, dim).
+    LOut(usize),
+    ResultNorm,
+    /// Logits, (n_rows, n_vocab), for the rows the caller asked for.
+    Logits,
+}
+
+impl TapPoint {
+    /// llama.cpp's tensor name for this point (occurrences within a layer aside).
+    pub fn llama_name(&self) -> String {
+        use TapPoint::*;
+        match *self {
+            Embd => "embd".into(),
+            AttnNorm(l) => format!("attn_norm-{l}"),
+            Q(l) | QRope(l) => format!("Qcur-{l}"),
+            K(l) | KRope(l) => format!("Kcur-{l}"),
+            V(l) => format!("Vcur-{l}"),
+            KqSoftmax(l) => format!("kq_soft_max-{l}"),
+            KqvOut(l) => format!("kqv_out-{l}"),
+            AttnOut(l) => format!("attn_out-{l}"),
+            FfnInp(l) => format!("ffn_inp-{l}"),
+            FfnNorm(l) => format!("ffn_norm-{l}"),
+            FfnGate(l) => format!("ffn_gate-{l}"),
+            FfnUp(l) => format!("ffn_up-{l}"),
+            FfnSwiglu(l) => format!("ffn_swiglu-{l}"),
+            FfnOut(l) => format!("ffn_out-{l}"),
+            LOut(l) => format!("l_out-{l}"),
+            ResultNorm => "result_norm".into(),
+            Logits => "result_output".into(),
+        }
+    }
+
+    /// Our own name: llama.cpp's, with `Qcur`/`Kcur` after RoPE marked `:rope`.
+    pub fn name(&self) -> String {
+        match self {
+            TapPoint::QRope(_) | TapPoint::KRope(_) => format!("{}:rope", self.llama_name()),
+            _ => self.llama_name(),
+        }
+    }
+
+    pub fn layer(&self) -> Option<usize> {
+        use TapPoint::*;
+        match *self {
+            Embd | ResultNorm | Logits => None,
+            AttnNorm(l) | Q(l) | K(l) | V(l) | QRope(l) | KRope(l) | KqSoftmax(l) | KqvOut(l) | AttnOut(l)
+            | FfnInp(l) | FfnNorm(l) | FfnGate(l) | FfnUp(l) | FfnSwiglu(l) | FfnOut(l) | LOut(l) => Some(l),
+        }
+    }
+}
+
+/// Receives intermediate tensors during a forward pass. `data` holds `n_tok` rows for the
+/// positions `pos0..pos0 + n_tok` (for `Logits`, the rows requested, see [`LogitRows`]).
+/// Implementations must be cheap when they want nothing: `wants` is asked first.
+pub trait Tap {
+    fn wants(&self, point: TapPoint) -> bool;
+    fn record(&mut self, point: TapPoint, pos0: usize, n_tok: usize, data: &[f32]);
+}
+
+/// A tap that wants nothing.
+pub struct NoTap;
+
+impl Tap for NoTap {
+    fn wants(&self, _: TapPoint) -> bool {
+        false
+    }
+    fn record(&mut self, _: TapPoint, _: usize, _: usize, _: &[f32]) {}
+}
+
+/// Which positions of a batch get logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitRows {
+    /// Only the last position (generation).
+    Last,
+    /// Every position (parity checks, prompt logprobs).
+    All,
+    /// None (prefill of a chunk that is not the last).
+    None,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("context full: positions {pos0}..{end} exceed the context of {n_ctx}")]
+    ContextFull { pos0: usize, end: usize, n_ctx: usize },
+    #[error("token id {id} is outside the vocabulary of {n_vocab}")]
+    BadToken { id: u32, n_vocab: usize },
+    #[error("positions must be contiguous: cache holds {cached}, batch starts at {pos0}")]
+    NonContiguous { cached: usize, pos0: usize },
+    #[error("{backend} backend is unavailable: {reason}")]
+    Unavailable { backend: &'static str, reason: String },
+    #[error("device error: {0}")]
+    Device(String),
+}
+
+/// A forward-pass implementation holding its own KV cache (batch size one).
+pub trait Backend: Send {
+    /// `cpu` or `cuda`.
+    fn kind(&self) -> &'static str;
+    /// A human description of the device (CPU model and thread count, GPU name).
+    fn device(&self) -> String;
+    fn config(&self) -> &ModelConfig;
+    /// Maximum number of positions in the KV cache.
+    fn n_ctx(&self) -> usize;
+    /// Number of positions currently cached.
+    fn n_cached(&self) -> usize;
+    /// Forgets cached positions from `pos` on (0 clears the cache).
+    fn truncate(&mut self, pos: usize);
+    /// Runs `tokens` at positions `pos0..`, which must continue the cache (`pos0 == n_cached()`),
+    /// and returns the logits of the rows selected by `rows`, row-major (rows, n_vocab).
+    fn forward(&mut self, tokens: &[u32], pos0: usize, rows: LogitRows, tap: &mut dyn Tap) -> Result<Vec<f32>, BackendError>;
+}
