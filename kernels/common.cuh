@@ -154,3 +154,17 @@ __device__ __forceinline__ void quantize_block_warp(float x, i8* qs, float2* ds)
     int sum = warp_sum_i32(q);
     if (lane == 0) *ds = make_float2(f16_round(d), f16_round(d * (float)sum));
 }
+
+// 1/sqrt(mean(x^2) + eps) of one row, as ops::rmsnorm: squares in f32 widened to f64, summed per
+// thread in index order, then by block_sum_f64's fixed tree. Every thread gets the result.
+__device__ __forceinline__ float rms_scale(const float* xr, int dim, float eps) {
+    __shared__ double scratch[32];
+    double s = 0.0;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+        float v = xr[i];
+        s += (double)(v * v);
+    }
+    double sum = block_sum_f64(s, scratch);
+    float mean = (float)(sum / (double)dim);
+    return 1.0f / sqrtf(mean + eps);
+}

@@ -8,8 +8,8 @@
 // Activations arrive quantized by rmsnorm_q8 / quantize_q8_1 / attention / swiglu_q8:
 //   aq (n_tok, n_in) int8, ads (n_tok, n_in/32) float2 (d, s).
 //
-// Launch (quantized): grid (ceil(n_out/ROWS), n_tok), block 128, dynamic shared memory
-// ROWS * (n_in/32) * 2 floats. Phase 1 spreads the (row, block) pairs over the threads: each
+// Launch (quantized): grid (ceil(n_out/R), ceil(n_tok/TT)), block 128, dynamic shared memory
+// as documented at matvec_q. Phase 1 spreads the (row, block) pairs over the threads: each
 // computes one block's integer dot product (dp4a; exact, so any grouping is the CPU's value)
 // and the block's float terms (d_w*d_a)*sumi and m_w*s_a, exactly as the CPU forms them. Phase
 // 2 has one thread per row add those terms in block order, `acc += term`, then `acc + summs`,
@@ -17,63 +17,69 @@
 //
 // Epilogue `mode`: 0 stores out[t*out_stride + r] = v; 1 adds to it (the residual connection,
 // ops::add: x = x + v). When `tap` is not null the stored value is also written to
-// tap[t*out_stride + r] (the per-layer trace buffer).
+// tap[t*out_stride + r] (the per-layer trace buffer). 2 (Q|K|V stacked) applies rope.cu's
+// rope_store_kv arithmetic to the results; 3 (gate|up stacked) applies swiglu.cu's swiglu_f32
+// and quantizes, so the decode step needs no separate launch for either.
 //
 // Launch (float weights): grid (ceil(n_out/128), n_tok), block 128, one thread per output doing
 // the CPU's sequential dot product over n_in; x is f32 (rounded to f16/bf16 here as the CPU
 // rounds its activation row). Slow, and only used for models with float matrices.
 
-#define MV_ROWS 16
+#define MV_UNROLL 4
 
 enum { WT_Q4_0 = 0, WT_Q4_1 = 1, WT_Q8_0 = 2 };
+enum { MODE_STORE = 0, MODE_ADD = 1, MODE_QKV = 2, MODE_SWIGLU = 3 };
 
 __device__ __forceinline__ void store_out(float* out, float* tap, size_t idx, float v, int mode) {
-    if (mode == 1) v = out[idx] + v;
+    if (mode == MODE_ADD) v = out[idx] + v;
     out[idx] = v;
     if (tap) tap[idx] = v;
 }
 
+// Epilogue arguments of the fused modes (null / 0 when unused).
+struct QkvEpi {
+    float* q_out; float* k_cache; float* v_cache; const float* table; const int* params;
+    const float* bq; const float* bk; const float* bv; int dim; int kv_dim; int head_dim;
+};
+struct SwigluEpi { float* out; i8* aq; float2* ads; int ffn; };
+// Fused input norm: when `w` is not null the block normalizes rows of `x` itself (rmsnorm.cu's
+// rmsnorm_q8 arithmetic, same 128-thread tree) into shared memory instead of reading aq/ads.
+struct NormIn { const float* x; const float* w; float eps; };
+
+// Weight block `blk` of the matrix, and its integer dot with activation block `a0|a1`.
 template <int WT>
-__device__ __forceinline__ void matvec_q(const u8* __restrict__ qs, const u32* __restrict__ dm,
-                                         const i8* __restrict__ aq, const float2* __restrict__ ads,
-                                         float* out, float* tap, int n_in, int n_out, int out_stride,
-                                         int mode) {
-    extern __shared__ float sh[];
-    const int nb = n_in / QK;
-    const int row0 = blockIdx.x * MV_ROWS;
-    const size_t t = blockIdx.y;
-    float* terms = sh;                    // [MV_ROWS][nb]: (d_w*d_a)*sumi
-    float* mterms = sh + MV_ROWS * nb;    // [MV_ROWS][nb]: m_w*s_a (Q4_1)
-    const i8* a_row = aq + t * n_in;
-    const float2* ads_row = ads + t * nb;
-    const int n_items = MV_ROWS * nb;
-    for (int it = threadIdx.x; it < n_items; it += blockDim.x) {
-        int rl = it / nb, b = it - rl * nb;
-        int row = row0 + rl;
-        if (row >= n_out) break;
-        size_t blk = (size_t)row * nb + b;
-        const int4* a4 = (const int4*)(a_row + b * QK);
-        int4 a0 = a4[0], a1 = a4[1];
-        int sumi = 0;
+struct WBlock {
+    int4 w0, w1;  // Q8_0: 32 bytes; 4-bit: w0 holds the 16 bytes of nibbles
+    u32 dm;
+    __device__ __forceinline__ void load(const u8* __restrict__ qs, const u32* __restrict__ dmv, size_t blk) {
         if (WT == WT_Q8_0) {
             const int4* w4 = (const int4*)(qs + blk * 32);
-            int4 w0 = w4[0], w1 = w4[1];
+            w0 = w4[0];
+            w1 = w4[1];
+        } else {
+            w0 = ((const int4*)qs)[blk];
+        }
+        dm = dmv[blk];
+    }
+    __device__ __forceinline__ int dot(int4 a0, int4 a1) const {
+        int sumi = 0;
+        if (WT == WT_Q8_0) {
             sumi = __dp4a(w0.x, a0.x, sumi); sumi = __dp4a(w0.y, a0.y, sumi);
             sumi = __dp4a(w0.z, a0.z, sumi); sumi = __dp4a(w0.w, a0.w, sumi);
             sumi = __dp4a(w1.x, a1.x, sumi); sumi = __dp4a(w1.y, a1.y, sumi);
             sumi = __dp4a(w1.z, a1.z, sumi); sumi = __dp4a(w1.w, a1.w, sumi);
         } else {
             // Byte j of a 4-bit block: low nibble is element j, high nibble element j + 16.
-            uint4 w = ((const uint4*)qs)[blk];
             const u32 m4 = 0x0F0F0F0Fu;
-            sumi = __dp4a((int)(w.x & m4), a0.x, sumi); sumi = __dp4a((int)(w.y & m4), a0.y, sumi);
-            sumi = __dp4a((int)(w.z & m4), a0.z, sumi); sumi = __dp4a((int)(w.w & m4), a0.w, sumi);
-            sumi = __dp4a((int)((w.x >> 4) & m4), a1.x, sumi); sumi = __dp4a((int)((w.y >> 4) & m4), a1.y, sumi);
-            sumi = __dp4a((int)((w.z >> 4) & m4), a1.z, sumi); sumi = __dp4a((int)((w.w >> 4) & m4), a1.w, sumi);
+            u32 x = (u32)w0.x, y = (u32)w0.y, z = (u32)w0.z, w = (u32)w0.w;
+            sumi = __dp4a((int)(x & m4), a0.x, sumi); sumi = __dp4a((int)(y & m4), a0.y, sumi);
+            sumi = __dp4a((int)(z & m4), a0.z, sumi); sumi = __dp4a((int)(w & m4), a0.w, sumi);
+            sumi = __dp4a((int)((x >> 4) & m4), a1.x, sumi); sumi = __dp4a((int)((y >> 4) & m4), a1.y, sumi);
+            sumi = __dp4a((int)((z >> 4) & m4), a1.z, sumi); sumi = __dp4a((int)((w >> 4) & m4), a1.w, sumi);
             if (WT == WT_Q4_0) {
                 // sum (q - 8) a = sum q a - 8 sum a, exact in integers.
-                int suma = 0;
                 const int ones = 0x01010101;
+                int suma = 0;
                 suma = __dp4a(ones, a0.x, suma); suma = __dp4a(ones, a0.y, suma);
                 suma = __dp4a(ones, a0.z, suma); suma = __dp4a(ones, a0.w, suma);
                 suma = __dp4a(ones, a1.x, suma); suma = __dp4a(ones, a1.y, suma);
@@ -81,38 +87,165 @@ __device__ __forceinline__ void matvec_q(const u8* __restrict__ qs, const u32* _
                 sumi -= 8 * suma;
             }
         }
-        u32 dmw = dm[blk];
-        float2 da = ads_row[b];
-        float d = h2f((u16)(dmw & 0xffffu));
-        terms[rl * nb + b] = (d * da.x) * (float)sumi;
-        if (WT == WT_Q4_1) mterms[rl * nb + b] = h2f((u16)(dmw >> 16)) * da.y;
+        return sumi;
+    }
+};
+
+// Grid (n_out / rows_per_block, ceil(n_tok / tok_per_block)); see the header for the numerics.
+// Block x covers `rows_per_block` output rows: rows x*R + rl, except in MODE_SWIGLU, where
+// R = 64 covers gate rows x*32 + (0..32) and up rows ffn + x*32 + (0..32). Block y covers tokens
+// y*TT .. y*TT + TT: each weight block is loaded once and used for every token of the block.
+// Dynamic shared memory: R * TT * (n_in/32) * (2 for Q4_1, else 1) floats + R * TT floats, and
+// with a fused norm, 16-byte aligned, TT * n_in int8 and TT * n_in/32 float2 (+ 32 bytes).
+// Block size 128 (the fused norm's reduction tree assumes it).
+template <int WT>
+__device__ __forceinline__ void matvec_q(const u8* __restrict__ qs, const u32* __restrict__ dm,
+                                         const i8* __restrict__ aq, const float2* __restrict__ ads,
+                                         float* out, float* tap, int n_in, int n_out, int out_stride,
+                                         int mode, int n_tok, int rows_per_block, int tok_per_block,
+                                         QkvEpi qe, SwigluEpi se, NormIn ni) {
+    extern __shared__ float sh[];
+    const int R = rows_per_block;
+    const int nb = n_in / QK;
+    const int t0 = blockIdx.y * tok_per_block;
+    const int tcount = min(tok_per_block, n_tok - t0);
+    const int slots = R * tok_per_block;
+    float* terms = sh;                                          // [tt][rl][b]
+    float* mterms = sh + slots * nb;                            // Q4_1: [tt][rl][b]
+    float* res = sh + slots * nb * (WT == WT_Q4_1 ? 2 : 1);     // [tt][rl]
+    const int n_items = R * nb;
+    // Activation source: global rows t0.., or rows normalized here into shared memory.
+    const i8* a_base = aq + (size_t)t0 * n_in;
+    const float2* ads_base = ads + (size_t)t0 * nb;
+    if (ni.w) {
+        size_t off = (size_t)(res + slots) - (size_t)sh;
+        off = (off + 15) & ~(size_t)15;
+        i8* aq_s = (i8*)((char*)sh + off);
+        float2* ads_s = (float2*)((char*)sh + off + (((size_t)tok_per_block * n_in + 15) & ~(size_t)15));
+        int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+        for (int tt = 0; tt < tcount; tt++) {
+            const float* xr = ni.x + (size_t)(t0 + tt) * n_in;
+            float scale = rms_scale(xr, n_in, ni.eps);
+            for (int b = warp; b < nb; b += n_warps) {
+                int i = b * QK + lane;
+                quantize_block_warp((xr[i] * scale) * ni.w[i], aq_s + tt * n_in + b * QK, ads_s + tt * nb + b);
+            }
+        }
+        __syncthreads();
+        a_base = aq_s;
+        ads_base = ads_s;
+    }
+    for (int it0 = 0; it0 < n_items; it0 += blockDim.x * MV_UNROLL) {
+        WBlock<WT> wb[MV_UNROLL];
+        int rls[MV_UNROLL], bs[MV_UNROLL];
+        bool ok[MV_UNROLL];
+#pragma unroll
+        for (int u = 0; u < MV_UNROLL; u++) {
+            int it = it0 + u * blockDim.x + threadIdx.x;
+            int rl = it / nb, b = it - (it / nb) * nb;
+            int row = mode == MODE_SWIGLU ? (rl < 32 ? blockIdx.x * 32 + rl : se.ffn + blockIdx.x * 32 + rl - 32)
+                                          : blockIdx.x * R + rl;
+            ok[u] = it < n_items && row < n_out;
+            rls[u] = rl;
+            bs[u] = b;
+            if (ok[u]) wb[u].load(qs, dm, (size_t)row * nb + b);
+        }
+        for (int tt = 0; tt < tcount; tt++) {
+#pragma unroll
+            for (int u = 0; u < MV_UNROLL; u++) {
+                if (!ok[u]) continue;
+                const int4* a4 = (const int4*)(a_base + (size_t)tt * n_in + bs[u] * QK);
+                int sumi = wb[u].dot(a4[0], a4[1]);
+                float2 da = ads_base[(size_t)tt * nb + bs[u]];
+                float d = h2f((u16)(wb[u].dm & 0xffffu));
+                int slot = (tt * R + rls[u]) * nb + bs[u];
+                terms[slot] = (d * da.x) * (float)sumi;
+                if (WT == WT_Q4_1) mterms[slot] = h2f((u16)(wb[u].dm >> 16)) * da.y;
+            }
+        }
     }
     __syncthreads();
-    int rl = threadIdx.x;
-    int row = row0 + rl;
-    if (rl < MV_ROWS && row < n_out) {
+    // Phase 2: one thread per (token, row) adds the block terms in block order, as the CPU.
+    for (int idx = threadIdx.x; idx < tcount * R; idx += blockDim.x) {
+        int tt = idx / R, rl = idx - (idx / R) * R;
+        const float* tr = terms + (tt * R + rl) * nb;
+        const float* mr = mterms + (tt * R + rl) * nb;
         float acc = 0.0f, summs = 0.0f;
         for (int b = 0; b < nb; b++) {
-            acc += terms[rl * nb + b];
-            if (WT == WT_Q4_1) summs += mterms[rl * nb + b];
+            acc += tr[b];
+            if (WT == WT_Q4_1) summs += mr[b];
         }
         float v = WT == WT_Q4_1 ? acc + summs : acc;
-        store_out(out, tap, t * out_stride + row, v, mode);
+        if (mode == MODE_STORE || mode == MODE_ADD) {
+            int row = blockIdx.x * R + rl;
+            if (row < n_out) store_out(out, tap, (size_t)(t0 + tt) * out_stride + row, v, mode);
+        } else {
+            res[tt * R + rl] = v;
+        }
+    }
+    if (mode == MODE_QKV) {
+        // Bias, RoPE and the cache writes of rope.cu's rope_store_kv, on pairs of adjacent rows.
+        __syncthreads();
+        for (int idx = threadIdx.x; idx < tcount * R / 2; idx += blockDim.x) {
+            int tt = idx / (R / 2), rl = 2 * (idx - tt * (R / 2));
+            int row = blockIdx.x * R + rl;
+            if (row >= n_out) continue;
+            size_t t = t0 + tt;
+            size_t pos = (size_t)qe.params[0] + t;
+            float x0 = res[tt * R + rl], x1 = res[tt * R + rl + 1];
+            const float* cs = qe.table + pos * qe.head_dim;
+            if (row < qe.dim) {
+                if (qe.bq) { x0 = x0 + qe.bq[row]; x1 = x1 + qe.bq[row + 1]; }
+                int i = row % qe.head_dim;
+                float c = cs[i], s = cs[i + 1];
+                qe.q_out[t * qe.dim + row] = x0 * c - x1 * s;
+                qe.q_out[t * qe.dim + row + 1] = x0 * s + x1 * c;
+            } else if (row < qe.dim + qe.kv_dim) {
+                int r = row - qe.dim;
+                if (qe.bk) { x0 = x0 + qe.bk[r]; x1 = x1 + qe.bk[r + 1]; }
+                int i = r % qe.head_dim;
+                float c = cs[i], s = cs[i + 1];
+                qe.k_cache[pos * qe.kv_dim + r] = x0 * c - x1 * s;
+                qe.k_cache[pos * qe.kv_dim + r + 1] = x0 * s + x1 * c;
+            } else {
+                int r = row - qe.dim - qe.kv_dim;
+                if (qe.bv) { x0 = x0 + qe.bv[r]; x1 = x1 + qe.bv[r + 1]; }
+                qe.v_cache[pos * qe.kv_dim + r] = x0;
+                qe.v_cache[pos * qe.kv_dim + r + 1] = x1;
+            }
+        }
+    } else if (mode == MODE_SWIGLU) {
+        // swiglu.cu's swiglu_f32 on the 32 outputs of this block, one warp per token.
+        __syncthreads();
+        int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+        int blk = blockIdx.x;
+        for (int tt = warp; tt < tcount; tt += n_warps) {
+            size_t t = t0 + tt;
+            float g = res[tt * R + lane], u = res[tt * R + 32 + lane];
+            float s = silu_ref(g) * u;
+            if (se.out) se.out[t * se.ffn + blk * 32 + lane] = s;
+            quantize_block_warp(s, se.aq + t * se.ffn + blk * QK, se.ads + t * (se.ffn / QK) + blk);
+        }
     }
 }
 
-extern "C" __global__ void matvec_q4_1_q8_1(const u8* qs, const u32* dm, const i8* aq, const float2* ads,
-                                            float* out, float* tap, int n_in, int n_out, int out_stride, int mode) {
-    matvec_q<WT_Q4_1>(qs, dm, aq, ads, out, tap, n_in, n_out, out_stride, mode);
-}
-extern "C" __global__ void matvec_q4_0_q8_0(const u8* qs, const u32* dm, const i8* aq, const float2* ads,
-                                            float* out, float* tap, int n_in, int n_out, int out_stride, int mode) {
-    matvec_q<WT_Q4_0>(qs, dm, aq, ads, out, tap, n_in, n_out, out_stride, mode);
-}
-extern "C" __global__ void matvec_q8_0_q8_0(const u8* qs, const u32* dm, const i8* aq, const float2* ads,
-                                            float* out, float* tap, int n_in, int n_out, int out_stride, int mode) {
-    matvec_q<WT_Q8_0>(qs, dm, aq, ads, out, tap, n_in, n_out, out_stride, mode);
-}
+#define MATVEC_Q_KERNEL(name, WT)                                                                          \
+    extern "C" __global__ void name(const u8* qs, const u32* dm, const i8* aq, const float2* ads, float* out,   \
+                                    float* tap, int n_in, int n_out, int out_stride, int mode, int n_tok,      \
+                                    int rows_per_block, int tok_per_block, float* q_out, float* k_cache,       \
+                                    float* v_cache, const float* table, const int* params, const float* bq,    \
+                                    const float* bk, const float* bv, int dim, int kv_dim, int head_dim,       \
+                                    float* sw_out, i8* sw_aq, float2* sw_ads, int ffn, const float* norm_x,     \
+                                    const float* norm_w, float eps) {                                          \
+        QkvEpi qe = {q_out, k_cache, v_cache, table, params, bq, bk, bv, dim, kv_dim, head_dim};              \
+        SwigluEpi se = {sw_out, sw_aq, sw_ads, ffn};                                                          \
+        NormIn ni = {norm_x, norm_w, eps};                                                                    \
+        matvec_q<WT>(qs, dm, aq, ads, out, tap, n_in, n_out, out_stride, mode, n_tok, rows_per_block,          \
+                     tok_per_block, qe, se, ni);                                                              \
+    }
+MATVEC_Q_KERNEL(matvec_q4_1_q8_1, WT_Q4_1)
+MATVEC_Q_KERNEL(matvec_q4_0_q8_0, WT_Q4_0)
+MATVEC_Q_KERNEL(matvec_q8_0_q8_0, WT_Q8_0)
 
 // Float weights: w (n_out, n_in) raw from the GGUF file (f16 / bf16 bits, or f32).
 enum { FT_F16 = 0, FT_BF16 = 1, FT_F32 = 2 };

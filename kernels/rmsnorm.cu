@@ -2,23 +2,13 @@
 // `rmsnorm_q8` fuses it with quant::quantize_row_q8_1 of the output, the activation format that
 // every quantized matvec consumes.
 //
-// Launch: grid (n_tok), block 256 threads (a multiple of 32), no dynamic shared memory.
+// Launch: grid (n_tok), block 128 threads, no dynamic shared memory. The block size is part of
+// the numerics (it fixes the f64 reduction tree of common.cuh's rms_scale), and matvec.cu's fused
+// norm uses the same 128-thread tree, so both paths give the same bits.
 // Numerics: squares in f32 widened to f64, summed per thread in index order and then by the
 // fixed tree of block_sum_f64 (the CPU sums sequentially in f64); mean and scale in f32 as the
 // CPU does; `out = (x * scale) * w`. Bitwise equal to the CPU unless the two f64 sums round to
 // different f32 means (~1e-7 of rows).
-
-__device__ __forceinline__ float rms_scale(const float* xr, int dim, float eps) {
-    __shared__ double scratch[32];
-    double s = 0.0;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-        float v = xr[i];
-        s += (double)(v * v);
-    }
-    double sum = block_sum_f64(s, scratch);
-    float mean = (float)(sum / (double)dim);
-    return 1.0f / sqrtf(mean + eps);
-}
 
 extern "C" __global__ void rmsnorm_f32(const float* __restrict__ x, const float* __restrict__ w,
                                        float* __restrict__ out, int dim, float eps) {

@@ -161,6 +161,8 @@ pub struct Gpu {
     allocated: std::sync::atomic::AtomicUsize,
     /// Seconds spent compiling kernels at start-up (0 when all came from the cache).
     pub compile_seconds: f64,
+    /// Dynamic shared memory a block of the big kernels may use, in bytes.
+    pub max_dynamic_smem: usize,
 }
 
 impl Gpu {
@@ -205,7 +207,18 @@ impl Gpu {
             }
         }
         let compile_seconds = if compiled_any { t0.elapsed().as_secs_f64() } else { 0.0 };
-        Ok(Gpu { ctx, stream, copy_stream, functions, info, allocated: 0.into(), compile_seconds })
+        // Kernels whose dynamic shared memory grows with the context or the batch tile may use
+        // the opt-in maximum (227 KB on Hopper) instead of the default 48 KB.
+        let optin = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(|e| dev_err("shared memory limit", e))?;
+        let max_dynamic_smem = (optin as usize).saturating_sub(4096).max(48 * 1024);
+        for name in ["attention_f32", "matvec_q4_1_q8_1", "matvec_q4_0_q8_0", "matvec_q8_0_q8_0"] {
+            functions[name]
+                .set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, max_dynamic_smem as i32)
+                .map_err(|e| dev_err(&format!("raising the shared memory limit of {name}"), e))?;
+        }
+        Ok(Gpu { ctx, stream, copy_stream, functions, info, allocated: 0.into(), compile_seconds, max_dynamic_smem })
     }
 
     pub fn bind(&self) -> Result<(), BackendError> {

@@ -19,8 +19,46 @@ use crate::backend::{BackendError, LogitRows, Tap, TapPoint};
 
 const F32: usize = 4;
 
+/// What a quantized matvec does with its results (see `kernels/matvec.cu`, `mode`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Epilogue {
+    /// out[t*stride + r] = v.
+    Store,
+    /// out[t*stride + r] += v, copied to `tap` (same layout) when not 0.
+    Add { tap: u64 },
+    /// Q|K|V stacked: bias, RoPE, Q to `q_out`, K/V into the caches (rope_store_kv).
+    Qkv { q_out: u64, k_cache: u64, v_cache: u64, table: u64, params: u64, bq: u64, bk: u64, bv: u64, dim: usize, kv_dim: usize, head_dim: usize },
+    /// gate|up stacked: swiglu and its Q8_1 blocks (swiglu_f32); `out` may be 0.
+    Swiglu { out: u64, aq: u64, ads: u64, ffn: usize },
+}
+
+/// Rows per block of the quantized matvec (MODE_SWIGLU uses 64: 32 gate and 32 up rows).
+const MV_ROWS: usize = 16;
+/// Tokens per block: each weight block is loaded once per this many tokens.
+const MV_TOKENS: usize = 8;
+
+/// A matvec's input normalized inside the kernel: rows of the residual stream `x` and the norm
+/// weight `w` (rmsnorm_q8's arithmetic), instead of precomputed Q8_1 rows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NormIn {
+    pub x: u64,
+    pub w: u64,
+    pub eps: f32,
+}
+
+/// Dynamic shared memory of one quantized matvec block (see matvec.cu's matvec_q).
+pub(crate) fn matvec_smem(m: &DevMatrix, rows: usize, toks: usize, norm: bool) -> usize {
+    let per = if m.ty == crate::gguf::GgmlType::Q4_1 { 2 } else { 1 };
+    let base = (rows * toks * (m.n_in / QK) * per + rows * toks) * F32;
+    if !norm {
+        return base;
+    }
+    base.div_ceil(16) * 16 + (toks * m.n_in).div_ceil(16) * 16 + toks * (m.n_in / QK) * 8 + 32
+}
+
 /// Launches the matvec kernel of `m` for `n_tok` rows of an activation (f32 rows at `x`, or
-/// Q8_1 rows at `aq`/`ads`), writing `out[t*out_stride + r]` (mode 0) or adding to it (mode 1).
+/// Q8_1 rows at `aq`/`ads`), writing `out` with row stride `out_stride` as `epi` says. Float
+/// weight types support only `Store` and `Add`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn launch_matvec(
     gpu: &Gpu,
@@ -31,26 +69,86 @@ pub(crate) fn launch_matvec(
     n_tok: usize,
     out: u64,
     out_stride: usize,
-    mode: i32,
-    tap: u64,
+    epi: Epilogue,
+    norm: Option<NormIn>,
 ) -> Result<(), BackendError> {
-    let tail = [Arg::I32(m.n_in as i32), Arg::I32(m.n_out as i32), Arg::I32(out_stride as i32), Arg::I32(mode)];
-    if m.is_quantized() {
-        const ROWS: usize = 16; // MV_ROWS in matvec.cu
-        let nb = m.n_in / QK;
-        let mut args = vec![Arg::Ptr(m.qs), Arg::Ptr(m.dm), Arg::Ptr(aq), Arg::Ptr(ads), Arg::Ptr(out), Arg::Ptr(tap)];
-        args.extend_from_slice(&tail);
-        gpu.launch(m.kernel(), (m.n_out.div_ceil(ROWS) as u32, n_tok as u32, 1), 128, (ROWS * nb * 2 * F32) as u32, &args)
-    } else {
-        let mut args = vec![Arg::Ptr(m.qs), Arg::Ptr(x), Arg::Ptr(out), Arg::Ptr(tap)];
-        args.extend_from_slice(&tail);
-        gpu.launch(m.kernel(), (m.n_out.div_ceil(128) as u32, n_tok as u32, 1), 128, 0, &args)
+    let (mode, tap) = match epi {
+        Epilogue::Store => (0, 0),
+        Epilogue::Add { tap } => (1, tap),
+        Epilogue::Qkv { .. } => (2, 0),
+        Epilogue::Swiglu { .. } => (3, 0),
+    };
+    if !m.is_quantized() {
+        assert!(mode <= 1 && norm.is_none(), "fused epilogues and norms need quantized weights");
+        let args = [
+            Arg::Ptr(m.qs),
+            Arg::Ptr(x),
+            Arg::Ptr(out),
+            Arg::Ptr(tap),
+            Arg::I32(m.n_in as i32),
+            Arg::I32(m.n_out as i32),
+            Arg::I32(out_stride as i32),
+            Arg::I32(mode),
+        ];
+        return gpu.launch(m.kernel(), (m.n_out.div_ceil(128) as u32, n_tok as u32, 1), 128, 0, &args);
     }
+    let toks = n_tok.min(MV_TOKENS);
+    let (rows, grid_x) = match epi {
+        Epilogue::Swiglu { ffn, .. } => (64, ffn / 32),
+        _ => (MV_ROWS, m.n_out.div_ceil(MV_ROWS)),
+    };
+    let mut args = vec![
+        Arg::Ptr(m.qs),
+        Arg::Ptr(m.dm),
+        Arg::Ptr(aq),
+        Arg::Ptr(ads),
+        Arg::Ptr(out),
+        Arg::Ptr(tap),
+        Arg::I32(m.n_in as i32),
+        Arg::I32(m.n_out as i32),
+        Arg::I32(out_stride as i32),
+        Arg::I32(mode),
+        Arg::I32(n_tok as i32),
+        Arg::I32(rows as i32),
+        Arg::I32(toks as i32),
+    ];
+    match epi {
+        Epilogue::Qkv { q_out, k_cache, v_cache, table, params, bq, bk, bv, dim, kv_dim, head_dim } => args.extend([
+            Arg::Ptr(q_out),
+            Arg::Ptr(k_cache),
+            Arg::Ptr(v_cache),
+            Arg::Ptr(table),
+            Arg::Ptr(params),
+            Arg::Ptr(bq),
+            Arg::Ptr(bk),
+            Arg::Ptr(bv),
+            Arg::I32(dim as i32),
+            Arg::I32(kv_dim as i32),
+            Arg::I32(head_dim as i32),
+        ]),
+        _ => args.extend([Arg::Ptr(0); 8].into_iter().chain([Arg::I32(0); 3])),
+    }
+    match epi {
+        Epilogue::Swiglu { out, aq, ads, ffn } => args.extend([Arg::Ptr(out), Arg::Ptr(aq), Arg::Ptr(ads), Arg::I32(ffn as i32)]),
+        _ => args.extend([Arg::Ptr(0), Arg::Ptr(0), Arg::Ptr(0), Arg::I32(0)]),
+    }
+    match norm {
+        Some(n) => args.extend([Arg::Ptr(n.x), Arg::Ptr(n.w), Arg::F32(n.eps)]),
+        None => args.extend([Arg::Ptr(0), Arg::Ptr(0), Arg::F32(0.0)]),
+    }
+    let smem = matvec_smem(m, rows, toks, norm.is_some());
+    gpu.launch(m.kernel(), (grid_x as u32, n_tok.div_ceil(toks) as u32, 1), 128, smem as u32, &args)
 }
 
 /// `m` applied to rows `row0..row0 + n_tok` of `act` (width m.n_in).
 #[allow(clippy::too_many_arguments)]
-fn matvec_act(gpu: &Gpu, m: &DevMatrix, act: &Act, row0: usize, n_tok: usize, out: u64, out_stride: usize, mode: i32, tap: u64) -> Result<(), BackendError> {
+fn matvec_act(gpu: &Gpu, m: &DevMatrix, act: &Act, row0: usize, n_tok: usize, out: u64, out_stride: usize, epi: Epilogue) -> Result<(), BackendError> {
+    matvec_norm(gpu, m, act, row0, n_tok, out, out_stride, epi, None)
+}
+
+/// As `matvec_act`, optionally normalizing the input inside the kernel (`act` then unused).
+#[allow(clippy::too_many_arguments)]
+fn matvec_norm(gpu: &Gpu, m: &DevMatrix, act: &Act, row0: usize, n_tok: usize, out: u64, out_stride: usize, epi: Epilogue, norm: Option<NormIn>) -> Result<(), BackendError> {
     let n_in = m.n_in;
     launch_matvec(
         gpu,
@@ -61,14 +159,14 @@ fn matvec_act(gpu: &Gpu, m: &DevMatrix, act: &Act, row0: usize, n_tok: usize, ou
         n_tok,
         out,
         out_stride,
-        mode,
-        tap,
+        epi,
+        norm,
     )
 }
 
 fn matvec_group(gpu: &Gpu, segs: &[Segment], act: &Act, n_tok: usize, out: u64, out_stride: usize) -> Result<(), BackendError> {
     for s in segs {
-        matvec_act(gpu, &s.m, act, 0, n_tok, out + (s.out_offset * F32) as u64, out_stride, 0, 0)?;
+        matvec_act(gpu, &s.m, act, 0, n_tok, out + (s.out_offset * F32) as u64, out_stride, Epilogue::Store)?;
     }
     Ok(())
 }
@@ -268,97 +366,131 @@ impl CudaBackend {
             let kc = self.k_cache.ptr() + (l * layer_kv) as u64;
             let vc = self.v_cache.ptr() + (l * layer_kv) as u64;
             // Attention block.
-            self.rmsnorm_q8(s.x, lw.attn_norm, &s.xn, 0, n)?;
-            emit(&mut dbg, TapPoint::AttnNorm(l), s.xn.f32, dim, 0)?;
-            matvec_group(g, &lw.qkv, &s.xn, n, s.qkv, qkv_w)?;
-            if let Some(tap) = dbg.as_deref_mut() {
-                for (p, off, w, b) in [(TapPoint::Q(l), 0, dim, lw.bq), (TapPoint::K(l), dim, kv_dim, lw.bk), (TapPoint::V(l), dim + kv_dim, kv_dim, lw.bv)] {
-                    if tap.wants(p) {
-                        let mut v = strided(s.qkv, qkv_w, off, w)?;
-                        if b != 0 {
-                            let bias: Vec<f32> = g.read(b, w)?;
-                            for row in v.chunks_exact_mut(w) {
-                                crate::backend::cpu::ops::add(row, &bias);
+            let fuse_qkv = dbg.is_none() && lw.qkv.len() == 1 && lw.qkv[0].m.is_quantized() && dim % MV_ROWS == 0 && kv_dim % MV_ROWS == 0;
+            // The norm is folded into the product only for one position: every block redoes it,
+            // which is cheaper than a launch when decoding and dearer when prefilling.
+            let fuse_norm = fuse_qkv && n == 1;
+            if !fuse_norm {
+                self.rmsnorm_q8(s.x, lw.attn_norm, &s.xn, 0, n)?;
+                emit(&mut dbg, TapPoint::AttnNorm(l), s.xn.f32, dim, 0)?;
+            }
+            if fuse_qkv {
+                let epi = Epilogue::Qkv {
+                    q_out: s.q,
+                    k_cache: kc,
+                    v_cache: vc,
+                    table: self.rope_table,
+                    params,
+                    bq: lw.bq,
+                    bk: lw.bk,
+                    bv: lw.bv,
+                    dim,
+                    kv_dim,
+                    head_dim: hd,
+                };
+                let norm = fuse_norm.then_some(NormIn { x: s.x, w: lw.attn_norm, eps: c.rms_eps });
+                matvec_norm(g, &lw.qkv[0].m, &s.xn, 0, n, s.qkv, qkv_w, epi, norm)?;
+            } else {
+                matvec_group(g, &lw.qkv, &s.xn, n, s.qkv, qkv_w)?;
+                if let Some(tap) = dbg.as_deref_mut() {
+                    for (p, off, w, b) in [(TapPoint::Q(l), 0, dim, lw.bq), (TapPoint::K(l), dim, kv_dim, lw.bk), (TapPoint::V(l), dim + kv_dim, kv_dim, lw.bv)] {
+                        if tap.wants(p) {
+                            let mut v = strided(s.qkv, qkv_w, off, w)?;
+                            if b != 0 {
+                                let bias: Vec<f32> = g.read(b, w)?;
+                                for row in v.chunks_exact_mut(w) {
+                                    crate::backend::cpu::ops::add(row, &bias);
+                                }
                             }
+                            tap.record(p, pos0, n, &v);
                         }
-                        tap.record(p, pos0, n, &v);
                     }
                 }
+                g.launch(
+                    "rope_store_kv",
+                    (n as u32, 1, 1),
+                    256,
+                    0,
+                    &[
+                        Arg::Ptr(s.qkv),
+                        Arg::Ptr(lw.bq),
+                        Arg::Ptr(lw.bk),
+                        Arg::Ptr(lw.bv),
+                        Arg::Ptr(s.q),
+                        Arg::Ptr(kc),
+                        Arg::Ptr(vc),
+                        Arg::Ptr(self.rope_table),
+                        Arg::Ptr(params),
+                        Arg::I32(dim as i32),
+                        Arg::I32(kv_dim as i32),
+                        Arg::I32(hd as i32),
+                    ],
+                )?;
             }
-            g.launch(
-                "rope_store_kv",
-                (n as u32, 1, 1),
-                256,
-                0,
-                &[
-                    Arg::Ptr(s.qkv),
-                    Arg::Ptr(lw.bq),
-                    Arg::Ptr(lw.bk),
-                    Arg::Ptr(lw.bv),
-                    Arg::Ptr(s.q),
-                    Arg::Ptr(kc),
-                    Arg::Ptr(vc),
-                    Arg::Ptr(self.rope_table),
-                    Arg::Ptr(params),
-                    Arg::I32(dim as i32),
-                    Arg::I32(kv_dim as i32),
-                    Arg::I32(hd as i32),
-                ],
-            )?;
             emit(&mut dbg, TapPoint::QRope(l), s.q, dim, 0)?;
             emit(&mut dbg, TapPoint::KRope(l), kc + (pos0 * kv_dim * F32) as u64, kv_dim, 0)?;
             launch_attention(g, s.q, kc, vc, s.attn.f32, s.attn.aq, s.attn.ads, params, n, self.n_ctx, c.n_heads, c.n_kv_heads, hd)?;
             emit(&mut dbg, TapPoint::KqvOut(l), s.attn.f32, dim, 0)?;
             if dbg.is_some() {
-                matvec_act(g, &lw.wo, &s.attn, 0, n, s.tmp, dim, 0, 0)?;
+                matvec_act(g, &lw.wo, &s.attn, 0, n, s.tmp, dim, Epilogue::Store)?;
                 emit(&mut dbg, TapPoint::AttnOut(l), s.tmp, dim, 0)?;
                 super::ops::launch_add(g, s.x, s.tmp, n * dim)?;
             } else {
-                matvec_act(g, &lw.wo, &s.attn, 0, n, s.x, dim, 1, 0)?;
+                matvec_act(g, &lw.wo, &s.attn, 0, n, s.x, dim, Epilogue::Add { tap: 0 })?;
             }
             emit(&mut dbg, TapPoint::FfnInp(l), s.x, dim, 0)?;
 
             // Feed-forward block (SwiGLU).
-            self.rmsnorm_q8(s.x, lw.ffn_norm, &s.xn, 0, n)?;
-            emit(&mut dbg, TapPoint::FfnNorm(l), s.xn.f32, dim, 0)?;
-            matvec_group(g, &lw.gate_up, &s.xn, n, s.gu, 2 * ffn)?;
-            if let Some(tap) = dbg.as_deref_mut() {
-                for (p, off) in [(TapPoint::FfnGate(l), 0), (TapPoint::FfnUp(l), ffn)] {
-                    if tap.wants(p) {
-                        let v = strided(s.gu, 2 * ffn, off, ffn)?;
-                        tap.record(p, pos0, n, &v);
+            let fuse_swiglu = dbg.is_none() && lw.gate_up.len() == 1 && lw.gate_up[0].m.is_quantized() && ffn % QK == 0;
+            let fuse_norm = fuse_swiglu && n == 1;
+            if !fuse_norm {
+                self.rmsnorm_q8(s.x, lw.ffn_norm, &s.xn, 0, n)?;
+                emit(&mut dbg, TapPoint::FfnNorm(l), s.xn.f32, dim, 0)?;
+            }
+            if fuse_swiglu {
+                let epi = Epilogue::Swiglu { out: 0, aq: s.sw.aq, ads: s.sw.ads, ffn };
+                let norm = fuse_norm.then_some(NormIn { x: s.x, w: lw.ffn_norm, eps: c.rms_eps });
+                matvec_norm(g, &lw.gate_up[0].m, &s.xn, 0, n, s.gu, 2 * ffn, epi, norm)?;
+            } else {
+                matvec_group(g, &lw.gate_up, &s.xn, n, s.gu, 2 * ffn)?;
+                if let Some(tap) = dbg.as_deref_mut() {
+                    for (p, off) in [(TapPoint::FfnGate(l), 0), (TapPoint::FfnUp(l), ffn)] {
+                        if tap.wants(p) {
+                            let v = strided(s.gu, 2 * ffn, off, ffn)?;
+                            tap.record(p, pos0, n, &v);
+                        }
                     }
                 }
+                g.launch(
+                    "swiglu_f32",
+                    ((ffn / QK).div_ceil(4) as u32, n as u32, 1),
+                    128,
+                    0,
+                    &[
+                        Arg::Ptr(s.gu),
+                        Arg::I32(2 * ffn as i32),
+                        Arg::I32(ffn as i32),
+                        Arg::Ptr(s.sw.f32),
+                        Arg::Ptr(s.sw.aq),
+                        Arg::Ptr(s.sw.ads),
+                        Arg::I32(ffn as i32),
+                    ],
+                )?;
             }
-            g.launch(
-                "swiglu_f32",
-                ((ffn / QK).div_ceil(4) as u32, n as u32, 1),
-                128,
-                0,
-                &[
-                    Arg::Ptr(s.gu),
-                    Arg::I32(2 * ffn as i32),
-                    Arg::I32(ffn as i32),
-                    Arg::Ptr(s.sw.f32),
-                    Arg::Ptr(s.sw.aq),
-                    Arg::Ptr(s.sw.ads),
-                    Arg::I32(ffn as i32),
-                ],
-            )?;
             emit(&mut dbg, TapPoint::FfnSwiglu(l), s.sw.f32, ffn, 0)?;
             if dbg.is_some() {
-                matvec_act(g, &lw.down, &s.sw, 0, n, s.tmp, dim, 0, 0)?;
+                matvec_act(g, &lw.down, &s.sw, 0, n, s.tmp, dim, Epilogue::Store)?;
                 emit(&mut dbg, TapPoint::FfnOut(l), s.tmp, dim, 0)?;
                 super::ops::launch_add(g, s.x, s.tmp, n * dim)?;
             } else {
-                matvec_act(g, &lw.down, &s.sw, 0, n, s.x, dim, 1, tap_slot(1 + l))?;
+                matvec_act(g, &lw.down, &s.sw, 0, n, s.x, dim, Epilogue::Add { tap: tap_slot(1 + l) })?;
             }
             emit(&mut dbg, TapPoint::LOut(l), s.x, dim, 0)?;
         }
         self.rmsnorm_q8(s.x, self.output_norm, &s.xn, tap_slot(c.n_layers + 1), n)?;
         emit(&mut dbg, TapPoint::ResultNorm, s.xn.f32, dim, 0)?;
         if count > 0 {
-            matvec_act(g, &self.output, &s.xn, first, count, s.logits, c.n_vocab, 0, 0)?;
+            matvec_act(g, &self.output, &s.xn, first, count, s.logits, c.n_vocab, Epilogue::Store)?;
         }
         Ok(())
     }
@@ -368,7 +500,7 @@ impl CudaBackend {
         self.gpu.launch(
             "rmsnorm_q8",
             (n as u32, 1, 1),
-            256,
+            128,
             0,
             &[Arg::Ptr(x), Arg::Ptr(w), Arg::Ptr(out.f32), Arg::Ptr(tap), Arg::Ptr(out.aq), Arg::Ptr(out.ads), Arg::I32(c.dim as i32), Arg::F32(c.rms_eps)],
         )

@@ -139,11 +139,11 @@ impl CudaBackend {
         let gpu = Gpu::open(0)?;
         let c = model.config.clone();
         let n_ctx = n_ctx.min(c.n_ctx_train).max(1);
-        if ops::attention_smem(c.head_dim, n_ctx) > 48 * 1024 {
+        if ops::attention_smem(c.head_dim, n_ctx) > gpu.max_dynamic_smem {
             return Err(unavailable(format!("context of {n_ctx} positions exceeds the attention kernel's shared memory")));
         }
-        if c.head_dim % 32 != 0 {
-            return Err(unavailable(format!("head_dim {} is not a multiple of 32", c.head_dim)));
+        if c.head_dim % 32 != 0 || c.head_dim > ops::ATTENTION_THREADS {
+            return Err(unavailable(format!("head_dim {} is not a multiple of 32 up to {}", c.head_dim, ops::ATTENTION_THREADS)));
         }
         let mut arena = ArenaBuilder::default();
         let vec_f32 = |arena: &mut ArenaBuilder, w: &crate::model::Weight| arena.push_f32(&model.f32_vec(w)) as u64;

@@ -69,7 +69,7 @@ pub fn rmsnorm(gpu: &Gpu, x: &[f32], w: &[f32], eps: f32) -> Result<Vec<f32>, Ba
     gpu.launch(
         "rmsnorm_f32",
         (n_tok as u32, 1, 1),
-        256,
+        128,
         0,
         &[Arg::Ptr(xd.ptr()), Arg::Ptr(wd.ptr()), Arg::Ptr(out.ptr()), Arg::I32(dim as i32), Arg::F32(eps)],
     )?;
@@ -85,7 +85,7 @@ pub fn rmsnorm_q8(gpu: &Gpu, x: &[f32], w: &[f32], eps: f32) -> Result<(Vec<f32>
     gpu.launch(
         "rmsnorm_q8",
         (n_tok as u32, 1, 1),
-        256,
+        128,
         0,
         &[
             Arg::Ptr(xd.ptr()),
@@ -114,7 +114,7 @@ pub fn matmul(gpu: &Gpu, w: &QMatrix<'_>, x: &[f32], n_tok: usize) -> Result<Vec
     if m.is_quantized() {
         quantize_dev(gpu, xd.ptr(), &qa, n_tok, w.n_in)?;
     }
-    super::forward::launch_matvec(gpu, &m, xd.ptr(), qa.aq.ptr(), qa.ads.ptr(), n_tok, out.ptr(), w.n_out, 0, 0)?;
+    super::forward::launch_matvec(gpu, &m, xd.ptr(), qa.aq.ptr(), qa.ads.ptr(), n_tok, out.ptr(), w.n_out, super::forward::Epilogue::Store, None)?;
     gpu.read(out.ptr(), n_tok * w.n_out)
 }
 
@@ -185,7 +185,7 @@ pub(crate) fn launch_attention(
     gpu.launch(
         "attention_f32",
         (n_heads as u32, n_tok as u32, 1),
-        128,
+        ATTENTION_THREADS as u32,
         attention_smem(head_dim, n_ctx) as u32,
         &[
             Arg::Ptr(q),
@@ -199,13 +199,18 @@ pub(crate) fn launch_attention(
             Arg::I32(n_kv_heads as i32),
             Arg::I32(head_dim as i32),
             Arg::F32(scale),
+            Arg::I32(n_ctx as i32),
         ],
     )
 }
 
-/// Dynamic shared memory of `attention_f32`: q and output of one head, and one score per position.
+/// Threads of `attention_f32`, which is also its K/V tile length in positions.
+pub const ATTENTION_THREADS: usize = 128;
+
+/// Dynamic shared memory of `attention_f32`: q and output of one head, a padded K/V tile and
+/// one score per position.
 pub fn attention_smem(head_dim: usize, n_ctx: usize) -> usize {
-    (2 * head_dim + n_ctx) * 4
+    (2 * head_dim + ATTENTION_THREADS * (head_dim + 1) + n_ctx) * 4
 }
 
 /// `swiglu`: silu(gate) * up, on the device (`swiglu_f32`), with its Q8_1 blocks.
