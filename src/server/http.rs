@@ -1,0 +1,528 @@
+//! Routes: `/execute` (SSE), `/cancel/{job_id}`, `/health`, `/metrics`, and the OpenAI
+//! endpoints; bearer-token auth, body limits, the bounded queue's admission, and the SSE
+//! stream that cancels its job when the client goes away.
+//!
+//! Does not generate: it prepares a typed job (tokenizing on the blocking pool, so `/health`
+//! stays responsive), queues it, and turns the inference thread's events into responses.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use futures_core::Stream;
+use serde_json::json;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use crate::engine::GenerateRequest;
+use crate::sampler::{self, SamplingParams};
+use crate::trace::{RecordedParams, ResolvedRequest};
+
+use super::api::{self, json_response, ApiError, Endpoint, ParsedRequest, PromptInput};
+use super::openai;
+use super::worker::{Job, JobEvent};
+use super::Shared;
+
+/// Alternatives recorded with each token when recording (the client may ask for fewer).
+const RECORD_TOP_LOGPROBS: usize = 5;
+/// Prefill chunk: bounds a forward call's trace buffer; results do not depend on it.
+const PREFILL_CHUNK: usize = 128;
+/// SSE keep-alive comments, which also detect a client that went away while its job waits.
+const KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// How much of a too-large body is read before answering 413.
+const DRAIN_BYTES: usize = 16 << 20;
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub shared: Arc<Shared>,
+    pub queue: std::sync::mpsc::SyncSender<Job>,
+}
+
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/execute", post(execute))
+        .route("/cancel/{job_id}", post(cancel))
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route").into_response()
+}
+
+impl AppState {
+    fn check_auth(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(token) = &self.shared.api_token else { return Ok(()) };
+        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(g) if constant_time_eq(g.trim().as_bytes(), token.as_bytes()) => Ok(()),
+            _ => {
+                self.shared.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
+                Err(ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "authorization: a valid bearer token is required"))
+            }
+        }
+    }
+
+    /// Registers and queues a job without waiting: 409 for a duplicate id, 503 when full.
+    fn enqueue(&self, job: Job) -> Result<(), ApiError> {
+        let sh = &self.shared;
+        if !sh.register(&job.job_id, &job.cancel) {
+            return Err(ApiError::invalid("job_id", format!("job {} is already queued or running", job.job_id))).map_err(|mut e| {
+                e.status = StatusCode::CONFLICT;
+                e.code = "CONFLICT";
+                e
+            });
+        }
+        let (id, cancel) = (job.job_id.clone(), Arc::clone(&job.cancel));
+        sh.queue_depth.fetch_add(1, Ordering::AcqRel);
+        match self.queue.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                sh.queue_depth.fetch_sub(1, Ordering::AcqRel);
+                sh.finish_job(&id, &cancel);
+                let full = matches!(e, std::sync::mpsc::TrySendError::Full(_));
+                sh.metrics.queue_full.fetch_add(1, Ordering::Relaxed);
+                let waiting = sh.queue_depth.load(Ordering::Relaxed) as u64 + 1;
+                let per_job_s = sh.job_ms.load(Ordering::Relaxed).div_ceil(1000).max(1);
+                let mut err = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "QUEUE_FULL",
+                    if full { format!("the queue is full ({} waiting); retry later", sh.queue_capacity) } else { "the worker is shutting down".into() },
+                );
+                err.retry_after_s = Some((waiting * per_job_s).clamp(1, 60));
+                Err(err)
+            }
+        }
+    }
+
+    async fn handle(&self, ep: Endpoint, headers: HeaderMap, body: Body) -> Response {
+        match self.handle_inner(ep, headers, body).await {
+            Ok(r) => r,
+            Err(e) => {
+                if e.status == StatusCode::BAD_REQUEST || e.status == StatusCode::PAYLOAD_TOO_LARGE || e.status == StatusCode::CONFLICT {
+                    self.shared.metrics.invalid.fetch_add(1, Ordering::Relaxed);
+                }
+                e.into_response()
+            }
+        }
+    }
+
+    async fn handle_inner(&self, ep: Endpoint, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+        self.check_auth(&headers)?;
+        let bytes = read_body(body, self.shared.max_body_bytes).await?;
+        let parsed = match ep {
+            Endpoint::Execute => api::parse_execute(&bytes)?,
+            Endpoint::Completions => api::parse_completions(&bytes)?,
+            Endpoint::Chat => api::parse_chat(&bytes)?,
+        };
+        let request_json = String::from_utf8_lossy(&bytes).into_owned();
+        let shared = Arc::clone(&self.shared);
+        let p = parsed.clone();
+        let prepared = tokio::task::spawn_blocking(move || prepare(&shared, &p))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", format!("request preparation failed: {e}")))??;
+
+        let sh = &self.shared;
+        let seq = sh.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let created = Shared::unix_now();
+        let job_id = match &parsed.job_id {
+            Some(id) => id.clone(),
+            None => {
+                let prefix = if ep == Endpoint::Chat { "chatcmpl" } else { "cmpl" };
+                format!("{prefix}-{:016x}", sampler::fresh_seed() ^ seq.rotate_left(40))
+            }
+        };
+        let unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let record_stem = format!("{unix_ms}-{seq:06}-{job_id}");
+        let recording = sh.record_dir.as_ref().map(|d| d.join(format!("{record_stem}.{}", crate::trace::RECORDING_EXT)));
+        let (tx, rx) = unbounded_channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let prompt_tokens = prepared.req.prompt_ids.len();
+        let job = Job {
+            job_id: job_id.clone(),
+            endpoint: ep.path(),
+            request_json,
+            req: prepared.req,
+            resolved: prepared.resolved,
+            stop_labels: prepared.stop_labels,
+            stop_strings: prepared.stop_strings,
+            client_top_logprobs: parsed.top_logprobs,
+            record_stem,
+            cancel: Arc::clone(&cancel),
+            events: tx,
+            enqueued: Instant::now(),
+        };
+        self.enqueue(job)?;
+
+        let mut resp = match ep {
+            Endpoint::Execute => sse(JobStream::new(rx, Arc::clone(&cancel), execute_formatter(job_id.clone(), sh.model_name.clone()))),
+            _ => {
+                let ctx = openai::Ctx {
+                    id: job_id.clone(),
+                    created,
+                    model: sh.model_name.clone(),
+                    system_fingerprint: sh.system_fingerprint.clone(),
+                    chat: ep == Endpoint::Chat,
+                    logprobs: parsed.logprobs,
+                    include_usage: parsed.include_usage,
+                    prompt_tokens,
+                    tokenizer: Arc::clone(&sh.tokenizer),
+                };
+                if parsed.stream {
+                    sse(JobStream::new(rx, Arc::clone(&cancel), openai::stream_formatter(ctx)))
+                } else {
+                    json_response(StatusCode::OK, &openai::collect(rx, Arc::clone(&cancel), ctx).await?)
+                }
+            }
+        };
+        let h = resp.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&job_id) {
+            h.insert("x-job-id", v);
+        }
+        if let Some(v) = recording.and_then(|p| HeaderValue::from_str(&p.display().to_string()).ok()) {
+            h.insert("x-worker-orcd-recording", v);
+        }
+        Ok(resp)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads a body of at most `limit` bytes. A larger one is answered 413, after reading (and
+/// discarding) up to [`DRAIN_BYTES`] of it, so that an ordinary client, still sending, gets
+/// the answer instead of a reset connection; beyond that the connection is dropped.
+async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut out = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = std::future::poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
+        let Ok(chunk) = chunk else { break };
+        seen += chunk.len();
+        if seen <= limit {
+            out.extend_from_slice(&chunk);
+        } else if seen > DRAIN_BYTES {
+            break;
+        }
+    }
+    if seen > limit {
+        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", format!("body: larger than {limit} bytes")));
+    }
+    Ok(out)
+}
+
+/// What `prepare` resolves a request into.
+struct Prepared {
+    req: GenerateRequest,
+    resolved: ResolvedRequest,
+    stop_labels: Vec<String>,
+    stop_strings: Vec<String>,
+}
+
+/// Tokenizes and checks a request against the model: context room, stop sequences, params.
+fn prepare(sh: &Shared, p: &ParsedRequest) -> Result<Prepared, ApiError> {
+    let tok = &sh.tokenizer;
+    let text_of = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("").to_string();
+    let (prompt_field, prompt_text, parse_special, mut ids) = match &p.prompt {
+        PromptInput::Text(s) => ("prompt", s.clone(), true, tok.encode(s, true)),
+        PromptInput::Ids(ids) => {
+            if let Some(i) = ids.iter().position(|&id| id as usize >= tok.n_vocab()) {
+                return Err(ApiError::invalid(format!("prompt[{i}]"), format!("token id {} is outside the vocabulary of {}", ids[i], tok.n_vocab())));
+            }
+            ("prompt", String::new(), false, ids.clone())
+        }
+        PromptInput::Chat(msgs) => {
+            let template = sh.chat_template.as_deref().ok_or_else(|| ApiError::invalid("messages", "the model has no chat template"))?;
+            let text = crate::chat::apply_chat_template(template, msgs, true, &text_of(tok.bos_id()), &text_of(tok.eos_id()))
+                .map_err(|e| ApiError::invalid("messages", e))?;
+            let ids = tok.encode(&text, true);
+            ("messages", text, true, ids)
+        }
+    };
+    if tok.add_bos() && !matches!(p.prompt, PromptInput::Ids(_)) {
+        if let Some(bos) = tok.bos_id() {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+    }
+    if ids.is_empty() {
+        return Err(ApiError::invalid(prompt_field, "encodes to no tokens"));
+    }
+    let n_ctx = sh.n_ctx;
+    if ids.len() >= n_ctx {
+        return Err(ApiError::invalid(prompt_field, format!("{} tokens leave no room in the context of {n_ctx}", ids.len())));
+    }
+    let room = (n_ctx - ids.len()) as u64;
+    let max_tokens = p.max_tokens.unwrap_or(room.min(u32::MAX as u64));
+    if max_tokens > room {
+        return Err(ApiError::invalid(
+            "max_tokens",
+            format!("{} prompt tokens + {max_tokens} new tokens exceed the context of {n_ctx}", ids.len()),
+        ));
+    }
+    let (mut stop_ids, mut stop_labels, mut stop_strings) = (Vec::new(), Vec::new(), Vec::new());
+    if p.endpoint == Endpoint::Execute {
+        for (i, s) in p.stop.iter().enumerate() {
+            let seq = tok.encode(s, true);
+            if seq.is_empty() || seq.len() > api::MAX_STOP_TOKENS {
+                return Err(ApiError::invalid(format!("stop[{i}]"), format!("is {} tokens, 1 to {} are allowed", seq.len(), api::MAX_STOP_TOKENS)));
+            }
+            stop_ids.push(seq);
+            stop_labels.push(s.clone());
+        }
+    } else {
+        stop_strings = p.stop.clone();
+    }
+    let s = &p.sampling;
+    let params = SamplingParams { temperature: s.temperature, top_k: s.top_k, top_p: s.top_p, min_p: s.min_p, repetition_penalty: s.repetition_penalty };
+    params.validate().map_err(|e| ApiError::invalid(e.field, e.reason))?;
+    let seed = s.seed.unwrap_or_else(sampler::fresh_seed);
+    let top_logprobs = if sh.recorder.is_some() { p.top_logprobs.max(RECORD_TOP_LOGPROBS) } else { p.top_logprobs };
+    let req = GenerateRequest {
+        prompt_ids: ids.clone(),
+        params: params.clone(),
+        seed,
+        max_tokens: max_tokens as usize,
+        stop: stop_ids.clone(),
+        top_logprobs,
+        prefill_chunk: PREFILL_CHUNK,
+    };
+    let resolved = ResolvedRequest {
+        prompt_text,
+        parse_special,
+        prompt_ids: ids,
+        params: RecordedParams::from(&params),
+        seed,
+        seed_generated: s.seed.is_none(),
+        max_tokens: max_tokens as u32,
+        stop_ids,
+        stop_strings: stop_strings.clone(),
+        top_logprobs: top_logprobs as u32,
+        prefill_chunk: PREFILL_CHUNK as u32,
+    };
+    Ok(Prepared { req, resolved, stop_labels, stop_strings })
+}
+
+/// Turns one job event into SSE events; `true` once the terminal event is out.
+pub(crate) type Formatter = Box<dyn FnMut(JobEvent) -> (Vec<Event>, bool) + Send>;
+
+/// The SSE body of one job. Dropped before its terminal event (the client went away), it
+/// cancels the job.
+pub(crate) struct JobStream {
+    rx: UnboundedReceiver<JobEvent>,
+    cancel: Arc<AtomicBool>,
+    format: Formatter,
+    pending: VecDeque<Event>,
+    finished: bool,
+}
+
+impl JobStream {
+    pub fn new(rx: UnboundedReceiver<JobEvent>, cancel: Arc<AtomicBool>, format: Formatter) -> JobStream {
+        JobStream { rx, cancel, format, pending: VecDeque::new(), finished: false }
+    }
+}
+
+impl Stream for JobStream {
+    type Item = Result<Event, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(e) = this.pending.pop_front() {
+                return Poll::Ready(Some(Ok(e)));
+            }
+            if this.finished {
+                return Poll::Ready(None);
+            }
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(ev)) => {
+                    let (events, terminal) = (this.format)(ev);
+                    this.pending.extend(events);
+                    this.finished = terminal;
+                }
+                Poll::Ready(None) => {
+                    // The inference thread dropped the job without a terminal event (shutdown).
+                    let (events, _) = (this.format)(JobEvent::Error { code: "INFERENCE_FAILED", message: "the worker stopped".into() });
+                    this.pending.extend(events);
+                    this.finished = true;
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl Drop for JobStream {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.cancel.store(true, Ordering::Release);
+        }
+    }
+}
+
+fn sse(stream: JobStream) -> Response {
+    let mut r = Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response();
+    r.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
+}
+
+fn named(name: &str, data: serde_json::Value) -> Event {
+    Event::default().event(name).data(data.to_string())
+}
+
+/// The earlier worker's events: `started`, `token`*, then `end` or `error`, each with its
+/// name as the SSE event and as `type` in the data.
+fn execute_formatter(job_id: String, model: String) -> Formatter {
+    Box::new(move |ev| match ev {
+        JobEvent::Started { seed, started_at, prompt_tokens } => (
+            vec![named(
+                "started",
+                json!({"type": "started", "job_id": job_id, "model": model, "seed": seed, "started_at": started_at, "prompt_tokens": prompt_tokens}),
+            )],
+            false,
+        ),
+        JobEvent::Token(t) => (vec![named("token", json!({"type": "token", "t": t.piece, "i": t.index, "id": t.id}))], false),
+        JobEvent::End(e) => {
+            let mut d = json!({
+                "type": "end",
+                "tokens_out": e.tokens_out,
+                "decode_time_ms": e.decode_ms.round() as u64,
+                "prefill_time_ms": e.prefill_ms.round() as u64,
+                "stop_reason": e.stop_reason,
+                "ended_at": e.ended_at,
+            });
+            if let Some(s) = e.stop_sequence_matched {
+                d["stop_sequence_matched"] = json!(s);
+            }
+            if let Some(r) = e.recording {
+                d["recording"] = json!(r);
+            }
+            (vec![named("end", d)], true)
+        }
+        JobEvent::Error { code, message } => (vec![named("error", json!({"type": "error", "code": code, "message": message}))], true),
+    })
+}
+
+async fn execute(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    st.handle(Endpoint::Execute, headers, body).await
+}
+
+async fn completions(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    st.handle(Endpoint::Completions, headers, body).await
+}
+
+async fn chat_completions(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    st.handle(Endpoint::Chat, headers, body).await
+}
+
+async fn cancel(State(st): State<AppState>, headers: HeaderMap, Path(job_id): Path<String>) -> Response {
+    if let Err(e) = st.check_auth(&headers) {
+        return e.into_response();
+    }
+    if st.shared.cancel(&job_id) {
+        json_response(StatusCode::OK, &json!({"job_id": job_id, "cancelled": true}))
+    } else {
+        let mut e = ApiError::invalid("job_id", format!("no queued or running job {job_id}"));
+        e.status = StatusCode::NOT_FOUND;
+        e.code = "NOT_FOUND";
+        e.into_response()
+    }
+}
+
+async fn models(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(e) = st.check_auth(&headers) {
+        return e.into_response();
+    }
+    let created = st.shared.started.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    json_response(StatusCode::OK, &json!({"object": "list", "data": [{"id": st.shared.model_name, "object": "model", "created": created, "owned_by": "worker-orcd"}]}))
+}
+
+async fn health(State(st): State<AppState>) -> Response {
+    let sh = &st.shared;
+    let m = &sh.metrics;
+    let rec = sh.recorder.as_ref().map(|r| r.snapshot());
+    let current = sh.current_job();
+    json_response(StatusCode::OK, &json!({
+        "status": "ok",
+        "model": sh.model_name,
+        "model_sha256": sh.model_sha256,
+        "backend": sh.backend,
+        "device": sh.device,
+        "worker_version": sh.fingerprint.worker_version,
+        "git_commit": sh.fingerprint.git_commit,
+        "n_ctx": sh.n_ctx,
+        "queue_depth": sh.queue_depth.load(Ordering::Relaxed),
+        "queue_capacity": sh.queue_capacity,
+        "busy": current.is_some(),
+        "current_job": current,
+        "tokens_served": m.tokens_generated.load(Ordering::Relaxed),
+        "requests_served": m.ok.load(Ordering::Relaxed),
+        "recorder_state": rec.as_ref().map(|r| r.state).unwrap_or("off"),
+        "recorder_errors": rec.as_ref().map(|r| r.errors).unwrap_or(0),
+        "last_recorder_error": rec.as_ref().and_then(|r| r.last_error.clone()),
+        "recorder": rec,
+        "uptime_s": sh.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+    }))
+}
+
+async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(e) = st.check_auth(&headers) {
+        return e.into_response();
+    }
+    let sh = &st.shared;
+    let m = &sh.metrics;
+    let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let mut s = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
+        s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, v) in samples {
+            s.push_str(&format!("{name}{labels} {v}\n"));
+        }
+    };
+    metric(
+        "worker_orcd_requests_total",
+        "counter",
+        "Requests by outcome.",
+        &[
+            ("{outcome=\"ok\"}", g(&m.ok) as f64),
+            ("{outcome=\"cancelled\"}", g(&m.cancelled) as f64),
+            ("{outcome=\"error\"}", g(&m.failed) as f64),
+            ("{outcome=\"invalid\"}", g(&m.invalid) as f64),
+            ("{outcome=\"queue_full\"}", g(&m.queue_full) as f64),
+            ("{outcome=\"unauthorized\"}", g(&m.unauthorized) as f64),
+        ],
+    );
+    metric("worker_orcd_generated_tokens_total", "counter", "Tokens generated.", &[("", g(&m.tokens_generated) as f64)]);
+    metric("worker_orcd_prompt_tokens_total", "counter", "Prompt tokens processed.", &[("", g(&m.prompt_tokens) as f64)]);
+    metric("worker_orcd_queue_depth", "gauge", "Requests waiting in the queue.", &[("", sh.queue_depth.load(Ordering::Relaxed) as f64)]);
+    metric("worker_orcd_queue_capacity", "gauge", "Requests that may wait.", &[("", sh.queue_capacity as f64)]);
+    metric("worker_orcd_busy", "gauge", "1 while a request runs.", &[("", if sh.current_job().is_some() { 1.0 } else { 0.0 })]);
+    metric("worker_orcd_decode_tokens_per_second", "gauge", "Decode speed of the last request.", &[("", m.decode_tps())]);
+    if let Some(r) = sh.recorder.as_ref().map(|r| r.snapshot()) {
+        metric("worker_orcd_recorder_bytes_total", "counter", "Bytes written to recordings.", &[("", r.bytes_written as f64)]);
+        metric("worker_orcd_recorder_errors_total", "counter", "Recorder errors (failed writes, dropped frames).", &[("", r.errors as f64)]);
+        metric("worker_orcd_recorder_dropped_frames_total", "counter", "Trace frames dropped because the writer lagged.", &[("", r.dropped_frames as f64)]);
+        metric("worker_orcd_recordings_total", "counter", "Recordings finished.", &[("", r.recordings_written as f64)]);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s).into_response()
+}

@@ -1,0 +1,615 @@
+//! `worker-orcd serve`: HTTP on a tokio current-thread runtime, generation on one inference
+//! thread fed by a bounded FIFO queue, and the recorder.
+//!
+//! Code map: `api` (request JSON shapes and validation), `http` (routes, auth, SSE, health,
+//! metrics), `openai` (OpenAI response shapes), `worker` (the inference thread). This file
+//! resolves the command line into a [`ServerConfig`], loads the model and wires the pieces.
+//!
+//! **Architecture Invariant:** only `server` knows HTTP and JSON request shapes; the engine and
+//! the recorder get resolved, typed requests. **Architecture Invariant:** requests run strictly
+//! one at a time in arrival order on the inference thread; HTTP never waits on it (`/health`
+//! answers during a generation) and it never waits on HTTP (events go through unbounded
+//! per-job channels holding at most `max_tokens` events). **Architecture Invariant:** recording
+//! never disturbs serving: the recorder's failures are counted in `/health` and logged, never
+//! turned into a failed request or a stalled stream (see `trace`).
+
+mod api;
+mod http;
+mod openai;
+mod worker;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{Backend, BackendError};
+use crate::engine::Engine;
+use crate::model::Model;
+use crate::tokenizer::Tokenizer;
+use crate::trace::{Fingerprint, ModelDims, Recorder, RecorderConfig, RecorderStatus, TraceLevel};
+
+pub use api::{ApiError, MAX_EXECUTE_TOKENS, MAX_PROMPT_CHARS, MAX_STOP_SEQUENCES, MAX_STOP_TOKENS};
+
+/// Arguments of `worker-orcd serve`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// GGUF model file (default: SmolLM2-135M-Instruct Q4_1, fetched and verified on first use).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Address to listen on. Loopback by default; anything else should come with --api-token.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// auto, cpu or cuda (auto is cpu until the CUDA backend exists).
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendChoice,
+    /// Write one recording per request into this directory.
+    #[arg(long)]
+    pub record_dir: Option<PathBuf>,
+    /// Hidden-state traces in recordings: off, hashes, summary or full.
+    #[arg(long, default_value = "summary")]
+    pub trace: TraceLevel,
+    /// Require `Authorization: Bearer TOKEN` on every route but /health.
+    #[arg(long)]
+    pub api_token: Option<String>,
+    /// Requests that may wait while one runs; more are answered 503 with Retry-After.
+    #[arg(long, default_value_t = 16)]
+    pub queue: usize,
+    /// CPU threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Context size in tokens (prompt plus generated).
+    #[arg(long, default_value_t = 4096)]
+    pub ctx: usize,
+}
+
+/// Which backend runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<BackendChoice, String> {
+        match s {
+            "auto" => Ok(BackendChoice::Auto),
+            "cpu" => Ok(BackendChoice::Cpu),
+            "cuda" => Ok(BackendChoice::Cuda),
+            _ => Err(format!("unknown backend {s:?} (expected auto, cpu or cuda)")),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Fetch(#[from] crate::fetch::FetchError),
+    #[error("cannot load model {path}: {source}")]
+    Model { path: PathBuf, source: crate::model::ModelError },
+    #[error("tokenizer of {path}: {source}")]
+    Tokenizer { path: PathBuf, source: crate::tokenizer::TokenizerError },
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("--record-dir: {0}")]
+    Recorder(#[from] crate::trace::RecorderError),
+    #[error("--addr {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start the {what}: {source}")]
+    Start { what: &'static str, source: std::io::Error },
+    #[error("--api-token: must not be empty")]
+    EmptyToken,
+}
+
+/// A validated server configuration (everything `serve` needs, nothing from the CLI).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// `None`: the default model.
+    pub model_path: Option<PathBuf>,
+    pub addr: SocketAddr,
+    pub backend: BackendChoice,
+    pub record_dir: Option<PathBuf>,
+    pub trace: TraceLevel,
+    pub api_token: Option<String>,
+    pub queue: usize,
+    pub threads: usize,
+    pub ctx: usize,
+    /// Larger bodies are answered 413.
+    pub max_body_bytes: usize,
+    /// Trace buffer memory the recorder may hold.
+    pub recorder_budget_bytes: usize,
+    /// Test hook: the inference thread waits at this gate before each job.
+    #[doc(hidden)]
+    pub gate: Option<Arc<Gate>>,
+    /// Test hook: the recorder sleeps this many ms before every write (a slow disk).
+    #[doc(hidden)]
+    pub record_write_delay_ms: Option<Arc<AtomicU64>>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            model_path: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            backend: BackendChoice::Auto,
+            record_dir: None,
+            trace: TraceLevel::Summary,
+            api_token: None,
+            queue: 16,
+            threads: 0,
+            ctx: 4096,
+            max_body_bytes: 1 << 20,
+            recorder_budget_bytes: 64 << 20,
+            gate: None,
+            record_write_delay_ms: None,
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn from_args(a: ServeArgs) -> Result<ServerConfig, ServerError> {
+        if a.api_token.as_deref() == Some("") {
+            return Err(ServerError::EmptyToken);
+        }
+        Ok(ServerConfig {
+            model_path: a.model,
+            addr: a.addr,
+            backend: a.backend,
+            record_dir: a.record_dir,
+            trace: a.trace,
+            api_token: a.api_token,
+            queue: a.queue,
+            threads: a.threads,
+            ctx: a.ctx,
+            ..ServerConfig::default()
+        })
+    }
+}
+
+/// Test hook: a gate the inference thread waits at before starting each job.
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct Gate {
+    open: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Gate {
+    pub fn closed() -> Arc<Gate> {
+        Arc::new(Gate::default())
+    }
+
+    pub fn open(&self) {
+        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.cv.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        while !*open {
+            open = self.cv.wait(open).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Request counters for `/metrics` and `/health`.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    pub ok: AtomicU64,
+    pub cancelled: AtomicU64,
+    pub failed: AtomicU64,
+    pub invalid: AtomicU64,
+    pub queue_full: AtomicU64,
+    pub unauthorized: AtomicU64,
+    pub tokens_generated: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    decode_tps_bits: AtomicU64,
+}
+
+impl Metrics {
+    pub fn set_decode_tps(&self, v: f64) {
+        self.decode_tps_bits.store(v.to_bits(), Ordering::Relaxed);
+    }
+
+    pub fn decode_tps(&self) -> f64 {
+        f64::from_bits(self.decode_tps_bits.load(Ordering::Relaxed))
+    }
+}
+
+/// State shared by the HTTP tasks and the inference thread.
+pub(crate) struct Shared {
+    pub model_name: String,
+    pub model_sha256: String,
+    pub backend: String,
+    pub device: String,
+    pub fingerprint: Fingerprint,
+    /// OpenAI's `system_fingerprint`: `fp_` and 10 hex digits of the environment fingerprint.
+    pub system_fingerprint: String,
+    pub n_ctx: usize,
+    pub tokenizer: Arc<Tokenizer>,
+    pub chat_template: Option<String>,
+    pub queue_capacity: usize,
+    pub queue_depth: AtomicUsize,
+    current_job: Mutex<Option<String>>,
+    /// Cancel flags of queued and running jobs, by job id.
+    jobs: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    pub metrics: Metrics,
+    pub recorder: Option<Arc<RecorderStatus>>,
+    pub record_dir: Option<PathBuf>,
+    pub api_token: Option<String>,
+    pub max_body_bytes: usize,
+    pub started: SystemTime,
+    pub seq: AtomicU64,
+    /// Mean job duration in ms (exponentially weighted), for Retry-After.
+    pub job_ms: AtomicU64,
+}
+
+impl Shared {
+    pub fn current_job(&self) -> Option<String> {
+        self.current_job.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_current(&self, id: Option<String>) {
+        *self.current_job.lock().unwrap_or_else(|e| e.into_inner()) = id;
+    }
+
+    /// Registers a job id; `false` if one with that id is already queued or running.
+    pub fn register(&self, id: &str, cancel: &Arc<AtomicBool>) -> bool {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        if jobs.contains_key(id) {
+            return false;
+        }
+        jobs.insert(id.to_string(), Arc::clone(cancel));
+        true
+    }
+
+    pub fn finish_job(&self, id: &str, cancel: &Arc<AtomicBool>) {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        if jobs.get(id).is_some_and(|c| Arc::ptr_eq(c, cancel)) {
+            jobs.remove(id);
+        }
+    }
+
+    /// Sets a job's cancel flag; `false` if no such job is queued or running.
+    pub fn cancel(&self, id: &str) -> bool {
+        match self.jobs.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+            Some(c) => {
+                c.store(true, Ordering::Release);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn cancel_all(&self) {
+        for c in self.jobs.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            c.store(true, Ordering::Release);
+        }
+    }
+
+    pub fn note_job_ms(&self, ms: f64) {
+        let old = self.job_ms.load(Ordering::Relaxed) as f64;
+        let new = if old == 0.0 { ms } else { 0.8 * old + 0.2 * ms };
+        self.job_ms.store(new as u64, Ordering::Relaxed);
+    }
+
+    pub fn unix_now() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    }
+}
+
+/// The loaded pieces, before the HTTP side starts.
+struct Core {
+    shared: Arc<Shared>,
+    queue: std::sync::mpsc::SyncSender<worker::Job>,
+    inference: std::thread::JoinHandle<()>,
+}
+
+fn start_core(cfg: &ServerConfig) -> Result<Core, ServerError> {
+    if cfg.api_token.as_deref() == Some("") {
+        return Err(ServerError::EmptyToken);
+    }
+    if cfg.backend == BackendChoice::Cuda {
+        return Err(ServerError::Backend(BackendError::Unavailable {
+            backend: "cuda",
+            reason: "this build has no CUDA backend yet (use --backend cpu or auto)".into(),
+        }));
+    }
+    let path = match &cfg.model_path {
+        Some(p) => p.clone(),
+        None => crate::fetch::default_model_path()?,
+    };
+    let model = Arc::new(Model::open(&path).map_err(|source| ServerError::Model { path: path.clone(), source })?);
+    let tokenizer = Arc::new(Tokenizer::from_gguf(&model.file).map_err(|source| ServerError::Tokenizer { path: path.clone(), source })?);
+    let backend: Box<dyn Backend> = match cfg.backend {
+        // Until the CUDA backend exists, `auto` means the CPU (and says so in /health).
+        BackendChoice::Auto | BackendChoice::Cpu | BackendChoice::Cuda => Box::new(CpuBackend::new(Arc::clone(&model), cfg.ctx, cfg.threads)?),
+    };
+    let model_sha256 = model_sha256(&path)?;
+    let c = &model.config;
+    let dims = ModelDims { n_layers: c.n_layers as u32, dim: c.dim as u32, n_vocab: c.n_vocab as u32 };
+    let fingerprint = fingerprint(&model.name, &model_sha256, backend.as_ref(), cfg.threads);
+    let system_fingerprint = {
+        use sha2::{Digest, Sha256};
+        let h = Sha256::digest(serde_json::to_vec(&fingerprint).unwrap_or_default());
+        format!("fp_{}", h.iter().take(5).map(|b| format!("{b:02x}")).collect::<String>())
+    };
+    let recorder = match &cfg.record_dir {
+        Some(dir) => {
+            let mut rc = RecorderConfig::new(dir, cfg.trace);
+            rc.budget_bytes = cfg.recorder_budget_bytes;
+            rc.write_delay_ms = cfg.record_write_delay_ms.clone();
+            Some(Recorder::start(rc, dims)?)
+        }
+        None => None,
+    };
+    let shared = Arc::new(Shared {
+        model_name: model.name.clone(),
+        model_sha256,
+        backend: backend.kind().to_string(),
+        device: backend.device(),
+        fingerprint,
+        system_fingerprint,
+        n_ctx: backend.n_ctx(),
+        tokenizer: Arc::clone(&tokenizer),
+        chat_template: crate::chat::model_chat_template(&model.file).ok(),
+        queue_capacity: cfg.queue,
+        queue_depth: AtomicUsize::new(0),
+        current_job: Mutex::new(None),
+        jobs: Mutex::new(HashMap::new()),
+        metrics: Metrics::default(),
+        recorder: recorder.as_ref().map(|r| Arc::clone(r.status())),
+        record_dir: cfg.record_dir.clone(),
+        api_token: cfg.api_token.clone(),
+        max_body_bytes: cfg.max_body_bytes,
+        started: SystemTime::now(),
+        seq: AtomicU64::new(0),
+        job_ms: AtomicU64::new(0),
+    });
+    let engine = Engine::new(backend, tokenizer);
+    let (queue, rx) = std::sync::mpsc::sync_channel(cfg.queue);
+    let sh = Arc::clone(&shared);
+    let gate = cfg.gate.clone();
+    let inference = std::thread::Builder::new()
+        .name("inference".into())
+        .spawn(move || worker::inference_loop(rx, engine, recorder, sh, gate))
+        .map_err(|source| ServerError::Start { what: "inference thread", source })?;
+    Ok(Core { shared, queue, inference })
+}
+
+/// A server running on its own threads (for tests and embedding). Dropping it shuts it down.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// The base URL, e.g. `http://127.0.0.1:40123`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Cancels every job, stops accepting, waits for open responses and the inference thread.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.shared.cancel_all();
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Loads the model, binds `cfg.addr` (port 0 picks one) and serves on background threads.
+pub fn spawn(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
+    let listener = std::net::TcpListener::bind(cfg.addr).map_err(|source| ServerError::Bind { addr: cfg.addr, source })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: cfg.addr, source })?;
+    listener.set_nonblocking(true).map_err(|source| ServerError::Bind { addr, source })?;
+    let core = start_core(&cfg)?;
+    let shared = Arc::clone(&core.shared);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("http".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return eprintln!("worker-orcd: cannot start the http runtime: {e}"),
+            };
+            let Core { shared, queue, inference } = core;
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => return eprintln!("worker-orcd: {e}"),
+                };
+                let sh = Arc::clone(&shared);
+                let app = http::router(http::AppState { shared, queue });
+                let stop = async move {
+                    let _ = rx.await;
+                    sh.cancel_all();
+                };
+                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+                    eprintln!("worker-orcd: http server: {e}");
+                }
+            });
+            let _ = inference.join();
+        })
+        .map_err(|source| ServerError::Start { what: "http thread", source })?;
+    Ok(RunningServer { addr, shared, shutdown: Some(tx), thread: Some(thread) })
+}
+
+/// `worker-orcd serve`: serves until SIGINT or SIGTERM, then finishes open responses and
+/// recordings.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let cfg = ServerConfig::from_args(args)?;
+    if !cfg.addr.ip().is_loopback() && cfg.api_token.is_none() {
+        eprintln!("worker-orcd: warning: listening on {} without --api-token", cfg.addr);
+    }
+    let server = spawn(cfg)?;
+    let s = &server.shared;
+    eprintln!(
+        "worker-orcd: serving {} ({}, {}) on http://{}{}",
+        s.model_name,
+        s.backend,
+        s.device,
+        server.addr,
+        s.record_dir.as_ref().map(|d| format!(", recording to {}", d.display())).unwrap_or_default()
+    );
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    });
+    eprintln!("worker-orcd: shutting down");
+    server.shutdown();
+    Ok(())
+}
+
+/// sha256 of the model file, computed once per (path, size, mtime) in this process.
+fn model_sha256(path: &std::path::Path) -> Result<String, ServerError> {
+    type Entry = (PathBuf, u64, Option<SystemTime>, String);
+    static CACHE: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+    let meta = std::fs::metadata(path).ok();
+    let (len, mtime) = (meta.as_ref().map(|m| m.len()).unwrap_or(0), meta.and_then(|m| m.modified().ok()));
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(hit) = cache.iter().find(|c| c.0 == path && c.1 == len && c.2 == mtime) {
+        return Ok(hit.3.clone());
+    }
+    let h = crate::fetch::sha256_file(path)?;
+    cache.push((path.to_path_buf(), len, mtime, h.clone()));
+    Ok(h)
+}
+
+fn fingerprint(model_name: &str, sha: &str, backend: &dyn Backend, threads: usize) -> Fingerprint {
+    let threads = if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
+    Fingerprint {
+        model_name: model_name.to_string(),
+        model_sha256: sha.to_string(),
+        worker_version: env!("CARGO_PKG_VERSION").to_string(),
+        git_commit: git_commit(),
+        backend: backend.kind().to_string(),
+        device: backend.device(),
+        driver: None,
+        kernel_source_hash: None,
+        threads: threads as u32,
+        numerics: match backend.kind() {
+            "cpu" => "cpu-reference: ggml q8 activation blocks, integer block dots, f32 accumulation".into(),
+            k => k.to_string(),
+        },
+        os: std::env::consts::OS.to_string(),
+        arch: std::env::consts::ARCH.to_string(),
+        cpu: cpu_model(),
+    }
+}
+
+/// The build's git commit: `WORKER_ORCD_GIT_COMMIT` at compile time, else `git describe` of
+/// the source checkout (with `-dirty`), else `unknown`.
+fn git_commit() -> String {
+    static COMMIT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    COMMIT
+        .get_or_init(|| {
+            if let Some(c) = option_env!("WORKER_ORCD_GIT_COMMIT") {
+                return c.to_string();
+            }
+            std::process::Command::new("git")
+                .args(["-C", env!("CARGO_MANIFEST_DIR"), "describe", "--always", "--dirty", "--abbrev=40"])
+                .stderr(std::process::Stdio::null())
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "unknown".into())
+        })
+        .clone()
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// RFC 3339 UTC with microseconds, e.g. `2026-11-27T10:11:12.123456Z`.
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_micros()
+    )
+}
+
+pub(crate) fn rfc3339_now() -> String {
+    rfc3339(SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+        let t = UNIX_EPOCH + Duration::from_micros(1_795_780_272_123_456);
+        assert_eq!(rfc3339(t), "2026-11-27T11:51:12.123456Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(&rfc3339(leap)[..10], "2000-02-29");
+    }
+
+    #[test]
+    fn backend_choice_parses() {
+        assert_eq!("auto".parse::<BackendChoice>(), Ok(BackendChoice::Auto));
+        assert!("gpu".parse::<BackendChoice>().is_err());
+    }
+}

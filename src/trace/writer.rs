@@ -1,0 +1,666 @@
+//! The recorder: the inference-side handle ([`Recorder`]) and the writer thread that turns
+//! trace buffers, tokens and footers into one recording file per request.
+//!
+//! Does not know HTTP or request shapes (the caller hands it a finished [`Header`]) and never
+//! blocks the caller. **Architecture Invariant:** recording never blocks the forward pass.
+//! Every message goes through one FIFO channel to the writer thread, with admission bounded on
+//! the sending side: trace buffers come from a pool limited to `budget_bytes` (when the writer
+//! lags, the pool is empty and the forward call's trace frame is dropped and counted), and at
+//! most [`MAX_OPEN_RECORDINGS`] recordings may be queued or open (beyond that a request is not
+//! recorded, and that is counted). Token, begin and end messages are small and always
+//! admitted, so a recording that is written at all keeps every token. A failed write becomes
+//! a counted error, a log line and `last_error`, never a failed request.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::format::{self, FrameKind, Footer, Header, ModelDims, Site, TokenFrame, TraceFrame, TraceLevel};
+use super::summary::{self, Projector, Scratch};
+
+/// At most this many recordings may be queued or open in the writer at once.
+pub const MAX_OPEN_RECORDINGS: usize = 64;
+
+/// Extension of finished recordings; unfinished ones add [`PARTIAL_SUFFIX`].
+pub const RECORDING_EXT: &str = "wrec";
+pub const PARTIAL_SUFFIX: &str = ".partial";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecorderError {
+    #[error("cannot create record dir {path}: {source}")]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    #[error("record dir {path} is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error("cannot start the recorder's writer thread: {source}")]
+    Spawn { source: std::io::Error },
+    #[error("invalid zstd level {level}: {source}")]
+    Zstd { level: i32, source: std::io::Error },
+}
+
+/// How the recorder writes.
+#[derive(Debug, Clone)]
+pub struct RecorderConfig {
+    pub dir: PathBuf,
+    pub level: TraceLevel,
+    /// Bytes of trace buffers (in flight and idle) the inference side may hold.
+    pub budget_bytes: usize,
+    /// zstd level for frame payloads (`None` stores them raw).
+    pub zstd_level: Option<i32>,
+    /// Byte-shuffle full values before compression.
+    pub shuffle: bool,
+    /// Test hook: sleep this many milliseconds before every frame write (a slow disk); the
+    /// test may change it while the recorder runs.
+    #[doc(hidden)]
+    pub write_delay_ms: Option<Arc<AtomicU64>>,
+}
+
+impl RecorderConfig {
+    pub fn new(dir: impl Into<PathBuf>, level: TraceLevel) -> RecorderConfig {
+        RecorderConfig { dir: dir.into(), level, budget_bytes: 64 << 20, zstd_level: Some(1), shuffle: true, write_delay_ms: None }
+    }
+}
+
+/// Counters shared between the recorder, its writer and whoever reports health.
+#[derive(Debug)]
+pub struct RecorderStatus {
+    pub dir: PathBuf,
+    pub level: TraceLevel,
+    recordings_started: AtomicU64,
+    recordings_written: AtomicU64,
+    recordings_skipped: AtomicU64,
+    errors: AtomicU64,
+    dropped_frames: AtomicU64,
+    bytes_written: AtomicU64,
+    trace_frames: AtomicU64,
+    trace_raw_bytes: AtomicU64,
+    trace_stored_bytes: AtomicU64,
+    trace_value_bytes: AtomicU64,
+    pool_bytes: AtomicU64,
+    pool_peak_bytes: AtomicU64,
+    writer_scratch_peak_bytes: AtomicU64,
+    /// Time the taps spent on the inference thread (copying, buffer hand-over).
+    pub(crate) tap_ns: AtomicU64,
+    /// Wall time the writer spent handling messages.
+    writer_busy_ns: AtomicU64,
+    /// The writer thread's CPU time, as of the last flush (Linux; 0 elsewhere).
+    writer_cpu_ms: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+/// A point-in-time copy of [`RecorderStatus`], as `/health` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecorderSnapshot {
+    pub dir: String,
+    pub trace: TraceLevel,
+    /// `ok`, or `error` once any error was counted.
+    pub state: &'static str,
+    pub recordings_started: u64,
+    pub recordings_written: u64,
+    pub recordings_skipped: u64,
+    pub errors: u64,
+    pub dropped_frames: u64,
+    pub bytes_written: u64,
+    pub trace_frames: u64,
+    /// Postcard bytes of trace frames before compression.
+    pub trace_raw_bytes: u64,
+    /// Bytes of trace frames on disk (payloads, after compression).
+    pub trace_stored_bytes: u64,
+    /// Raw f32 bytes of the traced values (what `full` stores losslessly).
+    pub trace_value_bytes: u64,
+    pub pool_bytes: u64,
+    pub pool_peak_bytes: u64,
+    pub writer_scratch_peak_bytes: u64,
+    pub tap_ns: u64,
+    pub writer_busy_ns: u64,
+    pub writer_cpu_ms: u64,
+    pub last_error: Option<String>,
+}
+
+impl RecorderStatus {
+    fn new(dir: PathBuf, level: TraceLevel) -> RecorderStatus {
+        RecorderStatus {
+            dir,
+            level,
+            recordings_started: AtomicU64::new(0),
+            recordings_written: AtomicU64::new(0),
+            recordings_skipped: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            dropped_frames: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+            trace_frames: AtomicU64::new(0),
+            trace_raw_bytes: AtomicU64::new(0),
+            trace_stored_bytes: AtomicU64::new(0),
+            trace_value_bytes: AtomicU64::new(0),
+            pool_bytes: AtomicU64::new(0),
+            pool_peak_bytes: AtomicU64::new(0),
+            writer_scratch_peak_bytes: AtomicU64::new(0),
+            tap_ns: AtomicU64::new(0),
+            writer_busy_ns: AtomicU64::new(0),
+            writer_cpu_ms: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    /// Counts an error, keeps it as `last_error` and logs it.
+    pub fn error(&self, message: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        eprintln!("worker-orcd: recorder error: {message}");
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    pub fn snapshot(&self) -> RecorderSnapshot {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let errors = g(&self.errors);
+        RecorderSnapshot {
+            dir: self.dir.display().to_string(),
+            trace: self.level,
+            state: if errors == 0 { "ok" } else { "error" },
+            recordings_started: g(&self.recordings_started),
+            recordings_written: g(&self.recordings_written),
+            recordings_skipped: g(&self.recordings_skipped),
+            errors,
+            dropped_frames: g(&self.dropped_frames),
+            bytes_written: g(&self.bytes_written),
+            trace_frames: g(&self.trace_frames),
+            trace_raw_bytes: g(&self.trace_raw_bytes),
+            trace_stored_bytes: g(&self.trace_stored_bytes),
+            trace_value_bytes: g(&self.trace_value_bytes),
+            pool_bytes: g(&self.pool_bytes),
+            pool_peak_bytes: g(&self.pool_peak_bytes),
+            writer_scratch_peak_bytes: g(&self.writer_scratch_peak_bytes),
+            tap_ns: g(&self.tap_ns),
+            writer_busy_ns: g(&self.writer_busy_ns),
+            writer_cpu_ms: g(&self.writer_cpu_ms),
+            last_error: self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
+    }
+}
+
+/// Where one traced site's rows lie in a [`TraceBuf`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Slot {
+    pub site: Site,
+    pub row0: u32,
+    pub n_rows: u32,
+    pub width: u32,
+    pub offset: usize,
+}
+
+/// The values of one forward call's traced sites, copied during the forward pass.
+#[derive(Debug, Default)]
+pub(crate) struct TraceBuf {
+    pub data: Vec<f32>,
+    pub slots: Vec<Slot>,
+    pub pos0: u32,
+    pub n_tok: u32,
+}
+
+impl TraceBuf {
+    fn bytes(&self) -> usize {
+        self.data.capacity() * 4
+    }
+}
+
+/// Trace buffers: reused, allocated only while the budget allows. Owned by the inference
+/// side; the writer hands buffers back through `free_rx`.
+pub(crate) struct Pool {
+    free_rx: Receiver<TraceBuf>,
+    idle: Vec<TraceBuf>,
+    allocated: usize,
+    budget: usize,
+    status: Arc<RecorderStatus>,
+}
+
+impl Pool {
+    fn account(&self) {
+        let a = self.allocated as u64;
+        self.status.pool_bytes.store(a, Ordering::Relaxed);
+        self.status.pool_peak_bytes.fetch_max(a, Ordering::Relaxed);
+    }
+
+    fn reclaim(&mut self) {
+        while let Ok(b) = self.free_rx.try_recv() {
+            self.idle.push(b);
+        }
+    }
+
+    /// A cleared buffer with room for `floats` values, or `None` when the budget is spent
+    /// (the writer is behind). Never blocks.
+    pub fn acquire(&mut self, floats: usize) -> Option<TraceBuf> {
+        self.reclaim();
+        if let Some(i) = self.idle.iter().position(|b| b.data.capacity() >= floats) {
+            let mut b = self.idle.swap_remove(i);
+            b.data.clear();
+            b.slots.clear();
+            return Some(b);
+        }
+        let bytes = floats.checked_mul(4)?;
+        while self.allocated + bytes > self.budget {
+            let b = self.idle.pop()?;
+            self.allocated -= b.bytes();
+        }
+        let b = TraceBuf { data: Vec::with_capacity(floats), slots: Vec::with_capacity(64), pos0: 0, n_tok: 0 };
+        self.allocated += b.bytes();
+        self.account();
+        Some(b)
+    }
+
+    /// Grows `buf` to hold `extra` more values if the budget allows.
+    pub fn grow(&mut self, buf: &mut TraceBuf, extra: usize) -> bool {
+        let need = buf.data.len() + extra;
+        if need <= buf.data.capacity() {
+            return true;
+        }
+        let before = buf.bytes();
+        if self.allocated - before + need * 4 > self.budget {
+            return false;
+        }
+        buf.data.reserve_exact(need - buf.data.len());
+        self.allocated = self.allocated - before + buf.bytes();
+        self.account();
+        true
+    }
+
+    pub fn give_back(&mut self, buf: TraceBuf) {
+        self.idle.push(buf);
+    }
+}
+
+pub(crate) enum WriterMsg {
+    Begin { id: u64, temp: PathBuf, path: PathBuf, header: Box<Header> },
+    Trace { id: u64, forward: u32, buf: TraceBuf },
+    Token { id: u64, frame: TokenFrame },
+    End { id: u64, footer: Box<Footer> },
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// A recording in progress: where it will be, and how to add tokens to it.
+pub struct ActiveRecording {
+    pub(crate) id: u64,
+    path: PathBuf,
+    job_id: String,
+    tx: Sender<WriterMsg>,
+}
+
+impl ActiveRecording {
+    /// Where the finished recording will be (written under a `.partial` name until the end).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues a token frame; never blocks.
+    pub fn token(&self, frame: TokenFrame) {
+        let _ = self.tx.send(WriterMsg::Token { id: self.id, frame });
+    }
+}
+
+/// The inference side of the recorder. Owned by the thread that runs the engine.
+pub struct Recorder {
+    tx: Sender<WriterMsg>,
+    pub(crate) pool: Pool,
+    status: Arc<RecorderStatus>,
+    open: Arc<AtomicUsize>,
+    next_id: u64,
+    level: TraceLevel,
+    dims: ModelDims,
+    dir: PathBuf,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Recorder {
+    /// Creates the directory if needed and starts the writer thread. Buffers for a few decode
+    /// steps are allocated now, so steady-state decoding allocates nothing.
+    pub fn start(cfg: RecorderConfig, dims: ModelDims) -> Result<Recorder, RecorderError> {
+        std::fs::create_dir_all(&cfg.dir).map_err(|source| RecorderError::CreateDir { path: cfg.dir.clone(), source })?;
+        if !cfg.dir.is_dir() {
+            return Err(RecorderError::NotADirectory { path: cfg.dir.clone() });
+        }
+        let compressor = match cfg.zstd_level {
+            Some(level) => Some(zstd::bulk::Compressor::new(level).map_err(|source| RecorderError::Zstd { level, source })?),
+            None => None,
+        };
+        let status = Arc::new(RecorderStatus::new(cfg.dir.clone(), cfg.level));
+        let (tx, rx) = channel();
+        let (free_tx, free_rx) = channel();
+        let open = Arc::new(AtomicUsize::new(0));
+        let writer = Writer {
+            level: cfg.level,
+            shuffle: cfg.shuffle,
+            compressor,
+            projector: Projector::default(),
+            scratch: Scratch::default(),
+            payload: Vec::new(),
+            zbuf: Vec::new(),
+            frame_values: 0,
+            files: HashMap::new(),
+            status: Arc::clone(&status),
+            free_tx,
+            open: Arc::clone(&open),
+            write_delay_ms: cfg.write_delay_ms,
+        };
+        let thread = std::thread::Builder::new()
+            .name("recorder-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|source| RecorderError::Spawn { source })?;
+        let mut pool = Pool { free_rx, idle: Vec::new(), allocated: 0, budget: cfg.budget_bytes, status: Arc::clone(&status) };
+        if cfg.level != TraceLevel::Off {
+            let step = decode_step_floats(dims);
+            let bufs: Vec<TraceBuf> = (0..8).filter_map(|_| pool.acquire(step)).collect();
+            for b in bufs {
+                pool.give_back(b);
+            }
+        }
+        Ok(Recorder { tx, pool, status, open, next_id: 1, level: cfg.level, dims, dir: cfg.dir, thread: Some(thread) })
+    }
+
+    pub fn level(&self) -> TraceLevel {
+        self.level
+    }
+
+    pub fn dims(&self) -> ModelDims {
+        self.dims
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn status(&self) -> &Arc<RecorderStatus> {
+        &self.status
+    }
+
+    /// Starts a recording named `{file_stem}.wrec`. `None` (counted as an error) when too many
+    /// recordings are already waiting for the writer.
+    pub fn begin(&mut self, file_stem: &str, header: Header) -> Option<ActiveRecording> {
+        if self.open.load(Ordering::Acquire) >= MAX_OPEN_RECORDINGS {
+            self.status.recordings_skipped.fetch_add(1, Ordering::Relaxed);
+            self.status.error(format!("job {}: not recorded, {MAX_OPEN_RECORDINGS} recordings are waiting for a slow disk", header.job_id));
+            return None;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let path = self.dir.join(format!("{file_stem}.{RECORDING_EXT}"));
+        let temp = self.dir.join(format!("{file_stem}.{RECORDING_EXT}{PARTIAL_SUFFIX}"));
+        let job_id = header.job_id.clone();
+        self.open.fetch_add(1, Ordering::AcqRel);
+        self.status.recordings_started.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(WriterMsg::Begin { id, temp, path: path.clone(), header: Box::new(header) }).is_err() {
+            self.status.error(format!("job {job_id}: the recorder's writer thread is gone"));
+            return None;
+        }
+        Some(ActiveRecording { id, path, job_id, tx: self.tx.clone() })
+    }
+
+    /// A tap that copies this recording's traced sites into pool buffers for the writer.
+    pub fn tap<'a>(&'a mut self, rec: &ActiveRecording) -> super::tap::TraceTap<'a> {
+        super::tap::TraceTap::new(&mut self.pool, &self.tx, &self.status, rec.id, self.level, self.dims)
+    }
+
+    /// Ends a recording; the writer adds the footer, fsyncs and renames it. A recording whose
+    /// trace frames were dropped counts one error.
+    pub fn end(&mut self, rec: ActiveRecording, footer: Footer) {
+        if footer.dropped_trace_frames > 0 {
+            self.status.dropped_frames.fetch_add(footer.dropped_trace_frames as u64, Ordering::Relaxed);
+            self.status.error(format!(
+                "job {}: writer lagging, dropped {} trace frames",
+                rec.job_id, footer.dropped_trace_frames
+            ));
+        }
+        let _ = self.tx.send(WriterMsg::End { id: rec.id, footer: Box::new(footer) });
+    }
+
+    /// Waits until the writer has handled everything sent so far. For tests, benchmarks and
+    /// shutdown only: this one blocks.
+    pub fn flush(&self) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        if self.tx.send(WriterMsg::Flush(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+    }
+
+    /// Lets the writer finish every queued message, then stops it.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let (dead_tx, _) = channel();
+        drop(std::mem::replace(&mut self.tx, dead_tx));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Values in one decode step's trace buffer.
+pub(crate) fn decode_step_floats(d: ModelDims) -> usize {
+    (d.n_layers as usize + 2) * d.dim as usize + d.n_vocab as usize
+}
+
+struct OpenFile {
+    /// `None` once a write failed: the rest of this recording is discarded.
+    file: Option<File>,
+    temp: PathBuf,
+    path: PathBuf,
+    job_id: String,
+}
+
+struct Writer {
+    level: TraceLevel,
+    shuffle: bool,
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+    projector: Projector,
+    scratch: Scratch,
+    payload: Vec<u8>,
+    zbuf: Vec<u8>,
+    /// Bytes of full values held by the trace frame being written.
+    frame_values: usize,
+    files: HashMap<u64, OpenFile>,
+    status: Arc<RecorderStatus>,
+    free_tx: Sender<TraceBuf>,
+    open: Arc<AtomicUsize>,
+    write_delay_ms: Option<Arc<AtomicU64>>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<WriterMsg>) {
+        while let Ok(msg) = rx.recv() {
+            self.handle(msg);
+        }
+        // The channel closed with recordings unfinished: they stay `.partial`, as after a crash.
+        for (_, f) in self.files.drain() {
+            if f.file.is_some() {
+                eprintln!("worker-orcd: recorder: job {} left unfinished at {}", f.job_id, f.temp.display());
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: WriterMsg) {
+        let t0 = std::time::Instant::now();
+        match msg {
+            WriterMsg::Begin { id, temp, path, header } => {
+                let job_id = header.job_id.clone();
+                let file = match self.create(&temp, &header) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        self.status.error(format!("job {job_id}: cannot create {}: {e}", temp.display()));
+                        None
+                    }
+                };
+                self.files.insert(id, OpenFile { file, temp, path, job_id });
+            }
+            WriterMsg::Trace { id, forward, buf } => {
+                if self.files.get(&id).is_some_and(|f| f.file.is_some()) {
+                    let frame = self.summarize(forward, &buf);
+                    self.payload.clear();
+                    let result = encode(&frame, &mut self.payload);
+                    let raw_len = self.payload.len() as u64;
+                    let values: u64 = buf.slots.iter().map(|s| s.n_rows as u64 * s.width as u64 * 4).sum();
+                    match result.and_then(|_| self.write_payload(id, FrameKind::Trace)) {
+                        Ok(stored) => {
+                            self.status.trace_frames.fetch_add(1, Ordering::Relaxed);
+                            self.status.trace_raw_bytes.fetch_add(raw_len, Ordering::Relaxed);
+                            self.status.trace_stored_bytes.fetch_add(stored, Ordering::Relaxed);
+                            self.status.trace_value_bytes.fetch_add(values, Ordering::Relaxed);
+                        }
+                        Err(e) => self.fail(id, e),
+                    }
+                }
+                let _ = self.free_tx.send(buf);
+            }
+            WriterMsg::Token { id, frame } => self.write_value(id, FrameKind::Token, &frame),
+            WriterMsg::End { id, footer } => {
+                self.write_value(id, FrameKind::Footer, &*footer);
+                if let Some(f) = self.files.remove(&id) {
+                    if let Some(file) = f.file {
+                        if let Err(e) = finish(file, &f.temp, &f.path) {
+                            self.status.error(format!("job {}: cannot finish {}: {e}", f.job_id, f.path.display()));
+                        } else {
+                            self.status.recordings_written.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                self.open.fetch_sub(1, Ordering::AcqRel);
+            }
+            WriterMsg::Flush(done) => {
+                if let Some(ms) = thread_cpu_ms() {
+                    self.status.writer_cpu_ms.store(ms, Ordering::Relaxed);
+                }
+                let _ = done.send(());
+            }
+        }
+        self.status.writer_busy_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let scratch = (self.scratch.capacity_bytes() + self.payload.capacity() + self.zbuf.capacity() + self.frame_values) as u64;
+        self.frame_values = 0;
+        self.status.writer_scratch_peak_bytes.fetch_max(scratch, Ordering::Relaxed);
+    }
+
+    fn create(&mut self, temp: &Path, header: &Header) -> std::io::Result<File> {
+        if let Some(dir) = temp.parent() {
+            if !dir.exists() {
+                std::fs::create_dir_all(dir)?;
+            }
+        }
+        let mut file = File::create(temp)?;
+        self.payload.clear();
+        encode(header, &mut self.payload)?;
+        let (head, stored) = format::encode_frame(FrameKind::Header, &self.payload, self.compressor.as_mut(), &mut self.zbuf)?;
+        delay(&self.write_delay_ms);
+        file.write_all(&format::file_header())?;
+        file.write_all(&head)?;
+        file.write_all(stored)?;
+        let n = format::FILE_HEADER_LEN + format::FRAME_HEADER_LEN + stored.len();
+        self.status.bytes_written.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(file)
+    }
+
+    fn summarize(&mut self, forward: u32, buf: &TraceBuf) -> TraceFrame {
+        let sites = buf
+            .slots
+            .iter()
+            .map(|s| {
+                let n = s.n_rows as usize * s.width as usize;
+                summary::summarize_site(
+                    self.level,
+                    s.site,
+                    s.row0,
+                    s.n_rows as usize,
+                    s.width as usize,
+                    &buf.data[s.offset..s.offset + n],
+                    self.shuffle,
+                    &mut self.projector,
+                    &mut self.scratch,
+                )
+            })
+            .collect();
+        let frame = TraceFrame { forward, pos0: buf.pos0, n_tok: buf.n_tok, sites };
+        self.frame_values = frame.sites.iter().filter_map(|s| s.values.as_ref()).map(|v| v.bytes.0.len()).sum();
+        frame
+    }
+
+    fn write_value<T: Serialize>(&mut self, id: u64, kind: FrameKind, value: &T) {
+        if self.files.get(&id).is_none_or(|f| f.file.is_none()) {
+            return;
+        }
+        self.payload.clear();
+        let r = encode(value, &mut self.payload);
+        if let Err(e) = r.and_then(|_| self.write_payload(id, kind)) {
+            self.fail(id, e);
+        }
+    }
+
+    /// Frames `self.payload` and appends it to recording `id`; returns the stored length.
+    fn write_payload(&mut self, id: u64, kind: FrameKind) -> std::io::Result<u64> {
+        let (head, stored) = format::encode_frame(kind, &self.payload, self.compressor.as_mut(), &mut self.zbuf)?;
+        delay(&self.write_delay_ms);
+        let Some(file) = self.files.get_mut(&id).and_then(|f| f.file.as_mut()) else {
+            return Ok(0);
+        };
+        file.write_all(&head)?;
+        file.write_all(stored)?;
+        self.status.bytes_written.fetch_add((format::FRAME_HEADER_LEN + stored.len()) as u64, Ordering::Relaxed);
+        Ok(stored.len() as u64)
+    }
+
+    /// A write failed: count it, drop the file and remove it (a full disk gets its space back).
+    fn fail(&mut self, id: u64, e: std::io::Error) {
+        if let Some(f) = self.files.get_mut(&id) {
+            if f.file.take().is_some() {
+                let _ = std::fs::remove_file(&f.temp);
+                self.status.error(format!("job {}: writing {} failed: {e}", f.job_id, f.temp.display()));
+            }
+        }
+    }
+}
+
+/// The slow-disk test hook.
+fn delay(ms: &Option<Arc<AtomicU64>>) {
+    if let Some(ms) = ms {
+        std::thread::sleep(Duration::from_millis(ms.load(Ordering::Relaxed)));
+    }
+}
+
+/// CPU time of the calling thread in ms (utime + stime from /proc, 10 ms resolution).
+fn thread_cpu_ms() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks * 10) // USER_HZ is 100 on Linux
+}
+
+/// Appends the postcard encoding of `value` to `out`.
+fn encode<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> std::io::Result<()> {
+    postcard::to_io(value, &mut *out).map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// fsync, rename to the final name, fsync the directory.
+fn finish(file: File, temp: &Path, path: &Path) -> std::io::Result<()> {
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(temp, path)?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
