@@ -4,6 +4,8 @@
 //
 // Launch: grid (ceil(n/256)), block 256, one element per thread.
 extern "C" __global__ void add_f32(float* __restrict__ x, const float* __restrict__ y, int n) {
+    pdl_launch();
+    pdl_wait();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] = x[i] + y[i];
 }
@@ -11,6 +13,8 @@ extern "C" __global__ void add_f32(float* __restrict__ x, const float* __restric
 // exp_f32: out = expf_glibc(x), the f32::exp that ops::softmax and ops::silu call; exposed so the
 // parity tests can check the port bitwise on many inputs. Launch as add_f32.
 extern "C" __global__ void exp_f32(const float* __restrict__ x, float* __restrict__ out, int n) {
+    pdl_launch();
+    pdl_wait();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = expf_glibc(x[i]);
 }

@@ -19,6 +19,8 @@ extern "C" __global__ void attention_f32(const float* __restrict__ q, const floa
                                          i8* __restrict__ aq, float2* __restrict__ ads,
                                          const int* __restrict__ params, int n_heads, int n_kv_heads,
                                          int head_dim, float scale, int n_ctx) {
+    pdl_launch();
+    pdl_wait();
     extern __shared__ float sh[];
     __shared__ double dscratch[32];
     __shared__ float fscratch[32];

@@ -17,6 +17,21 @@ typedef unsigned int u32;
 typedef unsigned long long u64;
 
 #define QK 32
+
+// Programmatic dependent launch (Hopper): a kernel launched with the programmatic-serialization
+// attribute may start while its predecessor runs; it must call pdl_wait() before touching
+// anything the predecessor writes. pdl_launch() lets the successor start early. Both are no-ops
+// for ordinary launches and on older architectures.
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
 #define NEG_INF __int_as_float(0xff800000)
 
 // f16 <-> f32 through PTX (NVRTC is used without cuda_fp16.h). cvt.rn is round-to-nearest-even,

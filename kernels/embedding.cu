@@ -12,6 +12,8 @@ template <int ET>
 __device__ __forceinline__ void embed(const u8* __restrict__ qs, const u32* __restrict__ dm,
                                       const int* __restrict__ tokens, float* __restrict__ x,
                                       float* __restrict__ tap, int dim) {
+    pdl_launch();
+    pdl_wait();
     size_t t = blockIdx.x;
     size_t tok = (size_t)tokens[t];
     int nb = dim / QK;

@@ -114,6 +114,20 @@ __device__ __forceinline__ void matvec_q(const u8* __restrict__ qs, const u32* _
     float* mterms = sh + slots * nb;                            // Q4_1: [tt][rl][b]
     float* res = sh + slots * nb * (WT == WT_Q4_1 ? 2 : 1);     // [tt][rl]
     const int n_items = R * nb;
+    // Before waiting for the previous kernel: pull this block's weights towards L2 (they do not
+    // depend on it), and let the next kernel start its own prologue.
+    pdl_launch();
+    for (int it = threadIdx.x; it < n_items; it += blockDim.x) {
+        int rl = it / nb, b = it - (it / nb) * nb;
+        int row = mode == MODE_SWIGLU ? (rl < 32 ? blockIdx.x * 32 + rl : se.ffn + blockIdx.x * 32 + rl - 32)
+                                      : blockIdx.x * R + rl;
+        if (row < n_out) {
+            size_t blk = (size_t)row * nb + b;
+            const u8* p = qs + blk * (WT == WT_Q8_0 ? 32 : 16);
+            asm volatile("prefetch.global.L2 [%0];" :: "l"(p));
+        }
+    }
+    pdl_wait();
     // Activation source: global rows t0.., or rows normalized here into shared memory.
     const i8* a_base = aq + (size_t)t0 * n_in;
     const float2* ads_base = ads + (size_t)t0 * nb;
@@ -253,6 +267,8 @@ enum { FT_F16 = 0, FT_BF16 = 1, FT_F32 = 2 };
 template <int FT>
 __device__ __forceinline__ void matvec_float(const void* __restrict__ w, const float* __restrict__ x, float* out,
                                              float* tap, int n_in, int n_out, int out_stride, int mode) {
+    pdl_launch();
+    pdl_wait();
     int row = blockIdx.x * blockDim.x + threadIdx.x;
     if (row >= n_out) return;
     size_t t = blockIdx.y;

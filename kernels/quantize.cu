@@ -6,6 +6,8 @@
 // s rounded to f16 as ggml stores them. n % 32 == 0.
 extern "C" __global__ void quantize_q8_1(const float* __restrict__ x, i8* __restrict__ aq,
                                          float2* __restrict__ ads, int n) {
+    pdl_launch();
+    pdl_wait();
     int nb = n / QK;
     int b = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (b >= nb) return;  // whole warps leave together

@@ -12,6 +12,8 @@
 
 extern "C" __global__ void rmsnorm_f32(const float* __restrict__ x, const float* __restrict__ w,
                                        float* __restrict__ out, int dim, float eps) {
+    pdl_launch();
+    pdl_wait();
     const float* xr = x + (size_t)blockIdx.x * dim;
     float* orow = out + (size_t)blockIdx.x * dim;
     float scale = rms_scale(xr, dim, eps);
@@ -23,6 +25,8 @@ extern "C" __global__ void rmsnorm_f32(const float* __restrict__ x, const float*
 extern "C" __global__ void rmsnorm_q8(const float* __restrict__ x, const float* __restrict__ w,
                                       float* __restrict__ out, float* __restrict__ tap,
                                       i8* __restrict__ aq, float2* __restrict__ ads, int dim, float eps) {
+    pdl_launch();
+    pdl_wait();
     size_t t = blockIdx.x;
     const float* xr = x + t * dim;
     float scale = rms_scale(xr, dim, eps);

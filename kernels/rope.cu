@@ -18,6 +18,8 @@ __device__ __forceinline__ void rotate(float x0, float x1, const float* cs, int 
 // x (n_tok, width) rotated in place, heads of head_dim.
 extern "C" __global__ void rope_norm(float* __restrict__ x, const float* __restrict__ table,
                                      const int* __restrict__ params, int width, int head_dim) {
+    pdl_launch();
+    pdl_wait();
     size_t t = blockIdx.x;
     const float* cs = table + (size_t)(params[0] + t) * head_dim;
     for (int p = threadIdx.x; p < width / 2; p += blockDim.x) {
@@ -36,6 +38,8 @@ extern "C" __global__ void rope_store_kv(const float* __restrict__ qkv, const fl
                                          float* __restrict__ q_out, float* __restrict__ k_cache,
                                          float* __restrict__ v_cache, const float* __restrict__ table,
                                          const int* __restrict__ params, int dim, int kv_dim, int head_dim) {
+    pdl_launch();
+    pdl_wait();
     size_t t = blockIdx.x;
     size_t pos = (size_t)params[0] + t;
     const float* cs = table + pos * head_dim;

@@ -8,6 +8,8 @@
 extern "C" __global__ void swiglu_f32(const float* __restrict__ gu, int gu_stride, int up_offset,
                                       float* __restrict__ out, i8* __restrict__ aq,
                                       float2* __restrict__ ads, int n) {
+    pdl_launch();
+    pdl_wait();
     int nb = n / QK;
     int b = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (b >= nb) return;

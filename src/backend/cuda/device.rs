@@ -11,8 +11,7 @@ use std::collections::HashMap;
 use std::ffi::{c_char, CString};
 use std::sync::Arc;
 
-use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaStream, LaunchConfig};
-use cudarc::nvrtc::Ptx;
+use cudarc::driver::{result, sys, CudaContext, CudaStream};
 
 use super::kernels::{self, KernelModule, NVRTC_OPTIONS};
 use crate::backend::BackendError;
@@ -156,7 +155,14 @@ pub struct Gpu {
     pub stream: Arc<CudaStream>,
     /// Trace downloads, ordered after the compute stream by an event.
     pub copy_stream: Arc<CudaStream>,
-    functions: HashMap<&'static str, CudaFunction>,
+    /// Raw function handles (cudarc's wrapper hides them, and `cuLaunchKernelEx` needs them).
+    functions: HashMap<&'static str, sys::CUfunction>,
+    /// Modules stay loaded for the context's lifetime.
+    _modules: Vec<sys::CUmodule>,
+    /// Whether the next launches may overlap their predecessor (programmatic dependent launch).
+    pdl: std::cell::Cell<bool>,
+    /// PDL is used at all (compute capability 9.0 or later, and WORKER_ORCD_CUDA_PDL is not 0).
+    pdl_supported: bool,
     pub info: DeviceInfo,
     allocated: std::sync::atomic::AtomicUsize,
     /// Seconds spent compiling kernels at start-up (0 when all came from the cache).
@@ -197,12 +203,21 @@ impl Gpu {
         let t0 = std::time::Instant::now();
         let mut compiled_any = false;
         let mut functions = HashMap::new();
+        let mut modules = Vec::new();
         for m in KernelModule::ALL {
             let (cubin, fresh) = compiled_module(m, &arch, nvrtc_version)?;
             compiled_any |= fresh;
-            let module = ctx.load_module(Ptx::from_binary(cubin)).map_err(|e| dev_err(&format!("loading {}", m.file_name()), e))?;
+            let mut module: sys::CUmodule = std::ptr::null_mut();
+            // SAFETY: `cubin` is a complete CUBIN image; the context is current.
+            unsafe { sys::cuModuleLoadData(&mut module, cubin.as_ptr() as *const _) }
+                .result()
+                .map_err(|e| dev_err(&format!("loading {}", m.file_name()), e))?;
+            modules.push(module);
             for &f in m.functions() {
-                let func = module.load_function(f).map_err(|e| dev_err(&format!("kernel {f}"), e))?;
+                let name = CString::new(f).expect("kernel names contain no NUL");
+                let mut func: sys::CUfunction = std::ptr::null_mut();
+                // SAFETY: out-parameter lookup in a loaded module.
+                unsafe { sys::cuModuleGetFunction(&mut func, module, name.as_ptr()) }.result().map_err(|e| dev_err(&format!("kernel {f}"), e))?;
                 functions.insert(f, func);
             }
         }
@@ -214,11 +229,31 @@ impl Gpu {
             .map_err(|e| dev_err("shared memory limit", e))?;
         let max_dynamic_smem = (optin as usize).saturating_sub(4096).max(48 * 1024);
         for name in ["attention_f32", "matvec_q4_1_q8_1", "matvec_q4_0_q8_0", "matvec_q8_0_q8_0"] {
-            functions[name]
-                .set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, max_dynamic_smem as i32)
-                .map_err(|e| dev_err(&format!("raising the shared memory limit of {name}"), e))?;
+            // SAFETY: a loaded function handle; plain attribute call.
+            unsafe {
+                sys::cuFuncSetAttribute(
+                    functions[name],
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    max_dynamic_smem as i32,
+                )
+            }
+            .result()
+            .map_err(|e| dev_err(&format!("raising the shared memory limit of {name}"), e))?;
         }
-        Ok(Gpu { ctx, stream, copy_stream, functions, info, allocated: 0.into(), compile_seconds, max_dynamic_smem })
+        let pdl_supported = cc.0 >= 9 && std::env::var("WORKER_ORCD_CUDA_PDL").map(|v| v != "0").unwrap_or(true);
+        Ok(Gpu {
+            ctx,
+            stream,
+            copy_stream,
+            functions,
+            _modules: modules,
+            pdl: std::cell::Cell::new(false),
+            pdl_supported,
+            info,
+            allocated: 0.into(),
+            compile_seconds,
+            max_dynamic_smem,
+        })
     }
 
     pub fn bind(&self) -> Result<(), BackendError> {
@@ -292,44 +327,58 @@ impl Gpu {
         self.stream.synchronize().map_err(|e| dev_err("stream synchronize", e))
     }
 
+    /// Lets the following launches overlap their predecessor's tail (each kernel waits for it
+    /// with `griddepcontrol.wait` before reading its results). Only for kernel-to-kernel
+    /// sequences: the first kernel after a copy must be launched with this off.
+    pub fn set_overlap(&self, on: bool) {
+        self.pdl.set(on && self.pdl_supported);
+    }
+
     /// Launches kernel `name` on the compute stream.
     pub fn launch(&self, name: &str, grid: (u32, u32, u32), block: u32, smem: u32, args: &[Arg]) -> Result<(), BackendError> {
-        use cudarc::driver::PushKernelArg;
-        let func = self.functions.get(name).ok_or_else(|| BackendError::Device(format!("unknown kernel {name}")))?;
-        // Arguments are pushed by reference: keep them in place for the launch.
-        let (mut ptrs, mut ints, mut floats) = (Vec::new(), Vec::new(), Vec::new());
-        for a in args {
-            match *a {
-                Arg::Ptr(p) => ptrs.push(p),
-                Arg::I32(i) => ints.push(i),
-                Arg::F32(f) => floats.push(f),
-            }
-        }
-        let mut b = self.stream.launch_builder(func);
-        let (mut pi, mut ii, mut fi) = (0, 0, 0);
-        for a in args {
-            match a {
-                Arg::Ptr(_) => {
-                    b.arg(&ptrs[pi]);
-                    pi += 1;
-                }
-                Arg::I32(_) => {
-                    b.arg(&ints[ii]);
-                    ii += 1;
-                }
-                Arg::F32(_) => {
-                    b.arg(&floats[fi]);
-                    fi += 1;
-                }
-            }
-        }
-        let cfg = LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: smem };
+        let func = *self.functions.get(name).ok_or_else(|| BackendError::Device(format!("unknown kernel {name}")))?;
+        // Each argument in an 8-byte slot; the driver copies the parameter's own size from it
+        // (little-endian: an i32 or f32 sits in the low half).
+        let mut slots: Vec<u64> = args
+            .iter()
+            .map(|a| match *a {
+                Arg::Ptr(p) => p,
+                Arg::I32(i) => i as u32 as u64,
+                Arg::F32(f) => f.to_bits() as u64,
+            })
+            .collect();
+        let mut params: Vec<*mut std::ffi::c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut std::ffi::c_void).collect();
+        // SAFETY: a zeroed attribute is valid; the union field written matches the id.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let overlap = self.pdl.get();
+        let cfg = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: smem,
+            hStream: self.stream.cu_stream(),
+            attrs: if overlap { &mut attr } else { std::ptr::null_mut() },
+            numAttrs: if overlap { 1 } else { 0 },
+        };
+        self.bind()?;
         // SAFETY: argument lists match the kernels' signatures (one call site per kernel in
-        // `ops`/`forward`, exercised by the parity tests); buffers outlive the stream's work.
-        unsafe { b.launch(cfg) }.map_err(|e| dev_err(&format!("launching {name}"), e))?;
+        // `ops`/`forward`, exercised by the parity tests); buffers outlive the stream's work;
+        // `slots`, `params` and `attr` live until the call returns (the driver copies them).
+        unsafe { sys::cuLaunchKernelEx(&cfg, func, params.as_mut_ptr(), std::ptr::null_mut()) }
+            .result()
+            .map_err(|e| dev_err(&format!("launching {name}"), e))?;
         Ok(())
     }
 }
+
+// SAFETY: CUDA driver handles (functions, modules) may be used from any thread that binds the
+// context, which every entry point does; the overlap flag is only touched by the owner.
+unsafe impl Send for Gpu {}
 
 fn nvrtc_version() -> Result<(i32, i32), BackendError> {
     let (mut major, mut minor) = (0, 0);

@@ -333,9 +333,7 @@ impl CudaBackend {
         let c = &self.model.config;
         let g = &self.gpu;
         let s = &self.scratch;
-        let (dim, kv_dim, hd, ffn) = (c.dim, c.kv_dim(), c.head_dim, c.ffn_dim);
-        let qkv_w = dim + 2 * kv_dim;
-        let params = s.io;
+        let dim = c.dim;
         let tokens = s.io + 16;
         let tap_slot = |slot: usize| if trace { s.tap + (slot * n * dim * F32) as u64 } else { 0 };
         let pos0 = self.n_cached;
@@ -361,6 +359,33 @@ impl CudaBackend {
 
         launch_embedding(g, &self.embd, tokens, s.x, tap_slot(0), n)?;
         emit(&mut dbg, TapPoint::Embd, s.x, dim, 0)?;
+        // From here on only kernels follow kernels: let each overlap its predecessor's tail.
+        g.set_overlap(dbg.is_none());
+        let r = self.encode_layers(n, first, count, trace, dbg, tap_slot, pos0, emit, strided);
+        g.set_overlap(false);
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn encode_layers(
+        &self,
+        n: usize,
+        first: usize,
+        count: usize,
+        trace: bool,
+        mut dbg: Option<&mut dyn Tap>,
+        tap_slot: impl Fn(usize) -> u64,
+        pos0: usize,
+        emit: impl Fn(&mut Option<&mut dyn Tap>, TapPoint, u64, usize, u64) -> Result<(), BackendError>,
+        strided: impl Fn(u64, usize, usize, usize) -> Result<Vec<f32>, BackendError>,
+    ) -> Result<(), BackendError> {
+        let _ = trace; // the trace slots are already resolved in `tap_slot`
+        let c = &self.model.config;
+        let g = &self.gpu;
+        let s = &self.scratch;
+        let (dim, kv_dim, hd, ffn) = (c.dim, c.kv_dim(), c.head_dim, c.ffn_dim);
+        let qkv_w = dim + 2 * kv_dim;
+        let params = s.io;
         let layer_kv = self.n_ctx * kv_dim * F32;
         for (l, lw) in self.layers.iter().enumerate() {
             let kc = self.k_cache.ptr() + (l * layer_kv) as u64;
