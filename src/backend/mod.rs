@@ -145,3 +145,45 @@ pub trait Backend: Send {
     /// and returns the logits of the rows selected by `rows`, row-major (rows, n_vocab).
     fn forward(&mut self, tokens: &[u32], pos0: usize, rows: LogitRows, tap: &mut dyn Tap) -> Result<Vec<f32>, BackendError>;
 }
+
+/// Which backend runs the model (`--backend auto|cpu|cuda`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// CUDA where a GPU and the CUDA libraries are usable, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<BackendChoice, String> {
+        match s {
+            "auto" => Ok(BackendChoice::Auto),
+            "cpu" => Ok(BackendChoice::Cpu),
+            "cuda" => Ok(BackendChoice::Cuda),
+            _ => Err(format!("unknown backend {s:?} (expected auto, cpu or cuda)")),
+        }
+    }
+}
+
+/// A backend opened by [`open`], with the reason `auto` fell back to the CPU, if it did.
+pub struct Opened {
+    pub backend: Box<dyn Backend>,
+    pub fallback: Option<String>,
+}
+
+/// Opens the chosen backend with a KV cache of `n_ctx` positions and `threads` CPU threads.
+/// `Cuda` fails with one clear line where CUDA is unavailable; `Auto` then uses the CPU and
+/// says why in [`Opened::fallback`].
+pub fn open(choice: BackendChoice, model: std::sync::Arc<crate::model::Model>, n_ctx: usize, threads: usize) -> Result<Opened, BackendError> {
+    let cpu = |model| -> Result<Box<dyn Backend>, BackendError> { Ok(Box::new(cpu::CpuBackend::new(model, n_ctx, threads)?)) };
+    match choice {
+        BackendChoice::Cpu => Ok(Opened { backend: cpu(model)?, fallback: None }),
+        BackendChoice::Cuda => Ok(Opened { backend: Box::new(cuda::CudaBackend::new(model, n_ctx)?), fallback: None }),
+        BackendChoice::Auto => match cuda::CudaBackend::new(std::sync::Arc::clone(&model), n_ctx) {
+            Ok(b) => Ok(Opened { backend: Box::new(b), fallback: None }),
+            Err(e) => Ok(Opened { backend: cpu(model)?, fallback: Some(format!("{e}; using the cpu backend")) }),
+        },
+    }
+}

@@ -4,49 +4,20 @@
 
 use std::sync::Arc;
 
-use crate::backend::cpu::CpuBackend;
-use crate::backend::cuda::CudaBackend;
 use crate::backend::{Backend, BackendError};
 use crate::model::Model;
 use crate::trace::Fingerprint;
 
 use super::ReplayError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendChoice {
-    /// CUDA where a GPU is usable, else the CPU.
-    Auto,
-    Cpu,
-    Cuda,
-}
+pub use crate::backend::BackendChoice;
 
-impl std::str::FromStr for BackendChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(BackendChoice::Auto),
-            "cpu" => Ok(BackendChoice::Cpu),
-            "cuda" => Ok(BackendChoice::Cuda),
-            _ => Err(format!("unknown backend {s:?} (expected auto, cpu or cuda)")),
-        }
-    }
-}
-
-/// Opens the chosen backend with a KV cache of `n_ctx` positions. `Cuda` fails with one clear
-/// line where CUDA is unavailable; `Auto` then falls back to the CPU.
+/// Opens the chosen backend with a KV cache of `n_ctx` positions (see [`crate::backend::open`]).
 pub fn open_backend(choice: BackendChoice, model: Arc<Model>, n_ctx: usize, threads: usize) -> Result<Box<dyn Backend>, ReplayError> {
-    let cpu = |model| CpuBackend::new(model, n_ctx, threads).map(|b| Box::new(b) as Box<dyn Backend>);
-    let unavailable = |e: BackendError| match e {
-        BackendError::Unavailable { backend, reason } => ReplayError::Unavailable { backend, reason },
-        other => ReplayError::Unavailable { backend: "cuda", reason: other.to_string() },
-    };
-    match choice {
-        BackendChoice::Cpu => cpu(model).map_err(unavailable),
-        BackendChoice::Cuda => CudaBackend::new(model, n_ctx).map(|b| Box::new(b) as Box<dyn Backend>).map_err(unavailable),
-        BackendChoice::Auto => match CudaBackend::new(Arc::clone(&model), n_ctx) {
-            Ok(b) => Ok(Box::new(b)),
-            Err(_) => cpu(model).map_err(unavailable),
-        },
+    match crate::backend::open(choice, model, n_ctx, threads) {
+        Ok(opened) => Ok(opened.backend),
+        Err(BackendError::Unavailable { backend, reason }) => Err(ReplayError::Unavailable { backend, reason }),
+        Err(other) => Err(ReplayError::Unavailable { backend: "cuda", reason: other.to_string() }),
     }
 }
 

@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, BackendError};
 use crate::engine::Engine;
 use crate::model::Model;
@@ -66,25 +65,7 @@ pub struct ServeArgs {
     pub ctx: usize,
 }
 
-/// Which backend runs the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendChoice {
-    Auto,
-    Cpu,
-    Cuda,
-}
-
-impl std::str::FromStr for BackendChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<BackendChoice, String> {
-        match s {
-            "auto" => Ok(BackendChoice::Auto),
-            "cpu" => Ok(BackendChoice::Cpu),
-            "cuda" => Ok(BackendChoice::Cuda),
-            _ => Err(format!("unknown backend {s:?} (expected auto, cpu or cuda)")),
-        }
-    }
-}
+pub use crate::backend::BackendChoice;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -314,22 +295,19 @@ fn start_core(cfg: &ServerConfig) -> Result<Core, ServerError> {
     if cfg.api_token.as_deref() == Some("") {
         return Err(ServerError::EmptyToken);
     }
-    if cfg.backend == BackendChoice::Cuda {
-        return Err(ServerError::Backend(BackendError::Unavailable {
-            backend: "cuda",
-            reason: "this build has no CUDA backend yet (use --backend cpu or auto)".into(),
-        }));
-    }
     let path = match &cfg.model_path {
         Some(p) => p.clone(),
         None => crate::fetch::default_model_path()?,
     };
     let model = Arc::new(Model::open(&path).map_err(|source| ServerError::Model { path: path.clone(), source })?);
     let tokenizer = Arc::new(Tokenizer::from_gguf(&model.file).map_err(|source| ServerError::Tokenizer { path: path.clone(), source })?);
-    let backend: Box<dyn Backend> = match cfg.backend {
-        // Until the CUDA backend exists, `auto` means the CPU (and says so in /health).
-        BackendChoice::Auto | BackendChoice::Cpu | BackendChoice::Cuda => Box::new(CpuBackend::new(Arc::clone(&model), cfg.ctx, cfg.threads)?),
-    };
+    let opened = crate::backend::open(cfg.backend, Arc::clone(&model), cfg.ctx, cfg.threads)?;
+    if let Some(why) = &opened.fallback {
+        // `auto` without a usable GPU: said here, and in /health and recordings through the
+        // backend's kind and device.
+        eprintln!("worker-orcd: {why}");
+    }
+    let backend: Box<dyn Backend> = opened.backend;
     let model_sha256 = model_sha256(&path)?;
     let c = &model.config;
     let dims = ModelDims { n_layers: c.n_layers as u32, dim: c.dim as u32, n_vocab: c.n_vocab as u32 };
