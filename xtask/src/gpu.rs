@@ -1,0 +1,171 @@
+//! `cargo xtask gpu-bundle`: builds everything a GPU machine without Rust needs to run the CUDA
+//! backend's tests, parity checks and benchmark, into one folder with a `run.sh`.
+//!
+//! The folder holds the stripped release binaries (`worker-orcd`, `cuda-check`), the integration
+//! test binary (`it`, whose `cuda::` tests are the per-op parity tests), and optionally the
+//! reference corpus and the model split into parts small enough to carry. It builds; it runs
+//! nothing on a GPU.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+const USAGE: &str = "usage: cargo xtask gpu-bundle [--out DIR] [--model PATH.gguf] [--with-corpus]";
+
+/// Bytes per model part (the device tool carries at most 64 MiB per call, the tree included).
+const PART_BYTES: usize = 30 << 20;
+
+const RUN_SH: &str = r#"#!/usr/bin/env bash
+# Runs the CUDA backend's checks on a GPU machine from this folder (no Rust needed):
+# per-op parity tests, the tiny- and real-model tests, parity with the CPU backend and the
+# llama.cpp recordings, determinism, chunking, and the benchmark.
+# usage: run.sh MODEL.gguf [CORPUS_DIR]   (or: run.sh model-parts/ to join the parts first)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+model=${1:?usage: run.sh MODEL.gguf|PARTS_DIR [CORPUS_DIR]}
+if [ -d "$model" ]; then
+  name=$(cat "$model/name")
+  cat "$model"/part-* > "/tmp/$name"
+  echo "$(cat "$model/sha256")  /tmp/$name" | sha256sum -c
+  model=/tmp/$name
+fi
+corpus=${2:-$here/recordings/llama.cpp}
+[ -d "$corpus" ] || corpus=recordings/llama.cpp
+export WORKER_ORCD_MODEL="$model"
+export WORKER_ORCD_KERNEL_CACHE=${WORKER_ORCD_KERNEL_CACHE:-/tmp/worker-orcd-kernels}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
+"$here/it" cuda:: --test-threads=1 --nocapture
+"$here/cuda-check" all --model "$model" --corpus "$corpus" --runs 20
+"#;
+
+pub fn gpu_bundle(args: &[String]) -> Result<()> {
+    let mut out = PathBuf::from(".gpu/bundle");
+    let mut model: Option<PathBuf> = None;
+    let mut with_corpus = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--out" => out = PathBuf::from(it.next().context("--out needs a folder")?),
+            "--model" => model = Some(PathBuf::from(it.next().context("--model needs a file")?)),
+            "--with-corpus" => with_corpus = true,
+            other => bail!("unknown argument {other}\n{USAGE}"),
+        }
+    }
+    let root = workspace_root()?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+
+    run(Command::new(cargo()).current_dir(&root).args(["build", "--release", "--bin", "worker-orcd", "--bin", "cuda-check"]))?;
+    let it_exe = test_executable(&root)?;
+    for (src, name) in [
+        (root.join("target/release/worker-orcd"), "worker-orcd"),
+        (root.join("target/release/cuda-check"), "cuda-check"),
+        (it_exe, "it"),
+    ] {
+        copy_stripped(&src, &out.join(name))?;
+    }
+    let run_sh = out.join("run.sh");
+    std::fs::write(&run_sh, RUN_SH).with_context(|| format!("writing {}", run_sh.display()))?;
+    set_executable(&run_sh)?;
+    if with_corpus {
+        let dst = out.join("recordings/llama.cpp");
+        std::fs::create_dir_all(&dst)?;
+        for e in std::fs::read_dir(root.join("recordings/llama.cpp"))? {
+            let p = e?.path();
+            if p.is_file() {
+                std::fs::copy(&p, dst.join(p.file_name().expect("file")))?;
+            }
+        }
+    }
+    if let Some(m) = model {
+        split_model(&m, &out.join("model-parts"))?;
+    }
+    println!("bundle in {}: run `{}/run.sh MODEL.gguf` on the GPU machine", out.display(), out.display());
+    Ok(())
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    Ok(manifest.parent().context("xtask has a parent folder")?.to_path_buf())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Builds the `it` integration test binary in release mode and returns its path.
+fn test_executable(root: &Path) -> Result<PathBuf> {
+    let output = Command::new(cargo())
+        .current_dir(root)
+        .args(["test", "--release", "--test", "it", "--no-run", "--message-format=json"])
+        .output()
+        .context("running cargo test --no-run")?;
+    if !output.status.success() {
+        bail!("cargo test --no-run failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if v["reason"] == "compiler-artifact" && v["target"]["name"] == "it" {
+            if let Some(exe) = v["executable"].as_str() {
+                return Ok(PathBuf::from(exe));
+            }
+        }
+    }
+    bail!("cargo test --no-run printed no executable for the `it` test binary")
+}
+
+/// Copies `src` to `dst` without debug information (`strip`, when installed; else a copy).
+fn copy_stripped(src: &Path, dst: &Path) -> Result<()> {
+    let stripped = Command::new("strip").arg("-o").arg(dst).arg(src).status().map(|s| s.success()).unwrap_or(false);
+    if !stripped {
+        std::fs::copy(src, dst).with_context(|| format!("copying {}", src.display()))?;
+    }
+    set_executable(dst)
+}
+
+fn set_executable(p: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut perm = std::fs::metadata(p)?.permissions();
+    perm.set_mode(0o755);
+    std::fs::set_permissions(p, perm)?;
+    Ok(())
+}
+
+/// Splits the model into `part-NN` files of 30 MiB plus `sha256` and `name` (the layout of
+/// ../shared/tools/split-for-device, which run.sh joins and verifies).
+fn split_model(model: &Path, dir: &Path) -> Result<()> {
+    use sha2_lite::sha256_hex;
+    std::fs::create_dir_all(dir)?;
+    let bytes = std::fs::read(model).with_context(|| format!("reading {}", model.display()))?;
+    for (i, chunk) in bytes.chunks(PART_BYTES).enumerate() {
+        std::fs::write(dir.join(format!("part-{i:02}")), chunk)?;
+    }
+    std::fs::write(dir.join("sha256"), format!("{}\n", sha256_hex(model)?))?;
+    let name = model.file_name().context("model path has a file name")?.to_string_lossy().into_owned();
+    std::fs::write(dir.join("name"), format!("{name}\n"))?;
+    Ok(())
+}
+
+/// sha256 through the system's `sha256sum` (xtask carries no hashing crate of its own).
+mod sha2_lite {
+    use std::path::Path;
+    use std::process::Command;
+
+    use anyhow::{bail, Context, Result};
+
+    pub fn sha256_hex(p: &Path) -> Result<String> {
+        let out = Command::new("sha256sum").arg(p).output().context("running sha256sum")?;
+        if !out.status.success() {
+            bail!("sha256sum {} failed", p.display());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string())
+    }
+}
