@@ -399,14 +399,14 @@ mod tests {
 
     #[test]
     fn q8_1_block_matches_hand_computation() {
-        let x: Vec<f32> = (0..32).map(|i| i as f32 - 15.5).collect();
+        let x: Vec<f32> = (0..32).map(|i| i as f32 - 15.0).collect();
         let b = &quantize_row_q8_1(&x)[0];
-        // amax 16.5 -> q(-15.5) = round(-15.5 * 127/16.5) = round(-119.30) = -119
+        // amax 16 -> q(-15) = round(-15 * 127/16) = round(-119.06) = -119; q(16) = 127
         assert_eq!(b.qs[0], -119);
         assert_eq!(b.qs[31], 127);
-        assert_eq!(b.d, f16_round(16.5 / 127.0));
+        assert_eq!(b.d, f16_round(16.0 / 127.0));
         let sum: i32 = b.qs.iter().map(|&q| q as i32).sum();
-        assert_eq!(b.s, f16_round(16.5 / 127.0 * sum as f32));
+        assert_eq!(b.s, f16_round(16.0 / 127.0 * sum as f32));
     }
 
     #[test]
