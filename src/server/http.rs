@@ -144,7 +144,7 @@ impl AppState {
             Some(id) => id.clone(),
             None => {
                 let prefix = if ep == Endpoint::Chat { "chatcmpl" } else { "cmpl" };
-                format!("{prefix}-{:016x}", sampler::fresh_seed() ^ seq.rotate_left(40))
+                format!("{prefix}-{:016x}", crate::trace::splitmix64(sampler::fresh_seed() ^ seq))
             }
         };
         let unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
@@ -468,6 +468,7 @@ async fn health(State(st): State<AppState>) -> Response {
         "model_sha256": sh.model_sha256,
         "backend": sh.backend,
         "device": sh.device,
+        "backend_fallback": sh.backend_fallback,
         "worker_version": sh.fingerprint.worker_version,
         "git_commit": sh.fingerprint.git_commit,
         "n_ctx": sh.n_ctx,

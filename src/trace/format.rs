@@ -193,7 +193,9 @@ impl<'de> Deserialize<'de> for ByteBuf {
 
 /// How much of the hidden states a recording keeps (`--trace`). Every level but `Off` stores a
 /// hash of each row's exact bytes; each level adds to the one before it.
+// Postcard encodes the variant index, so the serde names (lowercase, for JSON) are free.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TraceLevel {
     /// No trace frames (the request, tokens and outcome are still recorded).
     Off,

