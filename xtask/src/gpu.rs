@@ -57,9 +57,10 @@ pub fn gpu_bundle(args: &[String]) -> Result<()> {
 
     run(Command::new(cargo()).current_dir(&root).args(["build", "--release", "--bin", "worker-orcd", "--bin", "cuda-check"]))?;
     let it_exe = test_executable(&root)?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
     for (src, name) in [
-        (root.join("target/release/worker-orcd"), "worker-orcd"),
-        (root.join("target/release/cuda-check"), "cuda-check"),
+        (target.join("release/worker-orcd"), "worker-orcd"),
+        (target.join("release/cuda-check"), "cuda-check"),
         (it_exe, "it"),
     ] {
         copy_stripped(&src, &out.join(name))?;
