@@ -21,28 +21,10 @@ pub fn open_backend(choice: BackendChoice, model: Arc<Model>, n_ctx: usize, thre
     }
 }
 
-/// The fingerprint a recording made on `backend` carries (mirrors the server's, which is
-/// private to `server`; kept field for field equal so replays compare like with like).
+/// The fingerprint a recording made on `backend` carries (the server's, see
+/// [`crate::trace::fingerprint`]), so replays compare like with like.
 pub fn fingerprint_of(model: &Model, model_sha256: &str, backend: &dyn Backend, threads: usize) -> Fingerprint {
-    let threads = if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
-    Fingerprint {
-        model_name: model.name.clone(),
-        model_sha256: model_sha256.to_string(),
-        worker_version: env!("CARGO_PKG_VERSION").to_string(),
-        git_commit: option_env!("WORKER_ORCD_GIT_COMMIT").unwrap_or("unknown").to_string(),
-        backend: backend.kind().to_string(),
-        device: backend.device(),
-        driver: None,
-        kernel_source_hash: None,
-        threads: threads as u32,
-        numerics: match backend.kind() {
-            "cpu" => "cpu-reference: ggml q8 activation blocks, integer block dots, f32 accumulation".into(),
-            k => k.to_string(),
-        },
-        os: std::env::consts::OS.to_string(),
-        arch: std::env::consts::ARCH.to_string(),
-        cpu: String::new(),
-    }
+    crate::trace::fingerprint::fingerprint_of(&model.name, model_sha256, backend, threads)
 }
 
 /// Whether two fingerprints owe each other bit-identical traces: same model bytes, backend,

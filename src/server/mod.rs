@@ -313,7 +313,7 @@ fn start_core(cfg: &ServerConfig) -> Result<Core, ServerError> {
     let model_sha256 = model_sha256(&path)?;
     let c = &model.config;
     let dims = ModelDims { n_layers: c.n_layers as u32, dim: c.dim as u32, n_vocab: c.n_vocab as u32 };
-    let fingerprint = fingerprint(&model.name, &model_sha256, backend.as_ref(), cfg.threads);
+    let fingerprint = crate::trace::fingerprint::fingerprint_of(&model.name, &model_sha256, backend.as_ref(), cfg.threads);
     let system_fingerprint = {
         use sha2::{Digest, Sha256};
         let h = Sha256::digest(serde_json::to_vec(&fingerprint).unwrap_or_default());
@@ -493,61 +493,6 @@ fn model_sha256(path: &std::path::Path) -> Result<String, ServerError> {
     let h = crate::fetch::sha256_file(path)?;
     cache.push((path.to_path_buf(), len, mtime, h.clone()));
     Ok(h)
-}
-
-fn fingerprint(model_name: &str, sha: &str, backend: &dyn Backend, threads: usize) -> Fingerprint {
-    let threads = if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
-    // The CUDA backend's device facts (driver, kernel hash) come from probing the device; the
-    // trait object does not carry them.
-    let cuda = if backend.kind() == "cuda" { crate::backend::cuda::probe().ok() } else { None };
-    let numerics = match &cuda {
-        None => "cpu-reference: ggml q8 activation blocks, integer block dots, f32 accumulation".to_string(),
-        Some(i) => format!("cuda kernels mirroring the cpu reference; nvrtc {}.{} {}", i.nvrtc_version.0, i.nvrtc_version.1, i.nvrtc_options.join(" ")),
-    };
-    Fingerprint {
-        model_name: model_name.to_string(),
-        model_sha256: sha.to_string(),
-        worker_version: env!("CARGO_PKG_VERSION").to_string(),
-        git_commit: git_commit(),
-        backend: backend.kind().to_string(),
-        device: backend.device(),
-        driver: cuda.as_ref().map(|i| format!("cuda driver {}", i.driver_version)),
-        kernel_source_hash: cuda.as_ref().map(|i| i.kernel_hash.clone()),
-        threads: threads as u32,
-        numerics,
-        os: std::env::consts::OS.to_string(),
-        arch: std::env::consts::ARCH.to_string(),
-        cpu: cpu_model(),
-    }
-}
-
-/// The build's git commit: `WORKER_ORCD_GIT_COMMIT` at compile time, else `git describe` of
-/// the source checkout (with `-dirty`), else `unknown`.
-fn git_commit() -> String {
-    static COMMIT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    COMMIT
-        .get_or_init(|| {
-            if let Some(c) = option_env!("WORKER_ORCD_GIT_COMMIT") {
-                return c.to_string();
-            }
-            std::process::Command::new("git")
-                .args(["-C", env!("CARGO_MANIFEST_DIR"), "describe", "--always", "--dirty", "--abbrev=40"])
-                .stderr(std::process::Stdio::null())
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "unknown".into())
-        })
-        .clone()
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
 /// RFC 3339 UTC with microseconds, e.g. `2026-11-27T10:11:12.123456Z`.

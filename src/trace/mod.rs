@@ -30,6 +30,7 @@
 
 pub mod bench;
 mod format;
+pub mod fingerprint;
 mod reader;
 mod summary;
 mod tap;

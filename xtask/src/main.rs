@@ -1,7 +1,8 @@
 //! Project automation (`cargo xtask <cmd>`), matklad style: one `match` over subcommands.
+mod gpu;
 mod replay;
 
-const USAGE: &str = "usage: cargo xtask <fetch-model | replay [PATHS..] [--backend auto|cpu|cuda] [--report FILE.json] [--junit FILE.xml] [--explain] [--filter PATTERN] [--diff A B] | record-llama>";
+const USAGE: &str = "usage: cargo xtask <fetch-model | replay [PATHS..] [--backend auto|cpu|cuda] [--report FILE.json] [--junit FILE.xml] [--explain] [--filter PATTERN] [--diff A B] | record-llama | gpu-bundle [--out DIR] [--model PATH.gguf] [--with-corpus]>";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -16,6 +17,7 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(if ok { 0 } else { 1 })
         }
         Some("record-llama") => replay::record_llama(&args[1..]),
+        Some("gpu-bundle") => gpu::gpu_bundle(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2)

@@ -1,0 +1,66 @@
+//! The environment fingerprint a recording carries: model bytes, build, backend, device,
+//! driver, kernel hash and numerics. One function for the server's recordings and for replay's
+//! "where am I running" so the two compare field for field.
+
+use super::Fingerprint;
+use crate::backend::Backend;
+
+/// The numerics line of the CPU reference backend.
+pub const CPU_NUMERICS: &str = "cpu-reference: ggml q8 activation blocks, integer block dots, f32 accumulation";
+
+/// The fingerprint of a recording made with `backend` on this machine.
+pub fn fingerprint_of(model_name: &str, sha: &str, backend: &dyn Backend, threads: usize) -> Fingerprint {
+    let threads = if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
+    // The CUDA backend's device facts (driver, kernel hash) come from probing the device; the
+    // trait object does not carry them.
+    let cuda = if backend.kind() == "cuda" { crate::backend::cuda::probe().ok() } else { None };
+    let numerics = match &cuda {
+        None => CPU_NUMERICS.to_string(),
+        Some(i) => format!("cuda kernels mirroring the cpu reference; nvrtc {}.{} {}", i.nvrtc_version.0, i.nvrtc_version.1, i.nvrtc_options.join(" ")),
+    };
+    Fingerprint {
+        model_name: model_name.to_string(),
+        model_sha256: sha.to_string(),
+        worker_version: env!("CARGO_PKG_VERSION").to_string(),
+        git_commit: git_commit(),
+        backend: backend.kind().to_string(),
+        device: backend.device(),
+        driver: cuda.as_ref().map(|i| format!("cuda driver {}", i.driver_version)),
+        kernel_source_hash: cuda.as_ref().map(|i| i.kernel_hash.clone()),
+        threads: threads as u32,
+        numerics,
+        os: std::env::consts::OS.to_string(),
+        arch: std::env::consts::ARCH.to_string(),
+        cpu: cpu_model(),
+    }
+}
+
+/// The build's git commit: `WORKER_ORCD_GIT_COMMIT` at compile time, else `git describe` of
+/// the source checkout (with `-dirty`), else `unknown`.
+pub fn git_commit() -> String {
+    static COMMIT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    COMMIT
+        .get_or_init(|| {
+            if let Some(c) = option_env!("WORKER_ORCD_GIT_COMMIT") {
+                return c.to_string();
+            }
+            std::process::Command::new("git")
+                .args(["-C", env!("CARGO_MANIFEST_DIR"), "describe", "--always", "--dirty", "--abbrev=40"])
+                .stderr(std::process::Stdio::null())
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "unknown".into())
+        })
+        .clone()
+}
+
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
