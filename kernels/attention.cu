@@ -14,18 +14,50 @@
 // the same arithmetic for every (position, head), whatever the chunking.
 // With aq/ads not null, head_dim % 32 == 0 and each head's output blocks are quantized here.
 
-extern "C" __global__ void attention_f32(const float* __restrict__ q, const float* __restrict__ k_cache,
-                                         const float* __restrict__ v_cache, float* __restrict__ out,
-                                         i8* __restrict__ aq, float2* __restrict__ ads,
-                                         const int* __restrict__ params, int n_heads, int n_kv_heads,
-                                         int head_dim, float scale, int n_ctx) {
-    pdl_launch();
-    pdl_wait();
+// Copies rows j0..j0+rows of one KV head (columns off..off+head_dim) of `c0` into `d0` (row
+// stride ld) and, when `c1` is not null, the same rows of `c1` into `d1`: up to 8 16-byte loads
+// per thread in flight before any shared-memory store (a plain loop waits for each load).
+__device__ __forceinline__ void load_tiles(const float* c0, float* d0, const float* c1, float* d1, int j0, int rows,
+                                           int kv_dim, int off, int head_dim, int ld) {
+    const int vpr = head_dim / 4, per = rows * vpr, total = c1 ? 2 * per : per;
+    const bool pow2 = (vpr & (vpr - 1)) == 0;
+    const int shift = __ffs(vpr) - 1;
+    for (int e0 = threadIdx.x; e0 < total; e0 += blockDim.x * 8) {
+        float4 buf[8];
+        int dst_off[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            int e = e0 + u * blockDim.x;
+            if (e < total) {
+                int w = e >= per, ee = e - w * per;
+                int r = pow2 ? ee >> shift : ee / vpr, c = (ee - r * vpr) * 4;
+                buf[u] = *(const float4*)((w ? c1 : c0) + (size_t)(j0 + r) * kv_dim + off + c);
+                dst_off[u] = (w ? (int)(d1 - d0) : 0) + r * ld + c;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            if (e0 + u * blockDim.x < total) {
+                float* dst = d0 + dst_off[u];
+                dst[0] = buf[u].x; dst[1] = buf[u].y; dst[2] = buf[u].z; dst[3] = buf[u].w;
+            }
+        }
+    }
+}
+
+// One (head h, query row t) of the grid: the body of attention_f32, callable from a persistent
+// kernel (decode.cu). q and the caches are not __restrict__ (there, other blocks wrote them in
+// the same launch). Starts with a barrier so shared memory may be reused. With `dual`, shared
+// memory holds a second tile (attention_smem_dual) and the first V tile is loaded together with
+// the first K tile.
+__device__ __forceinline__ void attention_head(const float* q, const float* k_cache, const float* v_cache,
+                                               float* out, i8* aq, float2* ads, const int* __restrict__ params,
+                                               int n_heads, int n_kv_heads, int head_dim, float scale, int h,
+                                               size_t t, bool dual) {
     extern __shared__ float sh[];
     __shared__ double dscratch[32];
     __shared__ float fscratch[32];
-    const int h = blockIdx.x;
-    const size_t t = blockIdx.y;
+    __syncthreads();
     const int dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim;
     const int n_kv = params[0] + (int)t + 1;
     const int kvh = h / (n_heads / n_kv_heads);
@@ -34,22 +66,17 @@ extern "C" __global__ void attention_f32(const float* __restrict__ q, const floa
     float* qh = sh;
     float* oh = sh + head_dim;
     float* kv = sh + 2 * head_dim;     // [tile][head_dim + 1]
-    float* s = kv + tile * ld;         // [n_ctx] scores, then probabilities
+    float* kv2 = kv + tile * ld;       // dual: the first V tile
+    float* s = kv + (dual ? 2 : 1) * tile * ld;  // [n_ctx] scores, then probabilities
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qh[d] = q[t * dim + h * head_dim + d];
 
     // Scores, one tile of positions at a time: the tile is loaded with coalesced 16-byte loads,
     // then thread j forms q.k_j sequentially over d (the CPU's order) from shared memory.
     float local_max = NEG_INF;
-    const int vec_per_row = head_dim / 4;
     for (int j0 = 0; j0 < n_kv; j0 += tile) {
         int rows = min(tile, n_kv - j0);
         __syncthreads();
-        for (int e = threadIdx.x; e < rows * vec_per_row; e += blockDim.x) {
-            int r = e / vec_per_row, c = (e - r * vec_per_row) * 4;
-            float4 v4 = *(const float4*)(k_cache + (size_t)(j0 + r) * kv_dim + kvh * head_dim + c);
-            float* dst = kv + r * ld + c;
-            dst[0] = v4.x; dst[1] = v4.y; dst[2] = v4.z; dst[3] = v4.w;
-        }
+        load_tiles(k_cache, kv, dual && j0 == 0 ? v_cache : 0, kv2, j0, rows, kv_dim, kvh * head_dim, head_dim, ld);
         __syncthreads();
         int r = threadIdx.x;
         if (r < rows) {
@@ -77,17 +104,14 @@ extern "C" __global__ void attention_f32(const float* __restrict__ q, const floa
     float acc = 0.0f;
     for (int j0 = 0; j0 < n_kv; j0 += tile) {
         int rows = min(tile, n_kv - j0);
+        const bool pre = dual && j0 == 0;
         __syncthreads();
-        for (int e = threadIdx.x; e < rows * vec_per_row; e += blockDim.x) {
-            int r = e / vec_per_row, c = (e - r * vec_per_row) * 4;
-            float4 v4 = *(const float4*)(v_cache + (size_t)(j0 + r) * kv_dim + kvh * head_dim + c);
-            float* dst = kv + r * ld + c;
-            dst[0] = v4.x; dst[1] = v4.y; dst[2] = v4.z; dst[3] = v4.w;
-        }
+        if (!pre) load_tiles(v_cache, kv, 0, 0, j0, rows, kv_dim, kvh * head_dim, head_dim, ld);
         __syncthreads();
+        const float* vt = pre ? kv2 : kv;
         int d = threadIdx.x;
         if (d < head_dim) {
-            for (int r = 0; r < rows; r++) acc += kv[r * ld + d] * s[j0 + r];
+            for (int r = 0; r < rows; r++) acc += vt[r * ld + d] * s[j0 + r];
         }
     }
     if (threadIdx.x < head_dim) {
@@ -102,4 +126,13 @@ extern "C" __global__ void attention_f32(const float* __restrict__ q, const floa
             quantize_block_warp(oh[b * QK + lane], aq + t * dim + blk * QK, ads + t * (dim / QK) + blk);
         }
     }
+}
+
+extern "C" __global__ void attention_f32(const float* q, const float* k_cache, const float* v_cache, float* out,
+                                         i8* aq, float2* ads, const int* __restrict__ params, int n_heads,
+                                         int n_kv_heads, int head_dim, float scale, int n_ctx) {
+    pdl_launch();
+    pdl_wait();
+    attention_head(q, k_cache, v_cache, out, aq, ads, params, n_heads, n_kv_heads, head_dim, scale, blockIdx.x,
+                   blockIdx.y, false);
 }

@@ -159,7 +159,9 @@ __device__ float block_max_f32(float v, float* scratch) {
 // quantize_row_q8_1 for one block of 32 held one value per lane (quant.rs `quantize_block`):
 // d = amax/127 stored as f16, q = round_half_even(x * (127/amax)), s = f16(d * sum q) with the
 // unrounded d. Writes 32 int8 (lane i writes qs[i]) and (d, s) as floats (lane 0).
-__device__ __forceinline__ void quantize_block_warp(float x, i8* qs, float2* ds) {
+// Not inlined: its two IEEE divisions expand to a lot of code, and it is called from many sites;
+// one shared copy keeps the persistent decode kernel's hot code small (instruction cache).
+__device__ __noinline__ void quantize_block_warp(float x, i8* qs, float2* ds) {
     int lane = threadIdx.x & 31;
     float amax = warp_max(fabsf(x));
     float d = amax / 127.0f;
@@ -182,4 +184,53 @@ __device__ __forceinline__ float rms_scale(const float* xr, int dim, float eps) 
     double sum = block_sum_f64(s, scratch);
     float mean = (float)(sum / (double)dim);
     return 1.0f / sqrtf(mean + eps);
+}
+
+// rmsnorm_q8 of one row (ops::rmsnorm then quantize_row_q8_1), with every load issued up front:
+// thread t holds x[t + blockDim.x * j] and w[...] in registers. Those are exactly the elements,
+// in exactly the order, that rms_scale's thread t sums, and with blockDim.x a multiple of 32,
+// element t + blockDim.x * j lies in Q8_1 block (warp + n_warps * j) at lane t % 32, the block
+// that warp quantizes in rmsnorm_q8's loop: the same arithmetic, bit for bit, in one round trip
+// to memory instead of one per block. Rows longer than NORM_MAXJ * blockDim.x take that loop.
+#define NORM_MAXJ 8
+__device__ __forceinline__ void rmsnorm_q8_regs(const float* xr, const float* __restrict__ w, int dim, float eps,
+                                                float* out, float* tap, i8* aq, float2* ads) {
+    __shared__ double nscratch[32];
+    const int bd = blockDim.x, t = threadIdx.x;
+    if (dim > NORM_MAXJ * bd) {
+        float scale = rms_scale(xr, dim, eps);
+        int lane = t & 31, warp = t >> 5, n_warps = bd >> 5;
+        for (int b = warp; b < dim / QK; b += n_warps) {
+            int i = b * QK + lane;
+            float o = (xr[i] * scale) * w[i];
+            if (out) out[i] = o;
+            if (tap) tap[i] = o;
+            quantize_block_warp(o, aq + b * QK, ads + b);
+        }
+        return;
+    }
+    float xv[NORM_MAXJ], wv[NORM_MAXJ];
+#pragma unroll
+    for (int j = 0; j < NORM_MAXJ; j++) {
+        int i = t + bd * j;
+        xv[j] = i < dim ? xr[i] : 0.0f;
+        wv[j] = i < dim ? w[i] : 0.0f;
+    }
+    double s = 0.0;
+#pragma unroll
+    for (int j = 0; j < NORM_MAXJ; j++) {
+        if (t + bd * j < dim) s += (double)(xv[j] * xv[j]);
+    }
+    double sum = block_sum_f64(s, nscratch);
+    float mean = (float)(sum / (double)dim);
+    float scale = 1.0f / sqrtf(mean + eps);
+#pragma unroll
+    for (int j = 0; j < NORM_MAXJ; j++) {
+        int i = t + bd * j;
+        if (i - (t & 31) >= dim) break;  // warp-uniform (dim % 32 == 0)
+        float o = (xv[j] * scale) * wv[j];
+        if (out) out[i] = o;
+        if (tap) tap[i] = o;
+        quantize_block_warp(o, aq + (i / QK) * QK, ads + i / QK);
+    }
 }

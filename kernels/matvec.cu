@@ -9,7 +9,7 @@
 //   aq (n_tok, n_in) int8, ads (n_tok, n_in/32) float2 (d, s).
 //
 // Launch (quantized): grid (ceil(n_out/R), ceil(n_tok/TT)), block 128, dynamic shared memory
-// as documented at matvec_q. Phase 1 spreads the (row, block) pairs over the threads: each
+// as documented at matvec_q_block. Phase 1 spreads the (row, block) pairs over the threads: each
 // computes one block's integer dot product (dp4a; exact, so any grouping is the CPU's value)
 // and the block's float terms (d_w*d_a)*sumi and m_w*s_a, exactly as the CPU forms them. Phase
 // 2 has one thread per row add those terms in block order, `acc += term`, then `acc + summs`,
@@ -96,53 +96,117 @@ struct WBlock {
 // R = 64 covers gate rows x*32 + (0..32) and up rows ffn + x*32 + (0..32). Block y covers tokens
 // y*TT .. y*TT + TT: each weight block is loaded once and used for every token of the block.
 // Dynamic shared memory: R * TT * (n_in/32) * (2 for Q4_1, else 1) floats + R * TT floats, and
-// with a fused norm, 16-byte aligned, TT * n_in int8 and TT * n_in/32 float2 (+ 32 bytes).
+// with a fused norm or TT == 1, 16-byte aligned, TT * n_in int8 and TT * n_in/32 float2 (+ 32
+// bytes). n_in % 512 == 0 is not required; n_in % 32 == 0 is.
 // Block size 128 (the fused norm's reduction tree assumes it).
+
+// Pulls the weights block `bx` will read towards L2 (they never depend on a previous kernel, so
+// this runs before pdl_wait / a grid barrier).
 template <int WT>
-__device__ __forceinline__ void matvec_q(const u8* __restrict__ qs, const u32* __restrict__ dm,
-                                         const i8* __restrict__ aq, const float2* __restrict__ ads,
-                                         float* out, float* tap, int n_in, int n_out, int out_stride,
-                                         int mode, int n_tok, int rows_per_block, int tok_per_block,
-                                         QkvEpi qe, SwigluEpi se, NormIn ni) {
-    extern __shared__ float sh[];
+__device__ __forceinline__ void matvec_prefetch(const u8* __restrict__ qs, int n_in, int n_out, int mode,
+                                                int rows_per_block, int ffn, int bx) {
     const int R = rows_per_block;
     const int nb = n_in / QK;
-    const int t0 = blockIdx.y * tok_per_block;
-    const int tcount = min(tok_per_block, n_tok - t0);
-    const int slots = R * tok_per_block;
-    float* terms = sh;                                          // [tt][rl][b]
-    float* mterms = sh + slots * nb;                            // Q4_1: [tt][rl][b]
-    float* res = sh + slots * nb * (WT == WT_Q4_1 ? 2 : 1);     // [tt][rl]
     const int n_items = R * nb;
-    // Before waiting for the previous kernel: pull this block's weights towards L2 (they do not
-    // depend on it), and let the next kernel start its own prologue.
-    pdl_launch();
     for (int it = threadIdx.x; it < n_items; it += blockDim.x) {
         int rl = it / nb, b = it - (it / nb) * nb;
-        int row = mode == MODE_SWIGLU ? (rl < 32 ? blockIdx.x * 32 + rl : se.ffn + blockIdx.x * 32 + rl - 32)
-                                      : blockIdx.x * R + rl;
+        int row = mode == MODE_SWIGLU ? (rl < 32 ? bx * 32 + rl : ffn + bx * 32 + rl - 32) : bx * R + rl;
         if (row < n_out) {
             size_t blk = (size_t)row * nb + b;
             const u8* p = qs + blk * (WT == WT_Q8_0 ? 32 : 16);
             asm volatile("prefetch.global.L2 [%0];" :: "l"(p));
         }
     }
-    pdl_wait();
-    // Activation source: global rows t0.., or rows normalized here into shared memory.
+}
+
+// One block's work (virtual block (bx, by) of the grid described above), so that a persistent
+// kernel (decode.cu) can run many. Activations (aq, ads, ni.x) are deliberately not __restrict__:
+// in the persistent kernel other blocks wrote them in this same launch, and the non-coherent
+// read-only path could serve stale lines. Starts with a barrier so shared memory may be reused.
+template <int WT>
+__device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const u32* __restrict__ dm,
+                                               const i8* aq, const float2* ads,
+                                               float* out, float* tap, int n_in, int n_out, int out_stride,
+                                               int mode, int n_tok, int rows_per_block, int tok_per_block,
+                                               QkvEpi qe, SwigluEpi se, NormIn ni, int bx, int by) {
+    extern __shared__ float sh[];
+    __syncthreads();
+    const int R = rows_per_block;
+    const int nb = n_in / QK;
+    const int t0 = by * tok_per_block;
+    const int tcount = min(tok_per_block, n_tok - t0);
+    const int slots = R * tok_per_block;
+    float* terms = sh;                                          // [tt][rl][b]
+    float* mterms = sh + slots * nb;                            // Q4_1: [tt][rl][b]
+    float* res = sh + slots * nb * (WT == WT_Q4_1 ? 2 : 1);     // [tt][rl]
+    // MODE_ADD: the value this thread adds to in phase 2 (its first (token, row)), loaded now so
+    // the load overlaps the products. Only this block writes those rows.
+    float first_old = 0.0f;
+    if (mode == MODE_ADD && threadIdx.x < tcount * R) {
+        int tt = threadIdx.x / R, row = bx * R + threadIdx.x - tt * R;
+        if (row < n_out) first_old = out[(size_t)(t0 + tt) * out_stride + row];
+    }
+    const int n_items = R * nb;
+    // This thread's (row, block) pairs of one pass of the main loop, and their weights.
+    WBlock<WT> wb[MV_UNROLL];
+    int rls[MV_UNROLL], bs[MV_UNROLL];
+    bool ok[MV_UNROLL];
+    auto load_pass = [&](int it0) {
+#pragma unroll
+        for (int u = 0; u < MV_UNROLL; u++) {
+            int it = it0 + u * blockDim.x + threadIdx.x;
+            int rl = it / nb, b = it - (it / nb) * nb;
+            int row = mode == MODE_SWIGLU ? (rl < 32 ? bx * 32 + rl : se.ffn + bx * 32 + rl - 32)
+                                          : bx * R + rl;
+            ok[u] = it < n_items && row < n_out;
+            rls[u] = rl;
+            bs[u] = b;
+            if (ok[u]) wb[u].load(qs, dm, (size_t)row * nb + b);
+        }
+    };
+    // The first pass's weights are requested before the activations are ready (they overlap the
+    // fused norm or the staging below).
+    load_pass(0);
+    // Activation source: global rows t0.., or, for one-token blocks and fused norms, rows in
+    // shared memory (normalized here, or copied with all loads in flight at once instead of one
+    // dependent round trip per unrolled block).
     const i8* a_base = aq + (size_t)t0 * n_in;
     const float2* ads_base = ads + (size_t)t0 * nb;
-    if (ni.w) {
+    if (ni.w || tok_per_block == 1) {
         size_t off = (size_t)(res + slots) - (size_t)sh;
         off = (off + 15) & ~(size_t)15;
         i8* aq_s = (i8*)((char*)sh + off);
         float2* ads_s = (float2*)((char*)sh + off + (((size_t)tok_per_block * n_in + 15) & ~(size_t)15));
-        int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
-        for (int tt = 0; tt < tcount; tt++) {
-            const float* xr = ni.x + (size_t)(t0 + tt) * n_in;
-            float scale = rms_scale(xr, n_in, ni.eps);
-            for (int b = warp; b < nb; b += n_warps) {
-                int i = b * QK + lane;
-                quantize_block_warp((xr[i] * scale) * ni.w[i], aq_s + tt * n_in + b * QK, ads_s + tt * nb + b);
+        if (ni.w) {
+            for (int tt = 0; tt < tcount; tt++)
+                rmsnorm_q8_regs(ni.x + (size_t)(t0 + tt) * n_in, ni.w, n_in, ni.eps, 0, 0, aq_s + tt * n_in,
+                                ads_s + tt * nb);
+        } else {
+            // One token: n_in int8 (16-byte pieces) and nb (d, s) pairs.
+            const int n16 = n_in / 16;
+            int4 v[4];
+            float2 d2[2];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                int i = threadIdx.x + u * blockDim.x;
+                if (i < n16) v[u] = ((const int4*)a_base)[i];
+            }
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                int i = threadIdx.x + u * blockDim.x;
+                if (i < nb) d2[u] = ads_base[i];
+            }
+            for (int i = threadIdx.x + 4 * blockDim.x; i < n16; i += blockDim.x) ((int4*)aq_s)[i] = ((const int4*)a_base)[i];
+            for (int i = threadIdx.x + 2 * blockDim.x; i < nb; i += blockDim.x) ads_s[i] = ads_base[i];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                int i = threadIdx.x + u * blockDim.x;
+                if (i < n16) ((int4*)aq_s)[i] = v[u];
+            }
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                int i = threadIdx.x + u * blockDim.x;
+                if (i < nb) ads_s[i] = d2[u];
             }
         }
         __syncthreads();
@@ -150,20 +214,7 @@ __device__ __forceinline__ void matvec_q(const u8* __restrict__ qs, const u32* _
         ads_base = ads_s;
     }
     for (int it0 = 0; it0 < n_items; it0 += blockDim.x * MV_UNROLL) {
-        WBlock<WT> wb[MV_UNROLL];
-        int rls[MV_UNROLL], bs[MV_UNROLL];
-        bool ok[MV_UNROLL];
-#pragma unroll
-        for (int u = 0; u < MV_UNROLL; u++) {
-            int it = it0 + u * blockDim.x + threadIdx.x;
-            int rl = it / nb, b = it - (it / nb) * nb;
-            int row = mode == MODE_SWIGLU ? (rl < 32 ? blockIdx.x * 32 + rl : se.ffn + blockIdx.x * 32 + rl - 32)
-                                          : blockIdx.x * R + rl;
-            ok[u] = it < n_items && row < n_out;
-            rls[u] = rl;
-            bs[u] = b;
-            if (ok[u]) wb[u].load(qs, dm, (size_t)row * nb + b);
-        }
+        if (it0 > 0) load_pass(it0);
         for (int tt = 0; tt < tcount; tt++) {
 #pragma unroll
             for (int u = 0; u < MV_UNROLL; u++) {
@@ -191,8 +242,15 @@ __device__ __forceinline__ void matvec_q(const u8* __restrict__ qs, const u32* _
         }
         float v = WT == WT_Q4_1 ? acc + summs : acc;
         if (mode == MODE_STORE || mode == MODE_ADD) {
-            int row = blockIdx.x * R + rl;
-            if (row < n_out) store_out(out, tap, (size_t)(t0 + tt) * out_stride + row, v, mode);
+            int row = bx * R + rl;
+            size_t o = (size_t)(t0 + tt) * out_stride + row;
+            if (row < n_out && mode == MODE_ADD && idx == threadIdx.x) {
+                v = first_old + v;  // store_out's `out[idx] + v`
+                out[o] = v;
+                if (tap) tap[o] = v;
+            } else if (row < n_out) {
+                store_out(out, tap, o, v, mode);
+            }
         } else {
             res[tt * R + rl] = v;
         }
@@ -202,7 +260,7 @@ __device__ __forceinline__ void matvec_q(const u8* __restrict__ qs, const u32* _
         __syncthreads();
         for (int idx = threadIdx.x; idx < tcount * R / 2; idx += blockDim.x) {
             int tt = idx / (R / 2), rl = 2 * (idx - tt * (R / 2));
-            int row = blockIdx.x * R + rl;
+            int row = bx * R + rl;
             if (row >= n_out) continue;
             size_t t = t0 + tt;
             size_t pos = (size_t)qe.params[0] + t;
@@ -232,7 +290,7 @@ __device__ __forceinline__ void matvec_q(const u8* __restrict__ qs, const u32* _
         // swiglu.cu's swiglu_f32 on the 32 outputs of this block, one warp per token.
         __syncthreads();
         int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
-        int blk = blockIdx.x;
+        int blk = bx;
         for (int tt = warp; tt < tcount; tt += n_warps) {
             size_t t = t0 + tt;
             float g = res[tt * R + lane], u = res[tt * R + 32 + lane];
@@ -254,8 +312,11 @@ __device__ __forceinline__ void matvec_q(const u8* __restrict__ qs, const u32* _
         QkvEpi qe = {q_out, k_cache, v_cache, table, params, bq, bk, bv, dim, kv_dim, head_dim};              \
         SwigluEpi se = {sw_out, sw_aq, sw_ads, ffn};                                                          \
         NormIn ni = {norm_x, norm_w, eps};                                                                    \
-        matvec_q<WT>(qs, dm, aq, ads, out, tap, n_in, n_out, out_stride, mode, n_tok, rows_per_block,          \
-                     tok_per_block, qe, se, ni);                                                              \
+        pdl_launch();                                                                                      \
+        matvec_prefetch<WT>(qs, n_in, n_out, mode, rows_per_block, ffn, blockIdx.x);                        \
+        pdl_wait();                                                                                        \
+        matvec_q_block<WT>(qs, dm, aq, ads, out, tap, n_in, n_out, out_stride, mode, n_tok, rows_per_block,    \
+                           tok_per_block, qe, se, ni, blockIdx.x, blockIdx.y);                             \
     }
 MATVEC_Q_KERNEL(matvec_q4_1_q8_1, WT_Q4_1)
 MATVEC_Q_KERNEL(matvec_q4_0_q8_0, WT_Q4_0)

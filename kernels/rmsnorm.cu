@@ -20,6 +20,13 @@ extern "C" __global__ void rmsnorm_f32(const float* __restrict__ x, const float*
     for (int i = threadIdx.x; i < dim; i += blockDim.x) orow[i] = (xr[i] * scale) * w[i];
 }
 
+// Row t of rmsnorm_q8, callable from a persistent kernel (decode.cu; x not __restrict__ there).
+__device__ __forceinline__ void rmsnorm_q8_row(const float* x, const float* __restrict__ w, float* out, float* tap,
+                                               i8* aq, float2* ads, int dim, float eps, size_t t) {
+    rmsnorm_q8_regs(x + t * dim, w, dim, eps, out ? out + t * dim : 0, tap ? tap + t * dim : 0, aq + t * dim,
+                    ads + t * (dim / QK));
+}
+
 // Writes the normalized row as f32 to `out` and `tap` when they are not null, and always as Q8_1
 // blocks to (aq, ads): aq (n_tok, dim) int8, ads (n_tok, dim/32) (d, s). dim % 32 == 0.
 extern "C" __global__ void rmsnorm_q8(const float* __restrict__ x, const float* __restrict__ w,
@@ -27,16 +34,5 @@ extern "C" __global__ void rmsnorm_q8(const float* __restrict__ x, const float* 
                                       i8* __restrict__ aq, float2* __restrict__ ads, int dim, float eps) {
     pdl_launch();
     pdl_wait();
-    size_t t = blockIdx.x;
-    const float* xr = x + t * dim;
-    float scale = rms_scale(xr, dim, eps);
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
-    int nb = dim / QK;
-    for (int b = warp; b < nb; b += n_warps) {
-        int i = b * QK + lane;
-        float o = (xr[i] * scale) * w[i];
-        if (out) out[t * dim + i] = o;
-        if (tap) tap[t * dim + i] = o;
-        quantize_block_warp(o, aq + t * dim + b * QK, ads + t * nb + b);
-    }
+    rmsnorm_q8_row(x, w, out, tap, aq, ads, dim, eps, blockIdx.x);
 }

@@ -144,6 +144,12 @@ pub trait Backend: Send {
     /// Runs `tokens` at positions `pos0..`, which must continue the cache (`pos0 == n_cached()`),
     /// and returns the logits of the rows selected by `rows`, row-major (rows, n_vocab).
     fn forward(&mut self, tokens: &[u32], pos0: usize, rows: LogitRows, tap: &mut dyn Tap) -> Result<Vec<f32>, BackendError>;
+    /// Whether this backend ever records `p` (replay does not count a point a backend never
+    /// produces as missing; one it should produce and did not is a finding).
+    fn produces(&self, p: TapPoint) -> bool {
+        let _ = p;
+        true
+    }
 }
 
 /// Which backend runs the model (`--backend auto|cpu|cuda`).

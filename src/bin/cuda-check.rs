@@ -52,6 +52,7 @@ fn main() -> Result<()> {
         "parity" => parity(&load_model(&a)?, &a),
         "determinism" => determinism(&load_model(&a)?, &a),
         "bench" => bench(&load_model(&a)?),
+        "profile" => profile(&load_model(&a)?),
         "all" => {
             info()?;
             let m = load_model(&a)?;
@@ -275,8 +276,19 @@ fn determinism(m: &Arc<Model>, a: &Args) -> Result<()> {
                 same += 1;
             }
         }
-        println!("{:<22} {same}/{} runs bit-identical (hash {h0:016x}, tokens {:?}...)", rec.case.name, a.runs, &toks[..6]);
-        if same != a.runs {
+        // The same run with one-position steps on the per-op kernels instead of the persistent one.
+        let persistent = b.persistent_status().is_ok();
+        b.set_persistent(false);
+        let per_op = run_hash(&mut b, p, 32, p.len())?.0;
+        b.set_persistent(true);
+        println!(
+            "{:<22} {same}/{} runs bit-identical (hash {h0:016x}, tokens {:?}...); persistent kernel {persistent}, per-op path hash {per_op:016x} ({})",
+            rec.case.name,
+            a.runs,
+            &toks[..6],
+            if per_op == h0 { "same" } else { "DIFF" }
+        );
+        if same != a.runs || per_op != h0 {
             bail!("{}: runs differ", rec.case.name);
         }
     }
@@ -337,6 +349,70 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Where a persistent decode step spends its time: per phase of a layer, the work (last block's
+/// arrival at the barrier minus the first block's departure from the previous one) and the
+/// barrier (last departure minus last arrival), averaged over layers and 64 steps.
+fn profile(m: &Arc<Model>) -> Result<()> {
+    println!("\n== profile: persistent decode step ==");
+    let mut b = CudaBackend::new(Arc::clone(m), 2048)?;
+    b.set_persistent_profiling(true)?;
+    let n_layers = m.config.n_layers;
+    let mut work = [0.0f64; 5];
+    let mut wait = [0.0f64; 5];
+    let (mut total, mut norm, mut launch_to_first, mut wall) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    let steps = 64;
+    let mut logits = b.forward(&[1], 0, LogitRows::Last, &mut NoTap)?;
+    for i in 0..steps {
+        let t = argmax(&logits);
+        let w = Instant::now();
+        logits = b.forward(&[t], 1 + i, LogitRows::Last, &mut NoTap)?;
+        wall += w.elapsed().as_secs_f64();
+        let Some((p, g)) = b.persistent_profile()? else { bail!("the persistent kernel is not in use") };
+        let at = |k: usize, blk: usize, w: usize| p[2 * (k * g + blk) + w] as f64;
+        let starts = 5 * n_layers;
+        let first_start = (0..g).map(|blk| at(starts, blk, 0)).fold(f64::MAX, f64::min);
+        let last_start = (0..g).map(|blk| at(starts, blk, 0)).fold(0.0, f64::max);
+        launch_to_first += last_start - first_start;
+        let mut prev_leave = first_start;
+        for k in 0..starts {
+            let arrive_max = (0..g).map(|blk| at(k, blk, 0)).fold(0.0, f64::max);
+            let leave_max = (0..g).map(|blk| at(k, blk, 1)).fold(0.0, f64::max);
+            let leave_min = (0..g).map(|blk| at(k, blk, 1)).fold(f64::MAX, f64::min);
+            work[k % 5] += arrive_max - prev_leave;
+            wait[k % 5] += leave_max - arrive_max;
+            prev_leave = leave_min;
+        }
+        let end = at(starts, 0, 1);
+        norm += end - prev_leave;
+        total += end - first_start;
+    }
+    let per = |v: f64| v / 1e3 / (steps * n_layers) as f64;
+    println!("grid {} blocks; per layer, averaged over {n_layers} layers x {steps} steps (µs):", b.persistent_profile()?.map(|x| x.1).unwrap_or(0));
+    println!("| phase | work | barrier |\n|---|---|---|");
+    for (i, name) in ["A qkv+norm+rope", "B attention", "C wo+add", "D gate_up+norm+swiglu", "E down+add"].iter().enumerate() {
+        println!("| {name} | {:.2} | {:.2} |", per(work[i]), per(wait[i]));
+    }
+    println!(
+        "block start spread {:.2} µs, final norm {:.2} µs, kernel total {:.1} µs per step; Backend::forward wall {:.1} µs per step",
+        launch_to_first / 1e3 / steps as f64,
+        norm / 1e3 / steps as f64,
+        total / 1e3 / steps as f64,
+        wall * 1e6 / steps as f64
+    );
+    // The same steps without the logits (no output product, no download) and without profiling.
+    b.set_persistent_profiling(false)?;
+    for rows in [LogitRows::Last, LogitRows::None] {
+        b.truncate(0);
+        b.forward(&[1], 0, LogitRows::Last, &mut NoTap)?;
+        let w = Instant::now();
+        for i in 0..steps {
+            b.forward(&[(i % 1000) as u32], 1 + i, rows, &mut NoTap)?;
+        }
+        println!("Backend::forward wall without profiling, logits {rows:?}: {:.1} µs per step", w.elapsed().as_secs_f64() * 1e6 / steps as f64);
+    }
+    Ok(())
+}
+
 fn bench(m: &Arc<Model>) -> Result<()> {
     println!("\n== bench ==");
     let t0 = Instant::now();
@@ -345,28 +421,57 @@ fn bench(m: &Arc<Model>) -> Result<()> {
     println!("device: {}", b.device());
     println!("backend start (context, kernels {:.2} s compile, weight upload): {load_s:.2} s", b.gpu().compile_seconds);
     let prompt: Vec<u32> = (0..512u32).map(|i| (i * 7919 + 13) % m.config.n_vocab as u32).collect();
+    // Rate of the step itself (Backend::forward: upload, kernels, logits download, taps), the
+    // figure llama-bench's tg128 measures; the host argmax between steps is excluded here and
+    // reported separately (the whole loop) below.
+    let loop_rate = std::cell::Cell::new(0.0f64);
     let decode = |b: &mut CudaBackend, tap: &mut dyn Tap, n: usize| -> Result<f64> {
         b.truncate(0);
         let mut logits = b.forward(&prompt[..1], 0, LogitRows::Last, tap)?;
         let t = Instant::now();
+        let mut in_forward = 0.0;
         for i in 0..n {
             let tok = argmax(&logits);
+            let f = Instant::now();
             logits = b.forward(&[tok], 1 + i, LogitRows::Last, tap)?;
+            in_forward += f.elapsed().as_secs_f64();
         }
-        Ok(n as f64 / t.elapsed().as_secs_f64())
+        loop_rate.set(n as f64 / t.elapsed().as_secs_f64());
+        Ok(n as f64 / in_forward)
     };
     let mut copy = CopyTap { buf: vec![0.0; 64 << 20], used: 0 };
     let mut rows = Vec::new();
-    for (label, graphs) in [("graphs on", true), ("graphs off", false)] {
+    println!("persistent decode kernel: {:?}", b.persistent_status());
+    for (label, persistent, graphs) in [
+        ("persistent kernel, graph", true, true),
+        ("persistent kernel, no graph", true, false),
+        ("per-op kernels, graph", false, true),
+        ("per-op kernels, no graph", false, false),
+    ] {
+        if b.set_persistent(persistent) != persistent {
+            continue;
+        }
         b.set_graphs(graphs);
         decode(&mut b, &mut NoTap, 16)?; // warm-up, graph capture
         decode(&mut b, &mut copy, 16)?;
-        let off = median((0..5).map(|_| decode(&mut b, &mut NoTap, 128)).collect::<Result<Vec<_>>>()?);
+        let mut loops = Vec::new();
+        let off = median(
+            (0..5)
+                .map(|_| {
+                    let r = decode(&mut b, &mut NoTap, 128);
+                    loops.push(loop_rate.get());
+                    r
+                })
+                .collect::<Result<Vec<_>>>()?,
+        );
+        let off_loop = median(loops);
         let on = median((0..5).map(|_| decode(&mut b, &mut copy, 128)).collect::<Result<Vec<_>>>()?);
         rows.push(format!("| decode tg128 ({label}), trace off | {off:.0} tok/s | {:.1} µs/token |", 1e6 / off));
+        rows.push(format!("| decode tg128 ({label}), trace off, loop incl. host argmax | {off_loop:.0} tok/s | {:.1} µs/token |", 1e6 / off_loop));
         rows.push(format!("| decode tg128 ({label}), trace summary/full taps | {on:.0} tok/s | {:.1} µs/token |", 1e6 / on));
     }
     b.set_graphs(true);
+    b.set_persistent(true);
     for n in [128usize, 512] {
         let mut times = Vec::new();
         for _ in 0..6 {

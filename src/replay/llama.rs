@@ -257,6 +257,8 @@ pub struct ChainedResult {
     pub tensors: Vec<TensorCompare>,
     /// Tensors the recording lacks at every prompt position (nothing to compare).
     pub uncompared: Vec<String>,
+    /// Reference tensors this backend never records (e.g. the CUDA backend's kq_soft_max).
+    pub not_produced: Vec<String>,
     pub logits: Vec<LogitsRow>,
     pub greedy: Vec<GreedyStep>,
     /// Positions run through the backend (prompt + teacher-forced greedy tokens).
@@ -305,8 +307,14 @@ pub fn chained(backend: &mut dyn Backend, rec: &ReferenceRecording) -> Result<Ch
 
     let mut out = Vec::new();
     let mut uncompared = Vec::new();
+    let mut not_produced = Vec::new();
+    let backend_ref: &dyn Backend = backend;
     let mut compare = |layer: Option<usize>, p: TapPoint, name: String| {
         let bound = bounds::chained_nmse(p);
+        if !backend_ref.produces(p) {
+            not_produced.push(name);
+            return;
+        }
         let Some((n_tok, data)) = tap.data.get(&p) else {
             out.push(TensorCompare { layer, tensor: name, bound, missing: true, rows: Vec::new() });
             return;
@@ -371,7 +379,7 @@ pub fn chained(backend: &mut dyn Backend, rec: &ReferenceRecording) -> Result<Ch
             GreedyStep { step: i, ours: crate::sampler::argmax(row), theirs: case.greedy_ids[i], gap: case.greedy_top2_gap[i] }
         })
         .collect();
-    Ok(ChainedResult { tensors: out, uncompared, logits: lrows, greedy, tokens_run: tokens.len() })
+    Ok(ChainedResult { tensors: out, uncompared, not_produced, logits: lrows, greedy, tokens_run: tokens.len() })
 }
 
 /// Op by op (CPU spec ops) and chained (on `backend`) for one reference case, judged.

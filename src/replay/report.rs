@@ -232,6 +232,9 @@ pub fn judge_llama(rec: &ReferenceRecording, ops: Vec<OpResult>, ch: &ChainedRes
             r.curve.push(LayerPoint { label: t.tensor.clone(), layer: t.layer, worst_nmse: Some(t.worst()), bound: t.bound });
         }
     }
+    if !ch.not_produced.is_empty() {
+        r.notes.push(format!("never recorded by this backend, not compared: {:?}", ch.not_produced));
+    }
     if !ch.uncompared.is_empty() {
         r.notes.push(format!("not in the recording, not compared: {:?}", ch.uncompared));
     }

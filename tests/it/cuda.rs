@@ -432,6 +432,60 @@ fn tiny_model_prefill_is_chunk_independent_and_deterministic() {
     println!("tiny Q4_1: prefill in 1, chunks of 1/3/7/16/39, graphs on/off, 20 repeats: bit-identical");
 }
 
+/// Decodes `tokens` one position at a time after a prefill of `prompt`, returning the logits
+/// bits and every trace tap of the decode steps.
+fn decode_steps(b: &mut dyn Backend, prompt: &[u32], tokens: &[u32], all: bool) -> (Vec<u32>, Collect) {
+    b.truncate(0);
+    b.forward(prompt, 0, LogitRows::Last, &mut NoTap).unwrap();
+    let mut tap = Collect { all, ..Default::default() };
+    let mut logits = Vec::new();
+    for (i, &t) in tokens.iter().enumerate() {
+        logits.extend(b.forward(&[t], prompt.len() + i, LogitRows::Last, &mut tap).unwrap());
+    }
+    (bits(&logits), tap)
+}
+
+#[test]
+fn persistent_decode_step_equals_per_op_path_and_cpu_bitwise() {
+    let Some(_g) = gpu() else { return };
+    for ty in [GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q8_0] {
+        let m = tiny_model(ty);
+        let prompt: Vec<u32> = (0..9).map(|i| (i * 53 + 5) % 512).collect();
+        let steps: Vec<u32> = (0..40).map(|i| (i * 97 + 3) % 512).collect();
+        let mut b = CudaBackend::new(Arc::clone(&m), 128).unwrap();
+        if let Err(why) = b.persistent_status() {
+            panic!("the persistent decode kernel is unavailable on this device: {why}");
+        }
+        let mut cpu = CpuBackend::new(Arc::clone(&m), 128, 2).unwrap();
+        let (want, want_taps) = decode_steps(&mut cpu, &prompt, &steps, false);
+        let mut results = Vec::new();
+        for (persistent, graphs) in [(true, true), (true, false), (false, true), (false, false)] {
+            assert_eq!(b.set_persistent(persistent), persistent);
+            b.set_graphs(graphs);
+            let (got, taps) = decode_steps(&mut b, &prompt, &steps, false);
+            assert_eq!(got, want, "{} persistent {persistent} graphs {graphs}: logits differ from the CPU backend", ty.name());
+            for (p, v) in &want_taps.tensors {
+                assert_eq!(bits(&taps.tensors[p]), bits(v), "{} persistent {persistent} graphs {graphs}: {} differs from the CPU backend", ty.name(), p.name());
+            }
+            results.push(got);
+        }
+        // Without any tap wanted (trace off): the same logits.
+        b.set_persistent(true);
+        b.set_graphs(true);
+        b.truncate(0);
+        b.forward(&prompt, 0, LogitRows::Last, &mut NoTap).unwrap();
+        let mut plain = Vec::new();
+        for (i, &t) in steps.iter().enumerate() {
+            plain.extend(b.forward(&[t], prompt.len() + i, LogitRows::Last, &mut NoTap).unwrap());
+        }
+        assert_eq!(bits(&plain), want, "{}: trace off changes the logits", ty.name());
+        for _ in 0..20 {
+            assert_eq!(decode_steps(&mut b, &prompt, &steps, false).0, want, "{}: a repeated persistent run differs", ty.name());
+        }
+        println!("tiny {}: {} decode steps, persistent/per-op x graphs on/off, trace on/off, 20 repeats: bit-identical to the CPU backend ({} taps)", ty.name(), steps.len(), want_taps.tensors.len());
+    }
+}
+
 #[test]
 fn context_errors_match_cpu() {
     let Some(_g) = gpu() else { return };
@@ -469,4 +523,23 @@ fn real_model_matches_cpu_layer_by_layer() {
     let e = crate::support::max_row_nmse(&got, &want, c.n_vocab);
     println!("real logits max per-position NMSE vs cpu {e:.3e}, bit-identical {}", bits(&got) == bits(&want));
     assert!(e < 1e-4);
+
+    // Decode steps (the persistent kernel when available) against the CPU backend.
+    let steps: Vec<u32> = tok.encode(" Berlin. The capital of Italy is Rome.", false);
+    let (want, want_taps) = decode_steps(&mut cpu, &ids, &steps, false);
+    let (got, got_taps) = decode_steps(&mut gpu_b, &ids, &steps, false);
+    let same_taps = want_taps.tensors.iter().filter(|(p, v)| bits(&got_taps.tensors[p]) == bits(v)).count();
+    println!(
+        "real decode {} steps (persistent kernel: {:?}): logits bit-identical {}, taps bit-identical {same_taps}/{}",
+        steps.len(),
+        gpu_b.persistent_status(),
+        got == want,
+        want_taps.tensors.len()
+    );
+    let e = crate::support::max_row_nmse(&f32s(&got), &f32s(&want), c.n_vocab);
+    assert!(e < 1e-4, "decode logits NMSE {e:.3e}");
+}
+
+fn f32s(bits: &[u32]) -> Vec<f32> {
+    bits.iter().map(|&b| f32::from_bits(b)).collect()
 }

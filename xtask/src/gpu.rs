@@ -1,7 +1,8 @@
 //! `cargo xtask gpu-bundle`: builds everything a GPU machine without Rust needs to run the CUDA
 //! backend's tests, parity checks and benchmark, into one folder with a `run.sh`.
 //!
-//! The folder holds the stripped release binaries (`worker-orcd`, `cuda-check`), the integration
+//! The folder holds the stripped release binaries (`worker-orcd`, `cuda-check`, `xtask` for
+//! `replay --backend cuda`), the integration
 //! test binary (`it`, whose `cuda::` tests are the per-op parity tests), and optionally the
 //! reference corpus and the model split into parts small enough to carry. It builds; it runs
 //! nothing on a GPU.
@@ -19,7 +20,9 @@ const PART_BYTES: usize = 30 << 20;
 const RUN_SH: &str = r#"#!/usr/bin/env bash
 # Runs the CUDA backend's checks on a GPU machine from this folder (no Rust needed):
 # per-op parity tests, the tiny- and real-model tests, parity with the CPU backend and the
-# llama.cpp recordings, determinism, chunking, and the benchmark.
+# llama.cpp recordings, determinism, chunking, the benchmark, `xtask replay --backend cuda` on
+# the corpus, and the server on the GPU (two identical requests, recorded, then the recordings
+# replayed on the GPU and on the CPU).
 # usage: run.sh MODEL.gguf [CORPUS_DIR]   (or: run.sh model-parts/ to join the parts first)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -37,6 +40,27 @@ export WORKER_ORCD_KERNEL_CACHE=${WORKER_ORCD_KERNEL_CACHE:-/tmp/worker-orcd-ker
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
 "$here/it" cuda:: --test-threads=1 --nocapture
 "$here/cuda-check" all --model "$model" --corpus "$corpus" --runs 20
+"$here/cuda-check" profile --model "$model"
+"$here/xtask" replay "$corpus" --backend cuda --model "$model"
+# The server on the GPU: two identical greedy requests must give the same text; both recordings
+# then replay bit-identically on the GPU and on the CPU backend.
+rec=$(mktemp -d)
+"$here/worker-orcd" serve --backend cuda --model "$model" --addr 127.0.0.1:18080 --record-dir "$rec" --trace summary &
+pid=$!
+trap 'kill $pid 2>/dev/null || true' EXIT
+for _ in $(seq 100); do curl -sf http://127.0.0.1:18080/health >/dev/null && break; sleep 0.1; done
+curl -sf http://127.0.0.1:18080/health; echo
+body='{"messages":[{"role":"user","content":"Write a haiku about the sea."}],"max_tokens":48,"temperature":0}'
+a=$(curl -sf http://127.0.0.1:18080/v1/chat/completions -H 'content-type: application/json' -d "$body")
+b=$(curl -sf http://127.0.0.1:18080/v1/chat/completions -H 'content-type: application/json' -d "$body")
+echo "$a"
+[ "$(echo "$a" | python3 -c 'import json,sys; print(json.load(sys.stdin)["choices"][0]["message"]["content"])')" = \
+  "$(echo "$b" | python3 -c 'import json,sys; print(json.load(sys.stdin)["choices"][0]["message"]["content"])')" ] \
+  && echo "server on the GPU: two identical requests gave identical text"
+kill $pid; wait $pid 2>/dev/null || true
+trap - EXIT
+"$here/xtask" replay "$rec" --backend cuda --model "$model"
+"$here/xtask" replay "$rec" --backend cpu --model "$model"
 "#;
 
 pub fn gpu_bundle(args: &[String]) -> Result<()> {
@@ -56,11 +80,13 @@ pub fn gpu_bundle(args: &[String]) -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
     run(Command::new(cargo()).current_dir(&root).args(["build", "--release", "--bin", "worker-orcd", "--bin", "cuda-check"]))?;
+    run(Command::new(cargo()).current_dir(&root).args(["build", "--release", "-p", "xtask"]))?;
     let it_exe = test_executable(&root)?;
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
     for (src, name) in [
         (target.join("release/worker-orcd"), "worker-orcd"),
         (target.join("release/cuda-check"), "cuda-check"),
+        (target.join("release/xtask"), "xtask"),
         (it_exe, "it"),
     ] {
         copy_stripped(&src, &out.join(name))?;

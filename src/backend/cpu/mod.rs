@@ -145,31 +145,25 @@ impl CpuBackend {
         out
     }
 
-    fn forward_inner(&mut self, tokens: &[u32], pos0: usize, rows: LogitRows, tap: &mut dyn Tap) -> Vec<f32> {
+    /// Every decoder layer on the residual stream `x` (n positions from pos0, embeddings on
+    /// entry, l_out of the last layer on exit), then the final norm, returned (result_norm).
+    /// The reference of the CUDA backend's persistent decode kernel of the same name
+    /// (`kernels/decode.cu`, `decoder_layers_<type>`), which runs this for one position.
+    pub(crate) fn decoder_layers(&mut self, x: &mut [f32], pos0: usize, n: usize, tap: &mut dyn Tap) -> Vec<f32> {
         let c = self.model.config.clone();
-        let n = tokens.len();
         let (dim, kv_dim, hd) = (c.dim, c.kv_dim(), c.head_dim);
         let emit = |tap: &mut dyn Tap, p: TapPoint, data: &[f32]| {
             if tap.wants(p) {
                 tap.record(p, pos0, n, data);
             }
         };
-
-        // Embedding lookup (get_rows on token_embd).
-        let mut x = vec![0.0f32; n * dim];
-        let table = self.model.bytes(&self.model.token_embd);
-        for (t, &id) in tokens.iter().enumerate() {
-            ops::embedding(self.model.token_embd.ty(), table, dim, id, &mut x[t * dim..(t + 1) * dim]);
-        }
-        emit(tap, TapPoint::Embd, &x);
-
         let mut xn = vec![0.0f32; n * dim];
         for l in 0..c.n_layers {
             let lw = self.model.layers[l].clone();
             let norms = &self.norms[l];
 
             // Attention block.
-            ops::rmsnorm(&x, &norms.attn_norm, c.rms_eps, &mut xn);
+            ops::rmsnorm(&*x, &norms.attn_norm, c.rms_eps, &mut xn);
             emit(tap, TapPoint::AttnNorm(l), &xn);
             let mut q = if planted!(TransposedQ) {
                 transposed_product(&self.model, &lw.wq, &xn, n)
@@ -256,11 +250,11 @@ impl CpuBackend {
             emit(tap, TapPoint::KqvOut(l), &attn);
             let o = self.matmul(&lw.wo, &attn, n);
             emit(tap, TapPoint::AttnOut(l), &o);
-            ops::add(&mut x, &o);
-            emit(tap, TapPoint::FfnInp(l), &x);
+            ops::add(x, &o);
+            emit(tap, TapPoint::FfnInp(l), x);
 
             // Feed-forward block (SwiGLU).
-            ops::rmsnorm(&x, &norms.ffn_norm, c.rms_eps, &mut xn);
+            ops::rmsnorm(&*x, &norms.ffn_norm, c.rms_eps, &mut xn);
             emit(tap, TapPoint::FfnNorm(l), &xn);
             let g = self.matmul(&lw.w_gate, &xn, n);
             let u = self.matmul(&lw.w_up, &xn, n);
@@ -272,13 +266,35 @@ impl CpuBackend {
             if !planted!(SkipFfnDown) {
                 let d = self.matmul(&lw.w_down, &s, n);
                 emit(tap, TapPoint::FfnOut(l), &d);
-                ops::add(&mut x, &d);
+                ops::add(x, &d);
             }
-            emit(tap, TapPoint::LOut(l), &x);
+            emit(tap, TapPoint::LOut(l), x);
         }
 
-        ops::rmsnorm(&x, &self.output_norm, c.rms_eps, &mut xn);
+        ops::rmsnorm(&*x, &self.output_norm, c.rms_eps, &mut xn);
         emit(tap, TapPoint::ResultNorm, &xn);
+        xn
+    }
+
+    fn forward_inner(&mut self, tokens: &[u32], pos0: usize, rows: LogitRows, tap: &mut dyn Tap) -> Vec<f32> {
+        let c = self.model.config.clone();
+        let n = tokens.len();
+        let dim = c.dim;
+        let emit = |tap: &mut dyn Tap, p: TapPoint, data: &[f32]| {
+            if tap.wants(p) {
+                tap.record(p, pos0, n, data);
+            }
+        };
+
+        // Embedding lookup (get_rows on token_embd).
+        let mut x = vec![0.0f32; n * dim];
+        let table = self.model.bytes(&self.model.token_embd);
+        for (t, &id) in tokens.iter().enumerate() {
+            ops::embedding(self.model.token_embd.ty(), table, dim, id, &mut x[t * dim..(t + 1) * dim]);
+        }
+        emit(tap, TapPoint::Embd, &x);
+
+        let xn = self.decoder_layers(&mut x, pos0, n, tap);
         let (first, count) = match rows {
             LogitRows::All => (0, n),
             LogitRows::Last => (n - 1, 1),

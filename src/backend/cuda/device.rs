@@ -169,6 +169,10 @@ pub struct Gpu {
     pub compile_seconds: f64,
     /// Dynamic shared memory a block of the big kernels may use, in bytes.
     pub max_dynamic_smem: usize,
+    /// Streaming multiprocessors (the persistent decode kernel runs one block on each).
+    pub sm_count: usize,
+    /// Whether the device supports cooperative launches (grids guaranteed co-resident).
+    pub cooperative: bool,
 }
 
 impl Gpu {
@@ -228,7 +232,7 @@ impl Gpu {
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
             .map_err(|e| dev_err("shared memory limit", e))?;
         let max_dynamic_smem = (optin as usize).saturating_sub(4096).max(48 * 1024);
-        for name in ["attention_f32", "matvec_q4_1_q8_1", "matvec_q4_0_q8_0", "matvec_q8_0_q8_0"] {
+        for name in ["attention_f32", "matvec_q4_1_q8_1", "matvec_q4_0_q8_0", "matvec_q8_0_q8_0", "decoder_layers_q4_1", "decoder_layers_q4_0", "decoder_layers_q8_0"] {
             // SAFETY: a loaded function handle; plain attribute call.
             unsafe {
                 sys::cuFuncSetAttribute(
@@ -240,6 +244,13 @@ impl Gpu {
             .result()
             .map_err(|e| dev_err(&format!("raising the shared memory limit of {name}"), e))?;
         }
+        let sm_count = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| dev_err("multiprocessor count", e))? as usize;
+        let cooperative = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH)
+            .map_err(|e| dev_err("cooperative launch support", e))?
+            != 0;
         let pdl_supported = cc.0 >= 9 && std::env::var("WORKER_ORCD_CUDA_PDL").map(|v| v != "0").unwrap_or(true);
         Ok(Gpu {
             ctx,
@@ -253,6 +264,8 @@ impl Gpu {
             allocated: 0.into(),
             compile_seconds,
             max_dynamic_smem,
+            sm_count,
+            cooperative,
         })
     }
 
@@ -336,6 +349,16 @@ impl Gpu {
 
     /// Launches kernel `name` on the compute stream.
     pub fn launch(&self, name: &str, grid: (u32, u32, u32), block: u32, smem: u32, args: &[Arg]) -> Result<(), BackendError> {
+        self.launch_ex(name, grid, block, smem, args, false)
+    }
+
+    /// A cooperative launch: the driver guarantees every block of the grid is resident at once
+    /// (or fails the launch), which grid barriers need. Never overlapped with its predecessor.
+    pub fn launch_cooperative(&self, name: &str, grid: u32, block: u32, smem: u32, args: &[Arg]) -> Result<(), BackendError> {
+        self.launch_ex(name, (grid, 1, 1), block, smem, args, true)
+    }
+
+    fn launch_ex(&self, name: &str, grid: (u32, u32, u32), block: u32, smem: u32, args: &[Arg], cooperative: bool) -> Result<(), BackendError> {
         let func = *self.functions.get(name).ok_or_else(|| BackendError::Device(format!("unknown kernel {name}")))?;
         // Each argument in an 8-byte slot; the driver copies the parameter's own size from it
         // (little-endian: an i32 or f32 sits in the low half).
@@ -350,9 +373,14 @@ impl Gpu {
         let mut params: Vec<*mut std::ffi::c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut std::ffi::c_void).collect();
         // SAFETY: a zeroed attribute is valid; the union field written matches the id.
         let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-        attr.value.programmaticStreamSerializationAllowed = 1;
-        let overlap = self.pdl.get();
+        if cooperative {
+            attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+            attr.value.cooperative = 1;
+        } else {
+            attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attr.value.programmaticStreamSerializationAllowed = 1;
+        }
+        let overlap = cooperative || self.pdl.get();
         let cfg = sys::CUlaunchConfig {
             gridDimX: grid.0,
             gridDimY: grid.1,

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use cudarc::driver::sys;
 
+use super::decode::StepBuffers;
 use super::device::{dev_err, Arg, Gpu};
 use super::ops::launch_attention;
 use super::weights::{DevMatrix, Segment};
@@ -34,6 +35,9 @@ pub(crate) enum Epilogue {
 
 /// Rows per block of the quantized matvec (MODE_SWIGLU uses 64: 32 gate and 32 up rows).
 const MV_ROWS: usize = 16;
+/// Rows per block for one position: twice the blocks, half the chain per block (a one-position
+/// product is latency-bound). Results do not depend on it.
+const MV_ROWS_ONE: usize = 8;
 /// Tokens per block: each weight block is loaded once per this many tokens.
 const MV_TOKENS: usize = 8;
 
@@ -50,7 +54,7 @@ pub(crate) struct NormIn {
 pub(crate) fn matvec_smem(m: &DevMatrix, rows: usize, toks: usize, norm: bool) -> usize {
     let per = if m.ty == crate::gguf::GgmlType::Q4_1 { 2 } else { 1 };
     let base = (rows * toks * (m.n_in / QK) * per + rows * toks) * F32;
-    if !norm {
+    if !norm && toks != 1 {
         return base;
     }
     base.div_ceil(16) * 16 + (toks * m.n_in).div_ceil(16) * 16 + toks * (m.n_in / QK) * 8 + 32
@@ -95,7 +99,10 @@ pub(crate) fn launch_matvec(
     let toks = n_tok.min(MV_TOKENS);
     let (rows, grid_x) = match epi {
         Epilogue::Swiglu { ffn, .. } => (64, ffn / 32),
-        _ => (MV_ROWS, m.n_out.div_ceil(MV_ROWS)),
+        _ => {
+            let r = if n_tok == 1 { MV_ROWS_ONE } else { MV_ROWS };
+            (r, m.n_out.div_ceil(r))
+        }
     };
     let mut args = vec![
         Arg::Ptr(m.qs),
@@ -238,7 +245,7 @@ impl CudaBackend {
         // Upload pos0 and the ids (the only host-to-device copy of a step).
         {
             let io = self.pinned.io.i32s_mut(4 + n);
-            io[..4].copy_from_slice(&[pos0 as i32, 0, 0, 0]);
+            io[..4].copy_from_slice(&[pos0 as i32, self.barrier_base as i32, 0, 0]);
             for (d, &t) in io[4..].iter_mut().zip(tokens) {
                 *d = t as i32;
             }
@@ -247,6 +254,10 @@ impl CudaBackend {
             unsafe { cudarc::driver::result::memcpy_htod_async(self.scratch.io, io, self.gpu.stream.cu_stream()) }.map_err(|e| dev_err("uploading ids", e))?;
         }
 
+        if let (true, Ok(p)) = (n == 1 && !debug && self.use_persistent, &self.persistent) {
+            // Moved whether or not the launch succeeds: a failed launch poisons the context.
+            self.barrier_base = self.barrier_base.wrapping_add(p.counter_advance());
+        }
         if debug {
             self.encode(n, first, count, false, Some(&mut *tap))?;
             self.n_cached = pos0 + n;
@@ -359,6 +370,26 @@ impl CudaBackend {
 
         launch_embedding(g, &self.embd, tokens, s.x, tap_slot(0), n)?;
         emit(&mut dbg, TapPoint::Embd, s.x, dim, 0)?;
+        if let (true, true, Ok(p)) = (n == 1 && dbg.is_none(), self.use_persistent, &self.persistent) {
+            let c = &self.model.config;
+            let bufs = StepBuffers {
+                x: s.x,
+                q: s.q,
+                attn: (s.attn.f32, s.attn.aq, s.attn.ads),
+                sw: (s.sw.aq, s.sw.ads),
+                xn: (s.xn.f32, s.xn.aq, s.xn.ads),
+                tap: tap_slot(0),
+                params: s.io,
+            };
+            p.launch(g, c, c.n_layers, self.output_norm, self.rope_table, &bufs)?;
+            if count > 0 {
+                g.set_overlap(true);
+                let r = matvec_act(g, &self.output, &s.xn, first, count, s.logits, c.n_vocab, Epilogue::Store);
+                g.set_overlap(false);
+                r?;
+            }
+            return Ok(());
+        }
         // From here on only kernels follow kernels: let each overlap its predecessor's tail.
         g.set_overlap(dbg.is_none());
         let r = self.encode_layers(n, first, count, trace, dbg, tap_slot, pos0, emit, strided);

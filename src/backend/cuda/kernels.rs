@@ -26,10 +26,11 @@ pub enum KernelModule {
     Attention,
     Swiglu,
     Add,
+    Decode,
 }
 
 impl KernelModule {
-    pub const ALL: [KernelModule; 8] = [
+    pub const ALL: [KernelModule; 9] = [
         KernelModule::Embedding,
         KernelModule::Rmsnorm,
         KernelModule::Quantize,
@@ -38,6 +39,7 @@ impl KernelModule {
         KernelModule::Attention,
         KernelModule::Swiglu,
         KernelModule::Add,
+        KernelModule::Decode,
     ];
 
     pub fn file_name(self) -> &'static str {
@@ -50,6 +52,7 @@ impl KernelModule {
             KernelModule::Attention => "attention.cu",
             KernelModule::Swiglu => "swiglu.cu",
             KernelModule::Add => "add.cu",
+            KernelModule::Decode => "decode.cu",
         }
     }
 
@@ -63,6 +66,7 @@ impl KernelModule {
             KernelModule::Attention => include_str!("../../../kernels/attention.cu"),
             KernelModule::Swiglu => include_str!("../../../kernels/swiglu.cu"),
             KernelModule::Add => include_str!("../../../kernels/add.cu"),
+            KernelModule::Decode => include_str!("../../../kernels/decode.cu"),
         }
     }
 
@@ -81,13 +85,26 @@ impl KernelModule {
             KernelModule::Attention => &["attention_f32"],
             KernelModule::Swiglu => &["swiglu_f32"],
             KernelModule::Add => &["add_f32", "exp_f32"],
+            KernelModule::Decode => &["decoder_layers_q4_1", "decoder_layers_q4_0", "decoder_layers_q8_0"],
         }
     }
 
-    /// The full text handed to NVRTC: the common header, then the file (with a `#line` so
-    /// compiler messages name the right file and line).
+    /// Modules whose device functions this one calls: compiled into it, before its own text.
+    pub fn includes(self) -> &'static [KernelModule] {
+        match self {
+            KernelModule::Decode => &[KernelModule::Rmsnorm, KernelModule::Matvec, KernelModule::Attention],
+            _ => &[],
+        }
+    }
+
+    /// The full text handed to NVRTC: the common header, the included modules, then the file
+    /// (each after a `#line` so compiler messages name the right file and line).
     pub fn full_source(self) -> String {
-        format!("{COMMON}\n#line 1 \"{}\"\n{}", self.file_name(), self.source())
+        let mut s = COMMON.to_string();
+        for m in self.includes().iter().chain([&self]) {
+            s.push_str(&format!("\n#line 1 \"{}\"\n{}", m.file_name(), m.source()));
+        }
+        s
     }
 }
 

@@ -17,6 +17,7 @@
 //! into pinned memory. Asking for any other point switches to a slow debug mode (no graph, a
 //! synchronous download after each op). `KqSoftmax` is never recorded by this backend.
 
+mod decode;
 pub mod device;
 mod forward;
 pub mod kernels;
@@ -130,6 +131,12 @@ pub struct CudaBackend {
     /// Capture one CUDA graph per decode step shape (on by default; `WORKER_ORCD_CUDA_GRAPHS=0`
     /// turns it off for comparison).
     use_graphs: bool,
+    /// The persistent one-launch decode step, or why it is not used.
+    persistent: Result<decode::Persistent, String>,
+    /// Whether one-position steps use it (tests compare both paths).
+    use_persistent: bool,
+    /// The persistent kernel's barrier counter before its next launch (uploaded with pos0).
+    barrier_base: u32,
 }
 
 impl CudaBackend {
@@ -195,7 +202,11 @@ impl CudaBackend {
         let pinned = Pinned { io: gpu.pinned((4 + MAX_BATCH) * 4)?, logits: None, tap: None };
         let event = gpu.ctx.new_event(None).map_err(|e| dev_err("event", e))?;
         let use_graphs = std::env::var("WORKER_ORCD_CUDA_GRAPHS").map(|v| v != "0").unwrap_or(true);
+        let persistent = decode::Persistent::new(&gpu, &c, &layers, k_cache.ptr(), v_cache.ptr(), n_ctx)?;
         Ok(CudaBackend {
+            use_persistent: persistent.is_ok(),
+            persistent,
+            barrier_base: 0,
             embd: embd.resolve(base),
             output: output.resolve(base),
             output_norm: output_norm + base,
@@ -245,6 +256,37 @@ impl CudaBackend {
     /// Turns decode-step CUDA graphs on or off (results are identical either way).
     pub fn set_graphs(&mut self, on: bool) {
         self.use_graphs = on;
+    }
+
+    /// Turns the persistent decode kernel on or off for one-position steps (results are
+    /// identical either way); returns whether it is now in use. It stays off where it is
+    /// unavailable (see [`CudaBackend::persistent_status`]).
+    pub fn set_persistent(&mut self, on: bool) -> bool {
+        self.use_persistent = on && self.persistent.is_ok();
+        self.graphs.clear();
+        self.use_persistent
+    }
+
+    /// Records barrier timestamps in the persistent kernel (profiling; graphs are recaptured).
+    pub fn set_persistent_profiling(&mut self, on: bool) -> Result<(), BackendError> {
+        self.graphs.clear();
+        match &mut self.persistent {
+            Ok(p) => p.set_profiling(&self.gpu, on),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// The last persistent step's timestamps and the grid size (see `decode::Persistent::profile`).
+    pub fn persistent_profile(&self) -> Result<Option<(Vec<u64>, usize)>, BackendError> {
+        match &self.persistent {
+            Ok(p) => Ok(p.profile(&self.gpu)?.map(|v| (v, p.grid()))),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// `Ok(())` when one-position steps may use the persistent kernel, else why not.
+    pub fn persistent_status(&self) -> Result<(), String> {
+        self.persistent.as_ref().map(|_| ()).map_err(Clone::clone)
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -298,6 +340,11 @@ fn alloc_scratch(gpu: &Gpu, c: &ModelConfig) -> Result<Scratch, BackendError> {
 }
 
 impl Backend for CudaBackend {
+    fn produces(&self, p: crate::backend::TapPoint) -> bool {
+        // The attention kernel never materializes the probabilities (see the module docs).
+        !matches!(p, crate::backend::TapPoint::KqSoftmax(_))
+    }
+
     fn kind(&self) -> &'static str {
         "cuda"
     }

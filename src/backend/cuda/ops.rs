@@ -213,6 +213,12 @@ pub fn attention_smem(head_dim: usize, n_ctx: usize) -> usize {
     (2 * head_dim + ATTENTION_THREADS * (head_dim + 1) + n_ctx) * 4
 }
 
+/// Dynamic shared memory of `attention_head` with `dual` (a second K/V tile), as the persistent
+/// decode kernel runs it.
+pub fn attention_smem_dual(head_dim: usize, n_ctx: usize) -> usize {
+    attention_smem(head_dim, n_ctx) + ATTENTION_THREADS * (head_dim + 1) * 4
+}
+
 /// `swiglu`: silu(gate) * up, on the device (`swiglu_f32`), with its Q8_1 blocks.
 pub fn swiglu(gpu: &Gpu, gate: &[f32], up: &[f32], n_tok: usize) -> Result<(Vec<f32>, Vec<BlockQ8_1>), BackendError> {
     let n = gate.len() / n_tok;

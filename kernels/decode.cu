@@ -1,0 +1,196 @@
+// decode.cu: `decoder_layers`, the whole layer stack of one decode step (one position) in one
+// persistent kernel. Its CPU reference is backend::cpu::CpuBackend::decoder_layers (the layer
+// loop of the forward pass, followed by the final norm); NVRTC compiles this file after
+// rmsnorm.cu, matvec.cu and attention.cu, whose per-block device functions it runs.
+//
+// Why: a decode step of SmolLM2 is ~150 small kernels whose launch gaps and ramp-up/drain cost
+// more than their work. Here the grid stays resident (cooperative launch, one block of 128
+// threads per SM) and the kernel boundaries become grid barriers. Per layer:
+//   A  Q|K|V product with the attention norm fused, bias + RoPE + KV-cache store (MODE_QKV)
+//   B  attention, one item per head, output quantized to Q8_1
+//   C  output projection added to x (MODE_ADD)
+//   D  gate|up product with the FFN norm fused, SwiGLU + Q8_1 (MODE_SWIGLU)
+//   E  down projection added to x (MODE_ADD), copied to the trace slot of l_out-l
+// then the final RMSNorm (result_norm, Q8_1 for the logits kernel that follows).
+// Work item i of a phase is exactly virtual block i of the standalone kernel's grid, computed by
+// the same device function with the same thread mapping, so every value is bitwise what the
+// per-op kernels (and so the CPU backend) produce, whatever the grid size. Block b takes items
+// b, b + gridDim.x, ...; the assignment changes nothing numerically.
+//
+// Grid barrier: a launch-spanning arrival counter (see grid_barrier); the atomics order threads
+// and carry no data, so there are no atomics in any arithmetic. Release/acquire make every
+// block's global writes visible to all after the barrier.
+// Activations are read through coherent loads (no __restrict__ on them, see matvec.cu).
+
+struct Mat {
+    const u8* qs;
+    const u32* dm;
+    int wt;
+    int n_in;
+    int n_out;
+    int pad;
+};
+
+// One layer's weights and cache (backend::cuda::forward::LayerDesc, #[repr(C)]).
+struct LayerDesc {
+    Mat qkv, wo, gate_up, down;
+    const float* attn_norm;
+    const float* ffn_norm;
+    const float* bq;
+    const float* bk;
+    const float* bv;
+    float* k_cache;
+    float* v_cache;
+};
+
+__device__ __forceinline__ u32 ld_acquire(const u32* p) {
+    u32 v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ u64 globaltimer() {
+    u64 t;
+    asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+    return t;
+}
+
+// Barrier k of a launch: every block adds 1 to the counter bar[0] (a release reduction: its
+// writes are visible before the count) and waits until the count reaches base + (k+1) * grid,
+// where base (params[1]) is the counter's value before the launch, kept by the host (each
+// launch adds exactly 5 * n_layers * grid). The counter wraps; comparisons are modular. A
+// block that waits more than 2 s traps (a launch error, never a hung device).
+// `prof` (profiling only, else null): per barrier k and block b, the time the block arrived
+// and left, at prof[2 * (k * gridDim.x + b)] and the next word (ns, %globaltimer).
+__device__ __forceinline__ void grid_barrier(u32* bar, u32 base, u64* prof, int& k) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        if (prof) prof[2 * ((size_t)k * gridDim.x + blockIdx.x)] = globaltimer();
+        asm volatile("red.release.gpu.global.add.u32 [%0], %1;" :: "l"(bar), "r"(1u) : "memory");
+        const u32 target = base + (u32)(k + 1) * gridDim.x;
+        u64 t0 = 0;
+        for (int spin = 0; (int)(ld_acquire(bar) - target) < 0; spin++) {
+            if ((spin & 1023) == 1023) {
+                u64 now = globaltimer();
+                if (t0 == 0) t0 = now;
+                else if (now - t0 > 2000000000ull) __trap();
+            }
+        }
+        if (prof) prof[2 * ((size_t)k * gridDim.x + blockIdx.x) + 1] = globaltimer();
+    }
+    k++;
+    __syncthreads();
+}
+
+template <int WT>
+__device__ __forceinline__ void mv_prefetch(const Mat& m, int mode, int rows, int ffn, int bx) {
+    matvec_prefetch<WT>(m.qs, m.n_in, m.n_out, mode, rows, ffn, bx);
+}
+
+template <int WT>
+__device__ __forceinline__ void mv_block(const Mat& m, const i8* aq, const float2* ads, float* out, float* tap,
+                                         int out_stride, int mode, int rows, QkvEpi qe, SwigluEpi se, NormIn ni,
+                                         int bx) {
+    matvec_q_block<WT>(m.qs, m.dm, aq, ads, out, tap, m.n_in, m.n_out, out_stride, mode, 1, rows, 1, qe, se, ni, bx, 0);
+}
+
+#define DEC_ROWS 8
+
+// Launch: cooperative, grid <= resident blocks (one per SM), block 128, dynamic shared memory
+// = max over the phases (matvec_smem of each product, attention_smem_dual).
+// x (dim) holds the embedding on entry and l_out-(n_layers-1) on exit; xn/xn_aq/xn_ads get
+// result_norm. `tap`, when not null, is the trace buffer: slot 1 + l gets l_out-l and slot
+// n_layers + 1 result_norm (slot 0, embd, is the embedding kernel's). `prof`: see grid_barrier;
+// its last row holds each block's start time and (block 0) the end of the final norm.
+template <int WT>
+__device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ layers, int n_layers, float* x, float* q,
+                                          float* attn, i8* attn_aq, float2* attn_ads, i8* sw_aq, float2* sw_ads,
+                                          float* xn, i8* xn_aq, float2* xn_ads, const float* __restrict__ output_norm,
+                                          float* tap, const float* __restrict__ rope_table,
+                                          const int* __restrict__ params, int dim, int kv_dim, int head_dim,
+                                          int n_heads, int n_kv_heads, int ffn, float eps, float scale, u32* bar,
+                                          u64* prof) {
+    pdl_wait();
+    int k = 0;
+    const u32 base = (u32)params[1];
+    if (prof && threadIdx.x == 0) prof[2 * ((size_t)5 * n_layers * gridDim.x + blockIdx.x)] = globaltimer();
+    const int nblk = gridDim.x;
+    const int qkv_w = dim + 2 * kv_dim;
+    const QkvEpi qe0 = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    const SwigluEpi se0 = {0, 0, 0, 0};
+    const NormIn ni0 = {0, 0, 0.0f};
+    for (int l = 0; l < n_layers; l++) {
+        const LayerDesc& L = layers[l];
+        // A: Q|K|V with the attention norm, bias, RoPE, cache store.
+        {
+            const int items = (qkv_w + DEC_ROWS - 1) / DEC_ROWS;
+            QkvEpi qe = {q, L.k_cache, L.v_cache, rope_table, params, L.bq, L.bk, L.bv, dim, kv_dim, head_dim};
+            NormIn ni = {x, L.attn_norm, eps};
+            for (int it = blockIdx.x; it < items; it += nblk)
+                mv_block<WT>(L.qkv, 0, 0, 0, 0, qkv_w, MODE_QKV, DEC_ROWS, qe, se0, ni, it);
+            for (int it = blockIdx.x; it < (dim + DEC_ROWS - 1) / DEC_ROWS; it += nblk)
+                mv_prefetch<WT>(L.wo, MODE_ADD, DEC_ROWS, 0, it);
+        }
+        grid_barrier(bar, base, prof, k);
+        // B: attention, one head per item.
+        for (int h = blockIdx.x; h < n_heads; h += nblk)
+            attention_head(q, L.k_cache, L.v_cache, attn, attn_aq, attn_ads, params, n_heads, n_kv_heads, head_dim,
+                           scale, h, 0, true);
+        grid_barrier(bar, base, prof, k);
+        // C: output projection into the residual stream.
+        {
+            const int items = (dim + DEC_ROWS - 1) / DEC_ROWS;
+            for (int it = blockIdx.x; it < items; it += nblk)
+                mv_block<WT>(L.wo, attn_aq, attn_ads, x, 0, dim, MODE_ADD, DEC_ROWS, qe0, se0, ni0, it);
+            for (int it = blockIdx.x; it < ffn / 32; it += nblk) mv_prefetch<WT>(L.gate_up, MODE_SWIGLU, 64, ffn, it);
+        }
+        grid_barrier(bar, base, prof, k);
+        // D: gate|up with the FFN norm, SwiGLU, Q8_1.
+        {
+            SwigluEpi se = {0, sw_aq, sw_ads, ffn};
+            NormIn ni = {x, L.ffn_norm, eps};
+            for (int it = blockIdx.x; it < ffn / 32; it += nblk)
+                mv_block<WT>(L.gate_up, 0, 0, 0, 0, 2 * ffn, MODE_SWIGLU, 64, qe0, se, ni, it);
+            for (int it = blockIdx.x; it < (dim + DEC_ROWS - 1) / DEC_ROWS; it += nblk)
+                mv_prefetch<WT>(L.down, MODE_ADD, DEC_ROWS, 0, it);
+        }
+        grid_barrier(bar, base, prof, k);
+        // E: down projection into the residual stream (l_out-l).
+        {
+            const int items = (dim + DEC_ROWS - 1) / DEC_ROWS;
+            float* t = tap ? tap + (size_t)(1 + l) * dim : 0;
+            for (int it = blockIdx.x; it < items; it += nblk)
+                mv_block<WT>(L.down, sw_aq, sw_ads, x, t, dim, MODE_ADD, DEC_ROWS, qe0, se0, ni0, it);
+            if (l + 1 < n_layers) {
+                const int next = (qkv_w + DEC_ROWS - 1) / DEC_ROWS;
+                for (int it = blockIdx.x; it < next; it += nblk) mv_prefetch<WT>(layers[l + 1].qkv, MODE_QKV, DEC_ROWS, 0, it);
+            }
+        }
+        grid_barrier(bar, base, prof, k);
+    }
+    if (blockIdx.x == 0) {
+        __syncthreads();
+        rmsnorm_q8_row(x, output_norm, xn, tap ? tap + (size_t)(n_layers + 1) * dim : 0, xn_aq, xn_ads, dim, eps, 0);
+        __syncthreads();
+        if (prof && threadIdx.x == 0) prof[2 * ((size_t)5 * n_layers * gridDim.x) + 1] = globaltimer();
+    }
+}
+
+// One entry point per weight type (every layer matrix of that type), so each holds the code of
+// one matvec variant only: the persistent kernel's loop body must stay small enough for the
+// instruction cache (the launcher falls back to the per-op kernels for mixed types).
+#define DECODER_LAYERS_KERNEL(name, WT)                                                                        \
+    extern "C" __global__ void name(const LayerDesc* __restrict__ layers, int n_layers, float* x, float* q,    \
+                                    float* attn, i8* attn_aq, float2* attn_ads, i8* sw_aq, float2* sw_ads,     \
+                                    float* xn, i8* xn_aq, float2* xn_ads, const float* __restrict__ output_norm, \
+                                    float* tap, const float* __restrict__ rope_table,                          \
+                                    const int* __restrict__ params, int dim, int kv_dim, int head_dim,         \
+                                    int n_heads, int n_kv_heads, int ffn, float eps, float scale, u32* bar,    \
+                                    u64* prof) {                                                               \
+        decoder_layers<WT>(layers, n_layers, x, q, attn, attn_aq, attn_ads, sw_aq, sw_ads, xn, xn_aq, xn_ads,  \
+                           output_norm, tap, rope_table, params, dim, kv_dim, head_dim, n_heads, n_kv_heads,  \
+                           ffn, eps, scale, bar, prof);                                                        \
+    }
+DECODER_LAYERS_KERNEL(decoder_layers_q4_1, WT_Q4_1)
+DECODER_LAYERS_KERNEL(decoder_layers_q4_0, WT_Q4_0)
+DECODER_LAYERS_KERNEL(decoder_layers_q8_0, WT_Q8_0)

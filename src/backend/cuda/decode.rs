@@ -1,0 +1,210 @@
+//! The persistent decode kernel (`kernels/decode.cu`, `decoder_layers_<type>`): every layer of a
+//! one-position step in one cooperative launch, grid barriers instead of ~150 kernel boundaries.
+//! Its CPU reference is [`crate::backend::cpu::CpuBackend::decoder_layers`].
+//!
+//! The kernel runs the per-op kernels' own device functions on the same virtual blocks, so its
+//! results are bitwise those of the per-op path (tested on the device in `tests/it/cuda.rs`).
+//! It is used for one-position steps when every layer has stacked quantized Q|K|V and gate|up
+//! matrices (SmolLM2 does) and the device supports cooperative launches;
+//! `WORKER_ORCD_CUDA_PERSISTENT=0` turns it off.
+
+use super::device::{Arg, DevBuf, Gpu};
+use super::forward::matvec_smem;
+use super::weights::DevMatrix;
+use super::LayerDev;
+use crate::backend::cpu::quant::QK;
+use crate::backend::BackendError;
+use crate::gguf::GgmlType;
+use crate::model::ModelConfig;
+
+/// Rows per work item of the plain products (decode.cu's DEC_ROWS).
+const ROWS: usize = 8;
+/// Threads per block (the fused norm's reduction tree and the attention tile assume 128).
+const THREADS: u32 = 128;
+
+/// decode.cu's `Mat`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct MatDesc {
+    qs: u64,
+    dm: u64,
+    wt: i32,
+    n_in: i32,
+    n_out: i32,
+    pad: i32,
+}
+
+/// decode.cu's `LayerDesc`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct LayerDesc {
+    qkv: MatDesc,
+    wo: MatDesc,
+    gate_up: MatDesc,
+    down: MatDesc,
+    attn_norm: u64,
+    ffn_norm: u64,
+    bq: u64,
+    bk: u64,
+    bv: u64,
+    k_cache: u64,
+    v_cache: u64,
+}
+
+fn mat(m: &DevMatrix) -> Option<MatDesc> {
+    let wt = match m.ty {
+        GgmlType::Q4_0 => 0,
+        GgmlType::Q4_1 => 1,
+        GgmlType::Q8_0 => 2,
+        _ => return None,
+    };
+    Some(MatDesc { qs: m.qs, dm: m.dm, wt, n_in: m.n_in as i32, n_out: m.n_out as i32, pad: 0 })
+}
+
+/// The uploaded layer table, the barrier words and the launch shape.
+pub(crate) struct Persistent {
+    table: DevBuf,
+    bar: DevBuf,
+    grid: u32,
+    smem: usize,
+    n_layers: usize,
+    /// The entry point for the layers' weight type.
+    kernel: &'static str,
+    /// Barrier timestamps (profiling only, see decode.cu's grid_barrier).
+    prof: Option<DevBuf>,
+}
+
+/// Device buffers one step reads and writes (all device pointers).
+pub(crate) struct StepBuffers {
+    pub x: u64,
+    pub q: u64,
+    pub attn: (u64, u64, u64),
+    pub sw: (u64, u64),
+    pub xn: (u64, u64, u64),
+    pub tap: u64,
+    pub params: u64,
+}
+
+impl Persistent {
+    /// The persistent kernel's set-up for these layers, or `None` (with the reason) when the
+    /// model or device does not fit it; the per-op path is used then.
+    pub fn new(gpu: &Gpu, c: &ModelConfig, layers: &[LayerDev], k_cache: u64, v_cache: u64, n_ctx: usize) -> Result<Result<Persistent, String>, BackendError> {
+        if layers.is_empty() {
+            return Ok(Err("no layers".into()));
+        }
+        if std::env::var("WORKER_ORCD_CUDA_PERSISTENT").is_ok_and(|v| v == "0") {
+            return Ok(Err("WORKER_ORCD_CUDA_PERSISTENT=0".into()));
+        }
+        if !gpu.cooperative {
+            return Ok(Err("the device has no cooperative launch".into()));
+        }
+        let (dim, kv_dim, ffn) = (c.dim, c.kv_dim(), c.ffn_dim);
+        if dim % ROWS != 0 || kv_dim % ROWS != 0 || ffn % QK != 0 || c.head_dim % 2 != 0 {
+            return Ok(Err(format!("shapes dim {dim}, kv_dim {kv_dim}, ffn {ffn} do not tile")));
+        }
+        let layer_kv = (n_ctx * kv_dim * 4) as u64;
+        let mut descs = Vec::with_capacity(layers.len());
+        let mut smem = super::ops::attention_smem_dual(c.head_dim, n_ctx);
+        for (l, lw) in layers.iter().enumerate() {
+            let (Some(qkv), Some(gate_up)) = (lw.qkv.first().filter(|_| lw.qkv.len() == 1), lw.gate_up.first().filter(|_| lw.gate_up.len() == 1)) else {
+                return Ok(Err(format!("layer {l}: Q|K|V or gate|up are not one stacked matrix")));
+            };
+            let (Some(qkv_d), Some(wo), Some(gu), Some(down)) = (mat(&qkv.m), mat(&lw.wo), mat(&gate_up.m), mat(&lw.down)) else {
+                return Ok(Err(format!("layer {l}: a matrix is not Q4_0/Q4_1/Q8_0")));
+            };
+            smem = smem
+                .max(matvec_smem(&qkv.m, ROWS, 1, true))
+                .max(matvec_smem(&lw.wo, ROWS, 1, false))
+                .max(matvec_smem(&gate_up.m, 64, 1, true))
+                .max(matvec_smem(&lw.down, ROWS, 1, false));
+            descs.push(LayerDesc {
+                qkv: qkv_d,
+                wo,
+                gate_up: gu,
+                down,
+                attn_norm: lw.attn_norm,
+                ffn_norm: lw.ffn_norm,
+                bq: lw.bq,
+                bk: lw.bk,
+                bv: lw.bv,
+                k_cache: k_cache + l as u64 * layer_kv,
+                v_cache: v_cache + l as u64 * layer_kv,
+            });
+        }
+        let wt = descs[0].qkv.wt;
+        if descs.iter().any(|d| [d.qkv.wt, d.wo.wt, d.gate_up.wt, d.down.wt].iter().any(|&t| t != wt)) {
+            return Ok(Err("layer matrices mix weight types".into()));
+        }
+        let kernel = ["decoder_layers_q4_0", "decoder_layers_q4_1", "decoder_layers_q8_0"][wt as usize];
+        if smem > gpu.max_dynamic_smem {
+            return Ok(Err(format!("needs {smem} bytes of shared memory per block")));
+        }
+        // SAFETY: LayerDesc is repr(C) plain data (u64/i32 fields, no padding holes read).
+        let bytes = unsafe { std::slice::from_raw_parts(descs.as_ptr() as *const u8, std::mem::size_of_val(descs.as_slice())) };
+        let table = gpu.upload(bytes)?;
+        let bar = gpu.upload(&[0u32; 2])?;
+        Ok(Ok(Persistent { table, bar, grid: gpu.sm_count as u32, smem, n_layers: layers.len(), kernel, prof: None }))
+    }
+
+    /// Turns barrier timestamps on or off (costs a little; for `cuda-check profile`).
+    pub fn set_profiling(&mut self, gpu: &Gpu, on: bool) -> Result<(), BackendError> {
+        self.prof = if on { Some(gpu.alloc(self.prof_words() * 8)?) } else { None };
+        Ok(())
+    }
+
+    fn prof_words(&self) -> usize {
+        2 * (5 * self.n_layers + 1) * self.grid as usize
+    }
+
+    /// The last step's timestamps: per barrier k (5 per layer, then one row of start times),
+    /// per block, (arrived, left) in ns.
+    pub fn profile(&self, gpu: &Gpu) -> Result<Option<Vec<u64>>, BackendError> {
+        match &self.prof {
+            None => Ok(None),
+            Some(b) => Ok(Some(gpu.read(b.ptr(), self.prof_words())?)),
+        }
+    }
+
+    /// How far one launch moves the barrier counter (5 barriers per layer, one arrival per block).
+    pub fn counter_advance(&self) -> u32 {
+        (5 * self.n_layers as u32).wrapping_mul(self.grid)
+    }
+
+    pub fn grid(&self) -> usize {
+        self.grid as usize
+    }
+
+    /// Launches `decoder_layers` for one position (x holds its embedding; params[1] holds the
+    /// barrier counter's value before the launch, see decode.cu's grid_barrier).
+    pub fn launch(&self, gpu: &Gpu, c: &ModelConfig, n_layers: usize, output_norm: u64, rope_table: u64, b: &StepBuffers) -> Result<(), BackendError> {
+        let args = [
+            Arg::Ptr(self.table.ptr()),
+            Arg::I32(n_layers as i32),
+            Arg::Ptr(b.x),
+            Arg::Ptr(b.q),
+            Arg::Ptr(b.attn.0),
+            Arg::Ptr(b.attn.1),
+            Arg::Ptr(b.attn.2),
+            Arg::Ptr(b.sw.0),
+            Arg::Ptr(b.sw.1),
+            Arg::Ptr(b.xn.0),
+            Arg::Ptr(b.xn.1),
+            Arg::Ptr(b.xn.2),
+            Arg::Ptr(output_norm),
+            Arg::Ptr(b.tap),
+            Arg::Ptr(rope_table),
+            Arg::Ptr(b.params),
+            Arg::I32(c.dim as i32),
+            Arg::I32(c.kv_dim() as i32),
+            Arg::I32(c.head_dim as i32),
+            Arg::I32(c.n_heads as i32),
+            Arg::I32(c.n_kv_heads as i32),
+            Arg::I32(c.ffn_dim as i32),
+            Arg::F32(c.rms_eps),
+            Arg::F32(1.0f32 / (c.head_dim as f32).sqrt()),
+            Arg::Ptr(self.bar.ptr()),
+            Arg::Ptr(self.prof.as_ref().map_or(0, |b| b.ptr())),
+        ];
+        gpu.launch_cooperative(self.kernel, self.grid, THREADS, self.smem as u32, &args)
+    }
+}
