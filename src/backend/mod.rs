@@ -152,6 +152,22 @@ pub trait Backend: Send {
     }
 }
 
+/// The checks every backend's `forward` makes before touching its cache: the batch continues
+/// the cache, fits the context and names only tokens of the vocabulary.
+pub fn check_batch(tokens: &[u32], pos0: usize, n_cached: usize, n_ctx: usize, n_vocab: usize) -> Result<(), BackendError> {
+    if pos0 != n_cached {
+        return Err(BackendError::NonContiguous { cached: n_cached, pos0 });
+    }
+    let end = pos0 + tokens.len();
+    if end > n_ctx {
+        return Err(BackendError::ContextFull { pos0, end, n_ctx });
+    }
+    if let Some(&id) = tokens.iter().find(|&&id| id as usize >= n_vocab) {
+        return Err(BackendError::BadToken { id, n_vocab });
+    }
+    Ok(())
+}
+
 /// Which backend runs the model (`--backend auto|cpu|cuda`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendChoice {

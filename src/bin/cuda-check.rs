@@ -18,6 +18,7 @@ use worker_orcd::backend::cuda::{self, CudaBackend};
 use worker_orcd::backend::{Backend, LogitRows, NoTap, Tap, TapPoint};
 use worker_orcd::model::Model;
 use worker_orcd::reference::ReferenceRecording;
+use worker_orcd::replay::metrics::nmse;
 use worker_orcd::sampler::argmax;
 
 const USAGE: &str = "usage: cuda-check <info|parity|determinism|bench|all> [--model PATH] [--corpus DIR] [--runs N]";
@@ -101,19 +102,6 @@ impl Tap for Collect {
     }
     fn record(&mut self, p: TapPoint, _: usize, _: usize, data: &[f32]) {
         self.tensors.entry(p).or_default().extend_from_slice(data);
-    }
-}
-
-fn nmse(a: &[f32], b: &[f32]) -> f64 {
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        num += (x as f64 - y as f64).powi(2);
-        den += (y as f64).powi(2);
-    }
-    if den == 0.0 {
-        if num == 0.0 { 0.0 } else { f64::INFINITY }
-    } else {
-        num / den
     }
 }
 

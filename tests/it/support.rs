@@ -5,16 +5,17 @@ use std::sync::{Arc, OnceLock};
 use worker_orcd::model::Model;
 use worker_orcd::tokenizer::Tokenizer;
 
-/// The default model (fetched and verified through `worker_orcd::fetch` on first use), loaded
-/// once and shared by every test in this binary.
+/// The default model's path (`WORKER_ORCD_MODEL`, else fetched and verified through
+/// `worker_orcd::fetch` on first use). Never skipped: a test that needs the model fails without it.
+pub fn model_path() -> std::path::PathBuf {
+    static PATH: OnceLock<std::path::PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| worker_orcd::fetch::default_model_path().expect("default model (see README: cargo xtask fetch-model)")).clone()
+}
+
+/// The default model, loaded once and shared by every test in this binary.
 pub fn model() -> Arc<Model> {
     static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            let path = worker_orcd::fetch::default_model_path().expect("default model (see README: cargo xtask fetch-model)");
-            Arc::new(Model::open(&path).expect("default model loads"))
-        })
-        .clone()
+    MODEL.get_or_init(|| Arc::new(Model::open(&model_path()).expect("default model loads"))).clone()
 }
 
 pub fn tokenizer() -> Arc<Tokenizer> {
@@ -22,19 +23,11 @@ pub fn tokenizer() -> Arc<Tokenizer> {
     TOK.get_or_init(|| Arc::new(Tokenizer::from_gguf(&model().file).expect("tokenizer loads"))).clone()
 }
 
-/// Normalized mean squared error `Σ(a-b)² / Σb²` of `a` against reference `b`, in f64.
+/// Normalized mean squared error `Σ(a-b)² / Σb²` of `a` against reference `b`, in f64 (the
+/// replay module's metric).
 pub fn nmse(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "nmse of slices of different lengths");
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        num += (x as f64 - y as f64).powi(2);
-        den += (y as f64).powi(2);
-    }
-    if den == 0.0 {
-        if num == 0.0 { 0.0 } else { f64::INFINITY }
-    } else {
-        num / den
-    }
+    worker_orcd::replay::metrics::nmse(a, b)
 }
 
 /// Largest per-row NMSE over rows of `width` (position 0 of this model carries a huge

