@@ -221,9 +221,14 @@ fn compare(r: &mut CaseReport, a: &Recording, b: &Recording, ids_a: &[u32], ids_
     let mut prev_at: BTreeMap<u32, (String, f64)> = BTreeMap::new();
     let keys: std::collections::BTreeSet<(u32, Site)> = ra.keys().chain(rb.keys()).copied().filter(|k| k.0 < limit).collect();
     let mut unmeasured = 0usize;
+    let (mut rows_compared, mut rows_identical) = (0usize, 0usize);
     for k in keys {
         let (pos, site) = k;
         let (x, y) = (ra.get(&k), rb.get(&k));
+        rows_compared += 1;
+        if let (Some(x), Some(y)) = (x, y) {
+            rows_identical += usize::from(x.hash == y.hash);
+        }
         let (ok, err, missing) = match (x, y) {
             (Some(x), Some(y)) if x.hash == y.hash => (true, Some(0.0), false),
             (Some(x), Some(y)) => {
@@ -263,6 +268,7 @@ fn compare(r: &mut CaseReport, a: &Recording, b: &Recording, ids_a: &[u32], ids_
         }
         prev_at.insert(pos, (site.name(), err.unwrap_or(f64::NAN)));
     }
+    r.notes.push(format!("trace rows with identical hashes: {rows_identical}/{rows_compared}"));
     if unmeasured > 0 {
         r.notes.push(format!("{unmeasured} differing rows could not be measured (trace level hashes): only tokens are judged there"));
     }

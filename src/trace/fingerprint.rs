@@ -35,26 +35,12 @@ pub fn fingerprint_of(model_name: &str, sha: &str, backend: &dyn Backend, thread
     }
 }
 
-/// The build's git commit: `WORKER_ORCD_GIT_COMMIT` at compile time, else `git describe` of
-/// the source checkout (with `-dirty`), else `unknown`.
+/// The build's git commit (`git describe --always --dirty` at build time, see build.rs), else
+/// `unknown`.
 pub fn git_commit() -> String {
-    static COMMIT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    COMMIT
-        .get_or_init(|| {
-            if let Some(c) = option_env!("WORKER_ORCD_GIT_COMMIT") {
-                return c.to_string();
-            }
-            std::process::Command::new("git")
-                .args(["-C", env!("CARGO_MANIFEST_DIR"), "describe", "--always", "--dirty", "--abbrev=40"])
-                .stderr(std::process::Stdio::null())
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "unknown".into())
-        })
-        .clone()
+    // Embedded by build.rs at compile time: a run-time `git describe` would describe whatever
+    // checkout happens to sit at the build path on the machine the binary runs on.
+    option_env!("WORKER_ORCD_GIT_COMMIT").unwrap_or("unknown").to_string()
 }
 
 pub fn cpu_model() -> String {

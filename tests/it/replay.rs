@@ -125,3 +125,28 @@ fn diff_compares_two_recordings_without_re_executing() {
     assert!(!r.passed);
     assert!(r.checks.iter().any(|c| c.name.starts_with("same request") && !c.passed));
 }
+
+/// The committed recordings made by the server on an H100 (`recordings/worker/`, see its
+/// README) replay on the CPU backend with every token and every traced row hash-identical:
+/// the CUDA backend's bitwise contract, checked on every CI run without a GPU.
+#[test]
+fn gpu_recordings_replay_bit_identically_on_the_cpu() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("recordings/worker");
+    let mut paths: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "wrec")).collect();
+    paths.sort();
+    assert!(paths.len() >= 2, "expected the GPU recordings in {}", dir.display());
+    for path in paths {
+        let rec = worker::open_recording(&path).unwrap();
+        let fp = &rec.header.as_ref().unwrap().fingerprint;
+        assert_eq!(fp.backend, "cuda", "{}: not a GPU recording", path.display());
+        assert!(fp.kernel_source_hash.is_some(), "{}: no kernel hash in the fingerprint", path.display());
+        let (mut engine, here) = fresh_engine(2);
+        let _g = crate::faults::LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let r = worker::replay(&path, &mut engine, &here).unwrap();
+        assert!(r.passed, "{}: {}\n{:?}", path.display(), r.divergence_line(), r.checks);
+        let rows = r.notes.iter().find_map(|n| n.strip_prefix("trace rows with identical hashes: ")).expect("hash count note");
+        let (same, total) = rows.split_once('/').unwrap();
+        assert!(total.parse::<usize>().unwrap() > 0 && same == total, "{}: only {rows} rows hash-identical on the CPU", path.display());
+        println!("{}: {} tokens, {rows} trace rows hash-identical on the CPU (recorded on {})", path.display(), r.tokens.len(), fp.device);
+    }
+}
