@@ -322,6 +322,124 @@ MATVEC_Q_KERNEL(matvec_q4_1_q8_1, WT_Q4_1)
 MATVEC_Q_KERNEL(matvec_q4_0_q8_0, WT_Q4_0)
 MATVEC_Q_KERNEL(matvec_q8_0_q8_0, WT_Q8_0)
 
+// ---------------------------------------------------------------------------------------------
+// Tensor-core variant for many tokens (prefill): the same numbers through int8 MMA.
+//
+// Each 32-element block's integer dot product is exact however it is computed, so one
+// mma.sync.m16n8k32 (s8 x s8 -> s32) yields the sumi of 16 rows x 8 tokens for block b at once.
+// Each thread then owns 2 rows x 2 tokens of that tile and adds the block's float terms in
+// block order, `acc += (d_w * d_a) * sumi` and (Q4_1) `summs += m_w * s_a`, ending with
+// `acc + summs`: the CPU's sequence for every output, so results are bitwise those of
+// matvec_q_block (and of the CPU backend) for any n_tok and chunking.
+// Fragments (PTX ISA, m16n8k32 .s8): g = lane / 4, t = lane % 4; A regs 0..3 hold rows g, g+8,
+// g, g+8 at k = 4t..4t+3, 4t..4t+3, 16+4t.., 16+4t..; B regs 0..1 hold column (token) g at
+// k = 4t.. and 16+4t..; C regs 0..3 hold (g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1).
+// Q4_x byte j holds element j (low nibble) and j + 16 (high nibble), so a thread's A word for
+// a row is bytes 4t..4t+3 of the block: low nibbles give k = 4t.., high nibbles k = 16+4t...
+// Launch: grid (n_out / 16, ceil(n_tok / 32)), block 128 (warp w: tokens 32y + 8w .. + 8),
+// no shared memory. n_out % 16 == 0. Modes: MODE_STORE and MODE_ADD (with tap) only.
+
+__device__ __forceinline__ void mma_s8_16x8x32(int (&c)[4], const u32 (&a)[4], const u32 (&b)[2]) {
+    c[0] = c[1] = c[2] = c[3] = 0;
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+template <int WT>
+__device__ __forceinline__ void mma_a_fragment(const u8* __restrict__ qs, size_t blk_a, size_t blk_b, int t,
+                                               u32 (&a)[4]) {
+    if (WT == WT_Q8_0) {
+        const u8* pa = qs + blk_a * 32 + 4 * t;
+        const u8* pb = qs + blk_b * 32 + 4 * t;
+        a[0] = *(const u32*)pa;
+        a[1] = *(const u32*)pb;
+        a[2] = *(const u32*)(pa + 16);
+        a[3] = *(const u32*)(pb + 16);
+    } else {
+        const u32 m4 = 0x0F0F0F0Fu;
+        u32 wa = *(const u32*)(qs + blk_a * 16 + 4 * t);
+        u32 wb = *(const u32*)(qs + blk_b * 16 + 4 * t);
+        a[0] = wa & m4;
+        a[1] = wb & m4;
+        a[2] = (wa >> 4) & m4;
+        a[3] = (wb >> 4) & m4;
+        if (WT == WT_Q4_0) {
+            // q - 8 per byte (exact: the same integer sum as sum q a - 8 sum a).
+#pragma unroll
+            for (int i = 0; i < 4; i++) a[i] = __vsub4(a[i], 0x08080808u);
+        }
+    }
+}
+
+template <int WT>
+__device__ __forceinline__ void matvec_mma(const u8* __restrict__ qs, const u32* __restrict__ dm,
+                                           const i8* __restrict__ aq, const float2* __restrict__ ads, float* out,
+                                           float* tap, int n_in, int n_out, int out_stride, int mode, int n_tok) {
+    pdl_launch();
+    pdl_wait();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int nb = n_in / QK;
+    const int row_a = blockIdx.x * 16 + g, row_b = row_a + 8;
+    const int tok0 = blockIdx.y * 32 + warp * 8;
+    if (tok0 >= n_tok) return;  // whole warps
+    const int tok_frag = tok0 + g;                       // B column this thread loads
+    const int tok_c0 = tok0 + 2 * t, tok_c1 = tok_c0 + 1;  // C columns this thread owns
+    const bool has_frag = tok_frag < n_tok, has_c0 = tok_c0 < n_tok, has_c1 = tok_c1 < n_tok;
+    const i8* arow = aq + (size_t)(has_frag ? tok_frag : tok0) * n_in;
+    const float2* ads0 = ads + (size_t)(has_c0 ? tok_c0 : tok0) * nb;
+    const float2* ads1 = ads + (size_t)(has_c1 ? tok_c1 : tok0) * nb;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, summs[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 2
+    for (int b = 0; b < nb; b++) {
+        u32 a[4], bf[2];
+        mma_a_fragment<WT>(qs, (size_t)row_a * nb + b, (size_t)row_b * nb + b, t, a);
+        if (has_frag) {
+            bf[0] = *(const u32*)(arow + b * QK + 4 * t);
+            bf[1] = *(const u32*)(arow + b * QK + 16 + 4 * t);
+        } else {
+            bf[0] = bf[1] = 0;
+        }
+        u32 dma = dm[(size_t)row_a * nb + b], dmb = dm[(size_t)row_b * nb + b];
+        float2 da0 = ads0[b], da1 = ads1[b];
+        int c[4];
+        mma_s8_16x8x32(c, a, bf);
+        float d_a = h2f((u16)(dma & 0xffffu)), d_b = h2f((u16)(dmb & 0xffffu));
+        acc[0] += (d_a * da0.x) * (float)c[0];
+        acc[1] += (d_a * da1.x) * (float)c[1];
+        acc[2] += (d_b * da0.x) * (float)c[2];
+        acc[3] += (d_b * da1.x) * (float)c[3];
+        if (WT == WT_Q4_1) {
+            float m_a = h2f((u16)(dma >> 16)), m_b = h2f((u16)(dmb >> 16));
+            summs[0] += m_a * da0.y;
+            summs[1] += m_a * da1.y;
+            summs[2] += m_b * da0.y;
+            summs[3] += m_b * da1.y;
+        }
+    }
+    const int rows[4] = {row_a, row_a, row_b, row_b};
+    const int toks[4] = {tok_c0, tok_c1, tok_c0, tok_c1};
+    const bool ok[4] = {has_c0, has_c1, has_c0, has_c1};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        if (!ok[i] || rows[i] >= n_out) continue;
+        float v = WT == WT_Q4_1 ? acc[i] + summs[i] : acc[i];
+        store_out(out, tap, (size_t)toks[i] * out_stride + rows[i], v, mode);
+    }
+}
+
+#define MATVEC_MMA_KERNEL(name, WT)                                                                        \
+    extern "C" __global__ void name(const u8* qs, const u32* dm, const i8* aq, const float2* ads, float* out,   \
+                                    float* tap, int n_in, int n_out, int out_stride, int mode, int n_tok) {    \
+        matvec_mma<WT>(qs, dm, aq, ads, out, tap, n_in, n_out, out_stride, mode, n_tok);                    \
+    }
+MATVEC_MMA_KERNEL(matvec_mma_q4_1_q8_1, WT_Q4_1)
+MATVEC_MMA_KERNEL(matvec_mma_q4_0_q8_0, WT_Q4_0)
+MATVEC_MMA_KERNEL(matvec_mma_q8_0_q8_0, WT_Q8_0)
+
 // Float weights: w (n_out, n_in) raw from the GGUF file (f16 / bf16 bits, or f32).
 enum { FT_F16 = 0, FT_BF16 = 1, FT_F32 = 2 };
 

@@ -21,7 +21,7 @@ use worker_orcd::reference::ReferenceRecording;
 use worker_orcd::replay::metrics::nmse;
 use worker_orcd::sampler::argmax;
 
-const USAGE: &str = "usage: cuda-check <info|parity|determinism|bench|all> [--model PATH] [--corpus DIR] [--runs N]";
+const USAGE: &str = "usage: cuda-check <info|parity|determinism|bench|profile|prefill|all> [--model PATH] [--corpus DIR] [--runs N]";
 
 struct Args {
     cmd: String,
@@ -54,6 +54,7 @@ fn main() -> Result<()> {
         "determinism" => determinism(&load_model(&a)?, &a),
         "bench" => bench(&load_model(&a)?),
         "profile" => profile(&load_model(&a)?),
+        "prefill" => prefill(&load_model(&a)?),
         "all" => {
             info()?;
             let m = load_model(&a)?;
@@ -335,6 +336,19 @@ impl Tap for CopyTap {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
+}
+
+/// Two 512-token prefills (trace off), for a kernel profiler (`ncu`) to time each launch.
+fn prefill(m: &Arc<Model>) -> Result<()> {
+    let mut b = CudaBackend::new(Arc::clone(m), 2048)?;
+    let prompt: Vec<u32> = (0..512u32).map(|i| (i * 7919 + 13) % m.config.n_vocab as u32).collect();
+    for _ in 0..2 {
+        b.truncate(0);
+        let t = Instant::now();
+        b.forward(&prompt, 0, LogitRows::Last, &mut NoTap)?;
+        println!("prefill pp512: {:.2} ms", t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(())
 }
 
 /// Where a persistent decode step spends its time: per phase of a layer, the work (last block's

@@ -210,7 +210,8 @@ fn matvec_matches_cpu_for_every_weight_type() {
     let Some(g) = gpu() else { return };
     let mut rng = Rng::new(4);
     for ty in [GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::F16, GgmlType::BF16, GgmlType::F32] {
-        for (n_out, n_in, n_tok) in [(200, 576, 1), (77, 1536, 5), (576, 576, 3)] {
+        // 40 and 517 tokens take the tensor-core kernels (n_out % 16 == 0); the rest dp4a.
+        for (n_out, n_in, n_tok) in [(200, 576, 1), (77, 1536, 5), (576, 576, 3), (192, 1536, 40), (960, 576, 517)] {
             let data = random_matrix(&mut rng, ty, n_out, n_in);
             let m = quant::QMatrix { ty, data: &data, n_in, n_out };
             let x = rng.activations(n_tok, n_in);

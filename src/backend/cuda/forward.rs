@@ -41,6 +41,15 @@ const MV_ROWS_ONE: usize = 8;
 /// Tokens per block: each weight block is loaded once per this many tokens.
 const MV_TOKENS: usize = 8;
 
+/// Positions from which quantized products run on the tensor cores (`matvec_mma_*`, the same
+/// bits); `WORKER_ORCD_CUDA_MMA=0` keeps every product on the dp4a kernels.
+const MMA_MIN_TOKENS: usize = 16;
+
+pub(crate) fn mma_tokens(n_tok: usize) -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    n_tok >= MMA_MIN_TOKENS && *ON.get_or_init(|| std::env::var("WORKER_ORCD_CUDA_MMA").map(|v| v != "0").unwrap_or(true))
+}
+
 /// A matvec's input normalized inside the kernel: rows of the residual stream `x` and the norm
 /// weight `w` (rmsnorm_q8's arithmetic), instead of precomputed Q8_1 rows.
 #[derive(Debug, Clone, Copy)]
@@ -95,6 +104,24 @@ pub(crate) fn launch_matvec(
             Arg::I32(mode),
         ];
         return gpu.launch(m.kernel(), (m.n_out.div_ceil(128) as u32, n_tok as u32, 1), 128, 0, &args);
+    }
+    if let (Some(kernel), true, None, true) = (m.mma_kernel(), mma_tokens(n_tok), norm, m.n_out % 16 == 0) {
+        if mode <= 1 {
+            let args = [
+                Arg::Ptr(m.qs),
+                Arg::Ptr(m.dm),
+                Arg::Ptr(aq),
+                Arg::Ptr(ads),
+                Arg::Ptr(out),
+                Arg::Ptr(tap),
+                Arg::I32(m.n_in as i32),
+                Arg::I32(m.n_out as i32),
+                Arg::I32(out_stride as i32),
+                Arg::I32(mode),
+                Arg::I32(n_tok as i32),
+            ];
+            return gpu.launch(kernel, ((m.n_out / 16) as u32, n_tok.div_ceil(32) as u32, 1), 128, 0, &args);
+        }
     }
     let toks = n_tok.min(MV_TOKENS);
     let (rows, grid_x) = match epi {
@@ -422,7 +449,9 @@ impl CudaBackend {
             let kc = self.k_cache.ptr() + (l * layer_kv) as u64;
             let vc = self.v_cache.ptr() + (l * layer_kv) as u64;
             // Attention block.
-            let fuse_qkv = dbg.is_none() && lw.qkv.len() == 1 && lw.qkv[0].m.is_quantized() && dim % MV_ROWS == 0 && kv_dim % MV_ROWS == 0;
+            // Tensor-core products (many positions) have no fused epilogues: RoPE and SwiGLU run
+            // as their own kernels there.
+            let fuse_qkv = dbg.is_none() && !mma_tokens(n) && lw.qkv.len() == 1 && lw.qkv[0].m.is_quantized() && dim % MV_ROWS == 0 && kv_dim % MV_ROWS == 0;
             // The norm is folded into the product only for one position: every block redoes it,
             // which is cheaper than a launch when decoding and dearer when prefilling.
             let fuse_norm = fuse_qkv && n == 1;
@@ -497,7 +526,7 @@ impl CudaBackend {
             emit(&mut dbg, TapPoint::FfnInp(l), s.x, dim, 0)?;
 
             // Feed-forward block (SwiGLU).
-            let fuse_swiglu = dbg.is_none() && lw.gate_up.len() == 1 && lw.gate_up[0].m.is_quantized() && ffn % QK == 0;
+            let fuse_swiglu = dbg.is_none() && !mma_tokens(n) && lw.gate_up.len() == 1 && lw.gate_up[0].m.is_quantized() && ffn % QK == 0;
             let fuse_norm = fuse_swiglu && n == 1;
             if !fuse_norm {
                 self.rmsnorm_q8(s.x, lw.ffn_norm, &s.xn, 0, n)?;

@@ -79,7 +79,17 @@ impl KernelModule {
             KernelModule::Rmsnorm => &["rmsnorm_f32", "rmsnorm_q8"],
             KernelModule::Quantize => &["quantize_q8_1"],
             KernelModule::Matvec => {
-                &["matvec_q4_1_q8_1", "matvec_q4_0_q8_0", "matvec_q8_0_q8_0", "matvec_f16", "matvec_bf16", "matvec_f32"]
+                &[
+                    "matvec_q4_1_q8_1",
+                    "matvec_q4_0_q8_0",
+                    "matvec_q8_0_q8_0",
+                    "matvec_mma_q4_1_q8_1",
+                    "matvec_mma_q4_0_q8_0",
+                    "matvec_mma_q8_0_q8_0",
+                    "matvec_f16",
+                    "matvec_bf16",
+                    "matvec_f32",
+                ]
             }
             KernelModule::Rope => &["rope_norm", "rope_store_kv"],
             KernelModule::Attention => &["attention_f32"],

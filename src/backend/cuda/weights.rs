@@ -77,6 +77,16 @@ impl DevMatrix {
         }
     }
 
+    /// The tensor-core matvec kernel for many tokens (quantized types only).
+    pub fn mma_kernel(&self) -> Option<&'static str> {
+        match self.ty {
+            GgmlType::Q4_1 => Some("matvec_mma_q4_1_q8_1"),
+            GgmlType::Q4_0 => Some("matvec_mma_q4_0_q8_0"),
+            GgmlType::Q8_0 => Some("matvec_mma_q8_0_q8_0"),
+            _ => None,
+        }
+    }
+
     /// The embedding kernel reading rows of this matrix as a table.
     pub fn embedding_kernel(&self) -> &'static str {
         match self.ty {
