@@ -308,10 +308,9 @@ pub fn chained(backend: &mut dyn Backend, rec: &ReferenceRecording) -> Result<Ch
     let mut out = Vec::new();
     let mut uncompared = Vec::new();
     let mut not_produced = Vec::new();
-    let backend_ref: &dyn Backend = backend;
     let mut compare = |layer: Option<usize>, p: TapPoint, name: String| {
         let bound = bounds::chained_nmse(p);
-        if !backend_ref.produces(p) {
+        if !backend.produces(p) {
             not_produced.push(name);
             return;
         }

@@ -226,11 +226,11 @@ fn compare(r: &mut CaseReport, a: &Recording, b: &Recording, ids_a: &[u32], ids_
         let (pos, site) = k;
         let (x, y) = (ra.get(&k), rb.get(&k));
         rows_compared += 1;
-        if let (Some(x), Some(y)) = (x, y) {
-            rows_identical += usize::from(x.hash == y.hash);
-        }
         let (ok, err, missing) = match (x, y) {
-            (Some(x), Some(y)) if x.hash == y.hash => (true, Some(0.0), false),
+            (Some(x), Some(y)) if x.hash == y.hash => {
+                rows_identical += 1;
+                (true, Some(0.0), false)
+            }
             (Some(x), Some(y)) => {
                 let e = row_nmse(x, y);
                 if e.is_none() {

@@ -280,11 +280,6 @@ impl CpuBackend {
         let c = self.model.config.clone();
         let n = tokens.len();
         let dim = c.dim;
-        let emit = |tap: &mut dyn Tap, p: TapPoint, data: &[f32]| {
-            if tap.wants(p) {
-                tap.record(p, pos0, n, data);
-            }
-        };
 
         // Embedding lookup (get_rows on token_embd).
         let mut x = vec![0.0f32; n * dim];
@@ -292,7 +287,9 @@ impl CpuBackend {
         for (t, &id) in tokens.iter().enumerate() {
             ops::embedding(self.model.token_embd.ty(), table, dim, id, &mut x[t * dim..(t + 1) * dim]);
         }
-        emit(tap, TapPoint::Embd, &x);
+        if tap.wants(TapPoint::Embd) {
+            tap.record(TapPoint::Embd, pos0, n, &x);
+        }
 
         let xn = self.decoder_layers(&mut x, pos0, n, tap);
         let (first, count) = match rows {
