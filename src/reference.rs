@@ -153,12 +153,46 @@ pub struct ReferenceCase {
     #[serde(default)]
     pub op_positions: Option<RowSelection>,
     pub captured: Vec<CapturedTensor>,
+    /// How llama.cpp was driven: one batch for the prompt (v1 files) or one token per decode.
+    #[serde(default)]
+    pub mode: RecordingMode,
+    /// How the llama.cpp that made the recording was built (`llama_cpp_python`, `ggml_commit`,
+    /// `build_flags`, `system_info`, `cpu`, ...); absent in v1 files.
+    #[serde(default)]
+    pub build: Option<BTreeMap<String, String>>,
+    /// Columns of the `hashes` tensor, `<ggml name>#<occurrence>` in graph order (token mode).
+    #[serde(default)]
+    pub hash_columns: Vec<String>,
+    /// The ggml op of each hash column (`MUL_MAT`, `ROPE`, `ADD`, ...).
+    #[serde(default)]
+    pub hash_ops: Vec<String>,
+}
+
+/// How a reference recording drove llama.cpp.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordingMode {
+    /// The prompt in one `llama_decode` (n ≥ 2: llamafile's tinyBLAS for F32 and Q8_0 products).
+    #[default]
+    Batch,
+    /// One token per `llama_decode`: every product through ggml's `vec_dot` kernels.
+    Token,
 }
 
 impl ReferenceCase {
     /// Number of prompt tokens.
     pub fn n_tokens(&self) -> usize {
         self.prompt_ids.len()
+    }
+
+    /// Positions with hashes in a token recording: the prompt, then the greedy tokens that were
+    /// decoded (all but the last, which no decode followed).
+    pub fn n_hashed_positions(&self) -> usize {
+        if self.hash_columns.is_empty() {
+            0
+        } else {
+            self.n_tokens() + self.greedy_ids.len().saturating_sub(1)
+        }
     }
 }
 
@@ -398,6 +432,17 @@ impl ReferenceRecording {
                 ),
             ));
         }
+        if c.hash_columns.len() != c.hash_ops.len() {
+            return Err(meta("hash_ops", format!("{} ops for {} hash_columns", c.hash_ops.len(), c.hash_columns.len())));
+        }
+        if !c.hash_columns.is_empty() {
+            let want = vec![c.n_hashed_positions(), c.hash_columns.len(), 2];
+            match self.tensors.get("hashes") {
+                Some(RefTensor { shape, data: RefData::I32(_) }) if *shape == want => {}
+                Some(t) => return Err(meta("hashes", format!("shape {:?} ({}), expected {want:?} (I32)", t.shape, t.data.dtype()))),
+                None => return Err(meta("hashes", "hash_columns given but no `hashes` tensor".into())),
+            }
+        }
         if c.op_layers.is_empty() != c.op_positions.is_none() {
             return Err(meta(
                 "op_positions",
@@ -482,6 +527,17 @@ impl ReferenceRecording {
         }
     }
 
+    /// xxh3-64 of the exact f32 bytes of hash column `col` at position `pos` (token recordings;
+    /// see `recordings/llama.cpp/README.md`), `None` outside the stored range.
+    pub fn row_hash(&self, pos: usize, col: usize) -> Option<u64> {
+        let Some(RefTensor { shape, data: RefData::I32(v) }) = self.tensors.get("hashes") else { return None };
+        if shape.len() != 3 || pos >= shape[0] || col >= shape[1] {
+            return None;
+        }
+        let i = (pos * shape[1] + col) * 2;
+        Some(v[i] as u32 as u64 | ((v[i + 1] as u32 as u64) << 32))
+    }
+
     /// All stored tensor names, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)
@@ -563,34 +619,41 @@ fn decompress(path: &Path, compressed: &[u8]) -> Result<Vec<u8>, ReferenceError>
     Ok(out)
 }
 
-/// `<crate root>/recordings/llama.cpp`.
+/// `<crate root>/recordings/llama.cpp`: the batch recordings.
 pub fn corpus_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("recordings")
-        .join("llama.cpp")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("recordings").join("llama.cpp")
 }
 
-/// Opens every `*.safetensors.zst` in [`corpus_dir`], sorted by file name.
+/// `<crate root>/recordings/llama.cpp/token`: the token-by-token recordings.
+pub fn token_corpus_dir() -> PathBuf {
+    corpus_dir().join("token")
+}
+
+/// Opens every batch recording ([`corpus_dir`]), sorted by file name.
 pub fn load_corpus() -> Result<Vec<(PathBuf, ReferenceRecording)>, ReferenceError> {
-    let dir = corpus_dir();
-    let io = |source| ReferenceError::Io {
-        path: dir.clone(),
-        source,
-    };
+    load_dir(&corpus_dir())
+}
+
+/// Opens every token-by-token recording ([`token_corpus_dir`]), sorted by file name.
+pub fn load_token_corpus() -> Result<Vec<(PathBuf, ReferenceRecording)>, ReferenceError> {
+    load_dir(&token_corpus_dir())
+}
+
+/// The `*.safetensors.zst` files directly in `dir`, sorted by file name.
+pub fn recordings_in(dir: &Path) -> Result<Vec<PathBuf>, ReferenceError> {
+    let io = |source| ReferenceError::Io { path: dir.to_path_buf(), source };
     let mut paths = Vec::new();
-    for entry in std::fs::read_dir(&dir).map_err(io)? {
+    for entry in std::fs::read_dir(dir).map_err(io)? {
         let path = entry.map_err(io)?.path();
-        let is_recording = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.ends_with(RECORDING_SUFFIX));
-        if is_recording {
+        if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(RECORDING_SUFFIX)) {
             paths.push(path);
         }
     }
     paths.sort();
-    paths
-        .into_iter()
-        .map(|p| ReferenceRecording::open(&p).map(|r| (p, r)))
-        .collect()
+    Ok(paths)
+}
+
+/// Opens every recording directly in `dir`, sorted by file name.
+pub fn load_dir(dir: &Path) -> Result<Vec<(PathBuf, ReferenceRecording)>, ReferenceError> {
+    recordings_in(dir)?.into_iter().map(|p| ReferenceRecording::open(&p).map(|r| (p, r))).collect()
 }

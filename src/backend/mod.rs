@@ -24,7 +24,10 @@ pub enum TapPoint {
     /// Q and K after RoPE.
     QRope(usize),
     KRope(usize),
-    /// Attention probabilities, (n_tok, n_heads, n_kv) with n_kv = pos0 + n_tok.
+    /// Raw attention scores Q·K (before the scale, mask and softmax), laid out as `KqSoftmax`.
+    Kq(usize),
+    /// Attention probabilities, (n_tok, n_heads, n_kv) with n_kv = pos0 + n_tok (cells a
+    /// position does not attend to are 0).
     KqSoftmax(usize),
     /// Attention output before the output projection, (n_tok, dim).
     KqvOut(usize),
@@ -52,6 +55,7 @@ impl TapPoint {
             Q(l) | QRope(l) => format!("Qcur-{l}"),
             K(l) | KRope(l) => format!("Kcur-{l}"),
             V(l) => format!("Vcur-{l}"),
+            Kq(l) => format!("kq-{l}"),
             KqSoftmax(l) => format!("kq_soft_max-{l}"),
             KqvOut(l) => format!("kqv_out-{l}"),
             AttnOut(l) => format!("attn_out-{l}"),
@@ -79,7 +83,7 @@ impl TapPoint {
         use TapPoint::*;
         match *self {
             Embd | ResultNorm | Logits => None,
-            AttnNorm(l) | Q(l) | K(l) | V(l) | QRope(l) | KRope(l) | KqSoftmax(l) | KqvOut(l) | AttnOut(l)
+            AttnNorm(l) | Q(l) | K(l) | V(l) | QRope(l) | KRope(l) | Kq(l) | KqSoftmax(l) | KqvOut(l) | AttnOut(l)
             | FfnInp(l) | FfnNorm(l) | FfnGate(l) | FfnUp(l) | FfnSwiglu(l) | FfnOut(l) | LOut(l) => Some(l),
         }
     }

@@ -22,6 +22,8 @@ pub struct OpResult {
     /// Stored reference name (`Qcur-0#0`, `kqv_out-1#0`, `result_output`), or a control.
     pub tensor: String,
     pub nmse: f64,
+    /// Every element bit-identical to llama.cpp's.
+    pub identical: bool,
     pub bound: f64,
     /// For a negative control, `passed` means it missed by more than `1e3 × bound`.
     pub control: bool,
@@ -49,108 +51,160 @@ fn matmul(m: &Model, w: &Weight, x: &[f32]) -> Vec<f32> {
     out
 }
 
-struct Ops<'a> {
+struct Ops {
     out: Vec<OpResult>,
-    _m: &'a Model,
+    bounds: &'static bounds::Bounds,
 }
 
-impl Ops<'_> {
-    fn check(&mut self, layer: Option<usize>, tensor: String, ours: &[f32], theirs: &[f32], bound: f64) {
+impl Ops {
+    /// Compares one op's output; a bound of 0 demands bit-identity.
+    fn check(&mut self, layer: Option<usize>, tensor: String, ours: &[f32], theirs: &[f32]) {
+        let bound = self.bounds.op_for(&tensor);
         let e = metrics::nmse(ours, theirs);
-        self.out.push(OpResult { layer, tensor, nmse: e, bound, control: false, passed: metrics::within(e, bound) });
+        let identical = bits_equal(ours, theirs);
+        let passed = if bound == 0.0 { identical } else { metrics::within(e, bound) };
+        self.out.push(OpResult { layer, tensor, nmse: e, identical, bound, control: false, passed });
+    }
+
+    /// A tensor the op checks need is not in the recording: a failed check, never a silent skip.
+    fn missing(&mut self, layer: Option<usize>, what: String) {
+        let tensor = format!("{what} missing from the recording");
+        self.out.push(OpResult { layer, tensor, nmse: f64::INFINITY, identical: false, bound: 0.0, control: false, passed: false });
     }
 }
 
 /// Each op of the layers in `rec.case.op_layers`, plus the output head, computed by the CPU
-/// spec ops from llama.cpp's captured inputs and compared with llama.cpp's captured output.
-/// Empty for cases without op captures. Includes one negative control per layer: the Q
-/// product in plain f32 (no 8-bit activations) must miss by far more than the bound.
+/// spec ops from llama.cpp's captured inputs and compared with llama.cpp's captured output,
+/// under the recording mode's bounds (token recordings: bit for bit). Empty for cases without
+/// op captures. Includes one negative control per layer: the Q product in plain f32 (no 8-bit
+/// activations) must miss by more than 1e-10 NMSE.
 pub fn op_by_op(m: &Model, rec: &ReferenceRecording) -> Vec<OpResult> {
     let c = &m.config;
-    let mut r = Ops { out: Vec::new(), _m: m };
-    if rec.case.op_layers.is_empty() || rec.tensor(&format!("attn_norm-{}#0", rec.case.op_layers[0])).is_none() {
+    let mut r = Ops { out: Vec::new(), bounds: bounds::for_mode(rec.case.mode) };
+    if rec.case.op_layers.is_empty() {
         return r.out;
     }
     let pos = rec.case.row_pos.clone();
     let n = rec.case.prompt_ids.len();
     let all: Vec<usize> = (0..n).collect();
     for &l in &rec.case.op_layers {
-        let Some(lw) = m.layers.get(l) else { continue };
-        let t = |n: &str| format!("{n}-{l}#0");
-        let get = |name: &str, p: &[usize]| rows_at(rec, name, p);
-        let input = if l == 0 { get("embd", &pos) } else { get(&format!("l_out-{}", l - 1), &pos) };
-        let (Some(input), Some(attn_norm)) = (input, get(&t("attn_norm"), &pos)) else { continue };
+        let Some(lw) = m.layers.get(l) else {
+            r.missing(Some(l), format!("layer {l} (the model has {})", m.layers.len()));
+            continue;
+        };
+        // Every tensor an op needs, at the positions it needs; a missing one fails the layer.
+        let t = |name: &str| format!("{name}-{l}#0");
+        let input_name = if l == 0 { "embd".to_string() } else { format!("l_out-{}", l - 1) };
+        let names = [
+            (input_name.clone(), &pos),
+            (t("attn_norm"), &pos),
+            (t("Qcur"), &pos),
+            (t("Kcur"), &all),
+            (t("Vcur"), &all),
+            (format!("Qcur-{l}#2"), &pos),
+            (format!("Kcur-{l}#2"), &all),
+            (t("kqv_out"), &pos),
+            (t("attn_out"), &pos),
+            (t("ffn_inp"), &pos),
+            (t("ffn_norm"), &pos),
+            (t("ffn_gate"), &pos),
+            (t("ffn_up"), &pos),
+            (t("ffn_swiglu"), &pos),
+            (t("ffn_out"), &pos),
+            (format!("l_out-{l}"), &pos),
+        ];
+        let mut got = BTreeMap::new();
+        for (name, p) in names {
+            match rows_at(rec, &name, p) {
+                Some(v) => {
+                    got.insert(name, v);
+                }
+                None => r.missing(Some(l), format!("{name} at positions {:?}", &p[..p.len().min(4)])),
+            }
+        }
+        if got.len() < 16 {
+            continue;
+        }
+        let g = |name: &str| &got[name];
+        let (input, attn_norm) = (g(&input_name), g(&t("attn_norm")));
         let mut ours = vec![0.0; input.len()];
-        ops::rmsnorm(&input, &m.f32_vec(&lw.attn_norm), c.rms_eps, &mut ours);
-        r.check(Some(l), t("attn_norm"), &ours, &attn_norm, bounds::OP_NMSE);
-        let q0 = get(&t("Qcur"), &pos).unwrap_or_default();
-        r.check(Some(l), t("Qcur"), &matmul(m, &lw.wq, &attn_norm), &q0, bounds::OP_NMSE);
-        if let Some(k) = get(&t("Kcur"), &pos) {
-            r.check(Some(l), t("Kcur"), &matmul(m, &lw.wk, &attn_norm), &k, bounds::OP_NMSE);
-        }
-        if let Some(v) = get(&t("Vcur"), &pos) {
-            r.check(Some(l), t("Vcur"), &matmul(m, &lw.wv, &attn_norm), &v, bounds::OP_NMSE);
-        }
+        ops::rmsnorm(input, &m.f32_vec(&lw.attn_norm), c.rms_eps, &mut ours);
+        r.check(Some(l), t("attn_norm"), &ours, attn_norm);
+        let q0 = g(&t("Qcur"));
+        r.check(Some(l), t("Qcur"), &matmul(m, &lw.wq, attn_norm), q0);
+        let (k0_all, v_all) = (g(&t("Kcur")), g(&t("Vcur")));
+        let kv = c.kv_dim();
+        let at = |rows: &[f32], width: usize| -> Vec<f32> { pos.iter().flat_map(|&p| rows[p * width..(p + 1) * width].iter().copied()).collect() };
+        r.check(Some(l), t("Kcur"), &matmul(m, &lw.wk, attn_norm), &at(k0_all, kv));
+        r.check(Some(l), t("Vcur"), &matmul(m, &lw.wv, attn_norm), &at(v_all, kv));
         if let Ok(dense) = m.file.dequantize_tensor(&lw.wq.info.name) {
             let mut plain = vec![0.0; q0.len()];
-            quant::matmul_exact_f32(&dense, c.dim, c.dim, &attn_norm, pos.len(), &mut plain);
-            let miss = metrics::nmse(&plain, &q0);
-            let bound = bounds::OP_NMSE;
-            r.out.push(OpResult { layer: Some(l), tensor: format!("Qcur-{l}#0 plain-f32 control"), nmse: miss, bound, control: true, passed: miss > 1e3 * bound });
+            quant::matmul_exact_f32(&dense, c.dim, c.dim, attn_norm, pos.len(), &mut plain);
+            let miss = metrics::nmse(&plain, q0);
+            let bound = 1e-10;
+            r.out.push(OpResult { layer: Some(l), tensor: format!("Qcur-{l}#0 plain-f32 control"), nmse: miss, identical: false, bound, control: true, passed: miss > bound });
         }
         // RoPE on llama.cpp's pre-RoPE Q and K.
         let mut q_rope = q0.clone();
         for (i, &p) in pos.iter().enumerate() {
             ops::rope_norm(&mut q_rope[i * c.dim..(i + 1) * c.dim], c.head_dim, p, c.rope_base);
         }
-        let (Some(q_ref), Some(k0), Some(k_ref), Some(v_ref)) =
-            (get(&format!("Qcur-{l}#2"), &pos), get(&t("Kcur"), &all), get(&format!("Kcur-{l}#2"), &all), get(&t("Vcur"), &all))
-        else {
-            continue;
-        };
-        r.check(Some(l), format!("Qcur-{l}#2"), &q_rope, &q_ref, bounds::OP_ROPE_NMSE);
-        let kv = c.kv_dim();
-        let mut k_rope = k0.clone();
+        let (q_ref, k_ref) = (g(&format!("Qcur-{l}#2")), g(&format!("Kcur-{l}#2")));
+        r.check(Some(l), format!("Qcur-{l}#2"), &q_rope, q_ref);
+        let mut k_rope = k0_all.clone();
         for p in 0..n {
             ops::rope_norm(&mut k_rope[p * kv..(p + 1) * kv], c.head_dim, p, c.rope_base);
         }
-        r.check(Some(l), format!("Kcur-{l}#2"), &k_rope, &k_ref, bounds::OP_ROPE_NMSE);
-        // Attention on llama.cpp's RoPE'd Q, K and its V.
+        r.check(Some(l), format!("Kcur-{l}#2"), &k_rope, k_ref);
+        // Attention on llama.cpp's RoPE'd Q, K and its V: scores, probabilities, output.
         let mut attn = vec![0.0; pos.len() * c.dim];
+        let (mut kq, mut probs) = (Vec::new(), Vec::new());
         for (i, &p) in pos.iter().enumerate() {
-            ops::attention(&q_ref[i * c.dim..(i + 1) * c.dim], &k_ref, &v_ref, p + 1, c.n_heads, c.n_kv_heads, c.head_dim, &mut attn[i * c.dim..(i + 1) * c.dim], None);
+            let (mut s, mut pr) = (vec![0.0; c.n_heads * (p + 1)], vec![0.0; c.n_heads * (p + 1)]);
+            ops::attention(&q_ref[i * c.dim..(i + 1) * c.dim], k_ref, v_all, p + 1, c.n_heads, c.n_kv_heads, c.head_dim, &mut attn[i * c.dim..(i + 1) * c.dim], Some(&mut s), Some(&mut pr));
+            kq.push((p, s));
+            probs.push((p, pr));
         }
-        let Some(kqv) = get(&t("kqv_out"), &pos) else { continue };
-        r.check(Some(l), t("kqv_out"), &attn, &kqv, bounds::OP_ATTN_NMSE);
-        let Some(attn_out) = get(&t("attn_out"), &pos) else { continue };
-        r.check(Some(l), t("attn_out"), &matmul(m, &lw.wo, &kqv), &attn_out, bounds::OP_NMSE);
+        for (name, ours) in [(format!("kq-{l}#0"), &kq), (format!("kq_soft_max-{l}#0"), &probs)] {
+            if rec.tensor(&name).is_none() {
+                continue; // older batch recordings have these only for some cases
+            }
+            let theirs: Option<Vec<f32>> = ours.iter().map(|(p, _)| kq_ref_row(rec, &name, *p, p + 1)).collect::<Option<Vec<_>>>().map(|v| v.concat());
+            match theirs {
+                Some(theirs) => r.check(Some(l), name, &ours.iter().flat_map(|(_, v)| v.iter().copied()).collect::<Vec<_>>(), &theirs),
+                None => r.missing(Some(l), name),
+            }
+        }
+        let kqv = g(&t("kqv_out"));
+        r.check(Some(l), t("kqv_out"), &attn, kqv);
+        let attn_out = g(&t("attn_out"));
+        r.check(Some(l), t("attn_out"), &matmul(m, &lw.wo, kqv), attn_out);
         let mut ffn_inp = attn_out.clone();
-        ops::add(&mut ffn_inp, &input);
-        let Some(ffn_inp_ref) = get(&t("ffn_inp"), &pos) else { continue };
-        r.check(Some(l), t("ffn_inp"), &ffn_inp, &ffn_inp_ref, bounds::OP_NMSE);
+        ops::add(&mut ffn_inp, input);
+        let ffn_inp_ref = g(&t("ffn_inp"));
+        r.check(Some(l), t("ffn_inp"), &ffn_inp, ffn_inp_ref);
         let mut ffn_norm = vec![0.0; ffn_inp.len()];
-        ops::rmsnorm(&ffn_inp_ref, &m.f32_vec(&lw.ffn_norm), c.rms_eps, &mut ffn_norm);
-        let Some(ffn_norm_ref) = get(&t("ffn_norm"), &pos) else { continue };
-        r.check(Some(l), t("ffn_norm"), &ffn_norm, &ffn_norm_ref, bounds::OP_NMSE);
-        let (Some(gate), Some(up)) = (get(&t("ffn_gate"), &pos), get(&t("ffn_up"), &pos)) else { continue };
-        r.check(Some(l), t("ffn_gate"), &matmul(m, &lw.w_gate, &ffn_norm_ref), &gate, bounds::OP_NMSE);
-        r.check(Some(l), t("ffn_up"), &matmul(m, &lw.w_up, &ffn_norm_ref), &up, bounds::OP_NMSE);
+        ops::rmsnorm(ffn_inp_ref, &m.f32_vec(&lw.ffn_norm), c.rms_eps, &mut ffn_norm);
+        let ffn_norm_ref = g(&t("ffn_norm"));
+        r.check(Some(l), t("ffn_norm"), &ffn_norm, ffn_norm_ref);
+        let (gate, up) = (g(&t("ffn_gate")), g(&t("ffn_up")));
+        r.check(Some(l), t("ffn_gate"), &matmul(m, &lw.w_gate, ffn_norm_ref), gate);
+        r.check(Some(l), t("ffn_up"), &matmul(m, &lw.w_up, ffn_norm_ref), up);
         let mut sw = vec![0.0; gate.len()];
-        ops::swiglu(&gate, &up, &mut sw);
-        let Some(sw_ref) = get(&t("ffn_swiglu"), &pos) else { continue };
-        r.check(Some(l), t("ffn_swiglu"), &sw, &sw_ref, bounds::OP_NMSE);
-        let Some(ffn_out) = get(&t("ffn_out"), &pos) else { continue };
-        r.check(Some(l), t("ffn_out"), &matmul(m, &lw.w_down, &sw_ref), &ffn_out, bounds::OP_NMSE);
+        ops::swiglu(gate, up, &mut sw);
+        let sw_ref = g(&t("ffn_swiglu"));
+        r.check(Some(l), t("ffn_swiglu"), &sw, sw_ref);
+        let ffn_out = g(&t("ffn_out"));
+        r.check(Some(l), t("ffn_out"), &matmul(m, &lw.w_down, sw_ref), ffn_out);
         let mut l_out = ffn_out.clone();
-        ops::add(&mut l_out, &ffn_inp_ref);
-        if let Some(l_ref) = get(&format!("l_out-{l}"), &pos) {
-            r.check(Some(l), t("l_out"), &l_out, &l_ref, bounds::OP_NMSE);
-        }
+        ops::add(&mut l_out, ffn_inp_ref);
+        r.check(Some(l), t("l_out"), &l_out, g(&format!("l_out-{l}")));
     }
     // Output head: result_norm -> logits at the positions with full logit rows.
     let lpos = rec.case.logits_row_pos.clone();
-    if let (Some(rn), Ok((_, rows))) = (rows_at(rec, "result_norm", &lpos), rec.f32("logits.rows")) {
-        r.check(None, "result_output".into(), &matmul(m, &m.output, &rn), rows, bounds::OP_NMSE);
+    match (rows_at(rec, "result_norm", &lpos), rec.f32("logits.rows")) {
+        (Some(rn), Ok((_, rows))) => r.check(None, "result_output".into(), &matmul(m, &m.output, &rn), rows),
+        _ => r.missing(None, "result_norm or logits.rows at logits_row_pos".into()),
     }
     r.out
 }
@@ -237,6 +291,8 @@ pub struct LogitsRow {
     pub nmse: Option<f64>,
     /// KL(llama.cpp ‖ ours) over llama.cpp's top 32 tokens.
     pub kl_top32: f64,
+    /// Our logits at llama.cpp's top 32 ids, and the full row where stored, bit-identical.
+    pub identical: bool,
     pub ours_top1: u32,
     pub ref_top1: u32,
     pub ref_top2_gap: f32,
@@ -263,7 +319,17 @@ pub struct ChainedResult {
     pub greedy: Vec<GreedyStep>,
     /// Positions run through the backend (prompt + teacher-forced greedy tokens).
     pub tokens_run: usize,
+    /// Token recordings: every hashed tap at every position, bit for bit.
+    pub exact: Option<super::exact::ExactResult>,
 }
+
+/// Every element the same bits (and the same length).
+pub fn bits_equal(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// The values a tap kept, by point: (rows, data).
+struct TapValues<'a>(&'a BTreeMap<TapPoint, (usize, Vec<f32>)>);
 
 /// The rows of `kq_soft_max-L#0` (stored `[head, row, kv_cell]`) at prompt position `p`, as
 /// `[head][0..n]`, matching our `(n_tok, n_heads, n_kv)` tap layout.
@@ -294,27 +360,33 @@ pub fn chained(backend: &mut dyn Backend, rec: &ReferenceRecording) -> Result<Ch
     tokens.extend_from_slice(&case.greedy_ids[..steps.saturating_sub(1)]);
     let op_layers = case.op_layers.clone();
     let with_ops = rec.tensor(&format!("attn_norm-{}#0", op_layers.first().copied().unwrap_or(0))).is_some();
-    let ol = op_layers.clone();
-    let mut tap = CaptureTap {
-        want: Box::new(move |p| match p.layer() {
-            None => !matches!(p, TapPoint::Logits),
-            Some(l) => matches!(p, TapPoint::LOut(_)) || (with_ops && ol.contains(&l)),
-        }),
-        data: BTreeMap::new(),
-    };
+    // Values of what the recording stores (the residual stream everywhere, every op of the
+    // op-capture layers); hashes of every point a token recording hashes.
+    let mut keep: Vec<TapPoint> = vec![TapPoint::Embd, TapPoint::ResultNorm];
+    for l in 0..c.n_layers {
+        keep.extend(layer_points(l, with_ops && op_layers.contains(&l)).into_iter().map(|(p, _)| p));
+    }
+    let cols = super::exact::columns(rec);
+    let hashed: Vec<TapPoint> = cols.iter().filter_map(|c| c.point).collect();
+    let mut tap = super::exact::HashTap::new(hashed, keep, c.n_heads);
     backend.truncate(0);
     let logits = backend.forward(&tokens, 0, LogitRows::All, &mut tap).map_err(|source| ReplayError::Backend { case: case.name.clone(), source })?;
+    let exact = (!cols.is_empty()).then(|| {
+        let produces = |p: TapPoint| backend.produces(p);
+        super::exact::compare(rec, &cols, &tap, &produces)
+    });
+    let tap = TapValues(&tap.values);
 
     let mut out = Vec::new();
     let mut uncompared = Vec::new();
     let mut not_produced = Vec::new();
     let mut compare = |layer: Option<usize>, p: TapPoint, name: String| {
-        let bound = bounds::chained_nmse(p);
+        let bound = bounds::for_mode(case.mode).chained(p);
         if !backend.produces(p) {
             not_produced.push(name);
             return;
         }
-        let Some((n_tok, data)) = tap.data.get(&p) else {
+        let Some((n_tok, data)) = tap.0.get(&p) else {
             out.push(TensorCompare { layer, tensor: name, bound, missing: true, rows: Vec::new() });
             return;
         };
@@ -362,10 +434,13 @@ pub fn chained(backend: &mut dyn Backend, rec: &ReferenceRecording) -> Result<Ch
             let ours = &logits[pos * v..(pos + 1) * v];
             let nmse = full.and_then(|(_, rows)| rec.row_index("logits.rows", pos).map(|i| metrics::nmse(ours, &rows[i * v..(i + 1) * v])));
             let (ri, rv) = (&ids[pos * k..(pos + 1) * k], &vals[pos * k..(pos + 1) * k]);
+            let full_same = full.and_then(|(_, rows)| rec.row_index("logits.rows", pos).map(|i| bits_equal(ours, &rows[i * v..(i + 1) * v])));
+            let top_same = ri.iter().zip(rv).all(|(&id, &val)| ours.get(id as usize).is_some_and(|o| o.to_bits() == val.to_bits()));
             lrows.push(LogitsRow {
                 position: pos,
                 nmse,
                 kl_top32: metrics::kl_topk(ours, ri, rv, lse[pos] as f64),
+                identical: top_same && full_same != Some(false),
                 ours_top1: crate::sampler::argmax(ours),
                 ref_top1: ri[0] as u32,
                 ref_top2_gap: rv[0] - rv[1],
@@ -378,7 +453,7 @@ pub fn chained(backend: &mut dyn Backend, rec: &ReferenceRecording) -> Result<Ch
             GreedyStep { step: i, ours: crate::sampler::argmax(row), theirs: case.greedy_ids[i], gap: case.greedy_top2_gap[i] }
         })
         .collect();
-    Ok(ChainedResult { tensors: out, uncompared, not_produced, logits: lrows, greedy, tokens_run: tokens.len() })
+    Ok(ChainedResult { tensors: out, uncompared, not_produced, logits: lrows, greedy, tokens_run: tokens.len(), exact })
 }
 
 /// Op by op (CPU spec ops) and chained (on `backend`) for one reference case, judged.

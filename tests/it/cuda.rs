@@ -255,7 +255,7 @@ fn attention_matches_cpu() {
         let mut want = vec![0.0; q.len()];
         let dim = n_heads * hd;
         for t in 0..n_tok {
-            ops::attention(&q[t * dim..(t + 1) * dim], &k, &v, pos0 + t + 1, n_heads, n_kv_heads, hd, &mut want[t * dim..(t + 1) * dim], None);
+            ops::attention(&q[t * dim..(t + 1) * dim], &k, &v, pos0 + t + 1, n_heads, n_kv_heads, hd, &mut want[t * dim..(t + 1) * dim], None, None);
         }
         let (got, blocks) = gops::attention(&g, &q, &k, &v, pos0, n_heads, n_kv_heads, hd).unwrap();
         let same = check(&format!("attention n_kv={n_pos} n_tok={n_tok}"), &got, &want, 1e-7, 1e-6);

@@ -144,7 +144,7 @@ fn each_op_reproduces_llama_cpp_on_its_own_inputs() {
             let v_ref = rows_at(&rec, &format!("Vcur-{l}#0"), &all);
             let mut attn = vec![0.0; pos.len() * c.dim];
             for (i, &p) in pos.iter().enumerate() {
-                ops::attention(&q_ref[i * c.dim..(i + 1) * c.dim], &k_ref, &v_ref, p + 1, c.n_heads, c.n_kv_heads, c.head_dim, &mut attn[i * c.dim..(i + 1) * c.dim], None);
+                ops::attention(&q_ref[i * c.dim..(i + 1) * c.dim], &k_ref, &v_ref, p + 1, c.n_heads, c.n_kv_heads, c.head_dim, &mut attn[i * c.dim..(i + 1) * c.dim], None, None);
             }
             let kqv = rows_at(&rec, &t("kqv_out"), &pos);
             report.check(&case, t("kqv_out"), &attn, &kqv, 1e-9);

@@ -6,8 +6,10 @@
 //! split over threads in fixed chunks and each value is one sequential reduction, so results
 //! are bitwise identical for any thread count, and for any split of a prompt into batches.
 
+pub mod lanes;
 pub mod ops;
 pub mod quant;
+pub mod simd;
 
 use std::sync::Arc;
 
@@ -190,8 +192,8 @@ impl CpuBackend {
                     rope_neox_style(&mut q[t * dim..(t + 1) * dim], hd, pos, c.rope_base);
                     rope_neox_style(&mut k[t * kv_dim..(t + 1) * kv_dim], hd, pos, c.rope_base);
                 } else {
-                    ops::rope_norm(&mut q[t * dim..(t + 1) * dim], hd, pos, c.rope_base);
-                    ops::rope_norm(&mut k[t * kv_dim..(t + 1) * kv_dim], hd, pos, c.rope_base);
+                    simd::rope_norm(&mut q[t * dim..(t + 1) * dim], hd, pos, c.rope_base);
+                    simd::rope_norm(&mut k[t * kv_dim..(t + 1) * kv_dim], hd, pos, c.rope_base);
                 }
             }
             emit(tap, TapPoint::QRope(l), &q);
@@ -201,50 +203,47 @@ impl CpuBackend {
                 self.k_cache[l][slot * kv_dim..(slot + 1) * kv_dim].copy_from_slice(&k[t * kv_dim..(t + 1) * kv_dim]);
                 self.v_cache[l][slot * kv_dim..(slot + 1) * kv_dim].copy_from_slice(&v[t * kv_dim..(t + 1) * kv_dim]);
             }
-            let want_probs = tap.wants(TapPoint::KqSoftmax(l));
+            // Per position: the raw scores and the probabilities, (n_heads, n_kv_total) each,
+            // cells a position does not attend to left 0, when a tap wants them.
             let n_kv_total = pos0 + n;
-            let mut probs = if want_probs { vec![0.0f32; n * c.n_heads * n_kv_total] } else { Vec::new() };
+            let row_len = c.n_heads * n_kv_total;
+            let want = [tap.wants(TapPoint::Kq(l)), tap.wants(TapPoint::KqSoftmax(l))];
+            let mut scores = if want[0] { vec![0.0f32; n * row_len] } else { Vec::new() };
+            let mut probs = if want[1] { vec![0.0f32; n * row_len] } else { Vec::new() };
             let mut attn = vec![0.0f32; n * dim];
             {
                 let (kc, vc) = (&self.k_cache[l], &self.v_cache[l]);
                 let qs = &q;
                 let soft_no_max = planted!(SoftmaxNoMax);
-                let chunks: Vec<(usize, &mut [f32])> = attn.chunks_mut(dim).enumerate().collect();
-                let mut prob_chunks: Vec<Option<&mut [f32]>> = if want_probs {
-                    probs.chunks_mut(c.n_heads * n_kv_total).map(Some).collect()
-                } else {
-                    (0..n).map(|_| None).collect()
-                };
+                let (mut kq_rows, mut p_rows) = (per_row(&mut scores, row_len, n), per_row(&mut probs, row_len, n));
                 self.pool.install(|| {
                     use rayon::prelude::*;
-                    chunks.into_par_iter().zip(prob_chunks.par_iter_mut()).for_each(|((t, out), pc)| {
+                    let work = attn.par_chunks_mut(dim).zip(kq_rows.par_iter_mut()).zip(p_rows.par_iter_mut()).enumerate();
+                    work.for_each(|(t, ((out, kq_dst), p_dst))| {
                         let n_kv = pos0 + t + 1;
-                        let mut p_local = pc.as_ref().map(|_| vec![0.0f32; c.n_heads * n_kv]);
+                        let mut kq_local = kq_dst.as_ref().map(|_| vec![0.0f32; c.n_heads * n_kv]);
+                        let mut p_local = p_dst.as_ref().map(|_| vec![0.0f32; c.n_heads * n_kv]);
+                        let qt = &qs[t * dim..(t + 1) * dim];
                         if soft_no_max {
-                            attention_no_max(&qs[t * dim..(t + 1) * dim], kc, vc, n_kv, c.n_heads, c.n_kv_heads, hd, out, p_local.as_deref_mut());
+                            attention_no_max(qt, kc, vc, n_kv, c.n_heads, c.n_kv_heads, hd, out, p_local.as_deref_mut());
                         } else {
-                            ops::attention(
-                                &qs[t * dim..(t + 1) * dim],
-                                kc,
-                                vc,
-                                n_kv,
-                                c.n_heads,
-                                c.n_kv_heads,
-                                hd,
-                                out,
-                                p_local.as_deref_mut(),
-                            );
+                            simd::attention(qt, kc, vc, n_kv, c.n_heads, c.n_kv_heads, hd, out, kq_local.as_deref_mut(), p_local.as_deref_mut());
                         }
-                        if let (Some(dst), Some(src)) = (pc.as_deref_mut(), p_local) {
-                            // Lay out as (n_heads, n_kv_total); masked future positions are 0.
-                            for h in 0..c.n_heads {
-                                dst[h * n_kv_total..h * n_kv_total + n_kv].copy_from_slice(&src[h * n_kv..(h + 1) * n_kv]);
+                        // Lay out as (n_heads, n_kv_total); masked future positions are 0.
+                        for (dst, src) in [(kq_dst, kq_local), (p_dst, p_local)] {
+                            if let (Some(dst), Some(src)) = (dst.as_deref_mut(), src) {
+                                for h in 0..c.n_heads {
+                                    dst[h * n_kv_total..h * n_kv_total + n_kv].copy_from_slice(&src[h * n_kv..(h + 1) * n_kv]);
+                                }
                             }
                         }
                     });
                 });
             }
-            if want_probs {
+            if want[0] {
+                tap.record(TapPoint::Kq(l), pos0, n, &scores);
+            }
+            if want[1] {
                 tap.record(TapPoint::KqSoftmax(l), pos0, n, &probs);
             }
             emit(tap, TapPoint::KqvOut(l), &attn);
@@ -261,7 +260,7 @@ impl CpuBackend {
             emit(tap, TapPoint::FfnGate(l), &g);
             emit(tap, TapPoint::FfnUp(l), &u);
             let mut s = vec![0.0f32; g.len()];
-            ops::swiglu(&g, &u, &mut s);
+            simd::swiglu(&g, &u, &mut s);
             emit(tap, TapPoint::FfnSwiglu(l), &s);
             if !planted!(SkipFfnDown) {
                 let d = self.matmul(&lw.w_down, &s, n);
@@ -343,6 +342,15 @@ impl Backend for CpuBackend {
         let logits = self.forward_inner(tokens, pos0, rows, tap);
         self.n_cached = pos0 + tokens.len();
         Ok(logits)
+    }
+}
+
+/// `n` row slots of `buf` (rows of `row_len`), or `n` empty slots when `buf` is empty.
+fn per_row(buf: &mut [f32], row_len: usize, n: usize) -> Vec<Option<&mut [f32]>> {
+    if buf.is_empty() {
+        (0..n).map(|_| None).collect()
+    } else {
+        buf.chunks_mut(row_len).map(Some).collect()
     }
 }
 

@@ -1,10 +1,15 @@
 //! The element-wise and attention operations of the llama forward pass, as plain functions over
-//! slices, in ggml's CPU numerics. Each has a CUDA kernel of the same name in `kernels/`.
+//! slices, in ggml's CPU numerics: each reproduces the operations and their order of the ggml
+//! kernel it names (for one token, as the reference build runs them: AVX2 + FMA), built from the
+//! lane-by-lane blocks in `lanes`. Each has a CUDA kernel of the same name in `kernels/`.
 //!
-//! This file is the readable spec: no SIMD, no caching tricks. It knows shapes and arithmetic,
-//! nothing of GGUF or of the model's configuration.
+//! This file is the readable spec: no `std::arch`, no caching tricks. It knows shapes and
+//! arithmetic, nothing of GGUF or of the model's configuration.
 
 use half::f16;
+
+use super::lanes::{hsum_float_8, v_expf, v_silu};
+use super::quant::vec_dot_f32;
 
 use crate::gguf::GgmlType;
 
@@ -35,7 +40,11 @@ pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 ///
 /// The angle is built as ggml's `ggml_rope_cache_init` does, by repeated f32 multiplication of
 /// `theta_scale = powf(base, -2/head_dim)`, not by `powf` per pair: the two differ in the last
-/// bits, and matching them keeps RoPE within 1e-8 of llama.cpp.
+/// bits. The rotation is `rotate_pairs` for `GGML_ROPE_TYPE_NORMAL` as GCC contracted it in the
+/// reference build: `x0' = fma(x0, cos, -(x1·sin))`, `x1' = fma(x0, sin, x1·cos)`, the second
+/// products rounded first (established against llama.cpp's captured RoPE inputs and outputs:
+/// every element of every head at every position bit-identical).
+#[inline(always)]
 pub fn rope_norm(x: &mut [f32], head_dim: usize, pos: usize, base: f32) {
     assert_eq!(x.len() % head_dim, 0);
     let cache = rope_cache(head_dim, pos, base);
@@ -44,8 +53,8 @@ pub fn rope_norm(x: &mut [f32], head_dim: usize, pos: usize, base: f32) {
             let (cos, sin) = (cache[i], cache[i + 1]);
             let x0 = head[i];
             let x1 = head[i + 1];
-            head[i] = x0 * cos - x1 * sin;
-            head[i + 1] = x0 * sin + x1 * cos;
+            head[i] = x0.mul_add(cos, -(x1 * sin));
+            head[i + 1] = x0.mul_add(sin, x1 * cos);
         }
     }
 }
@@ -63,19 +72,45 @@ pub fn rope_cache(head_dim: usize, pos: usize, base: f32) -> Vec<f32> {
     cache
 }
 
-/// `softmax` in place over one row after scaling, ggml's `soft_max_ext` without mask: the
-/// maximum is subtracted, the sum is accumulated in f64 and the row scaled by `1/sum`.
-pub fn softmax(row: &mut [f32]) {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+/// `ggml_vec_soft_max_f32` (ggml-cpu/vec.cpp, AVX2 + FMA path): `y = exp(x - max)` and their
+/// sum. Groups of eight take [`v_expf`], their `hsum_float_8` added to an f64 sum in order;
+/// the elements past the last multiple of 8 take glibc's `expf`, each widened and added.
+#[inline(always)]
+pub fn vec_soft_max_f32(y: &mut [f32], x: &[f32], max: f32) -> f64 {
+    let n8 = x.len() / 8 * 8;
     let mut sum = 0.0f64;
-    for v in row.iter_mut() {
-        let e = (*v - max).exp();
-        *v = e;
-        sum += e as f64;
+    for (yg, xg) in y[..n8].chunks_exact_mut(8).zip(x[..n8].chunks_exact(8)) {
+        let mut lanes = [0.0f32; 8];
+        for l in 0..8 {
+            lanes[l] = v_expf(xg[l] - max);
+            yg[l] = lanes[l];
+        }
+        sum += hsum_float_8(lanes) as f64;
     }
+    for (yv, &xv) in y[n8..].iter_mut().zip(&x[n8..]) {
+        *yv = (xv - max).exp();
+        sum += *yv as f64;
+    }
+    sum
+}
+
+/// `softmax` in place over one row of attention scores, as `ggml_compute_forward_soft_max_f32`
+/// computes a row after scaling and masking: the maximum (`ggml_vec_max_f32`), then
+/// [`vec_soft_max_f32`], then the row scaled by `(float)(1/sum)`. ggml's rows hold every KV cell
+/// of the padded view (a multiple of 256, the masked ones -inf, whose exponentials are exact
+/// zeros), so the row here is padded with -inf to a multiple of 8 before the sum: only then do
+/// its groups of eight fall where ggml's do.
+#[inline(always)]
+pub fn softmax(row: &mut [f32]) {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| if m > v { m } else { v });
+    let n = row.len();
+    let mut x = row.to_vec();
+    x.resize(n.next_multiple_of(8), f32::NEG_INFINITY);
+    let mut y = vec![0.0f32; x.len()];
+    let sum = vec_soft_max_f32(&mut y, &x, max);
     let inv = (1.0 / sum) as f32;
-    for v in row.iter_mut() {
-        *v *= inv;
+    for (r, v) in row.iter_mut().zip(&y) {
+        *r = v * inv;
     }
 }
 
@@ -83,10 +118,15 @@ pub fn softmax(row: &mut [f32]) {
 ///
 /// q (n_heads, head_dim) post-RoPE; k_cache/v_cache (n_ctx, n_kv_heads, head_dim) rows;
 /// out (n_heads, head_dim). Query head h reads KV head `h / (n_heads / n_kv_heads)` (ggml's
-/// broadcast in `mul_mat`). Scores are `q·k * 1/sqrt(head_dim)`, softmax as above, then the
-/// weighted sum of V in position order. `probs_out`, when given, receives the (n_heads, n_kv)
-/// softmax (llama.cpp's `kq_soft_max`).
+/// broadcast in `mul_mat`). As llama.cpp without flash attention for one token: `kq` is
+/// `ggml_vec_dot_f32(k_j, q)` per cell, scaled by `1/sqrt(head_dim)` (`ggml_vec_scale_f32`),
+/// then [`softmax`]; each output channel is `ggml_vec_dot_f32` of the channel's values over
+/// the cells (llama.cpp keeps V transposed for exactly this product) with the probabilities,
+/// the cells padded with zeros to a multiple of 32 as ggml's padded KV view is. `kq_out` and
+/// `probs_out`, when given, receive the (n_heads, n_kv) raw scores (llama.cpp's `kq`) and
+/// probabilities (`kq_soft_max`).
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 pub fn attention(
     q: &[f32],
     k_cache: &[f32],
@@ -96,48 +136,56 @@ pub fn attention(
     n_kv_heads: usize,
     head_dim: usize,
     out: &mut [f32],
+    mut kq_out: Option<&mut [f32]>,
     mut probs_out: Option<&mut [f32]>,
 ) {
     let group = n_heads / n_kv_heads;
     let kv_stride = n_kv_heads * head_dim;
     let scale = 1.0f32 / (head_dim as f32).sqrt();
-    let mut scores = vec![0.0f32; n_kv];
+    let padded = n_kv.next_multiple_of(32);
+    let mut probs = vec![0.0f32; padded];
+    let mut vcol = vec![0.0f32; padded];
     for h in 0..n_heads {
         let kvh = h / group;
         let qh = &q[h * head_dim..(h + 1) * head_dim];
-        for (j, s) in scores.iter_mut().enumerate() {
-            let kr = &k_cache[j * kv_stride + kvh * head_dim..][..head_dim];
-            let mut dot = 0.0f32;
-            for d in 0..head_dim {
-                dot += kr[d] * qh[d];
-            }
-            *s = dot * scale;
+        for (j, s) in probs[..n_kv].iter_mut().enumerate() {
+            *s = vec_dot_f32(&k_cache[j * kv_stride + kvh * head_dim..][..head_dim], qh);
         }
-        softmax(&mut scores);
+        if let Some(k) = kq_out.as_deref_mut() {
+            k[h * n_kv..(h + 1) * n_kv].copy_from_slice(&probs[..n_kv]);
+        }
+        for s in probs[..n_kv].iter_mut() {
+            *s *= scale;
+        }
+        softmax(&mut probs[..n_kv]);
         if let Some(p) = probs_out.as_deref_mut() {
-            p[h * n_kv..(h + 1) * n_kv].copy_from_slice(&scores);
+            p[h * n_kv..(h + 1) * n_kv].copy_from_slice(&probs[..n_kv]);
         }
         let oh = &mut out[h * head_dim..(h + 1) * head_dim];
-        for d in 0..head_dim {
-            let mut acc = 0.0f32;
-            for (j, &p) in scores.iter().enumerate() {
-                acc += v_cache[j * kv_stride + kvh * head_dim + d] * p;
+        for (d, o) in oh.iter_mut().enumerate() {
+            for (j, v) in vcol[..n_kv].iter_mut().enumerate() {
+                *v = v_cache[j * kv_stride + kvh * head_dim + d];
             }
-            oh[d] = acc;
+            *o = vec_dot_f32(&vcol, &probs);
         }
     }
 }
 
-/// `silu(x) = x / (1 + e^-x)`, as ggml's `ggml_silu_f32`.
-#[inline]
+/// `silu(x) = x / (1 + e^-x)` with glibc's `expf`, as ggml's scalar `ggml_silu_f32` (used for
+/// the elements past the last multiple of 8).
+#[inline(always)]
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// `swiglu`: out = silu(gate) * up, element-wise (ggml's `ggml_vec_swiglu_f32`).
+/// `swiglu`: out = silu(gate) * up, element-wise, as `ggml_vec_swiglu_f32` (AVX2 + FMA path):
+/// groups of 8 take the vectorized [`v_silu`], the remainder the scalar [`silu`].
+#[inline(always)]
 pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-        *o = silu(g) * u;
+    let n8 = gate.len() / 8 * 8;
+    for i in 0..gate.len() {
+        let s = if i < n8 { v_silu(gate[i]) } else { silu(gate[i]) };
+        out[i] = s * up[i];
     }
 }
 
@@ -207,7 +255,7 @@ mod tests {
         let k = vec![0.5f32; nkv * hd];
         let v: Vec<f32> = (0..nkv * hd).map(|i| i as f32 * 2.0).collect();
         let mut out = vec![0.0; nh * hd];
-        attention(&q, &k, &v, 1, nh, nkv, hd, &mut out, None);
+        attention(&q, &k, &v, 1, nh, nkv, hd, &mut out, None, None);
         for h in 0..nh {
             assert_eq!(&out[h * hd..(h + 1) * hd], &v[(h / 2) * hd..(h / 2 + 1) * hd]);
         }

@@ -1,16 +1,24 @@
-//! Quantized matrix products exactly as ggml's CPU backend computes them: the activation row is
-//! first quantized to 8 bits per block of 32 (Q8_1 for Q4_1/Q5_1 weights, Q8_0 for Q4_0/Q8_0
-//! weights, F16/BF16 for F16/BF16 weights), then each output is an integer dot product per block
-//! scaled in float.
+//! Quantized matrix products exactly as ggml's CPU backend computes them for one token: the
+//! activation row is first quantized to 8 bits per block of 32 (Q8_1 for Q4_1 weights, Q8_0 for
+//! Q4_0/Q8_0 weights; F32 weights take it as is), then each output is one call of the weight
+//! type's `ggml_vec_dot_*` kernel: per block, integer products summed in eight lanes of four
+//! adjacent elements, each lane scaled and accumulated with a fused multiply-add, the lanes
+//! reduced at the end in ggml's fixed order (`lanes::hsum_float_8`).
 //!
-//! This is the numerical spec for the CUDA kernels of the same names. It knows block layouts
-//! and arithmetic, nothing of models. Every output element is produced by one sequential dot
-//! product, so results are bitwise identical for any thread count and any batch size.
+//! This is the numerical spec for the CUDA kernels of the same names, written lane by lane in
+//! plain Rust; `simd` holds the AVX2 twins used when the CPU has AVX2 and FMA (tests prove them
+//! bit-identical). It knows block layouts and arithmetic, nothing of models. Every output element
+//! is produced by one call of one dot product, so results are bitwise identical for any thread
+//! count and any batch size, and equal to llama.cpp's one-token path (`vec_dot`; for n >= 2
+//! llama.cpp routes F32 and Q8_0 products through llamafile's tinyBLAS instead, whose order
+//! differs: see `replay::bounds`).
 
 use half::{bf16, f16};
 use rayon::prelude::*;
 
 use crate::gguf::GgmlType;
+
+use super::lanes::{hsum_float_8, reduce_f32x8_4, F32x8};
 
 /// Elements per quantization block (all 8-bit and 4-bit types used here).
 pub const QK: usize = 32;
@@ -82,17 +90,25 @@ fn read_f16(bytes: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()
 }
 
+/// The integer part of one 32-block's dot product as ggml's AVX2 kernels form it: eight lanes,
+/// lane `k` the sum of the four products of elements `4k..4k+4` (`mul_sum_us8_pairs_float` /
+/// `mul_sum_i8_pairs_float`: `maddubs` of adjacent byte pairs, then `madd` of adjacent pairs),
+/// converted to float. Exact: the integers are far below 2^24.
 #[inline(always)]
-fn dot_i8(a: &[i8; QK], b: &[i8; QK]) -> i32 {
-    let mut s = 0i32;
-    for j in 0..QK {
-        s += a[j] as i32 * b[j] as i32;
+pub fn lane_sums(q: &[i8; QK], a: &[i8; QK]) -> F32x8 {
+    let mut out = [0.0f32; 8];
+    for (k, o) in out.iter_mut().enumerate() {
+        let mut s = 0i32;
+        for j in 4 * k..4 * k + 4 {
+            s += q[j] as i32 * a[j] as i32;
+        }
+        *o = s as f32;
     }
-    s
+    out
 }
 
 /// Unpacks the 16 bytes of 4-bit quants of one block: low nibbles are elements 0..16, high
-/// nibbles 16..32 (ggml's layout for Q4_0 and Q4_1).
+/// nibbles 16..32 (ggml's layout for Q4_0 and Q4_1, and `bytes_from_nibbles_32`'s byte order).
 #[inline(always)]
 fn unpack_nibbles(qs: &[u8], offset: i8) -> [i8; QK] {
     let mut out = [0i8; QK];
@@ -103,56 +119,111 @@ fn unpack_nibbles(qs: &[u8], offset: i8) -> [i8; QK] {
     out
 }
 
-/// `ggml_vec_dot_q4_1_q8_1`: one Q4_1 weight row (20 bytes a block: f16 d, f16 m, 16 bytes of
-/// nibbles) against a Q8_1 activation row. Per block: `d_w*d_a*Σ q_w q_a + m_w*s_a`.
+#[inline(always)]
+fn q8_quants(qs: &[u8]) -> [i8; QK] {
+    let mut q = [0i8; QK];
+    for (dst, &src) in q.iter_mut().zip(qs) {
+        *dst = src as i8;
+    }
+    q
+}
+
+/// `acc[k] = fma(d, sums[k], acc[k])` for the eight lanes (`_mm256_fmadd_ps(d, q, acc)`).
+#[inline(always)]
+fn fma_lanes(acc: &mut F32x8, d: f32, sums: &F32x8) {
+    for k in 0..8 {
+        acc[k] = d.mul_add(sums[k], acc[k]);
+    }
+}
+
+/// `ggml_vec_dot_q4_1_q8_1` (ggml-cpu/arch/x86/quants.c, AVX2 path): one Q4_1 weight row (20
+/// bytes a block: f16 d, f16 m, 16 bytes of nibbles) against a Q8_1 activation row. Per block
+/// the lanes get `fma(d_w * d_a, lane_sum, acc)`; the minimum terms go into a scalar
+/// `summs = fma(m_w, s_a, summs)` (GCC contracts `summs += m*s`: `vfmadd231ss` in the reference
+/// build); the result is `hsum_float_8(acc) + summs`.
 #[inline(always)]
 pub fn vec_dot_q4_1_q8_1(w: &[u8], a: &[BlockQ8_1]) -> f32 {
     const BS: usize = 20;
     debug_assert_eq!(w.len(), a.len() * BS);
-    let mut acc = 0.0f32;
+    let mut acc = [0.0f32; 8];
     let mut summs = 0.0f32;
     for (blk, ab) in w.chunks_exact(BS).zip(a) {
-        let d = read_f16(blk, 0);
-        let m = read_f16(blk, 2);
+        let (d, m) = (read_f16(blk, 0), read_f16(blk, 2));
+        summs = m.mul_add(ab.s, summs);
         let q = unpack_nibbles(&blk[4..20], 0);
-        acc += (d * ab.d) * dot_i8(&q, &ab.qs) as f32;
-        summs += m * ab.s;
+        fma_lanes(&mut acc, d * ab.d, &lane_sums(&q, &ab.qs));
     }
-    acc + summs
+    hsum_float_8(acc) + summs
 }
 
-/// `ggml_vec_dot_q4_0_q8_0`: Q4_0 (18 bytes a block: f16 d, nibbles offset by 8) · Q8_0.
+/// `ggml_vec_dot_q4_0_q8_0` (AVX2 path): Q4_0 (18 bytes a block: f16 d, nibbles offset by 8)
+/// against Q8_0; per block `fma(d_w * d_a, lane_sum, acc)`, then `hsum_float_8`.
 #[inline(always)]
 pub fn vec_dot_q4_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
     const BS: usize = 18;
     debug_assert_eq!(w.len(), a.len() * BS);
-    let mut acc = 0.0f32;
+    let mut acc = [0.0f32; 8];
     for (blk, ab) in w.chunks_exact(BS).zip(a) {
-        let d = read_f16(blk, 0);
         let q = unpack_nibbles(&blk[2..18], 8);
-        acc += (d * ab.d) * dot_i8(&q, &ab.qs) as f32;
+        fma_lanes(&mut acc, read_f16(blk, 0) * ab.d, &lane_sums(&q, &ab.qs));
     }
-    acc
+    hsum_float_8(acc)
 }
 
-/// `ggml_vec_dot_q8_0_q8_0`: Q8_0 (34 bytes a block: f16 d, 32 i8) · Q8_0.
+/// `ggml_vec_dot_q8_0_q8_0` (AVX2 path): Q8_0 (34 bytes a block: f16 d, 32 i8) against Q8_0.
 #[inline(always)]
 pub fn vec_dot_q8_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
     const BS: usize = 34;
     debug_assert_eq!(w.len(), a.len() * BS);
-    let mut acc = 0.0f32;
+    let mut acc = [0.0f32; 8];
     for (blk, ab) in w.chunks_exact(BS).zip(a) {
-        let d = read_f16(blk, 0);
-        let mut q = [0i8; QK];
-        for (dst, &src) in q.iter_mut().zip(&blk[2..34]) {
-            *dst = src as i8;
-        }
-        acc += (d * ab.d) * dot_i8(&q, &ab.qs) as f32;
+        fma_lanes(&mut acc, read_f16(blk, 0) * ab.d, &lane_sums(&q8_quants(&blk[2..34]), &ab.qs));
     }
-    acc
+    hsum_float_8(acc)
 }
 
-/// `ggml_vec_dot_f16`: F16 weights · activation rounded to F16, accumulated in f32.
+/// `ggml_vec_dot_f32` (ggml-cpu/vec.cpp, AVX: `GGML_F32_STEP` 32, `GGML_F32_EPR` 8): four
+/// 8-lane accumulators over each 32 elements, `acc[j][l] = fma(x, y, acc[j][l])` for element
+/// `32i + 8j + l`, reduced by `GGML_F32x8_REDUCE`. The `n % 32` leftovers are added to the
+/// reduced sum as GCC compiled the scalar loop `sumf += x[i]*y[i]` in the reference build: by
+/// eights and then fours with products rounded and added in order (its in-order vectorized
+/// reduction), the last `n % 4` with fused multiply-adds.
+#[inline(always)]
+pub fn vec_dot_f32(x: &[f32], y: &[f32]) -> f32 {
+    debug_assert_eq!(x.len(), y.len());
+    let n = x.len();
+    let np = n & !31;
+    let mut acc = [[0.0f32; 8]; 4];
+    for i in (0..np).step_by(32) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for l in 0..8 {
+                let e = i + 8 * j + l;
+                a[l] = x[e].mul_add(y[e], a[l]);
+            }
+        }
+    }
+    let mut sum = reduce_f32x8_4(acc);
+    let mut i = np;
+    while n - i >= 8 {
+        for e in i..i + 8 {
+            sum += x[e] * y[e];
+        }
+        i += 8;
+    }
+    if n - i >= 4 {
+        for e in i..i + 4 {
+            sum += x[e] * y[e];
+        }
+        i += 4;
+    }
+    for e in i..n {
+        sum = x[e].mul_add(y[e], sum);
+    }
+    sum
+}
+
+/// F16 weights · activation rounded to F16, accumulated in f32 in index order. Not yet
+/// ggml's `ggml_vec_dot_f16` order (no model used here has F16 matrices; see `supports`).
 #[inline(always)]
 pub fn vec_dot_f16(w: &[u8], a: &[f32]) -> f32 {
     let mut acc = 0.0f32;
@@ -162,7 +233,8 @@ pub fn vec_dot_f16(w: &[u8], a: &[f32]) -> f32 {
     acc
 }
 
-/// `ggml_vec_dot_bf16`: BF16 weights · activation rounded to BF16, accumulated in f32.
+/// BF16 weights · activation rounded to BF16, accumulated in f32 in index order. Not yet
+/// ggml's `ggml_vec_dot_bf16` order (see `supports`).
 #[inline(always)]
 pub fn vec_dot_bf16(w: &[u8], a: &[f32]) -> f32 {
     let mut acc = 0.0f32;
@@ -173,15 +245,11 @@ pub fn vec_dot_bf16(w: &[u8], a: &[f32]) -> f32 {
     acc
 }
 
-/// `ggml_vec_dot_f32`: plain f32 dot product in index order.
+/// `ggml_vec_dot_f32` on a weight row stored as little-endian bytes.
 #[inline(always)]
-pub fn vec_dot_f32(w: &[u8], a: &[f32]) -> f32 {
-    let mut acc = 0.0f32;
-    for (j, &x) in a.iter().enumerate() {
-        let o = 4 * j;
-        acc += f32::from_le_bytes([w[o], w[o + 1], w[o + 2], w[o + 3]]) * x;
-    }
-    acc
+pub fn vec_dot_f32_bytes(w: &[u8], a: &[f32]) -> f32 {
+    let row: Vec<f32> = w.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    vec_dot_f32(&row, a)
 }
 
 /// A weight matrix as stored in GGUF: `n_out` rows of `n_in` elements, row-major, in `ty`.
@@ -221,21 +289,21 @@ pub fn quantize_activation(ty: GgmlType, x: &[f32]) -> QuantizedActivation {
         GgmlType::Q4_1 => QuantizedActivation::Q8_1(quantize_row_q8_1(x)),
         GgmlType::Q4_0 | GgmlType::Q8_0 => QuantizedActivation::Q8_0(quantize_row_q8_0(x)),
         GgmlType::F16 => QuantizedActivation::Rounded(x.iter().map(|&v| f16_round(v)).collect()),
-        GgmlType::BF16 => {
-            QuantizedActivation::Rounded(x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect())
-        }
+        GgmlType::BF16 => QuantizedActivation::Rounded(x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect()),
         GgmlType::F32 => QuantizedActivation::F32(x.to_vec()),
         other => panic!("matmul on {} weights is not supported (checked at model load)", other.name()),
     }
 }
 
 /// Whether `matmul` supports weights of this type. Model loading checks this so that
-/// `quantize_activation` never meets an unsupported type.
+/// `quantize_activation` never meets an unsupported type. Q4_0, Q4_1, Q8_0 and F32 follow
+/// ggml's arithmetic exactly; F16 and BF16 products are computed but not yet in ggml's order.
 pub fn supports(ty: GgmlType) -> bool {
     matches!(ty, GgmlType::Q4_1 | GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::F16 | GgmlType::BF16 | GgmlType::F32)
 }
 
-/// Dot product of weight row `w` (type `ty`) with a quantized activation.
+/// Dot product of weight row `w` (type `ty`) with a quantized activation: the spec, lane by
+/// lane. [`matmul`] calls the `simd` twin where the CPU has one.
 #[inline(always)]
 pub fn vec_dot(ty: GgmlType, w: &[u8], a: &QuantizedActivation) -> f32 {
     match (ty, a) {
@@ -244,135 +312,47 @@ pub fn vec_dot(ty: GgmlType, w: &[u8], a: &QuantizedActivation) -> f32 {
         (GgmlType::Q8_0, QuantizedActivation::Q8_0(b)) => vec_dot_q8_0_q8_0(w, b),
         (GgmlType::F16, QuantizedActivation::Rounded(b)) => vec_dot_f16(w, b),
         (GgmlType::BF16, QuantizedActivation::Rounded(b)) => vec_dot_bf16(w, b),
-        (GgmlType::F32, QuantizedActivation::F32(b)) => vec_dot_f32(w, b),
+        (GgmlType::F32, QuantizedActivation::F32(b)) => vec_dot_f32_bytes(w, b),
         _ => unreachable!("activation quantized for a different weight type"),
     }
 }
 
 /// Output features computed per parallel task. Fixed, so work splitting never depends on the
-/// thread count (and results never do: each element is one sequential dot product).
+/// thread count (and results never do: each element is one call of one dot product).
 const ROWS_PER_TASK: usize = 64;
 
 /// `matmul`: W (n_out, n_in) @ x (n_tok, n_in)ᵀ -> out (n_tok, n_out), ggml numerics.
 ///
-/// Runs on the current rayon pool; results are bitwise independent of its size, of `n_tok`
-/// and of the CPU's vector extensions: the integer dot products are exact, and the float
-/// arithmetic per block is the same scalar sequence as in [`vec_dot_q4_1_q8_1`] and friends
-/// (Rust never contracts `a * b + c` into an FMA).
+/// Runs on the current rayon pool; results are bitwise independent of its size, of `n_tok` and
+/// of the CPU's vector extensions: every element is one [`vec_dot`] (or its `simd` twin, equal
+/// bit for bit) of one weight row with one quantized activation row.
 pub fn matmul(w: &QMatrix<'_>, x: &[f32], n_tok: usize, out: &mut [f32]) {
     assert_eq!(x.len(), n_tok * w.n_in, "matmul input has wrong length");
     assert_eq!(out.len(), n_tok * w.n_out, "matmul output has wrong length");
-    let acts: Vec<QuantizedActivation> = (0..n_tok)
-        .into_par_iter()
-        .map(|t| quantize_activation(w.ty, &x[t * w.n_in..(t + 1) * w.n_in]))
-        .collect();
+    let acts: Vec<QuantizedActivation> =
+        (0..n_tok).into_par_iter().map(|t| quantize_activation(w.ty, &x[t * w.n_in..(t + 1) * w.n_in])).collect();
+    let dot = super::simd::vec_dot_fn(w.ty);
+    if n_tok == 1 {
+        out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(task, chunk)| {
+            for (r, o) in chunk.iter_mut().enumerate() {
+                *o = dot(w.row(task * ROWS_PER_TASK + r), &acts[0]);
+            }
+        });
+        return;
+    }
     // Transposed scratch: tasks own disjoint ranges of output features for all tokens.
     let mut scratch = vec![0.0f32; w.n_out * n_tok];
-    scratch
-        .par_chunks_mut(ROWS_PER_TASK * n_tok)
-        .enumerate()
-        .for_each(|(task, chunk)| matmul_task(w, &acts, task * ROWS_PER_TASK, chunk, n_tok));
+    scratch.par_chunks_mut(ROWS_PER_TASK * n_tok).enumerate().for_each(|(task, chunk)| {
+        for (r, dst) in chunk.chunks_mut(n_tok).enumerate() {
+            let row = w.row(task * ROWS_PER_TASK + r);
+            for (t, a) in acts.iter().enumerate() {
+                dst[t] = dot(row, a);
+            }
+        }
+    });
     for t in 0..n_tok {
         for o in 0..w.n_out {
             out[t * w.n_out + o] = scratch[o * n_tok + t];
-        }
-    }
-}
-
-fn matmul_task(w: &QMatrix<'_>, acts: &[QuantizedActivation], first: usize, chunk: &mut [f32], n_tok: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            unsafe { matmul_task_avx2(w, acts, first, chunk, n_tok) };
-            return;
-        }
-    }
-    matmul_task_generic(w, acts, first, chunk, n_tok)
-}
-
-/// The same code as [`matmul_task_generic`], compiled with AVX2 enabled so the integer dot
-/// products vectorize. Bitwise identical results (see [`matmul`]).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn matmul_task_avx2(w: &QMatrix<'_>, acts: &[QuantizedActivation], first: usize, chunk: &mut [f32], n_tok: usize) {
-    matmul_task_generic(w, acts, first, chunk, n_tok)
-}
-
-/// One weight row unpacked once for all tokens: per block the weight scale, the Q4_1 minimum
-/// (0 otherwise) and 32 signed 8-bit quants.
-struct UnpackedRow {
-    d: Vec<f32>,
-    m: Vec<f32>,
-    q: Vec<[i8; QK]>,
-}
-
-#[inline(always)]
-fn unpack_row(ty: GgmlType, row: &[u8], into: &mut UnpackedRow) -> bool {
-    let (bs, off) = match ty {
-        GgmlType::Q4_1 => (20, 4),
-        GgmlType::Q4_0 => (18, 2),
-        GgmlType::Q8_0 => (34, 2),
-        _ => return false,
-    };
-    into.d.clear();
-    into.m.clear();
-    into.q.clear();
-    for blk in row.chunks_exact(bs) {
-        into.d.push(read_f16(blk, 0));
-        match ty {
-            GgmlType::Q4_1 => {
-                into.m.push(read_f16(blk, 2));
-                into.q.push(unpack_nibbles(&blk[off..bs], 0));
-            }
-            GgmlType::Q4_0 => into.q.push(unpack_nibbles(&blk[off..bs], 8)),
-            _ => {
-                let mut q = [0i8; QK];
-                for (dst, &src) in q.iter_mut().zip(&blk[off..bs]) {
-                    *dst = src as i8;
-                }
-                into.q.push(q);
-            }
-        }
-    }
-    true
-}
-
-#[inline(always)]
-fn matmul_task_generic(w: &QMatrix<'_>, acts: &[QuantizedActivation], first: usize, chunk: &mut [f32], n_tok: usize) {
-    let mut row_buf = UnpackedRow { d: Vec::new(), m: Vec::new(), q: Vec::new() };
-    for (r, dst) in chunk.chunks_mut(n_tok).enumerate() {
-        let row = w.row(first + r);
-        // One token (decode): dot straight from the packed row. Several (prefill): unpack the
-        // row once and reuse it for every token.
-        if acts.len() == 1 || !unpack_row(w.ty, row, &mut row_buf) {
-            for (t, a) in acts.iter().enumerate() {
-                dst[t] = vec_dot(w.ty, row, a);
-            }
-            continue;
-        }
-        let u = &row_buf;
-        for (t, a) in acts.iter().enumerate() {
-            // The same per-block arithmetic, in the same order, as vec_dot_q4_1_q8_1,
-            // vec_dot_q4_0_q8_0 and vec_dot_q8_0_q8_0.
-            dst[t] = match a {
-                QuantizedActivation::Q8_1(b) => {
-                    let (mut acc, mut summs) = (0.0f32, 0.0f32);
-                    for i in 0..b.len() {
-                        acc += (u.d[i] * b[i].d) * dot_i8(&u.q[i], &b[i].qs) as f32;
-                        summs += u.m[i] * b[i].s;
-                    }
-                    acc + summs
-                }
-                QuantizedActivation::Q8_0(b) => {
-                    let mut acc = 0.0f32;
-                    for i in 0..b.len() {
-                        acc += (u.d[i] * b[i].d) * dot_i8(&u.q[i], &b[i].qs) as f32;
-                    }
-                    acc
-                }
-                _ => unreachable!("quantized weights always get 8-bit activations"),
-            };
         }
     }
 }

@@ -15,7 +15,7 @@
 //! Taps: `Embd`, `LOut(l)`, `ResultNorm` and `Logits` are written by the kernels into one
 //! preallocated device buffer during the pass and downloaded once per call on a separate stream
 //! into pinned memory. Asking for any other point switches to a slow debug mode (no graph, a
-//! synchronous download after each op). `KqSoftmax` is never recorded by this backend.
+//! synchronous download after each op). `Kq` and `KqSoftmax` are never recorded by this backend.
 
 mod decode;
 pub mod device;
@@ -341,8 +341,8 @@ fn alloc_scratch(gpu: &Gpu, c: &ModelConfig) -> Result<Scratch, BackendError> {
 
 impl Backend for CudaBackend {
     fn produces(&self, p: crate::backend::TapPoint) -> bool {
-        // The attention kernel never materializes the probabilities (see the module docs).
-        !matches!(p, crate::backend::TapPoint::KqSoftmax(_))
+        // The attention kernel never materializes the scores or probabilities (module docs).
+        !matches!(p, crate::backend::TapPoint::Kq(_) | crate::backend::TapPoint::KqSoftmax(_))
     }
 
     fn kind(&self) -> &'static str {

@@ -1,0 +1,370 @@
+//! AVX2 + FMA twins of the hot kernels in `quant` and `ops`, written with `std::arch` in the
+//! instruction order of ggml's own AVX2 kernels, so that they compute exactly what the lane-by-
+//! lane spec computes, only faster. Chosen once at run time ([`has_avx2_fma`]); elsewhere the
+//! spec runs. Tests in this file prove every twin bit-identical to its spec on seeded random
+//! inputs (run on any x86-64 CPU with AVX2 and FMA, as CI's).
+//!
+//! Nothing here decides arithmetic: a twin that disagrees with its spec is a bug in the twin.
+
+use crate::gguf::GgmlType;
+
+use super::ops;
+use super::quant::{self, BlockQ8_0, BlockQ8_1, QuantizedActivation};
+
+/// A weight-row dot product: one row of a matrix in its GGUF bytes against an activation.
+pub type VecDotFn = fn(&[u8], &QuantizedActivation) -> f32;
+
+/// Whether this CPU runs the AVX2 + FMA twins (checked once).
+pub fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The dot product `matmul` uses for weights of type `ty`: the AVX2 twin where there is one and
+/// the CPU runs it, else the spec [`quant::vec_dot`].
+pub fn vec_dot_fn(ty: GgmlType) -> VecDotFn {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        match ty {
+            GgmlType::Q4_1 => return x86::dot_q4_1,
+            GgmlType::Q4_0 => return x86::dot_q4_0,
+            GgmlType::Q8_0 => return x86::dot_q8_0,
+            _ => {}
+        }
+    }
+    match ty {
+        GgmlType::Q4_1 => |w, a| quant::vec_dot(GgmlType::Q4_1, w, a),
+        GgmlType::Q4_0 => |w, a| quant::vec_dot(GgmlType::Q4_0, w, a),
+        GgmlType::Q8_0 => |w, a| quant::vec_dot(GgmlType::Q8_0, w, a),
+        GgmlType::F16 => |w, a| quant::vec_dot(GgmlType::F16, w, a),
+        GgmlType::BF16 => |w, a| quant::vec_dot(GgmlType::BF16, w, a),
+        _ => |w, a| quant::vec_dot(GgmlType::F32, w, a),
+    }
+}
+
+/// `ggml_vec_dot_f32` on two f32 rows: the AVX2 twin where the CPU runs it, else the spec.
+pub fn vec_dot_f32(x: &[f32], y: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() && x.len() % 32 == 0 {
+        // SAFETY: AVX2 and FMA are present (checked above); lengths are checked inside.
+        return unsafe { x86::vec_dot_f32(x, y) };
+    }
+    quant::vec_dot_f32(x, y)
+}
+
+/// [`ops::attention`] compiled for AVX2 + FMA where the CPU has them (the same code: its fused
+/// multiply-adds become `vfmadd` instructions and LLVM vectorizes the lane loops, which it
+/// may do without changing a bit: it never reassociates floating-point operations).
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    n_kv: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    out: &mut [f32],
+    kq_out: Option<&mut [f32]>,
+    probs_out: Option<&mut [f32]>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: AVX2 and FMA are present (checked above).
+        return unsafe { x86::attention(q, k_cache, v_cache, n_kv, n_heads, n_kv_heads, head_dim, out, kq_out, probs_out) };
+    }
+    ops::attention(q, k_cache, v_cache, n_kv, n_heads, n_kv_heads, head_dim, out, kq_out, probs_out)
+}
+
+/// [`ops::swiglu`] compiled for AVX2 + FMA where the CPU has them (see [`attention`]).
+pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: AVX2 and FMA are present (checked above).
+        return unsafe { x86::swiglu(gate, up, out) };
+    }
+    ops::swiglu(gate, up, out)
+}
+
+/// [`ops::rope_norm`] compiled for AVX2 + FMA where the CPU has them (see [`attention`]).
+pub fn rope_norm(x: &mut [f32], head_dim: usize, pos: usize, base: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: AVX2 and FMA are present (checked above).
+        return unsafe { x86::rope_norm(x, head_dim, pos, base) };
+    }
+    ops::rope_norm(x, head_dim, pos, base)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::super::quant::QK;
+    use super::*;
+
+    #[inline(always)]
+    fn f16_at(bytes: &[u8], at: usize) -> f32 {
+        half::f16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()
+    }
+
+    /// `hsum_float_8`, as ggml writes it.
+    #[inline(always)]
+    unsafe fn hsum_float_8(x: __m256) -> f32 {
+        let mut res = _mm256_extractf128_ps(x, 1);
+        res = _mm_add_ps(res, _mm256_castps256_ps128(x));
+        res = _mm_add_ps(res, _mm_movehl_ps(res, res));
+        res = _mm_add_ss(res, _mm_movehdup_ps(res));
+        _mm_cvtss_f32(res)
+    }
+
+    /// `bytes_from_nibbles_32`: 16 bytes of nibbles -> 32 bytes, low nibbles first.
+    #[inline(always)]
+    unsafe fn bytes_from_nibbles_32(p: *const u8) -> __m256i {
+        let tmp = _mm_loadu_si128(p as *const __m128i);
+        let bytes = _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp);
+        _mm256_and_si256(_mm256_set1_epi8(0x0F), bytes)
+    }
+
+    /// `mul_sum_us8_pairs_float`: unsigned x signed bytes, pairs then quads, as 8 floats.
+    #[inline(always)]
+    unsafe fn mul_sum_us8_pairs_float(ax: __m256i, sy: __m256i) -> __m256 {
+        let dot = _mm256_maddubs_epi16(ax, sy);
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), dot))
+    }
+
+    /// `mul_sum_i8_pairs_float`: signed x signed bytes through the sign trick.
+    #[inline(always)]
+    unsafe fn mul_sum_i8_pairs_float(x: __m256i, y: __m256i) -> __m256 {
+        let ax = _mm256_sign_epi8(x, x);
+        let sy = _mm256_sign_epi8(y, x);
+        mul_sum_us8_pairs_float(ax, sy)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn vec_dot_q4_1_q8_1(w: &[u8], a: &[BlockQ8_1]) -> f32 {
+        assert_eq!(w.len(), a.len() * 20);
+        let mut acc = _mm256_setzero_ps();
+        let mut summs = 0.0f32;
+        for (i, ab) in a.iter().enumerate() {
+            let blk = &w[i * 20..i * 20 + 20];
+            let (d0, m) = (f16_at(blk, 0), f16_at(blk, 2));
+            summs = m.mul_add(ab.s, summs);
+            let d0d1 = _mm256_set1_ps(d0 * ab.d);
+            let qx = bytes_from_nibbles_32(blk.as_ptr().add(4));
+            let qy = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
+            acc = _mm256_fmadd_ps(d0d1, mul_sum_us8_pairs_float(qx, qy), acc);
+        }
+        hsum_float_8(acc) + summs
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn vec_dot_q4_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
+        assert_eq!(w.len(), a.len() * 18);
+        let mut acc = _mm256_setzero_ps();
+        for (i, ab) in a.iter().enumerate() {
+            let blk = &w[i * 18..i * 18 + 18];
+            let d = _mm256_set1_ps(f16_at(blk, 0) * ab.d);
+            let qx = _mm256_sub_epi8(bytes_from_nibbles_32(blk.as_ptr().add(2)), _mm256_set1_epi8(8));
+            let qy = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
+            acc = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), acc);
+        }
+        hsum_float_8(acc)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn vec_dot_q8_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
+        assert_eq!(w.len(), a.len() * 34);
+        let mut acc = _mm256_setzero_ps();
+        for (i, ab) in a.iter().enumerate() {
+            let blk = &w[i * 34..i * 34 + 34];
+            let d = _mm256_set1_ps(f16_at(blk, 0) * ab.d);
+            let qx = _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i);
+            let qy = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
+            acc = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), acc);
+        }
+        hsum_float_8(acc)
+    }
+
+    /// `ggml_vec_dot_f32` for lengths that are multiples of 32 (no leftovers).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn vec_dot_f32(x: &[f32], y: &[f32]) -> f32 {
+        assert!(x.len() == y.len() && x.len() % 32 == 0);
+        let mut sum = [_mm256_setzero_ps(); 4];
+        for i in (0..x.len()).step_by(32) {
+            for (j, s) in sum.iter_mut().enumerate() {
+                let ax = _mm256_loadu_ps(x.as_ptr().add(i + 8 * j));
+                let ay = _mm256_loadu_ps(y.as_ptr().add(i + 8 * j));
+                *s = _mm256_fmadd_ps(ax, ay, *s);
+            }
+        }
+        let x0 = _mm256_add_ps(sum[0], sum[2]);
+        let x1 = _mm256_add_ps(sum[1], sum[3]);
+        let x0 = _mm256_add_ps(x0, x1);
+        let t0 = _mm_add_ps(_mm256_castps256_ps128(x0), _mm256_extractf128_ps(x0, 1));
+        let t1 = _mm_hadd_ps(t0, t0);
+        _mm_cvtss_f32(_mm_hadd_ps(t1, t1))
+    }
+
+    const _: () = assert!(QK == 32);
+
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn attention(
+        q: &[f32],
+        k_cache: &[f32],
+        v_cache: &[f32],
+        n_kv: usize,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        out: &mut [f32],
+        kq_out: Option<&mut [f32]>,
+        probs_out: Option<&mut [f32]>,
+    ) {
+        ops::attention(q, k_cache, v_cache, n_kv, n_heads, n_kv_heads, head_dim, out, kq_out, probs_out)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
+        ops::swiglu(gate, up, out)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn rope_norm(x: &mut [f32], head_dim: usize, pos: usize, base: f32) {
+        ops::rope_norm(x, head_dim, pos, base)
+    }
+
+    pub fn dot_q4_1(w: &[u8], a: &QuantizedActivation) -> f32 {
+        let QuantizedActivation::Q8_1(b) = a else { unreachable!("Q4_1 takes Q8_1 activations") };
+        // SAFETY: only handed out by `vec_dot_fn` after `has_avx2_fma`.
+        unsafe { vec_dot_q4_1_q8_1(w, b) }
+    }
+
+    pub fn dot_q4_0(w: &[u8], a: &QuantizedActivation) -> f32 {
+        let QuantizedActivation::Q8_0(b) = a else { unreachable!("Q4_0 takes Q8_0 activations") };
+        // SAFETY: as above.
+        unsafe { vec_dot_q4_0_q8_0(w, b) }
+    }
+
+    pub fn dot_q8_0(w: &[u8], a: &QuantizedActivation) -> f32 {
+        let QuantizedActivation::Q8_0(b) = a else { unreachable!("Q8_0 takes Q8_0 activations") };
+        // SAFETY: as above.
+        unsafe { vec_dot_q8_0_q8_0(w, b) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::quant::{quantize_activation, vec_dot};
+
+    /// splitmix64: a seeded generator for test inputs.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn f32(&mut self) -> f32 {
+            (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        }
+    }
+
+    fn random_row(rng: &mut Rng, ty: GgmlType, n_in: usize) -> Vec<u8> {
+        let nb = n_in / 32;
+        let mut w = Vec::new();
+        for _ in 0..nb {
+            let d = half::f16::from_f32(rng.f32() * 0.05).to_bits().to_le_bytes();
+            w.extend_from_slice(&d);
+            match ty {
+                GgmlType::Q4_1 => {
+                    w.extend_from_slice(&half::f16::from_f32(rng.f32() * 0.1).to_bits().to_le_bytes());
+                    w.extend((0..16).map(|_| rng.next() as u8));
+                }
+                GgmlType::Q4_0 => w.extend((0..16).map(|_| rng.next() as u8)),
+                _ => w.extend((0..32).map(|_| (rng.next() % 255) as u8 ^ 0x80)),
+            }
+        }
+        w
+    }
+
+    #[test]
+    fn simd_dot_products_equal_the_spec() {
+        if !has_avx2_fma() {
+            eprintln!("skipped: this CPU has no AVX2+FMA, so the twins never run here");
+            return;
+        }
+        let mut rng = Rng(7);
+        for ty in [GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q8_0] {
+            for n_in in [32, 64, 576, 1536] {
+                for _ in 0..200 {
+                    let w = random_row(&mut rng, ty, n_in);
+                    let scale = 10f32.powi((rng.next() % 7) as i32 - 3);
+                    let x: Vec<f32> = (0..n_in).map(|_| rng.f32() * scale).collect();
+                    let a = quantize_activation(ty, &x);
+                    let (want, got) = (vec_dot(ty, &w, &a), vec_dot_fn(ty)(&w, &a));
+                    assert_eq!(want.to_bits(), got.to_bits(), "{ty:?} n_in {n_in}: spec {want} simd {got}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn compiled_for_avx2_ops_equal_the_spec() {
+        let mut rng = Rng(13);
+        let (nh, nkv, hd) = (9, 3, 64);
+        for n_kv in [1, 7, 33, 100] {
+            let q: Vec<f32> = (0..nh * hd).map(|_| rng.f32() * 3.0).collect();
+            let k: Vec<f32> = (0..n_kv * nkv * hd).map(|_| rng.f32() * 3.0).collect();
+            let v: Vec<f32> = (0..n_kv * nkv * hd).map(|_| rng.f32()).collect();
+            let run = |fast: bool| {
+                let (mut out, mut kq, mut pr) = (vec![0.0f32; nh * hd], vec![0.0f32; nh * n_kv], vec![0.0f32; nh * n_kv]);
+                if fast {
+                    attention(&q, &k, &v, n_kv, nh, nkv, hd, &mut out, Some(&mut kq), Some(&mut pr));
+                } else {
+                    ops::attention(&q, &k, &v, n_kv, nh, nkv, hd, &mut out, Some(&mut kq), Some(&mut pr));
+                }
+                [out, kq, pr].concat().iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            };
+            assert_eq!(run(true), run(false), "attention n_kv {n_kv}");
+        }
+        let g: Vec<f32> = (0..1541).map(|_| rng.f32() * 20.0).collect();
+        let u: Vec<f32> = (0..1541).map(|_| rng.f32()).collect();
+        let (mut a, mut b) = (vec![0.0; 1541], vec![0.0; 1541]);
+        swiglu(&g, &u, &mut a);
+        ops::swiglu(&g, &u, &mut b);
+        assert_eq!(a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), b.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+        for pos in [0, 1, 17, 4000] {
+            let mut x: Vec<f32> = (0..576).map(|_| rng.f32()).collect();
+            let mut y = x.clone();
+            rope_norm(&mut x, 64, pos, 100000.0);
+            ops::rope_norm(&mut y, 64, pos, 100000.0);
+            assert_eq!(x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "rope pos {pos}");
+        }
+    }
+
+    #[test]
+    fn simd_vec_dot_f32_equals_the_spec() {
+        let mut rng = Rng(11);
+        for n in [32, 64, 256, 512, 768] {
+            for _ in 0..200 {
+                let x: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
+                let y: Vec<f32> = (0..n).map(|_| rng.f32() * 30.0).collect();
+                let (want, got) = (quant::vec_dot_f32(&x, &y), vec_dot_f32(&x, &y));
+                assert_eq!(want.to_bits(), got.to_bits(), "n {n}");
+            }
+        }
+    }
+}
