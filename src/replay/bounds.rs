@@ -25,9 +25,13 @@ pub struct Bounds {
     /// Op by op for the products llama.cpp's batch path sends through tinyBLAS: `kq`, the
     /// attention's value product (`kqv_out`) and the output head (`result_output`).
     pub op_tinyblas: f64,
-    /// Chained, per layer: the residual stream (`l_out-N`, `result_norm`).
+    /// Chained, every tensor of layer 0, and of layer 1 (few rounding flips have happened yet:
+    /// tight bounds there catch bugs that move only a few dimensions).
+    pub chained_layer0: f64,
+    pub chained_layer1: f64,
+    /// Chained, later layers: the residual stream (`l_out-N`, `result_norm`)...
     pub chained_residual: f64,
-    /// Chained: any other tensor of a layer.
+    /// ...and any other tensor of a layer.
     pub chained_op: f64,
     /// Logits per position (full rows).
     pub logits_nmse: f64,
@@ -45,6 +49,8 @@ pub struct Bounds {
 pub const TOKEN: Bounds = Bounds {
     op: 0.0,
     op_tinyblas: 0.0,
+    chained_layer0: 0.0,
+    chained_layer1: 0.0,
     chained_residual: 0.0,
     chained_op: 0.0,
     logits_nmse: 0.0,
@@ -54,18 +60,34 @@ pub const TOKEN: Bounds = Bounds {
     max_tie_flip_fraction: 0.0,
 };
 
-/// Batch recordings: llama.cpp's batch-versus-token spread (see the module docs for where it is
-/// measured; the measured worst is in each comment, the bound adds a margin for other prompts).
+/// Batch recordings: llama.cpp's batch-versus-token spread, as measured on the committed corpus
+/// (the measured worst in each comment; `parity.rs` recomputes it, `tests/corpus.rs` replays
+/// it), with margins for prompts outside the corpus.
 pub const BATCH: Bounds = Bounds {
+    // Every op but the value product is bit-identical on llama.cpp's own batch inputs (65 of 69
+    // per case), so no tolerance.
     op: 0.0,
-    op_tinyblas: 1e-10,
-    chained_residual: 3e-2,
-    chained_op: 1e-1,
-    logits_nmse: 3e-2,
+    // kqv_out, measured ≤ 4.3e-15 (tinyBLAS sums the 8-float lanes of each output in another
+    // order than ggml_vec_dot_f32); kq and result_output measured bit-identical.
+    op_tinyblas: 1e-12,
+    // Layer 0: every tensor measured bit-identical but kqv_out (8.2e-15).
+    chained_layer0: 1e-9,
+    // Layer 1: measured ≤ 4.6e-6 (l_out-1).
+    chained_layer1: 5e-5,
+    // Measured ≤ 1.1e-3 (l_out-29), 8.5e-4 (result_norm).
+    chained_residual: 5e-3,
+    // Measured ≤ 2.7e-3 (Vcur-29).
+    chained_op: 1e-2,
+    // Measured ≤ 6.3e-3 (last prompt position).
+    logits_nmse: 2e-2,
+    // Measured ≤ 7.2e-2 (chat-long).
     logits_kl: 0.2,
-    prompt_top1_gap: 0.5,
+    // Measured: prompt top-1 flips at llama.cpp gaps ≤ 0.231 (16 of 939 positions).
+    prompt_top1_gap: 0.4,
+    // Free-running, llama.cpp's two modes split at gaps ≤ 0.128; teacher-forced replays flip on
+    // at most 3 of 64 steps.
     near_tie_gap: 0.3,
-    max_tie_flip_fraction: 0.05,
+    max_tie_flip_fraction: 0.1,
 };
 
 /// The bounds for a recording made in `mode`.
@@ -79,10 +101,12 @@ pub fn for_mode(mode: RecordingMode) -> &'static Bounds {
 impl Bounds {
     /// The chained bound for a tap point.
     pub fn chained(&self, p: TapPoint) -> f64 {
-        match p {
-            TapPoint::Embd => 0.0,
-            TapPoint::LOut(_) | TapPoint::ResultNorm => self.chained_residual,
-            TapPoint::Logits => self.logits_nmse,
+        match (p, p.layer()) {
+            (TapPoint::Embd, _) => 0.0,
+            (TapPoint::Logits, _) => self.logits_nmse,
+            (_, Some(0)) => self.chained_layer0,
+            (_, Some(1)) => self.chained_layer1,
+            (TapPoint::LOut(_) | TapPoint::ResultNorm, _) => self.chained_residual,
             _ => self.chained_op,
         }
     }

@@ -203,7 +203,8 @@ pub fn judge_llama(rec: &ReferenceRecording, ops: Vec<OpResult>, ch: &ChainedRes
         let same = real.iter().filter(|o| o.identical).count();
         let worst = real.iter().map(|o| o.nmse).fold(0.0, f64::max);
         let name = if exact { "op by op on llama.cpp's captured inputs, bit-identical" } else { "op by op on llama.cpp's captured inputs" };
-        r.check(name, bad.is_empty(), format!("{same} of {} ops bit-identical, worst NMSE {worst:.3e}; failing: {:?}", real.len(), bad.iter().map(|o| &o.tensor).collect::<Vec<_>>()));
+        let inexact: Vec<String> = real.iter().filter(|o| !o.identical).map(|o| format!("{} {:.1e}", o.tensor, o.nmse)).collect();
+        r.check(name, bad.is_empty(), format!("{same} of {} ops bit-identical, worst NMSE {worst:.3e} (not identical: {inexact:?}); failing: {:?}", real.len(), bad.iter().map(|o| &o.tensor).collect::<Vec<_>>()));
     }
     r.ops = ops;
     if let Some(ex) = &ch.exact {
@@ -307,7 +308,8 @@ pub fn judge_llama(rec: &ReferenceRecording, ops: Vec<OpResult>, ch: &ChainedRes
     if exact {
         r.check("greedy continuation identical at every step (free-running, no near-tie excuse)", ok && flips == 0, format!("{} of {} steps equal", ch.greedy.len() - flips, ch.greedy.len()));
     } else {
-        r.check("greedy continuation, teacher-forced (near-ties excused)", ok, format!("{flips} of {} steps differ, {} not near-ties", ch.greedy.len(), hard.len()));
+        let gaps: Vec<String> = ch.greedy.iter().filter(|g| g.ours != g.theirs).map(|g| format!("step {} gap {:.3}", g.step, g.gap)).collect();
+        r.check("greedy continuation, teacher-forced (near-ties excused)", ok, format!("{flips} of {} steps differ ({gaps:?}), {} not near-ties", ch.greedy.len(), hard.len()));
     }
     if r.first_divergence.is_none() {
         if let Some(g) = hard.first() {

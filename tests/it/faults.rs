@@ -14,7 +14,7 @@ use worker_orcd::backend::{Tap, TapPoint};
 use worker_orcd::engine::Engine;
 use worker_orcd::gguf::{GgmlType, GgufFile, GgufWriter, MetadataValue};
 use worker_orcd::model::Model;
-use worker_orcd::reference::load_corpus;
+use worker_orcd::reference::{load_corpus, load_token_corpus};
 use worker_orcd::replay::{self, backend::fingerprint_of, worker, CaseReport};
 use worker_orcd::trace::{RecordedParams, ResolvedRequest, TraceLevel};
 
@@ -45,13 +45,19 @@ fn describe(r: &CaseReport) -> String {
     format!("{} → {}", r.name, r.divergence_line())
 }
 
+/// Replays corpus case `name` (batch or token-by-token recording) with fault `f` planted.
+fn replay_case_with(name: &str, token: bool, f: Fault) -> CaseReport {
+    let m = model();
+    let corpus = if token { load_token_corpus() } else { load_corpus() };
+    let (_, rec) = corpus.unwrap().into_iter().find(|(_, r)| r.case.name == name).unwrap_or_else(|| panic!("case {name}"));
+    let _p = Planted::new(f, false);
+    let mut b = CpuBackend::new(Arc::clone(&m), 1024, 2).unwrap();
+    replay::llama::replay_case(&m, &mut b, &rec, None).unwrap()
+}
+
 /// plain-capital: 5 tokens with every op of layers 0, 1, 15 and 29 captured at every position.
 fn replay_plain_capital(f: Fault) -> CaseReport {
-    let m = model();
-    let (_, rec) = load_corpus().unwrap().into_iter().find(|(_, r)| r.case.name == "plain-capital").expect("plain-capital case");
-    let _p = Planted::new(f, false);
-    let mut b = CpuBackend::new(Arc::clone(&m), 128, 2).unwrap();
-    replay::llama::replay_case(&m, &mut b, &rec, None).unwrap()
+    replay_case_with("plain-capital", false, f)
 }
 
 #[test]
@@ -81,6 +87,39 @@ fn backend_faults_are_named_against_llama_cpp() {
             assert_eq!(d.layer, Some(0), "{f:?}: {}", describe(&r));
             assert!(want.contains(&d.tensor.as_str()), "{f:?}: expected one of {want:?}: {}", describe(&r));
         }
+    }
+    for t in &table {
+        println!("fault {t}");
+    }
+}
+
+/// Against the token-by-token recordings there is no tolerance: each fault is named at the
+/// exact position, layer and tensor where the run first differs, and the clean run passes
+/// with every tap of every position bit-identical.
+#[test]
+fn backend_faults_are_named_exactly_against_token_recordings() {
+    let clean = replay_case_with("plain-capital", true, Fault::None);
+    assert!(clean.passed, "unfaulted run fails: {}", describe(&clean));
+    // (fault, case, position, tensor of the first differing hash).
+    let cases: [(Fault, &str, usize, &str); 5] = [
+        // Replay runs the case as one batch, whose keys are all written (over cell 0) before
+        // attention: position 0's raw scores are the first to differ.
+        (Fault::KvPosStuckAtZero, "plain-capital", 0, "kq-0#0"),
+        (Fault::SkipFfnDown, "plain-capital", 0, "ffn_out-0#0"),
+        (Fault::TransposedQ, "plain-capital", 0, "Qcur-0#0"),
+        // RoPE is the identity at position 0.
+        (Fault::RopeWrongPairs, "plain-capital", 1, "Qcur-0#2"),
+        // A bug that only shows past a few dozen positions: the first position with more than
+        // 32 cells to attend to, in the scores of layer 0.
+        (Fault::AttentionWindow32, "chat-long", 32, "kq-0#0"),
+    ];
+    let mut table = Vec::new();
+    for (f, case, pos, tensor) in cases {
+        let r = replay_case_with(case, true, f);
+        table.push(format!("{f:?} on {case}: {}", r.divergence_line()));
+        assert!(!r.passed, "{f:?}: replay passed");
+        let d = r.first_divergence.as_ref().unwrap_or_else(|| panic!("{f:?}: no divergence named"));
+        assert_eq!((d.position, d.layer, d.tensor.as_str()), (Some(pos), Some(0), tensor), "{f:?}: {}", describe(&r));
     }
     for t in &table {
         println!("fault {t}");

@@ -1,6 +1,6 @@
-//! The replay harness on real data: every llama.cpp reference case replays on the CPU within
-//! its bounds and matches its insta snapshot; a worker recording moved to another directory
-//! replays from the file alone; `diff` of two recordings of one request; `explain`.
+//! The replay harness on worker recordings: one moved to another directory replays from the
+//! file alone; `diff` of two recordings of one request; `explain`; the committed GPU recordings
+//! replay bit for bit on the CPU. (The llama.cpp corpus runs case by case in `tests/corpus.rs`.)
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,41 +12,6 @@ use worker_orcd::replay::{self, backend::fingerprint_of, worker, CaseReport};
 use worker_orcd::trace::{RecordedParams, ResolvedRequest, TraceLevel};
 
 use crate::support::{model, tokenizer};
-
-/// Snapshots live in `<crate>/snapshots`, with the context in `info:`.
-pub fn assert_report_snapshot(r: &CaseReport, name: &str) {
-    let mut s = insta::Settings::clone_current();
-    s.set_snapshot_path(Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots"));
-    s.set_prepend_module_to_snapshot(false);
-    s.set_info(&serde_json::json!({ "model": r.model, "backend": r.backend, "case": r.name, "mode": r.mode }));
-    s.bind(|| insta::assert_snapshot!(name, r.snapshot_text()));
-}
-
-#[test]
-fn the_llama_cpp_corpus_replays_within_bounds_and_matches_snapshots() {
-    let m = model();
-    let tok = tokenizer();
-    let mut b = CpuBackend::new(Arc::clone(&m), 1024, 2).unwrap();
-    let _g = crate::faults::LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let t0 = std::time::Instant::now();
-    let (mut positions, mut failures) = (0usize, Vec::new());
-    let corpus = load_corpus().expect("reference corpus opens");
-    assert!(corpus.len() >= 10, "expected at least 10 cases, found {}", corpus.len());
-    for (_, rec) in corpus {
-        let r = replay::llama::replay_case(&m, &mut b, &rec, Some(&tok)).unwrap();
-        positions += r.tokens_replayed;
-        let worst_op = r.ops.iter().filter(|o| !o.control).map(|o| o.nmse).fold(0.0, f64::max);
-        let worst = r.worst_layer.as_ref().map(|w| format!("{} {:.3e}", w.label, w.worst_nmse.unwrap_or(f64::NAN))).unwrap_or_default();
-        println!("{:<20} {} worst op NMSE {worst_op:.3e}, worst site {worst}; {}", r.name, if r.passed { "PASS" } else { "FAIL" }, r.checks.iter().map(|c| format!("{}: {}", c.name, c.detail)).collect::<Vec<_>>().join("; "));
-        if !r.passed {
-            failures.push(format!("{}: {}", r.name, r.divergence_line()));
-        }
-        assert_report_snapshot(&r, &format!("replay-cpu-{}", r.name));
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    println!("corpus: {positions} positions in {secs:.1}s ({:.0} tokens/s)", positions as f64 / secs);
-    assert!(failures.is_empty(), "{failures:#?}");
-}
 
 fn resolved(prompt: &str, temperature: f32, max_tokens: u32) -> ResolvedRequest {
     let tok = tokenizer();

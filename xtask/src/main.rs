@@ -2,7 +2,7 @@
 mod gpu;
 mod replay;
 
-const USAGE: &str = "usage: cargo xtask <fetch-model | replay [PATHS..] [--backend auto|cpu|cuda] [--report FILE.json] [--junit FILE.xml] [--explain] [--filter PATTERN] [--diff A B] | record-llama | gpu-bundle [--out DIR] [--model PATH.gguf] [--with-corpus]>";
+const USAGE: &str = "usage: cargo xtask <fetch-model | replay [PATHS..] [--backend auto|cpu|cuda] [--report FILE.json] [--junit FILE.xml] [--explain] [--filter PATTERN] [--diff A B] | record-llama [--token] | gpu-bundle [--out DIR] [--model PATH.gguf] [--with-corpus]>";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

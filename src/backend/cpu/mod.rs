@@ -32,6 +32,8 @@ pub mod faults {
         RopeWrongPairs = 4,
         SoftmaxNoMax = 5,
         SkipQkvBias = 6,
+        /// Attention sees only the last 32 cached positions: invisible before position 32.
+        AttentionWindow32 = 7,
     }
 
     thread_local! {
@@ -215,6 +217,7 @@ impl CpuBackend {
                 let (kc, vc) = (&self.k_cache[l], &self.v_cache[l]);
                 let qs = &q;
                 let soft_no_max = planted!(SoftmaxNoMax);
+                let window_32 = planted!(AttentionWindow32);
                 let (mut kq_rows, mut p_rows) = (per_row(&mut scores, row_len, n), per_row(&mut probs, row_len, n));
                 self.pool.install(|| {
                     use rayon::prelude::*;
@@ -226,6 +229,19 @@ impl CpuBackend {
                         let qt = &qs[t * dim..(t + 1) * dim];
                         if soft_no_max {
                             attention_no_max(qt, kc, vc, n_kv, c.n_heads, c.n_kv_heads, hd, out, p_local.as_deref_mut());
+                        } else if window_32 && n_kv > 32 {
+                            // Planted fault: cells before n_kv - 32 are forgotten (their taps stay 0).
+                            let skip = n_kv - 32;
+                            let (mut kq_w, mut p_w) = (vec![0.0f32; c.n_heads * 32], vec![0.0f32; c.n_heads * 32]);
+                            let (kw, vw) = (&kc[skip * kv_dim..], &vc[skip * kv_dim..]);
+                            simd::attention(qt, kw, vw, 32, c.n_heads, c.n_kv_heads, hd, out, Some(&mut kq_w), Some(&mut p_w));
+                            for (local, win) in [(&mut kq_local, &kq_w), (&mut p_local, &p_w)] {
+                                if let Some(local) = local.as_deref_mut() {
+                                    for h in 0..c.n_heads {
+                                        local[h * n_kv + skip..(h + 1) * n_kv].copy_from_slice(&win[h * 32..(h + 1) * 32]);
+                                    }
+                                }
+                            }
                         } else {
                             simd::attention(qt, kc, vc, n_kv, c.n_heads, c.n_kv_heads, hd, out, kq_local.as_deref_mut(), p_local.as_deref_mut());
                         }

@@ -331,25 +331,19 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n_tok: usize, out: &mut [f32]) {
     assert_eq!(out.len(), n_tok * w.n_out, "matmul output has wrong length");
     let acts: Vec<QuantizedActivation> =
         (0..n_tok).into_par_iter().map(|t| quantize_activation(w.ty, &x[t * w.n_in..(t + 1) * w.n_in])).collect();
-    let dot = super::simd::vec_dot_fn(w.ty);
-    if n_tok == 1 {
-        out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(task, chunk)| {
-            for (r, o) in chunk.iter_mut().enumerate() {
-                *o = dot(w.row(task * ROWS_PER_TASK + r), &acts[0]);
-            }
-        });
-        return;
-    }
-    // Transposed scratch: tasks own disjoint ranges of output features for all tokens.
+    let tile = super::simd::tile_fn(w.ty);
+    // Transposed scratch: tasks own disjoint ranges of output features for all tokens, computed
+    // as (rows, tokens) tiles; every element is still one dot product of one row and one token.
     let mut scratch = vec![0.0f32; w.n_out * n_tok];
     scratch.par_chunks_mut(ROWS_PER_TASK * n_tok).enumerate().for_each(|(task, chunk)| {
-        for (r, dst) in chunk.chunks_mut(n_tok).enumerate() {
-            let row = w.row(task * ROWS_PER_TASK + r);
-            for (t, a) in acts.iter().enumerate() {
-                dst[t] = dot(row, a);
-            }
-        }
+        let first = task * ROWS_PER_TASK;
+        let rows: Vec<&[u8]> = (first..first + chunk.len() / n_tok).map(|r| w.row(r)).collect();
+        tile(&rows, &acts, chunk);
     });
+    if n_tok == 1 {
+        out.copy_from_slice(&scratch);
+        return;
+    }
     for t in 0..n_tok {
         for o in 0..w.n_out {
             out[t * w.n_out + o] = scratch[o * n_tok + t];

@@ -14,13 +14,16 @@ use super::quant::{self, BlockQ8_0, BlockQ8_1, QuantizedActivation};
 /// A weight-row dot product: one row of a matrix in its GGUF bytes against an activation.
 pub type VecDotFn = fn(&[u8], &QuantizedActivation) -> f32;
 
-/// Whether this CPU runs the AVX2 + FMA twins (checked once).
+/// Whether this CPU runs the AVX2 twins: AVX2, FMA and F16C, as the reference build assumes
+/// (checked once).
 pub fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use std::sync::OnceLock;
         static HAS: OnceLock<bool> = OnceLock::new();
-        *HAS.get_or_init(|| std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"))
+        *HAS.get_or_init(|| {
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c")
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -47,6 +50,51 @@ pub fn vec_dot_fn(ty: GgmlType) -> VecDotFn {
         GgmlType::F16 => |w, a| quant::vec_dot(GgmlType::F16, w, a),
         GgmlType::BF16 => |w, a| quant::vec_dot(GgmlType::BF16, w, a),
         _ => |w, a| quant::vec_dot(GgmlType::F32, w, a),
+    }
+}
+
+/// A tile of dot products: `out[r * acts.len() + t] = vec_dot(rows[r], acts[t])` for weight
+/// rows of one type, each element bitwise the spec's [`quant::vec_dot`]. Computing several at
+/// once only lets independent accumulation chains overlap (and, for several tokens, unpacks a
+/// weight block once): every element's own operations and their order are unchanged.
+pub type TileFn = fn(rows: &[&[u8]], acts: &[QuantizedActivation], out: &mut [f32]);
+
+/// The tile kernel `matmul` uses for weights of type `ty` (the spec, one element at a time,
+/// where there is no twin).
+pub fn tile_fn(ty: GgmlType) -> TileFn {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        match ty {
+            GgmlType::Q4_1 => return x86::tile_q4_1,
+            GgmlType::Q8_0 => return x86::tile_q8_0,
+            _ => {}
+        }
+    }
+    let _ = ty;
+    |rows, acts, out| {
+        let dot = vec_dot_fn_any(rows, acts);
+        for (r, row) in rows.iter().enumerate() {
+            for (t, a) in acts.iter().enumerate() {
+                out[r * acts.len() + t] = dot(row, a);
+            }
+        }
+    }
+}
+
+/// The one-element dot product for the type an activation was quantized for.
+fn vec_dot_fn_any(_rows: &[&[u8]], acts: &[QuantizedActivation]) -> VecDotFn {
+    match acts.first() {
+        Some(QuantizedActivation::Q8_1(_)) => vec_dot_fn(GgmlType::Q4_1),
+        Some(QuantizedActivation::F32(_)) => vec_dot_fn(GgmlType::F32),
+        _ => |w, a| {
+            // Q8_0 activations serve Q4_0 and Q8_0 weights; their row sizes tell them apart.
+            let QuantizedActivation::Q8_0(b) = a else { unreachable!() };
+            if w.len() == b.len() * 34 {
+                vec_dot_fn(GgmlType::Q8_0)(w, a)
+            } else {
+                vec_dot_fn(GgmlType::Q4_0)(w, a)
+            }
+        },
     }
 }
 
@@ -111,9 +159,11 @@ mod x86 {
     use super::super::quant::QK;
     use super::*;
 
+    /// An f16 at `at` widened exactly (F16C `vcvtph2ps`, inline: no call per conversion).
     #[inline(always)]
-    fn f16_at(bytes: &[u8], at: usize) -> f32 {
-        half::f16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()
+    unsafe fn f16_at(bytes: &[u8], at: usize) -> f32 {
+        let h = u16::from_le_bytes([bytes[at], bytes[at + 1]]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
     }
 
     /// `hsum_float_8`, as ggml writes it.
@@ -149,7 +199,7 @@ mod x86 {
         mul_sum_us8_pairs_float(ax, sy)
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn vec_dot_q4_1_q8_1(w: &[u8], a: &[BlockQ8_1]) -> f32 {
         assert_eq!(w.len(), a.len() * 20);
         let mut acc = _mm256_setzero_ps();
@@ -166,7 +216,7 @@ mod x86 {
         hsum_float_8(acc) + summs
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn vec_dot_q4_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
         assert_eq!(w.len(), a.len() * 18);
         let mut acc = _mm256_setzero_ps();
@@ -180,7 +230,7 @@ mod x86 {
         hsum_float_8(acc)
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn vec_dot_q8_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
         assert_eq!(w.len(), a.len() * 34);
         let mut acc = _mm256_setzero_ps();
@@ -195,7 +245,7 @@ mod x86 {
     }
 
     /// `ggml_vec_dot_f32` for lengths that are multiples of 32 (no leftovers).
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn vec_dot_f32(x: &[f32], y: &[f32]) -> f32 {
         assert!(x.len() == y.len() && x.len() % 32 == 0);
         let mut sum = [_mm256_setzero_ps(); 4];
@@ -216,7 +266,136 @@ mod x86 {
 
     const _: () = assert!(QK == 32);
 
-    #[target_feature(enable = "avx2,fma")]
+    /// Four Q4_1 rows against one Q8_1 activation, interleaved: each row's operations are
+    /// exactly `vec_dot_q4_1_q8_1`'s.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_1_rows4(rows: [&[u8]; 4], a: &[BlockQ8_1]) -> [f32; 4] {
+        for r in &rows {
+            assert_eq!(r.len(), a.len() * 20);
+        }
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut summs = [0.0f32; 4];
+        for (i, ab) in a.iter().enumerate() {
+            let qy = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
+            for r in 0..4 {
+                let blk = rows[r].get_unchecked(i * 20..i * 20 + 20);
+                let (d0, m) = (f16_at(blk, 0), f16_at(blk, 2));
+                summs[r] = m.mul_add(ab.s, summs[r]);
+                let qx = bytes_from_nibbles_32(blk.as_ptr().add(4));
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * ab.d), mul_sum_us8_pairs_float(qx, qy), acc[r]);
+            }
+        }
+        [hsum_float_8(acc[0]) + summs[0], hsum_float_8(acc[1]) + summs[1], hsum_float_8(acc[2]) + summs[2], hsum_float_8(acc[3]) + summs[3]]
+    }
+
+    /// One Q4_1 row against four Q8_1 activations, the weight block unpacked once.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_1_toks4(w: &[u8], a: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+        for t in &a {
+            assert_eq!(w.len(), t.len() * 20);
+        }
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut summs = [0.0f32; 4];
+        for i in 0..a[0].len() {
+            let blk = w.get_unchecked(i * 20..i * 20 + 20);
+            let (d0, m) = (f16_at(blk, 0), f16_at(blk, 2));
+            let qx = bytes_from_nibbles_32(blk.as_ptr().add(4));
+            for t in 0..4 {
+                let ab = a[t].get_unchecked(i);
+                summs[t] = m.mul_add(ab.s, summs[t]);
+                let qy = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * ab.d), mul_sum_us8_pairs_float(qx, qy), acc[t]);
+            }
+        }
+        [hsum_float_8(acc[0]) + summs[0], hsum_float_8(acc[1]) + summs[1], hsum_float_8(acc[2]) + summs[2], hsum_float_8(acc[3]) + summs[3]]
+    }
+
+    /// Four Q8_0 rows against one Q8_0 activation (`vec_dot_q8_0_q8_0` each).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q8_0_rows4(rows: [&[u8]; 4], a: &[BlockQ8_0]) -> [f32; 4] {
+        for r in &rows {
+            assert_eq!(r.len(), a.len() * 34);
+        }
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (i, ab) in a.iter().enumerate() {
+            let qy = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
+            for r in 0..4 {
+                let blk = rows[r].get_unchecked(i * 34..i * 34 + 34);
+                let qx = _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i);
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(blk, 0) * ab.d), mul_sum_i8_pairs_float(qx, qy), acc[r]);
+            }
+        }
+        [hsum_float_8(acc[0]), hsum_float_8(acc[1]), hsum_float_8(acc[2]), hsum_float_8(acc[3])]
+    }
+
+    /// One Q8_0 row against four Q8_0 activations.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q8_0_toks4(w: &[u8], a: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+        for t in &a {
+            assert_eq!(w.len(), t.len() * 34);
+        }
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for i in 0..a[0].len() {
+            let blk = w.get_unchecked(i * 34..i * 34 + 34);
+            let d0 = f16_at(blk, 0);
+            let qx = _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i);
+            for t in 0..4 {
+                let ab = a[t].get_unchecked(i);
+                let qy = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * ab.d), mul_sum_i8_pairs_float(qx, qy), acc[t]);
+            }
+        }
+        [hsum_float_8(acc[0]), hsum_float_8(acc[1]), hsum_float_8(acc[2]), hsum_float_8(acc[3])]
+    }
+
+    /// Walks a tile four rows (one token) or four tokens (several) at a time; leftovers one by one.
+    macro_rules! tile {
+        ($name:ident, $variant:ident, $block:ty, $rows4:ident, $toks4:ident, $one:ident) => {
+            pub fn $name(rows: &[&[u8]], acts: &[QuantizedActivation], out: &mut [f32]) {
+                let blocks: Vec<&[$block]> = acts
+                    .iter()
+                    .map(|a| match a {
+                        QuantizedActivation::$variant(b) => b.as_slice(),
+                        _ => unreachable!("activation quantized for another weight type"),
+                    })
+                    .collect();
+                let n_t = blocks.len();
+                // SAFETY (all calls): only handed out by `tile_fn` after `has_avx2_fma`.
+                if n_t == 1 {
+                    let mut r = 0;
+                    while r + 4 <= rows.len() {
+                        let v = unsafe { $rows4([rows[r], rows[r + 1], rows[r + 2], rows[r + 3]], blocks[0]) };
+                        out[r..r + 4].copy_from_slice(&v);
+                        r += 4;
+                    }
+                    for r in r..rows.len() {
+                        out[r] = unsafe { $one(rows[r], blocks[0]) };
+                    }
+                    return;
+                }
+                // Tokens in groups of 16 so their activations stay in L1 across the rows.
+                for t0 in (0..n_t).step_by(16) {
+                    let t1 = (t0 + 16).min(n_t);
+                    for (r, row) in rows.iter().enumerate() {
+                        let o = &mut out[r * n_t..(r + 1) * n_t];
+                        let mut t = t0;
+                        while t + 4 <= t1 {
+                            let v = unsafe { $toks4(row, [blocks[t], blocks[t + 1], blocks[t + 2], blocks[t + 3]]) };
+                            o[t..t + 4].copy_from_slice(&v);
+                            t += 4;
+                        }
+                        for t in t..t1 {
+                            o[t] = unsafe { $one(row, blocks[t]) };
+                        }
+                    }
+                }
+            }
+        };
+    }
+    tile!(tile_q4_1, Q8_1, BlockQ8_1, q4_1_rows4, q4_1_toks4, vec_dot_q4_1_q8_1);
+    tile!(tile_q8_0, Q8_0, BlockQ8_0, q8_0_rows4, q8_0_toks4, vec_dot_q8_0_q8_0);
+
+    #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn attention(
         q: &[f32],
@@ -233,12 +412,12 @@ mod x86 {
         ops::attention(q, k_cache, v_cache, n_kv, n_heads, n_kv_heads, head_dim, out, kq_out, probs_out)
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
         ops::swiglu(gate, up, out)
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn rope_norm(x: &mut [f32], head_dim: usize, pos: usize, base: f32) {
         ops::rope_norm(x, head_dim, pos, base)
     }
@@ -352,6 +531,29 @@ mod tests {
             rope_norm(&mut x, 64, pos, 100000.0);
             ops::rope_norm(&mut y, 64, pos, 100000.0);
             assert_eq!(x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "rope pos {pos}");
+        }
+    }
+
+    #[test]
+    fn tiles_equal_the_spec_element_by_element() {
+        let mut rng = Rng(17);
+        for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_0] {
+            for (n_rows, n_tok) in [(1, 1), (4, 1), (7, 1), (1, 4), (3, 5), (2, 9)] {
+                let n_in = 576;
+                let rows: Vec<Vec<u8>> = (0..n_rows).map(|_| random_row(&mut rng, ty, n_in)).collect();
+                let acts: Vec<QuantizedActivation> = (0..n_tok)
+                    .map(|_| quantize_activation(ty, &(0..n_in).map(|_| rng.f32() * 4.0).collect::<Vec<_>>()))
+                    .collect();
+                let refs: Vec<&[u8]> = rows.iter().map(|r| r.as_slice()).collect();
+                let mut out = vec![0.0f32; n_rows * n_tok];
+                tile_fn(ty)(&refs, &acts, &mut out);
+                for r in 0..n_rows {
+                    for t in 0..n_tok {
+                        let want = vec_dot(ty, &rows[r], &acts[t]);
+                        assert_eq!(out[r * n_tok + t].to_bits(), want.to_bits(), "{ty:?} {n_rows}x{n_tok} at ({r}, {t})");
+                    }
+                }
+            }
         }
     }
 
