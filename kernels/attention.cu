@@ -1,17 +1,19 @@
 // attention.cu: matches backend::cpu::ops::attention (grouped-query attention of one position
-// over the cached positions 0..=pos, scores scaled by 1/sqrt(head_dim), ops::softmax, weighted
-// sum of V), optionally fused with quantize_row_q8_1 of its output for the output projection.
+// over the cached positions 0..=pos as llama.cpp computes it for one token without flash
+// attention), optionally fused with quantize_row_q8_1 of its output for the output projection.
 //
 // Launch: grid (n_heads, n_tok), block 128 (>= head_dim), dynamic shared memory
-// (2*head_dim + 128*(head_dim+1) + n_ctx) floats (above 48 KB the launcher raises the limit).
-// K and V are staged through shared memory in tiles of 128 positions (coalesced loads).
+// (2*head_dim + 128*(head_dim+1) + n_ctx + n_ctx/8 + 16) floats (above 48 KB the launcher raises
+// the limit). K and V are staged through shared memory in tiles of 128 positions (coalesced).
 // Query position pos0 + t (pos0 = params[0]) sees n_kv = pos0 + t + 1 positions; query head h
 // reads KV head h / (n_heads / n_kv_heads). Caches are (n_ctx, n_kv_heads*head_dim) f32.
-// Numerics, as the CPU: each score is one sequential f32 dot product over head_dim; max exact;
-// exp is glibc's expf; the sum of exponentials is f64 (per-thread then a fixed tree, the CPU is
-// sequential: equal after the f32 rounding of 1/sum but for ~1e-9 of rows); each output element
-// is one sequential f32 sum over positions in order. So the batch and the one-token paths run
-// the same arithmetic for every (position, head), whatever the chunking.
+// Numerics, as the CPU: each score is ggml_vec_dot_f32 of the key and the query (common.cuh's
+// vec_dot_f32_ref), times the scale; the max is exact; exponentials are ggml's v_expf, summed
+// in groups of eight by hsum_float_8 and the group sums added in f64 in order (one thread);
+// probabilities are e * (float)(1/sum); each output channel is ggml_vec_dot_f32 of the values
+// with the probabilities over the cells (32 lane accumulators, cells past n_kv contributing
+// nothing, as ggml's zero-padded view). So the batch and the one-token paths run the same
+// arithmetic for every (position, head), whatever the chunking.
 // With aq/ads not null, head_dim % 32 == 0 and each head's output blocks are quantized here.
 
 // Copies rows j0..j0+rows of one KV head (columns off..off+head_dim) of `c0` into `d0` (row
@@ -55,7 +57,6 @@ __device__ __forceinline__ void attention_head(const float* q, const float* k_ca
                                                int n_heads, int n_kv_heads, int head_dim, float scale, int h,
                                                size_t t, bool dual) {
     extern __shared__ float sh[];
-    __shared__ double dscratch[32];
     __shared__ float fscratch[32];
     __syncthreads();
     const int dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim;
@@ -68,10 +69,11 @@ __device__ __forceinline__ void attention_head(const float* q, const float* k_ca
     float* kv = sh + 2 * head_dim;     // [tile][head_dim + 1]
     float* kv2 = kv + tile * ld;       // dual: the first V tile
     float* s = kv + (dual ? 2 : 1) * tile * ld;  // [n_ctx] scores, then probabilities
+    float* gsum = s + ((n_kv + 7) & ~7);          // [ceil(n_kv / 8)] group sums, after the row
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qh[d] = q[t * dim + h * head_dim + d];
 
     // Scores, one tile of positions at a time: the tile is loaded with coalesced 16-byte loads,
-    // then thread j forms q.k_j sequentially over d (the CPU's order) from shared memory.
+    // then thread j forms ggml_vec_dot_f32(k_j, q) from shared memory.
     float local_max = NEG_INF;
     for (int j0 = 0; j0 < n_kv; j0 += tile) {
         int rows = min(tile, n_kv - j0);
@@ -80,28 +82,38 @@ __device__ __forceinline__ void attention_head(const float* q, const float* k_ca
         __syncthreads();
         int r = threadIdx.x;
         if (r < rows) {
-            const float* kr = kv + r * ld;
-            float dot = 0.0f;
-            for (int d = 0; d < head_dim; d++) dot += kr[d] * qh[d];
-            float v = dot * scale;
+            float v = vec_dot_f32_ref(kv + r * ld, qh, head_dim) * scale;
             s[j0 + r] = v;
             local_max = fmaxf(local_max, v);
         }
     }
     float max = block_max_f32(local_max, fscratch);
 
-    double part = 0.0;
-    for (int j = threadIdx.x; j < n_kv; j += blockDim.x) {
-        float e = expf_glibc(s[j] - max);
-        s[j] = e;
-        part += (double)e;
+    // ggml_vec_soft_max_f32 on the row padded with -inf to a multiple of 8.
+    for (int j = threadIdx.x; j < n_kv; j += blockDim.x) s[j] = v_expf(s[j] - max);
+    __syncthreads();
+    const int n_groups = (n_kv + 7) / 8;
+    for (int gi = threadIdx.x; gi < n_groups; gi += blockDim.x) {
+        float x[8];
+#pragma unroll
+        for (int l = 0; l < 8; l++) x[l] = 8 * gi + l < n_kv ? s[8 * gi + l] : 0.0f;
+        gsum[gi] = ((x[4] + x[0]) + (x[6] + x[2])) + ((x[5] + x[1]) + (x[7] + x[3]));
     }
-    double sum = block_sum_f64(part, dscratch);
-    float inv = (float)(1.0 / sum);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double sum = 0.0;
+        for (int gi = 0; gi < n_groups; gi++) sum += (double)gsum[gi];
+        fscratch[0] = (float)(1.0 / sum);
+    }
+    __syncthreads();
+    const float inv = fscratch[0];
     for (int j = threadIdx.x; j < n_kv; j += blockDim.x) s[j] *= inv;
 
-    // Weighted sum of V: one thread per output element, positions in order across tiles.
-    float acc = 0.0f;
+    // Values: thread d accumulates channel d in 32 lanes by cell index (ggml_vec_dot_f32 over
+    // the cells), tile by tile; tiles start at multiples of 128, so cell j0 + r is lane r % 32.
+    float acc32[32];
+#pragma unroll
+    for (int i = 0; i < 32; i++) acc32[i] = 0.0f;
     for (int j0 = 0; j0 < n_kv; j0 += tile) {
         int rows = min(tile, n_kv - j0);
         const bool pre = dual && j0 == 0;
@@ -111,9 +123,15 @@ __device__ __forceinline__ void attention_head(const float* q, const float* k_ca
         const float* vt = pre ? kv2 : kv;
         int d = threadIdx.x;
         if (d < head_dim) {
-            for (int r = 0; r < rows; r++) acc += vt[r * ld + d] * s[j0 + r];
+            for (int r0 = 0; r0 < rows; r0 += 32) {
+#pragma unroll
+                for (int u = 0; u < 32; u++) {
+                    if (r0 + u < rows) acc32[u] = fmaf(vt[(r0 + u) * ld + d], s[j0 + r0 + u], acc32[u]);
+                }
+            }
         }
     }
+    const float acc = reduce_f32x8_4(acc32);
     if (threadIdx.x < head_dim) {
         out[t * dim + h * head_dim + threadIdx.x] = acc;
         oh[threadIdx.x] = acc;

@@ -4,11 +4,12 @@
 //
 // Numerics contract: the kernels are compiled with --fmad=false --ftz=false --prec-div=true
 // --prec-sqrt=true, so every float expression rounds exactly as the same expression written in
-// Rust (which never contracts a*b+c into an FMA). Together with a reduction order copied from
-// the CPU reference wherever that order is visible in f32, this makes most kernels bitwise
-// equal to backend::cpu. Reductions the CPU does in f64 (RMSNorm's sum of squares, softmax's
-// sum) are a fixed f64 tree here: they equal the CPU's sequential f64 sum after rounding to f32
-// except when the f64 sums straddle an f32 rounding boundary (probability ~1e-7 per row).
+// Rust (which never contracts a*b+c into an FMA), and fused multiply-adds happen exactly where
+// the CPU reference writes `mul_add` (fmaf here): the CPU reference is llama.cpp's one-token
+// arithmetic (backend::cpu::lanes), so the order of every reduction is the CPU's, lane by lane,
+// and every kernel is bitwise equal to backend::cpu. RMSNorm's f64 sum of squares is a fixed
+// f64 tree here against the CPU's sequential sum, with an exactness check that falls back to
+// the sequential sum when the two could round to different f32 means (rms_mean_exact).
 
 typedef unsigned char u8;
 typedef signed char i8;
@@ -102,8 +103,83 @@ __device__ __forceinline__ float expf_glibc(float x) {
     return (float)y;
 }
 
-// ggml_silu_f32 / ops::silu.
+// ggml_silu_f32 / ops::silu (the scalar SiLU, for elements past the last multiple of 8).
 __device__ __forceinline__ float silu_ref(float x) { return x / (1.0f + expf_glibc(-x)); }
+
+// One lane of ggml's AVX2 `ggml_v_expf` (lanes::v_expf): 2^n (1 + j) by the 1.5*2^23 rounding
+// trick and a degree-5 polynomial; explicit fmaf() is a fused multiply-add whatever --fmad says.
+__device__ __forceinline__ float v_expf(float x) {
+    const float r = __uint_as_float(0x4b400000u);  // 0x1.8p23
+    float z = fmaf(x, __uint_as_float(0x3fb8aa3bu), r);
+    float n = z - r;
+    float b = fmaf(-n, __uint_as_float(0x35bfbe8eu), fmaf(-n, __uint_as_float(0x3f317200u), x));
+    u32 e = __float_as_uint(z) << 23;
+    float k = __uint_as_float(e + __float_as_uint(1.0f));
+    bool c = fabsf(n) > 126.0f;
+    float u = b * b;
+    float j = fmaf(fmaf(fmaf(__uint_as_float(0x3c072010u), b, __uint_as_float(0x3d2b9f17u)), u,
+                        fmaf(__uint_as_float(0x3e2aaf33u), b, __uint_as_float(0x3efffedbu))),
+                   u, __uint_as_float(0x3f7ffff6u) * b);
+    if (!c) return fmaf(j, k, k);
+    u32 g = n <= 0.0f ? 0x82000000u : 0u;
+    float s1 = __uint_as_float(g + 0x7f000000u);
+    float s2 = __uint_as_float(e - g);
+    if (fabsf(n) > 192.0f) return s1 * s1;
+    return fmaf(s2, j, s2) * s1;
+}
+
+// One lane of `ggml_v_silu` (lanes::v_silu).
+__device__ __forceinline__ float v_silu(float x) { return x / (1.0f + v_expf(0.0f - x)); }
+
+// ggml_vec_swiglu_f32's element i of n (ops::swiglu): vectorized SiLU in the groups of 8.
+__device__ __forceinline__ float swiglu_elem(float g, float u, int i, int n) {
+    return (i < (n & ~7) ? v_silu(g) : silu_ref(g)) * u;
+}
+
+// hsum_float_8 (lanes::hsum_float_8) of eight values held by eight consecutive threads of a
+// warp (lane k of the sum in thread `base + k`): ((x0+x4)+(x2+x6)) + ((x1+x5)+(x3+x7)) by xor
+// shuffles 4, 2, 1. Every thread of the group gets the sum. `mask` covers the calling threads.
+__device__ __forceinline__ float hsum8_shfl(float v, unsigned mask) {
+    v += __shfl_xor_sync(mask, v, 4);
+    v += __shfl_xor_sync(mask, v, 2);
+    v += __shfl_xor_sync(mask, v, 1);
+    return v;
+}
+
+// GGML_F32x8_REDUCE of four 8-lane accumulators (lanes::reduce_f32x8_4), acc[8*j + l].
+__device__ __forceinline__ float reduce_f32x8_4(const float* acc) {
+    float x0[8];
+#pragma unroll
+    for (int l = 0; l < 8; l++) x0[l] = (acc[l] + acc[16 + l]) + (acc[8 + l] + acc[24 + l]);
+    float t0 = x0[0] + x0[4], t1 = x0[1] + x0[5], t2 = x0[2] + x0[6], t3 = x0[3] + x0[7];
+    return (t0 + t1) + (t2 + t3);
+}
+
+// ggml_vec_dot_f32 (quant::vec_dot_f32) of x and y, n elements, both in shared or global memory:
+// four 8-lane fused accumulators over each 32 elements, the reduction above, then the n % 32
+// leftovers by eights and fours (products rounded, added in order) and the rest fused.
+__device__ __forceinline__ float vec_dot_f32_ref(const float* x, const float* y, int n) {
+    float acc[32];
+#pragma unroll
+    for (int i = 0; i < 32; i++) acc[i] = 0.0f;
+    int np = n & ~31;
+    for (int i = 0; i < np; i += 32) {
+#pragma unroll
+        for (int e = 0; e < 32; e++) acc[e] = fmaf(x[i + e], y[i + e], acc[e]);
+    }
+    float sum = reduce_f32x8_4(acc);
+    int i = np;
+    while (n - i >= 8) {
+        for (int e = i; e < i + 8; e++) sum = sum + x[e] * y[e];
+        i += 8;
+    }
+    if (n - i >= 4) {
+        for (int e = i; e < i + 4; e++) sum = sum + x[e] * y[e];
+        i += 4;
+    }
+    for (; i < n; i++) sum = fmaf(x[i], y[i], sum);
+    return sum;
+}
 
 // Fixed butterfly reductions within a warp (all 32 lanes active). Max and integer sums are exact
 // in any order; the f64 sum uses the same xor tree on every call.
@@ -172,8 +248,33 @@ __device__ __noinline__ void quantize_block_warp(float x, i8* qs, float2* ds) {
     if (lane == 0) *ds = make_float2(f16_round(d), f16_round(d * (float)sum));
 }
 
+// The CPU's mean of squares, `(float)(sequential f64 sum / dim)`, from `sum`, the same squares
+// summed in f64 by a fixed tree. Both f64 sums lie within (dim-1)·2^-53·Σ of the exact one
+// (every term is >= 0), so when the interval sum ± 2(dim-1)·2^-53·sum (widened by 1%) maps to a
+// single float, that float is the CPU's (division and rounding are monotonic); otherwise, about
+// once in 10^6 rows, thread 0 redoes the CPU's sequential sum in index order. Block-uniform:
+// every thread passes the same `sum` and gets the same mean.
+__device__ __noinline__ float rms_mean_exact(const float* xr, int dim, double sum) {
+    __shared__ float mean_s;
+    const double delta = sum * (2.0 * (double)(dim - 1) * 1.1102230246251565e-16 * 1.01);
+    const float lo = (float)((sum - delta) / (double)dim), hi = (float)((sum + delta) / (double)dim);
+    if (lo == hi) return lo;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double s = 0.0;
+        for (int i = 0; i < dim; i++) {
+            float v = xr[i];
+            s += (double)(v * v);
+        }
+        mean_s = (float)(s / (double)dim);
+    }
+    __syncthreads();
+    return mean_s;
+}
+
 // 1/sqrt(mean(x^2) + eps) of one row, as ops::rmsnorm: squares in f32 widened to f64, summed per
-// thread in index order, then by block_sum_f64's fixed tree. Every thread gets the result.
+// thread in index order, then by block_sum_f64's fixed tree, the mean made the CPU's by
+// rms_mean_exact. Every thread gets the result.
 __device__ __forceinline__ float rms_scale(const float* xr, int dim, float eps) {
     __shared__ double scratch[32];
     double s = 0.0;
@@ -182,7 +283,7 @@ __device__ __forceinline__ float rms_scale(const float* xr, int dim, float eps) 
         s += (double)(v * v);
     }
     double sum = block_sum_f64(s, scratch);
-    float mean = (float)(sum / (double)dim);
+    float mean = rms_mean_exact(xr, dim, sum);
     return 1.0f / sqrtf(mean + eps);
 }
 
@@ -222,7 +323,7 @@ __device__ __forceinline__ void rmsnorm_q8_regs(const float* xr, const float* __
         if (t + bd * j < dim) s += (double)(xv[j] * xv[j]);
     }
     double sum = block_sum_f64(s, nscratch);
-    float mean = (float)(sum / (double)dim);
+    float mean = rms_mean_exact(xr, dim, sum);
     float scale = 1.0f / sqrtf(mean + eps);
 #pragma unroll
     for (int j = 0; j < NORM_MAXJ; j++) {

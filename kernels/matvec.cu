@@ -8,12 +8,15 @@
 // Activations arrive quantized by rmsnorm_q8 / quantize_q8_1 / attention / swiglu_q8:
 //   aq (n_tok, n_in) int8, ads (n_tok, n_in/32) float2 (d, s).
 //
+// Numerics, as ggml's AVX2 vec_dot kernels and the CPU spec: each 32-block's integer products
+// are summed in eight lanes of four adjacent elements (lane k: elements 4k..4k+3, one dp4a),
+// each lane accumulated over the blocks in order as acc_k = fmaf(d_w * d_a, lane_sum, acc_k),
+// the lanes reduced as hsum_float_8; Q4_1 adds `summs`, its minimum terms summed in block order
+// with fmaf(m_w, s_a, summs). Each output is bitwise the CPU's for any n_tok and chunking.
+//
 // Launch (quantized): grid (ceil(n_out/R), ceil(n_tok/TT)), block 128, dynamic shared memory
-// as documented at matvec_q_block. Phase 1 spreads the (row, block) pairs over the threads: each
-// computes one block's integer dot product (dp4a; exact, so any grouping is the CPU's value)
-// and the block's float terms (d_w*d_a)*sumi and m_w*s_a, exactly as the CPU forms them. Phase
-// 2 has one thread per row add those terms in block order, `acc += term`, then `acc + summs`,
-// the CPU's sequential order: each output is bitwise the CPU's, for any n_tok and any chunking.
+// as documented at matvec_q_block. Eight threads compute one (token, row) output, thread k its
+// lane k over all blocks; the eight lanes meet in a shuffle tree that is hsum_float_8's.
 //
 // Epilogue `mode`: 0 stores out[t*out_stride + r] = v; 1 adds to it (the residual connection,
 // ops::add: x = x + v). When `tap` is not null the stored value is also written to
@@ -22,10 +25,9 @@
 // and quantizes, so the decode step needs no separate launch for either.
 //
 // Launch (float weights): grid (ceil(n_out/128), n_tok), block 128, one thread per output doing
-// the CPU's sequential dot product over n_in; x is f32 (rounded to f16/bf16 here as the CPU
-// rounds its activation row). Slow, and only used for models with float matrices.
-
-#define MV_UNROLL 4
+// the CPU's dot product over n_in (F32: ggml_vec_dot_f32's lanes; F16/BF16: sequential, as the
+// CPU); x is f32 (rounded to f16/bf16 here as the CPU rounds its activation row). Slow, and only
+// used for models with float matrices.
 
 enum { WT_Q4_0 = 0, WT_Q4_1 = 1, WT_Q8_0 = 2 };
 enum { MODE_STORE = 0, MODE_ADD = 1, MODE_QKV = 2, MODE_SWIGLU = 3 };
@@ -46,59 +48,25 @@ struct SwigluEpi { float* out; i8* aq; float2* ads; int ffn; };
 // rmsnorm_q8 arithmetic, same 128-thread tree) into shared memory instead of reading aq/ads.
 struct NormIn { const float* x; const float* w; float eps; };
 
-// Weight block `blk` of the matrix, and its integer dot with activation block `a0|a1`.
+// The four quants of lane k (elements 4k..4k+3) of weight block `blk`, as signed bytes in one
+// word: Q8_0 word k of the block; Q4_x byte j holds element j (low nibble) and j + 16 (high),
+// so lane k < 4 is the low nibbles of word k and lane k >= 4 the high nibbles of word k - 4;
+// Q4_0 is offset by 8 (per-byte subtraction, exact).
 template <int WT>
-struct WBlock {
-    int4 w0, w1;  // Q8_0: 32 bytes; 4-bit: w0 holds the 16 bytes of nibbles
-    u32 dm;
-    __device__ __forceinline__ void load(const u8* __restrict__ qs, const u32* __restrict__ dmv, size_t blk) {
-        if (WT == WT_Q8_0) {
-            const int4* w4 = (const int4*)(qs + blk * 32);
-            w0 = w4[0];
-            w1 = w4[1];
-        } else {
-            w0 = ((const int4*)qs)[blk];
-        }
-        dm = dmv[blk];
-    }
-    __device__ __forceinline__ int dot(int4 a0, int4 a1) const {
-        int sumi = 0;
-        if (WT == WT_Q8_0) {
-            sumi = __dp4a(w0.x, a0.x, sumi); sumi = __dp4a(w0.y, a0.y, sumi);
-            sumi = __dp4a(w0.z, a0.z, sumi); sumi = __dp4a(w0.w, a0.w, sumi);
-            sumi = __dp4a(w1.x, a1.x, sumi); sumi = __dp4a(w1.y, a1.y, sumi);
-            sumi = __dp4a(w1.z, a1.z, sumi); sumi = __dp4a(w1.w, a1.w, sumi);
-        } else {
-            // Byte j of a 4-bit block: low nibble is element j, high nibble element j + 16.
-            const u32 m4 = 0x0F0F0F0Fu;
-            u32 x = (u32)w0.x, y = (u32)w0.y, z = (u32)w0.z, w = (u32)w0.w;
-            sumi = __dp4a((int)(x & m4), a0.x, sumi); sumi = __dp4a((int)(y & m4), a0.y, sumi);
-            sumi = __dp4a((int)(z & m4), a0.z, sumi); sumi = __dp4a((int)(w & m4), a0.w, sumi);
-            sumi = __dp4a((int)((x >> 4) & m4), a1.x, sumi); sumi = __dp4a((int)((y >> 4) & m4), a1.y, sumi);
-            sumi = __dp4a((int)((z >> 4) & m4), a1.z, sumi); sumi = __dp4a((int)((w >> 4) & m4), a1.w, sumi);
-            if (WT == WT_Q4_0) {
-                // sum (q - 8) a = sum q a - 8 sum a, exact in integers.
-                const int ones = 0x01010101;
-                int suma = 0;
-                suma = __dp4a(ones, a0.x, suma); suma = __dp4a(ones, a0.y, suma);
-                suma = __dp4a(ones, a0.z, suma); suma = __dp4a(ones, a0.w, suma);
-                suma = __dp4a(ones, a1.x, suma); suma = __dp4a(ones, a1.y, suma);
-                suma = __dp4a(ones, a1.z, suma); suma = __dp4a(ones, a1.w, suma);
-                sumi -= 8 * suma;
-            }
-        }
-        return sumi;
-    }
-};
+__device__ __forceinline__ int lane_quants(const u8* __restrict__ qs, size_t blk, int k) {
+    if (WT == WT_Q8_0) return ((const int*)(qs + blk * 32))[k];
+    u32 w = ((const u32*)(qs + blk * 16))[k & 3];
+    w = (k < 4 ? w : w >> 4) & 0x0F0F0F0Fu;
+    if (WT == WT_Q4_0) w = __vsub4(w, 0x08080808u);
+    return (int)w;
+}
 
 // Grid (n_out / rows_per_block, ceil(n_tok / tok_per_block)); see the header for the numerics.
 // Block x covers `rows_per_block` output rows: rows x*R + rl, except in MODE_SWIGLU, where
 // R = 64 covers gate rows x*32 + (0..32) and up rows ffn + x*32 + (0..32). Block y covers tokens
-// y*TT .. y*TT + TT: each weight block is loaded once and used for every token of the block.
-// Dynamic shared memory: R * TT * (n_in/32) * (2 for Q4_1, else 1) floats + R * TT floats, and
-// with a fused norm or TT == 1, 16-byte aligned, TT * n_in int8 and TT * n_in/32 float2 (+ 32
-// bytes). n_in % 512 == 0 is not required; n_in % 32 == 0 is.
-// Block size 128 (the fused norm's reduction tree assumes it).
+// y*TT .. y*TT + TT. Dynamic shared memory: R * TT floats of results, then, with a fused norm
+// or TT == 1, 16-byte aligned, TT * n_in int8 and TT * n_in/32 float2 of staged activations.
+// n_in % 32 == 0. Block size 128 (the fused norm's reduction tree assumes it).
 
 // Pulls the weights block `bx` will read towards L2 (they never depend on a previous kernel, so
 // this runs before pdl_wait / a grid barrier).
@@ -119,6 +87,40 @@ __device__ __forceinline__ void matvec_prefetch(const u8* __restrict__ qs, int n
     }
 }
 
+// One lane (k) of one output: the lane's fused accumulation over all blocks and, for Q4_1, the
+// minimum terms; loads for four blocks are issued before their arithmetic.
+template <int WT>
+__device__ __forceinline__ void lane_dot(const u8* __restrict__ qs, const u32* __restrict__ dm, const i8* arow,
+                                         const float2* ads_row, int row, int nb, int k, float& acc, float& summs) {
+    const size_t blk0 = (size_t)row * nb;
+    int b = 0;
+    for (; b + 4 <= nb; b += 4) {
+        int wq[4], av[4];
+        u32 dmw[4];
+        float2 da[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            wq[u] = lane_quants<WT>(qs, blk0 + b + u, k);
+            dmw[u] = dm[blk0 + b + u];
+            av[u] = ((const int*)(arow + (b + u) * QK))[k];
+            da[u] = ads_row[b + u];
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int sumi = __dp4a(wq[u], av[u], 0);
+            acc = fmaf(h2f((u16)(dmw[u] & 0xffffu)) * da[u].x, (float)sumi, acc);
+            if (WT == WT_Q4_1) summs = fmaf(h2f((u16)(dmw[u] >> 16)), da[u].y, summs);
+        }
+    }
+    for (; b < nb; b++) {
+        int sumi = __dp4a(lane_quants<WT>(qs, blk0 + b, k), ((const int*)(arow + b * QK))[k], 0);
+        u32 dmw = dm[blk0 + b];
+        float2 da = ads_row[b];
+        acc = fmaf(h2f((u16)(dmw & 0xffffu)) * da.x, (float)sumi, acc);
+        if (WT == WT_Q4_1) summs = fmaf(h2f((u16)(dmw >> 16)), da.y, summs);
+    }
+}
+
 // One block's work (virtual block (bx, by) of the grid described above), so that a persistent
 // kernel (decode.cu) can run many. Activations (aq, ads, ni.x) are deliberately not __restrict__:
 // in the persistent kernel other blocks wrote them in this same launch, and the non-coherent
@@ -136,45 +138,13 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
     const int t0 = by * tok_per_block;
     const int tcount = min(tok_per_block, n_tok - t0);
     const int slots = R * tok_per_block;
-    float* terms = sh;                                          // [tt][rl][b]
-    float* mterms = sh + slots * nb;                            // Q4_1: [tt][rl][b]
-    float* res = sh + slots * nb * (WT == WT_Q4_1 ? 2 : 1);     // [tt][rl]
-    // MODE_ADD: the value this thread adds to in phase 2 (its first (token, row)), loaded now so
-    // the load overlaps the products. Only this block writes those rows.
-    float first_old = 0.0f;
-    if (mode == MODE_ADD && threadIdx.x < tcount * R) {
-        int tt = threadIdx.x / R, row = bx * R + threadIdx.x - tt * R;
-        if (row < n_out) first_old = out[(size_t)(t0 + tt) * out_stride + row];
-    }
-    const int n_items = R * nb;
-    // This thread's (row, block) pairs of one pass of the main loop, and their weights.
-    WBlock<WT> wb[MV_UNROLL];
-    int rls[MV_UNROLL], bs[MV_UNROLL];
-    bool ok[MV_UNROLL];
-    auto load_pass = [&](int it0) {
-#pragma unroll
-        for (int u = 0; u < MV_UNROLL; u++) {
-            int it = it0 + u * blockDim.x + threadIdx.x;
-            int rl = it / nb, b = it - (it / nb) * nb;
-            int row = mode == MODE_SWIGLU ? (rl < 32 ? bx * 32 + rl : se.ffn + bx * 32 + rl - 32)
-                                          : bx * R + rl;
-            ok[u] = it < n_items && row < n_out;
-            rls[u] = rl;
-            bs[u] = b;
-            if (ok[u]) wb[u].load(qs, dm, (size_t)row * nb + b);
-        }
-    };
-    // The first pass's weights are requested before the activations are ready (they overlap the
-    // fused norm or the staging below).
-    load_pass(0);
+    float* res = sh;  // [tt][rl]
     // Activation source: global rows t0.., or, for one-token blocks and fused norms, rows in
-    // shared memory (normalized here, or copied with all loads in flight at once instead of one
-    // dependent round trip per unrolled block).
+    // shared memory (normalized here, or copied with all loads in flight at once).
     const i8* a_base = aq + (size_t)t0 * n_in;
     const float2* ads_base = ads + (size_t)t0 * nb;
     if (ni.w || tok_per_block == 1) {
-        size_t off = (size_t)(res + slots) - (size_t)sh;
-        off = (off + 15) & ~(size_t)15;
+        size_t off = ((size_t)slots * sizeof(float) + 15) & ~(size_t)15;
         i8* aq_s = (i8*)((char*)sh + off);
         float2* ads_s = (float2*)((char*)sh + off + (((size_t)tok_per_block * n_in + 15) & ~(size_t)15));
         if (ni.w) {
@@ -182,77 +152,33 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
                 rmsnorm_q8_regs(ni.x + (size_t)(t0 + tt) * n_in, ni.w, n_in, ni.eps, 0, 0, aq_s + tt * n_in,
                                 ads_s + tt * nb);
         } else {
-            // One token: n_in int8 (16-byte pieces) and nb (d, s) pairs.
             const int n16 = n_in / 16;
-            int4 v[4];
-            float2 d2[2];
-#pragma unroll
-            for (int u = 0; u < 4; u++) {
-                int i = threadIdx.x + u * blockDim.x;
-                if (i < n16) v[u] = ((const int4*)a_base)[i];
-            }
-#pragma unroll
-            for (int u = 0; u < 2; u++) {
-                int i = threadIdx.x + u * blockDim.x;
-                if (i < nb) d2[u] = ads_base[i];
-            }
-            for (int i = threadIdx.x + 4 * blockDim.x; i < n16; i += blockDim.x) ((int4*)aq_s)[i] = ((const int4*)a_base)[i];
-            for (int i = threadIdx.x + 2 * blockDim.x; i < nb; i += blockDim.x) ads_s[i] = ads_base[i];
-#pragma unroll
-            for (int u = 0; u < 4; u++) {
-                int i = threadIdx.x + u * blockDim.x;
-                if (i < n16) ((int4*)aq_s)[i] = v[u];
-            }
-#pragma unroll
-            for (int u = 0; u < 2; u++) {
-                int i = threadIdx.x + u * blockDim.x;
-                if (i < nb) ads_s[i] = d2[u];
-            }
+            for (int i = threadIdx.x; i < n16; i += blockDim.x) ((int4*)aq_s)[i] = ((const int4*)a_base)[i];
+            for (int i = threadIdx.x; i < nb; i += blockDim.x) ads_s[i] = ads_base[i];
         }
         __syncthreads();
         a_base = aq_s;
         ads_base = ads_s;
     }
-    for (int it0 = 0; it0 < n_items; it0 += blockDim.x * MV_UNROLL) {
-        if (it0 > 0) load_pass(it0);
-        for (int tt = 0; tt < tcount; tt++) {
-#pragma unroll
-            for (int u = 0; u < MV_UNROLL; u++) {
-                if (!ok[u]) continue;
-                const int4* a4 = (const int4*)(a_base + (size_t)tt * n_in + bs[u] * QK);
-                int sumi = wb[u].dot(a4[0], a4[1]);
-                float2 da = ads_base[(size_t)tt * nb + bs[u]];
-                float d = h2f((u16)(wb[u].dm & 0xffffu));
-                int slot = (tt * R + rls[u]) * nb + bs[u];
-                terms[slot] = (d * da.x) * (float)sumi;
-                if (WT == WT_Q4_1) mterms[slot] = h2f((u16)(wb[u].dm >> 16)) * da.y;
-            }
-        }
-    }
-    __syncthreads();
-    // Phase 2: one thread per (token, row) adds the block terms in block order, as the CPU.
-    for (int idx = threadIdx.x; idx < tcount * R; idx += blockDim.x) {
-        int tt = idx / R, rl = idx - (idx / R) * R;
-        const float* tr = terms + (tt * R + rl) * nb;
-        const float* mr = mterms + (tt * R + rl) * nb;
+    // Eight threads per (token, row) output; every thread runs the same number of rounds so the
+    // shuffles of hsum8_shfl always have the whole warp.
+    const int k = threadIdx.x & 7, grp = threadIdx.x >> 3, n_grp = blockDim.x >> 3;
+    const int total = tcount * R;
+    for (int base = 0; base < total; base += n_grp) {
+        const int sl = base + grp;
+        const int tt = sl / R, rl = sl - (sl / R) * R;
+        const int row = mode == MODE_SWIGLU ? (rl < 32 ? bx * 32 + rl : se.ffn + bx * 32 + rl - 32) : bx * R + rl;
+        const bool active = sl < total && row < n_out;
         float acc = 0.0f, summs = 0.0f;
-        for (int b = 0; b < nb; b++) {
-            acc += tr[b];
-            if (WT == WT_Q4_1) summs += mr[b];
-        }
-        float v = WT == WT_Q4_1 ? acc + summs : acc;
-        if (mode == MODE_STORE || mode == MODE_ADD) {
-            int row = bx * R + rl;
-            size_t o = (size_t)(t0 + tt) * out_stride + row;
-            if (row < n_out && mode == MODE_ADD && idx == threadIdx.x) {
-                v = first_old + v;  // store_out's `out[idx] + v`
-                out[o] = v;
-                if (tap) tap[o] = v;
-            } else if (row < n_out) {
-                store_out(out, tap, o, v, mode);
+        if (active) lane_dot<WT>(qs, dm, a_base + (size_t)tt * n_in, ads_base + (size_t)tt * nb, row, nb, k, acc, summs);
+        float v = hsum8_shfl(acc, 0xffffffffu);
+        if (WT == WT_Q4_1) v = v + summs;
+        if (active && k == 0) {
+            if (mode == MODE_STORE || mode == MODE_ADD) {
+                store_out(out, tap, (size_t)(t0 + tt) * out_stride + row, v, mode);
+            } else {
+                res[tt * R + rl] = v;
             }
-        } else {
-            res[tt * R + rl] = v;
         }
     }
     if (mode == MODE_QKV) {
@@ -270,15 +196,15 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
                 if (qe.bq) { x0 = x0 + qe.bq[row]; x1 = x1 + qe.bq[row + 1]; }
                 int i = row % qe.head_dim;
                 float c = cs[i], s = cs[i + 1];
-                qe.q_out[t * qe.dim + row] = x0 * c - x1 * s;
-                qe.q_out[t * qe.dim + row + 1] = x0 * s + x1 * c;
+                qe.q_out[t * qe.dim + row] = fmaf(x0, c, -(x1 * s));
+                qe.q_out[t * qe.dim + row + 1] = fmaf(x0, s, x1 * c);
             } else if (row < qe.dim + qe.kv_dim) {
                 int r = row - qe.dim;
                 if (qe.bk) { x0 = x0 + qe.bk[r]; x1 = x1 + qe.bk[r + 1]; }
                 int i = r % qe.head_dim;
                 float c = cs[i], s = cs[i + 1];
-                qe.k_cache[pos * qe.kv_dim + r] = x0 * c - x1 * s;
-                qe.k_cache[pos * qe.kv_dim + r + 1] = x0 * s + x1 * c;
+                qe.k_cache[pos * qe.kv_dim + r] = fmaf(x0, c, -(x1 * s));
+                qe.k_cache[pos * qe.kv_dim + r + 1] = fmaf(x0, s, x1 * c);
             } else {
                 int r = row - qe.dim - qe.kv_dim;
                 if (qe.bv) { x0 = x0 + qe.bv[r]; x1 = x1 + qe.bv[r + 1]; }
@@ -294,7 +220,7 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
         for (int tt = warp; tt < tcount; tt += n_warps) {
             size_t t = t0 + tt;
             float g = res[tt * R + lane], u = res[tt * R + 32 + lane];
-            float s = silu_ref(g) * u;
+            float s = swiglu_elem(g, u, blk * 32 + lane, se.ffn);
             if (se.out) se.out[t * se.ffn + blk * 32 + lane] = s;
             quantize_block_warp(s, se.aq + t * se.ffn + blk * QK, se.ads + t * (se.ffn / QK) + blk);
         }
@@ -325,15 +251,17 @@ MATVEC_Q_KERNEL(matvec_q8_0_q8_0, WT_Q8_0)
 // ---------------------------------------------------------------------------------------------
 // Tensor-core variant for many tokens (prefill): the same numbers through int8 MMA.
 //
-// Each 32-element block's integer dot product is exact however it is computed, so one
-// mma.sync.m16n8k32 (s8 x s8 -> s32) yields the sumi of 16 rows x 8 tokens for block b at once.
-// Each thread then owns 2 rows x 2 tokens of that tile and adds the block's float terms in
-// block order, `acc += (d_w * d_a) * sumi` and (Q4_1) `summs += m_w * s_a`, ending with
-// `acc + summs`: the CPU's sequence for every output, so results are bitwise those of
-// matvec_q_block (and of the CPU backend) for any n_tok and chunking.
+// The CPU's arithmetic needs every block's eight lane sums (four elements each), not the
+// block's total, so each mma.sync.m16n8k32 (s8 x s8 -> s32) here takes 16 weight rows against
+// ONE token whose activation block is spread over the eight B columns, column n holding only
+// lane n's four elements (k = 4n..4n+3): C[row][n] is then exactly lane n's integer sum. Each
+// thread accumulates its C entries per lane as the CPU does, `acc = fmaf(d_w * d_a, sum, acc)`
+// in block order, and (Q4_1) `summs = fmaf(m_w, s_a, summs)`; the lanes of a row, held by the
+// four threads of a quad, meet in hsum_float_8's order through two shuffles. Bitwise the CPU.
 // Fragments (PTX ISA, m16n8k32 .s8): g = lane / 4, t = lane % 4; A regs 0..3 hold rows g, g+8,
-// g, g+8 at k = 4t..4t+3, 4t..4t+3, 16+4t.., 16+4t..; B regs 0..1 hold column (token) g at
-// k = 4t.. and 16+4t..; C regs 0..3 hold (g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1).
+// g, g+8 at k = 4t..4t+3, 4t..4t+3, 16+4t.., 16+4t..; B regs 0..1 hold column g at k = 4t..
+// and 16+4t..; C regs 0..3 hold (g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1). So B reg 0 is the
+// token's activation word t when g == t, reg 1 its word 4 + t when g == 4 + t, else 0.
 // Q4_x byte j holds element j (low nibble) and j + 16 (high nibble), so a thread's A word for
 // a row is bytes 4t..4t+3 of the block: low nibbles give k = 4t.., high nibbles k = 16+4t...
 // Launch: grid (n_out / 16, ceil(n_tok / 32)), block 128 (warp w: tokens 32y + 8w .. + 8),
@@ -367,11 +295,21 @@ __device__ __forceinline__ void mma_a_fragment(const u8* __restrict__ qs, size_t
         a[2] = (wa >> 4) & m4;
         a[3] = (wb >> 4) & m4;
         if (WT == WT_Q4_0) {
-            // q - 8 per byte (exact: the same integer sum as sum q a - 8 sum a).
+            // q - 8 per byte (exact: the same integer sums).
 #pragma unroll
             for (int i = 0; i < 4; i++) a[i] = __vsub4(a[i], 0x08080808u);
         }
     }
+}
+
+// The quad's hsum_float_8 of one row: this thread holds lanes 2t and 2t+1 (x0, x1); lanes
+// i and i+4 are two threads apart, lanes 2t.. and 2t+2.. one apart. Thread t = 0 gets the sum.
+__device__ __forceinline__ float quad_hsum8(float x0, float x1) {
+    float r0 = x0 + __shfl_xor_sync(0xffffffffu, x0, 2);  // lanes 2t + (2t+4)
+    float r1 = x1 + __shfl_xor_sync(0xffffffffu, x1, 2);
+    float s0 = r0 + __shfl_xor_sync(0xffffffffu, r0, 1);  // (x0+x4) + (x2+x6)
+    float s1 = r1 + __shfl_xor_sync(0xffffffffu, r1, 1);  // (x1+x5) + (x3+x7)
+    return s0 + s1;
 }
 
 template <int WT>
@@ -386,48 +324,54 @@ __device__ __forceinline__ void matvec_mma(const u8* __restrict__ qs, const u32*
     const int row_a = blockIdx.x * 16 + g, row_b = row_a + 8;
     const int tok0 = blockIdx.y * 32 + warp * 8;
     if (tok0 >= n_tok) return;  // whole warps
-    const int tok_frag = tok0 + g;                       // B column this thread loads
-    const int tok_c0 = tok0 + 2 * t, tok_c1 = tok_c0 + 1;  // C columns this thread owns
-    const bool has_frag = tok_frag < n_tok, has_c0 = tok_c0 < n_tok, has_c1 = tok_c1 < n_tok;
-    const i8* arow = aq + (size_t)(has_frag ? tok_frag : tok0) * n_in;
-    const float2* ads0 = ads + (size_t)(has_c0 ? tok_c0 : tok0) * nb;
-    const float2* ads1 = ads + (size_t)(has_c1 ? tok_c1 : tok0) * nb;
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, summs[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll 2
+    const int ntk = min(8, n_tok - tok0);
+    // Per token k: (row_a, lane 2t), (row_a, lane 2t+1), (row_b, lane 2t), (row_b, lane 2t+1).
+    float acc[8][4], summs[8][2];
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        acc[k][0] = acc[k][1] = acc[k][2] = acc[k][3] = 0.0f;
+        summs[k][0] = summs[k][1] = 0.0f;
+    }
     for (int b = 0; b < nb; b++) {
-        u32 a[4], bf[2];
+        u32 a[4];
         mma_a_fragment<WT>(qs, (size_t)row_a * nb + b, (size_t)row_b * nb + b, t, a);
-        if (has_frag) {
-            bf[0] = *(const u32*)(arow + b * QK + 4 * t);
-            bf[1] = *(const u32*)(arow + b * QK + 16 + 4 * t);
-        } else {
-            bf[0] = bf[1] = 0;
-        }
         u32 dma = dm[(size_t)row_a * nb + b], dmb = dm[(size_t)row_b * nb + b];
-        float2 da0 = ads0[b], da1 = ads1[b];
-        int c[4];
-        mma_s8_16x8x32(c, a, bf);
         float d_a = h2f((u16)(dma & 0xffffu)), d_b = h2f((u16)(dmb & 0xffffu));
-        acc[0] += (d_a * da0.x) * (float)c[0];
-        acc[1] += (d_a * da1.x) * (float)c[1];
-        acc[2] += (d_b * da0.x) * (float)c[2];
-        acc[3] += (d_b * da1.x) * (float)c[3];
-        if (WT == WT_Q4_1) {
-            float m_a = h2f((u16)(dma >> 16)), m_b = h2f((u16)(dmb >> 16));
-            summs[0] += m_a * da0.y;
-            summs[1] += m_a * da1.y;
-            summs[2] += m_b * da0.y;
-            summs[3] += m_b * da1.y;
+        float m_a = h2f((u16)(dma >> 16)), m_b = h2f((u16)(dmb >> 16));
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            if (k < ntk) {  // warp-uniform
+                const size_t tok = (size_t)(tok0 + k);
+                const i8* ablk = aq + tok * n_in + b * QK;
+                u32 w0 = *(const u32*)(ablk + 4 * t), w1 = *(const u32*)(ablk + 16 + 4 * t);
+                u32 bf[2] = {g == t ? w0 : 0u, g == t + 4 ? w1 : 0u};
+                int c[4];
+                mma_s8_16x8x32(c, a, bf);
+                float2 da = ads[tok * nb + b];
+                acc[k][0] = fmaf(d_a * da.x, (float)c[0], acc[k][0]);
+                acc[k][1] = fmaf(d_a * da.x, (float)c[1], acc[k][1]);
+                acc[k][2] = fmaf(d_b * da.x, (float)c[2], acc[k][2]);
+                acc[k][3] = fmaf(d_b * da.x, (float)c[3], acc[k][3]);
+                if (WT == WT_Q4_1) {
+                    summs[k][0] = fmaf(m_a, da.y, summs[k][0]);
+                    summs[k][1] = fmaf(m_b, da.y, summs[k][1]);
+                }
+            }
         }
     }
-    const int rows[4] = {row_a, row_a, row_b, row_b};
-    const int toks[4] = {tok_c0, tok_c1, tok_c0, tok_c1};
-    const bool ok[4] = {has_c0, has_c1, has_c0, has_c1};
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        if (!ok[i] || rows[i] >= n_out) continue;
-        float v = WT == WT_Q4_1 ? acc[i] + summs[i] : acc[i];
-        store_out(out, tap, (size_t)toks[i] * out_stride + rows[i], v, mode);
+    for (int k = 0; k < 8; k++) {
+        if (k < ntk) {  // warp-uniform: every thread joins the shuffles
+            float va = quad_hsum8(acc[k][0], acc[k][1]);
+            float vb = quad_hsum8(acc[k][2], acc[k][3]);
+            if (WT == WT_Q4_1) {
+                va = va + summs[k][0];
+                vb = vb + summs[k][1];
+            }
+            const size_t tok = (size_t)(tok0 + k);
+            if (t == 0 && row_a < n_out) store_out(out, tap, tok * out_stride + row_a, va, mode);
+            if (t == 0 && row_b < n_out) store_out(out, tap, tok * out_stride + row_b, vb, mode);
+        }
     }
 }
 
@@ -453,11 +397,15 @@ __device__ __forceinline__ void matvec_float(const void* __restrict__ w, const f
     size_t t = blockIdx.y;
     const float* xr = x + t * n_in;
     float acc = 0.0f;
-    for (int j = 0; j < n_in; j++) {
-        size_t k = (size_t)row * n_in + j;
-        if (FT == FT_F16) acc += h2f(((const u16*)w)[k]) * f16_round(xr[j]);
-        else if (FT == FT_BF16) acc += bf2f(((const u16*)w)[k]) * bf16_round(xr[j]);
-        else acc += ((const float*)w)[k] * xr[j];
+    if (FT == FT_F32) {
+        // ggml_vec_dot_f32's lanes (quant::vec_dot_f32_bytes).
+        acc = vec_dot_f32_ref((const float*)w + (size_t)row * n_in, xr, n_in);
+    } else {
+        for (int j = 0; j < n_in; j++) {
+            size_t k = (size_t)row * n_in + j;
+            if (FT == FT_F16) acc += h2f(((const u16*)w)[k]) * f16_round(xr[j]);
+            else acc += bf2f(((const u16*)w)[k]) * bf16_round(xr[j]);
+        }
     }
     store_out(out, tap, t * out_stride + row, acc, mode);
 }

@@ -6,9 +6,9 @@
 // the numerics (it fixes the f64 reduction tree of common.cuh's rms_scale), and matvec.cu's fused
 // norm uses the same 128-thread tree, so both paths give the same bits.
 // Numerics: squares in f32 widened to f64, summed per thread in index order and then by the
-// fixed tree of block_sum_f64 (the CPU sums sequentially in f64); mean and scale in f32 as the
-// CPU does; `out = (x * scale) * w`. Bitwise equal to the CPU unless the two f64 sums round to
-// different f32 means (~1e-7 of rows).
+// fixed tree of block_sum_f64 (the CPU sums sequentially in f64); the f32 mean is the CPU's
+// (common.cuh's rms_mean_exact), scale in f32 as the CPU does; `out = (x * scale) * w`.
+// Bitwise equal to the CPU.
 
 extern "C" __global__ void rmsnorm_f32(const float* __restrict__ x, const float* __restrict__ w,
                                        float* __restrict__ out, int dim, float eps) {

@@ -9,10 +9,11 @@
 //
 // Launch: grid (n_tok), block 256, one thread per pair (loops when wider).
 
+// ops::rope_norm's rotation, ggml's rotate_pairs as GCC contracted it in the reference build.
 __device__ __forceinline__ void rotate(float x0, float x1, const float* cs, int i, float* o) {
     float c = cs[i], s = cs[i + 1];
-    o[0] = x0 * c - x1 * s;
-    o[1] = x0 * s + x1 * c;
+    o[0] = fmaf(x0, c, -(x1 * s));
+    o[1] = fmaf(x0, s, x1 * c);
 }
 
 // x (n_tok, width) rotated in place, heads of head_dim.

@@ -1,6 +1,6 @@
-// swiglu.cu: matches backend::cpu::ops::swiglu (out = silu(gate) * up, ggml_vec_swiglu_f32,
-// silu with glibc's expf), optionally fused with quantize_row_q8_1 of the result for the down
-// projection.
+// swiglu.cu: matches backend::cpu::ops::swiglu (out = silu(gate) * up as ggml_vec_swiglu_f32:
+// ggml's vectorized SiLU in the groups of eight, glibc's expf for the rest), optionally fused
+// with quantize_row_q8_1 of the result for the down projection.
 //
 // Launch: grid (ceil(n/32 / 4), n_tok), block 128: one warp per block of 32 outputs. gate and
 // up are read from one buffer: gate at gu[t*gu_stride + i], up at gu[t*gu_stride + up_offset + i]
@@ -16,7 +16,7 @@ extern "C" __global__ void swiglu_f32(const float* __restrict__ gu, int gu_strid
     size_t t = blockIdx.y;
     int i = b * QK + (threadIdx.x & 31);
     float g = gu[t * gu_stride + i], u = gu[t * gu_stride + up_offset + i];
-    float s = silu_ref(g) * u;
+    float s = swiglu_elem(g, u, i, n);
     if (out) out[t * n + i] = s;
     if (aq) quantize_block_warp(s, aq + t * n + b * QK, ads + t * nb + b);
 }

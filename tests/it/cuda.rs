@@ -2,15 +2,15 @@
 //! then the whole forward pass of a small random model (and of the real model) against the CPU
 //! backend, determinism, chunk-independence and graph/no-graph equality.
 //!
-//! Without a CUDA driver, NVRTC or GPU (CI), each test prints "skipped: no CUDA driver (reason)"
-//! and passes; `no_cuda_is_a_clean_unavailable_error` checks that failure itself. On the GPU
-//! machine run `it cuda:: --test-threads=1 --nocapture` (see BENCHMARKS.md, "CUDA").
+//! The GPU tests are `#[ignore]`d with a reason, so a test runner without a GPU reports them as
+//! skipped (nextest counts them), never as passed. On a GPU machine run them with
+//! `--include-ignored` (libtest `--ignored`) and `WORKER_ORCD_EXPECT_GPU=1`, as the GPU bundle's
+//! run.sh and the GPU workflow do: then a missing driver, library or device fails every test with
+//! the reason. `no_cuda_is_a_clean_unavailable_error` runs everywhere and checks machines without
+//! CUDA (it has nothing to check where CUDA works).
 //!
-//! Expected precision: the kernels reproduce the CPU's arithmetic in the CPU's order, so most
-//! checks demand bitwise equality. The exceptions are reductions the CPU does in f64 (RMSNorm's
-//! sum of squares, softmax's sum): there the device sums the same f64 terms in a fixed tree, and
-//! results may differ by 1 ulp in rare rows; those checks allow `atol + rtol*|ref|` with
-//! rtol 1e-6 and report how many values were bit-identical.
+//! Expected precision: the kernels reproduce the CPU's arithmetic in the CPU's order, and every
+//! check demands bitwise equality.
 
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -23,13 +23,18 @@ use worker_orcd::backend::{Backend, BackendError, LogitRows, NoTap, Tap, TapPoin
 use worker_orcd::gguf::{GgmlType, GgufFile, GgufWriter, MetadataValue};
 use worker_orcd::model::Model;
 
-/// The device shared by all tests in this binary, or why there is none.
+/// The device shared by all tests in this binary. With `WORKER_ORCD_EXPECT_GPU` set a missing
+/// driver, library or device fails the test with the reason; without it (someone ran the
+/// ignored tests on a machine without a GPU) the test says why it does nothing.
 fn gpu() -> Option<MutexGuard<'static, Gpu>> {
     static GPU: OnceLock<Result<Mutex<Gpu>, String>> = OnceLock::new();
     match GPU.get_or_init(|| Gpu::open(0).map(Mutex::new).map_err(|e| e.to_string())) {
         Ok(g) => Some(g.lock().unwrap_or_else(|e| e.into_inner())),
+        Err(reason) if std::env::var_os("WORKER_ORCD_EXPECT_GPU").is_some_and(|v| !v.is_empty() && v != "0") => {
+            panic!("WORKER_ORCD_EXPECT_GPU is set but the GPU is unusable: {reason}")
+        }
         Err(reason) => {
-            println!("skipped: no CUDA driver ({reason})");
+            println!("no GPU here ({reason}); nothing checked");
             None
         }
     }
@@ -68,37 +73,17 @@ impl Rng {
     }
 }
 
-/// `|got - want| <= atol + rtol*|want|` everywhere; prints the first mismatches with indices
-/// and a one-line summary. Returns the number of bit-identical values.
-fn check(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> usize {
+/// Bitwise equality everywhere; prints a one-line summary and the first mismatches with their
+/// indices.
+fn exact(what: &str, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{what}: length");
-    let mut bad = Vec::new();
-    let (mut max_abs, mut max_rel, mut same) = (0.0f32, 0.0f32, 0usize);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        if g.to_bits() == w.to_bits() {
-            same += 1;
-            continue;
-        }
-        let d = (g - w).abs();
-        max_abs = max_abs.max(d);
-        if w != 0.0 {
-            max_rel = max_rel.max(d / w.abs());
-        }
-        if !(d <= atol + rtol * w.abs()) {
-            bad.push((i, g, w));
-        }
-    }
-    println!("{what:<40} n={:<8} bit-identical {same:<8} max|err| {max_abs:.3e} max rel {max_rel:.3e}", got.len());
+    let bad: Vec<(usize, f32, f32)> = got.iter().zip(want).enumerate().filter(|(_, (g, w))| g.to_bits() != w.to_bits()).map(|(i, (&g, &w))| (i, g, w)).collect();
+    let max_abs = bad.iter().map(|(_, g, w)| (g - w).abs()).fold(0.0f32, f32::max);
+    println!("{what:<40} n={:<8} bit-identical {:<8} max|err| {max_abs:.3e}", got.len(), got.len() - bad.len());
     for (i, g, w) in bad.iter().take(8) {
         println!("  mismatch at {i}: cuda {g:e} cpu {w:e}");
     }
-    assert!(bad.is_empty(), "{what}: {} of {} values outside atol {atol:e} + rtol {rtol:e}", bad.len(), got.len());
-    same
-}
-
-fn exact(what: &str, got: &[f32], want: &[f32]) {
-    let same = check(what, got, want, 0.0, 0.0);
-    assert_eq!(same, got.len(), "{what}: not bit-identical");
+    assert!(bad.is_empty(), "{what}: {} of {} values differ from the CPU", bad.len(), got.len());
 }
 
 fn blocks_equal(what: &str, got: &[quant::BlockQ8_1], want: &[quant::BlockQ8_1]) {
@@ -162,6 +147,7 @@ fn no_cuda_is_a_clean_unavailable_error() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
 fn exp_matches_f32_exp_bitwise() {
     let Some(g) = gpu() else { return };
     let mut rng = Rng::new(1);
@@ -174,6 +160,7 @@ fn exp_matches_f32_exp_bitwise() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
 fn quantize_q8_1_matches_cpu() {
     let Some(g) = gpu() else { return };
     let mut rng = Rng::new(2);
@@ -187,6 +174,7 @@ fn quantize_q8_1_matches_cpu() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
 fn rmsnorm_matches_cpu() {
     let Some(g) = gpu() else { return };
     let mut rng = Rng::new(3);
@@ -196,16 +184,15 @@ fn rmsnorm_matches_cpu() {
     let w = rng.vec(dim, -2.0, 2.0);
     let mut want = vec![0.0; x.len()];
     ops::rmsnorm(&x, &w, 1e-5, &mut want);
-    check("rmsnorm_f32", &gops::rmsnorm(&g, &x, &w, 1e-5).unwrap(), &want, 0.0, 1e-6);
+    exact("rmsnorm_f32", &gops::rmsnorm(&g, &x, &w, 1e-5).unwrap(), &want);
     let (out, blocks) = gops::rmsnorm_q8(&g, &x, &w, 1e-5).unwrap();
-    let same = check("rmsnorm_q8 (f32 out)", &out, &want, 0.0, 1e-6);
-    if same == out.len() {
-        let want_q: Vec<_> = want.chunks(dim).flat_map(quant::quantize_row_q8_1).collect();
-        blocks_equal("rmsnorm_q8 (blocks)", &blocks, &want_q);
-    }
+    exact("rmsnorm_q8 (f32 out)", &out, &want);
+    let want_q: Vec<_> = want.chunks(dim).flat_map(quant::quantize_row_q8_1).collect();
+    blocks_equal("rmsnorm_q8 (blocks)", &blocks, &want_q);
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
 fn matvec_matches_cpu_for_every_weight_type() {
     let Some(g) = gpu() else { return };
     let mut rng = Rng::new(4);
@@ -227,6 +214,7 @@ fn matvec_matches_cpu_for_every_weight_type() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
 fn rope_matches_cpu() {
     let Some(g) = gpu() else { return };
     let mut rng = Rng::new(5);
@@ -243,6 +231,7 @@ fn rope_matches_cpu() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
 fn attention_matches_cpu() {
     let Some(g) = gpu() else { return };
     let mut rng = Rng::new(6);
@@ -258,15 +247,14 @@ fn attention_matches_cpu() {
             ops::attention(&q[t * dim..(t + 1) * dim], &k, &v, pos0 + t + 1, n_heads, n_kv_heads, hd, &mut want[t * dim..(t + 1) * dim], None, None);
         }
         let (got, blocks) = gops::attention(&g, &q, &k, &v, pos0, n_heads, n_kv_heads, hd).unwrap();
-        let same = check(&format!("attention n_kv={n_pos} n_tok={n_tok}"), &got, &want, 1e-7, 1e-6);
-        if same == got.len() {
-            let want_q: Vec<_> = want.chunks(dim).flat_map(quant::quantize_row_q8_1).collect();
-            blocks_equal("attention (fused q8_1)", &blocks, &want_q);
-        }
+        exact(&format!("attention n_kv={n_pos} n_tok={n_tok}"), &got, &want);
+        let want_q: Vec<_> = want.chunks(dim).flat_map(quant::quantize_row_q8_1).collect();
+        blocks_equal("attention (fused q8_1)", &blocks, &want_q);
     }
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
 fn swiglu_and_add_match_cpu() {
     let Some(g) = gpu() else { return };
     let mut rng = Rng::new(7);
@@ -285,6 +273,7 @@ fn swiglu_and_add_match_cpu() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
 fn embedding_matches_cpu() {
     let Some(g) = gpu() else { return };
     let mut rng = Rng::new(8);
@@ -367,21 +356,22 @@ impl Tap for Collect {
 fn compare_taps(what: &str, cuda: &Collect, cpu: &Collect) {
     let mut worst = (0.0f64, None);
     for (p, want) in &cpu.tensors {
-        if *p == TapPoint::KqSoftmax(p.layer().unwrap_or(0)) {
-            continue;
+        if matches!(p, TapPoint::Kq(_) | TapPoint::KqSoftmax(_)) {
+            continue; // never produced by the CUDA backend (Backend::produces)
         }
         let got = cuda.tensors.get(p).unwrap_or_else(|| panic!("{what}: cuda did not record {}", p.name()));
         let e = crate::support::nmse(got, want);
         if e > worst.0 || worst.1.is_none() {
             worst = (e, Some(*p));
         }
-        assert!(e < 1e-6, "{what}: {} NMSE {e:.3e}", p.name());
+        assert_eq!(bits(got), bits(want), "{what}: {} differs from the CPU (NMSE {e:.3e})", p.name());
     }
     let identical = cpu.tensors.iter().filter(|(p, v)| cuda.tensors.get(p).map(|g| bits(g) == bits(v)).unwrap_or(false)).count();
     println!("{what:<40} taps bit-identical {identical}/{}, worst NMSE {:.3e} at {:?}", cpu.tensors.len(), worst.0, worst.1.map(|p| p.name()));
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
 fn tiny_model_forward_matches_cpu_at_every_tap() {
     let Some(_g) = gpu() else { return };
     for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16] {
@@ -395,13 +385,14 @@ fn tiny_model_forward_matches_cpu_at_every_tap() {
             let (mut t_cpu, mut t_gpu) = (Collect { all, ..Default::default() }, Collect { all, ..Default::default() });
             let want = cpu.forward(&tokens, 0, LogitRows::All, &mut t_cpu).unwrap();
             let got = gpu_b.forward(&tokens, 0, LogitRows::All, &mut t_gpu).unwrap();
-            check(&format!("tiny {} logits (debug taps {all})", ty.name()), &got, &want, 1e-5, 1e-4);
+            exact(&format!("tiny {} logits (debug taps {all})", ty.name()), &got, &want);
             compare_taps(&format!("tiny {} taps (debug {all})", ty.name()), &t_gpu, &t_cpu);
         }
     }
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
 fn tiny_model_prefill_is_chunk_independent_and_deterministic() {
     let Some(_g) = gpu() else { return };
     let m = tiny_model(GgmlType::Q4_1);
@@ -447,6 +438,7 @@ fn decode_steps(b: &mut dyn Backend, prompt: &[u32], tokens: &[u32], all: bool) 
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
 fn persistent_decode_step_equals_per_op_path_and_cpu_bitwise() {
     let Some(_g) = gpu() else { return };
     for ty in [GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q8_0] {
@@ -488,6 +480,7 @@ fn persistent_decode_step_equals_per_op_path_and_cpu_bitwise() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
 fn context_errors_match_cpu() {
     let Some(_g) = gpu() else { return };
     let m = tiny_model(GgmlType::Q4_1);
@@ -504,6 +497,7 @@ fn context_errors_match_cpu() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
 fn real_model_matches_cpu_layer_by_layer() {
     let Some(_g) = gpu() else { return };
     let m = crate::support::model();

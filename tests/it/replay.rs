@@ -7,8 +7,7 @@ use std::sync::Arc;
 
 use worker_orcd::backend::cpu::CpuBackend;
 use worker_orcd::engine::Engine;
-use worker_orcd::reference::load_corpus;
-use worker_orcd::replay::{self, backend::fingerprint_of, worker, CaseReport};
+use worker_orcd::replay::{backend::fingerprint_of, worker};
 use worker_orcd::trace::{RecordedParams, ResolvedRequest, TraceLevel};
 
 use crate::support::{model, tokenizer};

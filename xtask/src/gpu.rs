@@ -2,8 +2,8 @@
 //! backend's tests, parity checks and benchmark, into one folder with a `run.sh`.
 //!
 //! The folder holds the stripped release binaries (`worker-orcd`, `cuda-check`, `xtask` for
-//! `replay --backend cuda`), the integration
-//! test binary (`it`, whose `cuda::` tests are the per-op parity tests), and optionally the
+//! `replay --backend cuda`), the integration test binaries (`it`, whose `cuda::` tests are the
+//! per-op parity tests, and `corpus`, the replay corpus case by case), and optionally the
 //! reference corpus and the model split into parts small enough to carry. It builds; it runs
 //! nothing on a GPU.
 
@@ -19,14 +19,16 @@ const PART_BYTES: usize = 30 << 20;
 
 const RUN_SH: &str = r#"#!/usr/bin/env bash
 # Runs the CUDA backend's checks on a GPU machine from this folder (no Rust needed):
-# per-op parity tests, the tiny- and real-model tests, parity with the CPU backend and the
-# llama.cpp recordings, determinism, chunking, the benchmark, `xtask replay --backend cuda` on
-# the corpus, and the server on the GPU (two identical requests, recorded, then the recordings
-# replayed on the GPU and on the CPU).
-# usage: run.sh MODEL.gguf [CORPUS_DIR]   (or: run.sh model-parts/ to join the parts first)
+# per-op parity tests, the tiny- and real-model tests, every replay corpus case on CUDA (the
+# llama.cpp batch and token-by-token recordings, the worker recordings), parity with the CPU
+# backend, determinism, chunking, the benchmark and profile, and the server on the GPU (two
+# identical requests, recorded, then the recordings replayed on the GPU and on the CPU).
+# usage: run.sh MODEL.gguf [CORPUS_DIR] [OUT_DIR]   (MODEL may be a folder of parts to join)
+# Run it from the root of a checkout (the corpus, the snapshots).
+# The server's recordings are copied to OUT_DIR (default: $OUT when set).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-model=${1:?usage: run.sh MODEL.gguf|PARTS_DIR [CORPUS_DIR]}
+model=${1:?usage: run.sh MODEL.gguf|PARTS_DIR [CORPUS_DIR] [OUT_DIR]}
 if [ -d "$model" ]; then
   name=$(cat "$model/name")
   cat "$model"/part-* > "/tmp/$name"
@@ -35,13 +37,17 @@ if [ -d "$model" ]; then
 fi
 corpus=${2:-$here/recordings/llama.cpp}
 [ -d "$corpus" ] || corpus=recordings/llama.cpp
+out=${3:-${OUT:-}}
 export WORKER_ORCD_MODEL="$model"
 export WORKER_ORCD_KERNEL_CACHE=${WORKER_ORCD_KERNEL_CACHE:-/tmp/worker-orcd-kernels}
+# A GPU is expected here: a missing driver, library or device fails the GPU tests.
+export WORKER_ORCD_EXPECT_GPU=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
-"$here/it" cuda:: --test-threads=1 --nocapture
+"$here/it" cuda:: --include-ignored --test-threads=1 --nocapture
+# Every corpus case on the CUDA backend (the same library code as cargo xtask replay).
+WORKER_ORCD_ROOT=$PWD WORKER_ORCD_REPLAY_BACKEND=cuda "$here/corpus" --test-threads=1
 "$here/cuda-check" all --model "$model" --corpus "$corpus" --runs 20
 "$here/cuda-check" profile --model "$model"
-"$here/xtask" replay "$corpus" --backend cuda --model "$model"
 # The server on the GPU: two identical greedy requests must give the same text; both recordings
 # then replay bit-identically on the GPU and on the CPU backend.
 rec=$(mktemp -d)
@@ -57,10 +63,13 @@ echo "$a"
 [ "$(echo "$a" | python3 -c 'import json,sys; print(json.load(sys.stdin)["choices"][0]["message"]["content"])')" = \
   "$(echo "$b" | python3 -c 'import json,sys; print(json.load(sys.stdin)["choices"][0]["message"]["content"])')" ] \
   && echo "server on the GPU: two identical requests gave identical text"
+story='{"job_id":"gpu-sampled-story","prompt":"Once upon a time, in a small village by the sea,","max_tokens":40,"temperature":0.8,"top_p":0.9,"seed":42}'
+curl -sfN http://127.0.0.1:18080/execute -H 'content-type: application/json' -d "$story" | tail -2
 kill $pid; wait $pid 2>/dev/null || true
 trap - EXIT
 "$here/xtask" replay "$rec" --backend cuda --model "$model"
 "$here/xtask" replay "$rec" --backend cpu --model "$model"
+if [ -n "$out" ]; then cp "$rec"/*.wrec "$out"/ && ls -l "$out"; fi
 "#;
 
 pub fn gpu_bundle(args: &[String]) -> Result<()> {
@@ -81,13 +90,15 @@ pub fn gpu_bundle(args: &[String]) -> Result<()> {
 
     run(Command::new(cargo()).current_dir(&root).args(["build", "--release", "--bin", "worker-orcd", "--bin", "cuda-check"]))?;
     run(Command::new(cargo()).current_dir(&root).args(["build", "--release", "-p", "xtask"]))?;
-    let it_exe = test_executable(&root)?;
+    let it_exe = test_executable(&root, "it")?;
+    let corpus_exe = test_executable(&root, "corpus")?;
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
     for (src, name) in [
         (target.join("release/worker-orcd"), "worker-orcd"),
         (target.join("release/cuda-check"), "cuda-check"),
         (target.join("release/xtask"), "xtask"),
         (it_exe, "it"),
+        (corpus_exe, "corpus"),
     ] {
         copy_stripped(&src, &out.join(name))?;
     }
@@ -128,11 +139,11 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Builds the `it` integration test binary in release mode and returns its path.
-fn test_executable(root: &Path) -> Result<PathBuf> {
+/// Builds the integration test binary `name` in release mode and returns its path.
+fn test_executable(root: &Path, name: &str) -> Result<PathBuf> {
     let output = Command::new(cargo())
         .current_dir(root)
-        .args(["test", "--release", "--test", "it", "--no-run", "--message-format=json"])
+        .args(["test", "--release", "--test", name, "--no-run", "--message-format=json"])
         .output()
         .context("running cargo test --no-run")?;
     if !output.status.success() {
@@ -140,13 +151,13 @@ fn test_executable(root: &Path) -> Result<PathBuf> {
     }
     for line in String::from_utf8_lossy(&output.stdout).lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        if v["reason"] == "compiler-artifact" && v["target"]["name"] == "it" {
+        if v["reason"] == "compiler-artifact" && v["target"]["name"] == name {
             if let Some(exe) = v["executable"].as_str() {
                 return Ok(PathBuf::from(exe));
             }
         }
     }
-    bail!("cargo test --no-run printed no executable for the `it` test binary")
+    bail!("cargo test --no-run printed no executable for the `{name}` test binary")
 }
 
 /// Copies `src` to `dst` without debug information (`strip`, when installed; else a copy).

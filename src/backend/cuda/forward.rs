@@ -59,10 +59,10 @@ pub(crate) struct NormIn {
     pub eps: f32,
 }
 
-/// Dynamic shared memory of one quantized matvec block (see matvec.cu's matvec_q).
+/// Dynamic shared memory of one quantized matvec block (see matvec.cu's matvec_q_block): the
+/// block's results, then (fused norm or one token) the staged activation rows.
 pub(crate) fn matvec_smem(m: &DevMatrix, rows: usize, toks: usize, norm: bool) -> usize {
-    let per = if m.ty == crate::gguf::GgmlType::Q4_1 { 2 } else { 1 };
-    let base = (rows * toks * (m.n_in / QK) * per + rows * toks) * F32;
+    let base = rows * toks * F32;
     if !norm && toks != 1 {
         return base;
     }

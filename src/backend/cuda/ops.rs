@@ -210,7 +210,8 @@ pub const ATTENTION_THREADS: usize = 128;
 /// Dynamic shared memory of `attention_f32`: q and output of one head, a padded K/V tile and
 /// one score per position.
 pub fn attention_smem(head_dim: usize, n_ctx: usize) -> usize {
-    (2 * head_dim + ATTENTION_THREADS * (head_dim + 1) + n_ctx) * 4
+    // q, the output, one K/V tile, the row of scores and its group sums of eight.
+    (2 * head_dim + ATTENTION_THREADS * (head_dim + 1) + n_ctx + n_ctx / 8 + 16) * 4
 }
 
 /// Dynamic shared memory of `attention_head` with `dual` (a second K/V tile), as the persistent
