@@ -536,26 +536,30 @@ fn missing_and_ill_typed_keys_are_named() {
     );
     assert!(e.to_string().contains("tokenizer.ggml.model"), "{e}");
 
-    let f = tiny_gguf("smollm", &[], &[], |w| {
+    let f = tiny_gguf("bert-bge", &[], &[], |w| {
         w.add_metadata(
             "tokenizer.ggml.model",
-            MetadataValue::String("llama".into()),
+            MetadataValue::String("bert".into()),
         )
     });
     let e = build_err(&f);
     assert!(
-        matches!(&e, TokenizerError::UnsupportedModel { model } if model == "llama"),
+        matches!(&e, TokenizerError::UnsupportedModel { model, pre, .. } if model == "bert" && pre == "bert-bge"),
         "{e:?}"
     );
-    assert!(e.to_string().contains("\"llama\""), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("\"bert\"") && msg.contains("\"bert-bge\"") && msg.contains("llama"), "{msg}");
+    assert_eq!(msg.lines().count(), 1, "{msg}");
 
-    let f = tiny_gguf("qwen2", &[], &[], |_| {});
+    let f = tiny_gguf("tekken", &[], &[], |_| {});
     let e = build_err(&f);
     assert!(
-        matches!(&e, TokenizerError::UnsupportedPre { pre } if pre == "qwen2"),
+        matches!(&e, TokenizerError::UnsupportedPre { pre, model, .. } if pre == "tekken" && model == "gpt2"),
         "{e:?}"
     );
-    assert!(e.to_string().contains("qwen2"), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("\"tekken\"") && msg.contains("qwen2") && msg.contains("llama-bpe"), "{msg}");
+    assert_eq!(msg.lines().count(), 1, "{msg}");
 
     let f = tiny_gguf("smollm", &[], &[], |w| {
         w.add_metadata("tokenizer.ggml.tokens", MetadataValue::U32(3))
