@@ -2,7 +2,7 @@
 """Record what llama.cpp does with its own tokenizer-test vocabularies, beyond the .out files.
 
 Usage:
-    python3 xtask/python/vocab_suite.py VOCAB_DIR OUT.json CORPUS.json [CORPUS.json ...] [--family NAME ...]
+    python3 xtask/python/vocab_suite.py VOCAB_DIR OUT.json CORPUS.json [CORPUS.json ...] [--family NAME ...] [--corpus-detok]
 
 VOCAB_DIR holds llama.cpp's `ggml-vocab-FAMILY.gguf` files with their `.inp`/`.out` pairs
 (the cache directory that `cargo xtask fetch-vocab` fills, or vendor/llama.cpp/models of the
@@ -15,7 +15,8 @@ loads the vocabulary only (vocab_only=True) through llama_cpp's low-level API an
   remove_special=False, unparse_special=True (test-tokenizer-0's `common_detokenize`) and of
   the second with remove_special=True, unparse_special=False;
 - per string of each CORPUS.json (`{"strings": [...]}`), under the file's name: the ids with
-  add_special and parse_special both off and both on;
+  add_special and parse_special both off and both on (with --corpus-detok, also their
+  detokenizations as above: useful for large generated corpora, too big to commit);
 - the vocabulary's sha256, size, BOS/EOS ids, add_bos/add_eos and EOG ids.
 
 The Rust tests (tests/it/tokenizer_suite.rs) compare worker-orcd's tokenizer with this file
@@ -31,6 +32,8 @@ import sys
 
 
 SEP = "\n__ggml_vocab_test__\n"
+# --corpus-detok: also record the corpora's detokenizations (large; for fuzzing, not committed).
+CORPUS_DETOK = False
 
 
 def sha256_file(path):
@@ -108,10 +111,16 @@ def record_family(ll, path, corpora):
         })
     corpus_cases = {}
     for name, strings in corpora.items():
-        corpus_cases[name] = [{
-            "ids": tokenize(ll, vocab, text, False, False),
-            "ids_special": tokenize(ll, vocab, text, True, True),
-        } for text in strings]
+        cases_here = []
+        for text in strings:
+            ids = tokenize(ll, vocab, text, False, False)
+            ids_special = tokenize(ll, vocab, text, True, True)
+            case = {"ids": ids, "ids_special": ids_special}
+            if CORPUS_DETOK:
+                case["detok"] = text_or_hex(detokenize(ll, vocab, ids, False, True))
+                case["detok_special"] = text_or_hex(detokenize(ll, vocab, ids_special, True, False))
+            cases_here.append(case)
+        corpus_cases[name] = cases_here
     out = {
         "vocab_sha256": sha256_file(path),
         "n_vocab": n_vocab,
@@ -176,6 +185,9 @@ def main(vocab_dir, out_path, corpus_paths, families):
 
 if __name__ == "__main__":
     args = sys.argv[1:]
+    if "--corpus-detok" in args:
+        CORPUS_DETOK = True
+        args.remove("--corpus-detok")
     fams = [args[i + 1] for i, a in enumerate(args) if a == "--family" and i + 1 < len(args)]
     rest = [a for i, a in enumerate(args) if a != "--family" and (i == 0 or args[i - 1] != "--family")]
     if len(rest) < 3:
