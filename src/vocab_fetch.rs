@@ -1,5 +1,6 @@
 //! Fetches llama.cpp's tokenizer test vocabularies: the vocab-only `ggml-vocab-FAMILY.gguf`
-//! files with their `.inp`/`.out` pairs, extracted from the llama-cpp-python 0.3.36 source
+//! files with their `.inp`/`.out` pairs (and the few vocab files that have no pair), extracted
+//! from the llama-cpp-python 0.3.36 source
 //! package (downloaded with pip, sha256-pinned) into the cache directory, each file verified
 //! against a pinned sha256; later calls reuse the cache.
 //!
@@ -38,13 +39,14 @@ pub struct FileSpec {
     pub size: u64,
 }
 
-/// One tokenizer test family of llama.cpp: `ggml-vocab-{name}.gguf` and its `.inp`/`.out`.
+/// One tokenizer test vocabulary of llama.cpp: `ggml-vocab-{name}.gguf` and, for most, the
+/// `.inp`/`.out` pair that test-tokenizer-0 checks it with.
 #[derive(Debug, Clone, Copy)]
 pub struct VocabFamily {
     pub name: &'static str,
     pub gguf: FileSpec,
-    pub inp: FileSpec,
-    pub out: FileSpec,
+    /// `(.inp, .out)`, when llama.cpp ships a pair for this vocabulary.
+    pub pair: Option<(FileSpec, FileSpec)>,
 }
 
 const fn family(
@@ -55,15 +57,41 @@ const fn family(
 ) -> VocabFamily {
     VocabFamily {
         name,
-        gguf: FileSpec { sha256: gguf.0, size: gguf.1 },
-        inp: FileSpec { sha256: inp.0, size: inp.1 },
-        out: FileSpec { sha256: out.0, size: out.1 },
+        gguf: FileSpec {
+            sha256: gguf.0,
+            size: gguf.1,
+        },
+        pair: Some((
+            FileSpec {
+                sha256: inp.0,
+                size: inp.1,
+            },
+            FileSpec {
+                sha256: out.0,
+                size: out.1,
+            },
+        )),
     }
 }
 
-/// Every family of llama-cpp-python 0.3.36 with an `.inp`/`.out` pair, sorted by name.
+const fn vocab_only(name: &'static str, gguf: (&'static str, u64)) -> VocabFamily {
+    VocabFamily {
+        name,
+        gguf: FileSpec {
+            sha256: gguf.0,
+            size: gguf.1,
+        },
+        pair: None,
+    }
+}
+
+/// Every vocabulary of llama-cpp-python 0.3.36's `models/` directory, sorted by name (all but
+/// aquila, baichuan, gpt-neox and nomic-bert-moe with an `.inp`/`.out` pair; nomic-bert-moe,
+/// a 6.8 MB Unigram vocabulary we do not tokenize, is left out).
 #[rustfmt::skip]
 pub const FAMILIES: &[VocabFamily] = &[
+    vocab_only("aquila", ("7c53c3c516ac67c7ca12977b9690fdea3d2ef13bbaed6378f98191a13ef5ca00", 4825676)),
+    vocab_only("baichuan", ("4f5b955697f3bd3108070b1d5936c7eb9fc542b81c6932e59abddec75bca1963", 1340998)),
     family("bert-bge",
         ("fbcbe22278fb302694d5f4a41bfe48c5f90e8e3554eab1c0435387dff654a854", 627549),
         ("be0a11f7071f0c67d3053a2d377d8f35f0dbcb77ff11a60300fb57d36b477cf0", 1943),
@@ -99,6 +127,7 @@ pub const FAMILIES: &[VocabFamily] = &[
         ("be0a11f7071f0c67d3053a2d377d8f35f0dbcb77ff11a60300fb57d36b477cf0", 1943),
         ("48e8c4cb3ad5c37915b225f872222567c1c4dd4d66951aa53460c8d152ff6d60", 2147),
     ),
+    vocab_only("gpt-neox", ("ae593a7f9b8bb174ed4f5019e41530463e4dac7aa06e42dee8aa650d2bdac53d", 1771431)),
     family("llama-bpe",
         ("97272e430d53bc7688f52d5e0ad8ea8f163ede9f1bbd1694feaa504797d5d96e", 7818140),
         ("be0a11f7071f0c67d3053a2d377d8f35f0dbcb77ff11a60300fb57d36b477cf0", 1943),
@@ -142,10 +171,15 @@ pub const FAMILIES: &[VocabFamily] = &[
 ];
 
 impl VocabFamily {
-    /// `(file name, spec)` of the family's three files.
-    pub fn files(&self) -> [(String, FileSpec); 3] {
+    /// `(file name, spec)` of the family's files: the `.gguf`, then `.inp` and `.out` if any.
+    pub fn files(&self) -> Vec<(String, FileSpec)> {
         let g = format!("ggml-vocab-{}.gguf", self.name);
-        [(format!("{g}.inp"), self.inp), (format!("{g}.out"), self.out), (g, self.gguf)]
+        let mut files = vec![(g.clone(), self.gguf)];
+        if let Some((inp, out)) = self.pair {
+            files.push((format!("{g}.inp"), inp));
+            files.push((format!("{g}.out"), out));
+        }
+        files
     }
 }
 
@@ -153,8 +187,8 @@ impl VocabFamily {
 #[derive(Debug, Clone)]
 pub struct VocabFiles {
     pub gguf: PathBuf,
-    pub inp: PathBuf,
-    pub out: PathBuf,
+    /// `(.inp, .out)`, when the family has a pair.
+    pub pair: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,13 +202,24 @@ pub enum VocabFetchError {
     #[error("pip could not download {SDIST_REQUIREMENT} (no network access to PyPI?); retry with network access or set {SDIST_ENV} to a copy of {SDIST_FILE}: {detail}")]
     DownloadFailed { detail: String },
     #[error("{path} has {found} bytes, expected {expected}")]
-    SizeMismatch { path: PathBuf, expected: u64, found: u64 },
+    SizeMismatch {
+        path: PathBuf,
+        expected: u64,
+        found: u64,
+    },
     #[error("{path} has sha256 {found}, expected {expected}")]
-    HashMismatch { path: PathBuf, expected: String, found: String },
+    HashMismatch {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
     #[error("cannot extract the vocab files from {sdist}: {detail}")]
     Extract { sdist: PathBuf, detail: String },
     #[error("cannot write {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The directory the vocab files are cached in (`<cache dir>/llama-cpp-vocab-0.3.36`).
@@ -184,10 +229,17 @@ pub fn vocab_dir() -> Result<PathBuf, VocabFetchError> {
 
 /// The family named `name` (e.g. `"llama-bpe"`).
 pub fn family_by_name(name: &str) -> Result<&'static VocabFamily, VocabFetchError> {
-    FAMILIES.iter().find(|f| f.name == name).ok_or_else(|| VocabFetchError::UnknownFamily {
-        name: name.to_owned(),
-        known: FAMILIES.iter().map(|f| f.name).collect::<Vec<_>>().join(", "),
-    })
+    FAMILIES
+        .iter()
+        .find(|f| f.name == name)
+        .ok_or_else(|| VocabFetchError::UnknownFamily {
+            name: name.to_owned(),
+            known: FAMILIES
+                .iter()
+                .map(|f| f.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
 }
 
 /// Paths of family `name`'s files, fetching and verifying every family's files first if any of
@@ -198,8 +250,9 @@ pub fn ensure_vocab(name: &str) -> Result<VocabFiles, VocabFetchError> {
     let dir = vocab_dir()?;
     let g = format!("ggml-vocab-{}.gguf", fam.name);
     Ok(VocabFiles {
-        inp: dir.join(format!("{g}.inp")),
-        out: dir.join(format!("{g}.out")),
+        pair: fam
+            .pair
+            .map(|_| (dir.join(format!("{g}.inp")), dir.join(format!("{g}.out")))),
         gguf: dir.join(g),
     })
 }
@@ -222,9 +275,11 @@ fn ensure_families(fams: &[&'static VocabFamily]) -> Result<(), VocabFetchError>
     if todo.is_empty() {
         return Ok(());
     }
-    let all_good = todo
-        .iter()
-        .all(|f| f.files().iter().all(|(name, spec)| verify(&dir.join(name), spec).is_ok()));
+    let all_good = todo.iter().all(|f| {
+        f.files()
+            .iter()
+            .all(|(name, spec)| verify(&dir.join(name), spec).is_ok())
+    });
     if !all_good {
         fetch_all(&dir)?;
         for f in &todo {
@@ -267,7 +322,12 @@ fn python() -> String {
 
 fn last_line(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
-    text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output").trim().to_owned()
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no output")
+        .trim()
+        .to_owned()
 }
 
 /// Downloads (or takes from `$WORKER_ORCD_VOCAB_SDIST`) the source package, verifies it, and
@@ -291,14 +351,23 @@ fn fetch_into(dir: &Path, tmp: &Path) -> Result<(), VocabFetchError> {
         Some(p) => PathBuf::from(p),
         None => download_sdist(tmp)?,
     };
-    verify(&sdist, &FileSpec { sha256: SDIST_SHA256, size: SDIST_SIZE })?;
+    verify(
+        &sdist,
+        &FileSpec {
+            sha256: SDIST_SHA256,
+            size: SDIST_SIZE,
+        },
+    )?;
 
     let out_dir = tmp.join("extracted");
     std::fs::create_dir_all(&out_dir).map_err(|source| VocabFetchError::Io {
         path: out_dir.clone(),
         source,
     })?;
-    let names: Vec<String> = FAMILIES.iter().flat_map(|f| f.files().map(|(n, _)| n)).collect();
+    let names: Vec<String> = FAMILIES
+        .iter()
+        .flat_map(|f| f.files().into_iter().map(|(n, _)| n))
+        .collect();
     // Exact member names only: nothing the archive says about paths is trusted.
     let script = "import sys, tarfile, shutil, os\n\
                   sdist, dest, prefix = sys.argv[1:4]\n\
@@ -320,16 +389,22 @@ fn fetch_into(dir: &Path, tmp: &Path) -> Result<(), VocabFetchError> {
         .arg(SDIST_MODELS_DIR)
         .args(&names)
         .output()
-        .map_err(|e| VocabFetchError::PipMissing { detail: format!("{}: {e}", python()) })?;
+        .map_err(|e| VocabFetchError::PipMissing {
+            detail: format!("{}: {e}", python()),
+        })?;
     if !out.status.success() {
-        return Err(VocabFetchError::Extract { sdist, detail: last_line(&out.stderr) });
+        return Err(VocabFetchError::Extract {
+            sdist,
+            detail: last_line(&out.stderr),
+        });
     }
     for fam in FAMILIES {
         for (name, spec) in fam.files() {
             let src = out_dir.join(&name);
             verify(&src, &spec)?;
             let dst = dir.join(&name);
-            std::fs::rename(&src, &dst).map_err(|source| VocabFetchError::Io { path: dst, source })?;
+            std::fs::rename(&src, &dst)
+                .map_err(|source| VocabFetchError::Io { path: dst, source })?;
         }
     }
     Ok(())
@@ -339,19 +414,38 @@ fn download_sdist(tmp: &Path) -> Result<PathBuf, VocabFetchError> {
     let py = python();
     match Command::new(&py).args(["-m", "pip", "--version"]).output() {
         Ok(out) if out.status.success() => {}
-        Ok(out) => return Err(VocabFetchError::PipMissing { detail: last_line(&out.stderr) }),
-        Err(e) => return Err(VocabFetchError::PipMissing { detail: format!("{py}: {e}") }),
+        Ok(out) => {
+            return Err(VocabFetchError::PipMissing {
+                detail: last_line(&out.stderr),
+            })
+        }
+        Err(e) => {
+            return Err(VocabFetchError::PipMissing {
+                detail: format!("{py}: {e}"),
+            })
+        }
     }
     eprintln!("worker-orcd: fetching {SDIST_REQUIREMENT} (source package) from PyPI for the tokenizer test vocabularies");
     let out = Command::new(&py)
-        .args(["-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            "llama-cpp-python",
+        ])
         .args(["--disable-pip-version-check", "-q", "-d"])
         .arg(tmp)
         .arg(SDIST_REQUIREMENT)
         .output()
-        .map_err(|e| VocabFetchError::PipMissing { detail: format!("{py}: {e}") })?;
+        .map_err(|e| VocabFetchError::PipMissing {
+            detail: format!("{py}: {e}"),
+        })?;
     if !out.status.success() {
-        return Err(VocabFetchError::DownloadFailed { detail: last_line(&out.stderr) });
+        return Err(VocabFetchError::DownloadFailed {
+            detail: last_line(&out.stderr),
+        });
     }
     Ok(tmp.join(SDIST_FILE))
 }
@@ -368,7 +462,8 @@ mod tests {
         sorted.dedup();
         assert_eq!(names, sorted);
         for required in ["gpt-2", "llama-bpe", "qwen2", "llama-spm", "phi-3"] {
-            assert!(names.contains(&required), "{required}");
+            let f = family_by_name(required).unwrap();
+            assert!(f.pair.is_some(), "{required}");
         }
         for f in FAMILIES {
             for (_, spec) in f.files() {
@@ -389,11 +484,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x");
         std::fs::write(&path, b"abc").unwrap();
-        let spec = FileSpec { sha256: SDIST_SHA256, size: 3 };
+        let spec = FileSpec {
+            sha256: SDIST_SHA256,
+            size: 3,
+        };
         let e = verify(&path, &spec).unwrap_err();
         assert!(matches!(e, VocabFetchError::HashMismatch { .. }), "{e}");
         assert!(e.to_string().contains(SDIST_SHA256));
-        let spec = FileSpec { sha256: SDIST_SHA256, size: 4 };
-        assert!(matches!(verify(&path, &spec), Err(VocabFetchError::SizeMismatch { .. })));
+        let spec = FileSpec {
+            sha256: SDIST_SHA256,
+            size: 4,
+        };
+        assert!(matches!(
+            verify(&path, &spec),
+            Err(VocabFetchError::SizeMismatch { .. })
+        ));
     }
 }

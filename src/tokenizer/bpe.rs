@@ -127,7 +127,10 @@ impl Merges {
         let mut hex_byte = [NO_SYM; 256];
         let mut buf = [0u8; 4];
         for b in 0..256 {
-            hex_byte[b] = token_to_id.get(&format!("<0x{b:02X}>")).copied().unwrap_or(NO_SYM);
+            hex_byte[b] = token_to_id
+                .get(&format!("<0x{b:02X}>"))
+                .copied()
+                .unwrap_or(NO_SYM);
             let c = BYTE_TO_CHAR[b];
             let s: &str = c.encode_utf8(&mut buf);
             byte_sym[b] = token_to_id
@@ -181,7 +184,8 @@ impl Merges {
         } else {
             word
         };
-        let try_whole = mode.ignore_merges || (mode.newline_words_whole && word.bytes().all(|b| b == b'\n'));
+        let try_whole =
+            mode.ignore_merges || (mode.newline_words_whole && word.bytes().all(|b| b == b'\n'));
         if try_whole {
             if let Some(&id) = token_to_id.get(whole) {
                 out.push(id);
@@ -212,7 +216,11 @@ impl Merges {
                     len: len as u32,
                     id: self.sym_id(text, token_to_id),
                     prev: if i == 0 { NO_SYM } else { i as u32 - 1 },
-                    next: if start + len == word.len() { NO_SYM } else { i as u32 + 1 },
+                    next: if start + len == word.len() {
+                        NO_SYM
+                    } else {
+                        i as u32 + 1
+                    },
                 });
             }
         }
@@ -227,8 +235,17 @@ impl Merges {
             // their encoded text as a one-byte string (only ASCII chars can match); raw ones
             // look up `<0xXX>`.
             let bytes = &word.as_bytes()[s.start as usize..(s.start + s.len) as usize];
-            let table = if mode.byte_encode { &self.byte_fallback } else { &self.hex_byte };
-            out.extend(bytes.iter().map(|&b| table[b as usize]).filter(|&id| id != NO_SYM));
+            let table = if mode.byte_encode {
+                &self.byte_fallback
+            } else {
+                &self.hex_byte
+            };
+            out.extend(
+                bytes
+                    .iter()
+                    .map(|&b| table[b as usize])
+                    .filter(|&id| id != NO_SYM),
+            );
         }
     }
 

@@ -81,7 +81,11 @@ impl Tokenizer {
         }
         let mut text = Vec::new();
         for &id in ids {
-            let a = self.attrs.get(id as usize).copied().unwrap_or(attr::UNDEFINED);
+            let a = self
+                .attrs
+                .get(id as usize)
+                .copied()
+                .unwrap_or(attr::UNDEFINED);
             if unparse_special || a & (attr::UNKNOWN | attr::CONTROL) == 0 {
                 let piece = self.token_piece(id);
                 let piece = match piece.first() {

@@ -1,6 +1,7 @@
 //! Builds a [`Tokenizer`] from GGUF metadata, mirroring `llama_vocab::impl::load`
 //! (src/llama-vocab.cpp) for `tokenizer.ggml.model` = `gpt2` (byte-level BPE), `gemma4`
-//! (SentencePiece-style BPE) and `llama` (SentencePiece): the vocab type and pre-tokenizer
+//! (SentencePiece-style BPE), `llama` (SentencePiece) and `bert` (WordPiece): the vocab type
+//! and pre-tokenizer
 //! with their flags and defaults, token attributes and scores, merges, special ids, and the
 //! special-token and token-to-piece caches.
 //!
@@ -27,11 +28,13 @@ const KEY_MERGES: &str = "tokenizer.ggml.merges";
 const KEY_ADD_BOS: &str = "tokenizer.ggml.add_bos_token";
 const KEY_ADD_EOS: &str = "tokenizer.ggml.add_eos_token";
 const KEY_ADD_PREFIX: &str = "tokenizer.ggml.add_space_prefix";
+const KEY_LOWERCASE: &str = "tokenizer.ggml.normalizer.lowercase";
+const KEY_STRIP_ACCENTS: &str = "tokenizer.ggml.normalizer.strip_accents";
 const KEY_NAME: &str = "general.name";
 const KEY_ARCH: &str = "general.architecture";
 
 /// The `tokenizer.ggml.model` values we implement.
-pub(crate) const SUPPORTED_MODELS: &[&str] = &["gpt2", "llama", "gemma4"];
+pub(crate) const SUPPORTED_MODELS: &[&str] = &["gpt2", "llama", "gemma4", "bert"];
 
 fn wrong_type(key: &str, expected: &'static str, v: &MetadataValue) -> TokenizerError {
     let found = match v.as_array() {
@@ -59,14 +62,20 @@ fn elem_matches(expected: &str, x: &MetadataValue) -> bool {
 fn opt_str<'a>(f: &'a GgufFile, key: &str) -> Result<Option<&'a str>, TokenizerError> {
     match f.metadata(key) {
         None => Ok(None),
-        Some(v) => v.as_str().map(Some).ok_or_else(|| wrong_type(key, "string", v)),
+        Some(v) => v
+            .as_str()
+            .map(Some)
+            .ok_or_else(|| wrong_type(key, "string", v)),
     }
 }
 
 fn opt_bool(f: &GgufFile, key: &str) -> Result<Option<bool>, TokenizerError> {
     match f.metadata(key) {
         None => Ok(None),
-        Some(v) => v.as_bool().map(Some).ok_or_else(|| wrong_type(key, "bool", v)),
+        Some(v) => v
+            .as_bool()
+            .map(Some)
+            .ok_or_else(|| wrong_type(key, "bool", v)),
     }
 }
 
@@ -84,10 +93,15 @@ fn str_array<'a>(f: &'a GgufFile, key: &str) -> Result<Option<Vec<&'a str>>, Tok
     let Some(v) = f.metadata(key) else {
         return Ok(None);
     };
-    let items = v.as_array().ok_or_else(|| wrong_type(key, "array of string", v))?;
+    let items = v
+        .as_array()
+        .ok_or_else(|| wrong_type(key, "array of string", v))?;
     items
         .iter()
-        .map(|x| x.as_str().ok_or_else(|| wrong_type(key, "array of string", v)))
+        .map(|x| {
+            x.as_str()
+                .ok_or_else(|| wrong_type(key, "array of string", v))
+        })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
 }
@@ -96,7 +110,9 @@ fn i32_array(f: &GgufFile, key: &str) -> Result<Option<Vec<i32>>, TokenizerError
     let Some(v) = f.metadata(key) else {
         return Ok(None);
     };
-    let items = v.as_array().ok_or_else(|| wrong_type(key, "array of i32", v))?;
+    let items = v
+        .as_array()
+        .ok_or_else(|| wrong_type(key, "array of i32", v))?;
     items
         .iter()
         .map(|x| match x {
@@ -158,6 +174,8 @@ enum VocabType {
     Spm,
     /// `LLAMA_VOCAB_TYPE_BPE`.
     Bpe,
+    /// `LLAMA_VOCAB_TYPE_WPM`.
+    Wpm,
 }
 
 /// Type-level flags before metadata overrides (llama.cpp's members of `llama_vocab::impl`).
@@ -175,9 +193,14 @@ pub(super) fn from_gguf(f: &GgufFile) -> Result<Tokenizer, TokenizerError> {
     let stored_pre = opt_str(f, KEY_PRE)?.unwrap_or("");
     let (vtype, pre) = match model_name {
         "llama" => (VocabType::Spm, None),
+        "bert" => (VocabType::Wpm, None),
         "gpt2" | "gemma4" => {
             // The gemma4 model type forces its own pre-tokenizer.
-            let pre_name = if model_name == "gemma4" { "gemma4" } else { stored_pre };
+            let pre_name = if model_name == "gemma4" {
+                "gemma4"
+            } else {
+                stored_pre
+            };
             let cfg = PreConfig::from_gguf_name(pre_name).ok_or_else(|| {
                 TokenizerError::UnsupportedPre {
                     pre: pre_name.to_owned(),
@@ -199,12 +222,14 @@ pub(super) fn from_gguf(f: &GgufFile) -> Result<Tokenizer, TokenizerError> {
     let mut defaults = type_defaults(vtype, model_name, pre.as_ref());
     // Merges are read (and required) first, as in llama.cpp.
     let merges = match vtype {
-        VocabType::Bpe => Some(str_array(f, KEY_MERGES)?.ok_or_else(|| {
-            TokenizerError::MissingKey {
-                key: KEY_MERGES.to_owned(),
-            }
-        })?),
-        VocabType::Spm => None,
+        VocabType::Bpe => {
+            Some(
+                str_array(f, KEY_MERGES)?.ok_or_else(|| TokenizerError::MissingKey {
+                    key: KEY_MERGES.to_owned(),
+                })?,
+            )
+        }
+        VocabType::Spm | VocabType::Wpm => None,
     };
     if let Some(p) = opt_bool(f, KEY_ADD_PREFIX)? {
         defaults.add_space_prefix = p;
@@ -248,7 +273,11 @@ pub(super) fn from_gguf(f: &GgufFile) -> Result<Tokenizer, TokenizerError> {
         }
         token_to_id.insert(text.clone(), i as u32);
         tokens.push(text);
-        attrs.push(types.as_ref().map_or(attr::NORMAL, |t| attr_from_type(t[i])));
+        attrs.push(
+            types
+                .as_ref()
+                .map_or(attr::NORMAL, |t| attr_from_type(t[i])),
+        );
     }
     let scores = scores.map(|mut s| {
         s.truncate(n);
@@ -279,7 +308,7 @@ pub(super) fn from_gguf(f: &GgufFile) -> Result<Tokenizer, TokenizerError> {
 
     // Token-to-piece cache (llama.cpp builds it with special = true, before the per-model
     // attribute tweaks, which only touch LSTRIP/RSTRIP).
-    let spm_style = vtype == VocabType::Spm || pre.as_ref().is_some_and(|p| p.spm_style);
+    let spm_style = vtype != VocabType::Bpe || pre.as_ref().is_some_and(|p| p.spm_style);
     let mut pieces = Vec::new();
     let mut piece_offsets = Vec::with_capacity(n + 1);
     piece_offsets.push(0u32);
@@ -325,6 +354,16 @@ pub(super) fn from_gguf(f: &GgufFile) -> Result<Tokenizer, TokenizerError> {
                 escape_whitespaces: cfg.spm_style,
             }
         }
+        (VocabType::Wpm, _, _) => {
+            // BertNormalizer options: strip_accents defaults to lowercase.
+            let lowercase = opt_bool(f, KEY_LOWERCASE)?.unwrap_or(true);
+            let strip_accents = opt_bool(f, KEY_STRIP_ACCENTS)?.unwrap_or(lowercase);
+            Model::Wpm {
+                max_token_len: tokens.iter().map(String::len).max().unwrap_or(0),
+                lowercase,
+                strip_accents,
+            }
+        }
         _ => Model::Spm {
             scores: scores.unwrap_or_else(|| vec![0.0; n]),
             byte_tokens: spm_byte_tokens(&token_to_id),
@@ -351,6 +390,7 @@ pub(super) fn from_gguf(f: &GgufFile) -> Result<Tokenizer, TokenizerError> {
         bos,
         eos,
         unk: slots[Slot::Unk as usize],
+        sep: slots[Slot::Sep as usize],
         eog,
     })
 }
@@ -368,6 +408,19 @@ fn type_defaults(vtype: VocabType, model_name: &str, pre: Option<&PreConfig>) ->
                 add_space_prefix: true,
                 add_bos: true,
                 clean_spaces: false,
+            }
+        }
+        VocabType::Wpm => {
+            slots[Slot::Bos as usize] = Some(101);
+            slots[Slot::Unk as usize] = Some(100);
+            slots[Slot::Sep as usize] = Some(102);
+            slots[Slot::Pad as usize] = Some(0);
+            slots[Slot::Mask as usize] = Some(103);
+            TypeDefaults {
+                slots,
+                add_space_prefix: false,
+                add_bos: true,
+                clean_spaces: true,
             }
         }
         VocabType::Bpe => {
@@ -393,10 +446,13 @@ fn type_defaults(vtype: VocabType, model_name: &str, pre: Option<&PreConfig>) ->
 fn spm_byte_tokens(token_to_id: &HashMap<String, u32>) -> [Option<u32>; 256] {
     let mut t = [None; 256];
     for (b, slot) in t.iter_mut().enumerate() {
-        *slot = token_to_id.get(&format!("<0x{b:02X}>")).copied().or_else(|| {
-            let c = char::from(b as u8);
-            (b < 0x80).then(|| token_to_id.get(c.encode_utf8(&mut [0; 4]) as &str).copied())?
-        });
+        *slot = token_to_id
+            .get(&format!("<0x{b:02X}>"))
+            .copied()
+            .or_else(|| {
+                let c = char::from(b as u8);
+                (b < 0x80).then(|| token_to_id.get(c.encode_utf8(&mut [0; 4]) as &str).copied())?
+            });
     }
     t
 }

@@ -1,13 +1,13 @@
 //! Tokenizers rebuilt from GGUF `tokenizer.*` metadata, bit-exact with llama.cpp for
 //! `tokenizer.ggml.model = gpt2` (byte-level BPE, with the pre-tokenizers listed in
 //! [`pretok`]: gpt-2, smollm, llama3/llama-bpe, qwen2, qwen35, deepseek, falcon, command-r,
-//! ...), `gemma4` (SentencePiece-style BPE) and `llama` (SentencePiece: scores, byte
-//! fallback, `add_space_prefix`).
+//! ...), `gemma4` (SentencePiece-style BPE), `llama` (SentencePiece: scores, byte
+//! fallback, `add_space_prefix`) and `bert` (WordPiece).
 //!
 //! Pure: no I/O beyond reading the metadata of the [`GgufFile`] it is given (tensors are never
 //! touched, so vocab-only files work). [`Tokenizer::encode`] never adds BOS/EOS;
 //! [`Tokenizer::tokenize`] does when asked, as llama.cpp's `add_special`. Not implemented:
-//! WordPiece (bert), Unigram (t5), RWKV, PLaMo-2 vocabularies and the pre-tokenizers not in
+//! Unigram (t5), RWKV, PLaMo-2 vocabularies and the pre-tokenizers not in
 //! [`pretok`]'s table; they are refused when the tokenizer is built, naming the model and
 //! pre-tokenizer.
 //!
@@ -17,7 +17,7 @@
 //! 2. SentencePiece: prefix a space after a special token (or at the start), write spaces as
 //!    U+2581 and merge by score ([`spm`]);
 //!    BPE: pre-tokenize each fragment into words ([`pretok`]) and merge each word by rank
-//!    ([`bpe`]).
+//!    ([`bpe`]); WordPiece: normalize, split and match longest pieces ([`wpm`]).
 
 mod bpe;
 mod byte_level;
@@ -28,6 +28,7 @@ mod pretok;
 mod special;
 mod spm;
 mod unicode;
+mod wpm;
 #[rustfmt::skip] // generated data tables
 mod unicode_data;
 
@@ -68,6 +69,12 @@ enum Model {
         /// Spaces become U+2581 before pre-tokenization (Gemma 4).
         escape_whitespaces: bool,
     },
+    /// WordPiece (`LLAMA_VOCAB_TYPE_WPM`).
+    Wpm {
+        max_token_len: usize,
+        lowercase: bool,
+        strip_accents: bool,
+    },
 }
 
 /// A tokenizer built from GGUF metadata. Immutable and `Sync`; share it by reference.
@@ -92,6 +99,8 @@ pub struct Tokenizer {
     bos: Option<u32>,
     eos: Option<u32>,
     unk: Option<u32>,
+    /// Separator id, appended by WordPiece with `add_special`.
+    sep: Option<u32>,
     /// Sorted end-of-generation ids.
     eog: Vec<u32>,
 }
@@ -122,10 +131,12 @@ impl Tokenizer {
 
     /// llama.cpp's `llama_tokenize(text, add_special, parse_special)`: as [`Tokenizer::encode`],
     /// and with `add_special` a BOS first when [`Tokenizer::add_bos`] and an EOS last when
-    /// [`Tokenizer::add_eos`].
+    /// [`Tokenizer::add_eos`] (WordPiece: BOS (CLS) first and SEP last, whatever the flags say,
+    /// as llama.cpp does).
     pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
-        if add_special && self.add_bos {
+        let wpm = matches!(self.model, Model::Wpm { .. });
+        if add_special && (self.add_bos || wpm) {
             out.extend(self.bos);
         }
         let frags = if text.is_empty() {
@@ -200,8 +211,29 @@ impl Tokenizer {
                     }
                 }
             }
+            Model::Wpm {
+                max_token_len,
+                lowercase,
+                strip_accents,
+            } => {
+                let vocab = wpm::WpmVocab {
+                    token_to_id: &self.token_to_id,
+                    max_token_len: *max_token_len,
+                    lowercase: *lowercase,
+                    strip_accents: *strip_accents,
+                    unk: self.unk,
+                };
+                for frag in frags {
+                    match frag {
+                        Fragment::Token(id) => out.push(id),
+                        Fragment::Text(r) => wpm::encode(&vocab, &text[r], &mut out),
+                    }
+                }
+            }
         }
-        if add_special && self.add_eos {
+        if add_special && wpm {
+            out.extend(self.sep);
+        } else if add_special && self.add_eos {
             out.extend(self.eos);
         }
         out
@@ -324,7 +356,9 @@ impl Tokenizer {
     /// Whether `id` is a control token (e.g. `<|im_start|>`), which
     /// llama.cpp hides when rendering with `special = false`.
     pub fn is_control(&self, id: u32) -> bool {
-        self.attrs.get(id as usize).is_some_and(|a| a & attr::CONTROL != 0)
+        self.attrs
+            .get(id as usize)
+            .is_some_and(|a| a & attr::CONTROL != 0)
     }
 
     /// The bytes `id` renders to, as `llama_token_to_piece(special = true)`;
@@ -363,7 +397,7 @@ impl Tokenizer {
     pub fn n_merges(&self) -> usize {
         match &self.model {
             Model::Bpe { merges, .. } => merges.len(),
-            Model::Spm { .. } => 0,
+            Model::Spm { .. } | Model::Wpm { .. } => 0,
         }
     }
 }
@@ -383,6 +417,7 @@ impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match &self.model {
             Model::Spm { .. } => "spm".to_owned(),
+            Model::Wpm { .. } => "wpm".to_owned(),
             Model::Bpe { pre, .. } => format!("bpe/{pre:?}"),
         };
         f.debug_struct("Tokenizer")

@@ -140,7 +140,10 @@ pub(crate) fn detect(tokens: &[String], attrs: &mut [u16], slots: &mut Slots) ->
     }
     // "quick hack for gpt-oss, always render these tokens"
     for (i, t) in tokens.iter().enumerate() {
-        if matches!(t.as_str(), "<|channel|>" | "<|message|>" | "<|start|>" | "<|constrain|>") {
+        if matches!(
+            t.as_str(),
+            "<|channel|>" | "<|message|>" | "<|start|>" | "<|constrain|>"
+        ) {
             attrs[i] = attr::USER_DEFINED;
         }
     }

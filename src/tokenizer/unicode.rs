@@ -5,7 +5,7 @@
 //! Pure lookups; knows nothing of regexes or vocabularies. Deliberately not Rust's `char`
 //! predicates: a class mismatch on one codepoint changes token ids.
 
-use super::unicode_data::{CATEGORY_RUNS, WHITESPACE};
+use super::unicode_data::{CATEGORY_RUNS, LOWERCASE, NFD_RANGES, WHITESPACE};
 
 /// The flags llama.cpp's pre-tokenizers read for one codepoint. `Flags::NONE` (all bits clear)
 /// stands for "no codepoint" (a position outside the text being split), which llama.cpp's
@@ -19,6 +19,8 @@ impl Flags {
     const LETTER: u16 = 0x04;
     const MARK: u16 = 0x10;
     const PUNCTUATION: u16 = 0x20;
+    const SYMBOL: u16 = 0x40;
+    const CONTROL: u16 = 0x80;
     const WHITESPACE: u16 = 0x100;
 
     /// llama.cpp's flags of `c`.
@@ -54,6 +56,12 @@ impl Flags {
     pub(crate) fn is_punctuation(self) -> bool {
         self.0 & Flags::PUNCTUATION != 0
     }
+    pub(crate) fn is_symbol(self) -> bool {
+        self.0 & Flags::SYMBOL != 0
+    }
+    pub(crate) fn is_control(self) -> bool {
+        self.0 & Flags::CONTROL != 0
+    }
 }
 
 const fn category_of(cp: u32) -> u8 {
@@ -82,13 +90,21 @@ const fn is_whitespace_cp(cp: u32) -> bool {
 }
 
 const fn flags_from_tables(cp: u32) -> Flags {
-    let ws = if is_whitespace_cp(cp) { Flags::WHITESPACE } else { 0 };
+    let ws = if is_whitespace_cp(cp) {
+        Flags::WHITESPACE
+    } else {
+        0
+    };
     Flags(category_of(cp) as u16 | ws)
 }
 
 fn from_tables(cp: u32) -> Flags {
     // Whitespace is a short sorted list; a binary search beats the const loop at run time.
-    let ws = if WHITESPACE.binary_search(&cp).is_ok() { Flags::WHITESPACE } else { 0 };
+    let ws = if WHITESPACE.binary_search(&cp).is_ok() {
+        Flags::WHITESPACE
+    } else {
+        0
+    };
     Flags(category_of(cp) as u16 | ws)
 }
 
@@ -102,6 +118,24 @@ static ASCII: [Flags; 128] = {
     }
     t
 };
+
+/// llama.cpp's `unicode_tolower`: the simple lower-case mapping of its table, else `cp`.
+pub(crate) fn to_lower(cp: u32) -> u32 {
+    match LOWERCASE.binary_search_by_key(&cp, |&(from, _)| from) {
+        Ok(i) => LOWERCASE[i].1,
+        Err(_) => cp,
+    }
+}
+
+/// llama.cpp's `unicode_cpts_normalize_nfd` for one codepoint: the first codepoint of its NFD
+/// decomposition (`é` -> `e`), else `cp`.
+pub(crate) fn nfd_base(cp: u32) -> u32 {
+    let i = NFD_RANGES.partition_point(|&(first, _, _)| first <= cp);
+    match i.checked_sub(1).map(|i| NFD_RANGES[i]) {
+        Some((first, last, base)) if first <= cp && cp <= last => base,
+        _ => cp,
+    }
+}
 
 /// Whether `cp` lies in one of the sorted inclusive `ranges`.
 pub(crate) fn in_ranges(ranges: &[(u32, u32)], cp: u32) -> bool {
@@ -144,5 +178,14 @@ mod tests {
         assert!(!Flags::of_opt(None).any());
         assert_eq!(wregex_cp('\u{3000}'), 0x0B);
         assert_eq!(wregex_cp('a'), 'a' as u32);
+        assert_eq!(
+            (to_lower('Ä' as u32), to_lower('a' as u32)),
+            ('ä' as u32, 'a' as u32)
+        );
+        assert_eq!(
+            (nfd_base('é' as u32), nfd_base('e' as u32)),
+            ('e' as u32, 'e' as u32)
+        );
+        assert!(Flags::of('\u{7}').is_control() && Flags::of('$').is_symbol());
     }
 }

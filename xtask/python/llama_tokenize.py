@@ -151,7 +151,8 @@ def _class_ranges(regex, prefix, suffix):
 
 
 def gen_unicode_table(unicode_data_cpp, llama_vocab_cpp, out_path):
-    """llama.cpp's codepoint categories and whitespace set (unicode-data.cpp), plus the literal
+    """llama.cpp's codepoint categories, whitespace set, lower-case map and NFD base map
+    (unicode-data.cpp), plus the literal
     character classes of the pre-tokenizer regexes that llama.cpp runs through std::wregex
     (llama-vocab.cpp), as Rust tables."""
     src = open(unicode_data_cpp, encoding="utf-8").read()
@@ -172,6 +173,12 @@ def gen_unicode_table(unicode_data_cpp, llama_vocab_cpp, out_path):
     lower = [(int(a, 16), int(b, 16)) for a, b in re.findall(r"\{0x([0-9A-Fa-f]+), 0x([0-9A-Fa-f]+)\}", lower_body)]
     bad = [(a, b) for a, b in lower if chr(b) in "stmdrevl" and not (0x41 <= a <= 0x5A)]
     assert not bad, f"non-ASCII codepoints lower-case to contraction letters: {bad}"
+    assert lower == sorted(lower) and len({a for a, _ in lower}) == len(lower)
+    nfd_body = src.split("unicode_ranges_nfd = {")[1].split("};")[0]
+    nfd = [tuple(int(x, 16) for x in t) for t in
+           re.findall(r"\{0x([0-9A-Fa-f]+), 0x([0-9A-Fa-f]+), 0x([0-9A-Fa-f]+)\}", nfd_body)]
+    assert nfd == sorted(nfd) and all(a <= b for a, b, _ in nfd)
+    assert all(p[1] < q[0] for p, q in zip(nfd, nfd[1:])), "nfd ranges overlap"
 
     vocab = open(llama_vocab_cpp, encoding="utf-8").read()
     ds_llm = _cpp_literals(vocab, "case LLAMA_VOCAB_PRE_TYPE_DEEPSEEK_LLM:", 6)
@@ -206,6 +213,18 @@ def gen_unicode_table(unicode_data_cpp, llama_vocab_cpp, out_path):
     items = [f"0x{x:X}" for x in ws]
     for i in range(0, len(items), 10):
         lines.append("    " + ", ".join(items[i:i + 10]) + ",")
+    lines += ["];", "", "/// llama.cpp's `unicode_map_lowercase`: `(codepoint, lower-case codepoint)`, sorted.",
+              "pub(crate) static LOWERCASE: &[(u32, u32)] = &["]
+    items = [f"(0x{a:X}, 0x{b:X})" for a, b in lower]
+    for i in range(0, len(items), 8):
+        lines.append("    " + ", ".join(items[i:i + 8]) + ",")
+    lines += ["];", "",
+              "/// llama.cpp's `unicode_ranges_nfd`: `(first, last, base)`, sorted and disjoint; every",
+              "/// codepoint of a range maps to `base` (the first codepoint of its NFD decomposition).",
+              "pub(crate) static NFD_RANGES: &[(u32, u32, u32)] = &["]
+    items = [f"(0x{a:X}, 0x{b:X}, 0x{c:X})" for a, b, c in nfd]
+    for i in range(0, len(items), 6):
+        lines.append("    " + ", ".join(items[i:i + 6]) + ",")
     lines += ["];"]
     for name, doc, ranges in tables:
         lines += ["", f"/// Inclusive codepoint ranges of {doc}, sorted.", f"pub(crate) static {name}: &[(u32, u32)] = &["]
@@ -217,6 +236,7 @@ def gen_unicode_table(unicode_data_cpp, llama_vocab_cpp, out_path):
     with open(out_path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
     print(f"wrote {out_path}: {len(runs)} category runs, {len(ws)} whitespace, "
+          f"{len(lower)} lower-case pairs, {len(nfd)} nfd ranges, "
           + ", ".join(f"{n} {len(r)} ranges" for n, _, r in tables))
 
 

@@ -4,10 +4,10 @@
 Usage:
     python3 xtask/python/vocab_suite.py VOCAB_DIR OUT.json CORPUS.json [CORPUS.json ...] [--family NAME ...] [--corpus-detok]
 
-VOCAB_DIR holds llama.cpp's `ggml-vocab-FAMILY.gguf` files with their `.inp`/`.out` pairs
-(the cache directory that `cargo xtask fetch-vocab` fills, or vendor/llama.cpp/models of the
-llama-cpp-python 0.3.36 source package). For every family (default: every pair found) this
-loads the vocabulary only (vocab_only=True) through llama_cpp's low-level API and records:
+VOCAB_DIR holds llama.cpp's `ggml-vocab-FAMILY.gguf` files, most with `.inp`/`.out` pairs
+(the cache directory that `cargo xtask fetch-vocab` fills). For every family (default: every
+`.gguf` found) this loads the vocabulary only (vocab_only=True) through llama_cpp's low-level
+API and records:
 
 - per case of the .inp file (split exactly as tests/test-tokenizer-0.cpp splits it): the ids
   with add_special=False, parse_special=False (what the .out holds), the ids with
@@ -99,7 +99,7 @@ def record_family(ll, path, corpora):
     vocab = ll.llama_model_get_vocab(model)
     n_vocab = ll.llama_vocab_n_tokens(vocab)
     cases = []
-    for text in read_cases(path + ".inp"):
+    for text in (read_cases(path + ".inp") if os.path.exists(path + ".inp") else []):
         ids = tokenize(ll, vocab, text, False, False)
         ids_special = tokenize(ll, vocab, text, True, True)
         cases.append({
@@ -146,9 +146,9 @@ def main(vocab_dir, out_path, corpus_paths, families):
             corpora[os.path.basename(p)] = json.load(f)["strings"]
     if not families:
         families = sorted(
-            name[len("ggml-vocab-"):-len(".gguf.inp")]
+            name[len("ggml-vocab-"):-len(".gguf")]
             for name in os.listdir(vocab_dir)
-            if name.startswith("ggml-vocab-") and name.endswith(".gguf.inp")
+            if name.startswith("ggml-vocab-") and name.endswith(".gguf")
         )
     ll.llama_backend_init()
     result = {}

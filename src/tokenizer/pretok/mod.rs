@@ -147,7 +147,10 @@ impl PreConfig {
                 ..c(K::Llama3, true)
             },
             "dbrx" | "smaug-bpe" => c(K::Llama3, true),
-            "chatglm-bpe" => PreConfig { no_default_bos: true, ..c(K::Llama3, true) },
+            "chatglm-bpe" => PreConfig {
+                no_default_bos: true,
+                ..c(K::Llama3, true)
+            },
             "glm4" | "glm5" => PreConfig {
                 no_default_bos: true,
                 ignore_merges: true,
@@ -157,10 +160,8 @@ impl PreConfig {
             "deepseek-coder" => c(K::DeepseekCoder, false),
             "falcon" => c(K::Falcon, true),
             "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es"
-            | "jina-v2-de" | "a.x-4.0" | "mellum" | "modern-bert" | "exaone4" | "mpt"
-            | "olmo" | "jais" | "jina-v1-en" | "jina-v2-code" | "roberta-bpe" => {
-                c(K::Gpt2, true)
-            }
+            | "jina-v2-de" | "a.x-4.0" | "mellum" | "modern-bert" | "exaone4" | "mpt" | "olmo"
+            | "jais" | "jina-v1-en" | "jina-v2-code" | "roberta-bpe" => c(K::Gpt2, true),
             "trillion" | "granite-docling" => c(K::Gpt2, false),
             "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" | "mellum2" => {
                 c(K::Smollm, true)
@@ -176,7 +177,10 @@ impl PreConfig {
                 gemma4: true,
                 ..c(K::Newlines, true)
             },
-            "sarvam-moe" => PreConfig { spm_style: true, ..c(K::Newlines, false) },
+            "sarvam-moe" => PreConfig {
+                spm_style: true,
+                ..c(K::Newlines, false)
+            },
             _ => return None,
         })
     }
@@ -184,14 +188,65 @@ impl PreConfig {
 
 /// Every `tokenizer.ggml.pre` name [`PreConfig::from_gguf_name`] accepts, for error messages.
 pub(crate) const SUPPORTED_PRE_NAMES: &[&str] = &[
-    "default", "llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0",
-    "lfm2", "jina-v5-nano", "dbrx", "smaug-bpe", "chatglm-bpe", "glm4", "glm5", "deepseek-llm",
-    "deepseek-coder", "falcon", "gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es",
-    "jina-v2-de", "a.x-4.0", "mellum", "modern-bert", "exaone4", "mpt", "olmo", "jais",
-    "jina-v1-en", "jina-v2-code", "roberta-bpe", "trillion", "granite-docling", "starcoder",
-    "refact", "codeshell", "exaone", "minerva-7b", "mellum2", "command-r", "smollm", "qwen2",
-    "deepseek-r1-qwen", "kormo", "f2llmv2", "hunyuan", "solar-open", "grok-2", "stablelm2",
-    "megrez", "qwen35", "laguna", "gemma4", "granite-embed-multi-311m", "sarvam-moe",
+    "default",
+    "llama3",
+    "llama-v3",
+    "llama-bpe",
+    "falcon3",
+    "falcon-h1",
+    "pixtral",
+    "midm-2.0",
+    "lfm2",
+    "jina-v5-nano",
+    "dbrx",
+    "smaug-bpe",
+    "chatglm-bpe",
+    "glm4",
+    "glm5",
+    "deepseek-llm",
+    "deepseek-coder",
+    "falcon",
+    "gpt-2",
+    "phi-2",
+    "jina-es",
+    "jina-de",
+    "gigachat",
+    "jina-v2-es",
+    "jina-v2-de",
+    "a.x-4.0",
+    "mellum",
+    "modern-bert",
+    "exaone4",
+    "mpt",
+    "olmo",
+    "jais",
+    "jina-v1-en",
+    "jina-v2-code",
+    "roberta-bpe",
+    "trillion",
+    "granite-docling",
+    "starcoder",
+    "refact",
+    "codeshell",
+    "exaone",
+    "minerva-7b",
+    "mellum2",
+    "command-r",
+    "smollm",
+    "qwen2",
+    "deepseek-r1-qwen",
+    "kormo",
+    "f2llmv2",
+    "hunyuan",
+    "solar-open",
+    "grok-2",
+    "stablelm2",
+    "megrez",
+    "qwen35",
+    "laguna",
+    "gemma4",
+    "granite-embed-multi-311m",
+    "sarvam-moe",
 ];
 
 /// Appends to `out` the byte ranges (into `text`) of the words of `text`.
@@ -238,7 +293,10 @@ mod tests {
     #[test]
     fn gpt2_splits_like_llama_cpp() {
         assert_eq!(words(PreKind::Gpt2, "Hello world"), ["Hello", " world"]);
-        assert_eq!(words(PreKind::Gpt2, "don't HE'S"), ["don", "'t", " HE", "'", "S"]);
+        assert_eq!(
+            words(PreKind::Gpt2, "don't HE'S"),
+            ["don", "'t", " HE", "'", "S"]
+        );
         assert_eq!(words(PreKind::Gpt2, "a   b"), ["a", "  ", " b"]);
         assert_eq!(words(PreKind::Gpt2, "a  "), ["a", "  "]);
         assert_eq!(words(PreKind::Gpt2, "x 123!!"), ["x", " 123", "!!"]);

@@ -83,10 +83,12 @@ fn find(p: Pattern, chars: &[char], from: usize, end: usize) -> Option<(usize, u
         i
     };
     match p {
-        Pattern::Single(cls) => (from..end).find(|&i| cls.contains(chars[i])).map(|i| (i, i + 1)),
-        Pattern::Run(cls) => {
-            (from..end).find(|&i| cls.contains(chars[i])).map(|i| (i, run_end(cls, i)))
-        }
+        Pattern::Single(cls) => (from..end)
+            .find(|&i| cls.contains(chars[i]))
+            .map(|i| (i, i + 1)),
+        Pattern::Run(cls) => (from..end)
+            .find(|&i| cls.contains(chars[i]))
+            .map(|i| (i, run_end(cls, i))),
         Pattern::OptSpaceRun(cls) => (from..end).find_map(|i| {
             // The optional \s is tried first; without a class codepoint after it, the engine
             // backtracks to an empty \s, and a whitespace codepoint is in none of the classes.
@@ -148,7 +150,10 @@ mod tests {
 
     #[test]
     fn deepseek_coder_keeps_one_space_before_letter_runs() {
-        assert_eq!(words(PreKind::DeepseekCoder, "a  bc\n12"), ["a", " ", " bc", "\n", "1", "2"]);
+        assert_eq!(
+            words(PreKind::DeepseekCoder, "a  bc\n12"),
+            ["a", " ", " bc", "\n", "1", "2"]
+        );
         assert_eq!(words(PreKind::DeepseekCoder, "我想 ok"), ["我想", " ok"]);
     }
 
@@ -160,6 +165,9 @@ mod tests {
 
     #[test]
     fn newline_runs_alternate() {
-        assert_eq!(words(PreKind::Newlines, "a b\n\nc\n"), ["a b", "\n\n", "c", "\n"]);
+        assert_eq!(
+            words(PreKind::Newlines, "a b\n\nc\n"),
+            ["a b", "\n\n", "c", "\n"]
+        );
     }
 }
