@@ -8,35 +8,16 @@
 //! GGUF, special tokens or pre-tokenization.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::BinaryHeap;
 
 use super::byte_level::{encode_into, BYTE_TO_CHAR};
+use super::hash::{FastMap, TokenMap};
 
 /// Marks a symbol whose text is neither a vocab token nor a part of any merge.
 const NO_SYM: u32 = u32::MAX;
 
-/// A small multiplicative hasher for `(u32, u32)` keys: the rank lookup is the
-/// hot loop of encoding, and SipHash's DoS resistance buys nothing here
-/// (keys come from the model file, not from users).
-#[derive(Default)]
-pub(crate) struct PairHasher(u64);
-
-impl Hasher for PairHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u32(u32::from(b));
-        }
-    }
-    fn write_u32(&mut self, i: u32) {
-        self.0 = (self.0.rotate_left(26) ^ u64::from(i)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type PairMap = HashMap<(u32, u32), (u32, u32), BuildHasherDefault<PairHasher>>;
+/// Merge pair -> (rank, merged symbol); the rank lookup is the hot loop of encoding.
+type PairMap = FastMap<(u32, u32), (u32, u32)>;
 
 /// `(rank, left, right, left len, right len)`, smallest first: llama.cpp's
 /// queue pops the lowest rank, ties to the leftmost pair.
@@ -61,7 +42,7 @@ pub(crate) struct Merges {
     /// Vocab id of `<0xXX>` for byte `b`: the fallback of raw UTF-8 words.
     hex_byte: [u32; 256],
     /// Interned ids of merge parts that are not vocab tokens (raw words look symbols up here).
-    extra: HashMap<String, u32>,
+    extra: TokenMap,
     n_vocab: u32,
 }
 
@@ -99,12 +80,12 @@ impl Merges {
     /// Builds the table. `merges` are `(index, left, right)` as split by the
     /// caller; duplicates keep the first (lowest) rank like `bpe_ranks.emplace`.
     pub(crate) fn new<'a>(
-        token_to_id: &HashMap<String, u32>,
+        token_to_id: &TokenMap,
         n_vocab: u32,
         merges: impl Iterator<Item = (&'a str, &'a str)>,
     ) -> Merges {
-        let mut extra: HashMap<String, u32> = HashMap::new();
-        let intern = |s: &str, extra: &mut HashMap<String, u32>| -> u32 {
+        let mut extra = TokenMap::default();
+        let intern = |s: &str, extra: &mut TokenMap| -> u32 {
             if let Some(&id) = token_to_id.get(s) {
                 return id;
             }
@@ -170,7 +151,7 @@ impl Merges {
         &self,
         word: &str,
         mode: WordMode,
-        token_to_id: &HashMap<String, u32>,
+        token_to_id: &TokenMap,
         scratch: &mut Scratch,
         out: &mut Vec<u32>,
     ) {
@@ -250,7 +231,7 @@ impl Merges {
     }
 
     /// Interned id of a symbol's text, or `NO_SYM` when it is neither a token nor a merge part.
-    fn sym_id(&self, text: &str, token_to_id: &HashMap<String, u32>) -> u32 {
+    fn sym_id(&self, text: &str, token_to_id: &TokenMap) -> u32 {
         token_to_id
             .get(text)
             .or_else(|| self.extra.get(text))

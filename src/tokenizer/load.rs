@@ -10,10 +10,9 @@
 //! metadata (wrong types, short arrays, out-of-range ids) is an error or, where llama.cpp
 //! ignores it, ignored; never a panic.
 
-use std::collections::HashMap;
-
 use super::bpe::{Merges, WordMode};
 use super::decode::render_piece;
+use super::hash::TokenMap;
 use super::pretok::{PreConfig, SUPPORTED_PRE_NAMES};
 use super::special::{self, ModelNames, Slot, Slots, N_SLOTS, SPECIAL_KEYS};
 use super::{attr, Model, Tokenizer, TokenizerError};
@@ -255,7 +254,7 @@ pub(super) fn from_gguf(f: &GgufFile) -> Result<Tokenizer, TokenizerError> {
     }
 
     let mut tokens = Vec::with_capacity(n);
-    let mut token_to_id: HashMap<String, u32> = HashMap::with_capacity(n);
+    let mut token_to_id = TokenMap::with_capacity_and_hasher(n, Default::default());
     let mut attrs = Vec::with_capacity(n);
     for (i, &text) in raw_tokens.iter().enumerate() {
         // llama.cpp renames empty tokens so that they cannot match anything.
@@ -303,7 +302,7 @@ pub(super) fn from_gguf(f: &GgufFile) -> Result<Tokenizer, TokenizerError> {
         add_bos = true; // llama.cpp's "workaround for Gemma 4"
     }
 
-    let eog = special::detect(&tokens, &mut attrs, &mut slots);
+    let eog = special::detect(&tokens, &token_to_id, &mut attrs, &mut slots);
     let special = special::special_cache(&tokens, &attrs);
 
     // Token-to-piece cache (llama.cpp builds it with special = true, before the per-model
@@ -443,7 +442,7 @@ fn type_defaults(vtype: VocabType, model_name: &str, pre: Option<&PreConfig>) ->
 
 /// llama.cpp `byte_to_token` for SPM: `<0xXX>`, else the byte itself as a one-byte token
 /// (only ASCII bytes can be one-byte UTF-8 strings).
-fn spm_byte_tokens(token_to_id: &HashMap<String, u32>) -> [Option<u32>; 256] {
+fn spm_byte_tokens(token_to_id: &TokenMap) -> [Option<u32>; 256] {
     let mut t = [None; 256];
     for (b, slot) in t.iter_mut().enumerate() {
         *slot = token_to_id

@@ -23,6 +23,7 @@ mod bpe;
 mod byte_level;
 mod decode;
 mod error;
+mod hash;
 mod load;
 mod pretok;
 mod special;
@@ -33,11 +34,12 @@ mod wpm;
 mod unicode_data;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::ops::Range;
 
 pub use decode::StreamDecoder;
 pub use error::TokenizerError;
+
+use hash::TokenMap;
 
 use crate::gguf::GgufFile;
 
@@ -82,7 +84,7 @@ pub struct Tokenizer {
     tokens: Vec<String>,
     /// `llama_token_attr` per id, after llama.cpp's text-based adjustments.
     attrs: Vec<u16>,
-    token_to_id: HashMap<String, u32>,
+    token_to_id: TokenMap,
     /// Concatenated piece bytes; id `i` is `pieces[piece_offsets[i]..piece_offsets[i+1]]`.
     pieces: Vec<u8>,
     piece_offsets: Vec<u32>,

@@ -6,9 +6,10 @@
 //! Works on token texts and attributes already read from metadata; does no I/O and never
 //! fails on odd vocabularies (missing tokens are skipped where llama.cpp would throw).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use super::attr;
+use super::hash::TokenMap;
 
 /// Special-token slots in llama.cpp's `special_token_types` order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,8 +108,22 @@ pub(crate) type Slots = [Option<u32>; N_SLOTS];
 
 /// Applies llama.cpp's text-based detection, `unused` marking and EOG rules to `attrs`, and
 /// returns the sorted end-of-generation ids. `slots` are updated with detected ids.
-pub(crate) fn detect(tokens: &[String], attrs: &mut [u16], slots: &mut Slots) -> Vec<u32> {
-    let n = tokens.len();
+pub(crate) fn detect(
+    tokens: &[String],
+    token_to_id: &TokenMap,
+    attrs: &mut [u16],
+    slots: &mut Slots,
+) -> Vec<u32> {
+    // Every rule names token texts, so each is a lookup rather than a scan of the vocab.
+    let ids_of = |texts: &[&str]| -> Vec<u32> {
+        let mut ids: Vec<u32> = texts
+            .iter()
+            .filter_map(|t| token_to_id.get(*t).copied())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    };
     // Text-based detection for slots still empty. llama.cpp walks an
     // unordered_map, so with several candidates its pick is unspecified; we
     // take the lowest id. Either way the token becomes CONTROL.
@@ -116,9 +131,9 @@ pub(crate) fn detect(tokens: &[String], attrs: &mut [u16], slots: &mut Slots) ->
         if slots[slot as usize].is_some() {
             continue;
         }
-        if let Some(id) = (0..n).find(|&i| texts.contains(&tokens[i].as_str())) {
-            slots[slot as usize] = Some(id as u32);
-            attrs[id] |= attr::CONTROL;
+        if let Some(&id) = ids_of(texts).first() {
+            slots[slot as usize] = Some(id);
+            attrs[id as usize] |= attr::CONTROL;
         }
     }
     // "auto-detect unused tokens": control tokens whose text contains "unused".
@@ -132,26 +147,19 @@ pub(crate) fn detect(tokens: &[String], attrs: &mut [u16], slots: &mut Slots) ->
     for slot in [Slot::FimPad, Slot::FimRep, Slot::FimSep] {
         eog.extend(slots[slot as usize]);
     }
-    for (i, t) in tokens.iter().enumerate() {
-        if EOG_TEXTS.contains(&t.as_str()) {
-            eog.insert(i as u32);
-            attrs[i] |= attr::CONTROL;
-        }
+    for id in ids_of(EOG_TEXTS) {
+        eog.insert(id);
+        attrs[id as usize] |= attr::CONTROL;
     }
     // "quick hack for gpt-oss, always render these tokens"
-    for (i, t) in tokens.iter().enumerate() {
-        if matches!(
-            t.as_str(),
-            "<|channel|>" | "<|message|>" | "<|start|>" | "<|constrain|>"
-        ) {
-            attrs[i] = attr::USER_DEFINED;
-        }
+    for id in ids_of(&["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"]) {
+        attrs[id as usize] = attr::USER_DEFINED;
     }
     for slot in [Slot::Eos, Slot::Eot, Slot::Eom] {
         eog.extend(slots[slot as usize]);
     }
     let find_eog = |eog: &BTreeSet<u32>, text: &str| {
-        eog.iter().copied().find(|&id| tokens[id as usize] == text)
+        token_to_id.get(text).copied().filter(|id| eog.contains(id))
     };
     // o200k_harmony / solar-open: "<|end|>" is not EOG when "<|return|>"+"<|call|>"
     // (or "<|calls|>"+"<|flush|>") are present.
@@ -202,7 +210,7 @@ pub(crate) struct ModelNames<'a> {
 /// throws from `token_to_id.at`).
 pub(crate) fn per_model_attrs(
     names: &ModelNames,
-    token_to_id: &HashMap<String, u32>,
+    token_to_id: &TokenMap,
     special: &[u32],
     attrs: &mut [u16],
 ) {

@@ -7,11 +7,13 @@
 //! special tokens, the space prefix or whitespace escaping (the caller applies those).
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use super::hash::TokenMap;
 
 /// The vocabulary facts SPM merging needs.
 pub(crate) struct SpmVocab<'a> {
-    pub(crate) token_to_id: &'a HashMap<String, u32>,
+    pub(crate) token_to_id: &'a TokenMap,
     pub(crate) scores: &'a [f32],
     /// Token of each byte for byte fallback (`<0xXX>`, else the one-byte string itself).
     pub(crate) byte_tokens: &'a [Option<u32>; 256],
@@ -149,8 +151,8 @@ pub(crate) fn encode(vocab: &SpmVocab, text: &str, out: &mut Vec<u32>) {
 mod tests {
     use super::*;
 
-    fn vocab(tokens: &[(&str, f32)]) -> (HashMap<String, u32>, Vec<f32>) {
-        let mut map = HashMap::new();
+    fn vocab(tokens: &[(&str, f32)]) -> (TokenMap, Vec<f32>) {
+        let mut map = TokenMap::default();
         let mut scores = Vec::new();
         for (i, (t, s)) in tokens.iter().enumerate() {
             map.insert(t.to_string(), i as u32);

@@ -6,13 +6,12 @@
 //!
 //! Knows nothing of special tokens, BOS/SEP adding or decoding.
 
-use std::collections::HashMap;
-
+use super::hash::TokenMap;
 use super::unicode::{nfd_base, to_lower, Flags};
 
 /// llama.cpp's `normalizer_options` and the vocabulary facts WordPiece needs.
 pub(crate) struct WpmVocab<'a> {
-    pub(crate) token_to_id: &'a HashMap<String, u32>,
+    pub(crate) token_to_id: &'a TokenMap,
     /// Longest token text in bytes (llama.cpp `max_token_len`).
     pub(crate) max_token_len: usize,
     pub(crate) lowercase: bool,
@@ -116,7 +115,7 @@ mod tests {
 
     #[test]
     fn normalizes_and_splits_like_bert() {
-        let map = HashMap::new();
+        let map = TokenMap::default();
         let v = WpmVocab {
             token_to_id: &map,
             max_token_len: 8,
@@ -138,7 +137,7 @@ mod tests {
 
     #[test]
     fn greedy_longest_match_with_unk_for_uncovered_words() {
-        let mut map = HashMap::new();
+        let mut map = TokenMap::default();
         for (i, t) in ["[UNK]", "▁hel", "▁hello", "lo", "▁x"].iter().enumerate() {
             map.insert(t.to_string(), i as u32);
         }
