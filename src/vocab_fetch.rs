@@ -263,7 +263,7 @@ pub fn ensure_all() -> Result<PathBuf, VocabFetchError> {
     vocab_dir()
 }
 
-/// Families verified in this process: hashing ~60 MB once per test binary is enough.
+/// Families verified in this process: hashing ~68 MB once per test binary is enough.
 static VERIFIED: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
 
 fn ensure_families(fams: &[&'static VocabFamily]) -> Result<(), VocabFetchError> {
