@@ -2,7 +2,8 @@
 //!
 //! Modules in data-flow order: `gguf` (file format) → `tokenizer`/`chat` → `model` (typed
 //! config and weights) → `backend` (CPU reference, CUDA) → `sampler` → `engine` (generation
-//! loop) → `trace` → `replay` → `server`. `fetch` obtains the default model.
+//! loop) → `trace` → `replay` → `server`. `fetch` obtains the default model;
+//! `vocab_fetch` obtains llama.cpp's tokenizer test vocabularies.
 
 pub mod backend;
 pub mod chat;
@@ -17,3 +18,4 @@ pub mod sampler;
 pub mod server;
 pub mod tokenizer;
 pub mod trace;
+pub mod vocab_fetch;

@@ -21,16 +21,27 @@ pub enum TokenizerError {
     },
 
     /// `tokenizer.ggml.model` names a tokenizer family we do not implement.
-    #[error("unsupported tokenizer model {model:?} in tokenizer.ggml.model (supported: \"gpt2\")")]
-    UnsupportedModel { model: String },
-
-    /// `tokenizer.ggml.pre` names a pre-tokenizer we do not implement
-    /// (`"default"` when the key is absent, as llama.cpp falls back to it).
     #[error(
-        "unsupported pre-tokenizer {pre:?} in tokenizer.ggml.pre (supported: \"smollm\", \
-         \"starcoder\", \"refact\", \"codeshell\", \"gpt-2\", \"phi-2\", \"mpt\", \"olmo\")"
+        "unsupported tokenizer model {model:?} in tokenizer.ggml.model (tokenizer.ggml.pre \
+         {pre:?}); supported models: {supported}"
     )]
-    UnsupportedPre { pre: String },
+    UnsupportedModel {
+        model: String,
+        pre: String,
+        supported: String,
+    },
+
+    /// `tokenizer.ggml.pre` names a pre-tokenizer we do not implement (`""` when the key is
+    /// absent, which llama.cpp treats as `"default"`).
+    #[error(
+        "unsupported pre-tokenizer {pre:?} in tokenizer.ggml.pre for tokenizer.ggml.model \
+         {model:?}; supported pre-tokenizers: {supported}"
+    )]
+    UnsupportedPre {
+        pre: String,
+        model: String,
+        supported: String,
+    },
 
     /// A `tokenizer.ggml.merges` entry is not of the form `"left right"`.
     #[error(

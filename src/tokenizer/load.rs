@@ -1,120 +1,43 @@
 //! Builds a [`Tokenizer`] from GGUF metadata, mirroring `llama_vocab::impl::load`
-//! (src/llama-vocab.cpp) for `tokenizer.ggml.model = gpt2`: token attributes,
-//! special ids and their defaults, text-detected EOT/FIM tokens, the EOG set,
-//! the special-token cache and the token-to-piece cache.
+//! (src/llama-vocab.cpp) for `tokenizer.ggml.model` = `gpt2` (byte-level BPE), `gemma4`
+//! (SentencePiece-style BPE), `llama` (SentencePiece) and `bert` (WordPiece): the vocab type
+//! and pre-tokenizer
+//! with their flags and defaults, token attributes and scores, merges, special ids, and the
+//! special-token and token-to-piece caches.
 //!
-//! Reads only `tokenizer.*` metadata of the given file (works on vocab-only
-//! files); does no I/O itself.
+//! Reads only `tokenizer.*` (and `general.name`/`general.architecture`, for llama.cpp's
+//! per-model tweaks) of the given file, so vocab-only files work; does no I/O itself. Hostile
+//! metadata (wrong types, short arrays, out-of-range ids) is an error or, where llama.cpp
+//! ignores it, ignored; never a panic.
 
-use std::collections::{BTreeSet, HashMap};
-
-use super::bpe::Merges;
-use super::pretok::{char_to_byte, PreKind};
-use super::{attr, Tokenizer, TokenizerError};
+use super::bpe::{Merges, WordMode};
+use super::decode::render_piece;
+use super::hash::TokenMap;
+use super::pretok::{PreConfig, SUPPORTED_PRE_NAMES};
+use super::special::{self, ModelNames, Slot, Slots, N_SLOTS, SPECIAL_KEYS};
+use super::{attr, Model, Tokenizer, TokenizerError};
 use crate::gguf::{GgufFile, MetadataValue};
 
 const KEY_MODEL: &str = "tokenizer.ggml.model";
 const KEY_PRE: &str = "tokenizer.ggml.pre";
 const KEY_TOKENS: &str = "tokenizer.ggml.tokens";
+const KEY_SCORES: &str = "tokenizer.ggml.scores";
 const KEY_TOKEN_TYPE: &str = "tokenizer.ggml.token_type";
 const KEY_MERGES: &str = "tokenizer.ggml.merges";
 const KEY_ADD_BOS: &str = "tokenizer.ggml.add_bos_token";
+const KEY_ADD_EOS: &str = "tokenizer.ggml.add_eos_token";
+const KEY_ADD_PREFIX: &str = "tokenizer.ggml.add_space_prefix";
+const KEY_LOWERCASE: &str = "tokenizer.ggml.normalizer.lowercase";
+const KEY_STRIP_ACCENTS: &str = "tokenizer.ggml.normalizer.strip_accents";
+const KEY_NAME: &str = "general.name";
+const KEY_ARCH: &str = "general.architecture";
 
-/// Special-token slots in llama.cpp's `special_token_types` order.
-#[derive(Clone, Copy)]
-enum Slot {
-    Bos,
-    Eos,
-    Eot,
-    Eom,
-    Unk,
-    Sep,
-    Pad,
-    Mask,
-    FimPre,
-    FimSuf,
-    FimMid,
-    FimPad,
-    FimRep,
-    FimSep,
-}
-const N_SLOTS: usize = 14;
-
-/// `(key, slot)` in llama.cpp's order; the deprecated prefix/suffix/middle keys
-/// come last and so win over fim_pre/suf/mid when both are present.
-const SPECIAL_KEYS: [(&str, Slot); 17] = [
-    ("tokenizer.ggml.bos_token_id", Slot::Bos),
-    ("tokenizer.ggml.eos_token_id", Slot::Eos),
-    ("tokenizer.ggml.eot_token_id", Slot::Eot),
-    ("tokenizer.ggml.eom_token_id", Slot::Eom),
-    ("tokenizer.ggml.unknown_token_id", Slot::Unk),
-    ("tokenizer.ggml.seperator_token_id", Slot::Sep), // sic, as in llama-arch.cpp
-    ("tokenizer.ggml.padding_token_id", Slot::Pad),
-    ("tokenizer.ggml.mask_token_id", Slot::Mask),
-    ("tokenizer.ggml.fim_pre_token_id", Slot::FimPre),
-    ("tokenizer.ggml.fim_suf_token_id", Slot::FimSuf),
-    ("tokenizer.ggml.fim_mid_token_id", Slot::FimMid),
-    ("tokenizer.ggml.fim_pad_token_id", Slot::FimPad),
-    ("tokenizer.ggml.fim_rep_token_id", Slot::FimRep),
-    ("tokenizer.ggml.fim_sep_token_id", Slot::FimSep),
-    ("tokenizer.ggml.prefix_token_id", Slot::FimPre),
-    ("tokenizer.ggml.suffix_token_id", Slot::FimSuf),
-    ("tokenizer.ggml.middle_token_id", Slot::FimMid),
-];
-
-/// Token texts llama.cpp recognises when the slot has no id from metadata.
-#[rustfmt::skip]
-const TEXT_DETECTED: [(Slot, &[&str]); 8] = [
-    (
-        Slot::Eot,
-        &[
-            "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
-            "<|end_of_text|>", "<EOT>", "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>",
-            "<end_of_utterance>",
-        ],
-    ),
-    (Slot::Eom, &["<|eom_id|>"]),
-    (
-        Slot::FimPre,
-        &[
-            "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>",
-            "▁<PRE>", "<|code_prefix|>", "<|prefix|>",
-        ],
-    ),
-    (
-        Slot::FimSuf,
-        &[
-            "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>",
-            "▁<SUF>", "<|code_suffix|>", "<|suffix|>",
-        ],
-    ),
-    (
-        Slot::FimMid,
-        &[
-            "<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>",
-            "▁<MID>", "<|code_middle|>", "<|middle|>",
-        ],
-    ),
-    (Slot::FimPad, &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"]),
-    (
-        Slot::FimRep,
-        &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"],
-    ),
-    (Slot::FimSep, &["<|file_sep|>"]),
-];
-
-/// Token texts that end generation (llama.cpp's `special_eog_ids` text list).
-#[rustfmt::skip]
-const EOG_TEXTS: &[&str] = &[
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
-    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
-    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
-    "<｜end▁of▁sentence｜>", "[e~[",
-];
+/// The `tokenizer.ggml.model` values we implement.
+pub(crate) const SUPPORTED_MODELS: &[&str] = &["gpt2", "llama", "gemma4", "bert"];
 
 fn wrong_type(key: &str, expected: &'static str, v: &MetadataValue) -> TokenizerError {
     let found = match v.as_array() {
-        Some(items) => match items.iter().find(|x| x.type_name() != elem_name(expected)) {
+        Some(items) => match items.iter().find(|x| !elem_matches(expected, x)) {
             Some(bad) => format!("array of {}", bad.type_name()),
             None => "array".to_owned(),
         },
@@ -127,8 +50,12 @@ fn wrong_type(key: &str, expected: &'static str, v: &MetadataValue) -> Tokenizer
     }
 }
 
-fn elem_name(expected: &str) -> &str {
-    expected.strip_prefix("array of ").unwrap_or("")
+fn elem_matches(expected: &str, x: &MetadataValue) -> bool {
+    match expected.strip_prefix("array of ") {
+        Some("f32 or i32") => matches!(x, MetadataValue::F32(_) | MetadataValue::I32(_)),
+        Some(elem) => x.type_name() == elem,
+        None => false,
+    }
 }
 
 fn opt_str<'a>(f: &'a GgufFile, key: &str) -> Result<Option<&'a str>, TokenizerError> {
@@ -195,6 +122,37 @@ fn i32_array(f: &GgufFile, key: &str) -> Result<Option<Vec<i32>>, TokenizerError
         .map(Some)
 }
 
+/// Scores are f32 (or, as llama.cpp also accepts, i32) per token.
+fn score_array(f: &GgufFile, key: &str) -> Result<Option<Vec<f32>>, TokenizerError> {
+    let Some(v) = f.metadata(key) else {
+        return Ok(None);
+    };
+    let expected = "array of f32 or i32";
+    let items = v.as_array().ok_or_else(|| wrong_type(key, expected, v))?;
+    // llama.cpp takes the array's element type from the array, so a mix is malformed.
+    let first_is_f32 = matches!(items.first(), Some(MetadataValue::F32(_)));
+    items
+        .iter()
+        .map(|x| match x {
+            MetadataValue::F32(s) if first_is_f32 => Ok(*s),
+            MetadataValue::I32(i) if !first_is_f32 => Ok(*i as f32),
+            _ => Err(wrong_type(key, expected, v)),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+fn check_len(key: &str, found: usize, expected: usize) -> Result<(), TokenizerError> {
+    if found < expected {
+        return Err(TokenizerError::LengthMismatch {
+            key: key.to_owned(),
+            expected,
+            found,
+        });
+    }
+    Ok(())
+}
+
 /// `llama_token_attr` for a GGUF `token_type` value (`LLAMA_TOKEN_TYPE_*`).
 fn attr_from_type(t: i32) -> u16 {
     match t {
@@ -208,25 +166,74 @@ fn attr_from_type(t: i32) -> u16 {
     }
 }
 
+/// The vocab type llama.cpp picks from `tokenizer.ggml.model`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum VocabType {
+    /// `LLAMA_VOCAB_TYPE_SPM`.
+    Spm,
+    /// `LLAMA_VOCAB_TYPE_BPE`.
+    Bpe,
+    /// `LLAMA_VOCAB_TYPE_WPM`.
+    Wpm,
+}
+
+/// Type-level flags before metadata overrides (llama.cpp's members of `llama_vocab::impl`).
+struct TypeDefaults {
+    slots: Slots,
+    add_space_prefix: bool,
+    add_bos: bool,
+    clean_spaces: bool,
+}
+
 pub(super) fn from_gguf(f: &GgufFile) -> Result<Tokenizer, TokenizerError> {
-    let model = opt_str(f, KEY_MODEL)?.ok_or_else(|| TokenizerError::MissingKey {
+    let model_name = opt_str(f, KEY_MODEL)?.ok_or_else(|| TokenizerError::MissingKey {
         key: KEY_MODEL.to_owned(),
     })?;
-    if model != "gpt2" {
-        return Err(TokenizerError::UnsupportedModel {
-            model: model.to_owned(),
-        });
-    }
-    // llama.cpp falls back to its "default" regexes (with a loud warning)
-    // when the key is absent; we do not implement those.
-    let pre_name = opt_str(f, KEY_PRE)?.unwrap_or("default");
-    let pre = PreKind::from_gguf_name(pre_name).ok_or_else(|| TokenizerError::UnsupportedPre {
-        pre: pre_name.to_owned(),
-    })?;
+    let stored_pre = opt_str(f, KEY_PRE)?.unwrap_or("");
+    let (vtype, pre) = match model_name {
+        "llama" => (VocabType::Spm, None),
+        "bert" => (VocabType::Wpm, None),
+        "gpt2" | "gemma4" => {
+            // The gemma4 model type forces its own pre-tokenizer.
+            let pre_name = if model_name == "gemma4" {
+                "gemma4"
+            } else {
+                stored_pre
+            };
+            let cfg = PreConfig::from_gguf_name(pre_name).ok_or_else(|| {
+                TokenizerError::UnsupportedPre {
+                    pre: pre_name.to_owned(),
+                    model: model_name.to_owned(),
+                    supported: SUPPORTED_PRE_NAMES.join(", "),
+                }
+            })?;
+            (VocabType::Bpe, Some(cfg))
+        }
+        _ => {
+            return Err(TokenizerError::UnsupportedModel {
+                model: model_name.to_owned(),
+                pre: stored_pre.to_owned(),
+                supported: SUPPORTED_MODELS.join(", "),
+            })
+        }
+    };
 
-    let merges = str_array(f, KEY_MERGES)?.ok_or_else(|| TokenizerError::MissingKey {
-        key: KEY_MERGES.to_owned(),
-    })?;
+    let mut defaults = type_defaults(vtype, model_name, pre.as_ref());
+    // Merges are read (and required) first, as in llama.cpp.
+    let merges = match vtype {
+        VocabType::Bpe => {
+            Some(
+                str_array(f, KEY_MERGES)?.ok_or_else(|| TokenizerError::MissingKey {
+                    key: KEY_MERGES.to_owned(),
+                })?,
+            )
+        }
+        VocabType::Spm | VocabType::Wpm => None,
+    };
+    if let Some(p) = opt_bool(f, KEY_ADD_PREFIX)? {
+        defaults.add_space_prefix = p;
+    }
+
     let raw_tokens = str_array(f, KEY_TOKENS)?.ok_or_else(|| TokenizerError::MissingKey {
         key: KEY_TOKENS.to_owned(),
     })?;
@@ -237,19 +244,17 @@ pub(super) fn from_gguf(f: &GgufFile) -> Result<Tokenizer, TokenizerError> {
     if n >= u32::MAX as usize / 2 {
         return Err(TokenizerError::VocabTooLarge { n });
     }
+    let scores = score_array(f, KEY_SCORES)?;
+    if let Some(s) = &scores {
+        check_len(KEY_SCORES, s.len(), n)?;
+    }
     let types = i32_array(f, KEY_TOKEN_TYPE)?;
     if let Some(t) = &types {
-        if t.len() < n {
-            return Err(TokenizerError::LengthMismatch {
-                key: KEY_TOKEN_TYPE.to_owned(),
-                expected: n,
-                found: t.len(),
-            });
-        }
+        check_len(KEY_TOKEN_TYPE, t.len(), n)?;
     }
 
     let mut tokens = Vec::with_capacity(n);
-    let mut token_to_id: HashMap<String, u32> = HashMap::with_capacity(n);
+    let mut token_to_id = TokenMap::with_capacity_and_hasher(n, Default::default());
     let mut attrs = Vec::with_capacity(n);
     for (i, &text) in raw_tokens.iter().enumerate() {
         // llama.cpp renames empty tokens so that they cannot match anything.
@@ -273,28 +278,13 @@ pub(super) fn from_gguf(f: &GgufFile) -> Result<Tokenizer, TokenizerError> {
                 .map_or(attr::NORMAL, |t| attr_from_type(t[i])),
         );
     }
+    let scores = scores.map(|mut s| {
+        s.truncate(n);
+        s
+    });
 
-    // Merges are "left right", split at the first space after the first byte
-    // (llama.cpp `word.find(' ', 1)`), so a left part may itself be " ".
-    let mut pairs = Vec::with_capacity(merges.len());
-    for (index, m) in merges.iter().enumerate() {
-        match m.bytes().skip(1).position(|b| b == b' ') {
-            Some(p) => pairs.push((&m[..p + 1], &m[p + 2..])),
-            None => {
-                return Err(TokenizerError::BadMerge {
-                    index,
-                    merge: (*m).to_owned(),
-                })
-            }
-        }
-    }
-    let bpe = Merges::new(&token_to_id, n as u32, pairs.into_iter());
-
-    // Special ids: gpt2 defaults (bos = eos = 11, as llama.cpp sets for
-    // "gpt2" models), then metadata; ids outside the vocab are ignored.
-    let mut slots: [Option<u32>; N_SLOTS] = [None; N_SLOTS];
-    slots[Slot::Bos as usize] = Some(11);
-    slots[Slot::Eos as usize] = Some(11);
+    // Special ids: type defaults, then metadata; ids outside the vocab are ignored.
+    let mut slots = defaults.slots;
     for (key, slot) in SPECIAL_KEYS {
         let cur = &mut slots[slot as usize];
         if cur.is_some_and(|id| id as usize >= n) {
@@ -306,84 +296,81 @@ pub(super) fn from_gguf(f: &GgufFile) -> Result<Tokenizer, TokenizerError> {
             }
         }
     }
-    let add_bos = opt_bool(f, KEY_ADD_BOS)?.unwrap_or(false);
-
-    // Text-based detection for slots still empty. llama.cpp walks an
-    // unordered_map, so with several candidates its pick is unspecified; we
-    // take the lowest id. Either way the token becomes CONTROL.
-    for (slot, texts) in TEXT_DETECTED {
-        if slots[slot as usize].is_some() {
-            continue;
-        }
-        if let Some(id) = (0..n).find(|&i| texts.contains(&tokens[i].as_str())) {
-            slots[slot as usize] = Some(id as u32);
-            attrs[id] |= attr::CONTROL;
-        }
+    let mut add_bos = opt_bool(f, KEY_ADD_BOS)?.unwrap_or(defaults.add_bos);
+    let add_eos = opt_bool(f, KEY_ADD_EOS)?.unwrap_or(false);
+    if pre.as_ref().is_some_and(|p| p.gemma4) {
+        add_bos = true; // llama.cpp's "workaround for Gemma 4"
     }
 
-    let mut eog: BTreeSet<u32> = BTreeSet::new();
-    for slot in [Slot::FimPad, Slot::FimRep, Slot::FimSep] {
-        eog.extend(slots[slot as usize]);
-    }
-    for (i, t) in tokens.iter().enumerate() {
-        if EOG_TEXTS.contains(&t.as_str()) {
-            eog.insert(i as u32);
-            attrs[i] |= attr::CONTROL;
-        }
-    }
-    // "quick hack for gpt-oss, always render these tokens"
-    for (i, t) in tokens.iter().enumerate() {
-        if matches!(
-            t.as_str(),
-            "<|channel|>" | "<|message|>" | "<|start|>" | "<|constrain|>"
-        ) {
-            attrs[i] = attr::USER_DEFINED;
-        }
-    }
-    for slot in [Slot::Eos, Slot::Eot, Slot::Eom] {
-        eog.extend(slots[slot as usize]);
-    }
-    let find_eog = |eog: &BTreeSet<u32>, text: &str| {
-        eog.iter().copied().find(|&id| tokens[id as usize] == text)
-    };
-    // o200k_harmony / solar-open: "<|end|>" is not EOG when "<|return|>"+"<|call|>"
-    // (or "<|calls|>"+"<|flush|>") are present.
-    let has_call = find_eog(&eog, "<|call|>").is_some() || find_eog(&eog, "<|calls|>").is_some();
-    let has_ret_or_flush =
-        find_eog(&eog, "<|return|>").is_some() || find_eog(&eog, "<|flush|>").is_some();
-    if let (true, true, Some(end)) = (has_call, has_ret_or_flush, find_eog(&eog, "<|end|>")) {
-        eog.remove(&end);
-        attrs[end as usize] = attr::USER_DEFINED;
-    }
-    // gemma4 / plamo: "</s>" is a normal token there.
-    let s_marker =
-        find_eog(&eog, "<|tool_response>").is_some() || find_eog(&eog, "<|plamo:eos|>").is_some();
-    if let (true, Some(s)) = (s_marker, find_eog(&eog, "</s>")) {
-        eog.remove(&s);
-        attrs[s as usize] = attr::NORMAL;
-    }
+    let eog = special::detect(&tokens, &token_to_id, &mut attrs, &mut slots);
+    let special = special::special_cache(&tokens, &attrs);
 
-    // Special-token cache: longest text first. llama.cpp uses an unstable
-    // std::sort; ties (equal lengths) cannot both match at one position, so
-    // the order among them only matters for overlapping matches; we break
-    // ties by id to stay deterministic.
-    let mut special: Vec<u32> = (0..n as u32)
-        .filter(|&i| attrs[i as usize] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0)
-        .collect();
-    special.sort_by(|&a, &b| {
-        let (la, lb) = (tokens[a as usize].len(), tokens[b as usize].len());
-        lb.cmp(&la).then(a.cmp(&b))
-    });
-
-    // Token-to-piece cache (llama.cpp builds the same with special = true).
+    // Token-to-piece cache (llama.cpp builds it with special = true, before the per-model
+    // attribute tweaks, which only touch LSTRIP/RSTRIP).
+    let spm_style = vtype != VocabType::Bpe || pre.as_ref().is_some_and(|p| p.spm_style);
     let mut pieces = Vec::new();
     let mut piece_offsets = Vec::with_capacity(n + 1);
     piece_offsets.push(0u32);
     for i in 0..n {
-        render_piece(&tokens[i], attrs[i], &mut pieces);
-        piece_offsets.push(pieces.len() as u32);
+        render_piece(&tokens[i], attrs[i], spm_style, &mut pieces);
+        let end = u32::try_from(pieces.len()).map_err(|_| TokenizerError::VocabTooLarge { n })?;
+        piece_offsets.push(end);
     }
 
+    let names = ModelNames {
+        name: opt_str(f, KEY_NAME)?.unwrap_or(""),
+        pre: stored_pre,
+        arch: opt_str(f, KEY_ARCH)?.unwrap_or(""),
+    };
+    special::per_model_attrs(&names, &token_to_id, &special, &mut attrs);
+
+    let model = match (vtype, pre, merges) {
+        (VocabType::Bpe, Some(cfg), Some(merges)) => {
+            let mut pairs = Vec::with_capacity(merges.len());
+            for (index, m) in merges.iter().enumerate() {
+                // "left right", split at the first space after the first byte (llama.cpp
+                // `word.find(' ', 1)`), so a left part may itself be " ". llama.cpp keeps a
+                // merge without such a space as a pair that never matches; we refuse the file.
+                match m.bytes().skip(1).position(|b| b == b' ') {
+                    Some(p) => pairs.push((&m[..p + 1], &m[p + 2..])),
+                    None => {
+                        return Err(TokenizerError::BadMerge {
+                            index,
+                            merge: (*m).to_owned(),
+                        })
+                    }
+                }
+            }
+            let mode = WordMode {
+                byte_encode: !cfg.spm_style,
+                ignore_merges: cfg.ignore_merges,
+                newline_words_whole: cfg.gemma4,
+            };
+            Model::Bpe {
+                merges: Merges::new(&token_to_id, n as u32, pairs.into_iter()),
+                pre: cfg.kind,
+                mode,
+                escape_whitespaces: cfg.spm_style,
+            }
+        }
+        (VocabType::Wpm, _, _) => {
+            // BertNormalizer options: strip_accents defaults to lowercase.
+            let lowercase = opt_bool(f, KEY_LOWERCASE)?.unwrap_or(true);
+            let strip_accents = opt_bool(f, KEY_STRIP_ACCENTS)?.unwrap_or(lowercase);
+            Model::Wpm {
+                max_token_len: tokens.iter().map(String::len).max().unwrap_or(0),
+                lowercase,
+                strip_accents,
+            }
+        }
+        _ => Model::Spm {
+            scores: scores.unwrap_or_else(|| vec![0.0; n]),
+            byte_tokens: spm_byte_tokens(&token_to_id),
+        },
+    };
+
+    let bos = slots[Slot::Bos as usize];
+    let eos = slots[Slot::Eos as usize];
     Ok(Tokenizer {
         tokens,
         attrs,
@@ -391,58 +378,80 @@ pub(super) fn from_gguf(f: &GgufFile) -> Result<Tokenizer, TokenizerError> {
         pieces,
         piece_offsets,
         special,
-        bpe,
-        pre,
-        add_bos,
-        bos: slots[Slot::Bos as usize],
-        eos: slots[Slot::Eos as usize],
-        eog: eog.into_iter().collect(),
+        model,
+        model_name: model_name.to_owned(),
+        pre_name: stored_pre.to_owned(),
+        // llama.cpp asserts that the id exists when it adds one; we report "no" instead.
+        add_bos: add_bos && bos.is_some(),
+        add_eos: add_eos && eos.is_some(),
+        add_space_prefix: defaults.add_space_prefix,
+        clean_spaces: defaults.clean_spaces,
+        bos,
+        eos,
+        unk: slots[Slot::Unk as usize],
+        sep: slots[Slot::Sep as usize],
+        eog,
     })
 }
 
-/// `llama_vocab::impl::token_to_piece(special = true)` for a BPE vocab.
-fn render_piece(text: &str, a: u16, out: &mut Vec<u8>) {
-    if a & (attr::UNKNOWN | attr::CONTROL | attr::USER_DEFINED) != 0 {
-        out.extend_from_slice(text.as_bytes());
-    } else if a & attr::NORMAL != 0 {
-        decode_byte_level(text, out);
-    } else if a & attr::BYTE != 0 {
-        out.push(byte_token_value(text));
-    }
-    // UNDEFINED / UNUSED-only tokens render as nothing.
-}
-
-/// llama.cpp `llama_decode_text`: undo the GPT-2 byte-to-unicode mapping. A
-/// char outside the map becomes `[UNK_BYTE_0x<its utf-8 hex><whole text>]`,
-/// verbatim from llama.cpp.
-fn decode_byte_level(text: &str, out: &mut Vec<u8>) {
-    for c in text.chars() {
-        match char_to_byte(c) {
-            Some(b) => out.push(b),
-            None => {
-                out.extend_from_slice(b"[UNK_BYTE_0x");
-                let mut buf = [0u8; 4];
-                for b in c.encode_utf8(&mut buf).bytes() {
-                    out.extend_from_slice(format!("{b:02x}").as_bytes());
+/// llama.cpp's per-type defaults (special ids and flags) for `vtype`.
+fn type_defaults(vtype: VocabType, model_name: &str, pre: Option<&PreConfig>) -> TypeDefaults {
+    let mut slots: Slots = [None; N_SLOTS];
+    match vtype {
+        VocabType::Spm => {
+            slots[Slot::Bos as usize] = Some(1);
+            slots[Slot::Eos as usize] = Some(2);
+            slots[Slot::Unk as usize] = Some(0);
+            TypeDefaults {
+                slots,
+                add_space_prefix: true,
+                add_bos: true,
+                clean_spaces: false,
+            }
+        }
+        VocabType::Wpm => {
+            slots[Slot::Bos as usize] = Some(101);
+            slots[Slot::Unk as usize] = Some(100);
+            slots[Slot::Sep as usize] = Some(102);
+            slots[Slot::Pad as usize] = Some(0);
+            slots[Slot::Mask as usize] = Some(103);
+            TypeDefaults {
+                slots,
+                add_space_prefix: false,
+                add_bos: true,
+                clean_spaces: true,
+            }
+        }
+        VocabType::Bpe => {
+            // gpt2 vocabs default BOS = EOS = 11; gemma4 reads every id from metadata.
+            if model_name == "gpt2" {
+                if !pre.is_some_and(|p| p.no_default_bos) {
+                    slots[Slot::Bos as usize] = Some(11);
                 }
-                out.extend_from_slice(text.as_bytes());
-                out.push(b']');
+                slots[Slot::Eos as usize] = Some(11);
+            }
+            TypeDefaults {
+                slots,
+                add_space_prefix: false,
+                add_bos: pre.is_some_and(|p| p.add_bos),
+                clean_spaces: pre.is_none_or(|p| p.clean_spaces),
             }
         }
     }
 }
 
-/// llama.cpp `token_to_byte` for BPE: `strtol(text.substr(3, 2), 16)`, i.e.
-/// the hex digits at bytes 3..5 of `<0xAB>`; anything unparsable gives 0.
-fn byte_token_value(text: &str) -> u8 {
-    let bytes = text.as_bytes();
-    let digits = bytes.get(3..bytes.len().min(5)).unwrap_or(&[]);
-    let mut v: u32 = 0;
-    for &d in digits {
-        match (d as char).to_digit(16) {
-            Some(x) => v = v * 16 + x,
-            None => break,
-        }
+/// llama.cpp `byte_to_token` for SPM: `<0xXX>`, else the byte itself as a one-byte token
+/// (only ASCII bytes can be one-byte UTF-8 strings).
+fn spm_byte_tokens(token_to_id: &TokenMap) -> [Option<u32>; 256] {
+    let mut t = [None; 256];
+    for (b, slot) in t.iter_mut().enumerate() {
+        *slot = token_to_id
+            .get(&format!("<0x{b:02X}>"))
+            .copied()
+            .or_else(|| {
+                let c = char::from(b as u8);
+                (b < 0x80).then(|| token_to_id.get(c.encode_utf8(&mut [0; 4]) as &str).copied())?
+            });
     }
-    v as u8
+    t
 }

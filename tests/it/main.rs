@@ -1,5 +1,6 @@
 //! Integration tests: one binary, a module per area.
 mod tokenizer;
+mod tokenizer_suite;
 mod chat;
 mod reference;
 mod support;

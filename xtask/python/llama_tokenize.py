@@ -3,7 +3,7 @@
 
 Usage:
     python3 xtask/python/llama_tokenize.py MODEL.gguf CORPUS.json OUT.json
-    python3 xtask/python/llama_tokenize.py --gen-unicode-table LLAMA_CPP/src/unicode-data.cpp OUT.rs
+    python3 xtask/python/llama_tokenize.py --gen-unicode-table LLAMA_CPP/src/unicode-data.cpp LLAMA_CPP/src/llama-vocab.cpp OUT.rs
 
 The first form loads only the vocabulary of MODEL.gguf through llama_cpp's
 low-level API (vocab_only=True; no weights, no GPU) and writes, for every
@@ -15,8 +15,9 @@ version and the model's sha256, so that the Rust tests can compare against a
 committed file without needing Python.
 
 The second form regenerates src/tokenizer/unicode_data.rs from llama.cpp's
-unicode-data.cpp, so that our pre-tokenizer uses exactly llama.cpp's notion of
-\\p{L}, \\p{N} and whitespace (which may differ from Rust's char tables).
+unicode-data.cpp (and the literal character classes of the deepseek regexes in
+llama-vocab.cpp), so that our pre-tokenizers use exactly llama.cpp's notion of
+\\p{L}, \\p{N}, \\p{P}, ... and whitespace (which may differ from Rust's char tables).
 """
 
 import ctypes
@@ -116,57 +117,132 @@ def record(model_path, corpus_path, out_path):
     print(f"wrote {len(cases)} cases and {len(pieces)} pieces to {out_path}")
 
 
-def gen_unicode_table(unicode_data_cpp, out_path):
-    """Collapse llama.cpp's unicode_ranges_flags into letter/number ranges + whitespace set."""
+def _cpp_literals(src, after, count):
+    """The first `count` C++ string literals following the text `after` in `src`, unescaped."""
+    tail = src[src.index(after):]
+    out = []
+    for m in re.finditer(r'"((?:[^"\\]|\\.)*)"', tail):
+        lit = m.group(1)
+        lit = re.sub(r"\\(.)", lambda e: {"r": "\r", "n": "\n", "t": "\t"}.get(e.group(1), "\\" + e.group(1))
+                     if e.group(1) in "rnt" else "\\" + e.group(1), lit)
+        # C++ "\\x" is the two characters backslash x for the regex engine.
+        out.append(lit.replace("\\\\", "\\"))
+        if len(out) == count:
+            return out
+    raise SystemExit(f"fewer than {count} string literals after {after!r}")
+
+
+def _class_ranges(regex, prefix, suffix):
+    """Inclusive codepoint ranges of the one literal bracket class in `regex`, which must be
+    `prefix + "[...]" + suffix` with no escapes and no nested classes inside the brackets."""
+    assert regex.startswith(prefix + "[") and regex.endswith("]" + suffix), regex
+    body = regex[len(prefix) + 1:len(regex) - len(suffix) - 1]
+    assert "\\" not in body and "[" not in body, body
+    ranges, i = [], 0
+    while i < len(body):
+        if i + 2 < len(body) and body[i + 1] == "-":
+            ranges.append((ord(body[i]), ord(body[i + 2])))
+            i += 3
+        else:
+            ranges.append((ord(body[i]), ord(body[i])))
+            i += 1
+    assert all(a <= b for a, b in ranges), ranges
+    return sorted(ranges)
+
+
+def gen_unicode_table(unicode_data_cpp, llama_vocab_cpp, out_path):
+    """llama.cpp's codepoint categories, whitespace set, lower-case map and NFD base map
+    (unicode-data.cpp), plus the literal
+    character classes of the pre-tokenizer regexes that llama.cpp runs through std::wregex
+    (llama-vocab.cpp), as Rust tables."""
     src = open(unicode_data_cpp, encoding="utf-8").read()
     body = src.split("unicode_ranges_flags = {")[1].split("};")[0]
-    ranges = [(int(a, 16), int(b, 16)) for a, b in re.findall(r"\{0x([0-9A-Fa-f]+), 0x([0-9A-Fa-f]+)\}", body)]
+    runs = [(int(a, 16), int(b, 16)) for a, b in re.findall(r"\{0x([0-9A-Fa-f]+), 0x([0-9A-Fa-f]+)\}", body)]
+    # The table covers [0, 0x110000) in runs; each run carries exactly one category bit
+    # (unicode.h: UNDEFINED 0x1 .. CONTROL 0x80); the last entry is the 0x110000 sentinel.
+    assert runs[0][0] == 0 and runs[-1] == (0x110000, 0), runs[-1]
+    runs = runs[:-1]
+    assert all(bin(f).count("1") == 1 and f <= 0x80 for _, f in runs)
+    assert all(a[0] < b[0] for a, b in zip(runs, runs[1:]))
     ws_body = src.split("unicode_set_whitespace = {")[1].split("};")[0]
     ws = sorted(int(x, 16) for x in re.findall(r"0x([0-9A-Fa-f]+)", ws_body))
-    # flags: NUMBER = 0x2, LETTER = 0x4 (unicode.h); every range carries exactly one category
-    runs = []  # (first, last, kind)
-    for (start, flags), (nxt, _) in zip(ranges, ranges[1:]):
-        kind = "L" if flags & 0x4 else "N" if flags & 0x2 else None
-        if kind is None:
-            continue
-        if runs and runs[-1][2] == kind and runs[-1][1] + 1 == start:
-            runs[-1] = (runs[-1][0], nxt - 1, kind)
-        else:
-            runs.append((start, nxt - 1, kind))
-    lines = [
-        "//! Unicode classes for the pre-tokenizer, generated from llama.cpp's src/unicode-data.cpp",
-        "//! by `python3 xtask/python/llama_tokenize.py --gen-unicode-table .../unicode-data.cpp OUT.rs`.",
-        "//! Data only; do not edit by hand. llama.cpp's tables, not Rust's, define \\p{L}, \\p{N} and \\s",
-        "//! for its tokenizer, so we copy them rather than use `char::is_alphabetic` and friends.",
-        "",
-        "/// Inclusive codepoint ranges that llama.cpp flags as letters (`\\p{L}`), sorted.",
-        "pub(crate) static LETTER_RANGES: &[(u32, u32)] = &[",
+    # The llama3/qwen2 splitters lower-case the letter after an apostrophe with
+    # unicode_tolower and compare it with ASCII; our Rust code lower-cases ASCII only, which is
+    # the same as long as no other codepoint lower-cases to one of the contraction letters.
+    lower_body = src.split("unicode_map_lowercase = {")[1].split("};")[0]
+    lower = [(int(a, 16), int(b, 16)) for a, b in re.findall(r"\{0x([0-9A-Fa-f]+), 0x([0-9A-Fa-f]+)\}", lower_body)]
+    bad = [(a, b) for a, b in lower if chr(b) in "stmdrevl" and not (0x41 <= a <= 0x5A)]
+    assert not bad, f"non-ASCII codepoints lower-case to contraction letters: {bad}"
+    assert lower == sorted(lower) and len({a for a, _ in lower}) == len(lower)
+    nfd_body = src.split("unicode_ranges_nfd = {")[1].split("};")[0]
+    nfd = [tuple(int(x, 16) for x in t) for t in
+           re.findall(r"\{0x([0-9A-Fa-f]+), 0x([0-9A-Fa-f]+), 0x([0-9A-Fa-f]+)\}", nfd_body)]
+    assert nfd == sorted(nfd) and all(a <= b for a, b, _ in nfd)
+    assert all(p[1] < q[0] for p, q in zip(nfd, nfd[1:])), "nfd ranges overlap"
+
+    vocab = open(llama_vocab_cpp, encoding="utf-8").read()
+    ds_llm = _cpp_literals(vocab, "case LLAMA_VOCAB_PRE_TYPE_DEEPSEEK_LLM:", 6)
+    ds_coder = _cpp_literals(vocab, "case LLAMA_VOCAB_PRE_TYPE_DEEPSEEK_CODER:", 5)
+    assert ds_llm[4] == ds_coder[3], (ds_llm[4], ds_coder[3])
+    tables = [
+        ("DEEPSEEK_LLM_LETTERS", "the letter class of deepseek-llm's `\\s?[A-Za-zµÀ-ÖØ-ö...]+`",
+         _class_ranges(ds_llm[1], "\\s?", "+")),
+        ("DEEPSEEK_LLM_PUNCT", "the punctuation class of deepseek-llm's `\\s?[!-/:-~！-／...]+`",
+         _class_ranges(ds_llm[2], "\\s?", "+")),
+        ("DEEPSEEK_CJK", "deepseek's `[一-龥ࠀ-一가-퟿]+` (llm and coder)", _class_ranges(ds_llm[4], "", "+")),
     ]
 
-    def emit(kind):
-        items = [f"(0x{a:X}, 0x{b:X})" for a, b, k in runs if k == kind]
-        for i in range(0, len(items), 6):
-            lines.append("    " + ", ".join(items[i:i + 6]) + ",")
-
-    emit("L")
-    lines += ["];", "", "/// Inclusive codepoint ranges that llama.cpp flags as numbers (`\\p{N}`), sorted.",
-              "pub(crate) static NUMBER_RANGES: &[(u32, u32)] = &["]
-    emit("N")
+    lines = [
+        "//! Unicode tables for the pre-tokenizers, generated from llama.cpp's src/unicode-data.cpp and",
+        "//! src/llama-vocab.cpp by `python3 xtask/python/llama_tokenize.py --gen-unicode-table",
+        "//! .../unicode-data.cpp .../llama-vocab.cpp OUT.rs`. Data only; do not edit by hand.",
+        "//! llama.cpp's tables, not Rust's, define \\p{L}, \\p{N}, \\p{P}, ... and \\s for its",
+        "//! tokenizer, so we copy them rather than use `char::is_alphabetic` and friends.",
+        "",
+        "/// `(first codepoint, category bit)` runs covering 0..0x110000, sorted: each run lasts up to",
+        "/// the next run's first codepoint. Bits as llama.cpp's `unicode_cpt_flags` (0x01 undefined,",
+        "/// 0x02 number, 0x04 letter, 0x08 separator, 0x10 mark, 0x20 punctuation, 0x40 symbol,",
+        "/// 0x80 control).",
+        "pub(crate) static CATEGORY_RUNS: &[(u32, u8)] = &[",
+    ]
+    items = [f"(0x{a:X}, 0x{f:02X})" for a, f in runs]
+    for i in range(0, len(items), 8):
+        lines.append("    " + ", ".join(items[i:i + 8]) + ",")
     lines += ["];", "", "/// llama.cpp's `unicode_set_whitespace` (`\\s`), sorted.",
               "pub(crate) static WHITESPACE: &[u32] = &["]
     items = [f"0x{x:X}" for x in ws]
     for i in range(0, len(items), 10):
         lines.append("    " + ", ".join(items[i:i + 10]) + ",")
-    lines += ["];", ""]
+    lines += ["];", "", "/// llama.cpp's `unicode_map_lowercase`: `(codepoint, lower-case codepoint)`, sorted.",
+              "pub(crate) static LOWERCASE: &[(u32, u32)] = &["]
+    items = [f"(0x{a:X}, 0x{b:X})" for a, b in lower]
+    for i in range(0, len(items), 8):
+        lines.append("    " + ", ".join(items[i:i + 8]) + ",")
+    lines += ["];", "",
+              "/// llama.cpp's `unicode_ranges_nfd`: `(first, last, base)`, sorted and disjoint; every",
+              "/// codepoint of a range maps to `base` (the first codepoint of its NFD decomposition).",
+              "pub(crate) static NFD_RANGES: &[(u32, u32, u32)] = &["]
+    items = [f"(0x{a:X}, 0x{b:X}, 0x{c:X})" for a, b, c in nfd]
+    for i in range(0, len(items), 6):
+        lines.append("    " + ", ".join(items[i:i + 6]) + ",")
+    lines += ["];"]
+    for name, doc, ranges in tables:
+        lines += ["", f"/// Inclusive codepoint ranges of {doc}, sorted.", f"pub(crate) static {name}: &[(u32, u32)] = &["]
+        items = [f"(0x{a:X}, 0x{b:X})" for a, b in ranges]
+        for i in range(0, len(items), 6):
+            lines.append("    " + ", ".join(items[i:i + 6]) + ",")
+        lines += ["];"]
+    lines += [""]
     with open(out_path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
-    print(f"wrote {out_path}: {sum(1 for r in runs if r[2] == 'L')} letter ranges, "
-          f"{sum(1 for r in runs if r[2] == 'N')} number ranges, {len(ws)} whitespace")
+    print(f"wrote {out_path}: {len(runs)} category runs, {len(ws)} whitespace, "
+          f"{len(lower)} lower-case pairs, {len(nfd)} nfd ranges, "
+          + ", ".join(f"{n} {len(r)} ranges" for n, _, r in tables))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--gen-unicode-table":
-        gen_unicode_table(sys.argv[2], sys.argv[3])
+    if len(sys.argv) == 5 and sys.argv[1] == "--gen-unicode-table":
+        gen_unicode_table(sys.argv[2], sys.argv[3], sys.argv[4])
     elif len(sys.argv) == 4:
         record(sys.argv[1], sys.argv[2], sys.argv[3])
     else:
