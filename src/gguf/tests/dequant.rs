@@ -242,6 +242,20 @@ fn q6_k_simple_block() {
 }
 
 #[test]
+fn iq4_nl_looks_up_the_non_linear_levels() {
+    // d = 0.5; byte j holds level j (low nibble, element j) and level 15 - j (high
+    // nibble, element j + 16).
+    let mut block = Vec::from(quant::f32_to_f16(0.5).to_le_bytes());
+    block.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+    let out = deq(GgmlType::IQ4_NL, &block, 32);
+    for j in 0..16 {
+        assert_eq!(out[j], quant::KVALUES_IQ4NL[j] as f32 * 0.5, "element {j}");
+        assert_eq!(out[j + 16], quant::KVALUES_IQ4NL[15 - j] as f32 * 0.5, "element {}", j + 16);
+    }
+    assert_eq!((out[0], out[16]), (-63.5, 56.5));
+}
+
+#[test]
 fn size_mismatches_are_errors_not_panics() {
     let mut out = vec![0f32; 32];
     for ty in GgmlType::ALL {
@@ -308,11 +322,12 @@ pub(crate) fn checksum(v: &[f32]) -> u64 {
 /// Reference checksums and values were computed with gguf-py's
 /// `gguf.quants.dequantize` (vendor/llama.cpp/gguf-py, a numpy port of ggml's
 /// dequantize_row_* that evaluates in the same f32 order) on the same bytes;
-/// Q8_K, which gguf-py lacks, with numpy `d * q.astype(float32)`.
+/// Q8_K, which gguf-py lacks, with numpy `d * q.astype(float32)`. IQ4_NL with
+/// gguf-py 0.19 (pip), same recipe.
 #[test]
 fn pseudo_random_blocks_match_gguf_py_bit_for_bit() {
     type Case = (GgmlType, &'static [usize], u64, [u32; 3]);
-    let cases: [Case; 13] = [
+    let cases: [Case; 14] = [
         (
             GgmlType::F16,
             &[],
@@ -384,6 +399,12 @@ fn pseudo_random_blocks_match_gguf_py_bit_for_bit() {
             &[208],
             0x7f73852ad73946,
             [0xc1a91a00, 0xc3896520, 0xc35df220],
+        ),
+        (
+            GgmlType::IQ4_NL,
+            &[0],
+            0x1eaa4eab83880,
+            [0x3a082000, 0xb7c60000, 0x3b447400],
         ),
         (
             GgmlType::Q8_K,
