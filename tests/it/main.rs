@@ -12,3 +12,4 @@ mod cuda;
 mod replay;
 mod faults;
 mod cli;
+mod quantize;
