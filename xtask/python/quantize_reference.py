@@ -25,6 +25,11 @@ Usage (a venv with the llama-cpp-python wheel, numpy and gguf):
         [--llama-cpp-src .../vendor/llama.cpp]
 
 Quantized outputs are left in --out (model files are never committed).
+
+When a file differs, find where:
+    python3 xtask/python/quantize_reference.py --compare OURS.gguf LLAMA_CPP.gguf
+prints the first differing byte offset and what lives there (a metadata key, a
+tensor info, or a tensor's data with its block and element).
 """
 
 from __future__ import annotations
@@ -210,6 +215,46 @@ def rows_table(model: str) -> dict:
     return table
 
 
+def compare(a: str, b: str) -> int:
+    """Prints the first offset where files a and b differ and the GGUF region there."""
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        off = 0
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                n = next((i for i in range(min(len(x), len(y))) if x[i] != y[i]), min(len(x), len(y)))
+                off += n
+                break
+            if not x:
+                print("identical")
+                return 0
+            off += len(x)
+    print(f"first difference at byte {off} (sizes {os.path.getsize(a)} and {os.path.getsize(b)})")
+    reader = gguf.GGUFReader(b)
+    if off < reader.data_offset:
+        fields = sorted(reader.fields.values(), key=lambda f: f.offset)
+        where = "header"
+        for f in fields:
+            if f.offset <= off:
+                where = f"metadata key {f.name!r}"
+        tinfos = sorted(reader.tensors, key=lambda t: t.field.offset)
+        for t in tinfos:
+            if t.field.offset <= off:
+                where = f"tensor info of {t.name!r}"
+        print(f"in the metadata section: {where}")
+    else:
+        for t in reader.tensors:
+            if t.data_offset <= off < t.data_offset + t.n_bytes:
+                bs, ts = gguf.GGML_QUANT_SIZES[t.tensor_type]
+                rel = off - t.data_offset
+                print(f"in tensor {t.name!r} ({t.tensor_type.name}, shape {[int(d) for d in t.shape]}): byte {rel}, "
+                      f"block {rel // ts} (elements {rel // ts * bs}..{rel // ts * bs + bs}), byte {rel % ts} of the block")
+                break
+        else:
+            print("in padding between tensors")
+    return 1
+
+
 def build_info(src: str | None) -> dict:
     info = {
         "llama_cpp_python": llama_cpp.__version__,
@@ -228,8 +273,9 @@ def build_info(src: str | None) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, help="the default model, SmolLM2-135M-Instruct.Q4_1.gguf")
-    ap.add_argument("--out", required=True, help="directory for llama.cpp's quantized files (not committed)")
+    ap.add_argument("--compare", nargs=2, metavar=("OURS", "THEIRS"), help="report the first differing byte and exit")
+    ap.add_argument("--model", help="the default model, SmolLM2-135M-Instruct.Q4_1.gguf")
+    ap.add_argument("--out", help="directory for llama.cpp's quantized files (not committed)")
     ap.add_argument("--recordings", default="recordings/quantize", help="where the JSON tables go")
     ap.add_argument("--types", default=",".join(FTYPES), help="comma-separated file types")
     ap.add_argument("--nthread", type=int, default=2)
@@ -237,6 +283,10 @@ def main() -> None:
     ap.add_argument("--build-flags", default="CMAKE_ARGS=-DGGML_NATIVE=OFF (x86-64 AVX2/FMA/F16C in ggml-cpu; "
                     "ggml-base, which holds the quantizers, is plain x86-64 SSE2)")
     a = ap.parse_args()
+    if a.compare:
+        sys.exit(compare(*a.compare))
+    if not a.model or not a.out:
+        ap.error("--model and --out are required")
 
     L.llama_backend_init()
     os.makedirs(a.recordings, exist_ok=True)
