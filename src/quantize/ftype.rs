@@ -153,7 +153,9 @@ impl FromStr for FileType {
         FileType::ALL
             .into_iter()
             .find(|t| t.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| UnknownFileType { given: s.to_string() })
+            .ok_or_else(|| UnknownFileType {
+                given: s.to_string(),
+            })
     }
 }
 
@@ -168,7 +170,10 @@ mod tests {
             assert_eq!(t.name().to_lowercase().parse::<FileType>().unwrap(), t);
         }
         let ids: Vec<u32> = FileType::ALL.iter().map(|t| t.id()).collect();
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ALL is in strict id order: {ids:?}");
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "ALL is in strict id order: {ids:?}"
+        );
         let err = "Q4_K_X".parse::<FileType>().unwrap_err().to_string();
         assert!(err.contains("Q4_K_X") && err.contains("Q4_K_M"), "{err}");
     }

@@ -22,10 +22,11 @@ pub fn nearest_int(fval: f32) -> i32 {
 /// (Rust's `as` saturates instead, which would give different bytes).
 #[inline]
 pub fn c_int(x: f32) -> i32 {
-    if x.is_nan() || x >= 2_147_483_648.0 || x < -2_147_483_648.0 {
-        i32::MIN
-    } else {
+    if (-2_147_483_648.0..2_147_483_648.0).contains(&x) {
         x as i32
+    } else {
+        // NaN is outside every range too.
+        i32::MIN
     }
 }
 
@@ -48,7 +49,16 @@ mod tests {
 
     #[test]
     fn nearest_int_rounds_half_to_even() {
-        let cases = [(0.5, 0), (1.5, 2), (2.5, 2), (-0.5, 0), (-1.5, -2), (-2.5, -2), (2.49, 2), (-7.51, -8)];
+        let cases = [
+            (0.5, 0),
+            (1.5, 2),
+            (2.5, 2),
+            (-0.5, 0),
+            (-1.5, -2),
+            (-2.5, -2),
+            (2.49, 2),
+            (-7.51, -8),
+        ];
         for (x, want) in cases {
             assert_eq!(nearest_int(x), want, "nearest_int({x})");
         }

@@ -26,6 +26,12 @@ Usage (a venv with the llama-cpp-python wheel, numpy and gguf):
 
 Quantized outputs are left in --out (model files are never committed).
 
+Requantizing the other named models (Qwen2.5-Coder and Gemma-3 Q4_K_M, other
+architectures, K-quant inputs) goes to `llama_cpp_extra_sha256.json`:
+    python3 xtask/python/quantize_reference.py --out /tmp/lc-quant \
+        --extra qwen2.5-coder-0.5b-q4_k_m=PATH --extra gemma3-270m-q4_k_m=PATH \
+        --extra-types Q4_K_M,Q8_0,Q5_K_M,Q2_K,IQ4_NL
+
 When a file differs, find where:
     python3 xtask/python/quantize_reference.py --compare OURS.gguf LLAMA_CPP.gguf
 prints the first differing byte offset and what lives there (a metadata key, a
@@ -103,11 +109,11 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def quantize_files(model: str, out_dir: str, names: list[str], nthread: int) -> dict:
+def quantize_files(model: str, out_dir: str, names: list[str], nthread: int, stem: str = "SmolLM2-135M-Instruct") -> dict:
     os.makedirs(out_dir, exist_ok=True)
     table = {}
     for name in names:
-        out = os.path.join(out_dir, f"SmolLM2-135M-Instruct.{name}.gguf")
+        out = os.path.join(out_dir, f"{stem}.{name}.gguf")
         params = L.llama_model_quantize_default_params()
         params.ftype = FTYPES[name]
         params.allow_requantize = True
@@ -280,11 +286,29 @@ def main() -> None:
     ap.add_argument("--types", default=",".join(FTYPES), help="comma-separated file types")
     ap.add_argument("--nthread", type=int, default=2)
     ap.add_argument("--llama-cpp-src", default=None, help="llama.cpp source tree, to record its commit")
+    ap.add_argument("--extra", action="append", default=[], metavar="NAME=PATH",
+                    help="another named model to requantize (writes llama_cpp_extra_sha256.json only)")
+    ap.add_argument("--extra-types", default="Q4_K_M,Q8_0,Q5_K_M,Q2_K,IQ4_NL")
     ap.add_argument("--build-flags", default="CMAKE_ARGS=-DGGML_NATIVE=OFF (x86-64 AVX2/FMA/F16C in ggml-cpu; "
                     "ggml-base, which holds the quantizers, is plain x86-64 SSE2)")
     a = ap.parse_args()
     if a.compare:
         sys.exit(compare(*a.compare))
+    if a.extra:
+        if not a.out:
+            ap.error("--out is required")
+        L.llama_backend_init()
+        info = build_info(a.llama_cpp_src)
+        info["build_flags"] = a.build_flags
+        models = {}
+        for spec in a.extra:
+            name, path = spec.split("=", 1)
+            files = quantize_files(path, a.out, a.extra_types.split(","), a.nthread, stem=name)
+            models[name] = {"input_sha256": sha256_file(path), "files": files}
+        with open(os.path.join(a.recordings, "llama_cpp_extra_sha256.json"), "w") as f:
+            json.dump({"llama_cpp": info, "models": models}, f, indent=2)
+            f.write("\n")
+        return
     if not a.model or not a.out:
         ap.error("--model and --out are required")
 
