@@ -2,8 +2,9 @@
 //!
 //! Modules in data-flow order: `gguf` (file format) → `tokenizer`/`chat` → `model` (typed
 //! config and weights) → `backend` (CPU reference, CUDA) → `sampler` → `engine` (generation
-//! loop) → `trace` → `replay` → `server`. `fetch` obtains the default model;
-//! `vocab_fetch` obtains llama.cpp's tokenizer test vocabularies.
+//! loop) → `trace` → `replay` → `server`. `fetch` obtains the test models; `vocab_fetch`
+//! obtains llama.cpp's tokenizer test vocabularies; `quantize` rewrites a model in another
+//! llama.cpp file type.
 
 pub mod backend;
 pub mod chat;
@@ -12,6 +13,7 @@ pub mod fetch;
 pub mod gguf;
 pub mod model;
 pub mod npy;
+pub mod quantize;
 pub mod reference;
 pub mod replay;
 pub mod sampler;

@@ -1,4 +1,4 @@
-//! The `worker-orcd` command line: `generate`, `tokenize`, `dump` and `serve`.
+//! The `worker-orcd` command line: `generate`, `tokenize`, `dump`, `serve` and `quantize`.
 //!
 //! Raw arguments are parsed by clap and resolved into validated library types here, in one
 //! place; the library never sees a flag.
@@ -37,6 +37,8 @@ enum Command {
     Dump(DumpArgs),
     /// Serve generation over HTTP, one request at a time, recording each request.
     Serve(worker_orcd::server::ServeArgs),
+    /// Rewrite a GGUF model in another llama.cpp file type (byte-identical to llama-quantize).
+    Quantize(worker_orcd::quantize::cli::QuantizeArgs),
 }
 
 #[derive(clap::Args)]
@@ -116,6 +118,7 @@ fn main() {
         Command::Tokenize(a) => tokenize(a),
         Command::Dump(a) => dump(a),
         Command::Serve(a) => worker_orcd::server::run(a),
+        Command::Quantize(a) => worker_orcd::quantize::cli::run(a),
     };
     if let Err(e) = result {
         eprintln!("worker-orcd: {e:#}");

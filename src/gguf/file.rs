@@ -43,6 +43,7 @@ pub struct GgufFile {
     pub tensors: Vec<TensorInfo>,
     pub alignment: u64,
     data_offset: u64,
+    kv_spans: Vec<(u64, u64)>,
     bytes: Backing,
     key_index: HashMap<String, usize>,
     tensor_index: HashMap<String, usize>,
@@ -96,6 +97,7 @@ impl GgufFile {
             tensors: p.tensors,
             alignment: p.alignment,
             data_offset: p.data_offset,
+            kv_spans: p.kv_spans,
             bytes,
             key_index: p.key_index,
             tensor_index: p.tensor_index,
@@ -118,6 +120,17 @@ impl GgufFile {
     }
 
     // -- metadata ----------------------------------------------------------
+
+    /// The encoded bytes (key, value type, value) of the `index`-th metadata
+    /// entry as it was parsed from the file, for tools that copy metadata
+    /// verbatim (an empty array keeps its element type this way, which
+    /// [`MetadataValue`] cannot hold). Indexes follow the file's order, which is
+    /// that of the public `metadata` vector as opened.
+    pub fn metadata_entry_bytes(&self, index: usize) -> Option<&[u8]> {
+        let &(start, end) = self.kv_spans.get(index)?;
+        // Spans were produced by the parser over these very bytes.
+        self.bytes.bytes().get(start as usize..end as usize)
+    }
 
     /// The raw value of `key`, if present.
     pub fn metadata(&self, key: &str) -> Option<&MetadataValue> {

@@ -6,9 +6,11 @@
 //! - every product is computed in f32 exactly as the C expression is written,
 //!   left to right, with integers converted to f32 first (C's usual arithmetic
 //!   conversions);
-//! - `a*b + c` is a separate multiply and add, never a fused multiply-add. ggml is
-//!   built as ISO C11, where GCC does not contract across these, and gguf-py's
-//!   numpy reference does not fuse either.
+//! - `a*b + c` is a separate multiply and add, never a fused multiply-add. The
+//!   quantization code lives in ggml-base, which llama.cpp builds for the baseline
+//!   ISA even when the CPU backend uses AVX2/FMA (`objdump -d libggml-base.so` of
+//!   llama-cpp-python 0.3.36 built with `GGML_NATIVE=OFF` has no `vfmadd` at all),
+//!   and gguf-py's numpy reference does not fuse either.
 //!
 //! This module does not quantize (f32 -> blocks) except for the scalar f16 helper,
 //! and knows nothing about which tensors use which type.
@@ -36,6 +38,15 @@ pub const BLOCK_Q4_K_BYTES: usize = 144;
 pub const BLOCK_Q5_K_BYTES: usize = 176;
 pub const BLOCK_Q6_K_BYTES: usize = 210;
 pub const BLOCK_Q8_K_BYTES: usize = 292;
+pub const BLOCK_IQ4_NL_BYTES: usize = 18;
+
+/// Elements per IQ4_NL block (`QK4_NL`).
+pub const QK4_NL: usize = 32;
+
+/// The 16 non-linear levels of IQ4_NL (`kvalues_iq4nl` in ggml-common.h).
+pub const KVALUES_IQ4NL: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
 
 // ---------------------------------------------------------------------------
 // Scalar conversions
@@ -146,7 +157,10 @@ pub fn can_dequantize(ty: GgmlType) -> bool {
     )
 }
 
-/// Dequantizes `out.len()` elements of type `ty` stored in `data` into `out`.
+/// Dequantizes `out.len()` elements of type `ty` stored in `data` into `out`:
+/// ggml's `dequantize_row_*` (`to_float`), bit for bit. This is the function to
+/// reuse for a row (or a whole tensor) of any supported type; the per-block
+/// functions below are public for kernels that walk blocks themselves.
 ///
 /// `out.len()` must be a whole number of blocks and `data` exactly that many
 /// blocks long; anything else is an error, never a panic or a partial write.
@@ -196,6 +210,7 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(), Gguf
         GgmlType::Q5_K => blocks(data, out, dequantize_block_q5_k),
         GgmlType::Q6_K => blocks(data, out, dequantize_block_q6_k),
         GgmlType::Q8_K => blocks(data, out, dequantize_block_q8_k),
+        GgmlType::IQ4_NL => blocks(data, out, dequantize_block_iq4_nl),
         GgmlType::Q8_1
         | GgmlType::I8
         | GgmlType::I16
@@ -505,5 +520,21 @@ pub fn dequantize_block_q8_k(b: &[u8; BLOCK_Q8_K_BYTES], y: &mut [f32; QK_K]) {
     let d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     for j in 0..QK_K {
         y[j] = d * (b[4 + j] as i8) as f32;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Non-linear 4-bit
+// ---------------------------------------------------------------------------
+
+/// `block_iq4_nl { f16 d; u8 qs[16]; }`: x = d * kvalues_iq4nl[q], low nibbles
+/// are elements 0..16 and high nibbles 16..32 (like Q4_0, with a lookup table
+/// instead of `q - 8`).
+pub fn dequantize_block_iq4_nl(b: &[u8; BLOCK_IQ4_NL_BYTES], y: &mut [f32; QK4_NL]) {
+    let d = le_f16(b, 0);
+    let qs = &b[2..18];
+    for j in 0..QK4_NL / 2 {
+        y[j] = d * KVALUES_IQ4NL[(qs[j] & 0xf) as usize] as f32;
+        y[j + QK4_NL / 2] = d * KVALUES_IQ4NL[(qs[j] >> 4) as usize] as f32;
     }
 }

@@ -49,6 +49,8 @@ const MIN_TENSOR_INFO_BYTES: u64 = 8 + 4 + 8 + 4 + 8;
 pub(crate) struct Parsed {
     pub version: u32,
     pub metadata: Vec<(String, MetadataValue)>,
+    /// File byte range of each kv pair (key, type and value), in file order.
+    pub kv_spans: Vec<(u64, u64)>,
     pub tensors: Vec<TensorInfo>,
     pub alignment: u64,
     pub data_offset: u64,
@@ -232,7 +234,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed, GgufError> {
     })?;
     cur.admit_values(kv_count, kv_count_off, &|| "kv_count".to_string())?;
 
-    let (metadata, key_index, value_offsets) = parse_metadata(&mut cur, kv_count)?;
+    let (metadata, key_index, value_offsets, kv_spans) = parse_metadata(&mut cur, kv_count)?;
     let alignment = alignment_from(&metadata, &key_index, &value_offsets)?;
 
     cur.check_count(
@@ -269,6 +271,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed, GgufError> {
     Ok(Parsed {
         version,
         metadata,
+        kv_spans,
         tensors,
         alignment,
         data_offset,
@@ -292,8 +295,9 @@ fn check_version(version: u32) -> Result<(), GgufError> {
 }
 
 type MetadataList = Vec<(String, MetadataValue)>;
-/// Parsed kv pairs, their name index, and the file offset of each value.
-type ParsedMetadata = (MetadataList, HashMap<String, usize>, Vec<u64>);
+/// Parsed kv pairs, their name index, the file offset of each value, and the
+/// file byte range of each whole pair.
+type ParsedMetadata = (MetadataList, HashMap<String, usize>, Vec<u64>, Vec<(u64, u64)>);
 /// Parsed tensor infos, their name index, and the file offset of each `offset` field.
 type ParsedTensors = (Vec<TensorInfo>, HashMap<String, usize>, Vec<u64>);
 
@@ -304,6 +308,7 @@ fn parse_metadata(cur: &mut Cursor<'_>, kv_count: u64) -> Result<ParsedMetadata,
     let mut metadata = Vec::with_capacity(kv_count as usize);
     let mut index = HashMap::with_capacity(kv_count as usize);
     let mut value_offsets = Vec::with_capacity(kv_count as usize);
+    let mut spans = Vec::with_capacity(kv_count as usize);
     for i in 0..kv_count {
         let key_off = cur.offset();
         let key = cur.string(&|| format!("kv[{i}].key"))?;
@@ -331,10 +336,11 @@ fn parse_metadata(cur: &mut Cursor<'_>, kv_count: u64) -> Result<ParsedMetadata,
         let mut path = Vec::new();
         value_offsets.push(cur.offset());
         let value = read_value(cur, ty, 0, &mut path, &what)?;
+        spans.push((key_off, cur.offset()));
         index.insert(key.to_string(), metadata.len());
         metadata.push((key.to_string(), value));
     }
-    Ok((metadata, index, value_offsets))
+    Ok((metadata, index, value_offsets, spans))
 }
 
 /// Formats `kv[3] "key" value[2][7]` from the kv prefix and the array indices.

@@ -8,8 +8,10 @@ use std::fmt;
 
 /// A ggml tensor element type, with ggml's numeric ids (`enum ggml_type` in ggml.h).
 ///
-/// Only the types this worker can plausibly meet are listed; the IQ*, TQ* and FP4
-/// families are treated as unknown ids and rejected when a file is opened.
+/// Only the types this worker can plausibly meet are listed: the legacy 32-blocks,
+/// the k-quants and IQ4_NL (the 32-block fallback of the IQ4 file types). The
+/// other IQ*, the TQ* and the FP4 families are treated as unknown ids and
+/// rejected when a file is opened.
 // Variant names follow ggml's spelling (Q4_K, not Q4K) so they grep across codebases.
 #[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -28,6 +30,7 @@ pub enum GgmlType {
     Q5_K,
     Q6_K,
     Q8_K,
+    IQ4_NL,
     I8,
     I16,
     I32,
@@ -41,7 +44,7 @@ pub const QK_K: usize = 256;
 
 impl GgmlType {
     /// Every supported type, in id order (handy for exhaustive tests).
-    pub const ALL: [GgmlType; 20] = [
+    pub const ALL: [GgmlType; 21] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
@@ -56,6 +59,7 @@ impl GgmlType {
         GgmlType::Q5_K,
         GgmlType::Q6_K,
         GgmlType::Q8_K,
+        GgmlType::IQ4_NL,
         GgmlType::I8,
         GgmlType::I16,
         GgmlType::I32,
@@ -82,6 +86,8 @@ impl GgmlType {
             13 => GgmlType::Q5_K,
             14 => GgmlType::Q6_K,
             15 => GgmlType::Q8_K,
+            // 16..=19 are IQ2_XXS, IQ2_XS, IQ3_XXS and IQ1_S (not supported).
+            20 => GgmlType::IQ4_NL,
             24 => GgmlType::I8,
             25 => GgmlType::I16,
             26 => GgmlType::I32,
@@ -109,6 +115,7 @@ impl GgmlType {
             GgmlType::Q5_K => 13,
             GgmlType::Q6_K => 14,
             GgmlType::Q8_K => 15,
+            GgmlType::IQ4_NL => 20,
             GgmlType::I8 => 24,
             GgmlType::I16 => 25,
             GgmlType::I32 => 26,
@@ -135,6 +142,7 @@ impl GgmlType {
             GgmlType::Q5_K => "q5_K",
             GgmlType::Q6_K => "q6_K",
             GgmlType::Q8_K => "q8_K",
+            GgmlType::IQ4_NL => "iq4_nl",
             GgmlType::I8 => "i8",
             GgmlType::I16 => "i16",
             GgmlType::I32 => "i32",
@@ -148,7 +156,7 @@ impl GgmlType {
     pub fn block_size(self) -> usize {
         match self {
             GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 => 32,
-            GgmlType::Q8_0 | GgmlType::Q8_1 => 32,
+            GgmlType::Q8_0 | GgmlType::Q8_1 | GgmlType::IQ4_NL => 32,
             GgmlType::Q2_K
             | GgmlType::Q3_K
             | GgmlType::Q4_K
@@ -177,6 +185,7 @@ impl GgmlType {
             GgmlType::Q5_K => 2 + 2 + 12 + 32 + 128,
             GgmlType::Q6_K => 128 + 64 + 16 + 2,
             GgmlType::Q8_K => 4 + 256 + 2 * 16,
+            GgmlType::IQ4_NL => 2 + 16,
             GgmlType::I8 => 1,
             GgmlType::I16 => 2,
             GgmlType::I32 => 4,

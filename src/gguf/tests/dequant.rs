@@ -242,6 +242,69 @@ fn q6_k_simple_block() {
 }
 
 #[test]
+fn q2_k_simple_block() {
+    // scales[j] = min_j << 4 | scale_j; d = 1 at byte 80, dmin = 0.5 at byte 82. Byte l of
+    // qs holds elements l, l+32, l+64, l+96 of each 128-half in its bit pairs.
+    let mut b = vec![0u8; 84];
+    b[0] = 0x21; // group 0 (elements 0..16): scale 1, min 2 -> x = q - 1
+    b[2] = 0x03; // group 2 (elements 32..48): scale 3, min 0 -> x = 3q
+    b[16] = 0b0000_1011; // element 0: q = 3; element 32: q = 2
+    b[80..82].copy_from_slice(&F16_ONE.to_le_bytes());
+    b[82..84].copy_from_slice(&F16_HALF.to_le_bytes());
+    let out = deq(GgmlType::Q2_K, &b, 256);
+    assert_eq!((out[0], out[1], out[15]), (2.0, -1.0, -1.0));
+    assert_eq!((out[32], out[33]), (6.0, 0.0));
+    assert!(out[16..32].iter().chain(&out[48..]).all(|&v| v == 0.0));
+}
+
+#[test]
+fn q3_k_simple_block() {
+    // hmask bit set means "no -4". Scale of group 0: low nibble of scales[0], high bits 4..5
+    // from scales[8] & 3; stored value minus 32 is the scale (here 33 - 32 = 1); d = 1.
+    let mut b = vec![0u8; 110];
+    b[0..32].fill(0xff);
+    b[1] &= !1; // element 1 (hmask[1] bit 0) loses its high bit: q = 0 - 4
+    b[32] = 0b11; // element 0: low bits 3
+    b[96] = 0x01;
+    b[104] = 0x02;
+    b[108..110].copy_from_slice(&F16_ONE.to_le_bytes());
+    let out = deq(GgmlType::Q3_K, &b, 256);
+    assert_eq!((out[0], out[1]), (3.0, -4.0));
+    // Every other element has q = 0, whatever its scale (-32 for the others).
+    assert!(out[2..].iter().all(|&v| v == 0.0));
+}
+
+#[test]
+fn q5_k_simple_block() {
+    // d = dmin = 1; group 0: scale 2, min 1. qh bit 0 of byte l adds 16 to element l.
+    let mut b = vec![0u8; 176];
+    b[0..2].copy_from_slice(&F16_ONE.to_le_bytes());
+    b[2..4].copy_from_slice(&F16_ONE.to_le_bytes());
+    b[4] = 2;
+    b[8] = 1;
+    b[16] = 0x01; // qh: element 0 gets +16
+    b[48] = 0x03; // qs: element 0 low nibble 3 (high nibble: element 32, group 1)
+    let out = deq(GgmlType::Q5_K, &b, 256);
+    assert_eq!(out[0], 2.0 * 19.0 - 1.0);
+    assert!(out[1..32].iter().all(|&v| v == -1.0));
+    assert!(out[32..].iter().all(|&v| v == 0.0));
+}
+
+#[test]
+fn iq4_nl_looks_up_the_non_linear_levels() {
+    // d = 0.5; byte j holds level j (low nibble, element j) and level 15 - j (high
+    // nibble, element j + 16).
+    let mut block = Vec::from(quant::f32_to_f16(0.5).to_le_bytes());
+    block.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+    let out = deq(GgmlType::IQ4_NL, &block, 32);
+    for j in 0..16 {
+        assert_eq!(out[j], quant::KVALUES_IQ4NL[j] as f32 * 0.5, "element {j}");
+        assert_eq!(out[j + 16], quant::KVALUES_IQ4NL[15 - j] as f32 * 0.5, "element {}", j + 16);
+    }
+    assert_eq!((out[0], out[16]), (-63.5, 56.5));
+}
+
+#[test]
 fn size_mismatches_are_errors_not_panics() {
     let mut out = vec![0f32; 32];
     for ty in GgmlType::ALL {
@@ -308,11 +371,12 @@ pub(crate) fn checksum(v: &[f32]) -> u64 {
 /// Reference checksums and values were computed with gguf-py's
 /// `gguf.quants.dequantize` (vendor/llama.cpp/gguf-py, a numpy port of ggml's
 /// dequantize_row_* that evaluates in the same f32 order) on the same bytes;
-/// Q8_K, which gguf-py lacks, with numpy `d * q.astype(float32)`.
+/// Q8_K, which gguf-py lacks, with numpy `d * q.astype(float32)`. IQ4_NL with
+/// gguf-py 0.19 (pip), same recipe.
 #[test]
 fn pseudo_random_blocks_match_gguf_py_bit_for_bit() {
     type Case = (GgmlType, &'static [usize], u64, [u32; 3]);
-    let cases: [Case; 13] = [
+    let cases: [Case; 14] = [
         (
             GgmlType::F16,
             &[],
@@ -384,6 +448,12 @@ fn pseudo_random_blocks_match_gguf_py_bit_for_bit() {
             &[208],
             0x7f73852ad73946,
             [0xc1a91a00, 0xc3896520, 0xc35df220],
+        ),
+        (
+            GgmlType::IQ4_NL,
+            &[0],
+            0x1eaa4eab83880,
+            [0x3a082000, 0xb7c60000, 0x3b447400],
         ),
         (
             GgmlType::Q8_K,
