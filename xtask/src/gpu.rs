@@ -42,12 +42,15 @@ export WORKER_ORCD_MODEL="$model"
 export WORKER_ORCD_KERNEL_CACHE=${WORKER_ORCD_KERNEL_CACHE:-/tmp/worker-orcd-kernels}
 # A GPU is expected here: a missing driver, library or device fails the GPU tests.
 export WORKER_ORCD_EXPECT_GPU=1
+# Every step runs (so one failure does not hide the others); the script fails if any did.
+failed=()
+step() { "$@" || failed+=("$*"); }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
-"$here/it" cuda:: --include-ignored --test-threads=1 --nocapture
+step "$here/it" cuda:: --include-ignored --test-threads=1 --nocapture
 # Every corpus case on the CUDA backend (the same library code as cargo xtask replay).
-WORKER_ORCD_ROOT=$PWD WORKER_ORCD_REPLAY_BACKEND=cuda "$here/corpus" --test-threads=1
-"$here/cuda-check" all --model "$model" --corpus "$corpus" --runs 20
-"$here/cuda-check" profile --model "$model"
+WORKER_ORCD_ROOT=$PWD WORKER_ORCD_REPLAY_BACKEND=cuda step "$here/corpus" --test-threads=1
+step "$here/cuda-check" all --model "$model" --corpus "$corpus" --runs 20
+step "$here/cuda-check" profile --model "$model"
 # The server on the GPU: two identical greedy requests must give the same text; both recordings
 # then replay bit-identically on the GPU and on the CPU backend.
 rec=$(mktemp -d)
@@ -67,9 +70,11 @@ story='{"job_id":"gpu-sampled-story","prompt":"Once upon a time, in a small vill
 curl -sfN http://127.0.0.1:18080/execute -H 'content-type: application/json' -d "$story" | tail -2
 kill $pid; wait $pid 2>/dev/null || true
 trap - EXIT
-"$here/xtask" replay "$rec" --backend cuda --model "$model"
-"$here/xtask" replay "$rec" --backend cpu --model "$model"
+step "$here/xtask" replay "$rec" --backend cuda --model "$model"
+step "$here/xtask" replay "$rec" --backend cpu --model "$model"
 if [ -n "$out" ]; then cp "$rec"/*.wrec "$out"/ && ls -l "$out"; fi
+if [ ${#failed[@]} -gt 0 ]; then printf 'FAILED: %s\n' "${failed[@]}"; exit 1; fi
+echo "run.sh: every step passed"
 "#;
 
 pub fn gpu_bundle(args: &[String]) -> Result<()> {

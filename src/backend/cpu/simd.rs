@@ -70,33 +70,35 @@ pub fn tile_fn(ty: GgmlType) -> TileFn {
             _ => {}
         }
     }
-    let _ = ty;
-    |rows, acts, out| {
-        let dot = vec_dot_fn_any(rows, acts);
-        for (r, row) in rows.iter().enumerate() {
-            for (t, a) in acts.iter().enumerate() {
-                out[r * acts.len() + t] = dot(row, a);
-            }
-        }
+    match ty {
+        GgmlType::Q4_1 => spec_tile_q4_1,
+        GgmlType::Q4_0 => spec_tile_q4_0,
+        GgmlType::Q8_0 => spec_tile_q8_0,
+        GgmlType::F16 => spec_tile_f16,
+        GgmlType::BF16 => spec_tile_bf16,
+        _ => spec_tile_f32,
     }
 }
 
-/// The one-element dot product for the type an activation was quantized for.
-fn vec_dot_fn_any(_rows: &[&[u8]], acts: &[QuantizedActivation]) -> VecDotFn {
-    match acts.first() {
-        Some(QuantizedActivation::Q8_1(_)) => vec_dot_fn(GgmlType::Q4_1),
-        Some(QuantizedActivation::F32(_)) => vec_dot_fn(GgmlType::F32),
-        _ => |w, a| {
-            // Q8_0 activations serve Q4_0 and Q8_0 weights; their row sizes tell them apart.
-            let QuantizedActivation::Q8_0(b) = a else { unreachable!() };
-            if w.len() == b.len() * 34 {
-                vec_dot_fn(GgmlType::Q8_0)(w, a)
-            } else {
-                vec_dot_fn(GgmlType::Q4_0)(w, a)
+/// The spec's tile: one [`quant::vec_dot`] per element, for weights of one type.
+macro_rules! spec_tile {
+    ($name:ident, $ty:expr) => {
+        fn $name(rows: &[&[u8]], acts: &[QuantizedActivation], out: &mut [f32]) {
+            let dot = vec_dot_fn($ty);
+            for (r, row) in rows.iter().enumerate() {
+                for (t, a) in acts.iter().enumerate() {
+                    out[r * acts.len() + t] = dot(row, a);
+                }
             }
-        },
-    }
+        }
+    };
 }
+spec_tile!(spec_tile_q4_1, GgmlType::Q4_1);
+spec_tile!(spec_tile_q4_0, GgmlType::Q4_0);
+spec_tile!(spec_tile_q8_0, GgmlType::Q8_0);
+spec_tile!(spec_tile_f16, GgmlType::F16);
+spec_tile!(spec_tile_bf16, GgmlType::BF16);
+spec_tile!(spec_tile_f32, GgmlType::F32);
 
 /// `ggml_vec_dot_f32` on two f32 rows: the AVX2 twin where the CPU runs it, else the spec.
 pub fn vec_dot_f32(x: &[f32], y: &[f32]) -> f32 {
@@ -462,6 +464,12 @@ mod tests {
     }
 
     fn random_row(rng: &mut Rng, ty: GgmlType, n_in: usize) -> Vec<u8> {
+        match ty {
+            GgmlType::F16 => return (0..n_in).flat_map(|_| half::f16::from_f32(rng.f32()).to_bits().to_le_bytes()).collect(),
+            GgmlType::BF16 => return (0..n_in).flat_map(|_| half::bf16::from_f32(rng.f32()).to_bits().to_le_bytes()).collect(),
+            GgmlType::F32 => return (0..n_in).flat_map(|_| rng.f32().to_le_bytes()).collect(),
+            _ => {}
+        }
         let nb = n_in / 32;
         let mut w = Vec::new();
         for _ in 0..nb {
@@ -537,7 +545,7 @@ mod tests {
     #[test]
     fn tiles_equal_the_spec_element_by_element() {
         let mut rng = Rng(17);
-        for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_0] {
+        for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::F16, GgmlType::BF16, GgmlType::F32] {
             for (n_rows, n_tok) in [(1, 1), (4, 1), (7, 1), (1, 4), (3, 5), (2, 9)] {
                 let n_in = 576;
                 let rows: Vec<Vec<u8>> = (0..n_rows).map(|_| random_row(&mut rng, ty, n_in)).collect();
