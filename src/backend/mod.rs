@@ -91,8 +91,9 @@ impl TapPoint {
 
 /// Receives intermediate tensors during a forward pass. `data` holds `n_tok` rows for the
 /// positions `pos0..pos0 + n_tok` (for `Logits`, the rows requested, see [`LogitRows`]).
-/// Implementations must be cheap when they want nothing: `wants` is asked first.
-pub trait Tap {
+/// Implementations must be cheap when they want nothing: `wants` is asked first. `Send`
+/// because the CPU backend runs a whole forward pass on its own thread pool (the caller waits).
+pub trait Tap: Send {
     fn wants(&self, point: TapPoint) -> bool;
     fn record(&mut self, point: TapPoint, pos0: usize, n_tok: usize, data: &[f32]);
 }

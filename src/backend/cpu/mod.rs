@@ -38,7 +38,8 @@ pub mod faults {
 
     thread_local! {
         // Per thread, so a test that plants a fault never disturbs tests running beside it;
-        // every check runs on the thread that calls `forward`.
+        // `forward` carries the caller's fault onto the pool thread that runs the pass, where
+        // every check is made.
         static ACTIVE: Cell<Fault> = const { Cell::new(Fault::None) };
     }
 
@@ -49,6 +50,11 @@ pub mod faults {
 
     pub fn is(f: Fault) -> bool {
         ACTIVE.with(|a| a.get()) == f
+    }
+
+    /// The fault planted on the calling thread.
+    pub fn current() -> Fault {
+        ACTIVE.with(|a| a.get())
     }
 }
 
@@ -93,7 +99,7 @@ pub struct CpuBackend {
     v_cache: Vec<Vec<f32>>,
     n_cached: usize,
     n_ctx: usize,
-    pool: rayon::ThreadPool,
+    pool: Arc<rayon::ThreadPool>,
     n_threads: usize,
 }
 
@@ -110,6 +116,7 @@ impl CpuBackend {
             .thread_name(|i| format!("cpu-backend-{i}"))
             .build()
             .map_err(|e| BackendError::Unavailable { backend: "cpu", reason: e.to_string() })?;
+        let pool = Arc::new(pool);
         let c = &model.config;
         let n_ctx = n_ctx.min(c.n_ctx_train).max(1);
         let opt = |w: &Option<Weight>| w.as_ref().map(|w| model.f32_vec(w));
@@ -353,9 +360,21 @@ impl Backend for CpuBackend {
         if tokens.is_empty() {
             return Ok(Vec::new());
         }
-        // Matrix products use the pool through `pool.install`; run the whole pass inside it so
-        // nested parallel iterators also stay on this backend's threads.
-        let logits = self.forward_inner(tokens, pos0, rows, tap);
+        // Run the whole pass on the pool: the `pool.install` of each matrix product and of
+        // attention then runs in place on a pool thread instead of handing work across threads
+        // and waking the caller (hundreds of times a token: at one thread that hand-off cost
+        // more than attention). Nothing of the arithmetic depends on which thread runs it.
+        let pool = Arc::clone(&self.pool);
+        #[cfg(feature = "fault-injection")]
+        let planted = faults::current();
+        let logits = pool.install(|| {
+            #[cfg(feature = "fault-injection")]
+            faults::set(planted);
+            let logits = self.forward_inner(tokens, pos0, rows, tap);
+            #[cfg(feature = "fault-injection")]
+            faults::set(Fault::None);
+            logits
+        });
         self.n_cached = pos0 + tokens.len();
         Ok(logits)
     }

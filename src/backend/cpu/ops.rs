@@ -136,6 +136,26 @@ pub fn attention(
     n_kv_heads: usize,
     head_dim: usize,
     out: &mut [f32],
+    kq_out: Option<&mut [f32]>,
+    probs_out: Option<&mut [f32]>,
+) {
+    attention_with(vec_dot_f32, q, k_cache, v_cache, n_kv, n_heads, n_kv_heads, head_dim, out, kq_out, probs_out)
+}
+
+/// [`attention`] with the `ggml_vec_dot_f32` implementation passed in: the spec's, or a twin
+/// proven bit-identical to it (`simd` passes its AVX2 one).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn attention_with(
+    vec_dot_f32: impl Fn(&[f32], &[f32]) -> f32,
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    n_kv: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    out: &mut [f32],
     mut kq_out: Option<&mut [f32]>,
     mut probs_out: Option<&mut [f32]>,
 ) {
@@ -144,9 +164,20 @@ pub fn attention(
     let scale = 1.0f32 / (head_dim as f32).sqrt();
     let padded = n_kv.next_multiple_of(32);
     let mut probs = vec![0.0f32; padded];
-    let mut vcol = vec![0.0f32; padded];
+    // V transposed for this KV head, one zero-padded column of `padded` cells per element
+    // (ggml keeps V transposed in its cache, so its `vec_dot_f32` reads such columns): built
+    // once per KV head and shared by the heads of its group. Only where the values sit changes.
+    let mut v_t = vec![0.0f32; head_dim * padded];
     for h in 0..n_heads {
         let kvh = h / group;
+        if h % group == 0 {
+            for j in 0..n_kv {
+                let row = &v_cache[j * kv_stride + kvh * head_dim..][..head_dim];
+                for (d, &v) in row.iter().enumerate() {
+                    v_t[d * padded + j] = v;
+                }
+            }
+        }
         let qh = &q[h * head_dim..(h + 1) * head_dim];
         for (j, s) in probs[..n_kv].iter_mut().enumerate() {
             *s = vec_dot_f32(&k_cache[j * kv_stride + kvh * head_dim..][..head_dim], qh);
@@ -163,10 +194,7 @@ pub fn attention(
         }
         let oh = &mut out[h * head_dim..(h + 1) * head_dim];
         for (d, o) in oh.iter_mut().enumerate() {
-            for (j, v) in vcol[..n_kv].iter_mut().enumerate() {
-                *v = v_cache[j * kv_stride + kvh * head_dim + d];
-            }
-            *o = vec_dot_f32(&vcol, &probs);
+            *o = vec_dot_f32(&v_t[d * padded..(d + 1) * padded], &probs);
         }
     }
 }

@@ -64,6 +64,7 @@ fn quantize_block(x: &[f32]) -> (f32, [i8; QK], i32) {
 }
 
 /// `quantize_row_q8_0`: x (k,) -> k/32 blocks. `k` must be a multiple of 32.
+#[inline(always)]
 pub fn quantize_row_q8_0(x: &[f32]) -> Vec<BlockQ8_0> {
     assert_eq!(x.len() % QK, 0, "row length {} is not a multiple of {QK}", x.len());
     x.chunks_exact(QK)
@@ -75,6 +76,7 @@ pub fn quantize_row_q8_0(x: &[f32]) -> Vec<BlockQ8_0> {
 }
 
 /// `quantize_row_q8_1`: x (k,) -> k/32 blocks, with `s = f16(d * sum(q))` using the f32 `d`.
+#[inline(always)]
 pub fn quantize_row_q8_1(x: &[f32]) -> Vec<BlockQ8_1> {
     assert_eq!(x.len() % QK, 0, "row length {} is not a multiple of {QK}", x.len());
     x.chunks_exact(QK)
@@ -284,6 +286,7 @@ pub enum QuantizedActivation {
 }
 
 /// Quantizes one activation row for a product with weights of type `ty`.
+#[inline(always)]
 pub fn quantize_activation(ty: GgmlType, x: &[f32]) -> QuantizedActivation {
     match ty {
         GgmlType::Q4_1 => QuantizedActivation::Q8_1(quantize_row_q8_1(x)),
@@ -330,7 +333,7 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n_tok: usize, out: &mut [f32]) {
     assert_eq!(x.len(), n_tok * w.n_in, "matmul input has wrong length");
     assert_eq!(out.len(), n_tok * w.n_out, "matmul output has wrong length");
     let acts: Vec<QuantizedActivation> =
-        (0..n_tok).into_par_iter().map(|t| quantize_activation(w.ty, &x[t * w.n_in..(t + 1) * w.n_in])).collect();
+        (0..n_tok).into_par_iter().map(|t| super::simd::quantize_activation(w.ty, &x[t * w.n_in..(t + 1) * w.n_in])).collect();
     let tile = super::simd::tile_fn(w.ty);
     // Transposed scratch: tasks own disjoint ranges of output features for all tokens, computed
     // as (rows, tokens) tiles; every element is still one dot product of one row and one token.
