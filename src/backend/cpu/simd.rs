@@ -43,14 +43,20 @@ pub fn vec_dot_fn(ty: GgmlType) -> VecDotFn {
             _ => {}
         }
     }
-    match ty {
-        GgmlType::Q4_1 => |w, a| quant::vec_dot(GgmlType::Q4_1, w, a),
-        GgmlType::Q4_0 => |w, a| quant::vec_dot(GgmlType::Q4_0, w, a),
-        GgmlType::Q8_0 => |w, a| quant::vec_dot(GgmlType::Q8_0, w, a),
-        GgmlType::F16 => |w, a| quant::vec_dot(GgmlType::F16, w, a),
-        GgmlType::BF16 => |w, a| quant::vec_dot(GgmlType::BF16, w, a),
-        _ => |w, a| quant::vec_dot(GgmlType::F32, w, a),
+    spec_dot_fn(ty)
+}
+
+/// The spec [`quant::vec_dot`] for weights of type `ty`, as a plain function pointer.
+fn spec_dot_fn(ty: GgmlType) -> VecDotFn {
+    macro_rules! spec {
+        ($($t:ident),*) => {
+            match ty {
+                $(GgmlType::$t => |w, a| quant::vec_dot(GgmlType::$t, w, a),)*
+                other => panic!("no dot product for {} weights (checked at model load)", other.name()),
+            }
+        };
     }
+    spec!(Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, F16, BF16, F32)
 }
 
 /// A tile of dot products: `out[r * acts.len() + t] = vec_dot(rows[r], acts[t])` for weight
@@ -73,10 +79,19 @@ pub fn tile_fn(ty: GgmlType) -> TileFn {
     match ty {
         GgmlType::Q4_1 => spec_tile_q4_1,
         GgmlType::Q4_0 => spec_tile_q4_0,
+        GgmlType::Q5_0 => spec_tile_q5_0,
+        GgmlType::Q5_1 => spec_tile_q5_1,
         GgmlType::Q8_0 => spec_tile_q8_0,
+        GgmlType::IQ4_NL => spec_tile_iq4_nl,
+        GgmlType::Q2_K => spec_tile_q2_k,
+        GgmlType::Q3_K => spec_tile_q3_k,
+        GgmlType::Q4_K => spec_tile_q4_k,
+        GgmlType::Q5_K => spec_tile_q5_k,
+        GgmlType::Q6_K => spec_tile_q6_k,
         GgmlType::F16 => spec_tile_f16,
         GgmlType::BF16 => spec_tile_bf16,
-        _ => spec_tile_f32,
+        GgmlType::F32 => spec_tile_f32,
+        other => panic!("no tile for {} weights (checked at model load)", other.name()),
     }
 }
 
@@ -96,6 +111,14 @@ macro_rules! spec_tile {
 spec_tile!(spec_tile_q4_1, GgmlType::Q4_1);
 spec_tile!(spec_tile_q4_0, GgmlType::Q4_0);
 spec_tile!(spec_tile_q8_0, GgmlType::Q8_0);
+spec_tile!(spec_tile_q5_0, GgmlType::Q5_0);
+spec_tile!(spec_tile_q5_1, GgmlType::Q5_1);
+spec_tile!(spec_tile_iq4_nl, GgmlType::IQ4_NL);
+spec_tile!(spec_tile_q2_k, GgmlType::Q2_K);
+spec_tile!(spec_tile_q3_k, GgmlType::Q3_K);
+spec_tile!(spec_tile_q4_k, GgmlType::Q4_K);
+spec_tile!(spec_tile_q5_k, GgmlType::Q5_K);
+spec_tile!(spec_tile_q6_k, GgmlType::Q6_K);
 spec_tile!(spec_tile_f16, GgmlType::F16);
 spec_tile!(spec_tile_bf16, GgmlType::BF16);
 spec_tile!(spec_tile_f32, GgmlType::F32);
