@@ -41,6 +41,7 @@ pub struct BlockQ8K {
 /// stored scale is `1/iscale`. An all-zero block gets `d = 0` and zero quants; ggml leaves its
 /// `bsums` unwritten there, which cannot matter (every kernel multiplies them by a zero scale
 /// and adds the zero to a sum that is already +0 or nonzero), so they are 0 here.
+#[inline(always)]
 pub fn quantize_row_q8_K(x: &[f32]) -> Vec<BlockQ8K> {
     assert_eq!(x.len() % QK_K, 0, "row length {} is not a multiple of {QK_K}", x.len());
     x.chunks_exact(QK_K)

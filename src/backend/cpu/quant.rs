@@ -368,7 +368,7 @@ impl<'a> QMatrix<'a> {
 }
 
 /// An activation row in the form the weight type's dot product consumes (ggml's `vec_dot_type`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum QuantizedActivation {
     Q8_0(Vec<BlockQ8_0>),
     Q8_1(Vec<BlockQ8_1>),
@@ -441,7 +441,7 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n_tok: usize, out: &mut [f32]) {
     assert_eq!(x.len(), n_tok * w.n_in, "matmul input has wrong length");
     assert_eq!(out.len(), n_tok * w.n_out, "matmul output has wrong length");
     let acts: Vec<QuantizedActivation> =
-        (0..n_tok).into_par_iter().map(|t| quantize_activation(w.ty, &x[t * w.n_in..(t + 1) * w.n_in])).collect();
+        (0..n_tok).into_par_iter().map(|t| super::simd::quantize_activation(w.ty, &x[t * w.n_in..(t + 1) * w.n_in])).collect();
     let tile = super::simd::tile_fn(w.ty);
     // Transposed scratch: tasks own disjoint ranges of output features for all tokens, computed
     // as (rows, tokens) tiles; every element is still one dot product of one row and one token.
