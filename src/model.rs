@@ -20,6 +20,8 @@ pub enum ModelError {
     BadShape { name: String, expected: Vec<u64>, found: Vec<u64> },
     #[error("tensor {name} has type {ty}, which the matrix product does not support")]
     UnsupportedType { name: String, ty: &'static str },
+    #[error("tensor {name} has rows of {n} elements, not a multiple of the {block}-element blocks of {ty}")]
+    BadRowLength { name: String, ty: &'static str, n: u64, block: usize },
     #[error("invalid configuration: {what}")]
     BadConfig { what: String },
 }
@@ -171,6 +173,10 @@ impl Model {
             if matrix && !quant::supports(info.ggml_type) {
                 return Err(ModelError::UnsupportedType { name, ty: info.ggml_type.name() });
             }
+            // A row must hold whole blocks (256 elements for the k-quants).
+            if matrix && info.shape[0] % info.ggml_type.block_size() as u64 != 0 {
+                return Err(ModelError::BadRowLength { name, ty: info.ggml_type.name(), n: info.shape[0], block: info.ggml_type.block_size() });
+            }
             if !matrix && info.ggml_type != GgmlType::F32 {
                 return Err(ModelError::UnsupportedType { name, ty: info.ggml_type.name() });
             }
@@ -184,7 +190,8 @@ impl Model {
             }
         };
         let token_embd = get("token_embd.weight".into(), &[dim, c.n_vocab as u64], true)?;
-        if !matches!(token_embd.ty(), GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::F16 | GgmlType::F32 | GgmlType::BF16) {
+        // Embedding rows are dequantized with `gguf::quant` (`ops::embedding`).
+        if !crate::gguf::quant::can_dequantize(token_embd.ty()) {
             return Err(ModelError::UnsupportedType { name: "token_embd.weight".into(), ty: token_embd.ty().name() });
         }
         let mut layers = Vec::with_capacity(c.n_layers);
