@@ -91,7 +91,7 @@ impl KernelModule {
                     "matvec_f32",
                 ]
             }
-            KernelModule::Rope => &["rope_norm", "rope_store_kv"],
+            KernelModule::Rope => &["rope_norm", "rope_neox", "rope_store_kv"],
             KernelModule::Attention => &["attention_f32"],
             KernelModule::Swiglu => &["swiglu_f32"],
             KernelModule::Add => &["add_f32", "exp_f32"],
