@@ -83,16 +83,21 @@ pub fn op_by_op(m: &Model, rec: &ReferenceRecording) -> Vec<OpResult> {
             continue;
         };
         // Every tensor an op needs, at the positions it needs; a missing one fails the layer.
+        // Q/K/V occur several times per layer (the product, plus the bias where the model has
+        // one, a reshape, RoPE for Q and K): `node` picks each by its op.
         let t = |name: &str| format!("{name}-{l}#0");
         let input_name = if l == 0 { "embd".to_string() } else { format!("l_out-{}", l - 1) };
-        let names = [
+        let [q_mm, k_mm, v_mm] = ["Qcur", "Kcur", "Vcur"].map(|b| node(rec, b, l, Occ::Product));
+        let [q_pre, k_pre, v_pre] = ["Qcur", "Kcur", "Vcur"].map(|b| node(rec, b, l, Occ::Tap));
+        let [q_rope_name, k_rope_name] = ["Qcur", "Kcur"].map(|b| node(rec, b, l, Occ::Rope));
+        let mut names = vec![
             (input_name.clone(), &pos),
             (t("attn_norm"), &pos),
-            (t("Qcur"), &pos),
-            (t("Kcur"), &all),
-            (t("Vcur"), &all),
-            (format!("Qcur-{l}#2"), &pos),
-            (format!("Kcur-{l}#2"), &all),
+            (q_mm.clone(), &pos),
+            (k_mm.clone(), &all),
+            (v_mm.clone(), &all),
+            (q_rope_name.clone(), &pos),
+            (k_rope_name.clone(), &all),
             (t("kqv_out"), &pos),
             (t("attn_out"), &pos),
             (t("ffn_inp"), &pos),
@@ -103,6 +108,12 @@ pub fn op_by_op(m: &Model, rec: &ReferenceRecording) -> Vec<OpResult> {
             (t("ffn_out"), &pos),
             (format!("l_out-{l}"), &pos),
         ];
+        for (pre, mm, p) in [(&q_pre, &q_mm, &pos), (&k_pre, &k_mm, &all), (&v_pre, &v_mm, &all)] {
+            if pre != mm {
+                names.push((pre.clone(), p));
+            }
+        }
+        let n_names = names.len();
         let mut got = BTreeMap::new();
         for (name, p) in names {
             match rows_at(rec, &name, p) {
@@ -112,7 +123,7 @@ pub fn op_by_op(m: &Model, rec: &ReferenceRecording) -> Vec<OpResult> {
                 None => r.missing(Some(l), format!("{name} at positions {:?}", &p[..p.len().min(4)])),
             }
         }
-        if got.len() < 16 {
+        if got.len() < n_names {
             continue;
         }
         let g = |name: &str| &got[name];
@@ -120,38 +131,57 @@ pub fn op_by_op(m: &Model, rec: &ReferenceRecording) -> Vec<OpResult> {
         let mut ours = vec![0.0; input.len()];
         ops::rmsnorm(input, &m.f32_vec(&lw.attn_norm), c.rms_eps, &mut ours);
         r.check(Some(l), t("attn_norm"), &ours, attn_norm);
-        let q0 = g(&t("Qcur"));
-        r.check(Some(l), t("Qcur"), &matmul(m, &lw.wq, attn_norm), q0);
-        let (k0_all, v_all) = (g(&t("Kcur")), g(&t("Vcur")));
+        let q0 = g(&q_mm);
+        r.check(Some(l), q_mm.clone(), &matmul(m, &lw.wq, attn_norm), q0);
+        let (k0_all, v0_all) = (g(&k_mm), g(&v_mm));
         let kv = c.kv_dim();
+        let qd = c.q_dim();
         let at = |rows: &[f32], width: usize| -> Vec<f32> { pos.iter().flat_map(|&p| rows[p * width..(p + 1) * width].iter().copied()).collect() };
-        r.check(Some(l), t("Kcur"), &matmul(m, &lw.wk, attn_norm), &at(k0_all, kv));
-        r.check(Some(l), t("Vcur"), &matmul(m, &lw.wv, attn_norm), &at(v_all, kv));
+        r.check(Some(l), k_mm.clone(), &matmul(m, &lw.wk, attn_norm), &at(k0_all, kv));
+        r.check(Some(l), v_mm.clone(), &matmul(m, &lw.wv, attn_norm), &at(v0_all, kv));
+        // The bias adds (ggml_add: one f32 addition per element) on llama.cpp's products.
+        for (pre, mm, b, width) in [(&q_pre, &q_mm, &lw.bq, qd), (&k_pre, &k_mm, &lw.bk, kv), (&v_pre, &v_mm, &lw.bv, kv)] {
+            match (pre != mm, b) {
+                (true, Some(b)) => {
+                    let bias = m.f32_vec(b);
+                    let mut ours = g(mm).clone();
+                    for row in ours.chunks_exact_mut(width) {
+                        ops::add(row, &bias);
+                    }
+                    r.check(Some(l), pre.clone(), &ours, g(pre));
+                }
+                (false, None) => {}
+                (true, None) => r.missing(Some(l), format!("the bias that {pre} adds (the model has none)")),
+                (false, Some(_)) => r.missing(Some(l), format!("the biased {mm} (the model has a bias)")),
+            }
+        }
+        let (q_pre_v, k_pre_all, v_all) = (g(&q_pre), g(&k_pre), g(&v_pre));
         if let Ok(dense) = m.file.dequantize_tensor(&lw.wq.info.name) {
             let mut plain = vec![0.0; q0.len()];
-            quant::matmul_exact_f32(&dense, c.dim, c.dim, attn_norm, pos.len(), &mut plain);
+            quant::matmul_exact_f32(&dense, c.dim, qd, attn_norm, pos.len(), &mut plain);
             let miss = metrics::nmse(&plain, q0);
             let bound = 1e-10;
-            r.out.push(OpResult { layer: Some(l), tensor: format!("Qcur-{l}#0 plain-f32 control"), nmse: miss, identical: false, bound, control: true, passed: miss > bound });
+            r.out.push(OpResult { layer: Some(l), tensor: format!("{q_mm} plain-f32 control"), nmse: miss, identical: false, bound, control: true, passed: miss > bound });
         }
         // RoPE on llama.cpp's pre-RoPE Q and K.
-        let mut q_rope = q0.clone();
+        let rope = m.rope();
+        let mut q_rope = q_pre_v.clone();
         for (i, &p) in pos.iter().enumerate() {
-            ops::rope_norm(&mut q_rope[i * c.dim..(i + 1) * c.dim], c.head_dim, p, c.rope_base);
+            rope.apply(&mut q_rope[i * qd..(i + 1) * qd], p);
         }
-        let (q_ref, k_ref) = (g(&format!("Qcur-{l}#2")), g(&format!("Kcur-{l}#2")));
-        r.check(Some(l), format!("Qcur-{l}#2"), &q_rope, q_ref);
-        let mut k_rope = k0_all.clone();
+        let (q_ref, k_ref) = (g(&q_rope_name), g(&k_rope_name));
+        r.check(Some(l), q_rope_name.clone(), &q_rope, q_ref);
+        let mut k_rope = k_pre_all.clone();
         for p in 0..n {
-            ops::rope_norm(&mut k_rope[p * kv..(p + 1) * kv], c.head_dim, p, c.rope_base);
+            rope.apply(&mut k_rope[p * kv..(p + 1) * kv], p);
         }
-        r.check(Some(l), format!("Kcur-{l}#2"), &k_rope, k_ref);
+        r.check(Some(l), k_rope_name.clone(), &k_rope, k_ref);
         // Attention on llama.cpp's RoPE'd Q, K and its V: scores, probabilities, output.
-        let mut attn = vec![0.0; pos.len() * c.dim];
+        let mut attn = vec![0.0; pos.len() * qd];
         let (mut kq, mut probs) = (Vec::new(), Vec::new());
         for (i, &p) in pos.iter().enumerate() {
             let (mut s, mut pr) = (vec![0.0; c.n_heads * (p + 1)], vec![0.0; c.n_heads * (p + 1)]);
-            ops::attention(&q_ref[i * c.dim..(i + 1) * c.dim], k_ref, v_all, p + 1, c.n_heads, c.n_kv_heads, c.head_dim, &mut attn[i * c.dim..(i + 1) * c.dim], Some(&mut s), Some(&mut pr));
+            ops::attention(&q_ref[i * qd..(i + 1) * qd], k_ref, v_all, p + 1, c.n_heads, c.n_kv_heads, c.head_dim, &mut attn[i * qd..(i + 1) * qd], Some(&mut s), Some(&mut pr));
             kq.push((p, s));
             probs.push((p, pr));
         }
@@ -199,20 +229,50 @@ pub fn op_by_op(m: &Model, rec: &ReferenceRecording) -> Vec<OpResult> {
     r.out
 }
 
+/// Which occurrence of a `Qcur`/`Kcur`/`Vcur` node of a layer: the matrix product, our tap
+/// (the last one before RoPE that is not a view: the product, or the product plus its bias),
+/// or the RoPE'd one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Occ {
+    Product,
+    Tap,
+    Rope,
+}
+
+/// The stored name of occurrence `which` of node `<base>-<l>`, found by op in the recording's
+/// `captured` list (llama: `#0` product, `#2` RoPE; qwen2: `#0` product, `#1` plus bias, `#3`
+/// RoPE); the llama names when the recording does not list the node.
+pub fn node(rec: &ReferenceRecording, base: &str, l: usize, which: Occ) -> String {
+    let gname = format!("{base}-{l}");
+    let mut occ: Vec<(usize, &str, &str)> = rec.case.captured.iter().filter(|c| c.ggml_name == gname).map(|c| (c.occurrence, c.op.as_str(), c.stored_name.as_str())).collect();
+    occ.sort();
+    let view = |op: &str| matches!(op, "RESHAPE" | "VIEW" | "PERMUTE" | "TRANSPOSE" | "CONT");
+    let hit = match which {
+        Occ::Product => occ.iter().find(|o| o.1 == "MUL_MAT"),
+        Occ::Rope => occ.iter().find(|o| o.1 == "ROPE"),
+        Occ::Tap => occ.iter().take_while(|o| o.1 != "ROPE").filter(|o| !view(o.1)).last(),
+    };
+    match (hit, which) {
+        (Some(o), _) => o.2.to_string(),
+        (None, Occ::Rope) => format!("{gname}#2"),
+        (None, _) => format!("{gname}#0"),
+    }
+}
+
 /// The tap points compared for layer `l`, in data-flow order, with their reference names.
 /// Layers with op captures compare every op; the others only the residual stream.
-pub fn layer_points(l: usize, with_ops: bool) -> Vec<(TapPoint, String)> {
+pub fn layer_points(rec: &ReferenceRecording, l: usize, with_ops: bool) -> Vec<(TapPoint, String)> {
     use TapPoint::*;
     if !with_ops {
         return vec![(LOut(l), format!("l_out-{l}"))];
     }
     vec![
         (AttnNorm(l), format!("attn_norm-{l}#0")),
-        (Q(l), format!("Qcur-{l}#0")),
-        (K(l), format!("Kcur-{l}#0")),
-        (V(l), format!("Vcur-{l}#0")),
-        (QRope(l), format!("Qcur-{l}#2")),
-        (KRope(l), format!("Kcur-{l}#2")),
+        (Q(l), node(rec, "Qcur", l, Occ::Tap)),
+        (K(l), node(rec, "Kcur", l, Occ::Tap)),
+        (V(l), node(rec, "Vcur", l, Occ::Tap)),
+        (QRope(l), node(rec, "Qcur", l, Occ::Rope)),
+        (KRope(l), node(rec, "Kcur", l, Occ::Rope)),
         (KqSoftmax(l), format!("kq_soft_max-{l}#0")),
         (KqvOut(l), format!("kqv_out-{l}#0")),
         (AttnOut(l), format!("attn_out-{l}#0")),
@@ -354,7 +414,7 @@ pub fn chained(backend: &mut dyn Backend, rec: &ReferenceRecording) -> Result<Ch
     // op-capture layers); hashes of every point a token recording hashes.
     let mut keep: Vec<TapPoint> = vec![TapPoint::Embd, TapPoint::ResultNorm];
     for l in 0..c.n_layers {
-        keep.extend(layer_points(l, with_ops && op_layers.contains(&l)).into_iter().map(|(p, _)| p));
+        keep.extend(layer_points(rec, l, with_ops && op_layers.contains(&l)).into_iter().map(|(p, _)| p));
     }
     let cols = super::exact::columns(rec);
     let hashed: Vec<TapPoint> = cols.iter().filter_map(|c| c.point).collect();
@@ -407,7 +467,7 @@ pub fn chained(backend: &mut dyn Backend, rec: &ReferenceRecording) -> Result<Ch
     };
     compare(None, TapPoint::Embd, "embd".into());
     for l in 0..c.n_layers {
-        for (p, name) in layer_points(l, with_ops && op_layers.contains(&l)) {
+        for (p, name) in layer_points(rec, l, with_ops && op_layers.contains(&l)) {
             compare(Some(l), p, name);
         }
     }

@@ -23,8 +23,11 @@ pub fn replay(argv: &[String]) -> Result<bool> {
     cli::run(&args.replay, Some(&root))
 }
 
-/// `cargo xtask record-llama`: regenerates `recordings/llama.cpp/` with llama.cpp (never run in
-/// CI; needs `llama-cpp-python`, see recordings/llama.cpp/README.md).
+/// `cargo xtask record-llama [--token] [--model NAME|PATH] [args for the script]`: regenerates
+/// the llama.cpp reference recordings of a model (never run in CI; needs `llama-cpp-python`, see
+/// recordings/llama.cpp/README.md). The default model's live in `recordings/llama.cpp/`, another
+/// named model's in `recordings/llama.cpp/<name>/`, each directory with its `cases.json`; the
+/// token-by-token ones in `token/` below.
 pub fn record_llama(rest: &[String]) -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
     let probe = std::process::Command::new("python3").args(["-c", "import llama_cpp, numpy, zstandard, xxhash"]).output();
@@ -36,24 +39,42 @@ pub fn record_llama(rest: &[String]) -> Result<()> {
         ),
         Err(e) => bail!("python3 not found ({e}); record-llama needs python3 with llama-cpp-python"),
     }
-    let model = worker_orcd::fetch::default_model_path()?;
-    // `--token`: one token per llama_decode (the exact references under recordings/llama.cpp/token).
+    // `--token`: one token per llama_decode (the exact references under <dir>/token).
     let token = rest.iter().any(|a| a == "--token");
-    let rest: Vec<&String> = rest.iter().filter(|a| *a != "--token").collect();
-    let (script, out) = if token {
-        ("xtask/python/record_llama_token.py", root.join("recordings/llama.cpp/token"))
-    } else {
-        ("xtask/python/record_llama.py", root.join("recordings/llama.cpp"))
+    let mut name: Option<String> = None;
+    let mut passed: Vec<&String> = Vec::new();
+    let mut it = rest.iter().filter(|a| *a != "--token");
+    while let Some(a) = it.next() {
+        if a == "--model" {
+            name = Some(it.next().context("--model needs a model name or a GGUF path")?.clone());
+        } else {
+            passed.push(a);
+        }
+    }
+    let (model, dir) = match name.as_deref() {
+        None | Some("smollm2") => (worker_orcd::fetch::default_model_path()?, root.join("recordings/llama.cpp")),
+        Some(n) if Path::new(n).is_file() => {
+            let sha = worker_orcd::fetch::sha256_file(Path::new(n))?;
+            let named = worker_orcd::fetch::named_models().into_iter().find(|m| m.sha256 == sha);
+            let named = named.with_context(|| format!("--model {n}: sha256 {sha} is no named model's; recordings are kept per named model"))?;
+            (PathBuf::from(n), root.join("recordings/llama.cpp").join(named.name))
+        }
+        Some(n) => (worker_orcd::fetch::fetch_named(n)?, root.join("recordings/llama.cpp").join(n)),
     };
+    let cases = dir.join("cases.json");
+    if !cases.is_file() {
+        bail!("{}: no cases for this model (write one like recordings/llama.cpp/cases.json)", cases.display());
+    }
+    let (script, out) = if token { ("xtask/python/record_llama_token.py", dir.join("token")) } else { ("xtask/python/record_llama.py", dir) };
     let status = std::process::Command::new("python3")
         .arg(root.join(script))
         .arg("--model")
         .arg(&model)
         .arg("--cases")
-        .arg(root.join("recordings/llama.cpp/cases.json"))
+        .arg(&cases)
         .arg("--out")
         .arg(out)
-        .args(rest)
+        .args(passed)
         .status()
         .with_context(|| format!("running {script}"))?;
     if !status.success() {

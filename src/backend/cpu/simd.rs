@@ -191,12 +191,17 @@ pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
 
 /// [`ops::rope_norm`] compiled for AVX2 + FMA where the CPU has them (see [`attention`]).
 pub fn rope_norm(x: &mut [f32], head_dim: usize, pos: usize, base: f32) {
+    rope(&ops::Rope::plain(ops::RopeKind::Norm, head_dim, base), x, pos)
+}
+
+/// [`ops::Rope::apply`] compiled for AVX2 + FMA where the CPU has them (see [`attention`]).
+pub fn rope(r: &ops::Rope, x: &mut [f32], pos: usize) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: AVX2 and FMA are present (checked above).
-        return unsafe { x86::rope_norm(x, head_dim, pos, base) };
+        return unsafe { x86::rope(r, x, pos) };
     }
-    ops::rope_norm(x, head_dim, pos, base)
+    r.apply(x, pos)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -689,8 +694,8 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn rope_norm(x: &mut [f32], head_dim: usize, pos: usize, base: f32) {
-        ops::rope_norm(x, head_dim, pos, base)
+    pub unsafe fn rope(r: &ops::Rope, x: &mut [f32], pos: usize) {
+        r.apply(x, pos)
     }
 
     pub fn dot_q4_1(w: &[u8], a: &QuantizedActivation) -> f32 {
@@ -852,6 +857,20 @@ mod tests {
             rope_norm(&mut x, 64, pos, 100000.0);
             ops::rope_norm(&mut y, 64, pos, 100000.0);
             assert_eq!(x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "rope pos {pos}");
+            // NEOX with Llama-3 style frequency factors and linear scaling.
+            let r = ops::Rope {
+                kind: ops::RopeKind::Neox,
+                head_dim: 64,
+                base: 500000.0,
+                freq_scale: 0.25,
+                attn_factor: 1.0,
+                freq_factors: Some((0..32).map(|i| 1.0 + i as f32 * 0.37).collect()),
+            };
+            let mut x: Vec<f32> = (0..896).map(|_| rng.f32()).collect();
+            let mut y = x.clone();
+            rope(&r, &mut x, pos);
+            r.apply(&mut y, pos);
+            assert_eq!(x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "rope neox pos {pos}");
         }
     }
 
