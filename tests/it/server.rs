@@ -658,7 +658,7 @@ async fn a_slow_disk_drops_trace_frames_but_never_stalls_the_stream() {
         ..config()
     });
     let c = client();
-    let body = json!({"job_id": "slow", "prompt": "The history of the lighthouse", "max_tokens": 24, "temperature": 0});
+    let body = json!({"job_id": "slow", "prompt": "The history of lighthouses begins with", "max_tokens": 24, "temperature": 0});
     let t0 = Instant::now();
     let r = read_execute(post(&c, format!("{}/execute", s.url()), &body).await).await;
     let took = t0.elapsed();
