@@ -96,6 +96,9 @@ impl TapPoint {
 pub trait Tap: Send {
     fn wants(&self, point: TapPoint) -> bool;
     fn record(&mut self, point: TapPoint, pos0: usize, n_tok: usize, data: &[f32]);
+    /// Called by the engine after every forward call, once all of its taps are recorded, so
+    /// that a recorder can hand the call's trace on at once instead of when the next begins.
+    fn forward_done(&mut self) {}
 }
 
 /// A tap that wants nothing.

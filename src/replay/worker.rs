@@ -35,6 +35,9 @@ impl TapWrap for NoWrap {
             fn record(&mut self, p: crate::backend::TapPoint, pos0: usize, n: usize, d: &[f32]) {
                 self.0.record(p, pos0, n, d)
             }
+            fn forward_done(&mut self) {
+                self.0.forward_done()
+            }
         }
         Box::new(Pass(inner))
     }

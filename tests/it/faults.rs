@@ -238,6 +238,9 @@ impl Tap for ShiftByOne<'_> {
     fn record(&mut self, p: TapPoint, pos0: usize, n_tok: usize, data: &[f32]) {
         self.0.record(p, pos0 + 1, n_tok, data)
     }
+    fn forward_done(&mut self) {
+        self.0.forward_done()
+    }
 }
 
 struct RecorderOffByOne;
