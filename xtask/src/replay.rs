@@ -3,7 +3,7 @@
 //! run on the checkout's `recordings/` by default; record-llama drives llama.cpp's Python
 //! bindings to regenerate the reference recordings.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
