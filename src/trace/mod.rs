@@ -1,6 +1,6 @@
 //! Recordings: the versioned file format (`format`), what a trace keeps of a hidden state
 //! (`summary`), the taps that capture the forward pass (`tap`), the recorder and its writer
-//! thread (`writer`), the reader (`reader`) and the recorder benchmark (`bench`).
+//! thread (`writer`), the reader (`reader`). The recorder benchmark is `benches/recorder.rs`.
 //!
 //! This module does not know HTTP or JSON request shapes: the server hands it a finished
 //! [`Header`] (with the request body as an opaque string). The format is documented in
@@ -28,7 +28,6 @@
 //!   Run the request again with a [`CollectTap`] at the recording's level and call
 //!   [`first_divergence`] on the two frame lists to name the first layer that differs.
 
-pub mod bench;
 mod format;
 pub mod fingerprint;
 mod reader;
@@ -48,8 +47,8 @@ pub use summary::{
 };
 pub use tap::{site_of, CollectTap, TraceTap};
 pub use writer::{
-    ActiveRecording, Recorder, RecorderConfig, RecorderError, RecorderSnapshot, RecorderStatus, MAX_OPEN_RECORDINGS, PARTIAL_SUFFIX,
-    RECORDING_EXT,
+    decode_step_floats, ActiveRecording, Recorder, RecorderConfig, RecorderError, RecorderSnapshot, RecorderStatus, MAX_OPEN_RECORDINGS,
+    PARTIAL_SUFFIX, RECORDING_EXT,
 };
 
 /// The projection every recording of this format version uses.

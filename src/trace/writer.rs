@@ -464,7 +464,7 @@ impl Drop for Recorder {
 }
 
 /// Values in one decode step's trace buffer.
-pub(crate) fn decode_step_floats(d: ModelDims) -> usize {
+pub fn decode_step_floats(d: ModelDims) -> usize {
     (d.n_layers as usize + 2) * d.dim as usize + d.n_vocab as usize
 }
 

@@ -1,36 +1,40 @@
-//! The recorder benchmark: decode tokens/s with no recorder and with each trace level, trace
+//! `cargo bench --bench recorder`: the recorder benchmark: decode tokens/s with no recorder and with each trace level, trace
 //! bytes per token before and after compression, and the recorder's peak buffer memory.
 //!
 //! A benchmark, not a test: it asserts nothing about speed and prints figures for
 //! BENCHMARKS.md. It drives the engine directly (no HTTP) exactly as the server does.
+//!
+//! Knobs: `WORKER_ORCD_BENCH_TOKENS` (default 128), `WORKER_ORCD_BENCH_REPEATS` (default 3),
+//! `WORKER_ORCD_BENCH_THREADS` (default 0 = all cores). Prints a Markdown table for
+//! BENCHMARKS.md.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::backend::cpu::CpuBackend;
-use crate::backend::{NoTap, Tap};
-use crate::engine::{Engine, GenerateRequest};
-use crate::model::Model;
-use crate::sampler::SamplingParams;
-use crate::tokenizer::Tokenizer;
+use worker_orcd::backend::cpu::CpuBackend;
+use worker_orcd::backend::{NoTap, Tap};
+use worker_orcd::engine::{Engine, GenerateRequest};
+use worker_orcd::model::Model;
+use worker_orcd::sampler::SamplingParams;
+use worker_orcd::tokenizer::Tokenizer;
 
-use super::format::{Fingerprint, Footer, Header, ModelDims, RecordedParams, ResolvedRequest, Timings, TokenFrame, TraceLevel};
-use super::writer::{Recorder, RecorderConfig};
+use worker_orcd::trace::{Fingerprint, Footer, Header, ModelDims, RecordedParams, ResolvedRequest, Timings, TokenFrame, TraceLevel};
+use worker_orcd::trace::{Recorder, RecorderConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error("cannot load model {path}: {source}")]
-    Model { path: PathBuf, source: crate::model::ModelError },
+    Model { path: PathBuf, source: worker_orcd::model::ModelError },
     #[error(transparent)]
-    Tokenizer(#[from] crate::tokenizer::TokenizerError),
+    Tokenizer(#[from] worker_orcd::tokenizer::TokenizerError),
     #[error(transparent)]
-    Backend(#[from] crate::backend::BackendError),
+    Backend(#[from] worker_orcd::backend::BackendError),
     #[error(transparent)]
-    Engine(#[from] crate::engine::EngineError),
+    Engine(#[from] worker_orcd::engine::EngineError),
     #[error(transparent)]
-    Recorder(#[from] super::writer::RecorderError),
+    Recorder(#[from] worker_orcd::trace::RecorderError),
     #[error("cannot use bench dir {path}: {source}")]
     Dir { path: PathBuf, source: std::io::Error },
 }
@@ -214,20 +218,20 @@ pub fn bench_trace(opts: &BenchOptions) -> Result<Vec<BenchRow>, BenchError> {
         let median = s[s.len() / 2];
         let snap = recorders[i].as_ref().map(|r| r.status().snapshot());
         let (mut raw, mut stored, mut steps, mut file_bytes) = (0u64, 0u64, 0u64, 0u64);
-        if let Some(Ok(r)) = last_file[i].as_ref().map(|p| super::Recording::open(p)) {
+        if let Some(Ok(r)) = last_file[i].as_ref().map(|p| worker_orcd::trace::Recording::open(p)) {
             file_bytes = r.file_len;
-            let trace_frames = r.frame_index.iter().filter(|f| f.kind == super::FrameKind::Trace as u8);
+            let trace_frames = r.frame_index.iter().filter(|f| f.kind == worker_orcd::trace::FrameKind::Trace as u8);
             for (f, t) in trace_frames.zip(&r.traces) {
                 if t.n_tok == 1 {
                     raw += f.raw_len as u64;
-                    stored += f.stored_len as u64 + super::FRAME_HEADER_LEN as u64;
+                    stored += f.stored_len as u64 + worker_orcd::trace::FRAME_HEADER_LEN as u64;
                     steps += 1;
                 }
             }
         }
         let total_tokens = (tokens[i] * opts.repeats.max(1)).max(1) as f64;
         let per_step = |v: u64| if steps == 0 { 0.0 } else { v as f64 / steps as f64 };
-        let value_bytes = if cfg.level.is_some_and(|l| l != TraceLevel::Off) { super::writer::decode_step_floats(dims) as f64 * 4.0 } else { 0.0 };
+        let value_bytes = if cfg.level.is_some_and(|l| l != TraceLevel::Off) { worker_orcd::trace::decode_step_floats(dims) as f64 * 4.0 } else { 0.0 };
         rows.push(BenchRow {
             config: cfg.name(),
             tokens: tokens[i],
@@ -252,7 +256,7 @@ pub fn bench_trace(opts: &BenchOptions) -> Result<Vec<BenchRow>, BenchError> {
 }
 
 fn backend_threads(b: &CpuBackend) -> u32 {
-    use crate::backend::Backend;
+    use worker_orcd::backend::Backend;
     b.device().split('(').nth(1).and_then(|s| s.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
@@ -292,11 +296,11 @@ fn bench_header(req: &GenerateRequest, level: TraceLevel, dims: ModelDims, model
         },
         trace: level,
         dims,
-        projection: super::projection_spec(),
+        projection: worker_orcd::trace::projection_spec(),
     }
 }
 
-fn bench_footer(o: &crate::engine::GenerateOutcome, dropped: u32, t0: Instant) -> Footer {
+fn bench_footer(o: &worker_orcd::engine::GenerateOutcome, dropped: u32, t0: Instant) -> Footer {
     Footer {
         outcome: "ok".into(),
         error: None,
@@ -345,4 +349,33 @@ pub fn format_markdown(rows: &[BenchRow]) -> String {
         ));
     }
     s
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() -> anyhow::Result<()> {
+    let model = worker_orcd::fetch::default_model_path()?;
+    let dir = std::env::temp_dir().join(format!("worker-orcd-bench-{}", std::process::id()));
+    let mut opts = BenchOptions::new(model, dir.clone());
+    opts.max_tokens = env_usize("WORKER_ORCD_BENCH_TOKENS", 128);
+    opts.repeats = env_usize("WORKER_ORCD_BENCH_REPEATS", 3);
+    opts.threads = env_usize("WORKER_ORCD_BENCH_THREADS", 0);
+    let rows = bench_trace(&opts)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    println!(
+        "Machine: {cpu}, {cores} cores; {} threads; SmolLM2-135M Q4_1, greedy, {} prompt tokens, {} generated tokens, {} runs per configuration (interleaved), median shown.\n",
+        if opts.threads == 0 { cores } else { opts.threads },
+        rows.first().map(|r| r.prompt_tokens).unwrap_or(0),
+        rows.first().map(|r| r.tokens).unwrap_or(0),
+        opts.repeats
+    );
+    println!("{}", format_markdown(&rows));
+    Ok(())
 }
