@@ -1,11 +1,12 @@
 // rope.cu: matches backend::cpu::ops::rope_norm (llama.cpp's LLAMA_ROPE_TYPE_NORM: rotate
-// adjacent pairs), plus `rope_store_kv`, the forward pass's fused step after the Q/K/V product:
-// bias add (ops::add), RoPE of Q and K, and the K/V cache writes of the CPU backend.
+// adjacent pairs) and ops::rope_neox (LLAMA_ROPE_TYPE_NEOX: rotate x[j] with x[j + head_dim/2]),
+// plus `rope_store_kv` (reference ops::rope_store_kv), the forward pass's fused step after the
+// Q/K/V product: bias add (ops::add), RoPE of Q and K, and the K/V cache writes of the CPU backend.
 //
-// The angles are not computed here: `table` (n_ctx, head_dim) holds ops::rope_cache(head_dim,
-// pos, base) for every position, computed once on the host by the CPU reference itself, so the
-// cos/sin values are the CPU's bit for bit. Positions are pos0 + t with pos0 = params[0] read
-// from device memory (so one captured CUDA graph serves every decode step).
+// The angles are not computed here: `table` (n_ctx, head_dim) holds ops::Rope::cache(pos) (base,
+// linear scaling, frequency factors) for every position, computed once on the host by the CPU
+// reference itself, so the cos/sin values are the CPU's bit for bit. Positions are pos0 + t with
+// pos0 = params[0] read from device memory (so one captured CUDA graph serves every decode step).
 //
 // Launch: grid (n_tok), block 256, one thread per pair (loops when wider).
 
@@ -16,7 +17,17 @@ __device__ __forceinline__ void rotate(float x0, float x1, const float* cs, int 
     o[1] = fmaf(x0, s, x1 * c);
 }
 
-// x (n_tok, width) rotated in place, heads of head_dim.
+// Pair p of a row of heads of head_dim: its two elements and its angle's table index. Pair j
+// of a head turns by θ_j (table entries 2j, 2j+1) in both kinds; NORM pairs (2j, 2j+1), NEOX
+// pairs (j, j + head_dim/2).
+__device__ __forceinline__ void rope_pair(int p, int head_dim, int neox, int* e0, int* e1, int* ci) {
+    int half = head_dim / 2, h = p / half, j = p - h * half;
+    *ci = 2 * j;
+    *e0 = neox ? h * head_dim + j : 2 * p;
+    *e1 = neox ? *e0 + half : 2 * p + 1;
+}
+
+// x (n_tok, width) rotated in place, heads of head_dim: NORM pairs.
 extern "C" __global__ void rope_norm(float* __restrict__ x, const float* __restrict__ table,
                                      const int* __restrict__ params, int width, int head_dim) {
     pdl_launch();
@@ -32,13 +43,32 @@ extern "C" __global__ void rope_norm(float* __restrict__ x, const float* __restr
     }
 }
 
-// qkv (n_tok, dim + 2*kv_dim) as the fused Q|K|V product wrote it. Biases may be null.
-// q_out (n_tok, dim) gets RoPE'd Q; k_cache/v_cache (n_ctx, kv_dim) get rows pos0 + t.
+// As rope_norm, NEOX pairs.
+extern "C" __global__ void rope_neox(float* __restrict__ x, const float* __restrict__ table,
+                                     const int* __restrict__ params, int width, int head_dim) {
+    pdl_launch();
+    pdl_wait();
+    size_t t = blockIdx.x;
+    const float* cs = table + (size_t)(params[0] + t) * head_dim;
+    for (int p = threadIdx.x; p < width / 2; p += blockDim.x) {
+        int e0, e1, ci;
+        rope_pair(p, head_dim, 1, &e0, &e1, &ci);
+        float o[2];
+        rotate(x[t * width + e0], x[t * width + e1], cs, ci, o);
+        x[t * width + e0] = o[0];
+        x[t * width + e1] = o[1];
+    }
+}
+
+// qkv (n_tok, dim + 2*kv_dim) as the Q|K|V products wrote it (dim: the width of Q). Biases
+// may be null. q_out (n_tok, dim) gets RoPE'd Q; k_cache/v_cache (n_ctx, kv_dim) get rows
+// pos0 + t. `neox` selects the pairs (rope_pair).
 extern "C" __global__ void rope_store_kv(const float* __restrict__ qkv, const float* __restrict__ bq,
                                          const float* __restrict__ bk, const float* __restrict__ bv,
                                          float* __restrict__ q_out, float* __restrict__ k_cache,
                                          float* __restrict__ v_cache, const float* __restrict__ table,
-                                         const int* __restrict__ params, int dim, int kv_dim, int head_dim) {
+                                         const int* __restrict__ params, int dim, int kv_dim, int head_dim,
+                                         int neox) {
     pdl_launch();
     pdl_wait();
     size_t t = blockIdx.x;
@@ -46,16 +76,24 @@ extern "C" __global__ void rope_store_kv(const float* __restrict__ qkv, const fl
     const float* cs = table + pos * head_dim;
     const float* row = qkv + t * (dim + 2 * kv_dim);
     for (int p = threadIdx.x; p < dim / 2; p += blockDim.x) {
-        int i = 2 * p;
-        float x0 = row[i], x1 = row[i + 1];
-        if (bq) { x0 = x0 + bq[i]; x1 = x1 + bq[i + 1]; }
-        rotate(x0, x1, cs, i % head_dim, q_out + t * dim + i);
+        int e0, e1, ci;
+        rope_pair(p, head_dim, neox, &e0, &e1, &ci);
+        float x0 = row[e0], x1 = row[e1];
+        if (bq) { x0 = x0 + bq[e0]; x1 = x1 + bq[e1]; }
+        float o[2];
+        rotate(x0, x1, cs, ci, o);
+        q_out[t * dim + e0] = o[0];
+        q_out[t * dim + e1] = o[1];
     }
     for (int p = threadIdx.x; p < kv_dim / 2; p += blockDim.x) {
-        int i = 2 * p;
-        float x0 = row[dim + i], x1 = row[dim + i + 1];
-        if (bk) { x0 = x0 + bk[i]; x1 = x1 + bk[i + 1]; }
-        rotate(x0, x1, cs, i % head_dim, k_cache + pos * kv_dim + i);
+        int e0, e1, ci;
+        rope_pair(p, head_dim, neox, &e0, &e1, &ci);
+        float x0 = row[dim + e0], x1 = row[dim + e1];
+        if (bk) { x0 = x0 + bk[e0]; x1 = x1 + bk[e1]; }
+        float o[2];
+        rotate(x0, x1, cs, ci, o);
+        k_cache[pos * kv_dim + e0] = o[0];
+        k_cache[pos * kv_dim + e1] = o[1];
     }
     for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
         float v = row[dim + kv_dim + i];

@@ -117,6 +117,14 @@ impl Engine {
 
     /// Runs the prompt (from an empty cache) and returns the logits of its last position.
     pub fn prefill(&mut self, prompt: &[u32], chunk: usize, tap: &mut dyn Tap) -> Result<Vec<f32>, EngineError> {
+        let never = AtomicBool::new(false);
+        Ok(self.prefill_cancellable(prompt, chunk, tap, &never)?.unwrap_or_default())
+    }
+
+    /// [`Engine::prefill`], polling `cancel` before every chunk: `None` when it was set. The
+    /// chunk size bounds how long a cancel waits (one chunk's forward call); it never changes
+    /// a result.
+    pub fn prefill_cancellable(&mut self, prompt: &[u32], chunk: usize, tap: &mut dyn Tap, cancel: &AtomicBool) -> Result<Option<Vec<f32>>, EngineError> {
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
@@ -128,16 +136,20 @@ impl Engine {
         let mut logits = Vec::new();
         let mut pos = 0;
         while pos < prompt.len() {
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
             let end = (pos + chunk).min(prompt.len());
             let rows = if end == prompt.len() { LogitRows::Last } else { LogitRows::None };
             logits = self.backend.forward(&prompt[pos..end], pos, rows, tap)?;
+            tap.forward_done();
             pos = end;
         }
-        Ok(logits)
+        Ok(Some(logits))
     }
 
     /// Generates until a stop condition. `on_token` is called for every token as soon as it is
-    /// sampled; `cancel` is polled between tokens.
+    /// sampled; `cancel` is polled between prefill chunks and between tokens.
     pub fn generate(
         &mut self,
         req: &GenerateRequest,
@@ -147,8 +159,20 @@ impl Engine {
     ) -> Result<GenerateOutcome, EngineError> {
         req.params.validate()?;
         let t0 = Instant::now();
-        let mut logits = self.prefill(&req.prompt_ids, req.prefill_chunk, tap)?;
+        let prefilled = self.prefill_cancellable(&req.prompt_ids, req.prefill_chunk, tap, cancel)?;
         let prefill_ms = ms(t0.elapsed());
+        let Some(mut logits) = prefilled else {
+            let outcome = GenerateOutcome {
+                tokens: Vec::new(),
+                text: String::new(),
+                stop_reason: StopReason::Cancelled,
+                stop_sequence: None,
+                eog_token: None,
+                prefill_ms,
+                decode_ms: 0.0,
+            };
+            return Ok(outcome);
+        };
         let t1 = Instant::now();
 
         let mut history = req.prompt_ids.clone();
@@ -190,6 +214,7 @@ impl Engine {
                 break;
             }
             logits = self.backend.forward(&[id], pos, LogitRows::Last, tap)?;
+            tap.forward_done();
         }
         text.push_str(&decoder.finish());
         Ok(GenerateOutcome { tokens, text, stop_reason, stop_sequence, eog_token, prefill_ms, decode_ms: ms(t1.elapsed()) })

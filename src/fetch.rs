@@ -281,6 +281,10 @@ pub enum Source {
     Concatenated { parts: &'static [WheelPart], extras: &'static [Extra] },
     /// The default model quantized by `worker-orcd quantize` into this file type.
     Quantized(crate::quantize::FileType),
+    /// Another named model (`base`) requantized by `worker-orcd quantize` into this file type
+    /// (byte-identical to llama.cpp's `llama_model_quantize`, checked against the committed
+    /// `recordings/quantize/llama_cpp_extra_sha256.json`).
+    Requantized { base: &'static str, ftype: crate::quantize::FileType },
 }
 
 /// A model the project knows by name, with the size and sha256 its file must have.
@@ -382,6 +386,19 @@ struct QuantizedTable {
     files: std::collections::BTreeMap<String, QuantizedEntry>,
 }
 
+/// llama.cpp's requantizations of the other named models (the same script's `--extra` table).
+const EXTRA_TABLE: &str = include_str!("../recordings/quantize/llama_cpp_extra_sha256.json");
+
+#[derive(serde::Deserialize)]
+struct ExtraTable {
+    models: std::collections::BTreeMap<String, QuantizedTable>,
+}
+
+/// Requantizations offered as named models `<base-without-type>-<type>`: Qwen2.5-Coder in Q8_0,
+/// whose products the CPU backend computes today (the architecture's llama.cpp parity does not
+/// wait for the K-quant products of the Q4_K_M file).
+const REQUANTIZED: [(&str, &str, &str); 1] = [("qwen2.5-coder-0.5b-q4_k_m", "Q8_0", "qwen2.5-coder-0.5b-q8_0")];
+
 /// Every named model: the default, the PyPI models, and one `smollm2-<type>` per file type in
 /// the committed table of llama.cpp's outputs.
 pub fn named_models() -> Vec<NamedModel> {
@@ -425,6 +442,21 @@ pub fn named_models() -> Vec<NamedModel> {
             licence: "Apache-2.0",
         });
     }
+    let extra: ExtraTable = serde_json::from_str(EXTRA_TABLE).expect("recordings/quantize/llama_cpp_extra_sha256.json parses");
+    for (base, ty, name) in REQUANTIZED {
+        let (Some(e), Ok(ftype), Some(b)) = (extra.models.get(base).and_then(|m| m.files.get(ty)), ty.parse::<crate::quantize::FileType>(), out.iter().find(|m| m.name == base).cloned())
+        else {
+            continue;
+        };
+        out.push(NamedModel {
+            name: name.into(),
+            file_name: b.file_name.replace(".Q4_K_M.", &format!(".{ty}.")),
+            size: e.size,
+            sha256: e.sha256.clone(),
+            source: Source::Requantized { base, ftype },
+            licence: b.licence,
+        });
+    }
     out
 }
 
@@ -446,6 +478,11 @@ pub fn fetch_named(name: &str) -> Result<PathBuf, FetchError> {
     if let Source::Quantized(_) = model.source {
         ensure_model(&DEFAULT_MODEL)?;
     }
+    // Fetched before the lock below, which this call would otherwise take twice.
+    let base_path = match model.source {
+        Source::Requantized { base, .. } => Some(fetch_named(base)?),
+        _ => None,
+    };
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = cache_dir()?;
@@ -463,6 +500,13 @@ pub fn fetch_named(name: &str) -> Result<PathBuf, FetchError> {
     let made = match model.source {
         Source::Default => unreachable!("handled above"),
         Source::Concatenated { parts, extras } => download_parts(&model, parts, extras, &dir, &partial),
+        Source::Requantized { base, ftype } => {
+            let input = base_path.clone().expect("fetched above");
+            eprintln!("worker-orcd: making {} from {base} with worker-orcd quantize ({ftype})", model.name);
+            crate::quantize::quantize_file(&input, &partial, ftype, 0)
+                .map(|_| ())
+                .map_err(|e| FetchError::Quantize { name: model.name.clone(), detail: e.to_string() })
+        }
         Source::Quantized(ftype) => {
             let input = ensure_model(&DEFAULT_MODEL)?;
             eprintln!("worker-orcd: making {} with worker-orcd quantize ({ftype})", model.name);

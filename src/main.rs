@@ -1,4 +1,5 @@
-//! The `worker-orcd` command line: `generate`, `tokenize`, `dump`, `serve` and `quantize`.
+//! The `worker-orcd` command line: `generate`, `tokenize`, `dump`, `serve`, `quantize`,
+//! `replay` and `explain`.
 //!
 //! Raw arguments are parsed by clap and resolved into validated library types here, in one
 //! place; the library never sees a flag.
@@ -39,6 +40,11 @@ enum Command {
     Serve(worker_orcd::server::ServeArgs),
     /// Rewrite a GGUF model in another llama.cpp file type (byte-identical to llama-quantize).
     Quantize(worker_orcd::quantize::cli::QuantizeArgs),
+    /// Re-run recordings (worker `.wrec` files, llama.cpp references) and name the first
+    /// divergence: the same code as `cargo xtask replay`. Exits 1 when a case fails.
+    Replay(worker_orcd::replay::cli::ReplayArgs),
+    /// Print what recordings hold (request, fingerprint, tokens, trace), running nothing.
+    Explain(worker_orcd::replay::cli::ExplainArgs),
 }
 
 #[derive(clap::Args)]
@@ -119,6 +125,12 @@ fn main() {
         Command::Dump(a) => dump(a),
         Command::Serve(a) => worker_orcd::server::run(a),
         Command::Quantize(a) => worker_orcd::quantize::cli::run(a),
+        Command::Replay(a) => match worker_orcd::replay::cli::run(&a, None) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(e) => Err(e),
+        },
+        Command::Explain(a) => worker_orcd::replay::cli::explain(&a.paths),
     };
     if let Err(e) = result {
         eprintln!("worker-orcd: {e:#}");

@@ -1,12 +1,17 @@
-//! The llama model as typed data: its configuration (the only place llama's GGUF key strings
-//! appear) and views of its weight tensors.
+//! The model as typed data: its configuration (the only place GGUF key strings appear) and
+//! views of its weight tensors, for the architectures the forward pass implements: `llama`
+//! (with or without `output.weight`, Llama-3 rope frequency factors, linear rope scaling,
+//! `attention.key_length`) and `qwen2` (Q/K/V biases, NEOX RoPE).
 //!
-//! This module validates shapes and types once, at load, so backends can index weights without
-//! checks. It computes nothing.
+//! This module validates shapes and types once, at load, from tensor infos only (no weight is
+//! read), so backends can index weights without checks, and a file the worker cannot run is
+//! refused with one error naming the architecture, key, tensor or type. It computes nothing.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::backend::cpu::ops::RopeKind;
 use crate::backend::cpu::quant::{self, QMatrix};
 use crate::gguf::{GgmlType, GgufError, GgufFile, TensorInfo};
 
@@ -14,7 +19,7 @@ use crate::gguf::{GgmlType, GgufError, GgufFile, TensorInfo};
 pub enum ModelError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
-    #[error("unsupported architecture {arch:?}: only llama is implemented")]
+    #[error("unsupported architecture {arch:?} (general.architecture): llama and qwen2 are implemented")]
     UnsupportedArch { arch: String },
     #[error("tensor {name} has shape {found:?}, expected {expected:?}")]
     BadShape { name: String, expected: Vec<u64>, found: Vec<u64> },
@@ -22,90 +27,217 @@ pub enum ModelError {
     UnsupportedType { name: String, ty: &'static str },
     #[error("tensor {name} has rows of {n} elements, not a multiple of the {block}-element blocks of {ty}")]
     BadRowLength { name: String, ty: &'static str, n: u64, block: usize },
+    #[error("tensor {name} is not part of the {arch} architecture as implemented here (llama.cpp would refuse it too, or it needs an op this worker lacks)")]
+    UnsupportedTensor { name: String, arch: &'static str },
+    #[error("{key} = {value}: {why}")]
+    UnsupportedKey { key: String, value: String, why: &'static str },
     #[error("invalid configuration: {what}")]
     BadConfig { what: String },
 }
 
-/// Hyper-parameters of a llama-architecture model.
+/// The architectures the forward pass implements (`general.architecture`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Llama,
+    Qwen2,
+}
+
+impl Arch {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+        }
+    }
+
+    /// llama.cpp's `llama_model_rope_type`: NORM (adjacent pairs) for llama, NEOX (halves) for
+    /// qwen2.
+    pub fn rope_kind(&self) -> RopeKind {
+        match self {
+            Arch::Llama => RopeKind::Norm,
+            Arch::Qwen2 => RopeKind::Neox,
+        }
+    }
+}
+
+fn default_arch() -> Arch {
+    Arch::Llama
+}
+fn default_rope_kind() -> RopeKind {
+    RopeKind::Norm
+}
+fn one() -> f32 {
+    1.0
+}
+
+/// Hyper-parameters of a model.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModelConfig {
+    #[serde(default = "default_arch")]
+    pub arch: Arch,
     pub n_layers: usize,
     pub dim: usize,
     pub ffn_dim: usize,
     pub n_heads: usize,
     pub n_kv_heads: usize,
+    /// Per head, of Q, K and V alike (`attention.key_length`, else `dim / n_heads`).
     pub head_dim: usize,
     pub n_vocab: usize,
     pub n_ctx_train: usize,
     pub rope_base: f32,
     pub rms_eps: f32,
+    #[serde(default = "default_rope_kind")]
+    pub rope_kind: RopeKind,
+    /// `1 / rope.scaling.factor` for linear scaling, 1 otherwise (llama.cpp's `freq_scale`).
+    #[serde(default = "one")]
+    pub rope_freq_scale: f32,
+    /// `rope.scaling.attn_factor` (llama.cpp's `attn_factor`, the cos/sin scale), 1 when absent.
+    #[serde(default = "one")]
+    pub rope_attn_factor: f32,
+}
+
+/// `<arch>.<key>`: the architecture-prefixed metadata keys.
+struct Keys<'a> {
+    file: &'a GgufFile,
+    arch: &'static str,
+}
+
+impl Keys<'_> {
+    fn key(&self, k: &str) -> String {
+        format!("{}.{k}", self.arch)
+    }
+    fn u32(&self, k: &str) -> Result<usize, ModelError> {
+        Ok(self.file.get_u32(&self.key(k))? as usize)
+    }
+    fn opt_u32(&self, k: &str) -> Result<Option<usize>, ModelError> {
+        match self.file.metadata(&self.key(k)) {
+            Some(_) => self.u32(k).map(Some),
+            None => Ok(None),
+        }
+    }
+    fn opt_f32(&self, k: &str) -> Result<Option<f32>, ModelError> {
+        match self.file.metadata(&self.key(k)) {
+            Some(_) => Ok(Some(self.file.get_f32(&self.key(k))?)),
+            None => Ok(None),
+        }
+    }
+    fn opt_str(&self, k: &str) -> Result<Option<&str>, ModelError> {
+        match self.file.metadata(&self.key(k)) {
+            Some(_) => Ok(Some(self.file.get_str(&self.key(k))?)),
+            None => Ok(None),
+        }
+    }
 }
 
 impl ModelConfig {
     pub fn from_gguf(file: &GgufFile) -> Result<ModelConfig, ModelError> {
-        let arch = file.get_str("general.architecture")?;
-        if arch != "llama" {
-            return Err(ModelError::UnsupportedArch { arch: arch.to_string() });
-        }
-        let n_layers = file.get_u32("llama.block_count")? as usize;
-        let dim = file.get_u32("llama.embedding_length")? as usize;
-        let ffn_dim = file.get_u32("llama.feed_forward_length")? as usize;
-        let n_heads = file.get_u32("llama.attention.head_count")? as usize;
-        let n_kv_heads = match file.metadata("llama.attention.head_count_kv") {
-            Some(_) => file.get_u32("llama.attention.head_count_kv")? as usize,
-            None => n_heads,
+        let arch_name = file.get_str("general.architecture")?;
+        let arch = match arch_name {
+            "llama" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            other => return Err(ModelError::UnsupportedArch { arch: other.to_string() }),
         };
-        let n_vocab = match file.metadata("llama.vocab_size") {
-            Some(_) => file.get_u32("llama.vocab_size")? as usize,
+        let k = Keys { file, arch: arch.name() };
+        let unsupported = |key: &str, value: String, why: &'static str| ModelError::UnsupportedKey { key: k.key(key), value, why };
+        if let Some(n) = k.opt_u32("expert_count")? {
+            if n > 0 {
+                return Err(unsupported("expert_count", n.to_string(), "mixture-of-experts layers are not implemented"));
+            }
+        }
+        let n_layers = k.u32("block_count")?;
+        let dim = k.u32("embedding_length")?;
+        let ffn_dim = k.u32("feed_forward_length")?;
+        let n_heads = k.u32("attention.head_count")?;
+        let n_kv_heads = k.opt_u32("attention.head_count_kv")?.unwrap_or(n_heads);
+        let n_vocab = match k.opt_u32("vocab_size")? {
+            Some(n) => n,
             None => file.tensor_info("token_embd.weight")?.shape.get(1).copied().unwrap_or(0) as usize,
         };
-        let rope_base = match file.metadata("llama.rope.freq_base") {
-            Some(_) => file.get_f32("llama.rope.freq_base")?,
-            None => 10000.0,
+        let head_dim = match k.opt_u32("attention.key_length")? {
+            Some(n) => n,
+            None if n_heads == 0 => 0,
+            None => dim / n_heads,
         };
+        if let Some(v) = k.opt_u32("attention.value_length")? {
+            if v != head_dim {
+                return Err(unsupported("attention.value_length", v.to_string(), "differs from attention.key_length (llama.cpp asserts they are equal for this architecture)"));
+            }
+        }
+        if let Some(r) = k.opt_u32("rope.dimension_count")? {
+            if r != head_dim {
+                return Err(unsupported("rope.dimension_count", r.to_string(), "partial RoPE (fewer rotated dimensions than the head size) is not implemented"));
+            }
+        }
+        // llama.cpp's defaults: scaling "linear" with factor 0 (= none) when the keys are absent.
+        let scaling = k.opt_str("rope.scaling.type")?.unwrap_or("linear");
+        let factor = match k.opt_f32("rope.scaling.factor")? {
+            Some(f) => Some(f),
+            None => k.opt_f32("rope.scale_linear")?,
+        };
+        let rope_freq_scale = match scaling {
+            "none" => 1.0,
+            "linear" => match factor {
+                Some(f) if f != 0.0 => 1.0 / f,
+                _ => 1.0,
+            },
+            other => return Err(unsupported("rope.scaling.type", format!("{other:?}"), "only none and linear rope scaling are implemented (YaRN and LongRoPE are not)")),
+        };
+        let rope_attn_factor = k.opt_f32("rope.scaling.attn_factor")?.unwrap_or(1.0);
         let cfg = ModelConfig {
+            arch,
             n_layers,
             dim,
             ffn_dim,
             n_heads,
             n_kv_heads,
-            head_dim: if n_heads == 0 { 0 } else { dim / n_heads },
+            head_dim,
             n_vocab,
-            n_ctx_train: file.get_u32("llama.context_length")? as usize,
-            rope_base,
-            rms_eps: file.get_f32("llama.attention.layer_norm_rms_epsilon")?,
+            n_ctx_train: k.u32("context_length")?,
+            rope_base: k.opt_f32("rope.freq_base")?.unwrap_or(10000.0),
+            rms_eps: file.get_f32(&k.key("attention.layer_norm_rms_epsilon"))?,
+            rope_kind: arch.rope_kind(),
+            rope_freq_scale,
+            rope_attn_factor,
         };
         cfg.validate()?;
-        if let Some(v) = file.metadata("llama.rope.dimension_count") {
-            if v.as_u64() != Some(cfg.head_dim as u64) {
-                return Err(ModelError::BadConfig { what: format!("partial rope (rope.dimension_count {v:?}) is not supported") });
-            }
-        }
         Ok(cfg)
     }
 
     fn validate(&self) -> Result<(), ModelError> {
         let bad = |what: String| Err(ModelError::BadConfig { what });
-        if self.n_layers == 0 || self.dim == 0 || self.n_heads == 0 || self.n_kv_heads == 0 || self.n_vocab == 0 {
+        if self.n_layers == 0 || self.dim == 0 || self.n_heads == 0 || self.n_kv_heads == 0 || self.n_vocab == 0 || self.head_dim == 0 {
             return bad(format!("zero-sized dimension in {self:?}"));
         }
-        if self.dim % self.n_heads != 0 || self.head_dim % 2 != 0 {
-            return bad(format!("embedding {} is not divisible into {} heads of even size", self.dim, self.n_heads));
+        if self.head_dim % 2 != 0 {
+            return bad(format!("head size {} is odd: RoPE rotates pairs", self.head_dim));
         }
         if self.n_heads % self.n_kv_heads != 0 {
             return bad(format!("{} heads cannot be grouped over {} kv heads", self.n_heads, self.n_kv_heads));
         }
-        if self.dim % quant::QK != 0 || self.ffn_dim % quant::QK != 0 {
-            return bad(format!("dimensions {} / {} are not multiples of {}", self.dim, self.ffn_dim, quant::QK));
+        if self.dim % quant::QK != 0 || self.ffn_dim % quant::QK != 0 || self.q_dim() % quant::QK != 0 {
+            return bad(format!("dimensions {} / {} / {} are not multiples of {}", self.dim, self.ffn_dim, self.q_dim(), quant::QK));
         }
-        if self.dim > 1 << 16 || self.ffn_dim > 1 << 18 || self.n_layers > 1024 || self.n_vocab > 1 << 22 {
+        if self.dim > 1 << 16 || self.ffn_dim > 1 << 18 || self.n_layers > 1024 || self.n_vocab > 1 << 22 || self.q_dim() > 1 << 16 {
             return bad(format!("implausibly large model {self:?}"));
+        }
+        if !(self.rms_eps.is_finite() && self.rms_eps >= 0.0 && self.rope_base.is_finite() && self.rope_base > 0.0) {
+            return bad(format!("rms epsilon {} / rope base {} out of range", self.rms_eps, self.rope_base));
+        }
+        if !(self.rope_freq_scale.is_finite() && self.rope_freq_scale > 0.0 && self.rope_attn_factor.is_finite()) {
+            return bad(format!("rope freq scale {} / attn factor {} out of range", self.rope_freq_scale, self.rope_attn_factor));
         }
         Ok(())
     }
 
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
+    }
+
+    /// Width of Q and of the attention output: `n_heads * head_dim` (equal to `dim` unless
+    /// `attention.key_length` says otherwise).
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
     }
 }
 
@@ -121,8 +253,8 @@ impl Weight {
     }
 }
 
-/// Weights of one transformer block. Biases are optional (llama has none; some derived models
-/// and our small test models do).
+/// Weights of one transformer block. Biases are optional (llama has none, qwen2 has all three;
+/// llama.cpp creates them `TENSOR_NOT_REQUIRED` for both).
 #[derive(Debug, Clone)]
 pub struct LayerWeights {
     pub attn_norm: Weight,
@@ -148,6 +280,8 @@ pub struct Model {
     pub output_norm: Weight,
     /// The output projection: `output.weight`, or `token_embd.weight` when tied.
     pub output: Weight,
+    /// Llama-3 rope frequency factors (`rope_freqs.weight`, head_dim / 2 f32), one for all layers.
+    pub rope_freqs: Option<Weight>,
     /// Display name (`general.name`, else the file name).
     pub name: String,
 }
@@ -162,11 +296,18 @@ impl Model {
         Ok(model)
     }
 
+    /// Validates the configuration and every tensor's presence, shape and type from the tensor
+    /// infos alone (nothing is read from the data section here), and refuses a file with a
+    /// tensor the architecture does not use: llama.cpp refuses those too ("wrong number of
+    /// tensors"), and ignoring one (an `attn_output.bias`, a fused `attn_qkv`) would compute
+    /// something else than the file means.
     pub fn from_gguf(file: Arc<GgufFile>) -> Result<Model, ModelError> {
         let c = ModelConfig::from_gguf(&file)?;
-        let (dim, kv, ffn) = (c.dim as u64, c.kv_dim() as u64, c.ffn_dim as u64);
+        let (dim, kv, ffn, qd) = (c.dim as u64, c.kv_dim() as u64, c.ffn_dim as u64, c.q_dim() as u64);
+        let used = std::cell::RefCell::new(BTreeSet::<String>::new());
         let get = |name: String, shape: &[u64], matrix: bool| -> Result<Weight, ModelError> {
             let info = file.tensor_info(&name)?.clone();
+            used.borrow_mut().insert(name.clone());
             if info.shape != shape {
                 return Err(ModelError::BadShape { name, expected: shape.to_vec(), found: info.shape });
             }
@@ -189,23 +330,37 @@ impl Model {
                 Ok(None)
             }
         };
-        let token_embd = get("token_embd.weight".into(), &[dim, c.n_vocab as u64], true)?;
-        // Embedding rows are dequantized with `gguf::quant` (`ops::embedding`).
-        if !crate::gguf::quant::can_dequantize(token_embd.ty()) {
-            return Err(ModelError::UnsupportedType { name: "token_embd.weight".into(), ty: token_embd.ty().name() });
-        }
+        let tied = file.tensor_info("output.weight").is_err();
+        // The embedding is read a row at a time (ggml's get_rows dequantizes), and used as the
+        // output matrix too when tied.
+        let token_embd = {
+            let name = "token_embd.weight".to_string();
+            let info = file.tensor_info(&name)?.clone();
+            used.borrow_mut().insert(name.clone());
+            if info.shape != [dim, c.n_vocab as u64] {
+                return Err(ModelError::BadShape { name, expected: vec![dim, c.n_vocab as u64], found: info.shape });
+            }
+            let ty = info.ggml_type;
+            if !crate::gguf::quant::can_dequantize(ty) || (tied && !quant::supports(ty)) {
+                return Err(ModelError::UnsupportedType { name, ty: ty.name() });
+            }
+            if info.shape[0] % ty.block_size() as u64 != 0 {
+                return Err(ModelError::BadRowLength { name, ty: ty.name(), n: info.shape[0], block: ty.block_size() });
+            }
+            Weight { info }
+        };
         let mut layers = Vec::with_capacity(c.n_layers);
         for l in 0..c.n_layers {
             let n = |s: &str| format!("blk.{l}.{s}");
             layers.push(LayerWeights {
                 attn_norm: get(n("attn_norm.weight"), &[dim], false)?,
-                wq: get(n("attn_q.weight"), &[dim, dim], true)?,
+                wq: get(n("attn_q.weight"), &[dim, qd], true)?,
                 wk: get(n("attn_k.weight"), &[dim, kv], true)?,
                 wv: get(n("attn_v.weight"), &[dim, kv], true)?,
-                bq: opt(n("attn_q.bias"), &[dim])?,
+                bq: opt(n("attn_q.bias"), &[qd])?,
                 bk: opt(n("attn_k.bias"), &[kv])?,
                 bv: opt(n("attn_v.bias"), &[kv])?,
-                wo: get(n("attn_output.weight"), &[dim, dim], true)?,
+                wo: get(n("attn_output.weight"), &[qd, dim], true)?,
                 ffn_norm: get(n("ffn_norm.weight"), &[dim], false)?,
                 w_gate: get(n("ffn_gate.weight"), &[dim, ffn], true)?,
                 w_up: get(n("ffn_up.weight"), &[dim, ffn], true)?,
@@ -213,12 +368,19 @@ impl Model {
             });
         }
         let output_norm = get("output_norm.weight".into(), &[dim], false)?;
-        let output = match file.tensor_info("output.weight") {
-            Ok(_) => get("output.weight".into(), &[dim, c.n_vocab as u64], true)?,
-            Err(_) => token_embd.clone(),
+        let output = if tied { token_embd.clone() } else { get("output.weight".into(), &[dim, c.n_vocab as u64], true)? };
+        // llama.cpp reads rope_freqs only for llama (`get_rope_factors`); qwen2's graph passes
+        // none, so the unused-tensor check below refuses one there.
+        let rope_freqs = match c.arch {
+            Arch::Llama => opt("rope_freqs.weight".into(), &[c.head_dim as u64 / 2])?,
+            Arch::Qwen2 => None,
         };
+        let used = used.into_inner();
+        if let Some(t) = file.tensors.iter().find(|t| !used.contains(&t.name)) {
+            return Err(ModelError::UnsupportedTensor { name: t.name.clone(), arch: c.arch.name() });
+        }
         let name = file.get_str("general.name").unwrap_or("").to_string();
-        Ok(Model { config: c, file, token_embd, layers, output_norm, output, name })
+        Ok(Model { config: c, file, token_embd, layers, output_norm, output, rope_freqs, name })
     }
 
     /// Raw bytes of a weight.
@@ -235,5 +397,18 @@ impl Model {
     /// A 2-D weight as a matrix of `shape[1]` rows of `shape[0]` elements.
     pub fn matrix(&self, w: &Weight) -> QMatrix<'_> {
         QMatrix { ty: w.ty(), data: self.bytes(w), n_in: w.info.shape[0] as usize, n_out: w.info.shape[1] as usize }
+    }
+
+    /// The RoPE of this model (kind, base, scaling, frequency factors), as the backends apply it.
+    pub fn rope(&self) -> crate::backend::cpu::ops::Rope {
+        let c = &self.config;
+        crate::backend::cpu::ops::Rope {
+            kind: c.rope_kind,
+            head_dim: c.head_dim,
+            base: c.rope_base,
+            freq_scale: c.rope_freq_scale,
+            attn_factor: c.rope_attn_factor,
+            freq_factors: self.rope_freqs.as_ref().map(|w| self.f32_vec(w)),
+        }
     }
 }

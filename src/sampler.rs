@@ -38,6 +38,10 @@ pub struct ParamError {
     pub reason: String,
 }
 
+/// The smallest temperature above 0 (greedy): below it, logits divided by the temperature
+/// overflow f32.
+pub const MIN_TEMPERATURE: f32 = 1e-4;
+
 impl SamplingParams {
     pub fn greedy() -> Self {
         SamplingParams { temperature: 0.0, ..Default::default() }
@@ -48,6 +52,10 @@ impl SamplingParams {
         let err = |field, reason: String| Err(ParamError { field, reason });
         if !(self.temperature.is_finite() && (0.0..=2.0).contains(&self.temperature)) {
             return err("temperature", format!("{} is outside [0, 2]", self.temperature));
+        }
+        if self.temperature > 0.0 && self.temperature < MIN_TEMPERATURE {
+            // logits / 1e-39 overflow to infinity, and the softmax of infinities is NaN.
+            return err("temperature", format!("{} is between 0 and {MIN_TEMPERATURE}: use 0 for greedy sampling", self.temperature));
         }
         if !(self.top_p.is_finite() && self.top_p > 0.0 && self.top_p <= 1.0) {
             return err("top_p", format!("{} is outside (0, 1]", self.top_p));
@@ -253,6 +261,11 @@ mod tests {
         assert_eq!(bad.validate().unwrap_err().field, "top_p");
         let bad = SamplingParams { temperature: -0.1, ..Default::default() };
         assert_eq!(bad.validate().unwrap_err().field, "temperature");
+        for t in [1e-39f32, f32::MIN_POSITIVE, 1e-5] {
+            let tiny = SamplingParams { temperature: t, ..Default::default() };
+            assert_eq!(tiny.validate().unwrap_err().field, "temperature", "{t}");
+        }
+        assert!(SamplingParams { temperature: MIN_TEMPERATURE, ..Default::default() }.validate().is_ok());
     }
 
     #[test]

@@ -91,10 +91,14 @@ impl TapPoint {
 
 /// Receives intermediate tensors during a forward pass. `data` holds `n_tok` rows for the
 /// positions `pos0..pos0 + n_tok` (for `Logits`, the rows requested, see [`LogitRows`]).
-/// Implementations must be cheap when they want nothing: `wants` is asked first.
-pub trait Tap {
+/// Implementations must be cheap when they want nothing: `wants` is asked first. `Send`
+/// because the CPU backend runs a whole forward pass on its own thread pool (the caller waits).
+pub trait Tap: Send {
     fn wants(&self, point: TapPoint) -> bool;
     fn record(&mut self, point: TapPoint, pos0: usize, n_tok: usize, data: &[f32]);
+    /// Called by the engine after every forward call, once all of its taps are recorded, so
+    /// that a recorder can hand the call's trace on at once instead of when the next begins.
+    fn forward_done(&mut self) {}
 }
 
 /// A tap that wants nothing.

@@ -11,7 +11,6 @@
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
 
 use super::ftype::FileType;
-use super::mix::n_dims;
 
 /// Alignment of the data section and of each tensor in llama.cpp's output.
 pub const OUTPUT_ALIGNMENT: u64 = 32;
@@ -30,6 +29,14 @@ const DROPPED: [&str; 5] = [
     "split.count",
     "split.tensors.count",
 ];
+
+/// `ggml_n_dims`: the number of dimensions up to the last one larger than 1.
+pub fn n_dims(shape: &[u64]) -> usize {
+    (1..shape.len())
+        .rev()
+        .find(|&i| shape[i] > 1)
+        .map_or(1, |i| i + 1)
+}
 
 /// `sscanf(name, "blk.%d.", &layer)`: the number after `blk.` (spaces skipped, a
 /// sign allowed, nothing required after it), `None` when there is none.

@@ -12,7 +12,7 @@ use crate::gguf::{GgmlType, TensorInfo};
 
 use super::error::QuantizeError;
 use super::ftype::FileType;
-use super::layout::scan_blk;
+use super::layout::{n_dims, scan_blk};
 
 /// The model hyperparameters llama.cpp's mix looks at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,14 +90,6 @@ fn is_attn_v(c: Category) -> bool {
         c,
         Category::AttentionV | Category::AttentionQkv | Category::AttentionKvB
     )
-}
-
-/// `ggml_n_dims`: the number of dimensions up to the last one larger than 1.
-pub fn n_dims(shape: &[u64]) -> usize {
-    (1..shape.len())
-        .rev()
-        .find(|&i| shape[i] > 1)
-        .map_or(1, |i| i + 1)
 }
 
 /// `tensor_allows_quantization` with default parameters.

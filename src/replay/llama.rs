@@ -3,32 +3,22 @@
 //! backend's free-running forward pass, teacher-forced with llama.cpp's greedy tokens, compared
 //! per position and tensor, plus logits and the greedy continuation).
 //!
-//! This file compares; it does not decide how results are shown (see `report`).
+//! This file compares and judges (`judge_llama`: the checks and verdict of a case); how
+//! results are shown is `report`'s, `cli`'s and `html`'s.
 
 use std::collections::BTreeMap;
 
 use crate::backend::cpu::{ops, quant};
 use crate::backend::{Backend, LogitRows, Tap, TapPoint};
 use crate::model::{Model, Weight};
-use crate::reference::{ReferenceRecording, RowSelection};
+use crate::reference::{RecordingMode, ReferenceRecording, RowSelection};
+use crate::tokenizer::Tokenizer;
 
-use super::metrics::{self, RowError};
+use super::metrics::{self, within, RowError};
+use super::report::{token_texts, CaseReport, Divergence, LayerPoint, Mode};
 use super::{bounds, ReplayError};
 
-/// One op checked on llama.cpp's own inputs.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct OpResult {
-    pub layer: Option<usize>,
-    /// Stored reference name (`Qcur-0#0`, `kqv_out-1#0`, `result_output`), or a control.
-    pub tensor: String,
-    pub nmse: f64,
-    /// Every element bit-identical to llama.cpp's.
-    pub identical: bool,
-    pub bound: f64,
-    /// For a negative control, `passed` means it missed by more than `1e3 × bound`.
-    pub control: bool,
-    pub passed: bool,
-}
+pub use super::report::OpResult;
 
 /// Rows of a captured per-position tensor at `positions` (token axis 0), or `None` when the
 /// recording lacks the tensor or one of the positions.
@@ -93,16 +83,21 @@ pub fn op_by_op(m: &Model, rec: &ReferenceRecording) -> Vec<OpResult> {
             continue;
         };
         // Every tensor an op needs, at the positions it needs; a missing one fails the layer.
+        // Q/K/V occur several times per layer (the product, plus the bias where the model has
+        // one, a reshape, RoPE for Q and K): `node` picks each by its op.
         let t = |name: &str| format!("{name}-{l}#0");
         let input_name = if l == 0 { "embd".to_string() } else { format!("l_out-{}", l - 1) };
-        let names = [
+        let [q_mm, k_mm, v_mm] = ["Qcur", "Kcur", "Vcur"].map(|b| node(rec, b, l, Occ::Product));
+        let [q_pre, k_pre, v_pre] = ["Qcur", "Kcur", "Vcur"].map(|b| node(rec, b, l, Occ::Tap));
+        let [q_rope_name, k_rope_name] = ["Qcur", "Kcur"].map(|b| node(rec, b, l, Occ::Rope));
+        let mut names = vec![
             (input_name.clone(), &pos),
             (t("attn_norm"), &pos),
-            (t("Qcur"), &pos),
-            (t("Kcur"), &all),
-            (t("Vcur"), &all),
-            (format!("Qcur-{l}#2"), &pos),
-            (format!("Kcur-{l}#2"), &all),
+            (q_mm.clone(), &pos),
+            (k_mm.clone(), &all),
+            (v_mm.clone(), &all),
+            (q_rope_name.clone(), &pos),
+            (k_rope_name.clone(), &all),
             (t("kqv_out"), &pos),
             (t("attn_out"), &pos),
             (t("ffn_inp"), &pos),
@@ -113,6 +108,12 @@ pub fn op_by_op(m: &Model, rec: &ReferenceRecording) -> Vec<OpResult> {
             (t("ffn_out"), &pos),
             (format!("l_out-{l}"), &pos),
         ];
+        for (pre, mm, p) in [(&q_pre, &q_mm, &pos), (&k_pre, &k_mm, &all), (&v_pre, &v_mm, &all)] {
+            if pre != mm {
+                names.push((pre.clone(), p));
+            }
+        }
+        let n_names = names.len();
         let mut got = BTreeMap::new();
         for (name, p) in names {
             match rows_at(rec, &name, p) {
@@ -122,7 +123,7 @@ pub fn op_by_op(m: &Model, rec: &ReferenceRecording) -> Vec<OpResult> {
                 None => r.missing(Some(l), format!("{name} at positions {:?}", &p[..p.len().min(4)])),
             }
         }
-        if got.len() < 16 {
+        if got.len() < n_names {
             continue;
         }
         let g = |name: &str| &got[name];
@@ -130,38 +131,57 @@ pub fn op_by_op(m: &Model, rec: &ReferenceRecording) -> Vec<OpResult> {
         let mut ours = vec![0.0; input.len()];
         ops::rmsnorm(input, &m.f32_vec(&lw.attn_norm), c.rms_eps, &mut ours);
         r.check(Some(l), t("attn_norm"), &ours, attn_norm);
-        let q0 = g(&t("Qcur"));
-        r.check(Some(l), t("Qcur"), &matmul(m, &lw.wq, attn_norm), q0);
-        let (k0_all, v_all) = (g(&t("Kcur")), g(&t("Vcur")));
+        let q0 = g(&q_mm);
+        r.check(Some(l), q_mm.clone(), &matmul(m, &lw.wq, attn_norm), q0);
+        let (k0_all, v0_all) = (g(&k_mm), g(&v_mm));
         let kv = c.kv_dim();
+        let qd = c.q_dim();
         let at = |rows: &[f32], width: usize| -> Vec<f32> { pos.iter().flat_map(|&p| rows[p * width..(p + 1) * width].iter().copied()).collect() };
-        r.check(Some(l), t("Kcur"), &matmul(m, &lw.wk, attn_norm), &at(k0_all, kv));
-        r.check(Some(l), t("Vcur"), &matmul(m, &lw.wv, attn_norm), &at(v_all, kv));
+        r.check(Some(l), k_mm.clone(), &matmul(m, &lw.wk, attn_norm), &at(k0_all, kv));
+        r.check(Some(l), v_mm.clone(), &matmul(m, &lw.wv, attn_norm), &at(v0_all, kv));
+        // The bias adds (ggml_add: one f32 addition per element) on llama.cpp's products.
+        for (pre, mm, b, width) in [(&q_pre, &q_mm, &lw.bq, qd), (&k_pre, &k_mm, &lw.bk, kv), (&v_pre, &v_mm, &lw.bv, kv)] {
+            match (pre != mm, b) {
+                (true, Some(b)) => {
+                    let bias = m.f32_vec(b);
+                    let mut ours = g(mm).clone();
+                    for row in ours.chunks_exact_mut(width) {
+                        ops::add(row, &bias);
+                    }
+                    r.check(Some(l), pre.clone(), &ours, g(pre));
+                }
+                (false, None) => {}
+                (true, None) => r.missing(Some(l), format!("the bias that {pre} adds (the model has none)")),
+                (false, Some(_)) => r.missing(Some(l), format!("the biased {mm} (the model has a bias)")),
+            }
+        }
+        let (q_pre_v, k_pre_all, v_all) = (g(&q_pre), g(&k_pre), g(&v_pre));
         if let Ok(dense) = m.file.dequantize_tensor(&lw.wq.info.name) {
             let mut plain = vec![0.0; q0.len()];
-            quant::matmul_exact_f32(&dense, c.dim, c.dim, attn_norm, pos.len(), &mut plain);
+            quant::matmul_exact_f32(&dense, c.dim, qd, attn_norm, pos.len(), &mut plain);
             let miss = metrics::nmse(&plain, q0);
             let bound = 1e-10;
-            r.out.push(OpResult { layer: Some(l), tensor: format!("Qcur-{l}#0 plain-f32 control"), nmse: miss, identical: false, bound, control: true, passed: miss > bound });
+            r.out.push(OpResult { layer: Some(l), tensor: format!("{q_mm} plain-f32 control"), nmse: miss, identical: false, bound, control: true, passed: miss > bound });
         }
         // RoPE on llama.cpp's pre-RoPE Q and K.
-        let mut q_rope = q0.clone();
+        let rope = m.rope();
+        let mut q_rope = q_pre_v.clone();
         for (i, &p) in pos.iter().enumerate() {
-            ops::rope_norm(&mut q_rope[i * c.dim..(i + 1) * c.dim], c.head_dim, p, c.rope_base);
+            rope.apply(&mut q_rope[i * qd..(i + 1) * qd], p);
         }
-        let (q_ref, k_ref) = (g(&format!("Qcur-{l}#2")), g(&format!("Kcur-{l}#2")));
-        r.check(Some(l), format!("Qcur-{l}#2"), &q_rope, q_ref);
-        let mut k_rope = k0_all.clone();
+        let (q_ref, k_ref) = (g(&q_rope_name), g(&k_rope_name));
+        r.check(Some(l), q_rope_name.clone(), &q_rope, q_ref);
+        let mut k_rope = k_pre_all.clone();
         for p in 0..n {
-            ops::rope_norm(&mut k_rope[p * kv..(p + 1) * kv], c.head_dim, p, c.rope_base);
+            rope.apply(&mut k_rope[p * kv..(p + 1) * kv], p);
         }
-        r.check(Some(l), format!("Kcur-{l}#2"), &k_rope, k_ref);
+        r.check(Some(l), k_rope_name.clone(), &k_rope, k_ref);
         // Attention on llama.cpp's RoPE'd Q, K and its V: scores, probabilities, output.
-        let mut attn = vec![0.0; pos.len() * c.dim];
+        let mut attn = vec![0.0; pos.len() * qd];
         let (mut kq, mut probs) = (Vec::new(), Vec::new());
         for (i, &p) in pos.iter().enumerate() {
             let (mut s, mut pr) = (vec![0.0; c.n_heads * (p + 1)], vec![0.0; c.n_heads * (p + 1)]);
-            ops::attention(&q_ref[i * c.dim..(i + 1) * c.dim], k_ref, v_all, p + 1, c.n_heads, c.n_kv_heads, c.head_dim, &mut attn[i * c.dim..(i + 1) * c.dim], Some(&mut s), Some(&mut pr));
+            ops::attention(&q_ref[i * qd..(i + 1) * qd], k_ref, v_all, p + 1, c.n_heads, c.n_kv_heads, c.head_dim, &mut attn[i * qd..(i + 1) * qd], Some(&mut s), Some(&mut pr));
             kq.push((p, s));
             probs.push((p, pr));
         }
@@ -209,20 +229,50 @@ pub fn op_by_op(m: &Model, rec: &ReferenceRecording) -> Vec<OpResult> {
     r.out
 }
 
+/// Which occurrence of a `Qcur`/`Kcur`/`Vcur` node of a layer: the matrix product, our tap
+/// (the last one before RoPE that is not a view: the product, or the product plus its bias),
+/// or the RoPE'd one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Occ {
+    Product,
+    Tap,
+    Rope,
+}
+
+/// The stored name of occurrence `which` of node `<base>-<l>`, found by op in the recording's
+/// `captured` list (llama: `#0` product, `#2` RoPE; qwen2: `#0` product, `#1` plus bias, `#3`
+/// RoPE); the llama names when the recording does not list the node.
+pub fn node(rec: &ReferenceRecording, base: &str, l: usize, which: Occ) -> String {
+    let gname = format!("{base}-{l}");
+    let mut occ: Vec<(usize, &str, &str)> = rec.case.captured.iter().filter(|c| c.ggml_name == gname).map(|c| (c.occurrence, c.op.as_str(), c.stored_name.as_str())).collect();
+    occ.sort();
+    let view = |op: &str| matches!(op, "RESHAPE" | "VIEW" | "PERMUTE" | "TRANSPOSE" | "CONT");
+    let hit = match which {
+        Occ::Product => occ.iter().find(|o| o.1 == "MUL_MAT"),
+        Occ::Rope => occ.iter().find(|o| o.1 == "ROPE"),
+        Occ::Tap => occ.iter().take_while(|o| o.1 != "ROPE").filter(|o| !view(o.1)).last(),
+    };
+    match (hit, which) {
+        (Some(o), _) => o.2.to_string(),
+        (None, Occ::Rope) => format!("{gname}#2"),
+        (None, _) => format!("{gname}#0"),
+    }
+}
+
 /// The tap points compared for layer `l`, in data-flow order, with their reference names.
 /// Layers with op captures compare every op; the others only the residual stream.
-pub fn layer_points(l: usize, with_ops: bool) -> Vec<(TapPoint, String)> {
+pub fn layer_points(rec: &ReferenceRecording, l: usize, with_ops: bool) -> Vec<(TapPoint, String)> {
     use TapPoint::*;
     if !with_ops {
         return vec![(LOut(l), format!("l_out-{l}"))];
     }
     vec![
         (AttnNorm(l), format!("attn_norm-{l}#0")),
-        (Q(l), format!("Qcur-{l}#0")),
-        (K(l), format!("Kcur-{l}#0")),
-        (V(l), format!("Vcur-{l}#0")),
-        (QRope(l), format!("Qcur-{l}#2")),
-        (KRope(l), format!("Kcur-{l}#2")),
+        (Q(l), node(rec, "Qcur", l, Occ::Tap)),
+        (K(l), node(rec, "Kcur", l, Occ::Tap)),
+        (V(l), node(rec, "Vcur", l, Occ::Tap)),
+        (QRope(l), node(rec, "Qcur", l, Occ::Rope)),
+        (KRope(l), node(rec, "Kcur", l, Occ::Rope)),
         (KqSoftmax(l), format!("kq_soft_max-{l}#0")),
         (KqvOut(l), format!("kqv_out-{l}#0")),
         (AttnOut(l), format!("attn_out-{l}#0")),
@@ -364,7 +414,7 @@ pub fn chained(backend: &mut dyn Backend, rec: &ReferenceRecording) -> Result<Ch
     // op-capture layers); hashes of every point a token recording hashes.
     let mut keep: Vec<TapPoint> = vec![TapPoint::Embd, TapPoint::ResultNorm];
     for l in 0..c.n_layers {
-        keep.extend(layer_points(l, with_ops && op_layers.contains(&l)).into_iter().map(|(p, _)| p));
+        keep.extend(layer_points(rec, l, with_ops && op_layers.contains(&l)).into_iter().map(|(p, _)| p));
     }
     let cols = super::exact::columns(rec);
     let hashed: Vec<TapPoint> = cols.iter().filter_map(|c| c.point).collect();
@@ -417,7 +467,7 @@ pub fn chained(backend: &mut dyn Backend, rec: &ReferenceRecording) -> Result<Ch
     };
     compare(None, TapPoint::Embd, "embd".into());
     for l in 0..c.n_layers {
-        for (p, name) in layer_points(l, with_ops && op_layers.contains(&l)) {
+        for (p, name) in layer_points(rec, l, with_ops && op_layers.contains(&l)) {
             compare(Some(l), p, name);
         }
     }
@@ -461,7 +511,168 @@ pub fn replay_case(m: &Model, backend: &mut dyn Backend, rec: &ReferenceRecordin
     let t0 = std::time::Instant::now();
     let ops = op_by_op(m, rec);
     let ch = chained(backend, rec)?;
-    let mut r = super::report::judge_llama(rec, ops, &ch, backend.kind(), &m.name, tok);
+    let mut r = judge_llama(rec, ops, &ch, backend.kind(), &m.name, tok);
     r.seconds = t0.elapsed().as_secs_f64();
     Ok(r)
+}
+
+/// Judges a llama.cpp case from its op-by-op and chained results, under the bounds of the
+/// recording's mode (token recordings: every check is bit-identity).
+pub fn judge_llama(rec: &ReferenceRecording, ops: Vec<OpResult>, ch: &ChainedResult, backend: &str, model: &str, tok: Option<&Tokenizer>) -> CaseReport {
+    let case = &rec.case;
+    let b = bounds::for_mode(case.mode);
+    let exact = case.mode == RecordingMode::Token;
+    let dir = if exact { "recordings/llama.cpp/token" } else { "recordings/llama.cpp" };
+    let mut r = CaseReport::new(&case.name, Mode::LlamaCpp, &format!("{dir}/{}.safetensors.zst", case.name), backend, model);
+    r.tokens = token_texts(tok, &case.greedy_ids);
+    r.stop_reason = format!("{} greedy steps (teacher-forced)", case.greedy_ids.len());
+    r.tokens_replayed = ch.tokens_run;
+    r.notes.push(format!("llama.cpp recording mode: {}", if exact { "token by token (exact)" } else { "batch (bounds: llama.cpp's batch-versus-token spread)" }));
+    if let Some(t) = tok {
+        let ok = t.encode(&case.prompt_text, case.parse_special) == case.prompt_ids;
+        r.check("prompt ids equal llama.cpp's", ok, String::new());
+    }
+    if !ops.is_empty() {
+        let bad: Vec<&OpResult> = ops.iter().filter(|o| !o.passed).collect();
+        let real: Vec<&OpResult> = ops.iter().filter(|o| !o.control).collect();
+        let same = real.iter().filter(|o| o.identical).count();
+        let worst = real.iter().map(|o| o.nmse).fold(0.0, f64::max);
+        let name = if exact { "op by op on llama.cpp's captured inputs, bit-identical" } else { "op by op on llama.cpp's captured inputs" };
+        let inexact: Vec<String> = real.iter().filter(|o| !o.identical).map(|o| format!("{} {:.1e}", o.tensor, o.nmse)).collect();
+        r.check(name, bad.is_empty(), format!("{same} of {} ops bit-identical, worst NMSE {worst:.3e} (not identical: {inexact:?}); failing: {:?}", real.len(), bad.iter().map(|o| &o.tensor).collect::<Vec<_>>()));
+    }
+    r.ops = ops;
+    if let Some(ex) = &ch.exact {
+        let not_produced: Vec<&str> = ex.columns.iter().filter(|c| c.not_produced).map(|c| c.name.as_str()).collect();
+        let n_pos = case.n_hashed_positions();
+        r.check(
+            "every tap at every position bit-identical",
+            ex.rows_compared > 0 && ex.rows_identical == ex.rows_compared,
+            format!("{} of {} rows ({} taps at {n_pos} positions; {} taps this backend never produces)", ex.rows_identical, ex.rows_compared, ex.columns.len() - not_produced.len(), not_produced.len()),
+        );
+        r.check(
+            "op by op on llama.cpp's inputs at every layer and position (by hash)",
+            ex.ops_isolated > 0 && ex.ops_isolated == ex.ops_identical,
+            format!("{} of {} ops whose inputs are bit-identical to llama.cpp's gave its output bit for bit", ex.ops_identical, ex.ops_isolated),
+        );
+        if !not_produced.is_empty() {
+            r.notes.push(format!("{} hashed taps never recorded by this backend, not compared (e.g. {:?})", not_produced.len(), &not_produced[..not_produced.len().min(3)]));
+        }
+        if let Some((pos, name, layer)) = &ex.first {
+            let col = ex.columns.iter().position(|c| &c.name == name).unwrap_or(0);
+            // The value error there, where the recording keeps the row.
+            let stored = name.split('#').next().unwrap_or(name);
+            let e = ch.tensors.iter().find(|t| t.tensor == *name || t.tensor == stored).and_then(|t| t.rows.iter().find(|r| r.0 == *pos).map(|r| r.1));
+            let before = ex.columns[..col].iter().rev().find(|c| !c.not_produced).map(|c| (c.name.clone(), 0.0));
+            r.first_divergence = Some(Divergence {
+                position: Some(*pos),
+                layer: *layer,
+                tensor: name.clone(),
+                nmse: e.map(|e| e.nmse),
+                max_abs: e.map(|e| e.max_abs),
+                cosine: e.map(|e| e.cosine),
+                bound: 0.0,
+                before,
+                detail: format!("hash differs{}", ex.first_op.as_ref().map(|(p, n)| format!("; first op wrong on llama.cpp's own inputs: {n} at position {p}")).unwrap_or_default()),
+            });
+        }
+    }
+    // Chained tensors with stored values, in causal order (a one-batch prefill: layer by layer).
+    let mut prev: Option<&TensorCompare> = None;
+    for t in &ch.tensors {
+        if r.first_divergence.is_none() && !t.passed() {
+            let (position, e) = match t.first_over() {
+                Some((p, e)) => (Some(*p), Some(*e)),
+                None => (None, None),
+            };
+            let before = prev.and_then(|b| {
+                let e = match position {
+                    Some(p) => b.rows.iter().find(|r| r.0 == p).map(|r| r.1.nmse),
+                    None => Some(b.worst()),
+                };
+                e.map(|e| (b.tensor.clone(), e))
+            });
+            r.first_divergence = Some(Divergence {
+                position,
+                layer: t.layer,
+                tensor: t.tensor.clone(),
+                nmse: Some(e.map(|e| e.nmse).unwrap_or(f64::INFINITY)),
+                max_abs: e.map(|e| e.max_abs),
+                cosine: e.map(|e| e.cosine),
+                bound: t.bound,
+                before,
+                detail: if t.missing { "not produced by this backend".into() } else { String::new() },
+            });
+        }
+        if !t.missing {
+            prev = Some(t);
+        }
+        if t.tensor == "embd" || t.tensor.starts_with("l_out-") || t.tensor == "result_norm" {
+            r.curve.push(LayerPoint { label: t.tensor.clone(), layer: t.layer, worst_nmse: Some(t.worst()), bound: t.bound });
+        }
+    }
+    if !ch.not_produced.is_empty() {
+        r.notes.push(format!("never recorded by this backend, not compared: {:?}", ch.not_produced));
+    }
+    if !ch.uncompared.is_empty() {
+        r.notes.push(format!("not in the recording, not compared: {:?}", ch.uncompared));
+    }
+    let n_fail = ch.tensors.iter().filter(|t| !t.passed()).count();
+    let name = if exact { "stored tensor values bit-identical" } else { "chained tensors per position within bounds" };
+    r.check(name, n_fail == 0, format!("{} tensors compared, {n_fail} over", ch.tensors.len()));
+    // Logits.
+    let worst_nmse = ch.logits.iter().filter_map(|l| l.nmse).fold(0.0, f64::max);
+    let worst_kl = ch.logits.iter().map(|l| l.kl_top32).fold(0.0, f64::max);
+    r.curve.push(LayerPoint { label: "logits".into(), layer: None, worst_nmse: Some(worst_nmse), bound: b.logits_nmse });
+    let logits_off = |l: &LogitsRow| if exact { !l.identical } else { l.nmse.is_some_and(|e| !within(e, b.logits_nmse)) || !within(l.kl_top32, b.logits_kl) };
+    if exact {
+        let same = ch.logits.iter().filter(|l| l.identical).count();
+        r.check("logits bit-identical at every prompt position", same == ch.logits.len() && !ch.logits.is_empty(), format!("{same} of {} positions (top 32, and full rows where stored)", ch.logits.len()));
+    } else {
+        r.check("logits NMSE", within(worst_nmse, b.logits_nmse), format!("worst {worst_nmse:.3e}"));
+        r.check("logits KL (top 32)", within(worst_kl, b.logits_kl), format!("worst {worst_kl:.3e}"));
+    }
+    let flips: Vec<(usize, f32)> = ch.logits.iter().filter(|l| l.ours_top1 != l.ref_top1).map(|l| (l.position, l.ref_top2_gap)).collect();
+    let top1_bad: Vec<&(usize, f32)> = flips.iter().filter(|f| exact || f.1 >= b.prompt_top1_gap).collect();
+    let name = if exact { "top-1 at every prompt position" } else { "top-1 at every prompt position (near-ties excused)" };
+    r.check(name, top1_bad.is_empty(), format!("{} of {} differ, (position, llama.cpp gap): {flips:?}", flips.len(), ch.logits.len()));
+    // Greedy, teacher-forced (while every step agrees, identical to free-running).
+    let hard: Vec<&GreedyStep> = ch.greedy.iter().filter(|g| g.ours != g.theirs && (exact || g.gap >= b.near_tie_gap)).collect();
+    let flips = ch.greedy.iter().filter(|g| g.ours != g.theirs).count();
+    let ok = hard.is_empty() && (flips as f64) <= b.max_tie_flip_fraction * ch.greedy.len() as f64;
+    if exact {
+        r.check("greedy continuation identical at every step (free-running, no near-tie excuse)", ok && flips == 0, format!("{} of {} steps equal", ch.greedy.len() - flips, ch.greedy.len()));
+    } else {
+        let gaps: Vec<String> = ch.greedy.iter().filter(|g| g.ours != g.theirs).map(|g| format!("step {} gap {:.3}", g.step, g.gap)).collect();
+        r.check("greedy continuation, teacher-forced (near-ties excused)", ok, format!("{flips} of {} steps differ ({gaps:?}), {} not near-ties", ch.greedy.len(), hard.len()));
+    }
+    if r.first_divergence.is_none() {
+        if let Some(g) = hard.first() {
+            r.first_divergence = Some(Divergence {
+                position: Some(case.prompt_ids.len() - 1 + g.step),
+                layer: None,
+                tensor: format!("sampling step {}", g.step),
+                nmse: None,
+                max_abs: None,
+                cosine: None,
+                bound: b.near_tie_gap as f64,
+                before: None,
+                detail: format!("argmax {} vs llama.cpp {} (top-2 gap {:.3})", g.ours, g.theirs, g.gap),
+            });
+        } else if let Some(l) = ch.logits.iter().find(|l| logits_off(l)) {
+            r.first_divergence = Some(Divergence {
+                position: Some(l.position),
+                layer: None,
+                tensor: "result_output".into(),
+                nmse: l.nmse,
+                max_abs: None,
+                cosine: None,
+                bound: b.logits_nmse,
+                before: None,
+                detail: format!("KL {:.3e}", l.kl_top32),
+            });
+        }
+    }
+    r.finish_curve();
+    r
 }

@@ -10,8 +10,9 @@
 //!   request, seed and parameters run again; token ids must be identical;
 //! - **two worker recordings** of the same request ([`worker::diff`]), without re-executing.
 //!
-//! This module never prints: it returns [`CaseReport`]s; `cargo xtask replay` renders them
-//! (table, JSON, JUnit, SVG plots) and the tests snapshot [`CaseReport::snapshot_text`].
+//! The comparison never prints: it returns [`CaseReport`]s; [`cli`] (`worker-orcd replay`,
+//! `cargo xtask replay`) renders them (table, JSON, JUnit, HTML via [`html`], SVG curves) and
+//! the tests snapshot [`CaseReport::snapshot_text`].
 //!
 //! # Tolerances: one table, [`bounds`]
 //! - **Token-by-token llama.cpp recordings**: none. Every tap at every position (by hash), every
@@ -22,7 +23,9 @@
 
 pub mod backend;
 pub mod bounds;
+pub mod cli;
 pub mod exact;
+pub mod html;
 pub mod llama;
 pub mod metrics;
 pub mod report;

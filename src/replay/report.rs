@@ -1,16 +1,28 @@
 //! The result of replaying one case: verdict, checks, first divergence, worst layer and the
 //! per-layer error curve, plus the readable summary that insta snapshots. Serializable to JSON
-//! (the xtask's `--report`); rendering to tables, JUnit and plots lives in the xtask.
+//! (`--report`); rendering to tables, JUnit, HTML and plots lives in `cli` and `html`.
 
 use std::fmt::Write;
 
 use serde::Serialize;
 
-use super::bounds;
-use super::llama::{ChainedResult, OpResult};
-use super::metrics::{bucket, within};
-use crate::reference::{RecordingMode, ReferenceRecording};
+use super::metrics::bucket;
 use crate::tokenizer::Tokenizer;
+
+/// One op checked on llama.cpp's own inputs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OpResult {
+    pub layer: Option<usize>,
+    /// Stored reference name (`Qcur-0#0`, `kqv_out-1#0`, `result_output`), or a control.
+    pub tensor: String,
+    pub nmse: f64,
+    /// Every element bit-identical to llama.cpp's.
+    pub identical: bool,
+    pub bound: f64,
+    /// For a negative control, `passed` means it missed by more than `1e3 × bound`.
+    pub control: bool,
+    pub passed: bool,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -179,165 +191,4 @@ impl CaseReport {
 
 pub(crate) fn token_texts(tok: Option<&Tokenizer>, ids: &[u32]) -> Vec<(u32, String)> {
     ids.iter().map(|&id| (id, tok.map(|t| t.decode(&[id])).unwrap_or_default())).collect()
-}
-
-/// Judges a llama.cpp case from its op-by-op and chained results, under the bounds of the
-/// recording's mode (token recordings: every check is bit-identity).
-pub fn judge_llama(rec: &ReferenceRecording, ops: Vec<OpResult>, ch: &ChainedResult, backend: &str, model: &str, tok: Option<&Tokenizer>) -> CaseReport {
-    let case = &rec.case;
-    let b = bounds::for_mode(case.mode);
-    let exact = case.mode == RecordingMode::Token;
-    let dir = if exact { "recordings/llama.cpp/token" } else { "recordings/llama.cpp" };
-    let mut r = CaseReport::new(&case.name, Mode::LlamaCpp, &format!("{dir}/{}.safetensors.zst", case.name), backend, model);
-    r.tokens = token_texts(tok, &case.greedy_ids);
-    r.stop_reason = format!("{} greedy steps (teacher-forced)", case.greedy_ids.len());
-    r.tokens_replayed = ch.tokens_run;
-    r.notes.push(format!("llama.cpp recording mode: {}", if exact { "token by token (exact)" } else { "batch (bounds: llama.cpp's batch-versus-token spread)" }));
-    if let Some(t) = tok {
-        let ok = t.encode(&case.prompt_text, case.parse_special) == case.prompt_ids;
-        r.check("prompt ids equal llama.cpp's", ok, String::new());
-    }
-    if !ops.is_empty() {
-        let bad: Vec<&OpResult> = ops.iter().filter(|o| !o.passed).collect();
-        let real: Vec<&OpResult> = ops.iter().filter(|o| !o.control).collect();
-        let same = real.iter().filter(|o| o.identical).count();
-        let worst = real.iter().map(|o| o.nmse).fold(0.0, f64::max);
-        let name = if exact { "op by op on llama.cpp's captured inputs, bit-identical" } else { "op by op on llama.cpp's captured inputs" };
-        let inexact: Vec<String> = real.iter().filter(|o| !o.identical).map(|o| format!("{} {:.1e}", o.tensor, o.nmse)).collect();
-        r.check(name, bad.is_empty(), format!("{same} of {} ops bit-identical, worst NMSE {worst:.3e} (not identical: {inexact:?}); failing: {:?}", real.len(), bad.iter().map(|o| &o.tensor).collect::<Vec<_>>()));
-    }
-    r.ops = ops;
-    if let Some(ex) = &ch.exact {
-        let not_produced: Vec<&str> = ex.columns.iter().filter(|c| c.not_produced).map(|c| c.name.as_str()).collect();
-        let n_pos = case.n_hashed_positions();
-        r.check(
-            "every tap at every position bit-identical",
-            ex.rows_compared > 0 && ex.rows_identical == ex.rows_compared,
-            format!("{} of {} rows ({} taps at {n_pos} positions; {} taps this backend never produces)", ex.rows_identical, ex.rows_compared, ex.columns.len() - not_produced.len(), not_produced.len()),
-        );
-        r.check(
-            "op by op on llama.cpp's inputs at every layer and position (by hash)",
-            ex.ops_isolated > 0 && ex.ops_isolated == ex.ops_identical,
-            format!("{} of {} ops whose inputs are bit-identical to llama.cpp's gave its output bit for bit", ex.ops_identical, ex.ops_isolated),
-        );
-        if !not_produced.is_empty() {
-            r.notes.push(format!("{} hashed taps never recorded by this backend, not compared (e.g. {:?})", not_produced.len(), &not_produced[..not_produced.len().min(3)]));
-        }
-        if let Some((pos, name, layer)) = &ex.first {
-            let col = ex.columns.iter().position(|c| &c.name == name).unwrap_or(0);
-            // The value error there, where the recording keeps the row.
-            let stored = name.split('#').next().unwrap_or(name);
-            let e = ch.tensors.iter().find(|t| t.tensor == *name || t.tensor == stored).and_then(|t| t.rows.iter().find(|r| r.0 == *pos).map(|r| r.1));
-            let before = ex.columns[..col].iter().rev().find(|c| !c.not_produced).map(|c| (c.name.clone(), 0.0));
-            r.first_divergence = Some(Divergence {
-                position: Some(*pos),
-                layer: *layer,
-                tensor: name.clone(),
-                nmse: e.map(|e| e.nmse),
-                max_abs: e.map(|e| e.max_abs),
-                cosine: e.map(|e| e.cosine),
-                bound: 0.0,
-                before,
-                detail: format!("hash differs{}", ex.first_op.as_ref().map(|(p, n)| format!("; first op wrong on llama.cpp's own inputs: {n} at position {p}")).unwrap_or_default()),
-            });
-        }
-    }
-    // Chained tensors with stored values, in causal order (a one-batch prefill: layer by layer).
-    let mut prev: Option<&super::llama::TensorCompare> = None;
-    for t in &ch.tensors {
-        if r.first_divergence.is_none() && !t.passed() {
-            let (position, e) = match t.first_over() {
-                Some((p, e)) => (Some(*p), Some(*e)),
-                None => (None, None),
-            };
-            let before = prev.and_then(|b| {
-                let e = match position {
-                    Some(p) => b.rows.iter().find(|r| r.0 == p).map(|r| r.1.nmse),
-                    None => Some(b.worst()),
-                };
-                e.map(|e| (b.tensor.clone(), e))
-            });
-            r.first_divergence = Some(Divergence {
-                position,
-                layer: t.layer,
-                tensor: t.tensor.clone(),
-                nmse: Some(e.map(|e| e.nmse).unwrap_or(f64::INFINITY)),
-                max_abs: e.map(|e| e.max_abs),
-                cosine: e.map(|e| e.cosine),
-                bound: t.bound,
-                before,
-                detail: if t.missing { "not produced by this backend".into() } else { String::new() },
-            });
-        }
-        if !t.missing {
-            prev = Some(t);
-        }
-        if t.tensor == "embd" || t.tensor.starts_with("l_out-") || t.tensor == "result_norm" {
-            r.curve.push(LayerPoint { label: t.tensor.clone(), layer: t.layer, worst_nmse: Some(t.worst()), bound: t.bound });
-        }
-    }
-    if !ch.not_produced.is_empty() {
-        r.notes.push(format!("never recorded by this backend, not compared: {:?}", ch.not_produced));
-    }
-    if !ch.uncompared.is_empty() {
-        r.notes.push(format!("not in the recording, not compared: {:?}", ch.uncompared));
-    }
-    let n_fail = ch.tensors.iter().filter(|t| !t.passed()).count();
-    let name = if exact { "stored tensor values bit-identical" } else { "chained tensors per position within bounds" };
-    r.check(name, n_fail == 0, format!("{} tensors compared, {n_fail} over", ch.tensors.len()));
-    // Logits.
-    let worst_nmse = ch.logits.iter().filter_map(|l| l.nmse).fold(0.0, f64::max);
-    let worst_kl = ch.logits.iter().map(|l| l.kl_top32).fold(0.0, f64::max);
-    r.curve.push(LayerPoint { label: "logits".into(), layer: None, worst_nmse: Some(worst_nmse), bound: b.logits_nmse });
-    let logits_off = |l: &super::llama::LogitsRow| if exact { !l.identical } else { l.nmse.is_some_and(|e| !within(e, b.logits_nmse)) || !within(l.kl_top32, b.logits_kl) };
-    if exact {
-        let same = ch.logits.iter().filter(|l| l.identical).count();
-        r.check("logits bit-identical at every prompt position", same == ch.logits.len() && !ch.logits.is_empty(), format!("{same} of {} positions (top 32, and full rows where stored)", ch.logits.len()));
-    } else {
-        r.check("logits NMSE", within(worst_nmse, b.logits_nmse), format!("worst {worst_nmse:.3e}"));
-        r.check("logits KL (top 32)", within(worst_kl, b.logits_kl), format!("worst {worst_kl:.3e}"));
-    }
-    let flips: Vec<(usize, f32)> = ch.logits.iter().filter(|l| l.ours_top1 != l.ref_top1).map(|l| (l.position, l.ref_top2_gap)).collect();
-    let top1_bad: Vec<&(usize, f32)> = flips.iter().filter(|f| exact || f.1 >= b.prompt_top1_gap).collect();
-    let name = if exact { "top-1 at every prompt position" } else { "top-1 at every prompt position (near-ties excused)" };
-    r.check(name, top1_bad.is_empty(), format!("{} of {} differ, (position, llama.cpp gap): {flips:?}", flips.len(), ch.logits.len()));
-    // Greedy, teacher-forced (while every step agrees, identical to free-running).
-    let hard: Vec<&super::llama::GreedyStep> = ch.greedy.iter().filter(|g| g.ours != g.theirs && (exact || g.gap >= b.near_tie_gap)).collect();
-    let flips = ch.greedy.iter().filter(|g| g.ours != g.theirs).count();
-    let ok = hard.is_empty() && (flips as f64) <= b.max_tie_flip_fraction * ch.greedy.len() as f64;
-    if exact {
-        r.check("greedy continuation identical at every step (free-running, no near-tie excuse)", ok && flips == 0, format!("{} of {} steps equal", ch.greedy.len() - flips, ch.greedy.len()));
-    } else {
-        let gaps: Vec<String> = ch.greedy.iter().filter(|g| g.ours != g.theirs).map(|g| format!("step {} gap {:.3}", g.step, g.gap)).collect();
-        r.check("greedy continuation, teacher-forced (near-ties excused)", ok, format!("{flips} of {} steps differ ({gaps:?}), {} not near-ties", ch.greedy.len(), hard.len()));
-    }
-    if r.first_divergence.is_none() {
-        if let Some(g) = hard.first() {
-            r.first_divergence = Some(Divergence {
-                position: Some(case.prompt_ids.len() - 1 + g.step),
-                layer: None,
-                tensor: format!("sampling step {}", g.step),
-                nmse: None,
-                max_abs: None,
-                cosine: None,
-                bound: b.near_tie_gap as f64,
-                before: None,
-                detail: format!("argmax {} vs llama.cpp {} (top-2 gap {:.3})", g.ours, g.theirs, g.gap),
-            });
-        } else if let Some(l) = ch.logits.iter().find(|l| logits_off(l)) {
-            r.first_divergence = Some(Divergence {
-                position: Some(l.position),
-                layer: None,
-                tensor: "result_output".into(),
-                nmse: l.nmse,
-                max_abs: None,
-                cosine: None,
-                bound: b.logits_nmse,
-                before: None,
-                detail: format!("KL {:.3e}", l.kl_top32),
-            });
-        }
-    }
-    r.finish_curve();
-    r
 }

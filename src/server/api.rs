@@ -29,22 +29,25 @@ pub struct ApiError {
     pub field: Option<String>,
     pub message: String,
     pub retry_after_s: Option<u64>,
+    /// Close the connection after answering (a body that will not be read).
+    pub close: bool,
 }
 
 impl ApiError {
     pub fn invalid(field: impl Into<String>, reason: impl std::fmt::Display) -> ApiError {
         let field = field.into();
-        ApiError { status: StatusCode::BAD_REQUEST, code: "INVALID_REQUEST", message: format!("{field}: {reason}"), field: Some(field), retry_after_s: None }
+        ApiError { status: StatusCode::BAD_REQUEST, code: "INVALID_REQUEST", message: format!("{field}: {reason}"), field: Some(field), retry_after_s: None, close: false }
     }
 
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, field: None, message: message.into(), retry_after_s: None }
+        ApiError { status, code, field: None, message: message.into(), retry_after_s: None, close: false }
     }
 
     pub fn body(&self) -> Value {
         let kind = match self.status.as_u16() {
-            400 | 404 | 409 | 413 => "invalid_request_error",
+            400 | 404 | 405 | 408 | 409 | 413 | 415 => "invalid_request_error",
             401 => "authentication_error",
+            403 => "permission_error",
             503 => "server_overloaded",
             _ => "server_error",
         };
@@ -57,6 +60,9 @@ impl IntoResponse for ApiError {
         let mut resp = json_response(self.status, &self.body());
         if let Some(s) = self.retry_after_s {
             resp.headers_mut().insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        if self.close {
+            resp.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
         }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
@@ -242,7 +248,11 @@ pub fn parse_body(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
 
 fn sampling(f: &Fields) -> Result<Sampling, ApiError> {
     Ok(Sampling {
-        temperature: f.number("temperature", "between 0 and 2", |x| (0.0..=2.0).contains(&x))?.unwrap_or(1.0),
+        temperature: f
+            .number("temperature", &format!("0 (greedy) or between {} and 2", crate::sampler::MIN_TEMPERATURE), |x| {
+                x == 0.0 || ((x as f32) >= crate::sampler::MIN_TEMPERATURE && x <= 2.0)
+            })?
+            .unwrap_or(1.0),
         top_p: f.number("top_p", "in (0, 1]", |x| x > 0.0 && x <= 1.0)?.unwrap_or(1.0),
         top_k: f.int("top_k", 0, 1 << 22)?.unwrap_or(0) as usize,
         min_p: f.number("min_p", "between 0 and 1", |x| (0.0..=1.0).contains(&x))?.unwrap_or(0.0),
@@ -255,8 +265,9 @@ fn is_valid_job_id(s: &str) -> bool {
     !s.is_empty() && s.chars().count() <= MAX_JOB_ID_CHARS && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
 }
 
-/// `POST /execute`: the earlier worker's request.
-pub fn parse_execute(bytes: &[u8]) -> Result<ParsedRequest, ApiError> {
+/// `POST /execute`: the earlier worker's request; prompts of at most `max_prompt_chars`
+/// (and never more than [`MAX_PROMPT_CHARS`], the earlier worker's limit).
+pub fn parse_execute(bytes: &[u8], max_prompt_chars: usize) -> Result<ParsedRequest, ApiError> {
     let map = parse_body(bytes)?;
     let f = Fields::new(&map, "");
     f.reject_unknown(&["job_id", "prompt", "max_tokens", "temperature", "seed", "top_p", "top_k", "min_p", "repetition_penalty", "stop"])?;
@@ -265,7 +276,7 @@ pub fn parse_execute(bytes: &[u8]) -> Result<ParsedRequest, ApiError> {
         return Err(ApiError::invalid("job_id", format!("must be 1 to {MAX_JOB_ID_CHARS} characters of A-Z a-z 0-9 - _ . :")));
     }
     let prompt = f.required_string("prompt")?;
-    check_prompt_text("prompt", prompt, Some(MAX_PROMPT_CHARS))?;
+    check_prompt_text("prompt", prompt, Some(max_prompt_chars.min(MAX_PROMPT_CHARS)))?;
     let max_tokens = f.int("max_tokens", 1, MAX_EXECUTE_TOKENS)?.ok_or_else(|| ApiError::invalid("max_tokens", "is required"))?;
     let sampling = sampling(&f)?;
     let stop = match f.get("stop") {
@@ -353,8 +364,8 @@ fn reject_unsupported(f: &Fields) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `POST /v1/completions`.
-pub fn parse_completions(bytes: &[u8]) -> Result<ParsedRequest, ApiError> {
+/// `POST /v1/completions`; prompts of at most `max_prompt_chars` characters (or token ids).
+pub fn parse_completions(bytes: &[u8], max_prompt_chars: usize) -> Result<ParsedRequest, ApiError> {
     let map = parse_body(bytes)?;
     let f = Fields::new(&map, "");
     let mut known = vec![
@@ -371,13 +382,16 @@ pub fn parse_completions(bytes: &[u8]) -> Result<ParsedRequest, ApiError> {
     let prompt = match f.get("prompt") {
         None => return Err(ApiError::invalid("prompt", "is required")),
         Some(Value::String(s)) => {
-            check_prompt_text("prompt", s, None)?;
+            check_prompt_text("prompt", s, Some(max_prompt_chars))?;
             PromptInput::Text(s.clone())
         }
         Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
             let s = a[0].as_str().unwrap_or_default();
-            check_prompt_text("prompt[0]", s, None)?;
+            check_prompt_text("prompt[0]", s, Some(max_prompt_chars))?;
             PromptInput::Text(s.to_string())
+        }
+        Some(Value::Array(a)) if a.len() > max_prompt_chars => {
+            return Err(ApiError::invalid("prompt", format!("has {} token ids, at most {max_prompt_chars} are allowed", a.len())))
         }
         Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_number) => {
             let ids = a
@@ -409,8 +423,9 @@ pub fn parse_completions(bytes: &[u8]) -> Result<ParsedRequest, ApiError> {
     })
 }
 
-/// `POST /v1/chat/completions`.
-pub fn parse_chat(bytes: &[u8]) -> Result<ParsedRequest, ApiError> {
+/// `POST /v1/chat/completions`; all messages' contents together of at most
+/// `max_prompt_chars` characters.
+pub fn parse_chat(bytes: &[u8], max_prompt_chars: usize) -> Result<ParsedRequest, ApiError> {
     let map = parse_body(bytes)?;
     let f = Fields::new(&map, "");
     let mut known = vec![
@@ -438,6 +453,10 @@ pub fn parse_chat(bytes: &[u8]) -> Result<ParsedRequest, ApiError> {
         Some(Value::Array(a)) => a.iter().enumerate().map(|(i, m)| chat_message(i, m)).collect::<Result<Vec<_>, _>>()?,
         Some(v) => return Err(ApiError::invalid("messages", format!("expected an array, got {}", type_name(v)))),
     };
+    let chars: usize = messages.iter().map(|m| m.content.chars().count()).sum();
+    if chars > max_prompt_chars {
+        return Err(ApiError::invalid("messages", format!("have {chars} characters of content, at most {max_prompt_chars} are allowed")));
+    }
     let max_tokens = f.int("max_tokens", 1, u32::MAX as u64)?;
     let max_completion = f.int("max_completion_tokens", 1, u32::MAX as u64)?;
     let (stream, include_usage) = openai_stream(&f)?;
@@ -508,7 +527,7 @@ mod tests {
     #[test]
     fn execute_fields_are_named() {
         let ok = br#"{"job_id":"a","prompt":"hi","max_tokens":4}"#;
-        assert!(parse_execute(ok).is_ok());
+        assert!(parse_execute(ok, MAX_PROMPT_CHARS).is_ok());
         let cases: &[(&str, &str)] = &[
             (r#"{"prompt":"hi","max_tokens":4}"#, "job_id"),
             (r#"{"job_id":"a b","prompt":"hi","max_tokens":4}"#, "job_id"),
@@ -533,22 +552,22 @@ mod tests {
             (r#"{"job_id":"a""#, "body"),
         ];
         for (body, want) in cases {
-            assert_eq!(field(parse_execute(body.as_bytes())), *want, "{body}");
+            assert_eq!(field(parse_execute(body.as_bytes(), MAX_PROMPT_CHARS)), *want, "{body}");
         }
     }
 
     #[test]
     fn chat_accepts_openai_shapes() {
         let body = br#"{"model":"x","messages":[{"role":"developer","content":[{"type":"text","text":"be brief"}]},{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true},"logprobs":true,"top_logprobs":2,"stop":"\n","n":1,"user":"u","seed":null}"#;
-        let r = parse_chat(body).unwrap();
+        let r = parse_chat(body, MAX_PROMPT_CHARS).unwrap();
         assert_eq!(r.stop, vec!["\n".to_string()]);
         assert!(r.include_usage && r.logprobs && r.top_logprobs == 2);
         match r.prompt {
             PromptInput::Chat(m) => assert_eq!(m[0].role, "system"),
             _ => panic!(),
         }
-        assert_eq!(field(parse_chat(br#"{"messages":[{"role":"user","content":"hi"}],"n":2}"#)), "n");
-        assert_eq!(field(parse_chat(br#"{"messages":[{"role":"tool","content":"hi"}]}"#)), "messages[0].role");
-        assert_eq!(field(parse_chat(br#"{"messages":[{"role":"user","content":"hi"}],"top_logprobs":2}"#)), "top_logprobs");
+        assert_eq!(field(parse_chat(br#"{"messages":[{"role":"user","content":"hi"}],"n":2}"#, MAX_PROMPT_CHARS)), "n");
+        assert_eq!(field(parse_chat(br#"{"messages":[{"role":"tool","content":"hi"}]}"#, MAX_PROMPT_CHARS)), "messages[0].role");
+        assert_eq!(field(parse_chat(br#"{"messages":[{"role":"user","content":"hi"}],"top_logprobs":2}"#, MAX_PROMPT_CHARS)), "top_logprobs");
     }
 }

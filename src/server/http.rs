@@ -1,6 +1,10 @@
 //! Routes: `/execute` (SSE), `/cancel/{job_id}`, `/health`, `/metrics`, and the OpenAI
-//! endpoints; bearer-token auth, body limits, the bounded queue's admission, and the SSE
-//! stream that cancels its job when the client goes away.
+//! endpoints; the `Host`/`Origin` check (a loopback worker answers only to loopback names, so
+//! a web page cannot use it, DNS rebinding included), `Content-Type: application/json` on
+//! bodies (no CORS "simple request" can send one), bearer-token auth, body limits (a too
+//! large `Content-Length` refused before reading, a body timeout), the cap on requests being
+//! parsed and tokenized at once, the bounded queue's admission, and the SSE stream that
+//! cancels its job when the client goes away.
 //!
 //! Does not generate: it prepares a typed job (tokenizing on the blocking pool, so `/health`
 //! stays responsive), queues it, and turns the inference thread's events into responses.
@@ -35,8 +39,10 @@ use super::Shared;
 
 /// Alternatives recorded with each token when recording (the client may ask for fewer).
 const RECORD_TOP_LOGPROBS: usize = 5;
-/// Prefill chunk: bounds a forward call's trace buffer; results do not depend on it.
-const PREFILL_CHUNK: usize = 128;
+/// Prefill chunk: bounds a forward call's trace buffer and how long a cancel (or a client
+/// that left) waits during prefill: 32 positions take well under a second on two CPU cores
+/// for the default model. Results do not depend on it.
+pub(crate) const PREFILL_CHUNK: usize = 32;
 /// SSE keep-alive comments, which also detect a client that went away while its job waits.
 const KEEP_ALIVE: Duration = Duration::from_secs(2);
 /// How much of a too-large body is read before answering 413.
@@ -46,6 +52,8 @@ const DRAIN_BYTES: usize = 16 << 20;
 pub(crate) struct AppState {
     pub shared: Arc<Shared>,
     pub queue: std::sync::mpsc::SyncSender<Job>,
+    /// Permits to parse and tokenize a request (`--max-preparing`).
+    pub preparing: Arc<tokio::sync::Semaphore>,
 }
 
 pub(crate) fn router(state: AppState) -> Router {
@@ -58,6 +66,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
 
@@ -65,13 +75,91 @@ async fn not_found() -> Response {
     ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route").into_response()
 }
 
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let allowed = match uri.path() {
+        "/health" | "/metrics" | "/v1/models" => "GET",
+        _ => "POST",
+    };
+    let mut r = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", format!("method: {method} is not allowed on {} (use {allowed})", uri.path()))
+        .into_response();
+    r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allowed));
+    r
+}
+
+/// Every request: `Host` and `Origin` must name this worker, else 403 before anything else.
+async fn guard(State(st): State<AppState>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if let Err(e) = check_host(&st.shared, req.headers()) {
+        st.shared.metrics.forbidden.fetch_add(1, Ordering::Relaxed);
+        return e.into_response();
+    }
+    next.run(req).await
+}
+
+/// The host part of `Host` or of an origin's authority, lowercase, without the port.
+fn host_name(authority: &str) -> &str {
+    let a = authority.trim();
+    if a.starts_with('[') {
+        return a.find(']').map(|i| &a[..=i]).unwrap_or(a);
+    }
+    match a.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => a,
+    }
+}
+
+fn check_host(sh: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(allowed) = &sh.allowed_hosts else { return Ok(()) };
+    let forbidden = |field: &str, msg: String| {
+        let mut e = ApiError::invalid(field, msg);
+        e.status = StatusCode::FORBIDDEN;
+        e.code = "FORBIDDEN";
+        e
+    };
+    let ok = |name: &str| allowed.iter().any(|a| a.eq_ignore_ascii_case(name.trim_end_matches('.')));
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !ok(host_name(host)) {
+        return Err(forbidden("host", format!("{host:?} is not a name of this worker (allow it with --allow-host)")));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let o = origin.to_str().unwrap_or("");
+        let authority = o.split_once("://").map(|(_, rest)| rest.split('/').next().unwrap_or("")).unwrap_or("");
+        if authority.is_empty() || !ok(host_name(authority)) {
+            return Err(forbidden("origin", format!("{o:?} is not a page of this worker: cross-origin requests are refused")));
+        }
+    }
+    Ok(())
+}
+
+/// A body must be declared JSON: web pages can send `text/plain` or forms to any address
+/// without a CORS preflight, but not `application/json`.
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if mime.eq_ignore_ascii_case("application/json") {
+        return Ok(());
+    }
+    let mut e = ApiError::invalid("content-type", format!("{ct:?}: the body must be sent as application/json"));
+    e.status = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    e.code = "UNSUPPORTED_MEDIA_TYPE";
+    Err(e)
+}
+
 impl AppState {
+    /// Whether the request carries the token (always true without `--api-token`).
+    fn authenticated(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.shared.api_token else { return true };
+        // The scheme is case-insensitive (RFC 9110 section 11.1).
+        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        });
+        given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()))
+    }
+
     fn check_auth(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(token) = &self.shared.api_token else { return Ok(()) };
-        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            Some(g) if constant_time_eq(g.trim().as_bytes(), token.as_bytes()) => Ok(()),
-            _ => {
+        match self.authenticated(headers) {
+            true => Ok(()),
+            false => {
                 self.shared.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
                 Err(ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "authorization: a valid bearer token is required"))
             }
@@ -81,6 +169,11 @@ impl AppState {
     /// Registers and queues a job without waiting: 409 for a duplicate id, 503 when full.
     fn enqueue(&self, job: Job) -> Result<(), ApiError> {
         let sh = &self.shared;
+        if sh.shutting_down.load(Ordering::Acquire) {
+            let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "SHUTTING_DOWN", "the worker is shutting down");
+            e.retry_after_s = Some(1);
+            return Err(e);
+        }
         if !sh.register(&job.job_id, &job.cancel) {
             return Err(ApiError::invalid("job_id", format!("job {} is already queued or running", job.job_id))).map_err(|mut e| {
                 e.status = StatusCode::CONFLICT;
@@ -97,14 +190,12 @@ impl AppState {
                 sh.finish_job(&id, &cancel);
                 let full = matches!(e, std::sync::mpsc::TrySendError::Full(_));
                 sh.metrics.queue_full.fetch_add(1, Ordering::Relaxed);
-                let waiting = sh.queue_depth.load(Ordering::Relaxed) as u64 + 1;
-                let per_job_s = sh.job_ms.load(Ordering::Relaxed).div_ceil(1000).max(1);
                 let mut err = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "QUEUE_FULL",
                     if full { format!("the queue is full ({} waiting); retry later", sh.queue_capacity) } else { "the worker is shutting down".into() },
                 );
-                err.retry_after_s = Some((waiting * per_job_s).clamp(1, 60));
+                err.retry_after_s = Some(retry_after_s(sh.job_ms.load(Ordering::Relaxed), sh.current_elapsed_ms()));
                 Err(err)
             }
         }
@@ -114,7 +205,7 @@ impl AppState {
         match self.handle_inner(ep, headers, body).await {
             Ok(r) => r,
             Err(e) => {
-                if e.status == StatusCode::BAD_REQUEST || e.status == StatusCode::PAYLOAD_TOO_LARGE || e.status == StatusCode::CONFLICT {
+                if e.status.is_client_error() && e.status != StatusCode::UNAUTHORIZED {
                     self.shared.metrics.invalid.fetch_add(1, Ordering::Relaxed);
                 }
                 e.into_response()
@@ -124,18 +215,48 @@ impl AppState {
 
     async fn handle_inner(&self, ep: Endpoint, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
         self.check_auth(&headers)?;
-        let bytes = read_body(body, self.shared.max_body_bytes).await?;
-        let parsed = match ep {
-            Endpoint::Execute => api::parse_execute(&bytes)?,
-            Endpoint::Completions => api::parse_completions(&bytes)?,
-            Endpoint::Chat => api::parse_chat(&bytes)?,
+        check_content_type(&headers)?;
+        let limit = self.shared.max_body_bytes;
+        let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+        if let Some(n) = declared.filter(|&n| n > limit as u64) {
+            // Refused before a byte of the body is read; the connection is closed after.
+            return Err(too_large(limit, format!("content-length {n} is larger than {limit} bytes")));
+        }
+        let timeout = self.shared.body_timeout;
+        let bytes = match tokio::time::timeout(timeout, read_body(body, limit)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                let mut e = ApiError::invalid("body", format!("not received within {} s", timeout.as_secs()));
+                e.status = StatusCode::REQUEST_TIMEOUT;
+                e.code = "REQUEST_TIMEOUT";
+                return Err(e);
+            }
         };
-        let request_json = String::from_utf8_lossy(&bytes).into_owned();
-        let shared = Arc::clone(&self.shared);
-        let p = parsed.clone();
-        let prepared = tokio::task::spawn_blocking(move || prepare(&shared, &p))
+        // Parsing and tokenizing hold memory proportional to the body: at most
+        // `--max-preparing` requests do it at once, the rest wait here holding only their body.
+        let permit = Arc::clone(&self.preparing)
+            .acquire_owned()
             .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", format!("request preparation failed: {e}")))??;
+            .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "SHUTTING_DOWN", "the worker is shutting down"))?;
+        let m = &self.shared.metrics;
+        let now = m.preparing.fetch_add(1, Ordering::AcqRel) + 1;
+        m.preparing_peak.fetch_max(now, Ordering::AcqRel);
+        let shared = Arc::clone(&self.shared);
+        let prepared = tokio::task::spawn_blocking(move || {
+            let max = shared.max_prompt_chars;
+            let parsed = match ep {
+                Endpoint::Execute => api::parse_execute(&bytes, max),
+                Endpoint::Completions => api::parse_completions(&bytes, max),
+                Endpoint::Chat => api::parse_chat(&bytes, max),
+            }?;
+            let prepared = prepare(&shared, &parsed)?;
+            Ok::<_, ApiError>((parsed, prepared, String::from_utf8_lossy(&bytes).into_owned()))
+        })
+        .await;
+        m.preparing.fetch_sub(1, Ordering::AcqRel);
+        drop(permit);
+        let (parsed, prepared, request_json) =
+            prepared.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", format!("request preparation failed: {e}")))??;
 
         let sh = &self.shared;
         let seq = sh.seq.fetch_add(1, Ordering::Relaxed) + 1;
@@ -201,6 +322,22 @@ impl AppState {
     }
 }
 
+/// Seconds until a queue slot is likely to free: what is left of the running job, from the
+/// mean job duration (1 when nothing is known), at most 60.
+pub(crate) fn retry_after_s(mean_job_ms: u64, current_elapsed_ms: Option<u64>) -> u64 {
+    let left = mean_job_ms.saturating_sub(current_elapsed_ms.unwrap_or(0));
+    left.div_ceil(1000).clamp(1, 60)
+}
+
+fn too_large(limit: usize, why: String) -> ApiError {
+    let _ = limit;
+    let mut e = ApiError::invalid("body", why);
+    e.status = StatusCode::PAYLOAD_TOO_LARGE;
+    e.code = "PAYLOAD_TOO_LARGE";
+    e.close = true;
+    e
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -225,7 +362,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
         }
     }
     if seen > limit {
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", format!("body: larger than {limit} bytes")));
+        return Err(too_large(limit, format!("larger than {limit} bytes")));
     }
     Ok(out)
 }
@@ -457,11 +594,23 @@ async fn models(State(st): State<AppState>, headers: HeaderMap) -> Response {
     json_response(StatusCode::OK, &json!({"object": "list", "data": [{"id": st.shared.model_name, "object": "model", "created": created, "owned_by": "worker-orcd"}]}))
 }
 
-async fn health(State(st): State<AppState>) -> Response {
+async fn health(State(st): State<AppState>, headers: HeaderMap) -> Response {
     let sh = &st.shared;
     let m = &sh.metrics;
-    let rec = sh.recorder.as_ref().map(|r| r.snapshot());
     let current = sh.current_job();
+    if !st.authenticated(&headers) {
+        // Without the token: liveness and load only, no job ids, paths or error texts.
+        return json_response(StatusCode::OK, &json!({
+            "status": "ok",
+            "model": sh.model_name,
+            "backend": sh.backend,
+            "busy": current.is_some(),
+            "queue_depth": sh.queue_depth.load(Ordering::Relaxed),
+            "queue_capacity": sh.queue_capacity,
+            "authenticated": false,
+        }));
+    }
+    let rec = sh.recorder.as_ref().map(|r| r.snapshot());
     json_response(StatusCode::OK, &json!({
         "status": "ok",
         "model": sh.model_name,
@@ -511,8 +660,11 @@ async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
             ("{outcome=\"invalid\"}", g(&m.invalid) as f64),
             ("{outcome=\"queue_full\"}", g(&m.queue_full) as f64),
             ("{outcome=\"unauthorized\"}", g(&m.unauthorized) as f64),
+            ("{outcome=\"forbidden\"}", g(&m.forbidden) as f64),
         ],
     );
+    metric("worker_orcd_preparing", "gauge", "Requests being parsed and tokenized.", &[("", g(&m.preparing) as f64)]);
+    metric("worker_orcd_preparing_peak", "gauge", "Most requests parsed and tokenized at once.", &[("", g(&m.preparing_peak) as f64)]);
     metric("worker_orcd_generated_tokens_total", "counter", "Tokens generated.", &[("", g(&m.tokens_generated) as f64)]);
     metric("worker_orcd_prompt_tokens_total", "counter", "Prompt tokens processed.", &[("", g(&m.prompt_tokens) as f64)]);
     metric("worker_orcd_queue_depth", "gauge", "Requests waiting in the queue.", &[("", sh.queue_depth.load(Ordering::Relaxed) as f64)]);

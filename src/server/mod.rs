@@ -1,8 +1,10 @@
 //! `worker-orcd serve`: HTTP on a tokio current-thread runtime, generation on one inference
 //! thread fed by a bounded FIFO queue, and the recorder.
 //!
-//! Code map: `api` (request JSON shapes and validation), `http` (routes, auth, SSE, health,
-//! metrics), `openai` (OpenAI response shapes), `worker` (the inference thread). This file
+//! Code map: `api` (request JSON shapes and validation), `conn` (the connection loop:
+//! connection cap, read timeouts, bounded shutdown), `http` (routes, host/origin/content-type
+//! checks, auth, SSE, health, metrics), `openai` (OpenAI response shapes), `worker` (the
+//! inference thread). This file
 //! resolves the command line into a [`ServerConfig`], loads the model and wires the pieces.
 //!
 //! **Architecture Invariant:** only `server` knows HTTP and JSON request shapes; the engine and
@@ -14,6 +16,7 @@
 //! turned into a failed request or a stalled stream (see `trace`).
 
 mod api;
+mod conn;
 mod http;
 mod openai;
 mod worker;
@@ -23,7 +26,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::backend::{Backend, BackendError};
 use crate::engine::Engine;
@@ -60,9 +63,38 @@ pub struct ServeArgs {
     /// CPU threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-    /// Context size in tokens (prompt plus generated).
+    /// Context size in tokens (prompt plus generated), at least 2.
     #[arg(long, default_value_t = 4096)]
     pub ctx: usize,
+    /// Largest request body in bytes; a larger `Content-Length` is refused before reading.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Longest prompt (or all chat messages together) in characters, on every endpoint.
+    #[arg(long, default_value_t = api::MAX_PROMPT_CHARS)]
+    pub max_prompt_chars: usize,
+    /// Requests parsed and tokenized at once; more wait (bounds memory before the queue).
+    #[arg(long, default_value_t = 2)]
+    pub max_preparing: usize,
+    /// Open connections; more are answered 503 and closed.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
+    /// Seconds a connection may take to send a request's headers, idle time included.
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout_s: u64,
+    /// Seconds a client may take to send a request body.
+    #[arg(long, default_value_t = 30)]
+    pub body_timeout_s: u64,
+    /// On SIGTERM/SIGINT: seconds open responses get to finish (jobs are cancelled at once)
+    /// before their connections are closed.
+    #[arg(long, default_value_t = 5)]
+    pub shutdown_grace_s: u64,
+    /// Also accept requests whose `Host` (and `Origin`) is this name (repeatable). Loopback
+    /// names and the listen address are always accepted.
+    #[arg(long = "allow-host")]
+    pub allow_hosts: Vec<String>,
+    /// Accept any `Host` and `Origin` (a worker behind a proxy); requires --api-token.
+    #[arg(long)]
+    pub allow_any_host: bool,
 }
 
 pub use crate::backend::BackendChoice;
@@ -85,7 +117,14 @@ pub enum ServerError {
     Start { what: &'static str, source: std::io::Error },
     #[error("--api-token: must not be empty")]
     EmptyToken,
+    #[error("--api-token: {0}")]
+    BadToken(&'static str),
+    #[error("--{flag}: {reason}")]
+    Flag { flag: &'static str, reason: String },
 }
+
+/// Largest `--queue`: the queue's slots are allocated when the server starts.
+pub const MAX_QUEUE: usize = 4096;
 
 /// A validated server configuration (everything `serve` needs, nothing from the CLI).
 #[derive(Debug, Clone)]
@@ -100,8 +139,25 @@ pub struct ServerConfig {
     pub queue: usize,
     pub threads: usize,
     pub ctx: usize,
-    /// Larger bodies are answered 413.
+    /// Larger bodies are answered 413 (a larger `Content-Length` before any byte is read).
     pub max_body_bytes: usize,
+    /// Longest prompt in characters (all chat messages together), every endpoint.
+    pub max_prompt_chars: usize,
+    /// Requests parsed and tokenized at once.
+    pub max_preparing: usize,
+    /// Open connections at once; beyond that a connection is answered 503 and closed.
+    pub max_connections: usize,
+    /// Time to send a request's headers, including idle time on a kept-alive connection.
+    pub header_timeout: Duration,
+    /// Time to send a request's body.
+    pub body_timeout: Duration,
+    /// Time open responses get at shutdown before their connections are dropped.
+    pub shutdown_grace: Duration,
+    /// Extra names accepted in `Host` and `Origin` (loopback names and the listen address
+    /// always are).
+    pub allow_hosts: Vec<String>,
+    /// No `Host`/`Origin` check at all (needs `api_token`).
+    pub allow_any_host: bool,
     /// Trace buffer memory the recorder may hold.
     pub recorder_budget_bytes: usize,
     /// Test hook: the inference thread waits at this gate before each job.
@@ -125,6 +181,14 @@ impl Default for ServerConfig {
             threads: 0,
             ctx: 4096,
             max_body_bytes: 1 << 20,
+            max_prompt_chars: api::MAX_PROMPT_CHARS,
+            max_preparing: 2,
+            max_connections: 256,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
+            allow_hosts: Vec::new(),
+            allow_any_host: false,
             recorder_budget_bytes: 64 << 20,
             gate: None,
             record_write_delay_ms: None,
@@ -134,10 +198,7 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     pub fn from_args(a: ServeArgs) -> Result<ServerConfig, ServerError> {
-        if a.api_token.as_deref() == Some("") {
-            return Err(ServerError::EmptyToken);
-        }
-        Ok(ServerConfig {
+        let cfg = ServerConfig {
             model_path: a.model,
             addr: a.addr,
             backend: a.backend,
@@ -147,9 +208,76 @@ impl ServerConfig {
             queue: a.queue,
             threads: a.threads,
             ctx: a.ctx,
+            max_body_bytes: a.max_body_bytes,
+            max_prompt_chars: a.max_prompt_chars,
+            max_preparing: a.max_preparing,
+            max_connections: a.max_connections,
+            header_timeout: Duration::from_secs(a.header_timeout_s),
+            body_timeout: Duration::from_secs(a.body_timeout_s),
+            shutdown_grace: Duration::from_secs(a.shutdown_grace_s),
+            allow_hosts: a.allow_hosts,
+            allow_any_host: a.allow_any_host,
             ..ServerConfig::default()
-        })
+        };
+        cfg.validate()?;
+        Ok(cfg)
     }
+
+    /// Checks every setting before anything is loaded or allocated; the error names the flag.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        if let Some(t) = &self.api_token {
+            check_token(t)?;
+        }
+        let flag = |flag: &'static str, reason: String| Err(ServerError::Flag { flag, reason });
+        if self.queue > MAX_QUEUE {
+            return flag("queue", format!("{} is more than {MAX_QUEUE} waiting requests", self.queue));
+        }
+        if self.ctx < 2 {
+            return flag("ctx", format!("{} leaves no room for a prompt token and a generated one (at least 2)", self.ctx));
+        }
+        if self.max_body_bytes == 0 || self.max_body_bytes > 1 << 30 {
+            return flag("max-body-bytes", format!("{} is outside 1 to {}", self.max_body_bytes, 1u64 << 30));
+        }
+        if self.max_prompt_chars == 0 {
+            return flag("max-prompt-chars", "must be at least 1".into());
+        }
+        if self.max_preparing == 0 || self.max_preparing > 1024 {
+            return flag("max-preparing", format!("{} is outside 1 to 1024", self.max_preparing));
+        }
+        if self.max_connections == 0 || self.max_connections > 1 << 20 {
+            return flag("max-connections", format!("{} is outside 1 to {}", self.max_connections, 1 << 20));
+        }
+        for (name, d) in [("header-timeout-s", self.header_timeout), ("body-timeout-s", self.body_timeout)] {
+            if d.is_zero() || d > Duration::from_secs(3600) {
+                return flag(name, format!("{} is outside 1 to 3600 seconds", d.as_secs()));
+            }
+        }
+        if self.shutdown_grace > Duration::from_secs(3600) {
+            return flag("shutdown-grace-s", format!("{} is more than 3600 seconds", self.shutdown_grace.as_secs()));
+        }
+        if self.allow_any_host && self.api_token.is_none() {
+            return flag("allow-any-host", "requires --api-token (any web page could use the worker otherwise)".into());
+        }
+        if let Some(h) = self.allow_hosts.iter().find(|h| h.is_empty() || h.contains(|c: char| c.is_whitespace() || c == '/')) {
+            return flag("allow-host", format!("{h:?} is not a host name"));
+        }
+        Ok(())
+    }
+}
+
+/// A bearer token must be something a client can send back unchanged: visible ASCII, no
+/// spaces (RFC 6750's b64token is stricter still).
+fn check_token(t: &str) -> Result<(), ServerError> {
+    if t.is_empty() {
+        return Err(ServerError::EmptyToken);
+    }
+    if t.trim() != t {
+        return Err(ServerError::BadToken("must not start or end with whitespace"));
+    }
+    if !t.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ServerError::BadToken("must be visible ASCII characters without spaces"));
+    }
+    Ok(())
 }
 
 /// Test hook: a gate the inference thread waits at before starting each job.
@@ -189,6 +317,10 @@ pub(crate) struct Metrics {
     pub unauthorized: AtomicU64,
     pub tokens_generated: AtomicU64,
     pub prompt_tokens: AtomicU64,
+    /// Requests being parsed and tokenized now, and the most there ever were at once.
+    pub preparing: AtomicU64,
+    pub preparing_peak: AtomicU64,
+    pub forbidden: AtomicU64,
     decode_tps_bits: AtomicU64,
 }
 
@@ -218,7 +350,7 @@ pub(crate) struct Shared {
     pub chat_template: Option<String>,
     pub queue_capacity: usize,
     pub queue_depth: AtomicUsize,
-    current_job: Mutex<Option<String>>,
+    current_job: Mutex<Option<(String, std::time::Instant)>>,
     /// Cancel flags of queued and running jobs, by job id.
     jobs: Mutex<HashMap<String, Arc<AtomicBool>>>,
     pub metrics: Metrics,
@@ -226,6 +358,12 @@ pub(crate) struct Shared {
     pub record_dir: Option<PathBuf>,
     pub api_token: Option<String>,
     pub max_body_bytes: usize,
+    pub max_prompt_chars: usize,
+    pub body_timeout: std::time::Duration,
+    /// Lowercase names accepted in `Host`/`Origin`; `None`: any.
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Set at shutdown: nothing more is queued.
+    pub shutting_down: AtomicBool,
     pub started: SystemTime,
     pub seq: AtomicU64,
     /// Mean job duration in ms (exponentially weighted), for Retry-After.
@@ -234,11 +372,16 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn current_job(&self) -> Option<String> {
-        self.current_job.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current_job.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|c| c.0.clone())
+    }
+
+    /// How long the running job has run, in ms.
+    pub fn current_elapsed_ms(&self) -> Option<u64> {
+        self.current_job.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|c| c.1.elapsed().as_millis() as u64)
     }
 
     pub fn set_current(&self, id: Option<String>) {
-        *self.current_job.lock().unwrap_or_else(|e| e.into_inner()) = id;
+        *self.current_job.lock().unwrap_or_else(|e| e.into_inner()) = id.map(|id| (id, std::time::Instant::now()));
     }
 
     /// Registers a job id; `false` if one with that id is already queued or running.
@@ -291,12 +434,11 @@ struct Core {
     shared: Arc<Shared>,
     queue: std::sync::mpsc::SyncSender<worker::Job>,
     inference: std::thread::JoinHandle<()>,
+    preparing: Arc<tokio::sync::Semaphore>,
 }
 
 fn start_core(cfg: &ServerConfig) -> Result<Core, ServerError> {
-    if cfg.api_token.as_deref() == Some("") {
-        return Err(ServerError::EmptyToken);
-    }
+    cfg.validate()?;
     let path = match &cfg.model_path {
         Some(p) => p.clone(),
         None => crate::fetch::default_model_path()?,
@@ -348,10 +490,15 @@ fn start_core(cfg: &ServerConfig) -> Result<Core, ServerError> {
         record_dir: cfg.record_dir.clone(),
         api_token: cfg.api_token.clone(),
         max_body_bytes: cfg.max_body_bytes,
+        max_prompt_chars: cfg.max_prompt_chars,
+        body_timeout: cfg.body_timeout,
+        allowed_hosts: (!cfg.allow_any_host).then(|| allowed_hosts(cfg)),
+        shutting_down: AtomicBool::new(false),
         started: SystemTime::now(),
         seq: AtomicU64::new(0),
         job_ms: AtomicU64::new(0),
     });
+    let preparing = Arc::new(tokio::sync::Semaphore::new(cfg.max_preparing));
     let engine = Engine::new(backend, tokenizer);
     let (queue, rx) = std::sync::mpsc::sync_channel(cfg.queue);
     let sh = Arc::clone(&shared);
@@ -360,7 +507,22 @@ fn start_core(cfg: &ServerConfig) -> Result<Core, ServerError> {
         .name("inference".into())
         .spawn(move || worker::inference_loop(rx, engine, recorder, sh, gate))
         .map_err(|source| ServerError::Start { what: "inference thread", source })?;
-    Ok(Core { shared, queue, inference })
+    Ok(Core { shared, queue, inference, preparing })
+}
+
+/// The names a loopback worker answers to (any port): what a browser sends for a page on
+/// this machine. A DNS-rebinding page sends its own name and is refused.
+fn allowed_hosts(cfg: &ServerConfig) -> Vec<String> {
+    let mut h: Vec<String> = ["localhost", "127.0.0.1", "[::1]"].iter().map(|s| s.to_string()).collect();
+    let ip = cfg.addr.ip();
+    if !ip.is_unspecified() {
+        h.push(match ip {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        });
+    }
+    h.extend(cfg.allow_hosts.iter().map(|s| s.to_ascii_lowercase()));
+    h
 }
 
 /// A server running on its own threads (for tests and embedding). Dropping it shuts it down.
@@ -383,6 +545,7 @@ impl RunningServer {
     }
 
     fn stop(&mut self) {
+        self.shared.shutting_down.store(true, Ordering::Release);
         self.shared.cancel_all();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -401,11 +564,13 @@ impl Drop for RunningServer {
 
 /// Loads the model, binds `cfg.addr` (port 0 picks one) and serves on background threads.
 pub fn spawn(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
+    cfg.validate()?;
     let listener = std::net::TcpListener::bind(cfg.addr).map_err(|source| ServerError::Bind { addr: cfg.addr, source })?;
     let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: cfg.addr, source })?;
     listener.set_nonblocking(true).map_err(|source| ServerError::Bind { addr, source })?;
     let core = start_core(&cfg)?;
     let shared = Arc::clone(&core.shared);
+    let limits = conn::ConnLimits { max_connections: cfg.max_connections, header_timeout: cfg.header_timeout, shutdown_grace: cfg.shutdown_grace };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("http".into())
@@ -414,22 +579,26 @@ pub fn spawn(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
                 Ok(rt) => rt,
                 Err(e) => return eprintln!("worker-orcd: cannot start the http runtime: {e}"),
             };
-            let Core { shared, queue, inference } = core;
+            let Core { shared, queue, inference, preparing } = core;
             rt.block_on(async move {
                 let listener = match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => l,
                     Err(e) => return eprintln!("worker-orcd: {e}"),
                 };
                 let sh = Arc::clone(&shared);
-                let app = http::router(http::AppState { shared, queue });
+                let app = http::router(http::AppState { shared, queue, preparing });
                 let stop = async move {
                     let _ = rx.await;
+                    // Nothing new is queued; queued and running jobs end as cancelled, and
+                    // their recordings are finished by the writer.
+                    sh.shutting_down.store(true, Ordering::Release);
                     sh.cancel_all();
                 };
-                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
-                    eprintln!("worker-orcd: http server: {e}");
-                }
+                conn::serve(listener, app, limits, stop).await;
             });
+            // Every connection (and with it every queue sender) is gone: the inference thread
+            // finishes its cancelled job, closes the recorder and ends.
+            drop(rt);
             let _ = inference.join();
         })
         .map_err(|source| ServerError::Start { what: "http thread", source })?;
@@ -443,6 +612,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if !cfg.addr.ip().is_loopback() && cfg.api_token.is_none() {
         eprintln!("worker-orcd: warning: listening on {} without --api-token", cfg.addr);
     }
+    let grace = cfg.shutdown_grace;
     let server = spawn(cfg)?;
     let s = &server.shared;
     eprintln!(
@@ -476,7 +646,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     });
     eprintln!("worker-orcd: shutting down");
+    // The HTTP side drops open connections after the grace period and the running job stops
+    // at its next prefill chunk or token; a second signal, or a backend stuck for a whole
+    // minute more, ends the process without waiting (recordings left `.partial`, as on a crash).
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        if let Ok(rt) = rt {
+            rt.block_on(async {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = tokio::time::sleep(grace + std::time::Duration::from_secs(60)) => {}
+                }
+            });
+        }
+        eprintln!("worker-orcd: shutdown did not finish; exiting");
+        std::process::exit(1);
+    });
     server.shutdown();
+    eprintln!("worker-orcd: stopped");
     Ok(())
 }
 

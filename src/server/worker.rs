@@ -193,7 +193,7 @@ fn run_job(engine: &mut Engine, mut recorder: Option<&mut Recorder>, shared: &Sh
         };
         r.begin(&job.record_stem, header)
     });
-    let recording = active.as_ref().map(|a| a.path().display().to_string());
+    let recording_path = active.as_ref().map(|a| a.path().display().to_string());
     let _ = job.events.send(JobEvent::Started { seed: job.req.seed, started_at, prompt_tokens });
 
     let mut stops = TextStops::new(job.stop_strings.clone());
@@ -264,6 +264,8 @@ fn run_job(engine: &mut Engine, mut recorder: Option<&mut Recorder>, shared: &Sh
                 StopReason::MaxTokens | StopReason::ContextFull if text_stop.is_none() => "length",
                 _ => "stop",
             };
+            // Name the recording only while the writer has not given it up.
+            let recording = active.as_ref().filter(|a| !a.failed()).and(recording_path);
             if let (Some(rec), Some(a)) = (recorder, active) {
                 rec.end(
                     a,

@@ -3,7 +3,9 @@
 //! and tests).
 //!
 //! Both trace the same sites (`embd`, every `l_out-N`, `result_norm`, logits) and treat each
-//! `embd` tap as the start of a forward call, which is how every backend orders its taps. They
+//! `embd` tap as the start of a forward call, which is how every backend orders its taps, and
+//! `TraceTap` hands a call's frame to the writer as soon as the engine says the call is done
+//! (`Tap::forward_done`), before the token sampled from it. They
 //! know nothing of files or HTTP. `TraceTap` never blocks and never allocates once the pool is
 //! warm: when no buffer is free it drops that forward call's frame and counts it.
 
@@ -82,6 +84,14 @@ impl Tap for TraceTap<'_> {
     fn record(&mut self, p: TapPoint, pos0: usize, n_tok: usize, data: &[f32]) {
         let t0 = std::time::Instant::now();
         self.copy(p, pos0, n_tok, data);
+        self.nanos += t0.elapsed().as_nanos() as u64;
+    }
+
+    /// The forward call is over: its frame goes to the writer now, before the token sampled
+    /// from its logits, so a recording cut at any point holds every finished step's trace.
+    fn forward_done(&mut self) {
+        let t0 = std::time::Instant::now();
+        self.send_current();
         self.nanos += t0.elapsed().as_nanos() as u64;
     }
 }

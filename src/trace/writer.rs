@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -91,6 +91,8 @@ pub struct RecorderStatus {
     writer_busy_ns: AtomicU64,
     /// The writer thread's CPU time, as of the last flush (Linux; 0 elsewhere).
     writer_cpu_ms: AtomicU64,
+    /// `errors` when the last recording was finished: more errors since mean state `error`.
+    errors_at_last_success: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -99,7 +101,8 @@ pub struct RecorderStatus {
 pub struct RecorderSnapshot {
     pub dir: String,
     pub trace: TraceLevel,
-    /// `ok`, or `error` once any error was counted.
+    /// `error` when an error was counted since the last recording was finished, else `ok`
+    /// (the state recovers; `errors` keeps counting).
     pub state: &'static str,
     pub recordings_started: u64,
     pub recordings_written: u64,
@@ -144,6 +147,7 @@ impl RecorderStatus {
             tap_ns: AtomicU64::new(0),
             writer_busy_ns: AtomicU64::new(0),
             writer_cpu_ms: AtomicU64::new(0),
+            errors_at_last_success: AtomicU64::new(0),
             last_error: Mutex::new(None),
         }
     }
@@ -165,7 +169,7 @@ impl RecorderStatus {
         RecorderSnapshot {
             dir: self.dir.display().to_string(),
             trace: self.level,
-            state: if errors == 0 { "ok" } else { "error" },
+            state: if errors > g(&self.errors_at_last_success) { "error" } else { "ok" },
             recordings_started: g(&self.recordings_started),
             recordings_written: g(&self.recordings_written),
             recordings_skipped: g(&self.recordings_skipped),
@@ -278,7 +282,7 @@ impl Pool {
 }
 
 pub(crate) enum WriterMsg {
-    Begin { id: u64, temp: PathBuf, path: PathBuf, header: Box<Header> },
+    Begin { id: u64, temp: PathBuf, path: PathBuf, header: Box<Header>, failed: Arc<AtomicBool> },
     Trace { id: u64, forward: u32, buf: TraceBuf },
     Token { id: u64, frame: TokenFrame },
     End { id: u64, footer: Box<Footer> },
@@ -291,12 +295,21 @@ pub struct ActiveRecording {
     path: PathBuf,
     job_id: String,
     tx: Sender<WriterMsg>,
+    /// Set by the writer when this recording could not be created or a write failed.
+    failed: Arc<AtomicBool>,
 }
 
 impl ActiveRecording {
     /// Where the finished recording will be (written under a `.partial` name until the end).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the writer has already given this recording up (a failed create or write):
+    /// then no file will be left under [`ActiveRecording::path`]. `false` says only that no
+    /// failure has happened yet.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
     }
 
     /// Queues a token frame; never blocks.
@@ -395,11 +408,12 @@ impl Recorder {
         let job_id = header.job_id.clone();
         self.open.fetch_add(1, Ordering::AcqRel);
         self.status.recordings_started.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(WriterMsg::Begin { id, temp, path: path.clone(), header: Box::new(header) }).is_err() {
+        let failed = Arc::new(AtomicBool::new(false));
+        if self.tx.send(WriterMsg::Begin { id, temp, path: path.clone(), header: Box::new(header), failed: Arc::clone(&failed) }).is_err() {
             self.status.error(format!("job {job_id}: the recorder's writer thread is gone"));
             return None;
         }
-        Some(ActiveRecording { id, path, job_id, tx: self.tx.clone() })
+        Some(ActiveRecording { id, path, job_id, tx: self.tx.clone(), failed })
     }
 
     /// A tap that copies this recording's traced sites into pool buffers for the writer.
@@ -460,6 +474,7 @@ struct OpenFile {
     temp: PathBuf,
     path: PathBuf,
     job_id: String,
+    failed: Arc<AtomicBool>,
 }
 
 struct Writer {
@@ -495,16 +510,18 @@ impl Writer {
     fn handle(&mut self, msg: WriterMsg) {
         let t0 = std::time::Instant::now();
         match msg {
-            WriterMsg::Begin { id, temp, path, header } => {
+            WriterMsg::Begin { id, temp, path, header, failed } => {
                 let job_id = header.job_id.clone();
                 let file = match self.create(&temp, &header) {
                     Ok(f) => Some(f),
                     Err(e) => {
+                        failed.store(true, Ordering::Release);
+                        let _ = std::fs::remove_file(&temp);
                         self.status.error(format!("job {job_id}: cannot create {}: {e}", temp.display()));
                         None
                     }
                 };
-                self.files.insert(id, OpenFile { file, temp, path, job_id });
+                self.files.insert(id, OpenFile { file, temp, path, job_id, failed });
             }
             WriterMsg::Trace { id, forward, buf } => {
                 if self.files.get(&id).is_some_and(|f| f.file.is_some()) {
@@ -531,9 +548,11 @@ impl Writer {
                 if let Some(f) = self.files.remove(&id) {
                     if let Some(file) = f.file {
                         if let Err(e) = finish(file, &f.temp, &f.path) {
+                            f.failed.store(true, Ordering::Release);
                             self.status.error(format!("job {}: cannot finish {}: {e}", f.job_id, f.path.display()));
                         } else {
                             self.status.recordings_written.fetch_add(1, Ordering::Relaxed);
+                            self.status.errors_at_last_success.store(self.status.errors(), Ordering::Relaxed);
                         }
                     }
                 }
@@ -623,6 +642,7 @@ impl Writer {
     fn fail(&mut self, id: u64, e: std::io::Error) {
         if let Some(f) = self.files.get_mut(&id) {
             if f.file.take().is_some() {
+                f.failed.store(true, Ordering::Release);
                 let _ = std::fs::remove_file(&f.temp);
                 self.status.error(format!("job {}: writing {} failed: {e}", f.job_id, f.temp.display()));
             }

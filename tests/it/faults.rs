@@ -238,6 +238,9 @@ impl Tap for ShiftByOne<'_> {
     fn record(&mut self, p: TapPoint, pos0: usize, n_tok: usize, data: &[f32]) {
         self.0.record(p, pos0 + 1, n_tok, data)
     }
+    fn forward_done(&mut self) {
+        self.0.forward_done()
+    }
 }
 
 struct RecorderOffByOne;
@@ -261,4 +264,79 @@ fn a_recorder_filing_traces_one_position_late_is_named() {
     let d = r.first_divergence.as_ref().unwrap();
     assert_eq!((d.position, d.tensor.as_str()), (Some(0), "embd"), "{}", describe(&r));
     assert!(d.detail.contains("shifted by"), "{}", describe(&r));
+}
+
+/// A recording made on the GPU, replayed on the CPU: the backends share one arithmetic, so
+/// there is no cross-backend tolerance. The clean replay is hash-identical row for row
+/// (`replay::gpu_recordings_replay_bit_identically_on_the_cpu`); with a fault that only shows
+/// past position 32, replay fails at exactly that position and names layer 0's output, the
+/// first traced row whose hash differs.
+#[test]
+fn a_gpu_recording_replayed_on_the_cpu_names_the_first_differing_row() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("recordings/worker/gpu-chat-haiku.wrec");
+    let rec = worker::open_recording(&path).unwrap();
+    let h = rec.header.as_ref().unwrap();
+    assert_eq!(h.fingerprint.backend, "cuda");
+    assert!(h.resolved.prompt_ids.len() > 33, "the fault must land inside the prompt");
+    let (mut engine, here) = crate::replay::fresh_engine(2);
+    let r = {
+        let _p = Planted::new(Fault::AttentionWindow32, false);
+        worker::replay(&path, &mut engine, &here).unwrap()
+    };
+    println!("fault AttentionWindow32 on a GPU recording: {}", r.divergence_line());
+    assert!(!r.passed, "a faulted CPU replay of a GPU recording passed");
+    assert!(r.checks.iter().any(|c| c.name == "traces bit-identical" && !c.passed), "{:?}", r.checks);
+    let d = r.first_divergence.as_ref().unwrap();
+    assert_eq!((d.position, d.layer, d.tensor.as_str()), (Some(32), Some(0), "l_out-0"), "{}", describe(&r));
+    assert_eq!(d.detail, "hashes differ", "{}", describe(&r));
+}
+
+/// The HTML report, read by a real browser (headless Chromium, Debian's `chromium` package, or
+/// `$CHROMIUM`): a page with a passing and a failing case, whose DOM as the browser built it
+/// holds the verdict table, the failing case's section with its first divergence, and its error
+/// curve as an SVG polyline; the page also renders to a screenshot.
+#[test]
+fn the_html_report_shows_the_failing_case_and_its_curve_in_a_browser() {
+    let chromium = std::env::var_os("CHROMIUM").map(std::path::PathBuf::from).or_else(|| {
+        ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"].iter().map(std::path::PathBuf::from).find(|p| p.exists())
+    });
+    let chromium = chromium.expect("headless Chromium is needed for this test: apt-get install chromium (or set $CHROMIUM); .ci/run installs it");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("recordings/worker/gpu-sampled-story.wrec");
+    let (mut engine, here) = crate::replay::fresh_engine(2);
+    let (clean, bad) = {
+        let clean = {
+            let _p = Planted::new(Fault::None, false);
+            worker::replay(&path, &mut engine, &here).unwrap()
+        };
+        let _p = Planted::new(Fault::SkipFfnDown, false);
+        (clean, worker::replay(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("recordings/worker/gpu-chat-haiku.wrec"), &mut engine, &here).unwrap())
+    };
+    assert!(clean.passed && !bad.passed);
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("report.html");
+    std::fs::write(&page, replay::html::page(&[clean, bad.clone()], 1.0, "replay report test")).unwrap();
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(&chromium)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage"])
+            .arg(format!("--user-data-dir={}", dir.path().join("profile").display()))
+            .args(extra)
+            .arg(format!("file://{}", page.display()))
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", chromium.display()));
+        assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = run(&["--dump-dom"]);
+    assert!(dom.contains(r#"data-cases="2""#) && dom.contains(r#"data-failed="1""#), "{dom}");
+    let id = format!(r#"id="case-{}""#, replay::html::sanitize(&bad.name));
+    let section = &dom[dom.find(&id).unwrap_or_else(|| panic!("no section {id} in the DOM:\n{dom}"))..];
+    let section = &section[..section.find("</section>").expect("section closes")];
+    let d = bad.first_divergence.as_ref().unwrap();
+    assert!(section.contains(&replay::html::escape(&d.tensor)), "first divergence's tensor missing:\n{section}");
+    assert!(section.contains("<svg") && section.contains(r#"class="nmse""#), "no error curve in the failing case:\n{section}");
+    assert!(dom.contains(&format!(r##"href="#case-{}""##, replay::html::sanitize(&bad.name))), "the verdict table does not link the failing case");
+    let png = dir.path().join("shot.png");
+    run(&[&format!("--screenshot={}", png.display()), "--window-size=1000,1400"]);
+    let shot = std::fs::read(&png).expect("chromium wrote the screenshot");
+    assert!(shot.starts_with(b"\x89PNG") && shot.len() > 10_000, "screenshot of {} bytes", shot.len());
 }

@@ -8,6 +8,7 @@ mod determinism;
 mod parity;
 mod gguf;
 mod server;
+mod reliability;
 mod trace;
 mod cuda;
 mod replay;

@@ -12,11 +12,11 @@ use worker_orcd::server::{self, BackendChoice, Gate, RunningServer, ServerConfig
 use worker_orcd::tokenizer::Tokenizer;
 use worker_orcd::trace::{Recording, TraceLevel};
 
-fn model_path() -> PathBuf {
+pub(crate) fn model_path() -> PathBuf {
     worker_orcd::fetch::default_model_path().expect("default model (cargo xtask fetch-model)")
 }
 
-fn tokenizer() -> Arc<Tokenizer> {
+pub(crate) fn tokenizer() -> Arc<Tokenizer> {
     static TOK: OnceLock<Arc<Tokenizer>> = OnceLock::new();
     TOK.get_or_init(|| {
         let file = worker_orcd::gguf::GgufFile::open(&model_path()).expect("model opens");
@@ -25,46 +25,46 @@ fn tokenizer() -> Arc<Tokenizer> {
     .clone()
 }
 
-fn config() -> ServerConfig {
+pub(crate) fn config() -> ServerConfig {
     ServerConfig { model_path: Some(model_path()), addr: "127.0.0.1:0".parse().unwrap(), threads: 2, ctx: 1024, ..ServerConfig::default() }
 }
 
-fn start(cfg: ServerConfig) -> RunningServer {
+pub(crate) fn start(cfg: ServerConfig) -> RunningServer {
     server::spawn(cfg).expect("server starts")
 }
 
-fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap()
 }
 
 /// One server-sent event.
 #[derive(Debug, Clone)]
-struct Ev {
-    event: String,
-    data: String,
+pub(crate) struct Ev {
+    pub(crate) event: String,
+    pub(crate) data: String,
 }
 
 impl Ev {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("event data is not JSON ({e}): {}", self.data))
     }
 }
 
 /// Reads server-sent events from a streaming response.
-struct SseReader {
+pub(crate) struct SseReader {
     resp: reqwest::Response,
     buf: Vec<u8>,
 }
 
 impl SseReader {
-    fn new(resp: reqwest::Response) -> SseReader {
+    pub(crate) fn new(resp: reqwest::Response) -> SseReader {
         assert_eq!(resp.status(), 200, "SSE response status");
         let ct = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         assert!(ct.starts_with("text/event-stream"), "content-type {ct}");
         SseReader { resp, buf: Vec::new() }
     }
 
-    async fn next(&mut self) -> Option<Ev> {
+    pub(crate) async fn next(&mut self) -> Option<Ev> {
         loop {
             if let Some(i) = self.buf.windows(2).position(|w| w == b"\n\n") {
                 let block: Vec<u8> = self.buf.drain(..i + 2).collect();
@@ -94,7 +94,7 @@ impl SseReader {
         }
     }
 
-    async fn all(mut self) -> Vec<Ev> {
+    pub(crate) async fn all(mut self) -> Vec<Ev> {
         let mut out = Vec::new();
         while let Some(e) = self.next().await {
             out.push(e);
@@ -103,16 +103,16 @@ impl SseReader {
     }
 }
 
-async fn post(c: &reqwest::Client, url: String, body: &Value) -> reqwest::Response {
+pub(crate) async fn post(c: &reqwest::Client, url: String, body: &Value) -> reqwest::Response {
     c.post(url).json(body).send().await.expect("request sent")
 }
 
-async fn health(c: &reqwest::Client, s: &RunningServer) -> Value {
+pub(crate) async fn health(c: &reqwest::Client, s: &RunningServer) -> Value {
     c.get(format!("{}/health", s.url())).send().await.unwrap().json().await.unwrap()
 }
 
 /// Polls /health until `pred` holds (10 s at most).
-async fn wait_health(c: &reqwest::Client, s: &RunningServer, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn wait_health(c: &reqwest::Client, s: &RunningServer, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let t0 = Instant::now();
     loop {
         let h = health(c, s).await;
@@ -124,7 +124,7 @@ async fn wait_health(c: &reqwest::Client, s: &RunningServer, what: &str, pred: i
     }
 }
 
-async fn wait_file(p: &Path) {
+pub(crate) async fn wait_file(p: &Path) {
     let t0 = Instant::now();
     while !p.exists() {
         assert!(t0.elapsed() < Duration::from_secs(30), "recording {} never appeared", p.display());
@@ -133,17 +133,17 @@ async fn wait_file(p: &Path) {
 }
 
 /// The checked outcome of an `/execute` stream.
-struct Execute {
-    started: Value,
-    ids: Vec<u32>,
-    text: String,
-    terminal: Ev,
+pub(crate) struct Execute {
+    pub(crate) started: Value,
+    pub(crate) ids: Vec<u32>,
+    pub(crate) text: String,
+    pub(crate) terminal: Ev,
 }
 
 /// Reads an `/execute` stream and checks the old API's contract: `started`, then `token`
 /// events with indices 0, 1, ..., then exactly one terminal event, `type` matching the name
 /// (or only an `error`, for a job that never started).
-async fn read_execute(resp: reqwest::Response) -> Execute {
+pub(crate) async fn read_execute(resp: reqwest::Response) -> Execute {
     let events = SseReader::new(resp).all().await;
     assert!(!events.is_empty(), "no events");
     for e in &events {
@@ -408,7 +408,7 @@ async fn twenty_concurrent_clients_are_all_served_one_at_a_time() {
 }
 
 /// A prompt the model keeps answering for a long time (greedy counting).
-fn long_job(id: &str) -> Value {
+pub(crate) fn long_job(id: &str) -> Value {
     json!({"job_id": id, "prompt": "Count from 1 to 1000: 1, 2, 3, 4, 5, 6,", "max_tokens": 900, "temperature": 0})
 }
 
@@ -658,7 +658,7 @@ async fn a_slow_disk_drops_trace_frames_but_never_stalls_the_stream() {
         ..config()
     });
     let c = client();
-    let body = json!({"job_id": "slow", "prompt": "The history of the lighthouse", "max_tokens": 24, "temperature": 0});
+    let body = json!({"job_id": "slow", "prompt": "The history of lighthouses begins with", "max_tokens": 24, "temperature": 0});
     let t0 = Instant::now();
     let r = read_execute(post(&c, format!("{}/execute", s.url()), &body).await).await;
     let took = t0.elapsed();

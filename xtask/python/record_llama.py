@@ -163,9 +163,22 @@ class Capture:
         self.counts = {}
         self.n_asked = 0
 
+    def alias(self, t: int, name: str) -> str:
+        """The name a node is recorded under: its own, except the attention output projection,
+        which llama names `attn_out-L` and qwen2's graph (src/models/qwen2.cpp) leaves unnamed:
+        the MUL_MAT whose second source is `kqv_out-L` is recorded as `attn_out-L`."""
+        if name in self.wanted or not name.startswith("node_"):
+            return name
+        h = GgmlTensorHead.from_address(t)
+        if h.src[1] and GGML.ggml_op_desc(t) == b"MUL_MAT":
+            src = GGML.ggml_get_name(h.src[1]).decode("utf-8")
+            if src.startswith("kqv_out-"):
+                return "attn_out-" + src.split("-", 1)[1]
+        return name
+
     def callback(self, t: int, ask: bool, _ud: int) -> bool:
         try:
-            name = GGML.ggml_get_name(t).decode("utf-8")
+            name = self.alias(t, GGML.ggml_get_name(t).decode("utf-8"))
             if ask:
                 # the scheduler asks exactly once per node, in graph order
                 self.n_asked += 1
@@ -365,6 +378,8 @@ def record_case(model, vocab, spec: dict, cfg: dict, cap: Capture, cb, version: 
     # position selection (see README: "Positions")
     row_pos = strided_positions(n, 16, int(spec.get("row_stride", 8)))
     logits_row_pos = strided_positions(n, 8, int(spec.get("logits_row_stride", 16)))
+    if spec.get("logits_rows") == "last":  # large vocabularies: one full row per case
+        logits_row_pos = [n - 1]
     op_positions = spec.get("op_positions", "all")
     if op_positions not in ("all", "row_pos"):
         raise ValueError(f"{name}: op_positions must be 'all' or 'row_pos'")

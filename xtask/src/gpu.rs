@@ -1,9 +1,10 @@
 //! `cargo xtask gpu-bundle`: builds everything a GPU machine without Rust needs to run the CUDA
 //! backend's tests, parity checks and benchmark, into one folder with a `run.sh`.
 //!
-//! The folder holds the stripped release binaries (`worker-orcd`, `cuda-check`, `xtask` for
-//! `replay --backend cuda`), the integration test binaries (`it`, whose `cuda::` tests are the
-//! per-op parity tests, and `corpus`, the replay corpus case by case), and optionally the
+//! The folder holds the stripped release binaries (`worker-orcd`, which also replays, and
+//! `cuda-check`), the integration test binaries (`it`, whose `cuda::` tests are the per-op
+//! parity tests, and `corpus`, the replay corpus case by case; built at the test profile, which
+//! is optimized), and optionally the
 //! reference corpus and the model split into parts small enough to carry. It builds; it runs
 //! nothing on a GPU.
 
@@ -70,8 +71,8 @@ story='{"job_id":"gpu-sampled-story","prompt":"Once upon a time, in a small vill
 curl -sfN http://127.0.0.1:18080/execute -H 'content-type: application/json' -d "$story" | tail -2
 kill $pid; wait $pid 2>/dev/null || true
 trap - EXIT
-step "$here/xtask" replay "$rec" --backend cuda --model "$model"
-step "$here/xtask" replay "$rec" --backend cpu --model "$model"
+step "$here/worker-orcd" replay "$rec" --backend cuda --model "$model"
+step "$here/worker-orcd" replay "$rec" --backend cpu --model "$model"
 if [ -n "$out" ]; then cp "$rec"/*.wrec "$out"/ && ls -l "$out"; fi
 if [ ${#failed[@]} -gt 0 ]; then printf 'FAILED: %s\n' "${failed[@]}"; exit 1; fi
 echo "run.sh: every step passed"
@@ -94,14 +95,12 @@ pub fn gpu_bundle(args: &[String]) -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
     run(Command::new(cargo()).current_dir(&root).args(["build", "--release", "--bin", "worker-orcd", "--bin", "cuda-check"]))?;
-    run(Command::new(cargo()).current_dir(&root).args(["build", "--release", "-p", "xtask"]))?;
     let it_exe = test_executable(&root, "it")?;
     let corpus_exe = test_executable(&root, "corpus")?;
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
     for (src, name) in [
         (target.join("release/worker-orcd"), "worker-orcd"),
         (target.join("release/cuda-check"), "cuda-check"),
-        (target.join("release/xtask"), "xtask"),
         (it_exe, "it"),
         (corpus_exe, "corpus"),
     ] {
@@ -148,7 +147,7 @@ fn run(cmd: &mut Command) -> Result<()> {
 fn test_executable(root: &Path, name: &str) -> Result<PathBuf> {
     let output = Command::new(cargo())
         .current_dir(root)
-        .args(["test", "--release", "--test", name, "--no-run", "--message-format=json"])
+        .args(["test", "--test", name, "--no-run", "--message-format=json"])
         .output()
         .context("running cargo test --no-run")?;
     if !output.status.success() {

@@ -39,7 +39,8 @@ pub mod faults {
 
     thread_local! {
         // Per thread, so a test that plants a fault never disturbs tests running beside it;
-        // every check runs on the thread that calls `forward`.
+        // `forward` carries the caller's fault onto the pool thread that runs the pass, where
+        // every check is made.
         static ACTIVE: Cell<Fault> = const { Cell::new(Fault::None) };
     }
 
@@ -50,6 +51,11 @@ pub mod faults {
 
     pub fn is(f: Fault) -> bool {
         ACTIVE.with(|a| a.get()) == f
+    }
+
+    /// The fault planted on the calling thread.
+    pub fn current() -> Fault {
+        ACTIVE.with(|a| a.get())
     }
 }
 
@@ -86,6 +92,7 @@ struct LayerNorms {
 /// The CPU backend: a model, its f32 norm vectors, a KV cache and a thread pool.
 pub struct CpuBackend {
     model: Arc<Model>,
+    rope: ops::Rope,
     norms: Vec<LayerNorms>,
     output_norm: Vec<f32>,
     /// Per layer, (n_ctx, kv_dim) keys and values after RoPE (keys) as f32 (llama.cpp with an
@@ -94,7 +101,7 @@ pub struct CpuBackend {
     v_cache: Vec<Vec<f32>>,
     n_cached: usize,
     n_ctx: usize,
-    pool: rayon::ThreadPool,
+    pool: Arc<rayon::ThreadPool>,
     n_threads: usize,
 }
 
@@ -111,6 +118,7 @@ impl CpuBackend {
             .thread_name(|i| format!("cpu-backend-{i}"))
             .build()
             .map_err(|e| BackendError::Unavailable { backend: "cpu", reason: e.to_string() })?;
+        let pool = Arc::new(pool);
         let c = &model.config;
         let n_ctx = n_ctx.min(c.n_ctx_train).max(1);
         let opt = |w: &Option<Weight>| w.as_ref().map(|w| model.f32_vec(w));
@@ -127,6 +135,7 @@ impl CpuBackend {
             .collect();
         let kv = n_ctx * c.kv_dim();
         Ok(CpuBackend {
+            rope: model.rope(),
             output_norm: model.f32_vec(&model.output_norm),
             norms,
             k_cache: (0..c.n_layers).map(|_| vec![0.0; kv]).collect(),
@@ -156,7 +165,7 @@ impl CpuBackend {
     /// (`kernels/decode.cu`, `decoder_layers_<type>`), which runs this for one position.
     pub(crate) fn decoder_layers(&mut self, x: &mut [f32], pos0: usize, n: usize, tap: &mut dyn Tap) -> Vec<f32> {
         let c = self.model.config.clone();
-        let (dim, kv_dim, hd) = (c.dim, c.kv_dim(), c.head_dim);
+        let (dim, kv_dim, hd, q_dim) = (c.dim, c.kv_dim(), c.head_dim, c.q_dim());
         let emit = |tap: &mut dyn Tap, p: TapPoint, data: &[f32]| {
             if tap.wants(p) {
                 tap.record(p, pos0, n, data);
@@ -192,11 +201,13 @@ impl CpuBackend {
             for t in 0..n {
                 let pos = pos0 + t;
                 if planted!(RopeWrongPairs) {
-                    rope_neox_style(&mut q[t * dim..(t + 1) * dim], hd, pos, c.rope_base);
-                    rope_neox_style(&mut k[t * kv_dim..(t + 1) * kv_dim], hd, pos, c.rope_base);
+                    // The other pairing than the model's.
+                    let wrong = ops::RopeKind::Neox == self.rope.kind;
+                    rope_wrong_pairs(&mut q[t * q_dim..(t + 1) * q_dim], hd, pos, c.rope_base, wrong);
+                    rope_wrong_pairs(&mut k[t * kv_dim..(t + 1) * kv_dim], hd, pos, c.rope_base, wrong);
                 } else {
-                    simd::rope_norm(&mut q[t * dim..(t + 1) * dim], hd, pos, c.rope_base);
-                    simd::rope_norm(&mut k[t * kv_dim..(t + 1) * kv_dim], hd, pos, c.rope_base);
+                    simd::rope(&self.rope, &mut q[t * q_dim..(t + 1) * q_dim], pos);
+                    simd::rope(&self.rope, &mut k[t * kv_dim..(t + 1) * kv_dim], pos);
                 }
             }
             emit(tap, TapPoint::QRope(l), &q);
@@ -213,7 +224,7 @@ impl CpuBackend {
             let want = [tap.wants(TapPoint::Kq(l)), tap.wants(TapPoint::KqSoftmax(l))];
             let mut scores = if want[0] { vec![0.0f32; n * row_len] } else { Vec::new() };
             let mut probs = if want[1] { vec![0.0f32; n * row_len] } else { Vec::new() };
-            let mut attn = vec![0.0f32; n * dim];
+            let mut attn = vec![0.0f32; n * q_dim];
             {
                 let (kc, vc) = (&self.k_cache[l], &self.v_cache[l]);
                 let qs = &q;
@@ -222,12 +233,12 @@ impl CpuBackend {
                 let (mut kq_rows, mut p_rows) = (per_row(&mut scores, row_len, n), per_row(&mut probs, row_len, n));
                 self.pool.install(|| {
                     use rayon::prelude::*;
-                    let work = attn.par_chunks_mut(dim).zip(kq_rows.par_iter_mut()).zip(p_rows.par_iter_mut()).enumerate();
+                    let work = attn.par_chunks_mut(q_dim).zip(kq_rows.par_iter_mut()).zip(p_rows.par_iter_mut()).enumerate();
                     work.for_each(|(t, ((out, kq_dst), p_dst))| {
                         let n_kv = pos0 + t + 1;
                         let mut kq_local = kq_dst.as_ref().map(|_| vec![0.0f32; c.n_heads * n_kv]);
                         let mut p_local = p_dst.as_ref().map(|_| vec![0.0f32; c.n_heads * n_kv]);
-                        let qt = &qs[t * dim..(t + 1) * dim];
+                        let qt = &qs[t * q_dim..(t + 1) * q_dim];
                         if soft_no_max {
                             attention_no_max(qt, kc, vc, n_kv, c.n_heads, c.n_kv_heads, hd, out, p_local.as_deref_mut());
                         } else if window_32 && n_kv > 32 {
@@ -354,9 +365,21 @@ impl Backend for CpuBackend {
         if tokens.is_empty() {
             return Ok(Vec::new());
         }
-        // Matrix products use the pool through `pool.install`; run the whole pass inside it so
-        // nested parallel iterators also stay on this backend's threads.
-        let logits = self.forward_inner(tokens, pos0, rows, tap);
+        // Run the whole pass on the pool: the `pool.install` of each matrix product and of
+        // attention then runs in place on a pool thread instead of handing work across threads
+        // and waking the caller (hundreds of times a token: at one thread that hand-off cost
+        // more than attention). Nothing of the arithmetic depends on which thread runs it.
+        let pool = Arc::clone(&self.pool);
+        #[cfg(feature = "fault-injection")]
+        let planted = faults::current();
+        let logits = pool.install(|| {
+            #[cfg(feature = "fault-injection")]
+            faults::set(planted);
+            let logits = self.forward_inner(tokens, pos0, rows, tap);
+            #[cfg(feature = "fault-injection")]
+            faults::set(Fault::None);
+            logits
+        });
         self.n_cached = pos0 + tokens.len();
         Ok(logits)
     }
@@ -390,16 +413,18 @@ fn transposed_product(model: &Model, w: &Weight, x: &[f32], n: usize) -> Vec<f32
     out
 }
 
-/// Planted fault: RoPE rotating pairs (i, i + head_dim/2), NEOX style, on a NORM-rope model.
-fn rope_neox_style(x: &mut [f32], head_dim: usize, pos: usize, base: f32) {
+/// Planted fault: RoPE rotating the wrong pairs: (i, i + head_dim/2), NEOX style, on a
+/// NORM-rope model (`adjacent` false), adjacent pairs on a NEOX-rope model (`adjacent` true).
+fn rope_wrong_pairs(x: &mut [f32], head_dim: usize, pos: usize, base: f32, adjacent: bool) {
     let cache = ops::rope_cache(head_dim, pos, base);
     let half = head_dim / 2;
     for head in x.chunks_exact_mut(head_dim) {
         for i in 0..half {
             let (cos, sin) = (cache[2 * i], cache[2 * i + 1]);
-            let (x0, x1) = (head[i], head[i + half]);
-            head[i] = x0 * cos - x1 * sin;
-            head[i + half] = x0 * sin + x1 * cos;
+            let (a, b) = if adjacent { (2 * i, 2 * i + 1) } else { (i, i + half) };
+            let (x0, x1) = (head[a], head[b]);
+            head[a] = x0 * cos - x1 * sin;
+            head[b] = x0 * sin + x1 * cos;
         }
     }
 }

@@ -34,42 +34,128 @@ pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// `rope_norm`: rotates adjacent pairs `(x[2i], x[2i+1])` of every head of one position by
-/// `pos * base^(-2i/head_dim)` (llama.cpp's `LLAMA_ROPE_TYPE_NORM`, used for the llama
-/// architecture). x is (n_heads, head_dim), rotated in place.
-///
-/// The angle is built as ggml's `ggml_rope_cache_init` does, by repeated f32 multiplication of
-/// `theta_scale = powf(base, -2/head_dim)`, not by `powf` per pair: the two differ in the last
-/// bits. The rotation is `rotate_pairs` for `GGML_ROPE_TYPE_NORMAL` as GCC contracted it in the
-/// reference build: `x0' = fma(x0, cos, -(x1·sin))`, `x1' = fma(x0, sin, x1·cos)`, the second
-/// products rounded first (established against llama.cpp's captured RoPE inputs and outputs:
-/// every element of every head at every position bit-identical).
-#[inline(always)]
-pub fn rope_norm(x: &mut [f32], head_dim: usize, pos: usize, base: f32) {
-    assert_eq!(x.len() % head_dim, 0);
-    let cache = rope_cache(head_dim, pos, base);
-    for head in x.chunks_exact_mut(head_dim) {
-        for i in (0..head_dim).step_by(2) {
-            let (cos, sin) = (cache[i], cache[i + 1]);
-            let x0 = head[i];
-            let x1 = head[i + 1];
-            head[i] = x0.mul_add(cos, -(x1 * sin));
-            head[i + 1] = x0.mul_add(sin, x1 * cos);
+/// Which elements RoPE rotates together (llama.cpp's `llama_rope_type`): `Norm` adjacent
+/// pairs `(x[2i], x[2i+1])` (`LLAMA_ROPE_TYPE_NORM`: llama), `Neox` the halves of a head,
+/// `(x[i], x[i + head_dim/2])` (`LLAMA_ROPE_TYPE_NEOX`: qwen2). Pair i turns by angle θ_i in both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RopeKind {
+    Norm,
+    Neox,
+}
+
+/// Everything RoPE depends on besides the position: ggml_rope_ext's `mode`, `n_dims` (the
+/// whole head here), `freq_base`, `freq_scale`, `attn_factor` (its `mscale`) and the optional
+/// frequency factors (`src2`, Llama-3's `rope_freqs.weight`). `ext_factor` is 0 (no YaRN).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rope {
+    pub kind: RopeKind,
+    pub head_dim: usize,
+    pub base: f32,
+    pub freq_scale: f32,
+    pub attn_factor: f32,
+    pub freq_factors: Option<Vec<f32>>,
+}
+
+impl Rope {
+    /// Plain RoPE of `kind`: no scaling, no frequency factors.
+    pub fn plain(kind: RopeKind, head_dim: usize, base: f32) -> Rope {
+        Rope { kind, head_dim, base, freq_scale: 1.0, attn_factor: 1.0, freq_factors: None }
+    }
+
+    /// cos/sin pairs for one position: `[cos θ0, sin θ0, cos θ1, sin θ1, ...]`, as ggml's
+    /// `ggml_rope_cache_init` with `rope_yarn` at `ext_factor = 0` builds them: θ starts at the
+    /// position and is multiplied by `theta_scale = powf(base, -2/head_dim)` once per pair (not
+    /// `powf` per pair: the two differ in the last bits); pair i takes
+    /// `freq_scale * (θ / ff_i)` (ff_i = 1 without factors: both operations are then exact),
+    /// then `cosf(·) * mscale`, `sinf(·) * mscale`.
+    pub fn cache(&self, pos: usize) -> Vec<f32> {
+        let hd = self.head_dim;
+        let theta_scale = self.base.powf(-2.0 / hd as f32);
+        let mut theta = pos as f32;
+        let mut cache = vec![0.0f32; hd];
+        for i in (0..hd).step_by(2) {
+            let ff = self.freq_factors.as_ref().map_or(1.0, |f| f[i / 2]);
+            let t = self.freq_scale * (theta / ff);
+            cache[i] = t.cos() * self.attn_factor;
+            cache[i + 1] = t.sin() * self.attn_factor;
+            theta *= theta_scale;
+        }
+        cache
+    }
+
+    /// Rotates every head of one position of `x` (n_heads, head_dim) in place.
+    #[inline(always)]
+    pub fn apply(&self, x: &mut [f32], pos: usize) {
+        let cache = self.cache(pos);
+        match self.kind {
+            RopeKind::Norm => rope_norm_cached(x, self.head_dim, &cache),
+            RopeKind::Neox => rope_neox(x, self.head_dim, &cache),
         }
     }
 }
 
-/// cos/sin pairs for one position: `[cos θ0, sin θ0, cos θ1, sin θ1, ...]`.
-pub fn rope_cache(head_dim: usize, pos: usize, base: f32) -> Vec<f32> {
-    let theta_scale = base.powf(-2.0 / head_dim as f32);
-    let mut theta = pos as f32;
-    let mut cache = vec![0.0f32; head_dim];
-    for i in (0..head_dim).step_by(2) {
-        cache[i] = theta.cos();
-        cache[i + 1] = theta.sin();
-        theta *= theta_scale;
+/// ggml's `rotate_pairs` as GCC contracted it in the reference build:
+/// `x0' = fma(x0, cos, -(x1·sin))`, `x1' = fma(x0, sin, x1·cos)`, the second products rounded
+/// first (established against llama.cpp's captured RoPE inputs and outputs: every element of
+/// every head at every position bit-identical, for NORM and for NEOX).
+#[inline(always)]
+fn rotate(x0: f32, x1: f32, cos: f32, sin: f32) -> (f32, f32) {
+    (x0.mul_add(cos, -(x1 * sin)), x0.mul_add(sin, x1 * cos))
+}
+
+/// `rope_norm`: rotates adjacent pairs `(x[2i], x[2i+1])` of every head of one position by
+/// `pos * base^(-2i/head_dim)` (llama.cpp's `LLAMA_ROPE_TYPE_NORM`, used for the llama
+/// architecture). x is (n_heads, head_dim), rotated in place. See [`Rope::cache`] for the
+/// angles and [`rotate`] for the arithmetic.
+#[inline(always)]
+pub fn rope_norm(x: &mut [f32], head_dim: usize, pos: usize, base: f32) {
+    Rope::plain(RopeKind::Norm, head_dim, base).apply(x, pos)
+}
+
+/// `rope_norm` with the cos/sin pairs given.
+#[inline(always)]
+pub fn rope_norm_cached(x: &mut [f32], head_dim: usize, cache: &[f32]) {
+    assert_eq!(x.len() % head_dim, 0);
+    for head in x.chunks_exact_mut(head_dim) {
+        for i in (0..head_dim).step_by(2) {
+            (head[i], head[i + 1]) = rotate(head[i], head[i + 1], cache[i], cache[i + 1]);
+        }
     }
-    cache
+}
+
+/// `rope_neox` (with the cos/sin pairs of one position given): rotates the pairs `(x[i], x[i + head_dim/2])` of every head by θ_i
+/// (`LLAMA_ROPE_TYPE_NEOX`, qwen2; ggml's `rotate_pairs(n_dims, n_dims/2, ...)`: pair i reads
+/// `cache[2i]`, `cache[2i+1]`).
+#[inline(always)]
+pub fn rope_neox(x: &mut [f32], head_dim: usize, cache: &[f32]) {
+    assert_eq!(x.len() % head_dim, 0);
+    let half = head_dim / 2;
+    for head in x.chunks_exact_mut(head_dim) {
+        for i in 0..half {
+            (head[i], head[i + half]) = rotate(head[i], head[i + half], cache[2 * i], cache[2 * i + 1]);
+        }
+    }
+}
+
+/// `rope_store_kv`: the step after the Q, K and V products of one position, as the forward
+/// pass runs it (the CUDA kernel of the same name fuses it): each bias added (`ggml_add`, one
+/// f32 addition per element, llama.cpp's `build_qkv`), then RoPE of Q and K. Q is
+/// (n_heads, head_dim), K and V (n_kv_heads, head_dim), all in place.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_store_kv(q: &mut [f32], k: &mut [f32], v: &mut [f32], bq: Option<&[f32]>, bk: Option<&[f32]>, bv: Option<&[f32]>, rope: &Rope, pos: usize) {
+    for (t, b) in [(&mut *q, bq), (&mut *k, bk), (&mut *v, bv)] {
+        if let Some(b) = b {
+            add(t, b);
+        }
+    }
+    rope.apply(q, pos);
+    rope.apply(k, pos);
+}
+
+/// cos/sin pairs for one position of plain RoPE (see [`Rope::cache`]).
+pub fn rope_cache(head_dim: usize, pos: usize, base: f32) -> Vec<f32> {
+    Rope::plain(RopeKind::Norm, head_dim, base).cache(pos)
 }
 
 /// `ggml_vec_soft_max_f32` (ggml-cpu/vec.cpp, AVX2 + FMA path): `y = exp(x - max)` and their
@@ -136,6 +222,26 @@ pub fn attention(
     n_kv_heads: usize,
     head_dim: usize,
     out: &mut [f32],
+    kq_out: Option<&mut [f32]>,
+    probs_out: Option<&mut [f32]>,
+) {
+    attention_with(vec_dot_f32, q, k_cache, v_cache, n_kv, n_heads, n_kv_heads, head_dim, out, kq_out, probs_out)
+}
+
+/// [`attention`] with the `ggml_vec_dot_f32` implementation passed in: the spec's, or a twin
+/// proven bit-identical to it (`simd` passes its AVX2 one).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn attention_with(
+    vec_dot_f32: impl Fn(&[f32], &[f32]) -> f32,
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    n_kv: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    out: &mut [f32],
     mut kq_out: Option<&mut [f32]>,
     mut probs_out: Option<&mut [f32]>,
 ) {
@@ -144,9 +250,20 @@ pub fn attention(
     let scale = 1.0f32 / (head_dim as f32).sqrt();
     let padded = n_kv.next_multiple_of(32);
     let mut probs = vec![0.0f32; padded];
-    let mut vcol = vec![0.0f32; padded];
+    // V transposed for this KV head, one zero-padded column of `padded` cells per element
+    // (ggml keeps V transposed in its cache, so its `vec_dot_f32` reads such columns): built
+    // once per KV head and shared by the heads of its group. Only where the values sit changes.
+    let mut v_t = vec![0.0f32; head_dim * padded];
     for h in 0..n_heads {
         let kvh = h / group;
+        if h % group == 0 {
+            for j in 0..n_kv {
+                let row = &v_cache[j * kv_stride + kvh * head_dim..][..head_dim];
+                for (d, &v) in row.iter().enumerate() {
+                    v_t[d * padded + j] = v;
+                }
+            }
+        }
         let qh = &q[h * head_dim..(h + 1) * head_dim];
         for (j, s) in probs[..n_kv].iter_mut().enumerate() {
             *s = vec_dot_f32(&k_cache[j * kv_stride + kvh * head_dim..][..head_dim], qh);
@@ -163,10 +280,7 @@ pub fn attention(
         }
         let oh = &mut out[h * head_dim..(h + 1) * head_dim];
         for (d, o) in oh.iter_mut().enumerate() {
-            for (j, v) in vcol[..n_kv].iter_mut().enumerate() {
-                *v = v_cache[j * kv_stride + kvh * head_dim + d];
-            }
-            *o = vec_dot_f32(&vcol, &probs);
+            *o = vec_dot_f32(&v_t[d * padded..(d + 1) * padded], &probs);
         }
     }
 }

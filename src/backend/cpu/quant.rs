@@ -67,6 +67,7 @@ fn quantize_block(x: &[f32]) -> (f32, [i8; QK], i32) {
 }
 
 /// `quantize_row_q8_0`: x (k,) -> k/32 blocks. `k` must be a multiple of 32.
+#[inline(always)]
 pub fn quantize_row_q8_0(x: &[f32]) -> Vec<BlockQ8_0> {
     assert_eq!(x.len() % QK, 0, "row length {} is not a multiple of {QK}", x.len());
     x.chunks_exact(QK)
@@ -78,6 +79,7 @@ pub fn quantize_row_q8_0(x: &[f32]) -> Vec<BlockQ8_0> {
 }
 
 /// `quantize_row_q8_1`: x (k,) -> k/32 blocks, with `s = f16(d * sum(q))` using the f32 `d`.
+#[inline(always)]
 pub fn quantize_row_q8_1(x: &[f32]) -> Vec<BlockQ8_1> {
     assert_eq!(x.len() % QK, 0, "row length {} is not a multiple of {QK}", x.len());
     x.chunks_exact(QK)
@@ -380,6 +382,7 @@ pub enum QuantizedActivation {
 }
 
 /// Quantizes one activation row for a product with weights of type `ty`.
+#[inline(always)]
 pub fn quantize_activation(ty: GgmlType, x: &[f32]) -> QuantizedActivation {
     match ty {
         // ggml-cpu.c `type_traits_cpu[..].vec_dot_type`.

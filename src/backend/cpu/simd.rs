@@ -128,13 +128,20 @@ spec_tile!(spec_tile_f16, GgmlType::F16);
 spec_tile!(spec_tile_bf16, GgmlType::BF16);
 spec_tile!(spec_tile_f32, GgmlType::F32);
 
-/// [`quant::quantize_activation`], with `quantize_row_q8_K` compiled for AVX2 where the CPU
-/// has it (the same code: its rounding and comparisons vectorize without changing a bit).
+/// [`quant::quantize_activation`] in AVX2 where the CPU has it: ggml's own AVX2 quantizer
+/// instructions for Q8_0/Q8_1 (the scalar spec's `round_ties_even` is a call into libm per
+/// element, which cost more than the quantization itself), and `quantize_row_q8_K` compiled for
+/// AVX2 (the same code: its rounding and comparisons vectorize without changing a bit). Same
+/// rounding, same bits (tested below).
 pub fn quantize_activation(ty: GgmlType, x: &[f32]) -> QuantizedActivation {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() && matches!(ty, GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K) {
-        // SAFETY: AVX2 and FMA are present (checked above).
-        return QuantizedActivation::Q8K(unsafe { x86::quantize_row_q8_K(x) });
+    if has_avx2_fma() {
+        if matches!(ty, GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K) {
+            // SAFETY: AVX2 and FMA are present (checked above).
+            return QuantizedActivation::Q8K(unsafe { x86::quantize_row_q8_K(x) });
+        }
+        // SAFETY: AVX2, FMA and F16C are present (checked above).
+        return unsafe { x86::quantize_activation(ty, x) };
     }
     quant::quantize_activation(ty, x)
 }
@@ -185,12 +192,17 @@ pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
 
 /// [`ops::rope_norm`] compiled for AVX2 + FMA where the CPU has them (see [`attention`]).
 pub fn rope_norm(x: &mut [f32], head_dim: usize, pos: usize, base: f32) {
+    rope(&ops::Rope::plain(ops::RopeKind::Norm, head_dim, base), x, pos)
+}
+
+/// [`ops::Rope::apply`] compiled for AVX2 + FMA where the CPU has them (see [`attention`]).
+pub fn rope(r: &ops::Rope, x: &mut [f32], pos: usize) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: AVX2 and FMA are present (checked above).
-        return unsafe { x86::rope_norm(x, head_dim, pos, base) };
+        return unsafe { x86::rope(r, x, pos) };
     }
-    ops::rope_norm(x, head_dim, pos, base)
+    r.apply(x, pos)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -496,8 +508,14 @@ mod x86 {
         }
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut summs = [0.0f32; 4];
+        let row_len = a.len() * 20;
         for (i, ab) in a.iter().enumerate() {
             let qy = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
+            // The next four rows follow these in memory: pull them into L1 while these compute
+            // (a hint only: it never faults and changes no value).
+            let next = rows[0].as_ptr().wrapping_add(4 * row_len + i * 80);
+            _mm_prefetch::<_MM_HINT_T0>(next as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(64) as *const i8);
             for r in 0..4 {
                 let blk = rows[r].get_unchecked(i * 20..i * 20 + 20);
                 let (d0, m) = (f16_at(blk, 0), f16_at(blk, 2));
@@ -518,6 +536,8 @@ mod x86 {
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut summs = [0.0f32; 4];
         for i in 0..a[0].len() {
+            // The next row follows this one in memory.
+            _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(w.len() + i * 20) as *const i8);
             let blk = w.get_unchecked(i * 20..i * 20 + 20);
             let (d0, m) = (f16_at(blk, 0), f16_at(blk, 2));
             let qx = bytes_from_nibbles_32(blk.as_ptr().add(4));
@@ -538,8 +558,14 @@ mod x86 {
             assert_eq!(r.len(), a.len() * 34);
         }
         let mut acc = [_mm256_setzero_ps(); 4];
+        let row_len = a.len() * 34;
         for (i, ab) in a.iter().enumerate() {
             let qy = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
+            // The next four rows, as in q4_1_rows4 (136 bytes of them per block here).
+            let next = rows[0].as_ptr().wrapping_add(4 * row_len + i * 136);
+            _mm_prefetch::<_MM_HINT_T0>(next as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(64) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(128) as *const i8);
             for r in 0..4 {
                 let blk = rows[r].get_unchecked(i * 34..i * 34 + 34);
                 let qx = _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i);
@@ -557,6 +583,7 @@ mod x86 {
         }
         let mut acc = [_mm256_setzero_ps(); 4];
         for i in 0..a[0].len() {
+            _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(w.len() + i * 34) as *const i8);
             let blk = w.get_unchecked(i * 34..i * 34 + 34);
             let d0 = f16_at(blk, 0);
             let qx = _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i);
@@ -630,7 +657,79 @@ mod x86 {
         kq_out: Option<&mut [f32]>,
         probs_out: Option<&mut [f32]>,
     ) {
-        ops::attention(q, k_cache, v_cache, n_kv, n_heads, n_kv_heads, head_dim, out, kq_out, probs_out)
+        // The products take the AVX2 `ggml_vec_dot_f32` where the length allows (equal to the
+        // spec's bit for bit: `simd_vec_dot_f32_equals_the_spec`).
+        let dot = |x: &[f32], y: &[f32]| if x.len() % 32 == 0 { vec_dot_f32(x, y) } else { quant::vec_dot_f32(x, y) };
+        ops::attention_with(dot, q, k_cache, v_cache, n_kv, n_heads, n_kv_heads, head_dim, out, kq_out, probs_out)
+    }
+
+    /// An f32 rounded to f16 and widened back (F16C, round to nearest even as `half`'s).
+    #[inline(always)]
+    unsafe fn f16_round(x: f32) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(x))))
+    }
+
+    /// One 32-block of `quantize_row_q8_0/q8_1` in ggml's AVX2 instructions: `amax` by
+    /// `max_ps` of the absolute values, `d = amax / 127`, `id = 127 / amax` (0 for a zero
+    /// block), `q = cvtps_epi32(round_ps(x * id, nearest))`, and the integer sum for Q8_1.
+    #[inline(always)]
+    unsafe fn quantize_block(x: &[f32]) -> (f32, [i8; QK], i32) {
+        let p = x.as_ptr();
+        let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
+        let sign = _mm256_set1_ps(-0.0);
+        let mut m = _mm256_andnot_ps(sign, v[0]);
+        for vi in &v[1..] {
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *vi));
+        }
+        let mut m4 = _mm_max_ps(_mm256_extractf128_ps(m, 1), _mm256_castps256_ps128(m));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        let amax = _mm_cvtss_f32(m4);
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let mul = _mm256_set1_ps(id);
+        let mut qs = [0i8; QK];
+        let mut sum = _mm256_setzero_si256();
+        for (k, vi) in v.iter().enumerate() {
+            let r = _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(*vi, mul)));
+            sum = _mm256_add_epi32(sum, r);
+            let mut lanes = [0i32; 8];
+            _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, r);
+            for (j, &l) in lanes.iter().enumerate() {
+                qs[8 * k + j] = l as i8;
+            }
+        }
+        let mut sums = [0i32; 8];
+        _mm256_storeu_si256(sums.as_mut_ptr() as *mut __m256i, sum);
+        (d, qs, sums.iter().sum())
+    }
+
+    /// [`quant::quantize_activation`] for the 8-bit activation types, block by block as above;
+    /// the other types take the spec.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn quantize_activation(ty: GgmlType, x: &[f32]) -> QuantizedActivation {
+        if x.len() % QK != 0 {
+            return quant::quantize_activation(ty, x);
+        }
+        match ty {
+            GgmlType::Q4_1 | GgmlType::Q5_1 => {
+                let mut out = Vec::with_capacity(x.len() / QK);
+                for b in x.chunks_exact(QK) {
+                    let (d, qs, sum) = quantize_block(b);
+                    out.push(BlockQ8_1 { d: f16_round(d), s: f16_round(d * sum as f32), qs });
+                }
+                QuantizedActivation::Q8_1(out)
+            }
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4_NL => {
+                let mut out = Vec::with_capacity(x.len() / QK);
+                for b in x.chunks_exact(QK) {
+                    let (d, qs, _) = quantize_block(b);
+                    out.push(BlockQ8_0 { d: f16_round(d), qs });
+                }
+                QuantizedActivation::Q8_0(out)
+            }
+            _ => quant::quantize_activation(ty, x),
+        }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -639,8 +738,8 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn rope_norm(x: &mut [f32], head_dim: usize, pos: usize, base: f32) {
-        ops::rope_norm(x, head_dim, pos, base)
+    pub unsafe fn rope(r: &ops::Rope, x: &mut [f32], pos: usize) {
+        r.apply(x, pos)
     }
 
     pub fn dot_q4_1(w: &[u8], a: &QuantizedActivation) -> f32 {
@@ -689,6 +788,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use super::quantize_activation as quantize_activation_simd;
     use crate::backend::cpu::quant::{quantize_activation, vec_dot};
 
     /// splitmix64: a seeded generator for test inputs.
@@ -807,6 +907,41 @@ mod tests {
             rope_norm(&mut x, 64, pos, 100000.0);
             ops::rope_norm(&mut y, 64, pos, 100000.0);
             assert_eq!(x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "rope pos {pos}");
+            // NEOX with Llama-3 style frequency factors and linear scaling.
+            let r = ops::Rope {
+                kind: ops::RopeKind::Neox,
+                head_dim: 64,
+                base: 500000.0,
+                freq_scale: 0.25,
+                attn_factor: 1.0,
+                freq_factors: Some((0..32).map(|i| 1.0 + i as f32 * 0.37).collect()),
+            };
+            let mut x: Vec<f32> = (0..896).map(|_| rng.f32()).collect();
+            let mut y = x.clone();
+            rope(&r, &mut x, pos);
+            r.apply(&mut y, pos);
+            assert_eq!(x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "rope neox pos {pos}");
+        }
+    }
+
+    #[test]
+    fn compiled_for_avx2_quantizer_equals_the_spec() {
+        let mut rng = Rng(29);
+        for (i, scale) in [0.0f32, 1e-30, 1e-3, 1.0, 127.0, 3e4, 1e30].into_iter().enumerate() {
+            let mut x: Vec<f32> = (0..576).map(|_| rng.f32() * scale).collect();
+            // Values that land exactly on a rounding tie after scaling by 127/amax.
+            x[0] = scale;
+            x[1] = scale * 0.5 / 127.0;
+            x[2] = -scale * 1.5 / 127.0;
+            for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::IQ4_NL] {
+                let (fast, spec) = (quantize_activation_simd(ty, &x), quantize_activation(ty, &x));
+                let same = match (&fast, &spec) {
+                    (QuantizedActivation::Q8_1(a), QuantizedActivation::Q8_1(b)) => a == b,
+                    (QuantizedActivation::Q8_0(a), QuantizedActivation::Q8_0(b)) => a == b,
+                    _ => false,
+                };
+                assert!(same, "{ty:?} scale {scale} (case {i}): {fast:?} vs {spec:?}");
+            }
         }
     }
 

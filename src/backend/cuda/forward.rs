@@ -15,6 +15,7 @@ use super::device::{dev_err, Arg, Gpu};
 use super::ops::launch_attention;
 use super::weights::{DevMatrix, Segment};
 use super::{Act, CudaBackend, SendGraph, MAX_BATCH};
+use crate::backend::cpu::ops::RopeKind;
 use crate::backend::cpu::quant::QK;
 use crate::backend::{BackendError, LogitRows, Tap, TapPoint};
 
@@ -451,7 +452,15 @@ impl CudaBackend {
             // Attention block.
             // Tensor-core products (many positions) have no fused epilogues: RoPE and SwiGLU run
             // as their own kernels there.
-            let fuse_qkv = dbg.is_none() && !mma_tokens(n) && lw.qkv.len() == 1 && lw.qkv[0].m.is_quantized() && dim % MV_ROWS == 0 && kv_dim % MV_ROWS == 0;
+            // The fused epilogue rotates adjacent output rows: NORM pairs only (a NEOX pair's rows
+            // lie head_dim/2 apart, in another block); NEOX models take rope_store_kv.
+            let fuse_qkv = dbg.is_none()
+                && !mma_tokens(n)
+                && c.rope_kind == RopeKind::Norm
+                && lw.qkv.len() == 1
+                && lw.qkv[0].m.is_quantized()
+                && dim % MV_ROWS == 0
+                && kv_dim % MV_ROWS == 0;
             // The norm is folded into the product only for one position: every block redoes it,
             // which is cheaper than a launch when decoding and dearer when prefilling.
             let fuse_norm = fuse_qkv && n == 1;
@@ -509,6 +518,7 @@ impl CudaBackend {
                         Arg::I32(dim as i32),
                         Arg::I32(kv_dim as i32),
                         Arg::I32(hd as i32),
+                        Arg::I32((c.rope_kind == RopeKind::Neox) as i32),
                     ],
                 )?;
             }

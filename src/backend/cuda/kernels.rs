@@ -106,7 +106,7 @@ impl KernelModule {
                 "matvec_q5_K_q8_K",
                 "matvec_q6_K_q8_K",
             ],
-            KernelModule::Rope => &["rope_norm", "rope_store_kv"],
+            KernelModule::Rope => &["rope_norm", "rope_neox", "rope_store_kv"],
             KernelModule::Attention => &["attention_f32"],
             KernelModule::Swiglu => &["swiglu_f32"],
             KernelModule::Add => &["add_f32", "exp_f32"],

@@ -167,8 +167,21 @@ impl CudaBackend {
         if ops::attention_smem(c.head_dim, n_ctx) > gpu.max_dynamic_smem {
             return Err(unavailable(format!("context of {n_ctx} positions exceeds the attention kernel's shared memory")));
         }
+        if c.q_dim() != c.dim {
+            return Err(unavailable(format!(
+                "attention.key_length {} x {} heads = {} differs from the embedding width {}: the CUDA kernels assume they are equal (the CPU backend runs it)",
+                c.head_dim,
+                c.n_heads,
+                c.q_dim(),
+                c.dim
+            )));
+        }
         if c.head_dim % 32 != 0 || c.head_dim > ops::ATTENTION_THREADS {
             return Err(unavailable(format!("head_dim {} is not a multiple of 32 up to {}", c.head_dim, ops::ATTENTION_THREADS)));
+        }
+        let embd_ty = model.token_embd.ty();
+        if !matches!(embd_ty, GgmlType::Q4_1 | GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::F16 | GgmlType::BF16 | GgmlType::F32) {
+            return Err(unavailable(format!("token_embd.weight is {}, which has no CUDA embedding kernel", embd_ty.name())));
         }
         let mut arena = ArenaBuilder::default();
         let vec_f32 = |arena: &mut ArenaBuilder, w: &crate::model::Weight| arena.push_f32(&model.f32_vec(w)) as u64;
@@ -199,7 +212,7 @@ impl CudaBackend {
         let tied = model.output.info.name == model.token_embd.info.name;
         let output = if tied { embd } else { push_stacked(&mut arena, &[model.matrix(&model.output)]) };
         let output_norm = vec_f32(&mut arena, &model.output_norm);
-        let rope_table = arena.push_f32(&ops::rope_table(c.head_dim, n_ctx, c.rope_base)) as u64;
+        let rope_table = arena.push_f32(&ops::rope_table(&model.rope(), n_ctx)) as u64;
         let weights = arena.upload(&gpu)?;
         let base = weights.ptr();
         for (l, (bq, bk, bv)) in layers.iter_mut().zip(biases) {
@@ -220,7 +233,11 @@ impl CudaBackend {
         let pinned = Pinned { io: gpu.pinned((4 + MAX_BATCH) * 4)?, logits: None, tap: None };
         let event = gpu.ctx.new_event(None).map_err(|e| dev_err("event", e))?;
         let use_graphs = std::env::var("WORKER_ORCD_CUDA_GRAPHS").map(|v| v != "0").unwrap_or(true);
-        let persistent = decode::Persistent::new(&gpu, &c, &layers, k_cache.ptr(), v_cache.ptr(), n_ctx)?;
+        let persistent = match c.rope_kind {
+            // Its Q|K|V phase is the fused NORM epilogue (see forward.rs, `fuse_qkv`).
+            crate::backend::cpu::ops::RopeKind::Neox => Err("the persistent decode kernel fuses NORM RoPE only; NEOX models decode per op".to_string()),
+            crate::backend::cpu::ops::RopeKind::Norm => decode::Persistent::new(&gpu, &c, &layers, k_cache.ptr(), v_cache.ptr(), n_ctx)?,
+        };
         Ok(CudaBackend {
             use_persistent: persistent.is_ok(),
             persistent,

@@ -120,25 +120,85 @@ pub fn matmul(gpu: &Gpu, w: &QMatrix<'_>, x: &[f32], n_tok: usize) -> Result<Vec
     gpu.read(out.ptr(), n_tok * w.n_out)
 }
 
-/// A RoPE table for positions `0..n_pos`: `ops::rope_cache` per position, concatenated.
-pub fn rope_table(head_dim: usize, n_pos: usize, base: f32) -> Vec<f32> {
-    (0..n_pos).flat_map(|p| cpu_ops::rope_cache(head_dim, p, base)).collect()
+/// A RoPE table for positions `0..n_pos`: `ops::Rope::cache` per position, concatenated.
+pub fn rope_table(rope: &cpu_ops::Rope, n_pos: usize) -> Vec<f32> {
+    (0..n_pos).flat_map(|p| rope.cache(p)).collect()
+}
+
+/// `rope_norm` (NORM pairs) or `rope_neox` (NEOX pairs), as `rope.kind` says, on rows `x`
+/// (n_tok, width) at positions `pos0..pos0 + n_tok`, on the device.
+pub fn rope(gpu: &Gpu, rope: &cpu_ops::Rope, x: &[f32], n_tok: usize, pos0: usize) -> Result<Vec<f32>, BackendError> {
+    let width = x.len() / n_tok;
+    let table = gpu.upload(&rope_table(rope, pos0 + n_tok))?;
+    let params = gpu.upload(&[pos0 as i32, 0, 0, 0])?;
+    let xd = gpu.upload(x)?;
+    let kernel = match rope.kind {
+        cpu_ops::RopeKind::Norm => "rope_norm",
+        cpu_ops::RopeKind::Neox => "rope_neox",
+    };
+    gpu.launch(
+        kernel,
+        (n_tok as u32, 1, 1),
+        256,
+        0,
+        &[Arg::Ptr(xd.ptr()), Arg::Ptr(table.ptr()), Arg::Ptr(params.ptr()), Arg::I32(width as i32), Arg::I32(rope.head_dim as i32)],
+    )?;
+    gpu.read(xd.ptr(), x.len())
 }
 
 /// `rope_norm` on rows `x` (n_tok, width) at positions `pos0..pos0 + n_tok`, on the device.
 pub fn rope_norm(gpu: &Gpu, x: &[f32], n_tok: usize, head_dim: usize, pos0: usize, base: f32) -> Result<Vec<f32>, BackendError> {
-    let width = x.len() / n_tok;
-    let table = gpu.upload(&rope_table(head_dim, pos0 + n_tok, base))?;
+    rope(gpu, &cpu_ops::Rope::plain(cpu_ops::RopeKind::Norm, head_dim, base), x, n_tok, pos0)
+}
+
+/// The `rope_store_kv` kernel on rows `qkv` (n_tok, q_dim + 2 kv_dim) at positions
+/// `pos0..pos0 + n_tok`, with optional biases: returns (RoPE'd Q rows, the K cache rows, the V
+/// cache rows) of those positions.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_store_kv(
+    gpu: &Gpu,
+    rope: &cpu_ops::Rope,
+    qkv: &[f32],
+    n_tok: usize,
+    q_dim: usize,
+    kv_dim: usize,
+    biases: [Option<&[f32]>; 3],
+    pos0: usize,
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), BackendError> {
+    let n_pos = pos0 + n_tok;
+    let table = gpu.upload(&rope_table(rope, n_pos))?;
     let params = gpu.upload(&[pos0 as i32, 0, 0, 0])?;
-    let xd = gpu.upload(x)?;
+    let src = gpu.upload(qkv)?;
+    let b: Vec<Option<DevBuf>> = biases.iter().map(|b| b.map(|b| gpu.upload(b)).transpose()).collect::<Result<_, _>>()?;
+    let bp = |i: usize| b[i].as_ref().map_or(0, |d| d.ptr());
+    let q = gpu.alloc(n_tok * q_dim * 4)?;
+    let kc = gpu.alloc(n_pos * kv_dim * 4)?;
+    let vc = gpu.alloc(n_pos * kv_dim * 4)?;
     gpu.launch(
-        "rope_norm",
+        "rope_store_kv",
         (n_tok as u32, 1, 1),
         256,
         0,
-        &[Arg::Ptr(xd.ptr()), Arg::Ptr(table.ptr()), Arg::Ptr(params.ptr()), Arg::I32(width as i32), Arg::I32(head_dim as i32)],
+        &[
+            Arg::Ptr(src.ptr()),
+            Arg::Ptr(bp(0)),
+            Arg::Ptr(bp(1)),
+            Arg::Ptr(bp(2)),
+            Arg::Ptr(q.ptr()),
+            Arg::Ptr(kc.ptr()),
+            Arg::Ptr(vc.ptr()),
+            Arg::Ptr(table.ptr()),
+            Arg::Ptr(params.ptr()),
+            Arg::I32(q_dim as i32),
+            Arg::I32(kv_dim as i32),
+            Arg::I32(rope.head_dim as i32),
+            Arg::I32((rope.kind == cpu_ops::RopeKind::Neox) as i32),
+        ],
     )?;
-    gpu.read(xd.ptr(), x.len())
+    let off = pos0 * kv_dim;
+    let k: Vec<f32> = gpu.read(kc.ptr(), n_pos * kv_dim)?;
+    let v: Vec<f32> = gpu.read(vc.ptr(), n_pos * kv_dim)?;
+    Ok((gpu.read(q.ptr(), n_tok * q_dim)?, k[off..].to_vec(), v[off..].to_vec()))
 }
 
 /// `attention` for query rows q (n_tok, n_heads*head_dim) at positions `pos0..pos0 + n_tok`
