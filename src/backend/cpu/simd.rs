@@ -42,6 +42,7 @@ pub fn vec_dot_fn(ty: GgmlType) -> VecDotFn {
             GgmlType::Q4_0 => return x86::dot_q4_0,
             GgmlType::Q8_0 => return x86::dot_q8_0,
             GgmlType::Q5_0 => return x86::dot_q5_0,
+            GgmlType::IQ4_NL => return x86::dot_iq4_nl,
             GgmlType::Q4_K => return x86::dot_q4_k,
             GgmlType::Q6_K => return x86::dot_q6_k,
             _ => {}
@@ -341,6 +342,49 @@ mod x86 {
             acc = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), acc);
         }
         hsum_float_8(acc)
+    }
+
+    /// `ggml_vec_dot_iq4_nl_q8_0`'s AVX2 path: blocks in pairs into two accumulators, their
+    /// sum reduced, an unpaired last block in the scalar tail (see the spec).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn vec_dot_iq4_nl_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
+        assert_eq!(w.len(), a.len() * 18);
+        let values128 = _mm_loadu_si128(crate::gguf::quant::KVALUES_IQ4NL.as_ptr() as *const __m128i);
+        let m4b = _mm_set1_epi8(0x0f);
+        let mone = _mm256_set1_epi16(1);
+        let lookup = |p: *const u8| {
+            let bits = _mm_loadu_si128(p as *const __m128i);
+            _mm256_set_m128i(
+                _mm_shuffle_epi8(values128, _mm_and_si128(_mm_srli_epi16(bits, 4), m4b)),
+                _mm_shuffle_epi8(values128, _mm_and_si128(bits, m4b)),
+            )
+        };
+        let (mut accum1, mut accum2) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let nb = a.len();
+        let mut ib = 0;
+        while ib + 1 < nb {
+            let (x0, x1) = (&w[ib * 18..ib * 18 + 18], &w[ib * 18 + 18..ib * 18 + 36]);
+            let q4b_1 = lookup(x0.as_ptr().add(2));
+            let q4b_2 = lookup(x1.as_ptr().add(2));
+            let q8b_1 = _mm256_loadu_si256(a[ib].qs.as_ptr() as *const __m256i);
+            let q8b_2 = _mm256_loadu_si256(a[ib + 1].qs.as_ptr() as *const __m256i);
+            let p_1 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(q4b_1, q4b_1), _mm256_sign_epi8(q8b_1, q4b_1)), mone);
+            let p_2 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(q4b_2, q4b_2), _mm256_sign_epi8(q8b_2, q4b_2)), mone);
+            accum1 = _mm256_fmadd_ps(_mm256_set1_ps(a[ib].d * f16_at(x0, 0)), _mm256_cvtepi32_ps(p_1), accum1);
+            accum2 = _mm256_fmadd_ps(_mm256_set1_ps(a[ib + 1].d * f16_at(x1, 0)), _mm256_cvtepi32_ps(p_2), accum2);
+            ib += 2;
+        }
+        let mut sumf = hsum_float_8(_mm256_add_ps(accum1, accum2));
+        if ib < nb {
+            let x = &w[ib * 18..ib * 18 + 18];
+            let mut sumi = 0i32;
+            for j in 0..16 {
+                sumi += a[ib].qs[j] as i32 * crate::gguf::quant::KVALUES_IQ4NL[(x[2 + j] & 0xf) as usize] as i32;
+                sumi += a[ib].qs[j + 16] as i32 * crate::gguf::quant::KVALUES_IQ4NL[(x[2 + j] >> 4) as usize] as i32;
+            }
+            sumf = (a[ib].d * f16_at(x, 0)).mul_add(sumi as f32, sumf);
+        }
+        sumf
     }
 
     /// `get_scale_shuffle_k4(i)`: every 16-bit lane takes scale `i`.
@@ -716,6 +760,12 @@ mod x86 {
         unsafe { vec_dot_q5_0_q8_0(w, b) }
     }
 
+    pub fn dot_iq4_nl(w: &[u8], a: &QuantizedActivation) -> f32 {
+        let QuantizedActivation::Q8_0(b) = a else { unreachable!("IQ4_NL takes Q8_0 activations") };
+        // SAFETY: only handed out by `vec_dot_fn` after `has_avx2_fma`.
+        unsafe { vec_dot_iq4_nl_q8_0(w, b) }
+    }
+
     pub fn dot_q4_k(w: &[u8], a: &QuantizedActivation) -> f32 {
         let QuantizedActivation::Q8K(b) = a else { unreachable!("Q4_K takes Q8_K activations") };
         // SAFETY: as above.
@@ -808,8 +858,8 @@ mod tests {
             return;
         }
         let mut rng = Rng(7);
-        for ty in [GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K] {
-            for n_in in [32, 64, 576, 1536, 256, 4864] {
+        for ty in [GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::IQ4_NL, GgmlType::Q4_K, GgmlType::Q6_K] {
+            for n_in in [32, 64, 96, 576, 1536, 256, 4864] {
                 if n_in % ty.block_size() != 0 {
                     continue;
                 }
