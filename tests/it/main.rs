@@ -15,3 +15,4 @@ mod faults;
 mod cli;
 mod ggml_kernels;
 mod quantize;
+mod model;
