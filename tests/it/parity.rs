@@ -196,6 +196,9 @@ fn other_models_prompt_ids_and_free_running_greedy_equal_llama_cpp() {
             let c = &rec.case;
             assert_eq!(c.model_sha256, sha, "{name}/{}: recorded with another file", c.name);
             assert_eq!(tok.encode(&c.prompt_text, c.parse_special), c.prompt_ids, "{name}/{}: prompt ids", c.name);
+            // What `generate`/`dump` send: llama.cpp's tokenize with add_special (no BOS for these
+            // vocabularies, which say add_bos_token = false).
+            assert_eq!(worker_orcd::chat::prompt_ids(&tok, &c.prompt_text, c.parse_special), c.prompt_ids, "{name}/{}: prompt ids with add_special", c.name);
         }
         let mut total = 0;
         for (_, rec) in &token {

@@ -84,6 +84,29 @@ fn collect(path: &Path, out: &mut Vec<Case>) -> Result<()> {
     Ok(())
 }
 
+/// A model, its tokenizer, its file's sha256 and an engine on the chosen backend.
+struct Loaded {
+    path: PathBuf,
+    model: Arc<worker_orcd::model::Model>,
+    tok: Arc<worker_orcd::tokenizer::Tokenizer>,
+    sha: String,
+    engine: worker_orcd::engine::Engine,
+}
+
+impl Loaded {
+    fn open(path: &Path, choice: BackendChoice, threads: usize) -> Result<Loaded> {
+        let model = Arc::new(worker_orcd::model::Model::open(path).with_context(|| format!("loading {}", path.display()))?);
+        let tok = Arc::new(worker_orcd::tokenizer::Tokenizer::from_gguf(&model.file).context("tokenizer")?);
+        let sha = worker_orcd::fetch::sha256_file(path)?;
+        // One KV cache big enough for the longest case (prompt + 64 greedy tokens; worker
+        // requests up to their max_tokens), reused across cases.
+        let n_ctx = 2048.min(model.config.n_ctx_train);
+        let backend = replay::open_backend(choice, Arc::clone(&model), n_ctx, threads).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let engine = worker_orcd::engine::Engine::new(backend, Arc::clone(&tok));
+        Ok(Loaded { path: path.to_path_buf(), model, tok, sha, engine })
+    }
+}
+
 /// Runs `cargo xtask replay ...`; true when every case passed.
 pub fn replay(argv: &[String]) -> Result<bool> {
     let args = Args::parse_from(argv);
@@ -122,20 +145,23 @@ pub fn replay(argv: &[String]) -> Result<bool> {
         bail!("no recordings to replay (looked for *.safetensors.zst and *.wrec)");
     }
 
-    let model_path = match &args.model {
+    // The model: `--model` for every case (a llama.cpp recording made with another file is
+    // refused with one line), else each llama.cpp recording's own, found by the sha256 it
+    // carries among the named models, and the default model for worker recordings.
+    let fixed = match &args.model {
+        Some(p) => {
+            let p = if p.exists() { p.clone() } else { worker_orcd::fetch::fetch_named(&p.to_string_lossy()).with_context(|| format!("--model {}", p.display()))? };
+            Some(p)
+        }
+        None => None,
+    };
+    let default_path = match &fixed {
         Some(p) => p.clone(),
         None => worker_orcd::fetch::default_model_path().context("default model (cargo xtask fetch-model)")?,
     };
-    let model = Arc::new(worker_orcd::model::Model::open(&model_path).with_context(|| format!("loading {}", model_path.display()))?);
-    let tok = Arc::new(worker_orcd::tokenizer::Tokenizer::from_gguf(&model.file).context("tokenizer")?);
-    let sha = worker_orcd::fetch::sha256_file(&model_path)?;
-    // One KV cache big enough for the longest case (prompt + 64 greedy tokens; worker requests
-    // up to their max_tokens), reused across cases.
-    let n_ctx = 2048.min(model.config.n_ctx_train);
-    let backend = replay::open_backend(choice, Arc::clone(&model), n_ctx, args.threads).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let here = replay::backend::fingerprint_of(&model, &sha, backend.as_ref(), args.threads);
-    eprintln!("replaying {} cases on {} ({}), model {}", cases.len(), backend.kind(), backend.device(), model.name);
-    let mut engine = worker_orcd::engine::Engine::new(backend, Arc::clone(&tok));
+    let mut cur = Loaded::open(&default_path, choice, args.threads)?;
+    let fixed_sha = fixed.as_ref().map(|_| cur.sha.clone());
+    eprintln!("replaying {} cases on {} ({}), model {}", cases.len(), cur.engine.backend().kind(), cur.engine.backend().device(), cur.model.name);
 
     let t0 = Instant::now();
     let bar = std::io::stderr().is_terminal().then(|| {
@@ -149,11 +175,30 @@ pub fn replay(argv: &[String]) -> Result<bool> {
             b.set_message(case.name());
         }
         let r = match case {
-            Case::Llama(p) => worker_orcd::reference::ReferenceRecording::open(p)
-                .map_err(|e| e.to_string())
-                .and_then(|rec| replay::llama::replay_case(&model, engine.backend_mut(), &rec, Some(&tok)).map_err(|e| e.to_string())),
-            Case::Worker(p) => replay::worker::replay(p, &mut engine, &here).map_err(|e| e.to_string()),
+            Case::Llama(p) => worker_orcd::reference::ReferenceRecording::open(p).map_err(|e| e.to_string()).and_then(|rec| {
+                let want = rec.case.model_sha256.clone();
+                if let Some(sha) = &fixed_sha {
+                    if *sha != want {
+                        let named = worker_orcd::fetch::named_by_sha256(&want).map_or(String::new(), |m| format!(" ({})", m.name));
+                        return Err(format!("recorded with model sha256 {want}{named}, but --model has sha256 {sha}: replay refuses a different file"));
+                    }
+                } else if cur.sha != want {
+                    let m = worker_orcd::fetch::named_by_sha256(&want).ok_or_else(|| format!("recorded with model sha256 {want}, which is no named model's: pass --model"))?;
+                    let path = worker_orcd::fetch::fetch_named(&m.name).map_err(|e| e.to_string())?;
+                    cur = Loaded::open(&path, choice, args.threads).map_err(|e| format!("{e:#}"))?;
+                    eprintln!("model {} for {}", cur.model.name, case.name());
+                }
+                replay::llama::replay_case(&cur.model, cur.engine.backend_mut(), &rec, Some(&cur.tok)).map_err(|e| e.to_string())
+            }),
+            Case::Worker(p) => {
+                if fixed_sha.is_none() && cur.path != default_path {
+                    cur = Loaded::open(&default_path, choice, args.threads)?;
+                }
+                let here = replay::backend::fingerprint_of(&cur.model, &cur.sha, cur.engine.backend(), args.threads);
+                replay::worker::replay(p, &mut cur.engine, &here).map_err(|e| e.to_string())
+            }
         };
+        let (engine, model) = (&cur.engine, &cur.model);
         let r = r.unwrap_or_else(|e| {
             let mut r = CaseReport::new(&case.name(), replay::Mode::Worker, &case.path().display().to_string(), engine.backend().kind(), &model.name);
             r.check("replay runs", false, e);
