@@ -29,6 +29,8 @@ pub enum ModelError {
     UnsupportedTensor { name: String, arch: &'static str },
     #[error("{key} = {value}: {why}")]
     UnsupportedKey { key: String, value: String, why: &'static str },
+    #[error("tensor {name} has rows of {n} elements, not a multiple of the {block}-element blocks of {ty}")]
+    BadRowLength { name: String, ty: &'static str, n: u64, block: usize },
     #[error("invalid configuration: {what}")]
     BadConfig { what: String },
 }
@@ -311,6 +313,10 @@ impl Model {
             }
             if matrix && !quant::supports(info.ggml_type) {
                 return Err(ModelError::UnsupportedType { name, ty: info.ggml_type.name() });
+            }
+            // A row must hold whole blocks (256 elements for the k-quants).
+            if matrix && info.shape[0] % info.ggml_type.block_size() as u64 != 0 {
+                return Err(ModelError::BadRowLength { name, ty: info.ggml_type.name(), n: info.shape[0], block: info.ggml_type.block_size() });
             }
             if !matrix && info.ggml_type != GgmlType::F32 {
                 return Err(ModelError::UnsupportedType { name, ty: info.ggml_type.name() });

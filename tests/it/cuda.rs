@@ -213,6 +213,82 @@ fn matvec_matches_cpu_for_every_weight_type() {
     }
 }
 
+/// A matrix of a type added with the k-quants: the model's own kind of rows (our quantizer,
+/// byte-identical to ggml's, on random weights) or random block bytes with random f16 scales of
+/// either sign (every quant bit pattern is valid).
+fn random_kquant_matrix(rng: &mut Rng, ty: GgmlType, n_out: usize, n_in: usize, quantized: bool) -> Vec<u8> {
+    if quantized {
+        let x = rng.vec(n_out * n_in, -0.1, 0.1);
+        let mut w = vec![0u8; ty.row_bytes(n_in).unwrap() * n_out];
+        worker_orcd::quantize::rows::quantize_rows(ty, &x, &mut w).unwrap();
+        return w;
+    }
+    let scale_at: &[usize] = match ty {
+        GgmlType::Q5_0 | GgmlType::IQ4_NL => &[0],
+        GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        GgmlType::Q2_K => &[80, 82],
+        GgmlType::Q3_K => &[108],
+        _ => &[208],
+    };
+    let (bs, nb) = (ty.type_size(), n_out * n_in / ty.block_size());
+    let mut w: Vec<u8> = (0..nb * bs).map(|_| rng.u32() as u8).collect();
+    for b in 0..nb {
+        for &at in scale_at {
+            w[b * bs + at..b * bs + at + 2].copy_from_slice(&f16_bytes(rng.f32(-0.02, 0.02)));
+        }
+    }
+    w
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
+fn quantize_q8_k_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(21);
+    for (n_tok, width) in [(1, 256), (3, 1536), (5, 4864)] {
+        let mut x = rng.activations(n_tok, width);
+        x[..256].iter_mut().for_each(|v| *v = 0.0); // an all-zero block
+        if n_tok > 1 {
+            x[width + 3] = -1e4; // a negative maximum
+        }
+        let got = gops::quantize_row_q8_K(&g, &x, n_tok).unwrap();
+        let want: Vec<_> = x.chunks(width).flat_map(worker_orcd::backend::cpu::kquant::quantize_row_q8_K).collect();
+        assert_eq!(got.len(), want.len());
+        let bad: Vec<usize> = (0..got.len()).filter(|&i| got[i] != want[i]).collect();
+        println!("{:<40} blocks={:<6} differing {}", format!("quantize_q8_K {n_tok}x{width}"), got.len(), bad.len());
+        for &i in bad.iter().take(4) {
+            println!("  block {i}: cuda d {} qs {:?} bsums {:?}\n            cpu  d {} qs {:?} bsums {:?}", got[i].d, &got[i].qs[..8], got[i].bsums, want[i].d, &want[i].qs[..8], want[i].bsums);
+        }
+        assert!(bad.is_empty(), "quantize_q8_K {n_tok}x{width}: {} blocks differ", bad.len());
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
+fn kquant_matvec_matches_cpu_for_every_new_type() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(22);
+    for ty in [GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::IQ4_NL, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
+        let k = ty.block_size() == 256;
+        // Widths of the named models (SmolLM2 1536, Qwen2.5 896/4864); odd block counts for
+        // IQ4_NL's unpaired tail; row counts that leave a partial block of 16 outputs.
+        let shapes: &[(usize, usize, usize)] =
+            if k { &[(200, 1536, 1), (77, 4864, 3), (64, 256, 2)] } else { &[(200, 576, 1), (77, 896, 3), (33, 32, 2), (48, 96, 5)] };
+        for &(n_out, n_in, n_tok) in shapes {
+            for quantized in [true, false] {
+                let data = random_kquant_matrix(&mut rng, ty, n_out, n_in, quantized);
+                let m = quant::QMatrix { ty, data: &data, n_in, n_out };
+                let x = rng.activations(n_tok, n_in);
+                let mut want = vec![0.0; n_tok * n_out];
+                quant::matmul(&m, &x, n_tok, &mut want);
+                let got = gops::matmul_kquant(&g, &m, &x, n_tok).unwrap();
+                let kind = if quantized { "quantized" } else { "random" };
+                exact(&format!("{} {} {n_out}x{n_in} n_tok={n_tok} {kind}", gops::kquant_kernel(ty).unwrap(), ty.name()), &got, &want);
+            }
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
 fn rope_matches_cpu() {

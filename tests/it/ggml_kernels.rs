@@ -5,7 +5,7 @@
 //! `simd` twin. No llama.cpp needed.
 
 use serde_json::Value;
-use worker_orcd::backend::cpu::{ops, quant, simd};
+use worker_orcd::backend::cpu::{kquant, ops, quant, simd};
 use worker_orcd::gguf::GgmlType;
 
 /// splitmix64, as the generator's `Rng`.
@@ -128,6 +128,126 @@ fn quantized_dot_products_equal_ggml() {
         }
         eprintln!("{kernel}: {checked} cases bit-identical to ggml");
     }
+}
+
+fn q8_k_bytes(b: &[kquant::BlockQ8K]) -> Vec<u8> {
+    b.iter()
+        .flat_map(|b| {
+            let mut v = b.d.to_le_bytes().to_vec();
+            v.extend(b.qs.iter().map(|&q| q as u8));
+            v.extend(b.bsums.iter().flat_map(|s| s.to_le_bytes()));
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn q8_k_quantizer_equals_ggml() {
+    let g = golden();
+    for c in cases(&g, "quantize_row_q8_K") {
+        let (seed, n) = (u(c, "seed"), u(c, "n") as usize);
+        let scale = c["scale"].as_f64().unwrap() as f32;
+        let mut rng = Rng(seed);
+        let mut x = rng.floats(n, scale);
+        // The generator's edge cases (case = seed - 3000).
+        if (seed - 3000) % 5 == 3 {
+            x[..256].iter_mut().for_each(|v| *v = 0.0);
+        }
+        if (seed - 3000) % 7 == 2 {
+            x[17] = -1e5 * scale;
+        }
+        let got = q8_k_bytes(&kquant::quantize_row_q8_K(&x));
+        assert_eq!(hex(&got), c["bytes"].as_str().unwrap(), "quantize_row_q8_K seed {seed} n {n}");
+    }
+}
+
+/// The types added with the k-quants, in the generator's order (`NEW_TYPES`), with their block
+/// elements, block bytes and the offsets of their f16 scales.
+const NEW_TYPES: [(&str, GgmlType, usize, usize, &[usize]); 8] = [
+    ("q5_0", GgmlType::Q5_0, 32, 22, &[0]),
+    ("q5_1", GgmlType::Q5_1, 32, 24, &[0, 2]),
+    ("iq4_nl", GgmlType::IQ4_NL, 32, 18, &[0]),
+    ("q2_K", GgmlType::Q2_K, 256, 84, &[80, 82]),
+    ("q3_K", GgmlType::Q3_K, 256, 110, &[108]),
+    ("q4_K", GgmlType::Q4_K, 256, 144, &[0, 2]),
+    ("q5_K", GgmlType::Q5_K, 256, 176, &[0, 2]),
+    ("q6_K", GgmlType::Q6_K, 256, 210, &[208]),
+];
+
+/// One case of a new type, drawn exactly as the generator's `new_type_case` draws it: the
+/// weight row (mode 0: our quantizer, byte-identical to ggml's, on random floats; 1: random
+/// blocks with random f16 scales of either sign; 2: the same with a zero first block and large
+/// scales) and the activations (with an all-zero first block or a large spike in some cases).
+fn new_type_case(index: usize, case: u64) -> (u64, Vec<u8>, Vec<f32>) {
+    let (_, ty, qk, bs, scale_at) = NEW_TYPES[index];
+    let seed = 20000 + 1000 * index as u64 + case;
+    let mut rng = Rng(seed);
+    let nb = if qk == 32 { [1, 2, 3, 5, 18, 28, 48][(case % 7) as usize] } else { [1, 2, 3, 6, 19][(case % 5) as usize] };
+    let n = nb * qk;
+    let mode = case % 3;
+    let w = if mode == 0 {
+        let wf = rng.floats(n, [0.02, 1.0, 50.0][((case / 3) % 3) as usize]);
+        let mut w = vec![0u8; nb * bs];
+        worker_orcd::quantize::rows::quantize_rows(ty, &wf, &mut w).expect("quantizes");
+        w
+    } else {
+        let mut w: Vec<u8> = (0..nb * bs).map(|_| rng.next() as u8).collect();
+        for b in 0..nb {
+            for &at in scale_at {
+                let mut h = rng.f16_bits();
+                if mode == 2 {
+                    h = (h & 0x83ff) | ((18 + (h >> 10) % 8) << 10);
+                }
+                w[b * bs + at..b * bs + at + 2].copy_from_slice(&h.to_le_bytes());
+            }
+        }
+        if mode == 2 {
+            w[..bs].iter_mut().for_each(|v| *v = 0);
+        }
+        w
+    };
+    let scale = [1e-3f32, 0.1, 1.0, 7.5, 300.0][((case / 3) % 5) as usize];
+    let mut x = rng.floats(n, scale);
+    if case % 4 == 1 {
+        x[..qk].iter_mut().for_each(|v| *v = 0.0);
+    }
+    if case % 5 == 2 {
+        x[1] = 1e4 * scale;
+    }
+    (seed, w, x)
+}
+
+fn sha16(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(b)[..8])
+}
+
+#[test]
+fn new_type_dot_products_equal_ggml() {
+    let g = golden();
+    let mut report = Vec::new();
+    for (index, &(name, ty, ..)) in NEW_TYPES.iter().enumerate() {
+        let kernel = format!("vec_dot_{name}");
+        let mut checked = 0;
+        for (case, c) in cases(&g, &kernel).iter().enumerate() {
+            let (seed, w, x) = new_type_case(index, case as u64);
+            assert_eq!(seed, u(c, "seed"), "{kernel}: case order");
+            assert_eq!(x.len() as u64, u(c, "n"), "{kernel} seed {seed}: length");
+            if let Some(want) = c["wsha"].as_str() {
+                assert_eq!(sha16(&w), want, "{kernel} seed {seed}: our quantizer's weights differ from ggml's");
+            }
+            let a = quant::quantize_activation(ty, &x);
+            let want = u(c, "out") as u32;
+            let spec = quant::vec_dot(ty, &w, &a);
+            let fast = simd::vec_dot_fn(ty)(&w, &a);
+            let n = x.len();
+            assert_eq!(spec.to_bits(), want, "{kernel} seed {seed} n {n} mode {}: spec {spec} vs ggml {}", u(c, "mode"), f32::from_bits(want));
+            assert_eq!(fast.to_bits(), want, "{kernel} seed {seed} n {n}: simd {fast} vs ggml {}", f32::from_bits(want));
+            checked += 1;
+        }
+        report.push(format!("{kernel}: {checked}"));
+    }
+    eprintln!("bit-identical to ggml: {}", report.join(", "));
 }
 
 #[test]

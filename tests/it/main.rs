@@ -16,3 +16,4 @@ mod cli;
 mod ggml_kernels;
 mod quantize;
 mod model;
+mod types;

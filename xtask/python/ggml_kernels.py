@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import hashlib
 import json
 import os
 import sys
@@ -50,12 +51,14 @@ class Rng:
         return ((r & 1) << 15) | ((6 + (r >> 1) % 8) << 10) | ((r >> 8) & 0x3FF)
 
 
-def lib() -> ctypes.CDLL:
+def lib(name: str = "libggml-cpu.so") -> ctypes.CDLL:
     d = os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
-    return ctypes.CDLL(os.path.join(d, "libggml-cpu.so"), mode=os.RTLD_GLOBAL)
+    return ctypes.CDLL(os.path.join(d, name), mode=os.RTLD_GLOBAL)
 
 
 G = lib()
+# ggml's reference quantizers (`ggml_quantize_chunk`, no importance matrix) live in ggml-base.
+GB = lib("libggml-base.so")
 # Fills ggml's f16 -> f32 table (GGML_CPU_FP16_TO_FP32 reads it); without it every scale is 0.
 G.ggml_cpu_init()
 FP = ctypes.POINTER(ctypes.c_float)
@@ -65,7 +68,13 @@ for name in ["ggml_vec_dot_q4_0_q8_0", "ggml_vec_dot_q4_1_q8_1", "ggml_vec_dot_q
     getattr(G, name).restype = None
 G.ggml_vec_dot_f32.argtypes = [ctypes.c_int, FP, ctypes.c_size_t, FP, ctypes.c_size_t, FP, ctypes.c_size_t, ctypes.c_int]
 G.ggml_vec_dot_f32.restype = None
-for name in ["quantize_row_q8_0", "quantize_row_q8_1"]:
+for name in ["ggml_vec_dot_q5_0_q8_0", "ggml_vec_dot_q5_1_q8_1", "ggml_vec_dot_iq4_nl_q8_0", "ggml_vec_dot_q2_K_q8_K",
+             "ggml_vec_dot_q3_K_q8_K", "ggml_vec_dot_q4_K_q8_K", "ggml_vec_dot_q5_K_q8_K", "ggml_vec_dot_q6_K_q8_K"]:
+    getattr(G, name).argtypes = [ctypes.c_int, FP, ctypes.c_size_t, VP, ctypes.c_size_t, VP, ctypes.c_size_t, ctypes.c_int]
+    getattr(G, name).restype = None
+GB.ggml_quantize_chunk.argtypes = [ctypes.c_int, FP, VP, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, FP]
+GB.ggml_quantize_chunk.restype = ctypes.c_size_t
+for name in ["quantize_row_q8_0", "quantize_row_q8_1", "quantize_row_q8_K"]:
     getattr(G, name).argtypes = [FP, VP, ctypes.c_int64]
     getattr(G, name).restype = None
 G.ggml_vec_soft_max_f32.argtypes = [ctypes.c_int, FP, FP, ctypes.c_float]
@@ -101,6 +110,66 @@ def floats(rng: Rng, n: int, scale: float) -> np.ndarray:
 
 
 SCALES = [1e-3, 0.1, 1.0, 7.5, 300.0]
+
+# The types added with the k-quants: (ggml type id, block elements, block bytes, offsets of
+# the f16 scale fields in a block, the activation quantizer and its block bytes, the kernel).
+NEW_TYPES = {
+    "q5_0": (6, 32, 22, [0], "quantize_row_q8_0", 34, "ggml_vec_dot_q5_0_q8_0"),
+    "q5_1": (7, 32, 24, [0, 2], "quantize_row_q8_1", 36, "ggml_vec_dot_q5_1_q8_1"),
+    "iq4_nl": (20, 32, 18, [0], "quantize_row_q8_0", 34, "ggml_vec_dot_iq4_nl_q8_0"),
+    "q2_K": (10, 256, 84, [80, 82], "quantize_row_q8_K", 292, "ggml_vec_dot_q2_K_q8_K"),
+    "q3_K": (11, 256, 110, [108], "quantize_row_q8_K", 292, "ggml_vec_dot_q3_K_q8_K"),
+    "q4_K": (12, 256, 144, [0, 2], "quantize_row_q8_K", 292, "ggml_vec_dot_q4_K_q8_K"),
+    "q5_K": (13, 256, 176, [0, 2], "quantize_row_q8_K", 292, "ggml_vec_dot_q5_K_q8_K"),
+    "q6_K": (14, 256, 210, [208], "quantize_row_q8_K", 292, "ggml_vec_dot_q6_K_q8_K"),
+}
+BLOCKS_32 = [1, 2, 3, 5, 18, 28, 48]
+BLOCKS_256 = [1, 2, 3, 6, 19]
+N_NEW_CASES = 150
+
+
+def new_type_case(ty: str, case: int) -> tuple[dict, bytes, np.ndarray]:
+    """One case of a new type, drawn as `tests/it/ggml_kernels.rs::new_type_case` draws it.
+
+    mode 0: weights from ggml's own quantizer on random floats (the Rust side uses
+    `quantize::rows`, byte-identical; `wsha` names the bytes so a quantizer difference is told
+    apart from a kernel difference); mode 1: random block bytes with random finite f16 scales of
+    either sign; mode 2: like 1 with a zero first block and large scales (2^3 .. 2^10).
+    Activations: scale from SCALES; every 4th case has an all-zero first block, every 5th a
+    spike of 1e4 x scale at element 1.
+    """
+    tid, qk, bs, scale_at, _, _, _ = NEW_TYPES[ty]
+    seed = 20000 + 1000 * list(NEW_TYPES).index(ty) + case
+    rng = Rng(seed)
+    nb = (BLOCKS_32 if qk == 32 else BLOCKS_256)[case % (7 if qk == 32 else 5)]
+    n = nb * qk
+    mode = case % 3
+    if mode == 0:
+        wf = floats(rng, n, [0.02, 1.0, 50.0][(case // 3) % 3])
+        buf = (ctypes.c_uint8 * (nb * bs))()
+        GB.ggml_quantize_chunk(tid, fptr(wf), buf, 0, 1, n, None)
+        w = bytes(buf)
+    else:
+        wb = bytearray(rng.next() & 0xFF for _ in range(nb * bs))
+        for b in range(nb):
+            for at in scale_at:
+                h = rng.f16_bits()
+                if mode == 2:
+                    h = (h & 0x83FF) | ((18 + (h >> 10) % 8) << 10)
+                wb[b * bs + at:b * bs + at + 2] = h.to_bytes(2, "little")
+        if mode == 2:
+            wb[0:bs] = bytes(bs)
+        w = bytes(wb)
+    scale = SCALES[(case // 3) % len(SCALES)]
+    x = floats(rng, n, scale)
+    if case % 4 == 1:
+        x[:qk] = 0.0
+    if case % 5 == 2:
+        x[1] = np.float32(1e4) * np.float32(scale)
+    c = {"seed": seed, "n": n, "mode": mode, "scale": scale}
+    if mode == 0:
+        c["wsha"] = hashlib.sha256(w).hexdigest()[:16]
+    return c, w, x
 
 
 def main() -> int:
@@ -143,6 +212,38 @@ def main() -> int:
             s = np.zeros(1, dtype=np.float32)
             fn(n, fptr(s), 0, ctypes.cast(wb, VP), 0, ctypes.cast(a, VP), 0, 1)
             cases.append({"seed": seed, "n": n, "scale": scale, "out": bits(s)[0]})
+        K[f"vec_dot_{ty}"] = cases
+
+    # quantize_row_q8_K (ggml-cpu's, which on x86 is quantize_row_q8_K_ref), into zeroed
+    # buffers: ggml leaves the bsums of an all-zero block unwritten.
+    cases = []
+    for case in range(40):
+        rng = Rng(3000 + case)
+        n = 256 * (1 + case % 2)
+        scale = SCALES[case % len(SCALES)]
+        x = floats(rng, n, scale)
+        if case % 5 == 3:
+            x[:256] = 0.0  # an all-zero block
+        if case % 7 == 2:
+            x[17] = np.float32(-1e5) * np.float32(scale)  # a negative maximum far above the rest
+        buf = (ctypes.c_uint8 * (n // 256 * 292))()
+        G.quantize_row_q8_K(fptr(x), buf, n)
+        cases.append({"seed": 3000 + case, "n": n, "scale": scale, "bytes": bytes(buf).hex()})
+    K["quantize_row_q8_K"] = cases
+
+    # The dot products of the types added with the k-quants (see `new_type_case`).
+    for ty, (_, qk, _, _, qname, abs_, kname) in NEW_TYPES.items():
+        cases = []
+        for case in range(N_NEW_CASES):
+            c, w, x = new_type_case(ty, case)
+            n = c["n"]
+            a = (ctypes.c_uint8 * (n // (256 if qname == "quantize_row_q8_K" else 32) * abs_))()
+            getattr(G, qname)(fptr(x), a, n)
+            wb = (ctypes.c_uint8 * len(w)).from_buffer_copy(w)
+            s = np.zeros(1, dtype=np.float32)
+            getattr(G, kname)(n, fptr(s), 0, ctypes.cast(wb, VP), 0, ctypes.cast(a, VP), 0, 1)
+            c["out"] = bits(s)[0]
+            cases.append(c)
         K[f"vec_dot_{ty}"] = cases
 
     # ggml_vec_dot_f32, including lengths with leftovers.

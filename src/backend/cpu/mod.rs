@@ -6,6 +6,7 @@
 //! split over threads in fixed chunks and each value is one sequential reduction, so results
 //! are bitwise identical for any thread count, and for any split of a prompt into batches.
 
+pub mod kquant;
 pub mod lanes;
 pub mod ops;
 pub mod quant;

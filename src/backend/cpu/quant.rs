@@ -1,6 +1,7 @@
 //! Quantized matrix products exactly as ggml's CPU backend computes them for one token: the
-//! activation row is first quantized to 8 bits per block of 32 (Q8_1 for Q4_1 weights, Q8_0 for
-//! Q4_0/Q8_0 weights; F32 weights take it as is), then each output is one call of the weight
+//! activation row is first quantized to 8 bits per block of 32 (Q8_1 for Q4_1/Q5_1 weights,
+//! Q8_0 for Q4_0/Q5_0/Q8_0/IQ4_NL weights; Q8_K, in `kquant`, for the k-quants; F32 weights
+//! take it as is), then each output is one call of the weight
 //! type's `ggml_vec_dot_*` kernel: per block, integer products summed in eight lanes of four
 //! adjacent elements, each lane scaled and accumulated with a fused multiply-add, the lanes
 //! reduced at the end in ggml's fixed order (`lanes::hsum_float_8`).
@@ -16,8 +17,10 @@
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use crate::gguf::quant::KVALUES_IQ4NL;
 use crate::gguf::GgmlType;
 
+use super::kquant::{self, BlockQ8K};
 use super::lanes::{hsum_float_8, reduce_f32x8_4, F32x8};
 
 /// Elements per quantization block (all 8-bit and 4-bit types used here).
@@ -182,6 +185,97 @@ pub fn vec_dot_q8_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
     hsum_float_8(acc)
 }
 
+/// The 32 signed 5-bit values of a Q5_0 block (`block_q5_0 { f16 d; u8 qh[4]; u8 qs[16] }`):
+/// nibble `j` (low nibbles are elements 0..16, high 16..32) with bit `j` of the little-endian
+/// `qh` as its fifth bit, minus 16. ggml's AVX2 kernel builds the same bytes with
+/// `bytes_from_bits_32` and `andnot(.., 0xF0)` (`nibble | 0xF0` as i8 is `nibble - 16`).
+#[inline(always)]
+fn q5_values(qh: u32, qs: &[u8], offset: i8) -> [i8; QK] {
+    let mut q = unpack_nibbles(qs, 0);
+    for (j, v) in q.iter_mut().enumerate() {
+        *v = (*v | ((((qh >> j) & 1) as i8) << 4)) - offset;
+    }
+    q
+}
+
+/// `ggml_vec_dot_q5_0_q8_0` (AVX2 path): Q5_0 (22 bytes a block: f16 d, u32 qh, 16 bytes of
+/// nibbles; values -16..15) against Q8_0; per block `fma(d_w * d_a, lane_sum, acc)`
+/// (`mul_sum_i8_pairs_float`), then `hsum_float_8`, like Q4_0.
+#[inline(always)]
+pub fn vec_dot_q5_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
+    const BS: usize = 22;
+    debug_assert_eq!(w.len(), a.len() * BS);
+    let mut acc = [0.0f32; 8];
+    for (blk, ab) in w.chunks_exact(BS).zip(a) {
+        let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+        let q = q5_values(qh, &blk[6..22], 16);
+        fma_lanes(&mut acc, read_f16(blk, 0) * ab.d, &lane_sums(&q, &ab.qs));
+    }
+    hsum_float_8(acc)
+}
+
+/// `ggml_vec_dot_q5_1_q8_1` (AVX2 path): Q5_1 (24 bytes a block: f16 d, f16 m, u32 qh, 16
+/// bytes of nibbles; values 0..31) against Q8_1, like Q4_1: per block
+/// `acc = fma(lane_sum, d_w * d_a, acc)` (`mul_sum_us8_pairs_float`), the minimum terms in
+/// `summs = fma(m_w, s_a, summs)` (GCC contracts `summs += m*s`), `hsum_float_8(acc) + summs`.
+#[inline(always)]
+pub fn vec_dot_q5_1_q8_1(w: &[u8], a: &[BlockQ8_1]) -> f32 {
+    const BS: usize = 24;
+    debug_assert_eq!(w.len(), a.len() * BS);
+    let mut acc = [0.0f32; 8];
+    let mut summs = 0.0f32;
+    for (blk, ab) in w.chunks_exact(BS).zip(a) {
+        let (d, m) = (read_f16(blk, 0), read_f16(blk, 2));
+        summs = m.mul_add(ab.s, summs);
+        let qh = u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]]);
+        let q = q5_values(qh, &blk[8..24], 0);
+        fma_lanes(&mut acc, d * ab.d, &lane_sums(&q, &ab.qs));
+    }
+    hsum_float_8(acc) + summs
+}
+
+/// `ggml_vec_dot_iq4_nl_q8_0` (AVX2 path): IQ4_NL (18 bytes a block: f16 d, 16 bytes of
+/// nibbles indexing `kvalues_iq4nl`) against Q8_0. Unlike the other 32-block kernels it walks
+/// the blocks in pairs with two accumulators (even blocks into `acc1`, odd into `acc2`, each
+/// `fma(d_a * d_w, lane_sum, acc)`), reduces `hsum_float_8(acc1 + acc2)`, and handles a last
+/// unpaired block in the scalar tail: `sumf = fma(d_a * d_w, (sumi1 + sumi2) as f32, sumf)`
+/// (GCC contracts `sumf += d * (sumi1 + sumi2)`), the integer sum exact.
+#[inline(always)]
+pub fn vec_dot_iq4_nl_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
+    const BS: usize = 18;
+    debug_assert_eq!(w.len(), a.len() * BS);
+    let values = |blk: &[u8]| -> [i8; QK] {
+        let mut q = [0i8; QK];
+        for j in 0..QK / 2 {
+            q[j] = KVALUES_IQ4NL[(blk[2 + j] & 0x0F) as usize];
+            q[j + QK / 2] = KVALUES_IQ4NL[(blk[2 + j] >> 4) as usize];
+        }
+        q
+    };
+    let nb = a.len();
+    let (mut acc1, mut acc2) = ([0.0f32; 8], [0.0f32; 8]);
+    let mut ib = 0;
+    while ib + 1 < nb {
+        for (acc, i) in [(&mut acc1, ib), (&mut acc2, ib + 1)] {
+            let blk = &w[i * BS..(i + 1) * BS];
+            fma_lanes(acc, a[i].d * read_f16(blk, 0), &lane_sums(&values(blk), &a[i].qs));
+        }
+        ib += 2;
+    }
+    let mut both = [0.0f32; 8];
+    for k in 0..8 {
+        both[k] = acc1[k] + acc2[k];
+    }
+    let mut sumf = hsum_float_8(both);
+    if ib < nb {
+        let blk = &w[ib * BS..(ib + 1) * BS];
+        let q = values(blk);
+        let sumi: i32 = q.iter().zip(&a[ib].qs).map(|(&x, &y)| x as i32 * y as i32).sum();
+        sumf = (a[ib].d * read_f16(blk, 0)).mul_add(sumi as f32, sumf);
+    }
+    sumf
+}
+
 /// `ggml_vec_dot_f32` (ggml-cpu/vec.cpp, AVX: `GGML_F32_STEP` 32, `GGML_F32_EPR` 8): four
 /// 8-lane accumulators over each 32 elements, `acc[j][l] = fma(x, y, acc[j][l])` for element
 /// `32i + 8j + l`, reduced by `GGML_F32x8_REDUCE`. The `n % 32` leftovers are added to the
@@ -274,10 +368,12 @@ impl<'a> QMatrix<'a> {
 }
 
 /// An activation row in the form the weight type's dot product consumes (ggml's `vec_dot_type`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum QuantizedActivation {
     Q8_0(Vec<BlockQ8_0>),
     Q8_1(Vec<BlockQ8_1>),
+    /// 256-element blocks for the k-quants (`kquant::quantize_row_q8_K`).
+    Q8K(Vec<BlockQ8K>),
     /// F16 or BF16 activations, kept as the rounded f32 values.
     Rounded(Vec<f32>),
     F32(Vec<f32>),
@@ -286,8 +382,12 @@ pub enum QuantizedActivation {
 /// Quantizes one activation row for a product with weights of type `ty`.
 pub fn quantize_activation(ty: GgmlType, x: &[f32]) -> QuantizedActivation {
     match ty {
-        GgmlType::Q4_1 => QuantizedActivation::Q8_1(quantize_row_q8_1(x)),
-        GgmlType::Q4_0 | GgmlType::Q8_0 => QuantizedActivation::Q8_0(quantize_row_q8_0(x)),
+        // ggml-cpu.c `type_traits_cpu[..].vec_dot_type`.
+        GgmlType::Q4_1 | GgmlType::Q5_1 => QuantizedActivation::Q8_1(quantize_row_q8_1(x)),
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4_NL => QuantizedActivation::Q8_0(quantize_row_q8_0(x)),
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
+            QuantizedActivation::Q8K(kquant::quantize_row_q8_K(x))
+        }
         GgmlType::F16 => QuantizedActivation::Rounded(x.iter().map(|&v| f16_round(v)).collect()),
         GgmlType::BF16 => QuantizedActivation::Rounded(x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect()),
         GgmlType::F32 => QuantizedActivation::F32(x.to_vec()),
@@ -296,10 +396,13 @@ pub fn quantize_activation(ty: GgmlType, x: &[f32]) -> QuantizedActivation {
 }
 
 /// Whether `matmul` supports weights of this type. Model loading checks this so that
-/// `quantize_activation` never meets an unsupported type. Q4_0, Q4_1, Q8_0 and F32 follow
+/// `quantize_activation` never meets an unsupported type. The quantized types and F32 follow
 /// ggml's arithmetic exactly; F16 and BF16 products are computed but not yet in ggml's order.
+/// A matrix's row length must also be a multiple of the type's block size (256 for the
+/// k-quants), which model loading checks too.
 pub fn supports(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_1 | GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::F16 | GgmlType::BF16 | GgmlType::F32)
+    use GgmlType::*;
+    matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | IQ4_NL | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | F16 | BF16 | F32)
 }
 
 /// Dot product of weight row `w` (type `ty`) with a quantized activation: the spec, lane by
@@ -310,6 +413,14 @@ pub fn vec_dot(ty: GgmlType, w: &[u8], a: &QuantizedActivation) -> f32 {
         (GgmlType::Q4_1, QuantizedActivation::Q8_1(b)) => vec_dot_q4_1_q8_1(w, b),
         (GgmlType::Q4_0, QuantizedActivation::Q8_0(b)) => vec_dot_q4_0_q8_0(w, b),
         (GgmlType::Q8_0, QuantizedActivation::Q8_0(b)) => vec_dot_q8_0_q8_0(w, b),
+        (GgmlType::Q5_0, QuantizedActivation::Q8_0(b)) => vec_dot_q5_0_q8_0(w, b),
+        (GgmlType::Q5_1, QuantizedActivation::Q8_1(b)) => vec_dot_q5_1_q8_1(w, b),
+        (GgmlType::IQ4_NL, QuantizedActivation::Q8_0(b)) => vec_dot_iq4_nl_q8_0(w, b),
+        (GgmlType::Q2_K, QuantizedActivation::Q8K(b)) => kquant::vec_dot_q2_K_q8_K(w, b),
+        (GgmlType::Q3_K, QuantizedActivation::Q8K(b)) => kquant::vec_dot_q3_K_q8_K(w, b),
+        (GgmlType::Q4_K, QuantizedActivation::Q8K(b)) => kquant::vec_dot_q4_K_q8_K(w, b),
+        (GgmlType::Q5_K, QuantizedActivation::Q8K(b)) => kquant::vec_dot_q5_K_q8_K(w, b),
+        (GgmlType::Q6_K, QuantizedActivation::Q8K(b)) => kquant::vec_dot_q6_K_q8_K(w, b),
         (GgmlType::F16, QuantizedActivation::Rounded(b)) => vec_dot_f16(w, b),
         (GgmlType::BF16, QuantizedActivation::Rounded(b)) => vec_dot_bf16(w, b),
         (GgmlType::F32, QuantizedActivation::F32(b)) => vec_dot_f32_bytes(w, b),
@@ -330,7 +441,7 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n_tok: usize, out: &mut [f32]) {
     assert_eq!(x.len(), n_tok * w.n_in, "matmul input has wrong length");
     assert_eq!(out.len(), n_tok * w.n_out, "matmul output has wrong length");
     let acts: Vec<QuantizedActivation> =
-        (0..n_tok).into_par_iter().map(|t| quantize_activation(w.ty, &x[t * w.n_in..(t + 1) * w.n_in])).collect();
+        (0..n_tok).into_par_iter().map(|t| super::simd::quantize_activation(w.ty, &x[t * w.n_in..(t + 1) * w.n_in])).collect();
     let tile = super::simd::tile_fn(w.ty);
     // Transposed scratch: tasks own disjoint ranges of output features for all tokens, computed
     // as (rows, tokens) tiles; every element is still one dot product of one row and one token.

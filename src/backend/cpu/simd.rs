@@ -9,6 +9,7 @@
 use crate::gguf::GgmlType;
 
 use super::ops;
+use super::kquant::{self, BlockQ8K};
 use super::quant::{self, BlockQ8_0, BlockQ8_1, QuantizedActivation};
 
 /// A weight-row dot product: one row of a matrix in its GGUF bytes against an activation.
@@ -40,17 +41,27 @@ pub fn vec_dot_fn(ty: GgmlType) -> VecDotFn {
             GgmlType::Q4_1 => return x86::dot_q4_1,
             GgmlType::Q4_0 => return x86::dot_q4_0,
             GgmlType::Q8_0 => return x86::dot_q8_0,
+            GgmlType::Q5_0 => return x86::dot_q5_0,
+            GgmlType::IQ4_NL => return x86::dot_iq4_nl,
+            GgmlType::Q4_K => return x86::dot_q4_k,
+            GgmlType::Q6_K => return x86::dot_q6_k,
             _ => {}
         }
     }
-    match ty {
-        GgmlType::Q4_1 => |w, a| quant::vec_dot(GgmlType::Q4_1, w, a),
-        GgmlType::Q4_0 => |w, a| quant::vec_dot(GgmlType::Q4_0, w, a),
-        GgmlType::Q8_0 => |w, a| quant::vec_dot(GgmlType::Q8_0, w, a),
-        GgmlType::F16 => |w, a| quant::vec_dot(GgmlType::F16, w, a),
-        GgmlType::BF16 => |w, a| quant::vec_dot(GgmlType::BF16, w, a),
-        _ => |w, a| quant::vec_dot(GgmlType::F32, w, a),
+    spec_dot_fn(ty)
+}
+
+/// The spec [`quant::vec_dot`] for weights of type `ty`, as a plain function pointer.
+fn spec_dot_fn(ty: GgmlType) -> VecDotFn {
+    macro_rules! spec {
+        ($($t:ident),*) => {
+            match ty {
+                $(GgmlType::$t => |w, a| quant::vec_dot(GgmlType::$t, w, a),)*
+                other => panic!("no dot product for {} weights (checked at model load)", other.name()),
+            }
+        };
     }
+    spec!(Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, F16, BF16, F32)
 }
 
 /// A tile of dot products: `out[r * acts.len() + t] = vec_dot(rows[r], acts[t])` for weight
@@ -73,10 +84,19 @@ pub fn tile_fn(ty: GgmlType) -> TileFn {
     match ty {
         GgmlType::Q4_1 => spec_tile_q4_1,
         GgmlType::Q4_0 => spec_tile_q4_0,
+        GgmlType::Q5_0 => spec_tile_q5_0,
+        GgmlType::Q5_1 => spec_tile_q5_1,
         GgmlType::Q8_0 => spec_tile_q8_0,
+        GgmlType::IQ4_NL => spec_tile_iq4_nl,
+        GgmlType::Q2_K => spec_tile_q2_k,
+        GgmlType::Q3_K => spec_tile_q3_k,
+        GgmlType::Q4_K => spec_tile_q4_k,
+        GgmlType::Q5_K => spec_tile_q5_k,
+        GgmlType::Q6_K => spec_tile_q6_k,
         GgmlType::F16 => spec_tile_f16,
         GgmlType::BF16 => spec_tile_bf16,
-        _ => spec_tile_f32,
+        GgmlType::F32 => spec_tile_f32,
+        other => panic!("no tile for {} weights (checked at model load)", other.name()),
     }
 }
 
@@ -96,9 +116,28 @@ macro_rules! spec_tile {
 spec_tile!(spec_tile_q4_1, GgmlType::Q4_1);
 spec_tile!(spec_tile_q4_0, GgmlType::Q4_0);
 spec_tile!(spec_tile_q8_0, GgmlType::Q8_0);
+spec_tile!(spec_tile_q5_0, GgmlType::Q5_0);
+spec_tile!(spec_tile_q5_1, GgmlType::Q5_1);
+spec_tile!(spec_tile_iq4_nl, GgmlType::IQ4_NL);
+spec_tile!(spec_tile_q2_k, GgmlType::Q2_K);
+spec_tile!(spec_tile_q3_k, GgmlType::Q3_K);
+spec_tile!(spec_tile_q4_k, GgmlType::Q4_K);
+spec_tile!(spec_tile_q5_k, GgmlType::Q5_K);
+spec_tile!(spec_tile_q6_k, GgmlType::Q6_K);
 spec_tile!(spec_tile_f16, GgmlType::F16);
 spec_tile!(spec_tile_bf16, GgmlType::BF16);
 spec_tile!(spec_tile_f32, GgmlType::F32);
+
+/// [`quant::quantize_activation`], with `quantize_row_q8_K` compiled for AVX2 where the CPU
+/// has it (the same code: its rounding and comparisons vectorize without changing a bit).
+pub fn quantize_activation(ty: GgmlType, x: &[f32]) -> QuantizedActivation {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() && matches!(ty, GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K) {
+        // SAFETY: AVX2 and FMA are present (checked above).
+        return QuantizedActivation::Q8K(unsafe { x86::quantize_row_q8_K(x) });
+    }
+    quant::quantize_activation(ty, x)
+}
 
 /// `ggml_vec_dot_f32` on two f32 rows: the AVX2 twin where the CPU runs it, else the spec.
 pub fn vec_dot_f32(x: &[f32], y: &[f32]) -> f32 {
@@ -160,6 +199,7 @@ pub fn rope(r: &ops::Rope, x: &mut [f32], pos: usize) {
 }
 
 #[cfg(target_arch = "x86_64")]
+#[allow(non_snake_case)]
 mod x86 {
     use std::arch::x86_64::*;
 
@@ -269,6 +309,185 @@ mod x86 {
         let t0 = _mm_add_ps(_mm256_castps256_ps128(x0), _mm256_extractf128_ps(x0, 1));
         let t1 = _mm_hadd_ps(t0, t0);
         _mm_cvtss_f32(_mm_hadd_ps(t1, t1))
+    }
+
+    /// `bytes_from_bits_32`: bit `j` of the little-endian u32 at `p` spread to byte `j` (0xFF or 0).
+    #[inline(always)]
+    unsafe fn bytes_from_bits_32(p: *const u8) -> __m256i {
+        let x32 = u32::from_le_bytes(*(p as *const [u8; 4]));
+        let shuf_mask = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+        let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x32 as i32), shuf_mask);
+        let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+        _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
+    }
+
+    /// `ggml_vec_dot_q5_0_q8_0`'s AVX2 path.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn vec_dot_q5_0_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
+        assert_eq!(w.len(), a.len() * 22);
+        let mut acc = _mm256_setzero_ps();
+        for (i, ab) in a.iter().enumerate() {
+            let blk = &w[i * 22..i * 22 + 22];
+            let d = _mm256_set1_ps(f16_at(blk, 0) * ab.d);
+            let bxhi = _mm256_andnot_si256(bytes_from_bits_32(blk.as_ptr().add(2)), _mm256_set1_epi8(0xF0u8 as i8));
+            let qx = _mm256_or_si256(bytes_from_nibbles_32(blk.as_ptr().add(6)), bxhi);
+            let qy = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
+            acc = _mm256_fmadd_ps(d, mul_sum_i8_pairs_float(qx, qy), acc);
+        }
+        hsum_float_8(acc)
+    }
+
+    /// `ggml_vec_dot_iq4_nl_q8_0`'s AVX2 path: blocks in pairs into two accumulators, their
+    /// sum reduced, an unpaired last block in the scalar tail (see the spec).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn vec_dot_iq4_nl_q8_0(w: &[u8], a: &[BlockQ8_0]) -> f32 {
+        assert_eq!(w.len(), a.len() * 18);
+        let values128 = _mm_loadu_si128(crate::gguf::quant::KVALUES_IQ4NL.as_ptr() as *const __m128i);
+        let m4b = _mm_set1_epi8(0x0f);
+        let mone = _mm256_set1_epi16(1);
+        let lookup = |p: *const u8| {
+            let bits = _mm_loadu_si128(p as *const __m128i);
+            _mm256_set_m128i(
+                _mm_shuffle_epi8(values128, _mm_and_si128(_mm_srli_epi16(bits, 4), m4b)),
+                _mm_shuffle_epi8(values128, _mm_and_si128(bits, m4b)),
+            )
+        };
+        let (mut accum1, mut accum2) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let nb = a.len();
+        let mut ib = 0;
+        while ib + 1 < nb {
+            let (x0, x1) = (&w[ib * 18..ib * 18 + 18], &w[ib * 18 + 18..ib * 18 + 36]);
+            let q4b_1 = lookup(x0.as_ptr().add(2));
+            let q4b_2 = lookup(x1.as_ptr().add(2));
+            let q8b_1 = _mm256_loadu_si256(a[ib].qs.as_ptr() as *const __m256i);
+            let q8b_2 = _mm256_loadu_si256(a[ib + 1].qs.as_ptr() as *const __m256i);
+            let p_1 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(q4b_1, q4b_1), _mm256_sign_epi8(q8b_1, q4b_1)), mone);
+            let p_2 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(q4b_2, q4b_2), _mm256_sign_epi8(q8b_2, q4b_2)), mone);
+            accum1 = _mm256_fmadd_ps(_mm256_set1_ps(a[ib].d * f16_at(x0, 0)), _mm256_cvtepi32_ps(p_1), accum1);
+            accum2 = _mm256_fmadd_ps(_mm256_set1_ps(a[ib + 1].d * f16_at(x1, 0)), _mm256_cvtepi32_ps(p_2), accum2);
+            ib += 2;
+        }
+        let mut sumf = hsum_float_8(_mm256_add_ps(accum1, accum2));
+        if ib < nb {
+            let x = &w[ib * 18..ib * 18 + 18];
+            let mut sumi = 0i32;
+            for j in 0..16 {
+                sumi += a[ib].qs[j] as i32 * crate::gguf::quant::KVALUES_IQ4NL[(x[2 + j] & 0xf) as usize] as i32;
+                sumi += a[ib].qs[j + 16] as i32 * crate::gguf::quant::KVALUES_IQ4NL[(x[2 + j] >> 4) as usize] as i32;
+            }
+            sumf = (a[ib].d * f16_at(x, 0)).mul_add(sumi as f32, sumf);
+        }
+        sumf
+    }
+
+    /// `get_scale_shuffle_k4(i)`: every 16-bit lane takes scale `i`.
+    #[inline(always)]
+    unsafe fn scale_shuffle_k4(i: usize) -> __m256i {
+        _mm256_set1_epi16((((2 * i + 1) << 8) | (2 * i)) as i16)
+    }
+
+    /// `ggml_vec_dot_q4_K_q8_K`'s AVX2 path.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn vec_dot_q4_K_q8_K(w: &[u8], a: &[BlockQ8K]) -> f32 {
+        const KMASK1: u32 = 0x3f3f3f3f;
+        const KMASK2: u32 = 0x0f0f0f0f;
+        const KMASK3: u32 = 0x03030303;
+        assert_eq!(w.len(), a.len() * kquant::BLOCK_Q4_K);
+        let m4 = _mm256_set1_epi8(0xF);
+        let mut acc = _mm256_setzero_ps();
+        let mut acc_m = _mm_setzero_ps();
+        for (i, y) in a.iter().enumerate() {
+            let x = &w[i * 144..(i + 1) * 144];
+            let d = y.d * f16_at(x, 0);
+            let dmin = -y.d * f16_at(x, 2);
+            let word = |k: usize| u32::from_le_bytes([x[4 + 4 * k], x[5 + 4 * k], x[6 + 4 * k], x[7 + 4 * k]]);
+            let mut utmp = [word(0), word(1), word(2), 0];
+            utmp[3] = ((utmp[2] >> 4) & KMASK2) | (((utmp[1] >> 6) & KMASK3) << 4);
+            let uaux = utmp[1] & KMASK1;
+            utmp[1] = (utmp[2] & KMASK2) | (((utmp[0] >> 6) & KMASK3) << 4);
+            utmp[2] = uaux;
+            utmp[0] &= KMASK1;
+            let mins_and_scales = _mm256_cvtepu8_epi16(_mm_set_epi32(utmp[3] as i32, utmp[2] as i32, utmp[1] as i32, utmp[0] as i32));
+            let q8sums = _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i);
+            let q8s = _mm_hadd_epi16(_mm256_extracti128_si256(q8sums, 0), _mm256_extracti128_si256(q8sums, 1));
+            let prod = _mm_madd_epi16(_mm256_extracti128_si256(mins_and_scales, 1), q8s);
+            acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m);
+            let sc128 = _mm256_extracti128_si256(mins_and_scales, 0);
+            let scales = _mm256_set_m128i(sc128, sc128);
+            let mut sumi = _mm256_setzero_si256();
+            for j in 0..4 {
+                let scale_l = _mm256_shuffle_epi8(scales, scale_shuffle_k4(2 * j));
+                let scale_h = _mm256_shuffle_epi8(scales, scale_shuffle_k4(2 * j + 1));
+                let q4bits = _mm256_loadu_si256(x.as_ptr().add(16 + 32 * j) as *const __m256i);
+                let q4l = _mm256_and_si256(q4bits, m4);
+                let q4h = _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4);
+                let q8l = _mm256_loadu_si256(y.qs.as_ptr().add(64 * j) as *const __m256i);
+                let p16l = _mm256_madd_epi16(scale_l, _mm256_maddubs_epi16(q4l, q8l));
+                let q8h = _mm256_loadu_si256(y.qs.as_ptr().add(64 * j + 32) as *const __m256i);
+                let p16h = _mm256_madd_epi16(scale_h, _mm256_maddubs_epi16(q4h, q8h));
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16l, p16h));
+            }
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        }
+        acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
+        acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
+        hsum_float_8(acc) + _mm_cvtss_f32(acc_m)
+    }
+
+    /// `get_scale_shuffle(i)`: bytes 0..8 take scale `2i`, bytes 8..16 scale `2i + 1`.
+    #[inline(always)]
+    unsafe fn scale_shuffle(i: usize) -> __m128i {
+        let splat = |b: usize| (b as u64).wrapping_mul(0x0101010101010101) as i64;
+        _mm_set_epi64x(splat(2 * i + 1), splat(2 * i))
+    }
+
+    /// `ggml_vec_dot_q6_K_q8_K`'s AVX2 path.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn vec_dot_q6_K_q8_K(w: &[u8], a: &[BlockQ8K]) -> f32 {
+        assert_eq!(w.len(), a.len() * kquant::BLOCK_Q6_K);
+        let m3 = _mm256_set1_epi8(3);
+        let m15 = _mm256_set1_epi8(15);
+        let mut acc = _mm256_setzero_ps();
+        for (i, y) in a.iter().enumerate() {
+            let x = &w[i * 210..(i + 1) * 210];
+            let d = y.d * f16_at(x, 208);
+            let q8sums = _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i);
+            let scales = _mm_loadu_si128(x.as_ptr().add(192) as *const __m128i);
+            let q8sclsub = _mm256_slli_epi32(_mm256_madd_epi16(q8sums, _mm256_cvtepi8_epi16(scales)), 5);
+            let mut sumi = _mm256_setzero_si256();
+            for j in 0..2 {
+                let q4bits1 = _mm256_loadu_si256(x.as_ptr().add(64 * j) as *const __m256i);
+                let q4bits2 = _mm256_loadu_si256(x.as_ptr().add(64 * j + 32) as *const __m256i);
+                let q4bits_h = _mm256_loadu_si256(x.as_ptr().add(128 + 32 * j) as *const __m256i);
+                let q4h_0 = _mm256_slli_epi16(_mm256_and_si256(q4bits_h, m3), 4);
+                let q4h_1 = _mm256_slli_epi16(_mm256_and_si256(q4bits_h, _mm256_set1_epi8(12)), 2);
+                let q4h_2 = _mm256_and_si256(q4bits_h, _mm256_set1_epi8(48));
+                let q4h_3 = _mm256_srli_epi16(_mm256_and_si256(q4bits_h, _mm256_set1_epi8(-64)), 2);
+                let q4 = [
+                    _mm256_or_si256(_mm256_and_si256(q4bits1, m15), q4h_0),
+                    _mm256_or_si256(_mm256_and_si256(q4bits2, m15), q4h_1),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits1, 4), m15), q4h_2),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits2, 4), m15), q4h_3),
+                ];
+                let mut p16 = [_mm256_setzero_si256(); 4];
+                for l in 0..4 {
+                    let q8 = _mm256_loadu_si256(y.qs.as_ptr().add(128 * j + 32 * l) as *const __m256i);
+                    let scale = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, scale_shuffle(4 * j + l)));
+                    p16[l] = _mm256_madd_epi16(scale, _mm256_maddubs_epi16(q4[l], q8));
+                }
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16[0], p16[1]));
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16[2], p16[3]));
+            }
+            sumi = _mm256_sub_epi32(sumi, q8sclsub);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        }
+        hsum_float_8(acc)
+    }
+
+    /// `kquant::quantize_row_q8_K` compiled for AVX2 (see [`super::quantize_activation`]).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn quantize_row_q8_K(x: &[f32]) -> Vec<BlockQ8K> {
+        kquant::quantize_row_q8_K(x)
     }
 
     const _: () = assert!(QK == 32);
@@ -441,6 +660,30 @@ mod x86 {
         unsafe { vec_dot_q4_0_q8_0(w, b) }
     }
 
+    pub fn dot_q5_0(w: &[u8], a: &QuantizedActivation) -> f32 {
+        let QuantizedActivation::Q8_0(b) = a else { unreachable!("Q5_0 takes Q8_0 activations") };
+        // SAFETY: only handed out by `vec_dot_fn` after `has_avx2_fma`.
+        unsafe { vec_dot_q5_0_q8_0(w, b) }
+    }
+
+    pub fn dot_iq4_nl(w: &[u8], a: &QuantizedActivation) -> f32 {
+        let QuantizedActivation::Q8_0(b) = a else { unreachable!("IQ4_NL takes Q8_0 activations") };
+        // SAFETY: only handed out by `vec_dot_fn` after `has_avx2_fma`.
+        unsafe { vec_dot_iq4_nl_q8_0(w, b) }
+    }
+
+    pub fn dot_q4_k(w: &[u8], a: &QuantizedActivation) -> f32 {
+        let QuantizedActivation::Q8K(b) = a else { unreachable!("Q4_K takes Q8_K activations") };
+        // SAFETY: as above.
+        unsafe { vec_dot_q4_K_q8_K(w, b) }
+    }
+
+    pub fn dot_q6_k(w: &[u8], a: &QuantizedActivation) -> f32 {
+        let QuantizedActivation::Q8K(b) = a else { unreachable!("Q6_K takes Q8_K activations") };
+        // SAFETY: as above.
+        unsafe { vec_dot_q6_K_q8_K(w, b) }
+    }
+
     pub fn dot_q8_0(w: &[u8], a: &QuantizedActivation) -> f32 {
         let QuantizedActivation::Q8_0(b) = a else { unreachable!("Q8_0 takes Q8_0 activations") };
         // SAFETY: as above.
@@ -475,6 +718,27 @@ mod tests {
             GgmlType::F32 => return (0..n_in).flat_map(|_| rng.f32().to_le_bytes()).collect(),
             _ => {}
         }
+        // The types added with the k-quants: random bytes with random f16 scales (either sign)
+        // where the block has them; every byte pattern of the quants is valid.
+        let scale_at: &[usize] = match ty {
+            GgmlType::Q5_0 | GgmlType::IQ4_NL => &[0],
+            GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+            GgmlType::Q2_K => &[80, 82],
+            GgmlType::Q3_K => &[108],
+            GgmlType::Q6_K => &[208],
+            _ => &[],
+        };
+        if !scale_at.is_empty() {
+            let (bs, qk) = (ty.type_size(), ty.block_size());
+            let mut w: Vec<u8> = (0..n_in / qk * bs).map(|_| rng.next() as u8).collect();
+            for b in 0..n_in / qk {
+                for &at in scale_at {
+                    let d = half::f16::from_f32(rng.f32() * 0.05).to_bits().to_le_bytes();
+                    w[b * bs + at..b * bs + at + 2].copy_from_slice(&d);
+                }
+            }
+            return w;
+        }
         let nb = n_in / 32;
         let mut w = Vec::new();
         for _ in 0..nb {
@@ -499,13 +763,17 @@ mod tests {
             return;
         }
         let mut rng = Rng(7);
-        for ty in [GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q8_0] {
-            for n_in in [32, 64, 576, 1536] {
+        for ty in [GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::IQ4_NL, GgmlType::Q4_K, GgmlType::Q6_K] {
+            for n_in in [32, 64, 96, 576, 1536, 256, 4864] {
+                if n_in % ty.block_size() != 0 {
+                    continue;
+                }
                 for _ in 0..200 {
                     let w = random_row(&mut rng, ty, n_in);
                     let scale = 10f32.powi((rng.next() % 7) as i32 - 3);
                     let x: Vec<f32> = (0..n_in).map(|_| rng.f32() * scale).collect();
                     let a = quantize_activation(ty, &x);
+                    assert!(super::quantize_activation(ty, &x) == a, "{ty:?}: activation twin differs");
                     let (want, got) = (vec_dot(ty, &w, &a), vec_dot_fn(ty)(&w, &a));
                     assert_eq!(want.to_bits(), got.to_bits(), "{ty:?} n_in {n_in}: spec {want} simd {got}");
                 }
@@ -564,9 +832,9 @@ mod tests {
     #[test]
     fn tiles_equal_the_spec_element_by_element() {
         let mut rng = Rng(17);
-        for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::F16, GgmlType::BF16, GgmlType::F32] {
+        for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::F16, GgmlType::BF16, GgmlType::F32, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::IQ4_NL, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
             for (n_rows, n_tok) in [(1, 1), (4, 1), (7, 1), (1, 4), (3, 5), (2, 9)] {
-                let n_in = 576;
+                let n_in = if ty.block_size() == 256 { 512 } else { 576 };
                 let rows: Vec<Vec<u8>> = (0..n_rows).map(|_| random_row(&mut rng, ty, n_in)).collect();
                 let acts: Vec<QuantizedActivation> = (0..n_tok)
                     .map(|_| quantize_activation(ty, &(0..n_in).map(|_| rng.f32() * 4.0).collect::<Vec<_>>()))
@@ -580,6 +848,25 @@ mod tests {
                         assert_eq!(out[r * n_tok + t].to_bits(), want.to_bits(), "{ty:?} {n_rows}x{n_tok} at ({r}, {t})");
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_q8_k_quantizer_equals_the_spec() {
+        let mut rng = Rng(23);
+        for n in [256, 512, 4864] {
+            for case in 0..100 {
+                let scale = 10f32.powi((rng.next() % 9) as i32 - 4);
+                let mut x: Vec<f32> = (0..n).map(|_| rng.f32() * scale).collect();
+                if case % 5 == 0 {
+                    x[..256].iter_mut().for_each(|v| *v = 0.0);
+                }
+                if case % 7 == 0 {
+                    x[3] = -x[3].abs() * 1e4;
+                }
+                let want = QuantizedActivation::Q8K(kquant::quantize_row_q8_K(&x));
+                assert!(super::quantize_activation(GgmlType::Q4_K, &x) == want, "n {n} case {case}");
             }
         }
     }

@@ -22,6 +22,7 @@ pub enum KernelModule {
     Rmsnorm,
     Quantize,
     Matvec,
+    Kquant,
     Rope,
     Attention,
     Swiglu,
@@ -30,11 +31,12 @@ pub enum KernelModule {
 }
 
 impl KernelModule {
-    pub const ALL: [KernelModule; 9] = [
+    pub const ALL: [KernelModule; 10] = [
         KernelModule::Embedding,
         KernelModule::Rmsnorm,
         KernelModule::Quantize,
         KernelModule::Matvec,
+        KernelModule::Kquant,
         KernelModule::Rope,
         KernelModule::Attention,
         KernelModule::Swiglu,
@@ -48,6 +50,7 @@ impl KernelModule {
             KernelModule::Rmsnorm => "rmsnorm.cu",
             KernelModule::Quantize => "quantize.cu",
             KernelModule::Matvec => "matvec.cu",
+            KernelModule::Kquant => "kquant.cu",
             KernelModule::Rope => "rope.cu",
             KernelModule::Attention => "attention.cu",
             KernelModule::Swiglu => "swiglu.cu",
@@ -62,6 +65,7 @@ impl KernelModule {
             KernelModule::Rmsnorm => include_str!("../../../kernels/rmsnorm.cu"),
             KernelModule::Quantize => include_str!("../../../kernels/quantize.cu"),
             KernelModule::Matvec => include_str!("../../../kernels/matvec.cu"),
+            KernelModule::Kquant => include_str!("../../../kernels/kquant.cu"),
             KernelModule::Rope => include_str!("../../../kernels/rope.cu"),
             KernelModule::Attention => include_str!("../../../kernels/attention.cu"),
             KernelModule::Swiglu => include_str!("../../../kernels/swiglu.cu"),
@@ -91,6 +95,17 @@ impl KernelModule {
                     "matvec_f32",
                 ]
             }
+            KernelModule::Kquant => &[
+                "quantize_q8_K",
+                "matvec_q5_0_q8_0",
+                "matvec_q5_1_q8_1",
+                "matvec_iq4_nl_q8_0",
+                "matvec_q2_K_q8_K",
+                "matvec_q3_K_q8_K",
+                "matvec_q4_K_q8_K",
+                "matvec_q5_K_q8_K",
+                "matvec_q6_K_q8_K",
+            ],
             KernelModule::Rope => &["rope_norm", "rope_neox", "rope_store_kv"],
             KernelModule::Attention => &["attention_f32"],
             KernelModule::Swiglu => &["swiglu_f32"],

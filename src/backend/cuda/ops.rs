@@ -5,7 +5,9 @@
 //! These are slow (synchronous copies every call) and never used on the generation path.
 
 use crate::backend::cpu::ops as cpu_ops;
+use crate::backend::cpu::kquant::{BlockQ8K, QK_K};
 use crate::backend::cpu::quant::{BlockQ8_1, QMatrix, QK};
+use crate::gguf::GgmlType;
 use crate::backend::BackendError;
 
 use super::device::{Arg, DevBuf, Gpu};
@@ -339,4 +341,74 @@ pub fn embedding(gpu: &Gpu, table: &QMatrix<'_>, tokens: &[u32]) -> Result<Vec<f
     let out = gpu.alloc(tokens.len() * table.n_in * 4)?;
     super::forward::launch_embedding(gpu, &m, idd.ptr(), out.ptr(), 0, tokens.len())?;
     gpu.read(out.ptr(), tokens.len() * table.n_in)
+}
+
+/// `kquant::quantize_row_q8_K` over `n_tok` rows of `x`, on the device (`quantize_q8_K`).
+#[allow(non_snake_case)]
+pub fn quantize_row_q8_K(gpu: &Gpu, x: &[f32], n_tok: usize) -> Result<Vec<BlockQ8K>, BackendError> {
+    let width = x.len() / n_tok;
+    let (xd, aq, ad, bs) = (gpu.upload(x)?, gpu.alloc(x.len())?, gpu.alloc(x.len() / QK_K * 4)?, gpu.alloc(x.len() / 16 * 2)?);
+    quantize_q8_k_dev(gpu, xd.ptr(), aq.ptr(), ad.ptr(), bs.ptr(), n_tok, width)?;
+    let qs: Vec<i8> = gpu.read(aq.ptr(), x.len())?;
+    let ds: Vec<f32> = gpu.read(ad.ptr(), x.len() / QK_K)?;
+    let sums: Vec<i16> = gpu.read(bs.ptr(), x.len() / 16)?;
+    Ok((0..x.len() / QK_K)
+        .map(|b| {
+            let mut blk = BlockQ8K { d: ds[b], qs: [0; QK_K], bsums: [0; QK_K / 16] };
+            blk.qs.copy_from_slice(&qs[b * QK_K..(b + 1) * QK_K]);
+            blk.bsums.copy_from_slice(&sums[b * 16..(b + 1) * 16]);
+            blk
+        })
+        .collect())
+}
+
+fn quantize_q8_k_dev(gpu: &Gpu, x: u64, aq: u64, ad: u64, bs: u64, n_tok: usize, width: usize) -> Result<(), BackendError> {
+    gpu.launch(
+        "quantize_q8_K",
+        ((width / QK_K) as u32, n_tok as u32, 1),
+        QK_K as u32,
+        0,
+        &[Arg::Ptr(x), Arg::Ptr(aq), Arg::Ptr(ad), Arg::Ptr(bs), Arg::I32(width as i32)],
+    )
+}
+
+/// The device kernel (`kernels/kquant.cu`) of the weight types added with the k-quants, named
+/// after the CPU function it matches bit for bit; `None` for the other types.
+pub fn kquant_kernel(ty: GgmlType) -> Option<&'static str> {
+    Some(match ty {
+        GgmlType::Q5_0 => "matvec_q5_0_q8_0",
+        GgmlType::Q5_1 => "matvec_q5_1_q8_1",
+        GgmlType::IQ4_NL => "matvec_iq4_nl_q8_0",
+        GgmlType::Q2_K => "matvec_q2_K_q8_K",
+        GgmlType::Q3_K => "matvec_q3_K_q8_K",
+        GgmlType::Q4_K => "matvec_q4_K_q8_K",
+        GgmlType::Q5_K => "matvec_q5_K_q8_K",
+        GgmlType::Q6_K => "matvec_q6_K_q8_K",
+        _ => return None,
+    })
+}
+
+/// `quant::matmul` for weights of a type added with the k-quants, on the device: the rows of
+/// `x` (n_tok, n_in) quantized there (`quantize_q8_1` or `quantize_q8_K`, the type's
+/// `vec_dot_type`), then the type's matvec kernel on the GGUF rows as they are. out (n_tok, n_out).
+pub fn matmul_kquant(gpu: &Gpu, w: &QMatrix<'_>, x: &[f32], n_tok: usize) -> Result<Vec<f32>, BackendError> {
+    let name = kquant_kernel(w.ty).ok_or_else(|| BackendError::Device(format!("no kquant.cu kernel for {} weights", w.ty.name())))?;
+    let n_in = w.n_in;
+    let (wd, xd, out) = (gpu.upload(w.data)?, gpu.upload(x)?, gpu.alloc(n_tok * w.n_out * 4)?);
+    let grid = (blocks(w.n_out, 16), n_tok as u32, 1);
+    let dims = [Arg::Ptr(out.ptr()), Arg::I32(n_in as i32), Arg::I32(w.n_out as i32)];
+    if w.ty.block_size() == QK_K {
+        let (aq, ad, bs) = (gpu.alloc(x.len())?, gpu.alloc(x.len() / QK_K * 4)?, gpu.alloc(x.len() / 16 * 2)?);
+        quantize_q8_k_dev(gpu, xd.ptr(), aq.ptr(), ad.ptr(), bs.ptr(), n_tok, n_in)?;
+        let mut args = vec![Arg::Ptr(wd.ptr()), Arg::I32(w.row_bytes() as i32), Arg::Ptr(aq.ptr()), Arg::Ptr(ad.ptr()), Arg::Ptr(bs.ptr())];
+        args.extend(dims);
+        gpu.launch(name, grid, 128, 0, &args)?;
+    } else {
+        let qa = QAct::alloc(gpu, n_tok, n_in)?;
+        quantize_dev(gpu, xd.ptr(), &qa, n_tok, n_in)?;
+        let mut args = vec![Arg::Ptr(wd.ptr()), Arg::I32(w.row_bytes() as i32), Arg::Ptr(qa.aq.ptr()), Arg::Ptr(qa.ads.ptr())];
+        args.extend(dims);
+        gpu.launch(name, grid, 128, 0, &args)?;
+    }
+    gpu.read(out.ptr(), n_tok * w.n_out)
 }
