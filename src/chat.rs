@@ -226,3 +226,16 @@ impl Object for MessageObject {
         Enumerator::Str(&["role", "content"])
     }
 }
+
+/// The ids of a prompt as llama.cpp's generation tools make them: `tokenize(text, add_special =
+/// true, parse_special)`, so BOS is added where the vocabulary says so (`add_bos_token`: SmolLM2
+/// and Qwen2 no, Gemma and SentencePiece llama yes) and EOS likewise; and when a chat template
+/// already wrote the BOS text itself, the doubled BOS at the start is dropped once, as
+/// llama.cpp's chat path strips the template's (common/chat.cpp) instead of sending two.
+pub fn prompt_ids(tok: &crate::tokenizer::Tokenizer, text: &str, parse_special: bool) -> Vec<u32> {
+    let mut ids = tok.tokenize(text, true, parse_special);
+    if tok.add_bos() && ids.len() >= 2 && ids[0] == ids[1] && Some(ids[0]) == tok.bos_id() {
+        ids.remove(0);
+    }
+    ids
+}

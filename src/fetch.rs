@@ -460,6 +460,11 @@ pub fn named_models() -> Vec<NamedModel> {
     out
 }
 
+/// The named model whose file has this sha256 (recordings name their model by its hash).
+pub fn named_by_sha256(sha256: &str) -> Option<NamedModel> {
+    named_models().into_iter().find(|m| m.sha256 == sha256)
+}
+
 /// The named model `name` (see [`named_models`]).
 pub fn find_model(name: &str) -> Result<NamedModel, FetchError> {
     let all = named_models();

@@ -138,9 +138,15 @@ fn main() {
     }
 }
 
+/// `--model`: a GGUF path, or the name of a named test model (`cargo xtask fetch-model --list`),
+/// fetched and verified on first use; the default model when absent.
 fn model_path(arg: &Option<PathBuf>) -> Result<PathBuf> {
     match arg {
-        Some(p) => Ok(p.clone()),
+        Some(p) if p.exists() => Ok(p.clone()),
+        Some(p) => match p.to_str().map(worker_orcd::fetch::find_model) {
+            Some(Ok(m)) => Ok(worker_orcd::fetch::fetch_named(&m.name)?),
+            _ => bail!("--model {}: no such file, and no named model of that name (cargo xtask fetch-model --list)", p.display()),
+        },
         None => Ok(worker_orcd::fetch::default_model_path()?),
     }
 }
@@ -168,11 +174,7 @@ fn prompt_ids(loaded: &Loaded, prompt: &str, chat_mode: bool, parse_special: boo
     } else {
         (prompt.to_string(), parse_special)
     };
-    let mut ids = Vec::new();
-    if tok.add_bos() {
-        ids.extend(tok.bos_id());
-    }
-    ids.extend(tok.encode(&text, special));
+    let ids = worker_orcd::chat::prompt_ids(tok, &text, special);
     if ids.is_empty() {
         bail!("--prompt: the prompt encodes to no tokens");
     }
@@ -267,6 +269,7 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
     let tok = Tokenizer::from_gguf(&file)?;
     let mut text = String::new();
     std::io::stdin().read_to_string(&mut text).context("reading stdin")?;
+    // The text as given (llama.cpp's `llama_tokenize` with add_special off): no BOS/EOS.
     let ids = tok.encode(&text, a.parse_special);
     if a.json {
         println!("{}", serde_json::json!({ "ids": ids }));

@@ -25,12 +25,12 @@ pub enum ModelError {
     BadShape { name: String, expected: Vec<u64>, found: Vec<u64> },
     #[error("tensor {name} has type {ty}, which the matrix product does not support")]
     UnsupportedType { name: String, ty: &'static str },
-    #[error("tensor {name} has rows of {n} elements, not a multiple of the {block}-element blocks of {ty}")]
-    BadRowLength { name: String, ty: &'static str, n: u64, block: usize },
     #[error("tensor {name} is not part of the {arch} architecture as implemented here (llama.cpp would refuse it too, or it needs an op this worker lacks)")]
     UnsupportedTensor { name: String, arch: &'static str },
     #[error("{key} = {value}: {why}")]
     UnsupportedKey { key: String, value: String, why: &'static str },
+    #[error("tensor {name} has rows of {n} elements, not a multiple of the {block}-element blocks of {ty}")]
+    BadRowLength { name: String, ty: &'static str, n: u64, block: usize },
     #[error("invalid configuration: {what}")]
     BadConfig { what: String },
 }

@@ -9,8 +9,9 @@
 //! that cannot start fails every case with the reason. `$WORKER_ORCD_ROOT` names the checkout
 //! when the binary runs elsewhere (the GPU bundle).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use worker_orcd::model::Model;
@@ -28,18 +29,45 @@ fn root() -> PathBuf {
     checkout().join("recordings")
 }
 
-fn model() -> Arc<Model> {
-    static M: OnceLock<Arc<Model>> = OnceLock::new();
-    M.get_or_init(|| {
-        let path = worker_orcd::fetch::default_model_path().expect("default model (cargo xtask fetch-model)");
-        Arc::new(Model::open(&path).expect("default model loads"))
-    })
-    .clone()
+/// A model with its tokenizer and file hash, loaded once per binary.
+#[derive(Clone)]
+struct Loaded {
+    model: Arc<Model>,
+    tokenizer: Arc<Tokenizer>,
+    sha256: String,
 }
 
-fn tokenizer() -> Arc<Tokenizer> {
-    static T: OnceLock<Arc<Tokenizer>> = OnceLock::new();
-    T.get_or_init(|| Arc::new(Tokenizer::from_gguf(&model().file).expect("tokenizer loads"))).clone()
+fn load(path: &Path) -> Loaded {
+    let model = Arc::new(Model::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
+    let tokenizer = Arc::new(Tokenizer::from_gguf(&model.file).expect("tokenizer loads"));
+    let sha256 = worker_orcd::fetch::sha256_file(path).expect("model hashes");
+    Loaded { model, tokenizer, sha256 }
+}
+
+/// The default model (or `$WORKER_ORCD_MODEL`).
+fn default_model() -> Loaded {
+    static M: OnceLock<Loaded> = OnceLock::new();
+    M.get_or_init(|| load(&worker_orcd::fetch::default_model_path().expect("default model (cargo xtask fetch-model)"))).clone()
+}
+
+/// The model a llama.cpp recording was made with, found by the sha256 it carries among the
+/// named models (fetched on first use), so every recording under `recordings/llama.cpp/` runs
+/// against its own file. A hash no named model has fails the case.
+fn model_for(sha256: &str) -> Result<Loaded, Failed> {
+    static M: OnceLock<Mutex<HashMap<String, Loaded>>> = OnceLock::new();
+    let d = default_model();
+    if d.sha256 == sha256 {
+        return Ok(d);
+    }
+    let mut map = M.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(l) = map.get(sha256) {
+        return Ok(l.clone());
+    }
+    let named = worker_orcd::fetch::named_by_sha256(sha256).ok_or_else(|| Failed::from(format!("recorded with model sha256 {sha256}, which is no named model's")))?;
+    let path = worker_orcd::fetch::fetch_named(&named.name).map_err(|e| Failed::from(format!("{}: {e}", named.name)))?;
+    let l = load(&path);
+    map.insert(sha256.to_string(), l.clone());
+    Ok(l)
 }
 
 fn choice() -> Result<BackendChoice, Failed> {
@@ -47,9 +75,9 @@ fn choice() -> Result<BackendChoice, Failed> {
     v.parse().map_err(|e: String| Failed::from(format!("WORKER_ORCD_REPLAY_BACKEND: {e}")))
 }
 
-fn backend() -> Result<Box<dyn worker_orcd::backend::Backend>, Failed> {
+fn backend(model: Arc<Model>) -> Result<Box<dyn worker_orcd::backend::Backend>, Failed> {
     let c = choice()?;
-    replay::open_backend(c, model(), 2048, 2).map_err(|e| Failed::from(format!("cannot open the {c:?} backend: {e}")))
+    replay::open_backend(c, model, 2048, 2).map_err(|e| Failed::from(format!("cannot open the {c:?} backend: {e}")))
 }
 
 /// Snapshots live in `<checkout>/snapshots`, with the context in `info:`.
@@ -73,22 +101,34 @@ fn verdict(r: &CaseReport) -> Result<(), Failed> {
 
 fn llama_case(path: PathBuf, snapshot: String) -> Result<(), Failed> {
     let rec = ReferenceRecording::open(&path).map_err(|e| Failed::from(e.to_string()))?;
-    let mut b = backend()?;
-    let r = replay::llama::replay_case(&model(), b.as_mut(), &rec, Some(&tokenizer())).map_err(|e| Failed::from(e.to_string()))?;
+    let l = model_for(&rec.case.model_sha256)?;
+    let mut b = backend(Arc::clone(&l.model))?;
+    let r = replay::llama::replay_case(&l.model, b.as_mut(), &rec, Some(&l.tokenizer)).map_err(|e| Failed::from(e.to_string()))?;
     // One snapshot per case for every backend: the backends compute the same bits.
     assert_snapshot(&r, &format!("replay-{snapshot}"));
     verdict(&r)
 }
 
 fn worker_case(path: PathBuf) -> Result<(), Failed> {
-    let b = backend()?;
-    let m = model();
-    let sha = worker_orcd::fetch::sha256_file(&worker_orcd::fetch::default_model_path().map_err(|e| Failed::from(e.to_string()))?)
-        .map_err(|e| Failed::from(e.to_string()))?;
-    let here = replay::backend::fingerprint_of(&m, &sha, b.as_ref(), 2);
-    let mut engine = worker_orcd::engine::Engine::new(b, tokenizer());
+    let l = default_model();
+    let b = backend(Arc::clone(&l.model))?;
+    let here = replay::backend::fingerprint_of(&l.model, &l.sha256, b.as_ref(), 2);
+    let mut engine = worker_orcd::engine::Engine::new(b, Arc::clone(&l.tokenizer));
     let r = replay::worker::replay(&path, &mut engine, &here).map_err(|e| Failed::from(e.to_string()))?;
     verdict(&r)
+}
+
+/// The recordings of another named model: `recordings/llama.cpp/<name>/` with its `cases.json`
+/// (`weight_types` lists the types of its matrices), batch recordings there and token-by-token
+/// ones in `token/`. `None` when every type has a CPU product; else the reason the cases are
+/// listed as ignored.
+fn missing_types(cases: &Path) -> Option<String> {
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(cases).ok()?).ok()?;
+    let types: Vec<String> = cfg["weight_types"].as_array()?.iter().filter_map(|v| v.as_str().map(str::to_lowercase)).collect();
+    let known = (0..64).filter_map(worker_orcd::gguf::GgmlType::from_id);
+    let supported: Vec<String> = known.filter(|t| worker_orcd::backend::cpu::quant::supports(*t)).map(|t| t.name().to_lowercase()).collect();
+    let missing: Vec<&String> = types.iter().filter(|t| !supported.contains(t)).collect();
+    (!missing.is_empty()).then(|| format!("no CPU matrix product for {missing:?} yet"))
 }
 
 fn stem(p: &Path) -> String {
@@ -105,6 +145,30 @@ fn main() {
             let name = stem(&path);
             let snapshot = format!("{prefix}{name}");
             trials.push(Trial::test(format!("{group}::{name}"), move || llama_case(path, snapshot)));
+        }
+    }
+    let mut models: Vec<PathBuf> = std::fs::read_dir(root().join("llama.cpp"))
+        .unwrap_or_else(|e| panic!("{}: {e}", root().display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("cases.json").is_file())
+        .collect();
+    models.sort();
+    for dir in models {
+        let model = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let skip = missing_types(&dir.join("cases.json"));
+        if let Some(why) = &skip {
+            eprintln!("corpus: the {model} cases are ignored: {why}");
+        }
+        for (mode, sub, prefix) in [("batch", dir.clone(), ""), ("token", dir.join("token"), "token-")] {
+            if !sub.is_dir() {
+                continue;
+            }
+            for path in recordings_in(&sub).unwrap_or_else(|e| panic!("{e}")) {
+                let name = stem(&path);
+                let snapshot = format!("{model}-{prefix}{name}");
+                let t = Trial::test(format!("llama_cpp::{model}::{mode}::{name}"), move || llama_case(path, snapshot));
+                trials.push(t.with_ignored_flag(skip.is_some()));
+            }
         }
     }
     let worker_dir = root().join("worker");

@@ -70,6 +70,14 @@ impl GgufWriter {
         }
     }
 
+    /// Removes a tensor added before (tests that replace one of a generated model's); true when
+    /// there was one of that name.
+    pub fn remove_tensor(&mut self, name: &str) -> bool {
+        let n = self.tensors.len();
+        self.tensors.retain(|t| t.name != name);
+        self.tensors.len() != n
+    }
+
     /// Adds a tensor; `shape` is in ggml order (`shape[0]` is the row length)
     /// and `data` its raw bytes in `ty`'s storage format.
     ///

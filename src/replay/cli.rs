@@ -42,7 +42,8 @@ pub struct ReplayArgs {
     /// CPU threads (0 = all cores). Results are identical for any value.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-    /// Model file (default: the fetched default model, or $WORKER_ORCD_MODEL).
+    /// Model file or named model for every case (default: each llama.cpp recording's own model,
+    /// found by its sha256 among the named models; the default model for worker recordings).
     #[arg(long)]
     pub model: Option<PathBuf>,
 }
@@ -96,6 +97,29 @@ fn collect(path: &Path, out: &mut Vec<Case>) -> Result<()> {
     Ok(())
 }
 
+/// A model, its tokenizer, its file's sha256 and an engine on the chosen backend.
+struct Loaded {
+    path: PathBuf,
+    model: Arc<crate::model::Model>,
+    tok: Arc<crate::tokenizer::Tokenizer>,
+    sha: String,
+    engine: crate::engine::Engine,
+}
+
+impl Loaded {
+    fn open(path: &Path, choice: BackendChoice, threads: usize) -> Result<Loaded> {
+        let model = Arc::new(crate::model::Model::open(path).with_context(|| format!("loading {}", path.display()))?);
+        let tok = Arc::new(crate::tokenizer::Tokenizer::from_gguf(&model.file).context("tokenizer")?);
+        let sha = crate::fetch::sha256_file(path)?;
+        // One KV cache big enough for the longest case (prompt + 64 greedy tokens; worker
+        // requests up to their max_tokens), reused across cases.
+        let n_ctx = 2048.min(model.config.n_ctx_train);
+        let backend = super::open_backend(choice, Arc::clone(&model), n_ctx, threads).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let engine = crate::engine::Engine::new(backend, Arc::clone(&tok));
+        Ok(Loaded { path: path.to_path_buf(), model, tok, sha, engine })
+    }
+}
+
 /// `explain`: what each recording holds, without running anything.
 pub fn explain(paths: &[PathBuf]) -> Result<()> {
     for p in paths {
@@ -143,32 +167,52 @@ pub fn run(args: &ReplayArgs, default_root: Option<&Path>) -> Result<bool> {
         bail!("no recordings to replay (looked for *.safetensors.zst and *.wrec)");
     }
 
-    let model_path = match &args.model {
+    // The model: `--model` (a file or a named model) for every case, a llama.cpp recording made
+    // with another file refused with one line; else each llama.cpp recording's own, found by
+    // the sha256 it carries among the named models, and the default model for worker
+    // recordings (whose replay checks the sha256 they carry).
+    let fixed = match &args.model {
+        Some(p) if p.exists() => Some(p.clone()),
+        Some(p) => Some(crate::fetch::fetch_named(&p.to_string_lossy()).with_context(|| format!("--model {}", p.display()))?),
+        None => None,
+    };
+    let default_path = match &fixed {
         Some(p) => p.clone(),
         None => crate::fetch::default_model_path().context("default model (cargo xtask fetch-model)")?,
     };
-    let model = Arc::new(crate::model::Model::open(&model_path).with_context(|| format!("loading {}", model_path.display()))?);
-    let tok = Arc::new(crate::tokenizer::Tokenizer::from_gguf(&model.file).context("tokenizer")?);
-    let sha = crate::fetch::sha256_file(&model_path)?;
-    // One KV cache big enough for the longest case (prompt + 64 greedy tokens; worker requests
-    // up to their max_tokens), reused across cases.
-    let n_ctx = 2048.min(model.config.n_ctx_train);
-    let backend = super::open_backend(choice, Arc::clone(&model), n_ctx, args.threads).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let here = super::backend::fingerprint_of(&model, &sha, backend.as_ref(), args.threads);
-    eprintln!("replaying {} cases on {} ({}), model {}", cases.len(), backend.kind(), backend.device(), model.name);
-    let mut engine = crate::engine::Engine::new(backend, Arc::clone(&tok));
+    let mut cur = Loaded::open(&default_path, choice, args.threads)?;
+    let fixed_sha = fixed.as_ref().map(|_| cur.sha.clone());
+    eprintln!("replaying {} cases on {} ({}), model {}", cases.len(), cur.engine.backend().kind(), cur.engine.backend().device(), cur.model.name);
 
     let t0 = Instant::now();
     let mut reports = Vec::new();
     for (i, case) in cases.iter().enumerate() {
         let r = match case {
-            Case::Llama(p) => crate::reference::ReferenceRecording::open(p)
-                .map_err(|e| e.to_string())
-                .and_then(|rec| super::llama::replay_case(&model, engine.backend_mut(), &rec, Some(&tok)).map_err(|e| e.to_string())),
-            Case::Worker(p) => super::worker::replay(p, &mut engine, &here).map_err(|e| e.to_string()),
+            Case::Llama(p) => crate::reference::ReferenceRecording::open(p).map_err(|e| e.to_string()).and_then(|rec| {
+                let want = rec.case.model_sha256.clone();
+                if let Some(sha) = &fixed_sha {
+                    if *sha != want {
+                        let named = crate::fetch::named_by_sha256(&want).map_or(String::new(), |m| format!(" ({})", m.name));
+                        return Err(format!("recorded with model sha256 {want}{named}, but --model has sha256 {sha}: replay refuses a different file"));
+                    }
+                } else if cur.sha != want {
+                    let m = crate::fetch::named_by_sha256(&want).ok_or_else(|| format!("recorded with model sha256 {want}, which is no named model's: pass --model"))?;
+                    let path = crate::fetch::fetch_named(&m.name).map_err(|e| e.to_string())?;
+                    cur = Loaded::open(&path, choice, args.threads).map_err(|e| format!("{e:#}"))?;
+                    eprintln!("model {} for {}", cur.model.name, case.name());
+                }
+                super::llama::replay_case(&cur.model, cur.engine.backend_mut(), &rec, Some(&cur.tok)).map_err(|e| e.to_string())
+            }),
+            Case::Worker(p) => (|| {
+                if fixed_sha.is_none() && cur.path != default_path {
+                    cur = Loaded::open(&default_path, choice, args.threads).map_err(|e| format!("{e:#}"))?;
+                }
+                let here = super::backend::fingerprint_of(&cur.model, &cur.sha, cur.engine.backend(), args.threads);
+                super::worker::replay(p, &mut cur.engine, &here).map_err(|e| e.to_string())
+            })(),
         };
         let r = r.unwrap_or_else(|e| {
-            let mut r = CaseReport::new(&case.name(), Mode::Worker, &case.path().display().to_string(), engine.backend().kind(), &model.name);
+            let mut r = CaseReport::new(&case.name(), Mode::Worker, &case.path().display().to_string(), cur.engine.backend().kind(), &cur.model.name);
             r.check("replay runs", false, e);
             r
         });

@@ -315,6 +315,49 @@ fn rope_matches_cpu() {
         }
         let got = gops::rope_norm(&g, &x, n_tok, 64, pos0, 100000.0).unwrap();
         exact(&format!("rope_norm width={width} pos0={pos0}"), &got, &want);
+        // NEOX (qwen2) and NORM with Llama-3 frequency factors and linear scaling: the table is
+        // the CPU's, the pairing and the rotation the kernel's.
+        for kind in [ops::RopeKind::Neox, ops::RopeKind::Norm] {
+            let r = ops::Rope { kind, head_dim: 64, base: 1e6, freq_scale: 0.25, attn_factor: 1.0, freq_factors: Some((0..32).map(|i| 1.0 + i as f32 * 0.5).collect()) };
+            let mut want = x.clone();
+            for t in 0..n_tok {
+                r.apply(&mut want[t * width..(t + 1) * width], pos0 + t);
+            }
+            let got = gops::rope(&g, &r, &x, n_tok, pos0).unwrap();
+            exact(&format!("rope {kind:?} width={width} pos0={pos0}"), &got, &want);
+        }
+    }
+}
+
+/// `rope_store_kv` (bias adds, RoPE, cache writes) against its CPU reference of the same name,
+/// for both pairings, with and without biases (Qwen-sized: |bias| up to 80).
+#[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
+fn rope_store_kv_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(11);
+    let (q_dim, kv_dim, n_tok, pos0) = (896, 128, 5, 29);
+    let qkv = rng.activations(n_tok, q_dim + 2 * kv_dim);
+    let biases = [rng.vec(q_dim, -80.0, 80.0), rng.vec(kv_dim, -80.0, 80.0), rng.vec(kv_dim, -8.0, 8.0)];
+    for kind in [ops::RopeKind::Neox, ops::RopeKind::Norm] {
+        for with_bias in [true, false] {
+            let r = ops::Rope::plain(kind, 64, 1e6);
+            let b = |i: usize| with_bias.then(|| biases[i].as_slice());
+            let (mut wq, mut wk, mut wv) = (Vec::new(), Vec::new(), Vec::new());
+            for t in 0..n_tok {
+                let row = &qkv[t * (q_dim + 2 * kv_dim)..(t + 1) * (q_dim + 2 * kv_dim)];
+                let (mut q, mut k, mut v) = (row[..q_dim].to_vec(), row[q_dim..q_dim + kv_dim].to_vec(), row[q_dim + kv_dim..].to_vec());
+                ops::rope_store_kv(&mut q, &mut k, &mut v, b(0), b(1), b(2), &r, pos0 + t);
+                wq.extend(q);
+                wk.extend(k);
+                wv.extend(v);
+            }
+            let (q, k, v) = gops::rope_store_kv(&g, &r, &qkv, n_tok, q_dim, kv_dim, [b(0), b(1), b(2)], pos0).unwrap();
+            let what = format!("rope_store_kv {kind:?} bias {with_bias}");
+            exact(&format!("{what}: q"), &q, &wq);
+            exact(&format!("{what}: k cache"), &k, &wk);
+            exact(&format!("{what}: v cache"), &v, &wv);
+        }
     }
 }
 
@@ -386,15 +429,32 @@ fn bits(v: &[f32]) -> Vec<u32> {
 // The whole forward pass on a small random model (fits any call; no download).
 // ---------------------------------------------------------------------------------------------
 
+/// The architecture variants a tiny random model can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// llama, NORM RoPE, output tied to the Q8_0 embeddings, biases on Q/K/V to cover them.
+    Llama,
+    /// qwen2: NEOX RoPE (base 1e6), RMS epsilon 1e-6, Q/K/V biases, a separate Q8_0 `output.weight`.
+    Qwen2,
+    /// llama with Llama-3 rope frequency factors (`rope_freqs.weight`) and linear rope scaling.
+    Llama3,
+}
+
 /// A 3-layer llama with random weights of `ty` (dim 128, 4 heads of 32, 2 KV heads, FFN 256,
 /// vocab 512, Q8_0 embeddings tied to the output, biases on Q/K/V to cover them).
 pub fn tiny_model(ty: GgmlType) -> Arc<Model> {
+    tiny_model_of(ty, Variant::Llama)
+}
+
+/// The GGUF writer of [`tiny_model_of`], for tests that edit it further.
+pub fn tiny_writer(ty: GgmlType, variant: Variant) -> GgufWriter {
     let mut rng = Rng::new(42);
     let (n_layers, dim, n_heads, n_kv, ffn, vocab) = (3u32, 128usize, 4u32, 2u32, 256usize, 512usize);
     let kv = dim / n_heads as usize * n_kv as usize;
+    let arch = if variant == Variant::Qwen2 { "qwen2" } else { "llama" };
     let mut w = GgufWriter::new();
-    let meta = |w: &mut GgufWriter, k: &str, v: MetadataValue| w.add_metadata(k, v);
-    meta(&mut w, "general.architecture", MetadataValue::String("llama".into()));
+    let meta = |w: &mut GgufWriter, k: &str, v: MetadataValue| w.add_metadata(&k.replace("llama.", &format!("{arch}.")), v);
+    meta(&mut w, "general.architecture", MetadataValue::String(arch.into()));
     meta(&mut w, "general.name", MetadataValue::String("tiny-random".into()));
     meta(&mut w, "llama.block_count", MetadataValue::U32(n_layers));
     meta(&mut w, "llama.embedding_length", MetadataValue::U32(dim as u32));
@@ -402,8 +462,13 @@ pub fn tiny_model(ty: GgmlType) -> Arc<Model> {
     meta(&mut w, "llama.attention.head_count", MetadataValue::U32(n_heads));
     meta(&mut w, "llama.attention.head_count_kv", MetadataValue::U32(n_kv));
     meta(&mut w, "llama.context_length", MetadataValue::U32(1024));
-    meta(&mut w, "llama.attention.layer_norm_rms_epsilon", MetadataValue::F32(1e-5));
-    meta(&mut w, "llama.rope.freq_base", MetadataValue::F32(10000.0));
+    let (eps, base) = if variant == Variant::Qwen2 { (1e-6, 1e6) } else { (1e-5, 10000.0) };
+    meta(&mut w, "llama.attention.layer_norm_rms_epsilon", MetadataValue::F32(eps));
+    meta(&mut w, "llama.rope.freq_base", MetadataValue::F32(base));
+    if variant == Variant::Llama3 {
+        meta(&mut w, "llama.rope.scaling.type", MetadataValue::String("linear".into()));
+        meta(&mut w, "llama.rope.scaling.factor", MetadataValue::F32(4.0));
+    }
     let f32s = |v: Vec<f32>| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     w.add_tensor("token_embd.weight", &[dim as u64, vocab as u64], GgmlType::Q8_0, random_matrix(&mut rng, GgmlType::Q8_0, vocab, dim));
     for l in 0..n_layers {
@@ -414,14 +479,29 @@ pub fn tiny_model(ty: GgmlType) -> Arc<Model> {
             w.add_tensor(&n(name), &[dim as u64, n_out as u64], ty, random_matrix(&mut rng, ty, n_out, dim));
         }
         for (name, n_out) in [("attn_q.bias", dim), ("attn_k.bias", kv), ("attn_v.bias", kv)] {
-            w.add_tensor(&n(name), &[n_out as u64], GgmlType::F32, f32s(rng.vec(n_out, -0.1, 0.1)));
+            // Qwen's biases are large (|81| in block 0): cover that range.
+            let r = if variant == Variant::Qwen2 { 40.0 } else { 0.1 };
+            w.add_tensor(&n(name), &[n_out as u64], GgmlType::F32, f32s(rng.vec(n_out, -r, r)));
         }
         w.add_tensor(&n("ffn_gate.weight"), &[dim as u64, ffn as u64], ty, random_matrix(&mut rng, ty, ffn, dim));
         w.add_tensor(&n("ffn_up.weight"), &[dim as u64, ffn as u64], ty, random_matrix(&mut rng, ty, ffn, dim));
         w.add_tensor(&n("ffn_down.weight"), &[ffn as u64, dim as u64], ty, random_matrix(&mut rng, ty, dim, ffn));
     }
     w.add_tensor("output_norm.weight", &[dim as u64], GgmlType::F32, f32s(rng.vec(dim, 0.5, 1.5)));
-    let file = GgufFile::from_bytes(w.to_bytes()).expect("tiny model parses");
+    match variant {
+        Variant::Qwen2 => w.add_tensor("output.weight", &[dim as u64, vocab as u64], GgmlType::Q8_0, random_matrix(&mut rng, GgmlType::Q8_0, vocab, dim)),
+        Variant::Llama3 => {
+            let hd = dim / n_heads as usize;
+            w.add_tensor("rope_freqs.weight", &[hd as u64 / 2], GgmlType::F32, f32s((0..hd / 2).map(|i| if i < 4 { 1.0 } else { 1.0 + i as f32 }).collect()))
+        }
+        Variant::Llama => {}
+    }
+    w
+}
+
+/// A 3-layer model of `variant` with random weights of `ty` (see [`tiny_model`] for the sizes).
+pub fn tiny_model_of(ty: GgmlType, variant: Variant) -> Arc<Model> {
+    let file = GgufFile::from_bytes(tiny_writer(ty, variant).to_bytes()).expect("tiny model parses");
     Arc::new(Model::from_gguf(Arc::new(file)).expect("tiny model loads"))
 }
 
@@ -462,8 +542,10 @@ fn compare_taps(what: &str, cuda: &Collect, cpu: &Collect) {
 #[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
 fn tiny_model_forward_matches_cpu_at_every_tap() {
     let Some(_g) = gpu() else { return };
-    for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16] {
-        let m = tiny_model(ty);
+    let cases = [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16].map(|t| (t, Variant::Llama)).into_iter().chain([(GgmlType::Q8_0, Variant::Qwen2), (GgmlType::Q4_1, Variant::Llama3)]);
+    for (ty, variant) in cases {
+        let m = tiny_model_of(ty, variant);
+        let ty_name = format!("{} {variant:?}", ty.name());
         let tokens: Vec<u32> = (0..37).map(|i| (i * 131 + 7) % 512).collect();
         let mut cpu = CpuBackend::new(Arc::clone(&m), 128, 2).unwrap();
         let mut gpu_b = CudaBackend::new(Arc::clone(&m), 128).unwrap();
@@ -473,8 +555,8 @@ fn tiny_model_forward_matches_cpu_at_every_tap() {
             let (mut t_cpu, mut t_gpu) = (Collect { all, ..Default::default() }, Collect { all, ..Default::default() });
             let want = cpu.forward(&tokens, 0, LogitRows::All, &mut t_cpu).unwrap();
             let got = gpu_b.forward(&tokens, 0, LogitRows::All, &mut t_gpu).unwrap();
-            exact(&format!("tiny {} logits (debug taps {all})", ty.name()), &got, &want);
-            compare_taps(&format!("tiny {} taps (debug {all})", ty.name()), &t_gpu, &t_cpu);
+            exact(&format!("tiny {ty_name} logits (debug taps {all})"), &got, &want);
+            compare_taps(&format!("tiny {ty_name} taps (debug {all})"), &t_gpu, &t_cpu);
         }
     }
 }
@@ -625,4 +707,60 @@ fn real_model_matches_cpu_layer_by_layer() {
 
 fn f32s(bits: &[u32]) -> Vec<f32> {
     bits.iter().map(|&b| f32::from_bits(b)).collect()
+}
+
+/// Decode steps of the NEOX / untied / Llama-3 variants (per-op path: the persistent kernel
+/// fuses NORM RoPE only and says so) against the CPU backend, bit for bit, graphs on and off.
+#[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
+fn tiny_variant_decode_steps_match_cpu_bitwise() {
+    let Some(_g) = gpu() else { return };
+    for (ty, variant) in [(GgmlType::Q8_0, Variant::Qwen2), (GgmlType::Q4_1, Variant::Qwen2), (GgmlType::Q4_1, Variant::Llama3)] {
+        let m = tiny_model_of(ty, variant);
+        let prompt: Vec<u32> = (0..9).map(|i| (i * 53 + 5) % 512).collect();
+        let steps: Vec<u32> = (0..24).map(|i| (i * 97 + 3) % 512).collect();
+        let mut cpu = CpuBackend::new(Arc::clone(&m), 128, 2).unwrap();
+        let mut b = CudaBackend::new(Arc::clone(&m), 128).unwrap();
+        if variant == Variant::Qwen2 {
+            assert!(b.persistent_status().is_err(), "NEOX models must not take the persistent kernel");
+        }
+        let (want, want_taps) = decode_steps(&mut cpu, &prompt, &steps, true);
+        for graphs in [true, false] {
+            b.set_graphs(graphs);
+            let (got, taps) = decode_steps(&mut b, &prompt, &steps, true);
+            assert_eq!(got, want, "{} {variant:?} graphs {graphs}: logits differ from the CPU backend", ty.name());
+            for (p, v) in &want_taps.tensors {
+                if matches!(p, TapPoint::Kq(_) | TapPoint::KqSoftmax(_)) {
+                    continue;
+                }
+                assert_eq!(bits(&taps.tensors[p]), bits(v), "{} {variant:?} graphs {graphs}: {} differs", ty.name(), p.name());
+            }
+        }
+        println!("tiny {} {variant:?}: {} decode steps bit-identical to the CPU backend", ty.name(), steps.len());
+    }
+}
+
+/// Qwen2.5-Coder-0.5B requantized to Q8_0 (qwen2: biases, NEOX, untied output; the products the
+/// CUDA backend has today): prefill and decode bit-identical to the CPU backend, which is
+/// bit-identical to llama.cpp (recordings/llama.cpp/qwen2.5-coder-0.5b-q8_0/).
+#[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
+fn qwen_q8_0_matches_cpu_bitwise() {
+    let Some(_g) = gpu() else { return };
+    let path = worker_orcd::fetch::fetch_named("qwen2.5-coder-0.5b-q8_0").expect("cargo xtask fetch-model qwen2.5-coder-0.5b-q8_0");
+    let m = Arc::new(Model::open(&path).unwrap());
+    let tok = worker_orcd::tokenizer::Tokenizer::from_gguf(&m.file).unwrap();
+    let ids = tok.encode("def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n", false);
+    let mut cpu = CpuBackend::new(Arc::clone(&m), 256, 0).unwrap();
+    let mut gpu_b = CudaBackend::new(Arc::clone(&m), 256).unwrap();
+    let (mut t_cpu, mut t_gpu) = (Collect::default(), Collect::default());
+    let want = cpu.forward(&ids, 0, LogitRows::All, &mut t_cpu).unwrap();
+    let got = gpu_b.forward(&ids, 0, LogitRows::All, &mut t_gpu).unwrap();
+    compare_taps("qwen q8_0 prefill", &t_gpu, &t_cpu);
+    exact("qwen q8_0 prefill logits", &got, &want);
+    let steps: Vec<u32> = tok.encode("    if n < 2:\n        return n\n", false);
+    let (want, want_taps) = decode_steps(&mut cpu, &ids, &steps, false);
+    let (got, got_taps) = decode_steps(&mut gpu_b, &ids, &steps, false);
+    compare_taps("qwen q8_0 decode", &got_taps, &want_taps);
+    assert_eq!(got, want, "qwen q8_0 decode logits differ from the CPU backend");
 }

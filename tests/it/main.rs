@@ -16,4 +16,5 @@ mod faults;
 mod cli;
 mod ggml_kernels;
 mod quantize;
+mod model;
 mod types;

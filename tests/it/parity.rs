@@ -165,3 +165,61 @@ fn batch_bounds_cover_llama_cpps_own_spread() {
     }
     assert!(over.is_empty(), "bounds tighter than llama.cpp's own spread: {over:?}");
 }
+
+/// The other named models' recordings (`recordings/llama.cpp/<name>/`, see tests/corpus.rs):
+/// prompt ids of both modes, and free-running greedy generation against the token-by-token
+/// recordings, as above, for every model whose matrix types the CPU backend has products for.
+/// At least one model (Qwen2.5-Coder Q8_0, qwen2 architecture) is always checked.
+#[test]
+fn other_models_prompt_ids_and_free_running_greedy_equal_llama_cpp() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("recordings/llama.cpp");
+    let mut dirs: Vec<std::path::PathBuf> = std::fs::read_dir(&root).unwrap().filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("cases.json").is_file()).collect();
+    dirs.sort();
+    let mut checked = Vec::new();
+    for dir in dirs {
+        let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+        let name = cfg["named_model"].as_str().expect("cases.json names its model");
+        let types: Vec<String> = cfg["weight_types"].as_array().expect("cases.json lists weight_types").iter().map(|v| v.as_str().unwrap().to_lowercase()).collect();
+        let supported = |t: &String| (0..64).filter_map(worker_orcd::gguf::GgmlType::from_id).any(|g| g.name().to_lowercase() == *t && worker_orcd::backend::cpu::quant::supports(g));
+        if !types.iter().all(supported) {
+            println!("{name}: not run, no CPU product for one of {types:?} yet");
+            continue;
+        }
+        let path = worker_orcd::fetch::fetch_named(name).unwrap();
+        let m = Arc::new(worker_orcd::model::Model::open(&path).unwrap());
+        let tok = worker_orcd::tokenizer::Tokenizer::from_gguf(&m.file).unwrap();
+        let sha = worker_orcd::fetch::sha256_file(&path).unwrap();
+        let batch = worker_orcd::reference::load_dir(&dir).unwrap();
+        let token = worker_orcd::reference::load_dir(&dir.join("token")).unwrap();
+        assert!(!batch.is_empty() && !token.is_empty(), "{name}: recordings missing");
+        for (_, rec) in batch.iter().chain(&token) {
+            let c = &rec.case;
+            assert_eq!(c.model_sha256, sha, "{name}/{}: recorded with another file", c.name);
+            assert_eq!(tok.encode(&c.prompt_text, c.parse_special), c.prompt_ids, "{name}/{}: prompt ids", c.name);
+            // What `generate`/`dump` send: llama.cpp's tokenize with add_special (no BOS for these
+            // vocabularies, which say add_bos_token = false).
+            assert_eq!(worker_orcd::chat::prompt_ids(&tok, &c.prompt_text, c.parse_special), c.prompt_ids, "{name}/{}: prompt ids with add_special", c.name);
+        }
+        let mut total = 0;
+        for (_, rec) in &token {
+            let case = &rec.case;
+            let (n, steps) = (case.prompt_ids.len(), case.greedy_ids.len());
+            let col = case.hash_columns.iter().position(|c| c == "result_output#0").expect("result_output hashed");
+            let mut b = CpuBackend::new(Arc::clone(&m), n + steps + 1, 2).unwrap();
+            let mut logits = b.forward(&case.prompt_ids, 0, LogitRows::Last, &mut NoTap).unwrap();
+            for i in 0..steps {
+                let pos = n - 1 + i;
+                assert_eq!(Some(exact::row_hash(&logits)), rec.row_hash(pos, col), "{name}/{}: logits at position {pos} (greedy step {i}) differ from llama.cpp's", case.name);
+                let ours = worker_orcd::sampler::argmax(&logits);
+                assert_eq!(ours, case.greedy_ids[i], "{name}/{}: greedy step {i}", case.name);
+                if i + 1 < steps {
+                    logits = b.forward(&[ours], n + i, LogitRows::Last, &mut NoTap).unwrap();
+                }
+            }
+            total += steps;
+        }
+        println!("{name}: free-running greedy {total} of {total} steps equal to llama.cpp's, logits bit-identical at each");
+        checked.push(name.to_string());
+    }
+    assert!(checked.iter().any(|n| n == "qwen2.5-coder-0.5b-q8_0"), "the qwen2 architecture was not checked: {checked:?}");
+}
