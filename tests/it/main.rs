@@ -9,6 +9,7 @@ mod parity;
 mod gguf;
 mod server;
 mod reliability;
+mod crash;
 mod trace;
 mod cuda;
 mod replay;

@@ -159,7 +159,7 @@ pub fn replay(argv: &[String]) -> Result<bool> {
             r.check("replay runs", false, e);
             r
         });
-        let line = format!("[{}/{}] {} {} {:.1}s{}", i + 1, cases.len(), r.name, if r.passed { "PASS" } else { "FAIL" }, r.seconds, if r.passed { String::new() } else { format!(" — first divergence: {}", r.divergence_line()) });
+        let line = format!("[{}/{}] {} {} {:.1}s{}", i + 1, cases.len(), r.name, r.verdict(), r.seconds, if r.passed { String::new() } else { format!(" — first divergence: {}", r.divergence_line()) });
         match &bar {
             Some(b) => {
                 b.println(line);
@@ -224,7 +224,7 @@ fn print_table(reports: &[CaseReport]) {
             replay::Mode::Diff => "diff",
         };
         let div = if r.first_divergence.is_some() { r.divergence_line() } else { "-".into() };
-        println!("{:<28} {:<9} {:<7} {:>7} {:>7.1} {:<18} {}", r.name, mode, if r.passed { "PASS" } else { "FAIL" }, r.tokens_replayed, r.seconds, worst, div);
+        println!("{:<28} {:<9} {:<7} {:>7} {:>7.1} {:<18} {}", r.name, mode, r.verdict(), r.tokens_replayed, r.seconds, worst, div);
     }
 }
 
@@ -257,7 +257,7 @@ fn plot(r: &CaseReport, path: &Path) -> Result<()> {
     let n = r.curve.len().max(2) as i32;
     let labels: Vec<String> = r.curve.iter().map(|p| p.label.clone()).collect();
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{}: worst per-position NMSE by site ({})", r.name, if r.passed { "PASS" } else { "FAIL" }), ("sans-serif", 18))
+        .caption(format!("{}: worst per-position NMSE by site ({})", r.name, r.verdict()), ("sans-serif", 18))
         .margin(10)
         .x_label_area_size(50)
         .y_label_area_size(50)
