@@ -11,6 +11,8 @@ pub mod backend;
 pub mod chat;
 pub mod engine;
 pub mod fetch;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod gguf;
 pub mod model;
 pub mod npy;

@@ -10,6 +10,7 @@ mod gguf;
 mod server;
 mod reliability;
 mod crash;
+mod fuzz_seeds;
 mod trace;
 mod cuda;
 mod replay;
