@@ -217,7 +217,7 @@ pub fn run(args: &ReplayArgs, default_root: Option<&Path>) -> Result<bool> {
             r
         });
         let tail = if r.passed { String::new() } else { format!(" — first divergence: {}", r.divergence_line()) };
-        eprintln!("[{}/{}] {} {} {:.1}s{tail}", i + 1, cases.len(), r.name, if r.passed { "PASS" } else { "FAIL" }, r.seconds);
+        eprintln!("[{}/{}] {} {} {:.1}s{tail}", i + 1, cases.len(), r.name, r.verdict(), r.seconds);
         reports.push(r);
     }
     finish(args, reports, t0.elapsed().as_secs_f64())
@@ -263,11 +263,11 @@ fn finish(args: &ReplayArgs, reports: Vec<CaseReport>, seconds: f64) -> Result<b
 }
 
 fn print_table(reports: &[CaseReport]) {
-    println!("{:<28} {:<9} {:<7} {:>7} {:>7} {:<18} first divergence", "case", "mode", "verdict", "tokens", "secs", "worst layer");
+    println!("{:<28} {:<9} {:<10} {:>7} {:>7} {:<18} first divergence", "case", "mode", "verdict", "tokens", "secs", "worst layer");
     for r in reports {
         let worst = r.worst_layer.as_ref().map(|w| format!("{} {:.0e}", w.label, w.worst_nmse.unwrap_or(f64::NAN))).unwrap_or_default();
         let div = if r.first_divergence.is_some() { r.divergence_line() } else { "-".into() };
-        println!("{:<28} {:<9} {:<7} {:>7} {:>7.1} {:<18} {}", r.name, html::mode_name(r.mode), if r.passed { "PASS" } else { "FAIL" }, r.tokens_replayed, r.seconds, worst, div);
+        println!("{:<28} {:<9} {:<10} {:>7} {:>7.1} {:<18} {}", r.name, html::mode_name(r.mode), r.verdict(), r.tokens_replayed, r.seconds, worst, div);
     }
 }
 

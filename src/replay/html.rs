@@ -129,7 +129,7 @@ code {{ background: #f4f4f4; padding: 0 3px; }}
         n = reports.len()
     );
     for r in reports {
-        let v = if r.passed { "PASS" } else { "FAIL" };
+        let v = r.verdict();
         let worst = r.worst_layer.as_ref().map(|w| format!("{} {:.1e}", w.label, w.worst_nmse.unwrap_or(f64::NAN))).unwrap_or_default();
         let name = if r.passed { escape(&r.name) } else { format!(r##"<a href="#case-{}">{}</a>"##, sanitize(&r.name), escape(&r.name)) };
         let div = if r.first_divergence.is_some() { escape(&r.divergence_line()) } else { "-".into() };

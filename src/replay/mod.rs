@@ -32,7 +32,7 @@ pub mod report;
 pub mod worker;
 
 pub use backend::{open_backend, BackendChoice};
-pub use report::{CaseReport, Check, Divergence, LayerPoint, Mode};
+pub use report::{CaseReport, Check, Divergence, Incomplete, LayerPoint, Mode};
 
 /// Why a replay could not run (a case that runs and disagrees is a failing [`CaseReport`]).
 #[derive(Debug, thiserror::Error)]

@@ -71,6 +71,17 @@ pub struct LayerPoint {
     pub bound: f64,
 }
 
+/// How far an incomplete recording (cut by a crash, `kill -9` or a full disk) got: everything
+/// up to there was judged. Distinct from a failure.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Incomplete {
+    /// Positions judged: `0..position`.
+    pub position: usize,
+    /// Generated tokens recorded.
+    pub tokens: usize,
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CaseReport {
     pub name: String,
@@ -91,6 +102,8 @@ pub struct CaseReport {
     /// Positions run through the backend (0 for a diff).
     pub tokens_replayed: usize,
     pub seconds: f64,
+    /// Set for a recording that was cut: `passed` then says whether what it holds agrees.
+    pub incomplete: Option<Incomplete>,
 }
 
 impl CaseReport {
@@ -112,6 +125,24 @@ impl CaseReport {
             notes: Vec::new(),
             tokens_replayed: 0,
             seconds: 0.0,
+            incomplete: None,
+        }
+    }
+
+    /// `PASS`, `FAIL`, or `INCOMPLETE` (what a cut recording holds agrees).
+    pub fn verdict(&self) -> &'static str {
+        match (self.passed, &self.incomplete) {
+            (false, _) => "FAIL",
+            (true, Some(_)) => "INCOMPLETE",
+            (true, None) => "PASS",
+        }
+    }
+
+    /// The verdict in words: `incomplete, got to position N` for a cut recording.
+    pub fn verdict_line(&self) -> String {
+        match &self.incomplete {
+            Some(i) if self.passed => format!("incomplete, got to position {} ({} tokens): {}", i.position, i.tokens, i.reason),
+            _ => self.verdict().to_lowercase(),
         }
     }
 
@@ -163,7 +194,7 @@ impl CaseReport {
     pub fn snapshot_text(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "case: {} ({:?})", self.name, self.mode);
-        let _ = writeln!(s, "verdict: {}", if self.passed { "PASS" } else { "FAIL" });
+        let _ = writeln!(s, "verdict: {}", self.verdict());
         let _ = writeln!(s, "stop: {}", self.stop_reason);
         let _ = writeln!(s, "tokens ({}):", self.tokens.len());
         for chunk in self.tokens.chunks(8) {

@@ -7,11 +7,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use crate::backend::Tap;
 use crate::engine::Engine;
-use crate::trace::{self, CollectTap, Fingerprint, Footer, Header, Recorder, RecorderConfig, Recording, RowRef, Site, Timings, TokenFrame, TraceLevel};
+use crate::run;
+use crate::trace::{self, CollectTap, Damage, Fingerprint, Header, Recorder, RecorderConfig, Recording, RowRef, Site, Timings, TraceLevel};
 
 use super::backend::same_numerics;
 use super::report::{CaseReport, Divergence, LayerPoint, Mode};
@@ -51,37 +52,22 @@ pub fn record_request(engine: &mut Engine, header: Header, dir: &Path, stem: &st
     let mut rec = Recorder::start(RecorderConfig::new(dir, level), header.dims).map_err(|e| unusable(e.to_string()))?;
     let req = header.resolved.generate_request();
     let case = header.job_id.clone();
+    let stop_strings = header.resolved.stop_strings.clone();
     let active = rec.begin(stem, header).ok_or_else(|| unusable("recorder refused to begin".into()))?;
     let cancel = AtomicBool::new(false);
-    let mut on_token = |ev: &crate::engine::TokenEvent| {
-        active.token(TokenFrame { index: ev.index as u32, id: ev.id, text: ev.text.clone(), logprob: ev.logprob, top: ev.top_logprobs.clone() })
-    };
-    let (outcome, dropped) = {
+    let (done, dropped) = {
         let mut tap = rec.tap(&active);
         let o = {
             let mut wrapped = wrap.wrap(&mut tap);
-            engine.generate(&req, wrapped.as_mut(), &cancel, &mut on_token)
+            run::run(engine, &req, &stop_strings, wrapped.as_mut(), Some(&active), &cancel, &mut |_, _| true)
         };
         (o, tap.finish())
     };
-    let outcome = outcome.map_err(|source| ReplayError::Engine { case, source })?;
+    let done = done.map_err(|source| ReplayError::Engine { case, source })?;
     let path = active.path().to_path_buf();
-    rec.end(
-        active,
-        Footer {
-            outcome: "ok".into(),
-            error: None,
-            stop_reason: outcome.stop_reason.as_str().into(),
-            stop_sequence: outcome.stop_sequence.map(|i| i as u32),
-            stop_sequence_matched: None,
-            eog_token: outcome.eog_token,
-            tokens: outcome.tokens.clone(),
-            text: outcome.text.clone(),
-            timings: Timings { queue_ms: 0.0, prefill_ms: outcome.prefill_ms, decode_ms: outcome.decode_ms, total_ms: outcome.prefill_ms + outcome.decode_ms },
-            dropped_trace_frames: dropped,
-            ended_at: String::new(),
-        },
-    );
+    let o = &done.outcome;
+    let timings = Timings { queue_ms: 0.0, prefill_ms: o.prefill_ms, decode_ms: o.decode_ms, total_ms: o.prefill_ms + o.decode_ms };
+    rec.end(active, done.footer(&[], &stop_strings, timings, dropped, String::new()));
     rec.shutdown();
     Ok(path)
 }
@@ -106,46 +92,72 @@ fn case_name(path: &Path) -> String {
 /// Re-runs a recording on `engine` (whose backend has `here` as fingerprint) and compares.
 pub fn replay(path: &Path, engine: &mut Engine, here: &Fingerprint) -> Result<CaseReport, ReplayError> {
     let t0 = std::time::Instant::now();
-    let recorded = open(path)?;
-    let h = recorded.header.as_ref().expect("checked by open");
+    let mut recorded = open(path)?;
+    let header = recorded.header.clone().expect("checked by open");
+    let h = &header;
     let name = case_name(path);
     let mut r = CaseReport::new(&name, Mode::Worker, &path.display().to_string(), engine.backend().kind(), &h.fingerprint.model_name);
-    if let Some(p) = recorded.problems() {
-        r.notes.push(format!("recording is incomplete: {}", p.replace('\n', "; ")));
-    }
+    // Damage: a cut (crash, kill, full disk) leaves a recording incomplete, and every complete
+    // frame is still judged; anything else (a checksum, a payload that does not decode) fails.
+    let corrupt: Vec<String> = recorded.damage.iter().filter(|d| !is_cut(d)).map(|d| d.to_string()).collect();
+    let cut: Vec<String> = recorded.damage.iter().filter(|d| is_cut(d)).map(|d| d.to_string()).collect();
+    r.check("recording intact (frame checksums and payloads)", corrupt.is_empty(), if corrupt.is_empty() { format!("{} frames", recorded.frames) } else { corrupt.join("; ") });
     if h.fingerprint.model_sha256 != here.model_sha256 {
         r.check("same model", false, format!("recorded with sha256 {}, replaying with {}", h.fingerprint.model_sha256, here.model_sha256));
         return Ok(r);
     }
+    // The token frames themselves, not only the footer's list: in order, and the same ids.
+    let frame_ids: Vec<u32> = recorded.tokens.iter().map(|t| t.id).collect();
+    let in_order = recorded.tokens.iter().enumerate().all(|(i, t)| t.index as usize == i);
+    match &recorded.footer {
+        Some(f) => {
+            let first = frame_ids.iter().zip(&f.tokens).position(|(a, b)| a != b).or_else(|| (frame_ids.len() != f.tokens.len()).then(|| frame_ids.len().min(f.tokens.len())));
+            r.check("token frames agree with the footer", in_order && first.is_none(), match first {
+                None if in_order => format!("{} token frames", frame_ids.len()),
+                None => "token frame indices are not 0, 1, 2, ...".into(),
+                Some(i) => format!("token {i}: frame {:?}, footer {:?}", frame_ids.get(i), f.tokens.get(i)),
+            });
+        }
+        None => r.check("token frames in order", in_order, format!("{} token frames", frame_ids.len())),
+    }
     let mut req = h.resolved.generate_request();
     let stop_reason = recorded.footer.as_ref().map(|f| f.stop_reason.clone()).unwrap_or_default();
     let recorded_ids = recorded.token_ids();
+    let incomplete = recorded.footer.is_none() || !cut.is_empty();
     // A cancelled or unfinished run stopped early for reasons outside the engine: replay the
     // tokens it got to.
-    if stop_reason == "CANCELLED" || recorded.footer.is_none() {
+    if stop_reason == "CANCELLED" || incomplete {
         req.max_tokens = recorded_ids.len();
     }
-    let stops = h.resolved.stop_strings.clone();
     let cancel = AtomicBool::new(false);
-    let mut text = String::new();
     let mut tap = CollectTap::new(h.trace);
-    let outcome = engine
-        .generate(&req, &mut tap, &cancel, &mut |ev| {
-            // The server matches OpenAI stop strings on decoded text and cancels; do the same.
-            text.push_str(&ev.text);
-            if stops.iter().any(|s| !s.is_empty() && text.contains(s.as_str())) {
-                cancel.store(true, Ordering::Release);
-            }
-        })
+    // The server's own run: the same text stops, matched the same way.
+    let done = run::run(engine, &req, &h.resolved.stop_strings, &mut tap, None, &cancel, &mut |_, _| true)
         .map_err(|source| ReplayError::Engine { case: name.clone(), source })?;
+    let outcome = &done.outcome;
     r.tokens_replayed = req.prompt_ids.len() + outcome.tokens.len();
+    let mut replayed_frames = tap.into_frames();
+    if incomplete {
+        // Judge positions both runs reached: the recording's last complete trace frame, and
+        // the replay's last forward call (which stops at the last recorded token).
+        let end = |frames: &[trace::TraceFrame]| frames.iter().map(|f| f.pos0 + f.n_tok).max().unwrap_or(0);
+        let got_to = end(&recorded.traces).min(end(&replayed_frames));
+        recorded.traces.retain(|f| f.pos0 + f.n_tok <= got_to);
+        replayed_frames.retain(|f| f.pos0 + f.n_tok <= got_to);
+        let why = if cut.is_empty() { "no footer".to_string() } else { cut.join("; ") };
+        r.incomplete = Some(super::report::Incomplete { position: got_to as usize, tokens: recorded_ids.len(), reason: why.clone() });
+        r.notes.push(format!("recording is incomplete ({why}): got to position {got_to} with {} tokens; every complete frame was judged", recorded_ids.len()));
+        if !recorded.partial_name {
+            r.notes.push("the file has its finished name but no footer: it was cut after it was written".into());
+        }
+    }
     let replayed = Recording {
         path: None,
         version: recorded.version,
         file_len: 0,
         header: recorded.header.clone(),
         tokens: Vec::new(),
-        traces: tap.into_frames(),
+        traces: replayed_frames,
         footer: None,
         frames: 0,
         frame_index: Vec::new(),
@@ -162,10 +174,18 @@ pub fn replay(path: &Path, engine: &mut Engine, here: &Fingerprint) -> Result<Ca
     });
     let tok = engine.tokenizer().clone();
     r.tokens = outcome.tokens.iter().map(|&id| (id, tok.decode(&[id]))).collect();
-    r.stop_reason = outcome.stop_reason.as_str().into();
+    r.stop_reason = done.stop_reason.into();
+    if let Some(f) = recorded.footer.as_ref().filter(|f| f.outcome == "ok") {
+        r.check("same stop reason and text", f.stop_reason == done.stop_reason && f.text == done.shown, format!("recorded {} {:?}, replayed {} {:?}", f.stop_reason, f.text, done.stop_reason, done.shown));
+    }
     compare(&mut r, &recorded, &replayed, &recorded_ids, &outcome.tokens, req.prompt_ids.len());
     r.seconds = t0.elapsed().as_secs_f64();
     Ok(r)
+}
+
+/// Damage a cut leaves (a crash, `kill -9`, a full disk): the tail is missing, nothing is wrong.
+fn is_cut(d: &Damage) -> bool {
+    matches!(d, Damage::Truncated { .. } | Damage::MissingFooter)
 }
 
 /// Compares two recordings of the same request without re-executing either (`--diff A B`):

@@ -429,6 +429,19 @@ impl Shared {
     }
 }
 
+/// The fuzz target's entry (`crate::fuzz::http_request`): the body parsers of every endpoint
+/// and the `Host`/`Origin` parsing on arbitrary bytes.
+#[doc(hidden)]
+pub fn fuzz_request(data: &[u8]) {
+    for max in [api::MAX_PROMPT_CHARS, 16] {
+        let _ = api::parse_execute(data, max);
+        let _ = api::parse_completions(data, max);
+        let _ = api::parse_chat(data, max);
+    }
+    let line = data.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    http::fuzz_headers(line);
+}
+
 /// The loaded pieces, before the HTTP side starts.
 struct Core {
     shared: Arc<Shared>,

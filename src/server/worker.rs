@@ -1,6 +1,6 @@
 //! The inference thread: takes jobs from the bounded queue one at a time, first come first
-//! served, runs the engine, forwards each token to the job's HTTP task as it is produced, and
-//! records the request.
+//! served, runs each with [`crate::run::run`] (the one recorded run, shared with replay),
+//! forwards each token to the job's HTTP task as it is produced, and records the request.
 //!
 //! Knows the engine and the recorder, not HTTP: it speaks to handlers only through
 //! [`JobEvent`]s on a channel. Sending never blocks (the channel holds at most `max_tokens`
@@ -15,8 +15,9 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::backend::NoTap;
-use crate::engine::{Engine, GenerateRequest, StopReason, TokenEvent};
-use crate::trace::{self, Footer, Header, Recorder, ResolvedRequest, Timings, TokenFrame, TraceLevel};
+use crate::engine::{Engine, GenerateRequest, TokenEvent};
+use crate::run;
+use crate::trace::{self, Footer, Header, Recorder, ResolvedRequest, Timings, TraceLevel};
 
 use super::{rfc3339_now, Gate, Shared};
 
@@ -80,74 +81,6 @@ pub(crate) struct JobEnd {
     pub ended_at: String,
 }
 
-/// Matches stop strings on decoded text, holding back any suffix that could still become one,
-/// as OpenAI does: the client never sees a stop string or a prefix of one that then matched.
-pub(crate) struct TextStops {
-    stops: Vec<String>,
-    text: String,
-    emitted: usize,
-    matched: Option<usize>,
-}
-
-impl TextStops {
-    pub fn new(stops: Vec<String>) -> TextStops {
-        TextStops { stops, text: String::new(), emitted: 0, matched: None }
-    }
-
-    /// Adds generated text; returns the text now safe to show and, once, the index of the stop
-    /// string that matched.
-    pub fn push(&mut self, piece: &str) -> (String, Option<usize>) {
-        if self.matched.is_some() {
-            return (String::new(), None);
-        }
-        self.text.push_str(piece);
-        let hit = self
-            .stops
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| self.text[self.emitted..].find(s.as_str()).map(|p| (self.emitted + p, i)))
-            .min();
-        if let Some((at, i)) = hit {
-            let out = self.text[self.emitted..at].to_string();
-            self.emitted = at;
-            self.matched = Some(i);
-            return (out, Some(i));
-        }
-        let mut safe = self.text.len();
-        for s in &self.stops {
-            for (k, _) in s.char_indices().skip(1) {
-                // Does the text end with the first k bytes of this stop string?
-                if self.text.len() - self.emitted >= k && self.text.ends_with(&s[..k]) {
-                    safe = safe.min(self.text.len() - k);
-                }
-            }
-        }
-        let out = self.text[self.emitted..safe].to_string();
-        self.emitted = safe;
-        (out, None)
-    }
-
-    /// Everything not yet shown (nothing once a stop matched).
-    pub fn finish(&mut self) -> String {
-        if self.matched.is_some() {
-            return String::new();
-        }
-        let out = self.text[self.emitted..].to_string();
-        self.emitted = self.text.len();
-        out
-    }
-
-    /// All text generated so far (stop strings included).
-    pub fn generated(&self) -> &str {
-        &self.text
-    }
-
-    /// The text shown to the client: everything up to a matched stop string.
-    pub fn shown(&self) -> &str {
-        &self.text[..self.emitted]
-    }
-}
-
 /// Runs jobs until the queue closes, then finishes the recorder.
 pub(crate) fn inference_loop(rx: Receiver<Job>, mut engine: Engine, mut recorder: Option<Recorder>, shared: Arc<Shared>, gate: Option<Arc<Gate>>) {
     while let Ok(job) = rx.recv() {
@@ -196,42 +129,25 @@ fn run_job(engine: &mut Engine, mut recorder: Option<&mut Recorder>, shared: &Sh
     let recording_path = active.as_ref().map(|a| a.path().display().to_string());
     let _ = job.events.send(JobEvent::Started { seed: job.req.seed, started_at, prompt_tokens });
 
-    let mut stops = TextStops::new(job.stop_strings.clone());
-    let mut text_stop: Option<usize> = None;
     let cancel: &AtomicBool = &job.cancel;
     let (result, dropped) = {
         let events = &job.events;
         let active_ref = active.as_ref();
         let client_top = job.client_top_logprobs;
-        let mut on_token = |ev: &TokenEvent| {
-            if let Some(a) = active_ref {
-                a.token(TokenFrame {
-                    index: ev.index as u32,
-                    id: ev.id,
-                    text: ev.text.clone(),
-                    logprob: ev.logprob,
-                    top: ev.top_logprobs.clone(),
-                });
-            }
-            let (visible, hit) = stops.push(&ev.text);
-            if hit.is_some() {
-                text_stop = hit;
-                cancel.store(true, Ordering::Release);
-            }
+        let mut on_token = |ev: &TokenEvent, visible: String| {
             let top = ev.top_logprobs.iter().take(client_top).copied().collect();
             let out = TokenOut { index: ev.index, id: ev.id, piece: ev.text.clone(), visible, logprob: ev.logprob, top };
-            if events.send(JobEvent::Token(out)).is_err() {
-                // The HTTP side is gone: the client disconnected.
-                cancel.store(true, Ordering::Release);
-            }
+            // An error: the HTTP side is gone, the client disconnected.
+            events.send(JobEvent::Token(out)).is_ok()
         };
+        let stops = &job.stop_strings;
         match (recorder.as_deref_mut(), active.as_ref()) {
             (Some(rec), Some(a)) if rec.level() != TraceLevel::Off => {
                 let mut tap = rec.tap(a);
-                let r = engine.generate(&job.req, &mut tap, cancel, &mut on_token);
+                let r = run::run(engine, &job.req, stops, &mut tap, active_ref, cancel, &mut on_token);
                 (r, tap.finish())
             }
-            _ => (engine.generate(&job.req, &mut NoTap, cancel, &mut on_token), 0),
+            _ => (run::run(engine, &job.req, stops, &mut NoTap, active_ref, cancel, &mut on_token), 0),
         }
     };
     let total_ms = t0.elapsed().as_secs_f64() * 1000.0;
@@ -239,52 +155,21 @@ fn run_job(engine: &mut Engine, mut recorder: Option<&mut Recorder>, shared: &Sh
     let ended_at = rfc3339_now();
     let m = &shared.metrics;
     match result {
-        Ok(outcome) => {
+        Ok(done) => {
+            let outcome = &done.outcome;
             let n = outcome.tokens.len();
             m.tokens_generated.fetch_add(n as u64, Ordering::Relaxed);
             if outcome.decode_ms > 0.0 && n > 1 {
                 m.set_decode_tps((n - 1) as f64 / (outcome.decode_ms / 1000.0));
             }
-            // Text the decoder released only at the end (an unfinished UTF-8 sequence).
-            let extra = outcome.text.get(stops.generated().len()..).unwrap_or("").to_string();
-            let mut tail = String::new();
-            if text_stop.is_none() && !extra.is_empty() {
-                let (v, hit) = stops.push(&extra);
-                tail.push_str(&v);
-                text_stop = hit;
-            }
-            tail.push_str(&stops.finish());
-            let cancelled = outcome.stop_reason == StopReason::Cancelled && text_stop.is_none();
-            let (stop_reason, stop_sequence, matched) = match (text_stop, outcome.stop_sequence) {
-                (Some(i), _) => ("STOP_SEQUENCE", Some(i as u32), job.stop_strings.get(i).cloned()),
-                (None, Some(i)) => (outcome.stop_reason.as_str(), Some(i as u32), job.stop_labels.get(i).cloned()),
-                (None, None) => (outcome.stop_reason.as_str(), None, None),
-            };
-            let finish_reason = match outcome.stop_reason {
-                StopReason::MaxTokens | StopReason::ContextFull if text_stop.is_none() => "length",
-                _ => "stop",
-            };
+            let matched = done.stop_sequence_matched(&job.stop_labels, &job.stop_strings);
             // Name the recording only while the writer has not given it up.
             let recording = active.as_ref().filter(|a| !a.failed()).and(recording_path);
             if let (Some(rec), Some(a)) = (recorder, active) {
-                rec.end(
-                    a,
-                    Footer {
-                        outcome: if cancelled { "cancelled" } else { "ok" }.into(),
-                        error: None,
-                        stop_reason: stop_reason.into(),
-                        stop_sequence,
-                        stop_sequence_matched: matched.clone(),
-                        eog_token: outcome.eog_token,
-                        tokens: outcome.tokens.clone(),
-                        text: stops.shown().to_string(),
-                        timings: Timings { queue_ms, prefill_ms: outcome.prefill_ms, decode_ms: outcome.decode_ms, total_ms },
-                        dropped_trace_frames: dropped,
-                        ended_at: ended_at.clone(),
-                    },
-                );
+                let timings = Timings { queue_ms, prefill_ms: outcome.prefill_ms, decode_ms: outcome.decode_ms, total_ms };
+                rec.end(a, done.footer(&job.stop_labels, &job.stop_strings, timings, dropped, ended_at.clone()));
             }
-            if cancelled {
+            if done.cancelled {
                 m.cancelled.fetch_add(1, Ordering::Relaxed);
                 let _ = job.events.send(JobEvent::Error { code: "CANCELLED", message: format!("job {} was cancelled", job.job_id) });
             } else {
@@ -293,10 +178,10 @@ fn run_job(engine: &mut Engine, mut recorder: Option<&mut Recorder>, shared: &Sh
                     tokens_out: n,
                     prefill_ms: outcome.prefill_ms,
                     decode_ms: outcome.decode_ms,
-                    stop_reason,
-                    finish_reason,
+                    stop_reason: done.stop_reason,
+                    finish_reason: done.finish_reason,
                     stop_sequence_matched: matched,
-                    tail,
+                    tail: done.tail.clone(),
                     recording,
                     ended_at,
                 }));
@@ -316,7 +201,7 @@ fn run_job(engine: &mut Engine, mut recorder: Option<&mut Recorder>, shared: &Sh
                         stop_sequence_matched: None,
                         eog_token: None,
                         tokens: Vec::new(),
-                        text: stops.shown().to_string(),
+                        text: String::new(),
                         timings: Timings { queue_ms, prefill_ms: 0.0, decode_ms: 0.0, total_ms },
                         dropped_trace_frames: dropped,
                         ended_at,
@@ -328,40 +213,3 @@ fn run_job(engine: &mut Engine, mut recorder: Option<&mut Recorder>, shared: &Sh
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::TextStops;
-
-    fn run(stops: &[&str], pieces: &[&str]) -> (String, Option<usize>) {
-        let mut s = TextStops::new(stops.iter().map(|s| s.to_string()).collect());
-        let mut out = String::new();
-        let mut hit = None;
-        for p in pieces {
-            let (v, h) = s.push(p);
-            out.push_str(&v);
-            hit = hit.or(h);
-        }
-        out.push_str(&s.finish());
-        (out, hit)
-    }
-
-    #[test]
-    fn stop_string_is_trimmed_across_pieces() {
-        assert_eq!(run(&["\n\n"], &["Hello", " world", "\n", "\nmore"]), ("Hello world".into(), Some(0)));
-    }
-
-    #[test]
-    fn held_back_prefix_is_released_when_it_does_not_match() {
-        assert_eq!(run(&["END"], &["a E", "N", "x"]), ("a ENx".into(), None));
-    }
-
-    #[test]
-    fn earliest_of_several_stops_wins() {
-        assert_eq!(run(&["c", "b"], &["abc"]), ("a".into(), Some(1)));
-    }
-
-    #[test]
-    fn no_stops_passes_everything() {
-        assert_eq!(run(&[], &["x", "y"]), ("xy".into(), None));
-    }
-}

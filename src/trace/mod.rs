@@ -36,7 +36,7 @@ mod tap;
 mod writer;
 
 pub use format::{
-    file_header, ByteBuf, Fingerprint, Footer, FrameKind, Header, ModelDims, ProjectionSpec, RecordedParams, ResolvedRequest, RowStats, Site,
+    file_header, ByteBuf, Fingerprint, Footer, FrameHeader, FrameKind, Header, ModelDims, ProjectionSpec, RecordedParams, ResolvedRequest, RowStats, Site,
     SiteTrace, Timings, TokenFrame, TraceFrame, TraceLevel, Values, CODEC_RAW, CODEC_ZSTD, FILE_HEADER_LEN, FORMAT_VERSION, FRAME_HEADER_LEN,
     MAGIC, MAX_FRAME_BYTES,
 };

@@ -91,7 +91,8 @@ pub struct RecorderStatus {
     writer_busy_ns: AtomicU64,
     /// The writer thread's CPU time, as of the last flush (Linux; 0 elsewhere).
     writer_cpu_ms: AtomicU64,
-    /// `errors` when the last recording was finished: more errors since mean state `error`.
+    /// `errors` when the last recording without dropped frames was finished: more errors
+    /// since then mean state `error`.
     errors_at_last_success: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
@@ -101,8 +102,8 @@ pub struct RecorderStatus {
 pub struct RecorderSnapshot {
     pub dir: String,
     pub trace: TraceLevel,
-    /// `error` when an error was counted since the last recording was finished, else `ok`
-    /// (the state recovers; `errors` keeps counting).
+    /// `error` when an error was counted since the last recording was finished whole (no
+    /// dropped frames), else `ok`: the state recovers, `errors` keeps counting.
     pub state: &'static str,
     pub recordings_started: u64,
     pub recordings_written: u64,
@@ -545,6 +546,7 @@ impl Writer {
             WriterMsg::Token { id, frame } => self.write_value(id, FrameKind::Token, &frame),
             WriterMsg::End { id, footer } => {
                 self.write_value(id, FrameKind::Footer, &*footer);
+                let clean = footer.dropped_trace_frames == 0;
                 if let Some(f) = self.files.remove(&id) {
                     if let Some(file) = f.file {
                         if let Err(e) = finish(file, &f.temp, &f.path) {
@@ -552,7 +554,10 @@ impl Writer {
                             self.status.error(format!("job {}: cannot finish {}: {e}", f.job_id, f.path.display()));
                         } else {
                             self.status.recordings_written.fetch_add(1, Ordering::Relaxed);
-                            self.status.errors_at_last_success.store(self.status.errors(), Ordering::Relaxed);
+                            if clean {
+                                // A whole recording written since the last error: recovered.
+                                self.status.errors_at_last_success.store(self.status.errors(), Ordering::Relaxed);
+                            }
                         }
                     }
                 }

@@ -9,6 +9,8 @@ mod parity;
 mod gguf;
 mod server;
 mod reliability;
+mod crash;
+mod fuzz_seeds;
 mod trace;
 mod cuda;
 mod replay;

@@ -1,9 +1,10 @@
 //! Project automation (`cargo xtask <cmd>`), matklad style: one `match` over subcommands.
+mod fuzz;
 mod gpu;
 mod replay;
 mod vocab;
 
-const USAGE: &str = "usage: cargo xtask <fetch-model [NAME | --list] | fetch-vocab | replay [PATHS..] [--backend auto|cpu|cuda] [--report FILE.json] [--junit FILE.xml] [--explain] [--filter PATTERN] [--diff A B] | record-llama [--token] | gpu-bundle [--out DIR] [--model PATH.gguf] [--with-corpus]>";
+const USAGE: &str = "usage: cargo xtask <fetch-model [NAME | --list] | fetch-vocab | replay [PATHS..] [--backend auto|cpu|cuda] [--report FILE.json] [--junit FILE.xml] [--explain] [--filter PATTERN] [--diff A B] | record-llama [--token] | gpu-bundle [--out DIR] [--model PATH.gguf] [--with-corpus] | fuzz TARGET [--seconds N] [--runs N]>";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,6 +30,7 @@ fn main() -> anyhow::Result<()> {
         Some("record-llama") => replay::record_llama(&args[1..]),
         Some("gpu-bundle") => gpu::gpu_bundle(&args[1..]),
         Some("fetch-vocab") => vocab::fetch_vocab(),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2)
