@@ -97,6 +97,7 @@ def build_info(build_flags: str) -> dict[str, str]:
         "ggml_version": R.GGML.ggml_version().decode(),
         "ggml_commit": R.GGML.ggml_commit().decode(),
         "build_flags": build_flags,
+        "weight_repacking": "off (use_extra_bufts = false)",
         "system_info": L.llama_print_system_info().decode().strip(),
         "cpu": cpu_model(),
         "machine": platform.machine(),
@@ -352,6 +353,11 @@ def main() -> int:
     mp = L.llama_model_default_params()
     mp.n_gpu_layers = 0
     mp.use_mmap = True
+    # No weight repacking (the "extra" CPU buffer types): on AVX2 llama.cpp would repack Q4_0,
+    # Q4_K and IQ4_NL matrices and multiply them with its 8x8 gemv kernels instead of
+    # `vec_dot`, whose arithmetic is the one the worker follows. The default model's types
+    # (Q4_1, Q8_0) are never repacked, so this changes nothing for its recordings.
+    mp.use_extra_bufts = False
     model = L.llama_model_load_from_file(args.model.encode(), mp)
     if not model:
         print("error: failed to load model", file=sys.stderr)
