@@ -120,15 +120,18 @@ fn worker_case(path: PathBuf) -> Result<(), Failed> {
 
 /// The recordings of another named model: `recordings/llama.cpp/<name>/` with its `cases.json`
 /// (`weight_types` lists the types of its matrices), batch recordings there and token-by-token
-/// ones in `token/`. `None` when every type has a CPU product; else the reason the cases are
-/// listed as ignored.
+/// ones in `token/`. `None` when the replay backend runs every type; else the reason the cases
+/// are listed as ignored (reported as skipped by the runner, never as passed): the CPU has
+/// every type's product, the CUDA forward pass not yet the k-quant era's.
 fn missing_types(cases: &Path) -> Option<String> {
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(cases).ok()?).ok()?;
     let types: Vec<String> = cfg["weight_types"].as_array()?.iter().filter_map(|v| v.as_str().map(str::to_lowercase)).collect();
+    let cuda = matches!(choice(), Ok(BackendChoice::Cuda));
+    let runs = |t: worker_orcd::gguf::GgmlType| if cuda { worker_orcd::backend::cuda::runs_type(t) } else { worker_orcd::backend::cpu::quant::supports(t) };
     let known = (0..64).filter_map(worker_orcd::gguf::GgmlType::from_id);
-    let supported: Vec<String> = known.filter(|t| worker_orcd::backend::cpu::quant::supports(*t)).map(|t| t.name().to_lowercase()).collect();
+    let supported: Vec<String> = known.filter(|t| runs(*t)).map(|t| t.name().to_lowercase()).collect();
     let missing: Vec<&String> = types.iter().filter(|t| !supported.contains(t)).collect();
-    (!missing.is_empty()).then(|| format!("no CPU matrix product for {missing:?} yet"))
+    (!missing.is_empty()).then(|| format!("the {} backend has no matrix product for {missing:?} yet", if cuda { "cuda" } else { "cpu" }))
 }
 
 fn stem(p: &Path) -> String {

@@ -140,12 +140,17 @@ pub struct CudaBackend {
     barrier_base: u32,
 }
 
+/// Whether the CUDA forward pass runs matrices of type `t` (see [`check_types`]).
+pub fn runs_type(t: GgmlType) -> bool {
+    matches!(t, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::F16 | GgmlType::BF16 | GgmlType::F32)
+}
+
 /// The weight types the CUDA forward pass runs. The types added with the k-quants (Q5_0, Q5_1,
 /// IQ4_NL, Q2_K..Q6_K) have their product kernels (`kernels/kquant.cu`, bitwise the CPU's) but
 /// are not wired into the forward pass yet: such a model is refused here, before any upload,
 /// with the tensor and type named (`auto` then falls back to the CPU).
 fn check_types(model: &Model) -> Result<(), BackendError> {
-    let runs = |t: GgmlType| matches!(t, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::F16 | GgmlType::BF16 | GgmlType::F32);
+    let runs = runs_type;
     let mut all = vec![&model.token_embd, &model.output];
     for l in &model.layers {
         all.extend([&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]);
