@@ -6,13 +6,19 @@
 //   matvec_q2_K_q8_K .. matvec_q6_K_q8_K <- backend::cpu::kquant::vec_dot_q{2..6}_K_q8_K
 // (each CPU function follows ggml's AVX2 kernel of the same name; read its doc comment first).
 //
-// Not yet used by the forward pass (backend::cuda refuses models with these types); launched
-// by backend::cuda::ops for the parity tests and cuda-check.
+// Used by the forward pass (backend::cuda::forward, launch_matvec) for matrices of these types,
+// with the activation quantized just before each product (quantize_q8_1's rows for the 32-block
+// types, quantize_q8_K's for the k-quants); launched alone by backend::cuda::ops for the parity
+// tests.
 //
 // Layouts: weights are the GGUF rows as they are (n_out rows of n_in/QKW blocks, `row_bytes`
 // apart). Activations: aq (n_tok, n_in) int8; for Q8_0/Q8_1 consumers ads (n_tok, n_in/32)
 // float2 (d, s) as quantize_q8_1 writes them; for Q8_K consumers ad (n_tok, n_in/256) float and
 // bsums (n_tok, n_in/16) int16, as quantize_q8_K writes them.
+//
+// Output: out[t*out_stride + r] = v (mode 0) or out[...] += v (mode 1: the residual connection,
+// ops::add), and the stored value copied to tap[t*out_stride + r] when `tap` is not null, as
+// matvec.cu's store_out.
 //
 // Launch (matvec_*): grid (ceil(n_out/16), n_tok), block 128. Eight consecutive threads compute
 // one output, thread k lane k (elements 4k..4k+3 of every 32-element chunk) over all blocks in
@@ -36,6 +42,8 @@ extern "C" __global__ void quantize_q8_K(const float* __restrict__ x, i8* __rest
     __shared__ float s_abs[QKK];
     __shared__ int s_idx[QKK];
     __shared__ i8 s_q[QKK];
+    pdl_launch();
+    pdl_wait();
     const int b = blockIdx.x, t = threadIdx.x;
     const size_t row = blockIdx.y;
     const float* xb = x + row * n + (size_t)b * QKK;
@@ -72,6 +80,12 @@ extern "C" __global__ void quantize_q8_K(const float* __restrict__ x, i8* __rest
         bsums[row * (n / 16) + (size_t)b * 16 + t] = (short)(amax != 0.0f ? s : 0);
     }
     if (t == 0) ad[row * nb + b] = amax != 0.0f ? 1.0f / iscale : 0.0f;
+}
+
+__device__ __forceinline__ void kq_store(float* out, float* tap, size_t idx, float v, int mode) {
+    if (mode == 1) v = out[idx] + v;
+    out[idx] = v;
+    if (tap) tap[idx] = v;
 }
 
 // ---- weight values of one lane ---------------------------------------------------------------
@@ -158,7 +172,10 @@ enum { WT5_0 = 0, WT5_1 = 1, WTIQ4 = 2 };
 
 template <int WT>
 __device__ void matvec_q32(const u8* __restrict__ w, int row_bytes, const i8* __restrict__ aq,
-                           const float2* __restrict__ ads, float* __restrict__ out, int n_in, int n_out) {
+                           const float2* __restrict__ ads, float* __restrict__ out, int n_in, int n_out,
+                           float* __restrict__ tap, int out_stride, int mode) {
+    pdl_launch();
+    pdl_wait();
     const int k = threadIdx.x & 7;
     const int row = blockIdx.x * 16 + (threadIdx.x >> 3);
     const size_t t = blockIdx.y;
@@ -204,24 +221,30 @@ __device__ void matvec_q32(const u8* __restrict__ w, int row_bytes, const i8* __
             acc = fmaf(dr[b].x * ld_f16(blk), (float)s, acc);
         }
     }
-    if (k == 0) out[t * n_out + row] = acc;
+    if (k == 0) kq_store(out, tap, t * out_stride + row, acc, mode);
 }
 
-extern "C" __global__ void matvec_q5_0_q8_0(const u8* w, int row_bytes, const i8* aq, const float2* ads, float* out, int n_in, int n_out) {
-    matvec_q32<WT5_0>(w, row_bytes, aq, ads, out, n_in, n_out);
+extern "C" __global__ void matvec_q5_0_q8_0(const u8* w, int row_bytes, const i8* aq, const float2* ads, float* out, int n_in, int n_out,
+                                     float* tap, int out_stride, int mode) {
+    matvec_q32<WT5_0>(w, row_bytes, aq, ads, out, n_in, n_out, tap, out_stride, mode);
 }
-extern "C" __global__ void matvec_q5_1_q8_1(const u8* w, int row_bytes, const i8* aq, const float2* ads, float* out, int n_in, int n_out) {
-    matvec_q32<WT5_1>(w, row_bytes, aq, ads, out, n_in, n_out);
+extern "C" __global__ void matvec_q5_1_q8_1(const u8* w, int row_bytes, const i8* aq, const float2* ads, float* out, int n_in, int n_out,
+                                     float* tap, int out_stride, int mode) {
+    matvec_q32<WT5_1>(w, row_bytes, aq, ads, out, n_in, n_out, tap, out_stride, mode);
 }
-extern "C" __global__ void matvec_iq4_nl_q8_0(const u8* w, int row_bytes, const i8* aq, const float2* ads, float* out, int n_in, int n_out) {
-    matvec_q32<WTIQ4>(w, row_bytes, aq, ads, out, n_in, n_out);
+extern "C" __global__ void matvec_iq4_nl_q8_0(const u8* w, int row_bytes, const i8* aq, const float2* ads, float* out, int n_in, int n_out,
+                                     float* tap, int out_stride, int mode) {
+    matvec_q32<WTIQ4>(w, row_bytes, aq, ads, out, n_in, n_out, tap, out_stride, mode);
 }
 
 // ---- the k-quant kernels ---------------------------------------------------------------------
 
 template <int T>
 __device__ void matvec_kq(const u8* __restrict__ w, int row_bytes, const i8* __restrict__ aq, const float* __restrict__ ad,
-                          const short* __restrict__ bsums, float* __restrict__ out, int n_in, int n_out) {
+                          const short* __restrict__ bsums, float* __restrict__ out, int n_in, int n_out,
+                          float* __restrict__ tap, int out_stride, int mode) {
+    pdl_launch();
+    pdl_wait();
     const int k = threadIdx.x & 7;
     const int row = blockIdx.x * 16 + (threadIdx.x >> 3);
     const size_t t = blockIdx.y;
@@ -277,13 +300,13 @@ __device__ void matvec_kq(const u8* __restrict__ w, int row_bytes, const i8* __r
         r = r + m;
     }
     if (T == 5) r = r + summs;
-    if (k == 0) out[t * n_out + row] = r;
+    if (k == 0) kq_store(out, tap, t * out_stride + row, r, mode);
 }
 
 #define KQ_KERNEL(NAME, T)                                                                                  \
     extern "C" __global__ void NAME(const u8* w, int row_bytes, const i8* aq, const float* ad, const short* bsums, \
-                                    float* out, int n_in, int n_out) {                                     \
-        matvec_kq<T>(w, row_bytes, aq, ad, bsums, out, n_in, n_out);                                       \
+                                    float* out, int n_in, int n_out, float* tap, int out_stride, int mode) {  \
+        matvec_kq<T>(w, row_bytes, aq, ad, bsums, out, n_in, n_out, tap, out_stride, mode);                \
     }
 KQ_KERNEL(matvec_q2_K_q8_K, 2)
 KQ_KERNEL(matvec_q3_K_q8_K, 3)

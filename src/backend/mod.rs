@@ -158,6 +158,23 @@ pub trait Backend: Send {
         let _ = p;
         true
     }
+    /// What a recording's fingerprint needs to know of the device beyond [`Backend::device`]:
+    /// `None` for the CPU reference, whose numerics line is fixed.
+    fn device_facts(&self) -> Option<DeviceFacts> {
+        None
+    }
+}
+
+/// The device facts a backend reports for recordings' fingerprints (see
+/// `trace::fingerprint::fingerprint_of`), from the device it already opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceFacts {
+    /// e.g. `cuda driver 13000`.
+    pub driver: String,
+    /// Hash of the kernel sources the device runs.
+    pub kernel_hash: String,
+    /// The numerics line: what arithmetic the results come from (compiler and its options).
+    pub numerics: String,
 }
 
 /// The checks every backend's `forward` makes before touching its cache: the batch continues

@@ -11,13 +11,9 @@ pub const CPU_NUMERICS: &str = "cpu-reference: ggml q8 activation blocks, intege
 /// The fingerprint of a recording made with `backend` on this machine.
 pub fn fingerprint_of(model_name: &str, sha: &str, backend: &dyn Backend, threads: usize) -> Fingerprint {
     let threads = if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
-    // The CUDA backend's device facts (driver, kernel hash) come from probing the device; the
-    // trait object does not carry them.
-    let cuda = if backend.kind() == "cuda" { crate::backend::cuda::probe().ok() } else { None };
-    let numerics = match &cuda {
-        None => CPU_NUMERICS.to_string(),
-        Some(i) => format!("cuda kernels mirroring the cpu reference; nvrtc {}.{} {}", i.nvrtc_version.0, i.nvrtc_version.1, i.nvrtc_options.join(" ")),
-    };
+    // A device backend reports its own facts (driver, kernel hash) from the device it opened.
+    let facts = backend.device_facts();
+    let numerics = facts.as_ref().map_or_else(|| CPU_NUMERICS.to_string(), |f| f.numerics.clone());
     Fingerprint {
         model_name: model_name.to_string(),
         model_sha256: sha.to_string(),
@@ -25,8 +21,8 @@ pub fn fingerprint_of(model_name: &str, sha: &str, backend: &dyn Backend, thread
         git_commit: git_commit(),
         backend: backend.kind().to_string(),
         device: backend.device(),
-        driver: cuda.as_ref().map(|i| format!("cuda driver {}", i.driver_version)),
-        kernel_source_hash: cuda.as_ref().map(|i| i.kernel_hash.clone()),
+        driver: facts.as_ref().map(|f| f.driver.clone()),
+        kernel_source_hash: facts.map(|f| f.kernel_hash),
         threads: threads as u32,
         numerics,
         os: std::env::consts::OS.to_string(),

@@ -448,8 +448,24 @@ pub fn tiny_model(ty: GgmlType) -> Arc<Model> {
 
 /// The GGUF writer of [`tiny_model_of`], for tests that edit it further.
 pub fn tiny_writer(ty: GgmlType, variant: Variant) -> GgufWriter {
+    tiny_writer_mixed(&|name| if name == "token_embd.weight" || name == "output.weight" { GgmlType::Q8_0 } else { ty }, variant, 128, 4)
+}
+
+/// Random weights of any type the backends run: the 32-block and float types as random blocks,
+/// the types added with the k-quants as our quantizer's rows of random weights.
+fn random_weights(rng: &mut Rng, ty: GgmlType, n_out: usize, n_in: usize) -> Vec<u8> {
+    if worker_orcd::backend::cuda::ops::kquant_kernel(ty).is_some() {
+        random_kquant_matrix(rng, ty, n_out, n_in, true)
+    } else {
+        random_matrix(rng, ty, n_out, n_in)
+    }
+}
+
+/// A 3-layer model of `variant`, width `dim` (heads of 32, 2 KV heads, FFN 2 * dim, vocab 512),
+/// each tensor of the type `ty_of(name)` gives (norms and biases stay F32).
+pub fn tiny_writer_mixed(ty_of: &dyn Fn(&str) -> GgmlType, variant: Variant, dim: usize, n_heads: u32) -> GgufWriter {
     let mut rng = Rng::new(42);
-    let (n_layers, dim, n_heads, n_kv, ffn, vocab) = (3u32, 128usize, 4u32, 2u32, 256usize, 512usize);
+    let (n_layers, n_kv, ffn, vocab) = (3u32, 2u32, 2 * dim, 512usize);
     let kv = dim / n_heads as usize * n_kv as usize;
     let arch = if variant == Variant::Qwen2 { "qwen2" } else { "llama" };
     let mut w = GgufWriter::new();
@@ -470,26 +486,32 @@ pub fn tiny_writer(ty: GgmlType, variant: Variant) -> GgufWriter {
         meta(&mut w, "llama.rope.scaling.factor", MetadataValue::F32(4.0));
     }
     let f32s = |v: Vec<f32>| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    w.add_tensor("token_embd.weight", &[dim as u64, vocab as u64], GgmlType::Q8_0, random_matrix(&mut rng, GgmlType::Q8_0, vocab, dim));
+    let et = ty_of("token_embd.weight");
+    w.add_tensor("token_embd.weight", &[dim as u64, vocab as u64], et, random_weights(&mut rng, et, vocab, dim));
     for l in 0..n_layers {
         let n = |s: &str| format!("blk.{l}.{s}");
         w.add_tensor(&n("attn_norm.weight"), &[dim as u64], GgmlType::F32, f32s(rng.vec(dim, 0.5, 1.5)));
         w.add_tensor(&n("ffn_norm.weight"), &[dim as u64], GgmlType::F32, f32s(rng.vec(dim, 0.5, 1.5)));
         for (name, n_out) in [("attn_q.weight", dim), ("attn_k.weight", kv), ("attn_v.weight", kv), ("attn_output.weight", dim)] {
-            w.add_tensor(&n(name), &[dim as u64, n_out as u64], ty, random_matrix(&mut rng, ty, n_out, dim));
+            let ty = ty_of(name);
+            w.add_tensor(&n(name), &[dim as u64, n_out as u64], ty, random_weights(&mut rng, ty, n_out, dim));
         }
         for (name, n_out) in [("attn_q.bias", dim), ("attn_k.bias", kv), ("attn_v.bias", kv)] {
             // Qwen's biases are large (|81| in block 0): cover that range.
             let r = if variant == Variant::Qwen2 { 40.0 } else { 0.1 };
             w.add_tensor(&n(name), &[n_out as u64], GgmlType::F32, f32s(rng.vec(n_out, -r, r)));
         }
-        w.add_tensor(&n("ffn_gate.weight"), &[dim as u64, ffn as u64], ty, random_matrix(&mut rng, ty, ffn, dim));
-        w.add_tensor(&n("ffn_up.weight"), &[dim as u64, ffn as u64], ty, random_matrix(&mut rng, ty, ffn, dim));
-        w.add_tensor(&n("ffn_down.weight"), &[ffn as u64, dim as u64], ty, random_matrix(&mut rng, ty, dim, ffn));
+        for (name, n_out, n_in) in [("ffn_gate.weight", ffn, dim), ("ffn_up.weight", ffn, dim), ("ffn_down.weight", dim, ffn)] {
+            let ty = ty_of(name);
+            w.add_tensor(&n(name), &[n_in as u64, n_out as u64], ty, random_weights(&mut rng, ty, n_out, n_in));
+        }
     }
     w.add_tensor("output_norm.weight", &[dim as u64], GgmlType::F32, f32s(rng.vec(dim, 0.5, 1.5)));
     match variant {
-        Variant::Qwen2 => w.add_tensor("output.weight", &[dim as u64, vocab as u64], GgmlType::Q8_0, random_matrix(&mut rng, GgmlType::Q8_0, vocab, dim)),
+        Variant::Qwen2 => {
+            let ot = ty_of("output.weight");
+            w.add_tensor("output.weight", &[dim as u64, vocab as u64], ot, random_weights(&mut rng, ot, vocab, dim))
+        }
         Variant::Llama3 => {
             let hd = dim / n_heads as usize;
             w.add_tensor("rope_freqs.weight", &[hd as u64 / 2], GgmlType::F32, f32s((0..hd / 2).map(|i| if i < 4 { 1.0 } else { 1.0 + i as f32 }).collect()))
@@ -740,14 +762,90 @@ fn tiny_variant_decode_steps_match_cpu_bitwise() {
     }
 }
 
-/// Qwen2.5-Coder-0.5B requantized to Q8_0 (qwen2: biases, NEOX, untied output; the products the
-/// CUDA backend has today): prefill and decode bit-identical to the CPU backend, which is
-/// bit-identical to llama.cpp (recordings/llama.cpp/qwen2.5-coder-0.5b-q8_0/).
+/// Models in the types added with the k-quants (the matrices' GGUF rows through `kquant.cu`, a
+/// table of another type dequantized at load): prefill at every tap, chunked prefill and decode
+/// steps with graphs on and off, bit for bit the CPU backend's. Includes a Q4_K_M-like mix
+/// (Q4_K, Q6_K V and down, Q6_K table and output) and a mix whose Q|K|V and gate|up are fused
+/// Q4_0 products feeding k-quant and Q5_0 consumers.
 #[test]
 #[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
-fn qwen_q8_0_matches_cpu_bitwise() {
+fn kquant_models_match_cpu_bitwise_prefill_chunks_and_decode() {
     let Some(_g) = gpu() else { return };
-    let path = worker_orcd::fetch::fetch_named("qwen2.5-coder-0.5b-q8_0").expect("cargo xtask fetch-model qwen2.5-coder-0.5b-q8_0");
+    type Mix = Box<dyn Fn(&str) -> GgmlType>;
+    let mut cases: Vec<(String, Mix, Variant)> = Vec::new();
+    for ty in [GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::IQ4_NL, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
+        let variant = if matches!(ty, GgmlType::Q4_K | GgmlType::Q5_0 | GgmlType::Q6_K) { Variant::Qwen2 } else { Variant::Llama };
+        cases.push((format!("all {}", ty.name()), Box::new(move |_| ty), variant));
+    }
+    cases.push((
+        "q4_k_m-like".into(),
+        Box::new(|n| match n {
+            "attn_v.weight" | "ffn_down.weight" | "token_embd.weight" | "output.weight" => GgmlType::Q6_K,
+            _ => GgmlType::Q4_K,
+        }),
+        Variant::Qwen2,
+    ));
+    cases.push((
+        "fused q4_0 into k-quants".into(),
+        Box::new(|n| match n {
+            "ffn_down.weight" => GgmlType::Q6_K,
+            "attn_output.weight" => GgmlType::Q5_0,
+            "token_embd.weight" => GgmlType::Q8_0,
+            _ => GgmlType::Q4_0,
+        }),
+        Variant::Llama,
+    ));
+    for (name, mix, variant) in &cases {
+        let file = GgufFile::from_bytes(tiny_writer_mixed(mix.as_ref(), *variant, 256, 8).to_bytes()).expect("tiny model parses");
+        let m = Arc::new(Model::from_gguf(Arc::new(file)).expect("tiny model loads"));
+        let tokens: Vec<u32> = (0..37).map(|i| (i * 131 + 7) % 512).collect();
+        let mut cpu = CpuBackend::new(Arc::clone(&m), 128, 2).unwrap();
+        let mut b = CudaBackend::new(Arc::clone(&m), 128).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for all in [false, true] {
+            cpu.truncate(0);
+            b.truncate(0);
+            let (mut t_cpu, mut t_gpu) = (Collect { all, ..Default::default() }, Collect { all, ..Default::default() });
+            let want = cpu.forward(&tokens, 0, LogitRows::All, &mut t_cpu).unwrap();
+            let got = b.forward(&tokens, 0, LogitRows::All, &mut t_gpu).unwrap();
+            exact(&format!("{name} {variant:?} logits (debug taps {all})"), &got, &want);
+            compare_taps(&format!("{name} {variant:?} taps (debug {all})"), &t_gpu, &t_cpu);
+        }
+        cpu.truncate(0);
+        let want = bits(&cpu.forward(&tokens, 0, LogitRows::All, &mut NoTap).unwrap());
+        for chunk in [1, 7, 16] {
+            b.truncate(0);
+            let mut got = Vec::new();
+            for (i, c) in tokens.chunks(chunk).enumerate() {
+                got.extend(b.forward(c, i * chunk, LogitRows::All, &mut NoTap).unwrap());
+            }
+            assert_eq!(bits(&got), want, "{name}: prefill in chunks of {chunk} differs from the CPU backend");
+        }
+        let (prompt, steps) = (&tokens[..9], &tokens[9..33]);
+        let (want, want_taps) = decode_steps(&mut cpu, prompt, steps, false);
+        for graphs in [true, false] {
+            b.set_graphs(graphs);
+            let (got, taps) = decode_steps(&mut b, prompt, steps, false);
+            assert_eq!(got, want, "{name} graphs {graphs}: decode logits differ from the CPU backend");
+            for (p, v) in &want_taps.tensors {
+                assert_eq!(bits(&taps.tensors[p]), bits(v), "{name} graphs {graphs}: decode {} differs", p.name());
+            }
+        }
+        println!("{name:<28} {variant:?}: prefill (all taps), chunks 1/7/16, {} decode steps graphs on/off: bit-identical to the CPU backend", steps.len());
+    }
+}
+
+/// The Qwen2.5-Coder-0.5B Q4_K_M file as published (Q4_K, Q5_0, Q6_K, Q8_0 inside): prefill at
+/// every trace tap and decode steps bit-identical to the CPU backend, which is bit-identical to
+/// llama.cpp (recordings/llama.cpp/qwen2.5-coder-0.5b-q4_k_m/).
+#[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
+fn qwen_q4_k_m_matches_cpu_bitwise() {
+    let Some(_g) = gpu() else { return };
+    named_model_matches_cpu_bitwise("qwen2.5-coder-0.5b-q4_k_m");
+}
+
+fn named_model_matches_cpu_bitwise(name: &str) {
+    let path = worker_orcd::fetch::fetch_named(name).unwrap_or_else(|e| panic!("cargo xtask fetch-model {name}: {e}"));
     let m = Arc::new(Model::open(&path).unwrap());
     let tok = worker_orcd::tokenizer::Tokenizer::from_gguf(&m.file).unwrap();
     let ids = tok.encode("def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n", false);
@@ -756,11 +854,22 @@ fn qwen_q8_0_matches_cpu_bitwise() {
     let (mut t_cpu, mut t_gpu) = (Collect::default(), Collect::default());
     let want = cpu.forward(&ids, 0, LogitRows::All, &mut t_cpu).unwrap();
     let got = gpu_b.forward(&ids, 0, LogitRows::All, &mut t_gpu).unwrap();
-    compare_taps("qwen q8_0 prefill", &t_gpu, &t_cpu);
-    exact("qwen q8_0 prefill logits", &got, &want);
+    compare_taps(&format!("{name} prefill"), &t_gpu, &t_cpu);
+    exact(&format!("{name} prefill logits"), &got, &want);
     let steps: Vec<u32> = tok.encode("    if n < 2:\n        return n\n", false);
     let (want, want_taps) = decode_steps(&mut cpu, &ids, &steps, false);
     let (got, got_taps) = decode_steps(&mut gpu_b, &ids, &steps, false);
-    compare_taps("qwen q8_0 decode", &got_taps, &want_taps);
-    assert_eq!(got, want, "qwen q8_0 decode logits differ from the CPU backend");
+    compare_taps(&format!("{name} decode"), &got_taps, &want_taps);
+    assert_eq!(got, want, "{name} decode logits differ from the CPU backend");
+    println!("{name}: prefill of {} tokens and {} decode steps bit-identical to the CPU backend", ids.len(), steps.len());
+}
+
+/// Qwen2.5-Coder-0.5B requantized to Q8_0 (qwen2: biases, NEOX, untied output; the products the
+/// CUDA backend has today): prefill and decode bit-identical to the CPU backend, which is
+/// bit-identical to llama.cpp (recordings/llama.cpp/qwen2.5-coder-0.5b-q8_0/).
+#[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
+fn qwen_q8_0_matches_cpu_bitwise() {
+    let Some(_g) = gpu() else { return };
+    named_model_matches_cpu_bitwise("qwen2.5-coder-0.5b-q8_0");
 }

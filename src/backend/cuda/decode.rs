@@ -9,7 +9,7 @@
 //! `WORKER_ORCD_CUDA_PERSISTENT=0` turns it off.
 
 use super::device::{Arg, DevBuf, Gpu};
-use super::forward::matvec_smem;
+use super::launch::matvec_smem;
 use super::weights::DevMatrix;
 use super::LayerDev;
 use crate::backend::cpu::quant::QK;
@@ -92,7 +92,7 @@ impl Persistent {
         if layers.is_empty() {
             return Ok(Err("no layers".into()));
         }
-        if std::env::var("WORKER_ORCD_CUDA_PERSISTENT").is_ok_and(|v| v == "0") {
+        if !super::options::options().persistent {
             return Ok(Err("WORKER_ORCD_CUDA_PERSISTENT=0".into()));
         }
         if !gpu.cooperative {

@@ -251,7 +251,7 @@ impl Gpu {
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH)
             .map_err(|e| dev_err("cooperative launch support", e))?
             != 0;
-        let pdl_supported = cc.0 >= 9 && std::env::var("WORKER_ORCD_CUDA_PDL").map(|v| v != "0").unwrap_or(true);
+        let pdl_supported = cc.0 >= 9 && super::options::options().pdl;
         Ok(Gpu {
             ctx,
             stream,

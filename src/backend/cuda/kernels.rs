@@ -158,14 +158,7 @@ fn hex(bytes: &[u8]) -> String {
 /// `$XDG_CACHE_HOME/worker-orcd/kernels`, else `~/.cache/worker-orcd/kernels`. `None` if no
 /// home is known (then every start compiles).
 pub fn cache_dir() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("WORKER_ORCD_KERNEL_CACHE").filter(|v| !v.is_empty()) {
-        return Some(PathBuf::from(p));
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("worker-orcd").join("kernels"))
+    super::options::options().kernel_cache.clone()
 }
 
 /// The cache key of one module for one architecture and NVRTC version.

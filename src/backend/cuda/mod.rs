@@ -8,9 +8,11 @@
 //! shape, no cuBLAS. It is checked op by op (`tests/it/cuda.rs`) and layer by layer against the
 //! CPU backend (`cuda-check parity`).
 //!
-//! Code map: `device` (cudarc, libraries, buffers, launches) → `kernels` (sources, NVRTC, cache,
-//! hash) → `weights` (repacking into device layouts) → `ops` (each kernel as a host function,
-//! for tests) → `forward` (the pass, trace taps, CUDA graphs) → this file (the `Backend`).
+//! Code map: `options` (the environment switches, read once) → `device` (cudarc, libraries,
+//! buffers, launches) → `kernels` (sources, NVRTC, cache, hash) → `weights` (repacking into
+//! device layouts) → `launch` (the product and embedding launches) → `ops` (each kernel as a host
+//! function, for tests) and `decode` (the persistent decode kernel) → `forward` (the pass, trace
+//! taps, CUDA graphs) → this file (the `Backend`). Imports follow the arrows only.
 //!
 //! Taps: `Embd`, `LOut(l)`, `ResultNorm` and `Logits` are written by the kernels into one
 //! preallocated device buffer during the pass and downloaded once per call on a separate stream
@@ -20,8 +22,10 @@
 mod decode;
 pub mod device;
 mod forward;
+mod launch;
 pub mod kernels;
 pub mod ops;
+pub mod options;
 mod weights;
 
 use std::collections::HashMap;
@@ -32,6 +36,7 @@ use crate::gguf::GgmlType;
 use crate::model::{Model, ModelConfig};
 
 pub use device::{check_libraries, DeviceInfo, Gpu};
+pub use options::{options, CudaOptions};
 
 use device::{dev_err, unavailable, DevBuf, PinnedBuf};
 use weights::{push_group, push_stacked, resolve_group, ArenaBuilder, DevMatrix, Segment};
@@ -70,12 +75,23 @@ pub(crate) struct LayerDev {
     down: DevMatrix,
 }
 
-/// Quantized-activation buffers for one activation width (f32 rows, int8 quants, (d, s)).
+/// Quantized-activation buffers for one activation width (f32 rows, int8 quants, (d, s)), and
+/// the Q8_K staging that k-quant products quantize their input rows into (shared by all widths).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Act {
     f32: u64,
     aq: u64,
     ads: u64,
+    k8: Q8K,
+}
+
+/// Q8_K activation rows (`kquant::quantize_row_q8_K`'s blocks, split into arrays): int8 quants
+/// (n_tok, n), f32 d (n_tok, n/256) and i16 bsums (n_tok, n/16).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Q8K {
+    aq: u64,
+    ad: u64,
+    bs: u64,
 }
 
 /// Device scratch for one chunk of up to `MAX_BATCH` positions.
@@ -142,23 +158,48 @@ pub struct CudaBackend {
 
 /// Whether the CUDA forward pass runs matrices of type `t` (see [`check_types`]).
 pub fn runs_type(t: GgmlType) -> bool {
-    matches!(t, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::F16 | GgmlType::BF16 | GgmlType::F32)
+    matches!(t, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::F16 | GgmlType::BF16 | GgmlType::F32) || ops::kquant_kernel(t).is_some()
 }
 
-/// The weight types the CUDA forward pass runs. The types added with the k-quants (Q5_0, Q5_1,
-/// IQ4_NL, Q2_K..Q6_K) have their product kernels (`kernels/kquant.cu`, bitwise the CPU's) but
-/// are not wired into the forward pass yet: such a model is refused here, before any upload,
-/// with the tensor and type named (`auto` then falls back to the CPU).
+/// Whether `t` has an embedding kernel reading the table as uploaded; tables of the other types
+/// are dequantized once at load (the CPU's own `dequantize`, so the same numbers) into f32 rows.
+fn embeds_type(t: GgmlType) -> bool {
+    matches!(t, GgmlType::Q4_1 | GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::F16 | GgmlType::BF16 | GgmlType::F32)
+}
+
+/// The weight types the CUDA forward pass runs: Q4_0, Q4_1 and Q8_0 repacked (`matvec.cu`,
+/// fused epilogues, tensor cores, the persistent decode kernel), Q5_0, Q5_1, IQ4_NL and
+/// Q2_K..Q6_K as the file's rows (`kquant.cu`), and the float types. A model with another type
+/// is refused here, before any upload, with the tensor and type named (`auto` then falls back
+/// to the CPU).
 fn check_types(model: &Model) -> Result<(), BackendError> {
-    let runs = runs_type;
-    let mut all = vec![&model.token_embd, &model.output];
+    let mut all = vec![&model.output];
     for l in &model.layers {
         all.extend([&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]);
     }
-    match all.into_iter().find(|w| !runs(w.ty())) {
-        Some(w) => Err(unavailable(format!("tensor {} has type {}, which the cuda forward pass does not run yet", w.info.name, w.ty().name()))),
-        None => Ok(()),
+    if let Some(w) = all.into_iter().find(|w| !runs_type(w.ty())) {
+        return Err(unavailable(format!("tensor {} has type {}, which the cuda forward pass does not run", w.info.name, w.ty().name())));
     }
+    let e = &model.token_embd;
+    if !embeds_type(e.ty()) && !crate::gguf::quant::can_dequantize(e.ty()) {
+        return Err(unavailable(format!("tensor {} has type {}, which the cuda backend cannot embed", e.info.name, e.ty().name())));
+    }
+    Ok(())
+}
+
+/// The token embedding table in a layout an embedding kernel reads: as uploaded, or dequantized
+/// to f32 rows (row by row, as `cpu::ops::embedding` dequantizes the row it reads).
+fn push_embedding(arena: &mut ArenaBuilder, model: &Model) -> Result<DevMatrix, BackendError> {
+    let m = model.matrix(&model.token_embd);
+    if embeds_type(m.ty) {
+        return Ok(push_stacked(arena, &[m]));
+    }
+    use rayon::prelude::*;
+    let mut rows = vec![0f32; m.n_in * m.n_out];
+    let rb = m.row_bytes();
+    rows.par_chunks_mut(m.n_in).enumerate().try_for_each(|(i, out)| crate::gguf::quant::dequantize(m.ty, &m.data[i * rb..(i + 1) * rb], out)).map_err(|e| unavailable(format!("token_embd.weight: {e}")))?;
+    let off = arena.push_f32(&rows);
+    Ok(DevMatrix { ty: GgmlType::F32, n_in: m.n_in, n_out: m.n_out, qs: off as u64, dm: 0 })
 }
 
 impl CudaBackend {
@@ -183,10 +224,6 @@ impl CudaBackend {
         }
         if c.head_dim % 32 != 0 || c.head_dim > ops::ATTENTION_THREADS {
             return Err(unavailable(format!("head_dim {} is not a multiple of 32 up to {}", c.head_dim, ops::ATTENTION_THREADS)));
-        }
-        let embd_ty = model.token_embd.ty();
-        if !matches!(embd_ty, GgmlType::Q4_1 | GgmlType::Q4_0 | GgmlType::Q8_0 | GgmlType::F16 | GgmlType::BF16 | GgmlType::F32) {
-            return Err(unavailable(format!("token_embd.weight is {}, which has no CUDA embedding kernel", embd_ty.name())));
         }
         let mut arena = ArenaBuilder::default();
         let vec_f32 = |arena: &mut ArenaBuilder, w: &crate::model::Weight| arena.push_f32(&model.f32_vec(w)) as u64;
@@ -213,8 +250,9 @@ impl CudaBackend {
                 down: push_stacked(&mut arena, &[m(&lw.w_down)]),
             });
         }
-        let embd = push_stacked(&mut arena, &[model.matrix(&model.token_embd)]);
-        let tied = model.output.info.name == model.token_embd.info.name;
+        let embd = push_embedding(&mut arena, &model)?;
+        // Tied: the output head reuses the table where it was uploaded as the file has it.
+        let tied = model.output.info.name == model.token_embd.info.name && embd.ty == model.token_embd.ty();
         let output = if tied { embd } else { push_stacked(&mut arena, &[model.matrix(&model.output)]) };
         let output_norm = vec_f32(&mut arena, &model.output_norm);
         let rope_table = arena.push_f32(&ops::rope_table(&model.rope(), n_ctx)) as u64;
@@ -237,7 +275,7 @@ impl CudaBackend {
         let scratch = alloc_scratch(&gpu, &c)?;
         let pinned = Pinned { io: gpu.pinned((4 + MAX_BATCH) * 4)?, logits: None, tap: None };
         let event = gpu.ctx.new_event(None).map_err(|e| dev_err("event", e))?;
-        let use_graphs = std::env::var("WORKER_ORCD_CUDA_GRAPHS").map(|v| v != "0").unwrap_or(true);
+        let use_graphs = options::options().graphs;
         let persistent = match c.rope_kind {
             // Its Q|K|V phase is the fused NORM epilogue (see forward.rs, `fuse_qkv`).
             crate::backend::cpu::ops::RopeKind::Neox => Err("the persistent decode kernel fuses NORM RoPE only; NEOX models decode per op".to_string()),
@@ -354,6 +392,8 @@ fn alloc_scratch(gpu: &Gpu, c: &ModelConfig) -> Result<Scratch, BackendError> {
     let tmp = take(b * dim.max(ffn) * 4);
     let logits = take(b * c.n_vocab * 4);
     let tap = take((c.n_layers + 2) * b * dim * 4);
+    let wide = dim.max(ffn).max(c.q_dim());
+    let k8 = [take(b * wide), take(b * wide / 256 * 4 + 4), take(b * wide / 16 * 2 + 2)];
     let offsets: Vec<usize> = sizes.iter().scan(0, |acc, &s| {
         let o = *acc;
         *acc += s;
@@ -362,7 +402,8 @@ fn alloc_scratch(gpu: &Gpu, c: &ModelConfig) -> Result<Scratch, BackendError> {
     let total: usize = sizes.iter().sum();
     let buf = gpu.alloc(total)?;
     let p = |i: usize| buf.ptr() + offsets[i] as u64;
-    let a = |ix: [usize; 3]| Act { f32: p(ix[0]), aq: p(ix[1]), ads: p(ix[2]) };
+    let k8 = Q8K { aq: p(k8[0]), ad: p(k8[1]), bs: p(k8[2]) };
+    let a = |ix: [usize; 3]| Act { f32: p(ix[0]), aq: p(ix[1]), ads: p(ix[2]), k8 };
     Ok(Scratch {
         io: p(io),
         x: p(x),
@@ -391,6 +432,15 @@ impl Backend for CudaBackend {
 
     fn device(&self) -> String {
         self.gpu.info.describe()
+    }
+
+    fn device_facts(&self) -> Option<crate::backend::DeviceFacts> {
+        let i = &self.gpu.info;
+        Some(crate::backend::DeviceFacts {
+            driver: format!("cuda driver {}", i.driver_version),
+            kernel_hash: i.kernel_hash.clone(),
+            numerics: format!("cuda kernels mirroring the cpu reference; nvrtc {}.{} {}", i.nvrtc_version.0, i.nvrtc_version.1, i.nvrtc_options.join(" ")),
+        })
     }
 
     fn config(&self) -> &ModelConfig {

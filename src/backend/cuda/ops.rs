@@ -116,7 +116,7 @@ pub fn matmul(gpu: &Gpu, w: &QMatrix<'_>, x: &[f32], n_tok: usize) -> Result<Vec
     if m.is_quantized() {
         quantize_dev(gpu, xd.ptr(), &qa, n_tok, w.n_in)?;
     }
-    super::forward::launch_matvec(gpu, &m, xd.ptr(), qa.aq.ptr(), qa.ads.ptr(), n_tok, out.ptr(), w.n_out, super::forward::Epilogue::Store, None)?;
+    super::launch::launch_matvec(gpu, &m, xd.ptr(), qa.aq.ptr(), qa.ads.ptr(), n_tok, out.ptr(), w.n_out, super::launch::Epilogue::Store, None)?;
     gpu.read(out.ptr(), n_tok * w.n_out)
 }
 
@@ -339,7 +339,7 @@ pub fn embedding(gpu: &Gpu, table: &QMatrix<'_>, tokens: &[u32]) -> Result<Vec<f
     let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
     let idd = gpu.upload(&ids)?;
     let out = gpu.alloc(tokens.len() * table.n_in * 4)?;
-    super::forward::launch_embedding(gpu, &m, idd.ptr(), out.ptr(), 0, tokens.len())?;
+    super::launch::launch_embedding(gpu, &m, idd.ptr(), out.ptr(), 0, tokens.len())?;
     gpu.read(out.ptr(), tokens.len() * table.n_in)
 }
 
@@ -362,7 +362,7 @@ pub fn quantize_row_q8_K(gpu: &Gpu, x: &[f32], n_tok: usize) -> Result<Vec<Block
         .collect())
 }
 
-fn quantize_q8_k_dev(gpu: &Gpu, x: u64, aq: u64, ad: u64, bs: u64, n_tok: usize, width: usize) -> Result<(), BackendError> {
+pub(crate) fn quantize_q8_k_dev(gpu: &Gpu, x: u64, aq: u64, ad: u64, bs: u64, n_tok: usize, width: usize) -> Result<(), BackendError> {
     gpu.launch(
         "quantize_q8_K",
         ((width / QK_K) as u32, n_tok as u32, 1),
@@ -396,7 +396,7 @@ pub fn matmul_kquant(gpu: &Gpu, w: &QMatrix<'_>, x: &[f32], n_tok: usize) -> Res
     let n_in = w.n_in;
     let (wd, xd, out) = (gpu.upload(w.data)?, gpu.upload(x)?, gpu.alloc(n_tok * w.n_out * 4)?);
     let grid = (blocks(w.n_out, 16), n_tok as u32, 1);
-    let dims = [Arg::Ptr(out.ptr()), Arg::I32(n_in as i32), Arg::I32(w.n_out as i32)];
+    let dims = [Arg::Ptr(out.ptr()), Arg::I32(n_in as i32), Arg::I32(w.n_out as i32), Arg::Ptr(0), Arg::I32(w.n_out as i32), Arg::I32(0)];
     if w.ty.block_size() == QK_K {
         let (aq, ad, bs) = (gpu.alloc(x.len())?, gpu.alloc(x.len() / QK_K * 4)?, gpu.alloc(x.len() / 16 * 2)?);
         quantize_q8_k_dev(gpu, xd.ptr(), aq.ptr(), ad.ptr(), bs.ptr(), n_tok, n_in)?;

@@ -56,6 +56,16 @@ impl DevMatrix {
         matches!(self.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
     }
 
+    /// A type whose product runs on the GGUF rows as they are (`kernels/kquant.cu`).
+    pub fn is_raw_quant(&self) -> bool {
+        super::ops::kquant_kernel(self.ty).is_some()
+    }
+
+    /// Bytes of one row in the GGUF layout.
+    pub fn row_bytes(&self) -> usize {
+        self.n_in / self.ty.block_size() * self.ty.type_size()
+    }
+
     pub fn resolve(mut self, base: u64) -> DevMatrix {
         self.qs += base;
         if self.is_quantized() {
@@ -73,7 +83,7 @@ impl DevMatrix {
             GgmlType::F16 => "matvec_f16",
             GgmlType::BF16 => "matvec_bf16",
             GgmlType::F32 => "matvec_f32",
-            other => unreachable!("model loading rejects {} matrices", other.name()),
+            other => super::ops::kquant_kernel(other).unwrap_or_else(|| unreachable!("model loading rejects {} matrices", other.name())),
         }
     }
 
@@ -101,7 +111,8 @@ impl DevMatrix {
     }
 }
 
-/// Raw block size and quant bytes per block for the quantized types.
+/// Raw block size and quant bytes per block for the repacked quantized types (the others are
+/// uploaded as the file's rows).
 fn block_layout(ty: GgmlType) -> Option<(usize, usize, bool)> {
     // (bytes per GGUF block, bytes of quants, has m)
     match ty {

@@ -1,0 +1,173 @@
+//! Host-side launches of the product and embedding kernels (`kernels/matvec.cu`,
+//! `kernels/embedding.cu`): argument lists, launch shapes and shared-memory sizes, shared by the
+//! forward pass (`forward`), the persistent kernel's sizing (`decode`) and the per-op host
+//! functions (`ops`).
+
+use super::device::{Arg, Gpu};
+use super::weights::DevMatrix;
+use crate::backend::cpu::quant::QK;
+use crate::backend::BackendError;
+
+const F32: usize = 4;
+/// What a quantized matvec does with its results (see `kernels/matvec.cu`, `mode`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Epilogue {
+    /// out[t*stride + r] = v.
+    Store,
+    /// out[t*stride + r] += v, copied to `tap` (same layout) when not 0.
+    Add { tap: u64 },
+    /// Q|K|V stacked: bias, RoPE, Q to `q_out`, K/V into the caches (rope_store_kv).
+    Qkv { q_out: u64, k_cache: u64, v_cache: u64, table: u64, params: u64, bq: u64, bk: u64, bv: u64, dim: usize, kv_dim: usize, head_dim: usize },
+    /// gate|up stacked: swiglu and its Q8_1 blocks (swiglu_f32); `out` may be 0.
+    Swiglu { out: u64, aq: u64, ads: u64, ffn: usize },
+}
+
+/// Rows per block of the quantized matvec (MODE_SWIGLU uses 64: 32 gate and 32 up rows).
+pub(crate) const MV_ROWS: usize = 16;
+/// Rows per block for one position: twice the blocks, half the chain per block (a one-position
+/// product is latency-bound). Results do not depend on it.
+const MV_ROWS_ONE: usize = 8;
+/// Tokens per block: each weight block is loaded once per this many tokens.
+const MV_TOKENS: usize = 8;
+
+/// Positions from which quantized products run on the tensor cores (`matvec_mma_*`, the same
+/// bits); `WORKER_ORCD_CUDA_MMA=0` keeps every product on the dp4a kernels.
+const MMA_MIN_TOKENS: usize = 16;
+
+pub(crate) fn mma_tokens(n_tok: usize) -> bool {
+    n_tok >= MMA_MIN_TOKENS && super::options::options().mma
+}
+
+/// A matvec's input normalized inside the kernel: rows of the residual stream `x` and the norm
+/// weight `w` (rmsnorm_q8's arithmetic), instead of precomputed Q8_1 rows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NormIn {
+    pub x: u64,
+    pub w: u64,
+    pub eps: f32,
+}
+
+/// Dynamic shared memory of one quantized matvec block (see matvec.cu's matvec_q_block): the
+/// block's results, then (fused norm or one token) the staged activation rows.
+pub(crate) fn matvec_smem(m: &DevMatrix, rows: usize, toks: usize, norm: bool) -> usize {
+    let base = rows * toks * F32;
+    if !norm && toks != 1 {
+        return base;
+    }
+    base.div_ceil(16) * 16 + (toks * m.n_in).div_ceil(16) * 16 + toks * (m.n_in / QK) * 8 + 32
+}
+
+/// Launches the matvec kernel of `m` for `n_tok` rows of an activation (f32 rows at `x`, or
+/// Q8_1 rows at `aq`/`ads`), writing `out` with row stride `out_stride` as `epi` says. Float
+/// weight types support only `Store` and `Add`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn launch_matvec(
+    gpu: &Gpu,
+    m: &DevMatrix,
+    x: u64,
+    aq: u64,
+    ads: u64,
+    n_tok: usize,
+    out: u64,
+    out_stride: usize,
+    epi: Epilogue,
+    norm: Option<NormIn>,
+) -> Result<(), BackendError> {
+    let (mode, tap) = match epi {
+        Epilogue::Store => (0, 0),
+        Epilogue::Add { tap } => (1, tap),
+        Epilogue::Qkv { .. } => (2, 0),
+        Epilogue::Swiglu { .. } => (3, 0),
+    };
+    if !m.is_quantized() {
+        assert!(mode <= 1 && norm.is_none(), "fused epilogues and norms need quantized weights");
+        let args = [
+            Arg::Ptr(m.qs),
+            Arg::Ptr(x),
+            Arg::Ptr(out),
+            Arg::Ptr(tap),
+            Arg::I32(m.n_in as i32),
+            Arg::I32(m.n_out as i32),
+            Arg::I32(out_stride as i32),
+            Arg::I32(mode),
+        ];
+        return gpu.launch(m.kernel(), (m.n_out.div_ceil(128) as u32, n_tok as u32, 1), 128, 0, &args);
+    }
+    if let (Some(kernel), true, None, true) = (m.mma_kernel(), mma_tokens(n_tok), norm, m.n_out % 16 == 0) {
+        if mode <= 1 {
+            let args = [
+                Arg::Ptr(m.qs),
+                Arg::Ptr(m.dm),
+                Arg::Ptr(aq),
+                Arg::Ptr(ads),
+                Arg::Ptr(out),
+                Arg::Ptr(tap),
+                Arg::I32(m.n_in as i32),
+                Arg::I32(m.n_out as i32),
+                Arg::I32(out_stride as i32),
+                Arg::I32(mode),
+                Arg::I32(n_tok as i32),
+            ];
+            return gpu.launch(kernel, ((m.n_out / 16) as u32, n_tok.div_ceil(32) as u32, 1), 128, 0, &args);
+        }
+    }
+    let toks = n_tok.min(MV_TOKENS);
+    let (rows, grid_x) = match epi {
+        Epilogue::Swiglu { ffn, .. } => (64, ffn / 32),
+        _ => {
+            let r = if n_tok == 1 { MV_ROWS_ONE } else { MV_ROWS };
+            (r, m.n_out.div_ceil(r))
+        }
+    };
+    let mut args = vec![
+        Arg::Ptr(m.qs),
+        Arg::Ptr(m.dm),
+        Arg::Ptr(aq),
+        Arg::Ptr(ads),
+        Arg::Ptr(out),
+        Arg::Ptr(tap),
+        Arg::I32(m.n_in as i32),
+        Arg::I32(m.n_out as i32),
+        Arg::I32(out_stride as i32),
+        Arg::I32(mode),
+        Arg::I32(n_tok as i32),
+        Arg::I32(rows as i32),
+        Arg::I32(toks as i32),
+    ];
+    match epi {
+        Epilogue::Qkv { q_out, k_cache, v_cache, table, params, bq, bk, bv, dim, kv_dim, head_dim } => args.extend([
+            Arg::Ptr(q_out),
+            Arg::Ptr(k_cache),
+            Arg::Ptr(v_cache),
+            Arg::Ptr(table),
+            Arg::Ptr(params),
+            Arg::Ptr(bq),
+            Arg::Ptr(bk),
+            Arg::Ptr(bv),
+            Arg::I32(dim as i32),
+            Arg::I32(kv_dim as i32),
+            Arg::I32(head_dim as i32),
+        ]),
+        _ => args.extend([Arg::Ptr(0); 8].into_iter().chain([Arg::I32(0); 3])),
+    }
+    match epi {
+        Epilogue::Swiglu { out, aq, ads, ffn } => args.extend([Arg::Ptr(out), Arg::Ptr(aq), Arg::Ptr(ads), Arg::I32(ffn as i32)]),
+        _ => args.extend([Arg::Ptr(0), Arg::Ptr(0), Arg::Ptr(0), Arg::I32(0)]),
+    }
+    match norm {
+        Some(n) => args.extend([Arg::Ptr(n.x), Arg::Ptr(n.w), Arg::F32(n.eps)]),
+        None => args.extend([Arg::Ptr(0), Arg::Ptr(0), Arg::F32(0.0)]),
+    }
+    let smem = matvec_smem(m, rows, toks, norm.is_some());
+    gpu.launch(m.kernel(), (grid_x as u32, n_tok.div_ceil(toks) as u32, 1), 128, smem as u32, &args)
+}
+
+pub(crate) fn launch_embedding(gpu: &Gpu, table: &DevMatrix, tokens: u64, x: u64, tap: u64, n_tok: usize) -> Result<(), BackendError> {
+    gpu.launch(
+        table.embedding_kernel(),
+        (n_tok as u32, 1, 1),
+        256,
+        0,
+        &[Arg::Ptr(table.qs), Arg::Ptr(table.dm), Arg::Ptr(tokens), Arg::Ptr(x), Arg::Ptr(tap), Arg::I32(table.n_in as i32)],
+    )
+}

@@ -1,0 +1,64 @@
+//! The CUDA backend's switches, read from the environment once per process and nowhere else.
+//! Every switch changes speed only: results are bit-identical whichever is set.
+//!
+//! | variable | default | effect |
+//! | --- | --- | --- |
+//! | `WORKER_ORCD_CUDA_GRAPHS=0` | on | decode steps launch kernel by kernel instead of as a captured CUDA graph |
+//! | `WORKER_ORCD_CUDA_PERSISTENT=0` | on | one-position steps use the per-op kernels instead of the persistent decode kernel |
+//! | `WORKER_ORCD_CUDA_MMA=0` | on | products of 16 or more positions stay on the dp4a kernels instead of the tensor cores |
+//! | `WORKER_ORCD_CUDA_PDL=0` | on (sm_90+) | kernels never overlap their predecessor's tail (programmatic dependent launch) |
+//! | `WORKER_ORCD_KERNEL_CACHE=DIR` | `$XDG_CACHE_HOME/worker-orcd/kernels`, else `~/.cache/worker-orcd/kernels` | where compiled kernel modules are cached |
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// The switches (see the module table). `Default` is every switch on and the default cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CudaOptions {
+    pub graphs: bool,
+    pub persistent: bool,
+    pub mma: bool,
+    pub pdl: bool,
+    /// `None` when no cache folder is known (then every start compiles).
+    pub kernel_cache: Option<PathBuf>,
+}
+
+impl CudaOptions {
+    /// Parses the switches from `get` (an environment lookup): a switch is off only when its
+    /// variable is exactly `0`.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> CudaOptions {
+        let on = |k: &str| get(k).is_none_or(|v| v != "0");
+        let nonempty = |k: &str| get(k).filter(|v| !v.is_empty());
+        let kernel_cache = nonempty("WORKER_ORCD_KERNEL_CACHE").map(PathBuf::from).or_else(|| {
+            let base = nonempty("XDG_CACHE_HOME").map(PathBuf::from).or_else(|| nonempty("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+            Some(base.join("worker-orcd").join("kernels"))
+        });
+        CudaOptions { graphs: on("WORKER_ORCD_CUDA_GRAPHS"), persistent: on("WORKER_ORCD_CUDA_PERSISTENT"), mma: on("WORKER_ORCD_CUDA_MMA"), pdl: on("WORKER_ORCD_CUDA_PDL"), kernel_cache }
+    }
+}
+
+/// This process's switches, read from the environment on first use.
+pub fn options() -> &'static CudaOptions {
+    static OPTIONS: OnceLock<CudaOptions> = OnceLock::new();
+    OPTIONS.get_or_init(|| CudaOptions::from_lookup(|k| std::env::var(k).ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_switch_is_off_only_at_zero_and_the_cache_falls_back_in_order() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
+        let all_on = CudaOptions::from_lookup(env(&[("HOME", "/h")]));
+        assert!(all_on.graphs && all_on.persistent && all_on.mma && all_on.pdl);
+        assert_eq!(all_on.kernel_cache, Some(PathBuf::from("/h/.cache/worker-orcd/kernels")));
+        let o = CudaOptions::from_lookup(env(&[("WORKER_ORCD_CUDA_GRAPHS", "0"), ("WORKER_ORCD_CUDA_MMA", "1"), ("WORKER_ORCD_CUDA_PDL", "no"), ("XDG_CACHE_HOME", "/x"), ("HOME", "/h")]));
+        assert!(!o.graphs && o.mma && o.pdl && o.persistent);
+        assert_eq!(o.kernel_cache, Some(PathBuf::from("/x/worker-orcd/kernels")));
+        let o = CudaOptions::from_lookup(env(&[("WORKER_ORCD_CUDA_PERSISTENT", "0"), ("WORKER_ORCD_KERNEL_CACHE", "/k"), ("HOME", "/h")]));
+        assert!(!o.persistent);
+        assert_eq!(o.kernel_cache, Some(PathBuf::from("/k")));
+        assert_eq!(CudaOptions::from_lookup(env(&[])).kernel_cache, None);
+    }
+}
