@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use worker_orcd::backend::cpu::CpuBackend;
-use worker_orcd::backend::{Backend, LogitRows, Tap, TapPoint};
+use worker_orcd::backend::{Backend, CaptureTap, LogitRows, TapPoint};
 use worker_orcd::chat::{self, ChatMessage};
 use worker_orcd::engine::{Engine, GenerateRequest};
 use worker_orcd::gguf::GgufFile;
@@ -280,33 +280,18 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Collects the tensors `dump` writes: `embd`, every `l_out-N`, `result_norm`, logits.
-struct DumpTap {
-    n_layers: usize,
-    tensors: std::collections::BTreeMap<String, Vec<f32>>,
-}
-
-impl Tap for DumpTap {
-    fn wants(&self, p: TapPoint) -> bool {
-        matches!(p, TapPoint::Embd | TapPoint::LOut(_) | TapPoint::ResultNorm | TapPoint::Logits)
-    }
-    fn record(&mut self, p: TapPoint, _pos0: usize, _n: usize, data: &[f32]) {
-        let _ = self.n_layers;
-        self.tensors.entry(p.llama_name()).or_default().extend_from_slice(data);
-    }
-}
-
 fn dump(a: DumpArgs) -> Result<()> {
     let loaded = load(&a.model)?;
     let mut backend = CpuBackend::new(Arc::clone(&loaded.model), a.model.ctx, a.model.threads)?;
     let ids = prompt_ids(&loaded, &a.prompt, false, a.parse_special)?;
     let c = loaded.model.config.clone();
-    let mut tap = DumpTap { n_layers: c.n_layers, tensors: Default::default() };
+    // The tensors `dump` writes: `embd`, every `l_out-N`, `result_norm`, logits.
+    let mut tap = CaptureTap::recorded();
     backend.forward(&ids, 0, LogitRows::All, &mut tap)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("--out {}", a.out.display()))?;
-    for (name, data) in &tap.tensors {
-        let width = if name == "result_output" { c.n_vocab } else { c.dim };
-        let path = a.out.join(format!("{name}.npy"));
+    for (p, data) in &tap.tensors {
+        let width = if *p == TapPoint::Logits { c.n_vocab } else { c.dim };
+        let path = a.out.join(format!("{}.npy", p.llama_name()));
         worker_orcd::npy::write_f32(&path, &[data.len() / width, width], data).with_context(|| format!("writing {}", path.display()))?;
     }
     std::fs::write(a.out.join("tokens.json"), serde_json::to_string(&ids)?)?;

@@ -11,9 +11,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::backend::cpu::ops::RopeKind;
-use crate::backend::cpu::quant::{self, QMatrix};
-use crate::gguf::{GgmlType, GgufError, GgufFile, TensorInfo};
+use crate::gguf::{GgmlType, GgufError, GgufFile, QMatrix, TensorInfo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -60,6 +58,44 @@ impl Arch {
         }
     }
 }
+
+/// Which elements RoPE rotates together (llama.cpp's `llama_rope_type`): `Norm` adjacent
+/// pairs `(x[2i], x[2i+1])` (`LLAMA_ROPE_TYPE_NORM`: llama), `Neox` the halves of a head,
+/// `(x[i], x[i + head_dim/2])` (`LLAMA_ROPE_TYPE_NEOX`: qwen2). Pair i turns by angle θ_i in both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RopeKind {
+    Norm,
+    Neox,
+}
+
+/// Everything RoPE depends on besides the position: ggml_rope_ext's `mode`, `n_dims` (the
+/// whole head here), `freq_base`, `freq_scale`, `attn_factor` (its `mscale`) and the optional
+/// frequency factors (`src2`, Llama-3's `rope_freqs.weight`). `ext_factor` is 0 (no YaRN).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rope {
+    pub kind: RopeKind,
+    pub head_dim: usize,
+    pub base: f32,
+    pub freq_scale: f32,
+    pub attn_factor: f32,
+    pub freq_factors: Option<Vec<f32>>,
+}
+
+impl Rope {
+    /// Plain RoPE of `kind`: no scaling, no frequency factors.
+    pub fn plain(kind: RopeKind, head_dim: usize, base: f32) -> Rope {
+        Rope { kind, head_dim, base, freq_scale: 1.0, attn_factor: 1.0, freq_factors: None }
+    }
+}
+
+/// The matrix types the forward pass has products for (`backend::cpu::quant::vec_dot`, with
+/// ggml's arithmetic for every quantized type and F32; F16 and BF16 computed, not yet in ggml's
+/// order). A matrix of another type is refused at load.
+pub const MATRIX_TYPES: &[GgmlType] = {
+    use GgmlType::*;
+    &[Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, F16, BF16, F32]
+};
 
 fn default_arch() -> Arch {
     Arch::Llama
@@ -215,8 +251,10 @@ impl ModelConfig {
         if self.n_heads % self.n_kv_heads != 0 {
             return bad(format!("{} heads cannot be grouped over {} kv heads", self.n_heads, self.n_kv_heads));
         }
-        if self.dim % quant::QK != 0 || self.ffn_dim % quant::QK != 0 || self.q_dim() % quant::QK != 0 {
-            return bad(format!("dimensions {} / {} / {} are not multiples of {}", self.dim, self.ffn_dim, self.q_dim(), quant::QK));
+        // Activations are quantized in blocks of 32 (Q8_0/Q8_1) before every product.
+        let qk = GgmlType::Q8_0.block_size();
+        if self.dim % qk != 0 || self.ffn_dim % qk != 0 || self.q_dim() % qk != 0 {
+            return bad(format!("dimensions {} / {} / {} are not multiples of {qk}", self.dim, self.ffn_dim, self.q_dim()));
         }
         if self.dim > 1 << 16 || self.ffn_dim > 1 << 18 || self.n_layers > 1024 || self.n_vocab > 1 << 22 || self.q_dim() > 1 << 16 {
             return bad(format!("implausibly large model {self:?}"));
@@ -311,7 +349,7 @@ impl Model {
             if info.shape != shape {
                 return Err(ModelError::BadShape { name, expected: shape.to_vec(), found: info.shape });
             }
-            if matrix && !quant::supports(info.ggml_type) {
+            if matrix && !MATRIX_TYPES.contains(&info.ggml_type) {
                 return Err(ModelError::UnsupportedType { name, ty: info.ggml_type.name() });
             }
             // A row must hold whole blocks (256 elements for the k-quants).
@@ -341,7 +379,7 @@ impl Model {
                 return Err(ModelError::BadShape { name, expected: vec![dim, c.n_vocab as u64], found: info.shape });
             }
             let ty = info.ggml_type;
-            if !crate::gguf::quant::can_dequantize(ty) || (tied && !quant::supports(ty)) {
+            if !crate::gguf::quant::can_dequantize(ty) || (tied && !MATRIX_TYPES.contains(&ty)) {
                 return Err(ModelError::UnsupportedType { name, ty: ty.name() });
             }
             if info.shape[0] % ty.block_size() as u64 != 0 {
@@ -400,9 +438,9 @@ impl Model {
     }
 
     /// The RoPE of this model (kind, base, scaling, frequency factors), as the backends apply it.
-    pub fn rope(&self) -> crate::backend::cpu::ops::Rope {
+    pub fn rope(&self) -> Rope {
         let c = &self.config;
-        crate::backend::cpu::ops::Rope {
+        Rope {
             kind: c.rope_kind,
             head_dim: c.head_dim,
             base: c.rope_base,

@@ -657,3 +657,18 @@ pub fn recordings_in(dir: &Path) -> Result<Vec<PathBuf>, ReferenceError> {
 pub fn load_dir(dir: &Path) -> Result<Vec<(PathBuf, ReferenceRecording)>, ReferenceError> {
     recordings_in(dir)?.into_iter().map(|p| ReferenceRecording::open(&p).map(|r| (p, r))).collect()
 }
+
+/// The other named models' corpora in `dir` (`recordings/llama.cpp`): its subdirectories that
+/// hold a `cases.json`, sorted. Each holds batch recordings and, in `token/`, token-by-token ones.
+pub fn model_corpus_dirs(dir: &Path) -> Result<Vec<PathBuf>, ReferenceError> {
+    let io = |source| ReferenceError::Io { path: dir.to_path_buf(), source };
+    let mut dirs = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        if path.join("cases.json").is_file() {
+            dirs.push(path);
+        }
+    }
+    dirs.sort();
+    Ok(dirs)
+}

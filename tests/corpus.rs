@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use worker_orcd::model::Model;
-use worker_orcd::reference::{recordings_in, ReferenceRecording};
+use worker_orcd::reference::{model_corpus_dirs, recordings_in, ReferenceRecording};
 use worker_orcd::replay::{self, BackendChoice, CaseReport};
 use worker_orcd::tokenizer::Tokenizer;
 
@@ -150,13 +150,7 @@ fn main() {
             trials.push(Trial::test(format!("{group}::{name}"), move || llama_case(path, snapshot)));
         }
     }
-    let mut models: Vec<PathBuf> = std::fs::read_dir(root().join("llama.cpp"))
-        .unwrap_or_else(|e| panic!("{}: {e}", root().display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("cases.json").is_file())
-        .collect();
-    models.sort();
-    for dir in models {
+    for dir in model_corpus_dirs(&root().join("llama.cpp")).unwrap_or_else(|e| panic!("{e}")) {
         let model = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let skip = missing_types(&dir.join("cases.json"));
         if let Some(why) = &skip {
@@ -175,13 +169,7 @@ fn main() {
         }
     }
     let worker_dir = root().join("worker");
-    let mut workers: Vec<PathBuf> = std::fs::read_dir(&worker_dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", worker_dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "wrec"))
-        .collect();
-    workers.sort();
-    for path in workers {
+    for path in worker_orcd::trace::recordings_in(&worker_dir).unwrap_or_else(|e| panic!("{}: {e}", worker_dir.display())) {
         trials.push(Trial::test(format!("worker::{}", stem(&path)), move || worker_case(path)));
     }
     assert!(trials.len() >= 20, "the replay corpus is incomplete: {} cases under {}", trials.len(), root().display());

@@ -79,6 +79,11 @@ impl TapPoint {
         }
     }
 
+    /// Whether recordings keep this point: `embd`, every `l_out-N`, `result_norm`, logits.
+    pub fn is_recorded(self) -> bool {
+        matches!(self, TapPoint::Embd | TapPoint::LOut(_) | TapPoint::ResultNorm | TapPoint::Logits)
+    }
+
     pub fn layer(&self) -> Option<usize> {
         use TapPoint::*;
         match *self {
@@ -109,6 +114,60 @@ impl Tap for NoTap {
         false
     }
     fn record(&mut self, _: TapPoint, _: usize, _: usize, _: &[f32]) {}
+}
+
+/// Which points a [`CaptureTap`] keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Points {
+    /// Every point the backend offers.
+    All,
+    /// What a recording keeps ([`TapPoint::is_recorded`]).
+    Recorded,
+    Only(Vec<TapPoint>),
+}
+
+/// The collecting tap: keeps every row of the points it wants, the rows of successive calls
+/// appended in order. For `dump`, the op-by-op replay and the CPU-against-CUDA checks.
+#[derive(Debug, Clone)]
+pub struct CaptureTap {
+    points: Points,
+    /// Per point: its rows, `rows[p]` of them, concatenated.
+    pub tensors: std::collections::BTreeMap<TapPoint, Vec<f32>>,
+    /// Per point: how many rows `tensors` holds.
+    pub rows: std::collections::BTreeMap<TapPoint, usize>,
+}
+
+impl CaptureTap {
+    pub fn new(points: Points) -> CaptureTap {
+        CaptureTap { points, tensors: Default::default(), rows: Default::default() }
+    }
+
+    pub fn all() -> CaptureTap {
+        CaptureTap::new(Points::All)
+    }
+
+    pub fn recorded() -> CaptureTap {
+        CaptureTap::new(Points::Recorded)
+    }
+
+    /// The rows kept of `p` and their values.
+    pub fn get(&self, p: TapPoint) -> Option<(usize, &[f32])> {
+        self.tensors.get(&p).map(|v| (self.rows[&p], v.as_slice()))
+    }
+}
+
+impl Tap for CaptureTap {
+    fn wants(&self, p: TapPoint) -> bool {
+        match &self.points {
+            Points::All => true,
+            Points::Recorded => p.is_recorded(),
+            Points::Only(points) => points.contains(&p),
+        }
+    }
+    fn record(&mut self, p: TapPoint, _pos0: usize, n_tok: usize, data: &[f32]) {
+        self.tensors.entry(p).or_default().extend_from_slice(data);
+        *self.rows.entry(p).or_default() += n_tok;
+    }
 }
 
 /// Which positions of a batch get logits.

@@ -6,7 +6,6 @@
 //! repeated runs and chunked prefill for bit-identity; `bench` measures decode and prefill speed.
 //! It only reads the model and the recordings; it writes nothing but its report.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,7 +14,7 @@ use anyhow::{bail, Context, Result};
 
 use worker_orcd::backend::cpu::CpuBackend;
 use worker_orcd::backend::cuda::{self, CudaBackend};
-use worker_orcd::backend::{Backend, LogitRows, NoTap, Tap, TapPoint};
+use worker_orcd::backend::{Backend, CaptureTap, LogitRows, NoTap, Tap, TapPoint};
 use worker_orcd::model::Model;
 use worker_orcd::reference::ReferenceRecording;
 use worker_orcd::replay::metrics::nmse;
@@ -91,21 +90,6 @@ fn corpus(dir: &Path) -> Result<Vec<ReferenceRecording>> {
     paths.iter().map(|p| ReferenceRecording::open(p).with_context(|| p.display().to_string())).collect()
 }
 
-/// Embd, every LOut, ResultNorm and Logits (what recordings keep).
-#[derive(Default)]
-struct Collect {
-    tensors: BTreeMap<TapPoint, Vec<f32>>,
-}
-
-impl Tap for Collect {
-    fn wants(&self, p: TapPoint) -> bool {
-        matches!(p, TapPoint::Embd | TapPoint::LOut(_) | TapPoint::ResultNorm | TapPoint::Logits)
-    }
-    fn record(&mut self, p: TapPoint, _: usize, _: usize, data: &[f32]) {
-        self.tensors.entry(p).or_default().extend_from_slice(data);
-    }
-}
-
 fn max_row_nmse(a: &[f32], b: &[f32], width: usize) -> f64 {
     a.chunks(width).zip(b.chunks(width)).map(|(x, y)| nmse(x, y)).fold(0.0, f64::max)
 }
@@ -132,7 +116,7 @@ fn parity(m: &Arc<Model>, a: &Args) -> Result<()> {
         let n = case.prompt_ids.len();
         gpu.truncate(0);
         cpu.truncate(0);
-        let (mut tg, mut tc) = (Collect::default(), Collect::default());
+        let (mut tg, mut tc) = (CaptureTap::recorded(), CaptureTap::recorded());
         let lg = gpu.forward(&case.prompt_ids, 0, LogitRows::All, &mut tg)?;
         let lc = cpu.forward(&case.prompt_ids, 0, LogitRows::All, &mut tc)?;
         let mut differing = Vec::new();
@@ -176,9 +160,9 @@ fn parity(m: &Arc<Model>, a: &Args) -> Result<()> {
 }
 
 /// Hash of everything a run produced (tokens, every tap, every logit row), as bits.
-fn run_hash(b: &mut CudaBackend, prompt: &[u32], steps: usize, chunk: usize) -> Result<(u64, Vec<u32>, Collect)> {
+fn run_hash(b: &mut CudaBackend, prompt: &[u32], steps: usize, chunk: usize) -> Result<(u64, Vec<u32>, CaptureTap)> {
     b.truncate(0);
-    let mut tap = Collect::default();
+    let mut tap = CaptureTap::recorded();
     let mut logits = Vec::new();
     let mut pos = 0;
     for c in prompt.chunks(chunk) {
@@ -239,9 +223,9 @@ fn determinism(m: &Arc<Model>, a: &Args) -> Result<()> {
     for rec in cases.iter().take(4) {
         let p = &rec.case.prompt_ids;
         // Logits at every prompt position, prefilled in one pass.
-        let all_rows = |b: &mut CudaBackend, chunk: usize| -> Result<(Vec<u32>, Collect)> {
+        let all_rows = |b: &mut CudaBackend, chunk: usize| -> Result<(Vec<u32>, CaptureTap)> {
             b.truncate(0);
-            let mut tap = Collect::default();
+            let mut tap = CaptureTap::recorded();
             let mut logits = Vec::new();
             let mut pos = 0;
             for c in p.chunks(chunk) {

@@ -22,5 +22,5 @@ mod tests;
 pub use error::GgufError;
 pub use file::GgufFile;
 pub use reader::{DEFAULT_ALIGNMENT, MAX_ARRAY_DEPTH};
-pub use types::{GgmlType, MetadataValue, TensorInfo, ValueType, QK_K};
+pub use types::{GgmlType, MetadataValue, QMatrix, TensorInfo, ValueType, QK_K};
 pub use writer::GgufWriter;

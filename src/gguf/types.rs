@@ -501,3 +501,24 @@ impl TensorInfo {
         blocks.saturating_mul(self.ggml_type.type_size() as u64)
     }
 }
+
+/// A weight matrix as stored in GGUF: `n_out` rows of `n_in` elements, row-major, in `ty`.
+#[derive(Debug, Clone, Copy)]
+pub struct QMatrix<'a> {
+    pub ty: GgmlType,
+    pub data: &'a [u8],
+    pub n_in: usize,
+    pub n_out: usize,
+}
+
+impl<'a> QMatrix<'a> {
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.n_in / self.ty.block_size() * self.ty.type_size()
+    }
+
+    pub fn row(&self, i: usize) -> &'a [u8] {
+        let rb = self.row_bytes();
+        &self.data[i * rb..(i + 1) * rb]
+    }
+}

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::backend::{Tap, TapPoint};
+use crate::backend::{CaptureTap, Points, Tap, TapPoint};
 use crate::reference::ReferenceRecording;
 
 /// xxh3-64 of a row's exact f32 bytes, little-endian: the hash token recordings store.
@@ -120,23 +120,22 @@ fn inputs(cols: &[Column], i: usize) -> Vec<(usize, bool)> {
 /// are hashed) and keeps the values of `keep` points.
 pub struct HashTap {
     hash: Vec<TapPoint>,
-    keep: Vec<TapPoint>,
     n_heads: usize,
     /// Per point: position -> hash.
     pub hashes: HashMap<TapPoint, BTreeMap<usize, u64>>,
-    /// Per point: (rows, data), as `llama::CaptureTap` keeps them.
-    pub values: BTreeMap<TapPoint, (usize, Vec<f32>)>,
+    /// The values of the `keep` points.
+    pub values: CaptureTap,
 }
 
 impl HashTap {
     pub fn new(hash: Vec<TapPoint>, keep: Vec<TapPoint>, n_heads: usize) -> HashTap {
-        HashTap { hash, keep, n_heads, hashes: HashMap::new(), values: BTreeMap::new() }
+        HashTap { hash, n_heads, hashes: HashMap::new(), values: CaptureTap::new(Points::Only(keep)) }
     }
 }
 
 impl Tap for HashTap {
     fn wants(&self, p: TapPoint) -> bool {
-        self.hash.contains(&p) || self.keep.contains(&p)
+        self.hash.contains(&p) || self.values.wants(p)
     }
 
     fn record(&mut self, p: TapPoint, pos0: usize, n_tok: usize, data: &[f32]) {
@@ -155,10 +154,8 @@ impl Tap for HashTap {
                 h.insert(pos, hash);
             }
         }
-        if self.keep.contains(&p) {
-            let e = self.values.entry(p).or_insert((0, Vec::new()));
-            e.0 += n_tok;
-            e.1.extend_from_slice(data);
+        if self.values.wants(p) {
+            self.values.record(p, pos0, n_tok, data);
         }
     }
 }

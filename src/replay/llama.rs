@@ -8,8 +8,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::backend::cpu::{ops, quant};
-use crate::backend::{Backend, LogitRows, Tap, TapPoint};
+use crate::backend::cpu::{ops, quant, simd};
+use crate::backend::{Backend, LogitRows, TapPoint};
 use crate::model::{Model, Weight};
 use crate::reference::{RecordingMode, ReferenceRecording, RowSelection};
 use crate::tokenizer::Tokenizer;
@@ -37,7 +37,7 @@ fn matmul(m: &Model, w: &Weight, x: &[f32]) -> Vec<f32> {
     let q = m.matrix(w);
     let n = x.len() / q.n_in;
     let mut out = vec![0.0; n * q.n_out];
-    quant::matmul(&q, x, n, &mut out);
+    simd::matmul(&q, x, n, &mut out);
     out
 }
 
@@ -286,24 +286,6 @@ pub fn layer_points(rec: &ReferenceRecording, l: usize, with_ops: bool) -> Vec<(
     ]
 }
 
-/// Collects every tapped tensor of one forward call (all positions).
-pub struct CaptureTap {
-    pub want: Box<dyn Fn(TapPoint) -> bool + Send>,
-    /// Per point: (n_tok, data).
-    pub data: BTreeMap<TapPoint, (usize, Vec<f32>)>,
-}
-
-impl Tap for CaptureTap {
-    fn wants(&self, p: TapPoint) -> bool {
-        (self.want)(p)
-    }
-    fn record(&mut self, p: TapPoint, _pos0: usize, n_tok: usize, data: &[f32]) {
-        let e = self.data.entry(p).or_insert((0, Vec::new()));
-        e.0 += n_tok;
-        e.1.extend_from_slice(data);
-    }
-}
-
 /// One tensor compared per prompt position.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct TensorCompare {
@@ -378,9 +360,6 @@ pub fn bits_equal(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
-/// The values a tap kept, by point: (rows, data).
-struct TapValues<'a>(&'a BTreeMap<TapPoint, (usize, Vec<f32>)>);
-
 /// The rows of `kq_soft_max-L#0` (stored `[head, row, kv_cell]`) at prompt position `p`, as
 /// `[head][0..n]`, matching our `(n_tok, n_heads, n_kv)` tap layout.
 fn kq_ref_row(rec: &ReferenceRecording, name: &str, p: usize, n: usize) -> Option<Vec<f32>> {
@@ -425,7 +404,7 @@ pub fn chained(backend: &mut dyn Backend, rec: &ReferenceRecording) -> Result<Ch
         let produces = |p: TapPoint| backend.produces(p);
         super::exact::compare(rec, &cols, &tap, &produces)
     });
-    let tap = TapValues(&tap.values);
+    let tap = &tap.values;
 
     let mut out = Vec::new();
     let mut uncompared = Vec::new();
@@ -436,11 +415,11 @@ pub fn chained(backend: &mut dyn Backend, rec: &ReferenceRecording) -> Result<Ch
             not_produced.push(name);
             return;
         }
-        let Some((n_tok, data)) = tap.0.get(&p) else {
+        let Some((n_tok, data)) = tap.get(p) else {
             out.push(TensorCompare { layer, tensor: name, bound, missing: true, rows: Vec::new() });
             return;
         };
-        let width = data.len() / (*n_tok).max(1);
+        let width = data.len() / n_tok.max(1);
         let mut rows = Vec::new();
         for pos in 0..n {
             let theirs = if matches!(p, TapPoint::KqSoftmax(_)) {

@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicBool;
 use crate::backend::Tap;
 use crate::engine::Engine;
 use crate::run;
-use crate::trace::{self, CollectTap, Damage, Fingerprint, Header, Recorder, RecorderConfig, Recording, RowRef, Site, Timings, TraceLevel};
+use crate::trace::{self, Damage, Fingerprint, FrameTap, Header, Recorder, RecorderConfig, Recording, RowRef, Site, Timings, TraceLevel};
 
 use super::backend::same_numerics;
 use super::report::{CaseReport, Divergence, LayerPoint, Mode};
@@ -130,7 +130,7 @@ pub fn replay(path: &Path, engine: &mut Engine, here: &Fingerprint) -> Result<Ca
         req.max_tokens = recorded_ids.len();
     }
     let cancel = AtomicBool::new(false);
-    let mut tap = CollectTap::new(h.trace);
+    let mut tap = FrameTap::new(h.trace);
     // The server's own run: the same text stops, matched the same way.
     let done = run::run(engine, &req, &h.resolved.stop_strings, &mut tap, None, &cancel, &mut |_, _| true)
         .map_err(|source| ReplayError::Engine { case: name.clone(), source })?;

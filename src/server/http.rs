@@ -3,30 +3,26 @@
 //! a web page cannot use it, DNS rebinding included), `Content-Type: application/json` on
 //! bodies (no CORS "simple request" can send one), bearer-token auth, body limits (a too
 //! large `Content-Length` refused before reading, a body timeout), the cap on requests being
-//! parsed and tokenized at once, the bounded queue's admission, and the SSE stream that
-//! cancels its job when the client goes away.
+//! parsed and tokenized at once, and the bounded queue's admission (a job's SSE stream is
+//! `sse`'s).
 //!
 //! Does not generate: it prepares a typed job (tokenizing on the blocking pool, so `/health`
 //! stays responsive), queues it, and turns the inference thread's events into responses.
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use futures_core::Stream;
 use serde_json::json;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::mpsc::unbounded_channel;
 
 use crate::engine::GenerateRequest;
 use crate::sampler::{self, SamplingParams};
@@ -34,7 +30,8 @@ use crate::trace::{RecordedParams, ResolvedRequest};
 
 use super::api::{self, json_response, ApiError, Endpoint, ParsedRequest, PromptInput};
 use super::openai;
-use super::worker::{Job, JobEvent};
+use super::sse::{self, JobStream};
+use super::worker::Job;
 use super::Shared;
 
 /// Alternatives recorded with each token when recording (the client may ask for fewer).
@@ -43,8 +40,6 @@ const RECORD_TOP_LOGPROBS: usize = 5;
 /// that left) waits during prefill: 32 positions take well under a second on two CPU cores
 /// for the default model. Results do not depend on it.
 pub(crate) const PREFILL_CHUNK: usize = 32;
-/// SSE keep-alive comments, which also detect a client that went away while its job waits.
-const KEEP_ALIVE: Duration = Duration::from_secs(2);
 /// How much of a too-large body is read before answering 413.
 const DRAIN_BYTES: usize = 16 << 20;
 
@@ -308,7 +303,7 @@ impl AppState {
         self.enqueue(job)?;
 
         let mut resp = match ep {
-            Endpoint::Execute => sse(JobStream::new(rx, Arc::clone(&cancel), execute_formatter(job_id.clone(), sh.model_name.clone()))),
+            Endpoint::Execute => sse::response(JobStream::new(rx, Arc::clone(&cancel), sse::execute_formatter(job_id.clone(), sh.model_name.clone()))),
             _ => {
                 let ctx = openai::Ctx {
                     id: job_id.clone(),
@@ -322,7 +317,7 @@ impl AppState {
                     tokenizer: Arc::clone(&sh.tokenizer),
                 };
                 if parsed.stream {
-                    sse(JobStream::new(rx, Arc::clone(&cancel), openai::stream_formatter(ctx)))
+                    sse::response(JobStream::new(rx, Arc::clone(&cancel), openai::stream_formatter(ctx)))
                 } else {
                     json_response(StatusCode::OK, &openai::collect(rx, Arc::clone(&cancel), ctx).await?)
                 }
@@ -475,106 +470,6 @@ fn prepare(sh: &Shared, p: &ParsedRequest) -> Result<Prepared, ApiError> {
         prefill_chunk: PREFILL_CHUNK as u32,
     };
     Ok(Prepared { req, resolved, stop_labels, stop_strings })
-}
-
-/// Turns one job event into SSE events; `true` once the terminal event is out.
-pub(crate) type Formatter = Box<dyn FnMut(JobEvent) -> (Vec<Event>, bool) + Send>;
-
-/// The SSE body of one job. Dropped before its terminal event (the client went away), it
-/// cancels the job.
-pub(crate) struct JobStream {
-    rx: UnboundedReceiver<JobEvent>,
-    cancel: Arc<AtomicBool>,
-    format: Formatter,
-    pending: VecDeque<Event>,
-    finished: bool,
-}
-
-impl JobStream {
-    pub fn new(rx: UnboundedReceiver<JobEvent>, cancel: Arc<AtomicBool>, format: Formatter) -> JobStream {
-        JobStream { rx, cancel, format, pending: VecDeque::new(), finished: false }
-    }
-}
-
-impl Stream for JobStream {
-    type Item = Result<Event, Infallible>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        loop {
-            if let Some(e) = this.pending.pop_front() {
-                return Poll::Ready(Some(Ok(e)));
-            }
-            if this.finished {
-                return Poll::Ready(None);
-            }
-            match this.rx.poll_recv(cx) {
-                Poll::Ready(Some(ev)) => {
-                    let (events, terminal) = (this.format)(ev);
-                    this.pending.extend(events);
-                    this.finished = terminal;
-                }
-                Poll::Ready(None) => {
-                    // The inference thread dropped the job without a terminal event (shutdown).
-                    let (events, _) = (this.format)(JobEvent::Error { code: "INFERENCE_FAILED", message: "the worker stopped".into() });
-                    this.pending.extend(events);
-                    this.finished = true;
-                }
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-}
-
-impl Drop for JobStream {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.cancel.store(true, Ordering::Release);
-        }
-    }
-}
-
-fn sse(stream: JobStream) -> Response {
-    let mut r = Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response();
-    r.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
-    r
-}
-
-fn named(name: &str, data: serde_json::Value) -> Event {
-    Event::default().event(name).data(data.to_string())
-}
-
-/// The earlier worker's events: `started`, `token`*, then `end` or `error`, each with its
-/// name as the SSE event and as `type` in the data.
-fn execute_formatter(job_id: String, model: String) -> Formatter {
-    Box::new(move |ev| match ev {
-        JobEvent::Started { seed, started_at, prompt_tokens } => (
-            vec![named(
-                "started",
-                json!({"type": "started", "job_id": job_id, "model": model, "seed": seed, "started_at": started_at, "prompt_tokens": prompt_tokens}),
-            )],
-            false,
-        ),
-        JobEvent::Token(t) => (vec![named("token", json!({"type": "token", "t": t.piece, "i": t.index, "id": t.id}))], false),
-        JobEvent::End(e) => {
-            let mut d = json!({
-                "type": "end",
-                "tokens_out": e.tokens_out,
-                "decode_time_ms": e.decode_ms.round() as u64,
-                "prefill_time_ms": e.prefill_ms.round() as u64,
-                "stop_reason": e.stop_reason,
-                "ended_at": e.ended_at,
-            });
-            if let Some(s) = e.stop_sequence_matched {
-                d["stop_sequence_matched"] = json!(s);
-            }
-            if let Some(r) = e.recording {
-                d["recording"] = json!(r);
-            }
-            (vec![named("end", d)], true)
-        }
-        JobEvent::Error { code, message } => (vec![named("error", json!({"type": "error", "code": code, "message": message}))], true),
-    })
 }
 
 async fn execute(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {

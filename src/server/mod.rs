@@ -3,8 +3,8 @@
 //!
 //! Code map: `api` (request JSON shapes and validation), `conn` (the connection loop:
 //! connection cap, read timeouts, bounded shutdown), `http` (routes, host/origin/content-type
-//! checks, auth, SSE, health, metrics), `openai` (OpenAI response shapes), `worker` (the
-//! inference thread). This file
+//! checks, auth, health, metrics), `openai` (OpenAI response shapes), `sse` (a job's event
+//! stream and `/execute`'s events), `worker` (the inference thread). This file
 //! resolves the command line into a [`ServerConfig`], loads the model and wires the pieces.
 //!
 //! **Architecture Invariant:** only `server` knows HTTP and JSON request shapes; the engine and
@@ -19,6 +19,7 @@ mod api;
 mod conn;
 mod http;
 mod openai;
+mod sse;
 mod worker;
 
 use std::collections::HashMap;

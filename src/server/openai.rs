@@ -15,7 +15,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::tokenizer::Tokenizer;
 
 use super::api::ApiError;
-use super::http::Formatter;
+use super::sse::Formatter;
 use super::worker::{JobEvent, TokenOut};
 
 /// What every chunk or response of one request shares.

@@ -25,7 +25,7 @@
 //!   [`Recording::token_ids`];
 //! - per (position, site) traces: [`Recording::row`] / [`Recording::rows`] give a [`RowRef`]
 //!   with the exact-bytes hash, the [`RowStats`], the projection and, at `full`, the values.
-//!   Run the request again with a [`CollectTap`] at the recording's level and call
+//!   Run the request again with a [`FrameTap`] at the recording's level and call
 //!   [`first_divergence`] on the two frame lists to name the first layer that differs.
 
 mod format;
@@ -40,12 +40,12 @@ pub use format::{
     SiteTrace, Timings, TokenFrame, TraceFrame, TraceLevel, Values, CODEC_RAW, CODEC_ZSTD, FILE_HEADER_LEN, FORMAT_VERSION, FRAME_HEADER_LEN,
     MAGIC, MAX_FRAME_BYTES,
 };
-pub use reader::{first_divergence, Damage, Divergence, FrameInfo, Recording, RecordingError, RowRef};
+pub use reader::{first_divergence, recordings_in, Damage, Divergence, FrameInfo, Recording, RecordingError, RowRef};
 pub use summary::{
     f32_from_le, le_bytes, projected_sq_distance, projection_bucket, row_hash, row_stats, shuffle4, splitmix64, unshuffle4, Projector, PROJECTION_DIMS,
     PROJECTION_SEED,
 };
-pub use tap::{site_of, CollectTap, TraceTap};
+pub use tap::{site_of, FrameTap, TraceTap};
 pub use writer::{
     decode_step_floats, ActiveRecording, Recorder, RecorderConfig, RecorderError, RecorderSnapshot, RecorderStatus, MAX_OPEN_RECORDINGS,
     PARTIAL_SUFFIX, RECORDING_EXT,

@@ -357,6 +357,19 @@ pub struct Divergence {
     pub missing: bool,
 }
 
+/// The worker recordings (`*.wrec`) directly in `dir`, sorted by file name.
+pub fn recordings_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == super::RECORDING_EXT) {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    Ok(paths)
+}
+
 /// The first (position, site), in position order then forward-pass order, whose hashes
 /// differ, or that one side traced and the other did not; `None` when all agree.
 pub fn first_divergence(a: &[TraceFrame], b: &[TraceFrame]) -> Option<Divergence> {

@@ -1,5 +1,5 @@
 //! Taps that trace a forward pass: [`TraceTap`] copies values into pool buffers for the
-//! recorder's writer thread; [`CollectTap`] summarizes synchronously into memory (for replay
+//! recorder's writer thread; [`FrameTap`] summarizes synchronously into memory (for replay
 //! and tests).
 //!
 //! Both trace the same sites (`embd`, every `l_out-N`, `result_norm`, logits) and treat each
@@ -15,7 +15,7 @@ use crate::backend::{Tap, TapPoint};
 
 use super::format::{ModelDims, Site, TraceFrame, TraceLevel};
 use super::summary::{self, Projector, Scratch};
-use super::writer::{Pool, RecorderStatus, Slot, TraceBuf, WriterMsg};
+use super::writer::{ActiveRecording, Pool, Recorder, RecorderStatus, Slot, TraceBuf, WriterMsg};
 
 /// The recorded site of a tap point, if it is one.
 pub fn site_of(p: TapPoint) -> Option<Site> {
@@ -43,17 +43,15 @@ pub struct TraceTap<'a> {
     status: &'a RecorderStatus,
 }
 
-impl<'a> TraceTap<'a> {
-    pub(crate) fn new(
-        pool: &'a mut Pool,
-        tx: &'a Sender<WriterMsg>,
-        status: &'a RecorderStatus,
-        id: u64,
-        level: TraceLevel,
-        dims: ModelDims,
-    ) -> TraceTap<'a> {
-        TraceTap { pool, tx, id, level, dims, forward: 0, cur: None, dropped: 0, nanos: 0, status }
+impl Recorder {
+    /// A tap that copies this recording's traced sites into pool buffers for the writer. (The
+    /// writer knows nothing of taps: it only receives the buffers.)
+    pub fn tap<'a>(&'a mut self, rec: &ActiveRecording) -> TraceTap<'a> {
+        TraceTap { pool: &mut self.pool, tx: &self.tx, id: rec.id, level: self.level, dims: self.dims, forward: 0, cur: None, dropped: 0, nanos: 0, status: &self.status }
     }
+}
+
+impl<'a> TraceTap<'a> {
 
     fn send_current(&mut self) {
         if let Some((forward, buf)) = self.cur.take() {
@@ -134,17 +132,17 @@ impl TraceTap<'_> {
 
 /// A tap that builds [`TraceFrame`]s in memory, synchronously, exactly as the recorder's
 /// writer would (values unshuffled). For the replay harness: run a recorded request with a
-/// `CollectTap` and compare its frames with the recording's.
-pub struct CollectTap {
+/// `FrameTap` and compare its frames with the recording's.
+pub struct FrameTap {
     level: TraceLevel,
     projector: Projector,
     scratch: Scratch,
     frames: Vec<TraceFrame>,
 }
 
-impl CollectTap {
-    pub fn new(level: TraceLevel) -> CollectTap {
-        CollectTap { level, projector: Projector::default(), scratch: Scratch::default(), frames: Vec::new() }
+impl FrameTap {
+    pub fn new(level: TraceLevel) -> FrameTap {
+        FrameTap { level, projector: Projector::default(), scratch: Scratch::default(), frames: Vec::new() }
     }
 
     pub fn frames(&self) -> &[TraceFrame] {
@@ -156,7 +154,7 @@ impl CollectTap {
     }
 }
 
-impl Tap for CollectTap {
+impl Tap for FrameTap {
     fn wants(&self, p: TapPoint) -> bool {
         self.level != TraceLevel::Off && site_of(p).is_some()
     }

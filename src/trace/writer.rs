@@ -321,13 +321,13 @@ impl ActiveRecording {
 
 /// The inference side of the recorder. Owned by the thread that runs the engine.
 pub struct Recorder {
-    tx: Sender<WriterMsg>,
+    pub(super) tx: Sender<WriterMsg>,
     pub(crate) pool: Pool,
-    status: Arc<RecorderStatus>,
+    pub(super) status: Arc<RecorderStatus>,
     open: Arc<AtomicUsize>,
     next_id: u64,
-    level: TraceLevel,
-    dims: ModelDims,
+    pub(super) level: TraceLevel,
+    pub(super) dims: ModelDims,
     dir: PathBuf,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -415,11 +415,6 @@ impl Recorder {
             return None;
         }
         Some(ActiveRecording { id, path, job_id, tx: self.tx.clone(), failed })
-    }
-
-    /// A tap that copies this recording's traced sites into pool buffers for the writer.
-    pub fn tap<'a>(&'a mut self, rec: &ActiveRecording) -> super::tap::TraceTap<'a> {
-        super::tap::TraceTap::new(&mut self.pool, &self.tx, &self.status, rec.id, self.level, self.dims)
     }
 
     /// Ends a recording; the writer adds the footer, fsyncs and renames it. A recording whose

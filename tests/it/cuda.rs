@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use worker_orcd::backend::cpu::{ops, quant, CpuBackend};
+use worker_orcd::backend::cpu::{ops, quant, simd, CpuBackend};
 use worker_orcd::backend::cuda::{self, ops as gops, CudaBackend, Gpu};
-use worker_orcd::backend::{Backend, BackendError, LogitRows, NoTap, Tap, TapPoint};
+use worker_orcd::backend::{Backend, BackendError, CaptureTap, LogitRows, NoTap, Points, TapPoint};
 use worker_orcd::gguf::{GgmlType, GgufFile, GgufWriter, MetadataValue};
 use worker_orcd::model::Model;
 
@@ -215,7 +215,7 @@ fn matvec_matches_cpu_for_every_weight_type() {
             let m = quant::QMatrix { ty, data: &data, n_in, n_out };
             let x = rng.activations(n_tok, n_in);
             let mut want = vec![0.0; n_tok * n_out];
-            quant::matmul(&m, &x, n_tok, &mut want);
+            simd::matmul(&m, &x, n_tok, &mut want);
             let got = gops::matmul(&g, &m, &x, n_tok).unwrap();
             exact(&format!("matvec {} {n_out}x{n_in} n_tok={n_tok}", ty.name()), &got, &want);
             // Batch independence on the device: the last row alone gives the same bits.
@@ -292,7 +292,7 @@ fn kquant_matvec_matches_cpu_for_every_new_type() {
                 let m = quant::QMatrix { ty, data: &data, n_in, n_out };
                 let x = rng.activations(n_tok, n_in);
                 let mut want = vec![0.0; n_tok * n_out];
-                quant::matmul(&m, &x, n_tok, &mut want);
+                simd::matmul(&m, &x, n_tok, &mut want);
                 let got = gops::matmul_kquant(&g, &m, &x, n_tok).unwrap();
                 let kind = if quantized { "quantized" } else { "random" };
                 exact(&format!("{} {} {n_out}x{n_in} n_tok={n_tok} {kind}", gops::kquant_kernel(ty).unwrap(), ty.name()), &got, &want);
@@ -527,23 +527,7 @@ pub fn tiny_model_of(ty: GgmlType, variant: Variant) -> Arc<Model> {
     Arc::new(Model::from_gguf(Arc::new(file)).expect("tiny model loads"))
 }
 
-/// Records every point it is offered.
-#[derive(Default)]
-pub struct Collect {
-    pub all: bool,
-    pub tensors: std::collections::BTreeMap<TapPoint, Vec<f32>>,
-}
-
-impl Tap for Collect {
-    fn wants(&self, p: TapPoint) -> bool {
-        self.all || matches!(p, TapPoint::Embd | TapPoint::LOut(_) | TapPoint::ResultNorm | TapPoint::Logits)
-    }
-    fn record(&mut self, p: TapPoint, _: usize, _: usize, data: &[f32]) {
-        self.tensors.entry(p).or_default().extend_from_slice(data);
-    }
-}
-
-fn compare_taps(what: &str, cuda: &Collect, cpu: &Collect) {
+fn compare_taps(what: &str, cuda: &CaptureTap, cpu: &CaptureTap) {
     let mut worst = (0.0f64, None);
     for (p, want) in &cpu.tensors {
         if matches!(p, TapPoint::Kq(_) | TapPoint::KqSoftmax(_)) {
@@ -574,7 +558,8 @@ fn tiny_model_forward_matches_cpu_at_every_tap() {
         for all in [false, true] {
             cpu.truncate(0);
             gpu_b.truncate(0);
-            let (mut t_cpu, mut t_gpu) = (Collect { all, ..Default::default() }, Collect { all, ..Default::default() });
+            let points = if all { Points::All } else { Points::Recorded };
+            let (mut t_cpu, mut t_gpu) = (CaptureTap::new(points.clone()), CaptureTap::new(points));
             let want = cpu.forward(&tokens, 0, LogitRows::All, &mut t_cpu).unwrap();
             let got = gpu_b.forward(&tokens, 0, LogitRows::All, &mut t_gpu).unwrap();
             exact(&format!("tiny {ty_name} logits (debug taps {all})"), &got, &want);
@@ -590,10 +575,10 @@ fn tiny_model_prefill_is_chunk_independent_and_deterministic() {
     let m = tiny_model(GgmlType::Q4_1);
     let tokens: Vec<u32> = (0..40).map(|i| (i * 37 + 11) % 512).collect();
     let mut b = CudaBackend::new(Arc::clone(&m), 128).unwrap();
-    let run = |b: &mut CudaBackend, chunk: usize, graphs: bool| -> (Vec<u32>, Collect) {
+    let run = |b: &mut CudaBackend, chunk: usize, graphs: bool| -> (Vec<u32>, CaptureTap) {
         b.truncate(0);
         b.set_graphs(graphs);
-        let mut tap = Collect::default();
+        let mut tap = CaptureTap::recorded();
         let mut logits = Vec::new();
         let mut pos = 0;
         for c in tokens.chunks(chunk) {
@@ -618,10 +603,10 @@ fn tiny_model_prefill_is_chunk_independent_and_deterministic() {
 
 /// Decodes `tokens` one position at a time after a prefill of `prompt`, returning the logits
 /// bits and every trace tap of the decode steps.
-fn decode_steps(b: &mut dyn Backend, prompt: &[u32], tokens: &[u32], all: bool) -> (Vec<u32>, Collect) {
+fn decode_steps(b: &mut dyn Backend, prompt: &[u32], tokens: &[u32], all: bool) -> (Vec<u32>, CaptureTap) {
     b.truncate(0);
     b.forward(prompt, 0, LogitRows::Last, &mut NoTap).unwrap();
-    let mut tap = Collect { all, ..Default::default() };
+    let mut tap = CaptureTap::new(if all { Points::All } else { Points::Recorded });
     let mut logits = Vec::new();
     for (i, &t) in tokens.iter().enumerate() {
         logits.extend(b.forward(&[t], prompt.len() + i, LogitRows::Last, &mut tap).unwrap());
@@ -698,7 +683,7 @@ fn real_model_matches_cpu_layer_by_layer() {
     let ids = tok.encode("The capital of France is Paris. The capital of Germany is", false);
     let mut cpu = CpuBackend::new(Arc::clone(&m), 256, 0).unwrap();
     let mut gpu_b = CudaBackend::new(Arc::clone(&m), 256).unwrap();
-    let (mut t_cpu, mut t_gpu) = (Collect::default(), Collect::default());
+    let (mut t_cpu, mut t_gpu) = (CaptureTap::recorded(), CaptureTap::recorded());
     let want = cpu.forward(&ids, 0, LogitRows::All, &mut t_cpu).unwrap();
     let got = gpu_b.forward(&ids, 0, LogitRows::All, &mut t_gpu).unwrap();
     for l in 0..c.n_layers {
@@ -851,7 +836,7 @@ fn named_model_matches_cpu_bitwise(name: &str) {
     let ids = tok.encode("def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n", false);
     let mut cpu = CpuBackend::new(Arc::clone(&m), 256, 0).unwrap();
     let mut gpu_b = CudaBackend::new(Arc::clone(&m), 256).unwrap();
-    let (mut t_cpu, mut t_gpu) = (Collect::default(), Collect::default());
+    let (mut t_cpu, mut t_gpu) = (CaptureTap::recorded(), CaptureTap::recorded());
     let want = cpu.forward(&ids, 0, LogitRows::All, &mut t_cpu).unwrap();
     let got = gpu_b.forward(&ids, 0, LogitRows::All, &mut t_gpu).unwrap();
     compare_taps(&format!("{name} prefill"), &t_gpu, &t_cpu);

@@ -20,3 +20,4 @@ mod ggml_kernels;
 mod quantize;
 mod model;
 mod types;
+mod tidy;

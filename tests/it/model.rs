@@ -6,12 +6,12 @@
 use std::sync::Arc;
 
 use worker_orcd::backend::cpu::ops::{self, RopeKind};
-use worker_orcd::backend::cpu::{quant, CpuBackend};
-use worker_orcd::backend::{Backend, LogitRows};
+use worker_orcd::backend::cpu::{simd, CpuBackend};
+use worker_orcd::backend::{Backend, CaptureTap, LogitRows};
 use worker_orcd::gguf::{GgmlType, GgufFile, GgufWriter, MetadataValue};
 use worker_orcd::model::{Arch, Model};
 
-use crate::cuda::{tiny_writer, Collect, Variant};
+use crate::cuda::{tiny_writer, Variant};
 
 fn open(w: &GgufWriter) -> Result<Model, String> {
     let file = GgufFile::from_bytes(w.to_bytes()).map_err(|e| e.to_string())?;
@@ -92,7 +92,7 @@ fn qwen2_forward_adds_biases_then_rotates_halves() {
     let m = Arc::new(open(&tiny_writer(GgmlType::Q8_0, Variant::Qwen2)).unwrap());
     let tokens = [3u32, 99, 250, 7, 511];
     let mut b = CpuBackend::new(Arc::clone(&m), 64, 2).unwrap();
-    let mut tap = Collect { all: true, ..Default::default() };
+    let mut tap = CaptureTap::all();
     b.forward(&tokens, 0, LogitRows::All, &mut tap).unwrap();
     let c = &m.config;
     let rope = m.rope();
@@ -105,7 +105,7 @@ fn qwen2_forward_adds_biases_then_rotates_halves() {
             (&lw.wv, &lw.bv, c.kv_dim(), worker_orcd::backend::TapPoint::V(l), None),
         ] {
             let mut want = vec![0.0f32; tokens.len() * width];
-            quant::matmul(&m.matrix(w), xn, tokens.len(), &mut want);
+            simd::matmul(&m.matrix(w), xn, tokens.len(), &mut want);
             let bias = m.f32_vec(bias.as_ref().unwrap());
             for row in want.chunks_exact_mut(width) {
                 ops::add(row, &bias);

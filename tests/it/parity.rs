@@ -173,10 +173,8 @@ fn batch_bounds_cover_llama_cpps_own_spread() {
 #[test]
 fn other_models_prompt_ids_and_free_running_greedy_equal_llama_cpp() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("recordings/llama.cpp");
-    let mut dirs: Vec<std::path::PathBuf> = std::fs::read_dir(&root).unwrap().filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("cases.json").is_file()).collect();
-    dirs.sort();
     let mut checked = Vec::new();
-    for dir in dirs {
+    for dir in worker_orcd::reference::model_corpus_dirs(&root).unwrap() {
         let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
         let name = cfg["named_model"].as_str().expect("cases.json names its model");
         let types: Vec<String> = cfg["weight_types"].as_array().expect("cases.json lists weight_types").iter().map(|v| v.as_str().unwrap().to_lowercase()).collect();

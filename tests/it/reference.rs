@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use worker_orcd::reference::{
-    corpus_dir, load_corpus, ReferenceError, ReferenceRecording, RowSelection,
+    corpus_dir, load_corpus, recordings_in, ReferenceError, ReferenceRecording, RowSelection,
 };
 
 const N_EMBD: usize = 576;
@@ -308,11 +308,7 @@ fn op_captures_cover_the_op_layers() {
 // ---------------------------------------------------------------------------
 
 fn smallest_recording() -> PathBuf {
-    let mut files: Vec<_> = std::fs::read_dir(corpus_dir())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_str().unwrap().ends_with(".safetensors.zst"))
-        .collect();
+    let mut files = recordings_in(&corpus_dir()).unwrap();
     files.sort_by_key(|p| std::fs::metadata(p).unwrap().len());
     files.remove(0)
 }

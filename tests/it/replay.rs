@@ -99,8 +99,7 @@ fn diff_compares_two_recordings_without_re_executing() {
 #[test]
 fn gpu_recordings_replay_bit_identically_on_the_cpu() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("recordings/worker");
-    let mut paths: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "wrec")).collect();
-    paths.sort();
+    let paths = worker_orcd::trace::recordings_in(&dir).unwrap();
     assert!(paths.len() >= 2, "expected the GPU recordings in {}", dir.display());
     for path in paths {
         let rec = worker::open_recording(&path).unwrap();

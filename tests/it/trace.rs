@@ -1,6 +1,6 @@
 //! Recordings: the writer and reader round trip bit for bit at every trace level, and the
 //! reader survives truncation, bit flips, unfinished files and hostile bytes, returning every
-//! complete frame. One test replays a real-model recording with a `CollectTap`.
+//! complete frame. One test replays a real-model recording with a `FrameTap`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use worker_orcd::backend::{Tap, TapPoint};
 use worker_orcd::trace::{
-    first_divergence, row_hash, row_stats, CollectTap, Damage, Fingerprint, Footer, Header, ModelDims, Projector, RecordedParams, Recorder,
+    first_divergence, row_hash, row_stats, Damage, Fingerprint, Footer, FrameTap, Header, ModelDims, Projector, RecordedParams, Recorder,
     RecorderConfig, Recording, RecordingError, ResolvedRequest, Site, Timings, TokenFrame, TraceLevel, FILE_HEADER_LEN, FRAME_HEADER_LEN,
 };
 
@@ -179,13 +179,13 @@ fn full_recordings_round_trip_bit_for_bit() {
         assert!(r.row(0, Site::Logits).is_none(), "logits only for the rows computed");
 
         // A replay with the same values agrees; one changed bit is found where it is.
-        let mut same = CollectTap::new(TraceLevel::Full);
+        let mut same = FrameTap::new(TraceLevel::Full);
         play(&mut same, &forward_calls());
         assert_eq!(first_divergence(&r.traces, same.frames()), None);
         let mut calls = forward_calls();
         let (_, _, _, data) = calls.iter_mut().find(|c| c.0 == TapPoint::LOut(1) && c.1 == 0).unwrap();
         data[DIMS.dim as usize + 3] = f32::from_bits(data[DIMS.dim as usize + 3].to_bits() ^ 1);
-        let mut changed = CollectTap::new(TraceLevel::Summary);
+        let mut changed = FrameTap::new(TraceLevel::Summary);
         play(&mut changed, &calls);
         let d = first_divergence(&r.traces, changed.frames()).unwrap();
         assert_eq!((d.pos, d.site, d.missing), (1, Site::LOut(1), false));
@@ -427,14 +427,14 @@ fn a_real_model_recording_replays_bit_for_bit() {
     // Replay: the recorded request, run again, agrees bit for bit at every layer.
     let replay_req = r.generate_request().unwrap();
     assert_eq!(replay_req, req);
-    let mut replay = CollectTap::new(TraceLevel::Full);
+    let mut replay = FrameTap::new(TraceLevel::Full);
     let again = engine.generate(&replay_req, &mut replay, &cancel, &mut |_| {}).unwrap();
     assert_eq!(again.tokens, r.token_ids());
     assert_eq!(first_divergence(&r.traces, replay.frames()), None);
     // A different last prompt token is named at its position, from the embedding on.
     let mut other = replay_req.clone();
     *other.prompt_ids.last_mut().unwrap() += 1;
-    let mut tap = CollectTap::new(TraceLevel::Summary);
+    let mut tap = FrameTap::new(TraceLevel::Summary);
     engine.generate(&other, &mut tap, &cancel, &mut |_| {}).unwrap();
     let d = first_divergence(&r.traces, tap.frames()).unwrap();
     assert_eq!((d.pos as usize, d.site), (n_prompt - 1, Site::Embd));

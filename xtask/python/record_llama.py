@@ -49,9 +49,9 @@ TOP_LOGITS = 32  # logits.top_ids / top_vals per prompt position
 TOP_GREEDY = 8  # greedy.top_ids / top_vals per generated step
 
 # Per-layer ggml node names captured op-by-op in `op_layers` of op_capture
-# cases.  `kq` (raw Q.K^T scores, before the scaled + masked softmax) is not
-# in the original brief but is recorded too because it is cheap (mostly
-# zeros) and separates the Q.K matmul from the softmax.  Deliberately NOT
+# cases.  `kq` (raw Q.K^T scores, before the scaled + masked softmax) is
+# recorded too because it is cheap (mostly zeros) and separates the Q.K
+# matmul from the softmax.  Deliberately NOT
 # recorded: `norm-N` (RMS norm before the weight multiply, two occurrences per
 # layer) and `kqv-N` (attention output before the head permute; `kqv_out-N`
 # is its exact contiguous copy).

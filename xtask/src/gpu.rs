@@ -181,8 +181,8 @@ fn set_executable(p: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Splits the model into `part-NN` files of 30 MiB plus `sha256` and `name` (the layout of
-/// ../shared/tools/split-for-device, which run.sh joins and verifies).
+/// Splits the model into `part-NN` files of 30 MiB plus `sha256` and `name`, which run.sh
+/// joins and verifies (for machines that take files of a limited size).
 fn split_model(model: &Path, dir: &Path) -> Result<()> {
     use sha2_lite::sha256_hex;
     std::fs::create_dir_all(dir)?;

@@ -155,7 +155,7 @@ impl CpuBackend {
     fn matmul(&self, w: &Weight, x: &[f32], n_tok: usize) -> Vec<f32> {
         let m = self.model.matrix(w);
         let mut out = vec![0.0f32; n_tok * m.n_out];
-        self.pool.install(|| quant::matmul(&m, x, n_tok, &mut out));
+        self.pool.install(|| simd::matmul(&m, x, n_tok, &mut out));
         out
     }
 

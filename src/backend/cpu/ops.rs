@@ -4,7 +4,8 @@
 //! lane-by-lane blocks in `lanes`. Each has a CUDA kernel of the same name in `kernels/`.
 //!
 //! This file is the readable spec: no `std::arch`, no caching tricks. It knows shapes and
-//! arithmetic, nothing of GGUF or of the model's configuration.
+//! arithmetic, nothing of GGUF or of the model's configuration (but RoPE's parameters, which
+//! `model::Rope` gives).
 
 use half::f16;
 
@@ -12,6 +13,9 @@ use super::lanes::{hsum_float_8, v_expf, v_silu};
 use super::quant::vec_dot_f32;
 
 use crate::gguf::GgmlType;
+
+/// The RoPE parameters are the model's (`model::Rope`); this module applies them.
+pub use crate::model::{Rope, RopeKind};
 
 /// `rmsnorm`: x (n_tok, dim) -> out (n_tok, dim), `out = (x * 1/sqrt(mean(x²) + eps)) * w`.
 ///
@@ -34,35 +38,7 @@ pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// Which elements RoPE rotates together (llama.cpp's `llama_rope_type`): `Norm` adjacent
-/// pairs `(x[2i], x[2i+1])` (`LLAMA_ROPE_TYPE_NORM`: llama), `Neox` the halves of a head,
-/// `(x[i], x[i + head_dim/2])` (`LLAMA_ROPE_TYPE_NEOX`: qwen2). Pair i turns by angle θ_i in both.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RopeKind {
-    Norm,
-    Neox,
-}
-
-/// Everything RoPE depends on besides the position: ggml_rope_ext's `mode`, `n_dims` (the
-/// whole head here), `freq_base`, `freq_scale`, `attn_factor` (its `mscale`) and the optional
-/// frequency factors (`src2`, Llama-3's `rope_freqs.weight`). `ext_factor` is 0 (no YaRN).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rope {
-    pub kind: RopeKind,
-    pub head_dim: usize,
-    pub base: f32,
-    pub freq_scale: f32,
-    pub attn_factor: f32,
-    pub freq_factors: Option<Vec<f32>>,
-}
-
 impl Rope {
-    /// Plain RoPE of `kind`: no scaling, no frequency factors.
-    pub fn plain(kind: RopeKind, head_dim: usize, base: f32) -> Rope {
-        Rope { kind, head_dim, base, freq_scale: 1.0, attn_factor: 1.0, freq_factors: None }
-    }
-
     /// cos/sin pairs for one position: `[cos θ0, sin θ0, cos θ1, sin θ1, ...]`, as ggml's
     /// `ggml_rope_cache_init` with `rope_yarn` at `ext_factor = 0` builds them: θ starts at the
     /// position and is multiplied by `theta_scale = powf(base, -2/head_dim)` once per pair (not

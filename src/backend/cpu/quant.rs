@@ -15,10 +15,10 @@
 //! differs: see `replay::bounds`).
 
 use half::{bf16, f16};
-use rayon::prelude::*;
-
 use crate::gguf::quant::KVALUES_IQ4NL;
 use crate::gguf::GgmlType;
+/// The products take the model's matrices as GGUF stores them.
+pub use crate::gguf::QMatrix;
 
 use super::kquant::{self, BlockQ8K};
 use super::lanes::{hsum_float_8, reduce_f32x8_4, F32x8};
@@ -348,27 +348,6 @@ pub fn vec_dot_f32_bytes(w: &[u8], a: &[f32]) -> f32 {
     vec_dot_f32(&row, a)
 }
 
-/// A weight matrix as stored in GGUF: `n_out` rows of `n_in` elements, row-major, in `ty`.
-#[derive(Debug, Clone, Copy)]
-pub struct QMatrix<'a> {
-    pub ty: GgmlType,
-    pub data: &'a [u8],
-    pub n_in: usize,
-    pub n_out: usize,
-}
-
-impl<'a> QMatrix<'a> {
-    /// Bytes of one row.
-    pub fn row_bytes(&self) -> usize {
-        self.n_in / self.ty.block_size() * self.ty.type_size()
-    }
-
-    pub fn row(&self, i: usize) -> &'a [u8] {
-        let rb = self.row_bytes();
-        &self.data[i * rb..(i + 1) * rb]
-    }
-}
-
 /// An activation row in the form the weight type's dot product consumes (ggml's `vec_dot_type`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum QuantizedActivation {
@@ -398,18 +377,16 @@ pub fn quantize_activation(ty: GgmlType, x: &[f32]) -> QuantizedActivation {
     }
 }
 
-/// Whether `matmul` supports weights of this type. Model loading checks this so that
-/// `quantize_activation` never meets an unsupported type. The quantized types and F32 follow
-/// ggml's arithmetic exactly; F16 and BF16 products are computed but not yet in ggml's order.
-/// A matrix's row length must also be a multiple of the type's block size (256 for the
-/// k-quants), which model loading checks too.
+/// Whether `simd::matmul` supports weights of this type: one of [`crate::model::MATRIX_TYPES`],
+/// which model loading checks so that `quantize_activation` never meets an unsupported type. A
+/// matrix's row length must also be a multiple of the type's block size (256 for the k-quants),
+/// which model loading checks too.
 pub fn supports(ty: GgmlType) -> bool {
-    use GgmlType::*;
-    matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | IQ4_NL | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | F16 | BF16 | F32)
+    crate::model::MATRIX_TYPES.contains(&ty)
 }
 
 /// Dot product of weight row `w` (type `ty`) with a quantized activation: the spec, lane by
-/// lane. [`matmul`] calls the `simd` twin where the CPU has one.
+/// lane. `simd::matmul` calls the AVX2 twin where the CPU has one.
 #[inline(always)]
 pub fn vec_dot(ty: GgmlType, w: &[u8], a: &QuantizedActivation) -> f32 {
     match (ty, a) {
@@ -428,40 +405,6 @@ pub fn vec_dot(ty: GgmlType, w: &[u8], a: &QuantizedActivation) -> f32 {
         (GgmlType::BF16, QuantizedActivation::Rounded(b)) => vec_dot_bf16(w, b),
         (GgmlType::F32, QuantizedActivation::F32(b)) => vec_dot_f32_bytes(w, b),
         _ => unreachable!("activation quantized for a different weight type"),
-    }
-}
-
-/// Output features computed per parallel task. Fixed, so work splitting never depends on the
-/// thread count (and results never do: each element is one call of one dot product).
-const ROWS_PER_TASK: usize = 64;
-
-/// `matmul`: W (n_out, n_in) @ x (n_tok, n_in)ᵀ -> out (n_tok, n_out), ggml numerics.
-///
-/// Runs on the current rayon pool; results are bitwise independent of its size, of `n_tok` and
-/// of the CPU's vector extensions: every element is one [`vec_dot`] (or its `simd` twin, equal
-/// bit for bit) of one weight row with one quantized activation row.
-pub fn matmul(w: &QMatrix<'_>, x: &[f32], n_tok: usize, out: &mut [f32]) {
-    assert_eq!(x.len(), n_tok * w.n_in, "matmul input has wrong length");
-    assert_eq!(out.len(), n_tok * w.n_out, "matmul output has wrong length");
-    let acts: Vec<QuantizedActivation> =
-        (0..n_tok).into_par_iter().map(|t| super::simd::quantize_activation(w.ty, &x[t * w.n_in..(t + 1) * w.n_in])).collect();
-    let tile = super::simd::tile_fn(w.ty);
-    // Transposed scratch: tasks own disjoint ranges of output features for all tokens, computed
-    // as (rows, tokens) tiles; every element is still one dot product of one row and one token.
-    let mut scratch = vec![0.0f32; w.n_out * n_tok];
-    scratch.par_chunks_mut(ROWS_PER_TASK * n_tok).enumerate().for_each(|(task, chunk)| {
-        let first = task * ROWS_PER_TASK;
-        let rows: Vec<&[u8]> = (first..first + chunk.len() / n_tok).map(|r| w.row(r)).collect();
-        tile(&rows, &acts, chunk);
-    });
-    if n_tok == 1 {
-        out.copy_from_slice(&scratch);
-        return;
-    }
-    for t in 0..n_tok {
-        for o in 0..w.n_out {
-            out[t * w.n_out + o] = scratch[o * n_tok + t];
-        }
     }
 }
 
@@ -527,37 +470,12 @@ mod tests {
     }
 
     #[test]
-    fn matmul_is_independent_of_thread_count() {
-        let n_in = 64;
-        let n_out = 200;
-        let mut w = Vec::new();
-        for r in 0..n_out * n_in / 32 {
-            w.extend_from_slice(&f16_bytes(0.01 * (r % 7) as f32 + 0.001));
-            w.extend_from_slice(&f16_bytes(-0.02));
-            w.extend((0..16).map(|j| ((r * 31 + j * 7) % 256) as u8));
+    fn every_matrix_type_the_model_accepts_has_a_product() {
+        for &ty in crate::model::MATRIX_TYPES {
+            let x = vec![0.5f32; 256];
+            let a = quantize_activation(ty, &x);
+            let row = vec![0u8; 256 / ty.block_size() * ty.type_size()];
+            assert_eq!(vec_dot(ty, &row, &a), 0.0, "{}", ty.name());
         }
-        let m = QMatrix { ty: GgmlType::Q4_1, data: &w, n_in, n_out };
-        let x: Vec<f32> = (0..3 * n_in).map(|i| ((i * 7919) % 1000) as f32 / 333.0 - 1.5).collect();
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            let mut out = vec![0.0f32; 3 * n_out];
-            pool.install(|| matmul(&m, &x, 3, &mut out));
-            out
-        };
-        let one = run(1);
-        for t in [2, 3, 4] {
-            assert_eq!(one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), run(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>());
-        }
-        // Every element equals the reference dot product bit for bit.
-        for t in 0..3 {
-            let a = quantize_activation(GgmlType::Q4_1, &x[t * n_in..(t + 1) * n_in]);
-            for o in 0..n_out {
-                assert_eq!(one[t * n_out + o].to_bits(), vec_dot(GgmlType::Q4_1, m.row(o), &a).to_bits());
-            }
-        }
-        // Batch independence: token 1 alone gives the same bits as inside the batch of 3.
-        let mut single = vec![0.0f32; n_out];
-        matmul(&m, &x[n_in..2 * n_in], 1, &mut single);
-        assert_eq!(&one[n_out..2 * n_out], &single[..]);
     }
 }

@@ -6,11 +6,13 @@
 //!
 //! Nothing here decides arithmetic: a twin that disagrees with its spec is a bug in the twin.
 
+use rayon::prelude::*;
+
 use crate::gguf::GgmlType;
 
 use super::ops;
 use super::kquant::{self, BlockQ8K};
-use super::quant::{self, BlockQ8_0, BlockQ8_1, QuantizedActivation};
+use super::quant::{self, BlockQ8_0, BlockQ8_1, QMatrix, QuantizedActivation};
 
 /// A weight-row dot product: one row of a matrix in its GGUF bytes against an activation.
 pub type VecDotFn = fn(&[u8], &QuantizedActivation) -> f32;
@@ -144,6 +146,40 @@ pub fn quantize_activation(ty: GgmlType, x: &[f32]) -> QuantizedActivation {
         return unsafe { x86::quantize_activation(ty, x) };
     }
     quant::quantize_activation(ty, x)
+}
+
+/// Output features computed per parallel task. Fixed, so work splitting never depends on the
+/// thread count (and results never do: each element is one call of one dot product).
+const ROWS_PER_TASK: usize = 64;
+
+/// `matmul`: W (n_out, n_in) @ x (n_tok, n_in)ᵀ -> out (n_tok, n_out), ggml numerics.
+///
+/// Runs on the current rayon pool; results are bitwise independent of its size, of `n_tok` and
+/// of the CPU's vector extensions: every element is one [`quant::vec_dot`] (or its AVX2 twin,
+/// equal bit for bit) of one weight row with one quantized activation row.
+pub fn matmul(w: &QMatrix<'_>, x: &[f32], n_tok: usize, out: &mut [f32]) {
+    assert_eq!(x.len(), n_tok * w.n_in, "matmul input has wrong length");
+    assert_eq!(out.len(), n_tok * w.n_out, "matmul output has wrong length");
+    let acts: Vec<QuantizedActivation> =
+        (0..n_tok).into_par_iter().map(|t| quantize_activation(w.ty, &x[t * w.n_in..(t + 1) * w.n_in])).collect();
+    let tile = tile_fn(w.ty);
+    // Transposed scratch: tasks own disjoint ranges of output features for all tokens, computed
+    // as (rows, tokens) tiles; every element is still one dot product of one row and one token.
+    let mut scratch = vec![0.0f32; w.n_out * n_tok];
+    scratch.par_chunks_mut(ROWS_PER_TASK * n_tok).enumerate().for_each(|(task, chunk)| {
+        let first = task * ROWS_PER_TASK;
+        let rows: Vec<&[u8]> = (first..first + chunk.len() / n_tok).map(|r| w.row(r)).collect();
+        tile(&rows, &acts, chunk);
+    });
+    if n_tok == 1 {
+        out.copy_from_slice(&scratch);
+        return;
+    }
+    for t in 0..n_tok {
+        for o in 0..w.n_out {
+            out[t * w.n_out + o] = scratch[o * n_tok + t];
+        }
+    }
 }
 
 /// `ggml_vec_dot_f32` on two f32 rows: the AVX2 twin where the CPU runs it, else the spec.
