@@ -1,4 +1,4 @@
-// matvec.cu: matches backend::cpu::quant::matmul for quantized weights (vec_dot_q4_1_q8_1,
+// matvec.cu: matches backend::cpu::simd::matmul for quantized weights (vec_dot_q4_1_q8_1,
 // vec_dot_q4_0_q8_0, vec_dot_q8_0_q8_0) and for float weights (vec_dot_f16, vec_dot_bf16,
 // vec_dot_f32): out (n_tok, n_out) = W (n_out, n_in) . x (n_tok, n_in)^T.
 //

@@ -76,9 +76,9 @@ const LAYERS: &[&[&str]] = &[
     &["fuzz"],
 ];
 
-/// Cycles still to be removed, each as its sorted member list. TEMPORARY: the CUDA backend's
-/// (being reworked on another branch); remove the entry when it is gone.
-const KNOWN_CYCLES: &[&[&str]] = &[&["backend::cuda::decode", "backend::cuda::forward", "backend::cuda::ops"]];
+/// Cycles tolerated, each as its sorted member list (none; the test fails on an entry that is no
+/// longer a cycle).
+const KNOWN_CYCLES: &[&[&str]] = &[];
 
 /// `text` with comments, string and char literals blanked (newlines kept), so that paths are
 /// only found in code.
@@ -485,13 +485,8 @@ fn named_cpu_functions(header: &str) -> Vec<(String, String)> {
     out
 }
 
-/// Names in kernel headers that are not (yet) CPU functions. TEMPORARY: `kernels/` is being
-/// edited on another branch; empty this list when its headers are fixed.
-const KERNEL_HEADER_ALLOW: &[(&str, &str)] = &[
-    // `matmul` moved from `backend::cpu::quant` to `backend::cpu::simd` (it picks the AVX2
-    // twins); the header should name `simd::matmul` or the spec `quant::vec_dot`.
-    ("matvec.cu", "matmul"),
-];
+/// Names in kernel headers that are not CPU functions (none: a header names what exists).
+const KERNEL_HEADER_ALLOW: &[(&str, &str)] = &[];
 
 #[test]
 fn tidy_kernel_headers_name_cpu_functions_that_exist() {
@@ -535,9 +530,8 @@ fn standard_env_var(name: &str) -> bool {
     name.starts_with("CARGO") || matches!(name, "HOME" | "PATH" | "TMPDIR" | "OUT_DIR" | "XDG_CACHE_HOME")
 }
 
-/// Read but not yet documented. TEMPORARY: the CUDA options are being made one typed struct on
-/// another branch, which documents them; empty this list then.
-const UNDOCUMENTED_ENV_ALLOW: &[&str] = &["WORKER_ORCD_CUDA_PDL", "WORKER_ORCD_KERNEL_CACHE"];
+/// Read but not documented (none; the test fails on an entry that is no longer needed).
+const UNDOCUMENTED_ENV_ALLOW: &[&str] = &[];
 
 #[test]
 fn tidy_every_environment_variable_read_is_documented() {

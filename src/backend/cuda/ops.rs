@@ -388,7 +388,7 @@ pub fn kquant_kernel(ty: GgmlType) -> Option<&'static str> {
     })
 }
 
-/// `quant::matmul` for weights of a type added with the k-quants, on the device: the rows of
+/// `simd::matmul` for weights of a type added with the k-quants, on the device: the rows of
 /// `x` (n_tok, n_in) quantized there (`quantize_q8_1` or `quantize_q8_K`, the type's
 /// `vec_dot_type`), then the type's matvec kernel on the GGUF rows as they are. out (n_tok, n_out).
 pub fn matmul_kquant(gpu: &Gpu, w: &QMatrix<'_>, x: &[f32], n_tok: usize) -> Result<Vec<f32>, BackendError> {
