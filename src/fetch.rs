@@ -472,6 +472,17 @@ pub fn find_model(name: &str) -> Result<NamedModel, FetchError> {
     all.iter().find(|m| m.name == name).cloned().ok_or(FetchError::UnknownModel { name: name.to_string(), known })
 }
 
+/// What a `--model` argument names: an existing file as it is, else a named model (fetched or
+/// made and verified on first use). Neither: the unknown-model error, which lists the names.
+pub fn model_arg(arg: &std::path::Path) -> Result<PathBuf, FetchError> {
+    if arg.exists() {
+        return Ok(arg.to_path_buf());
+    }
+    let name = arg.to_string_lossy();
+    find_model(&name)?;
+    fetch_named(&name)
+}
+
 /// Returns the cached path of the named model, fetching or making it and verifying its size and
 /// sha256 first if needed.
 pub fn fetch_named(name: &str) -> Result<PathBuf, FetchError> {

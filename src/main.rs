@@ -142,11 +142,7 @@ fn main() {
 /// fetched and verified on first use; the default model when absent.
 fn model_path(arg: &Option<PathBuf>) -> Result<PathBuf> {
     match arg {
-        Some(p) if p.exists() => Ok(p.clone()),
-        Some(p) => match p.to_str().map(worker_orcd::fetch::find_model) {
-            Some(Ok(m)) => Ok(worker_orcd::fetch::fetch_named(&m.name)?),
-            _ => bail!("--model {}: no such file, and no named model of that name (cargo xtask fetch-model --list)", p.display()),
-        },
+        Some(p) => worker_orcd::fetch::model_arg(p).with_context(|| format!("--model {}", p.display())),
         None => Ok(worker_orcd::fetch::default_model_path()?),
     }
 }

@@ -172,8 +172,7 @@ pub fn run(args: &ReplayArgs, default_root: Option<&Path>) -> Result<bool> {
     // the sha256 it carries among the named models, and the default model for worker
     // recordings (whose replay checks the sha256 they carry).
     let fixed = match &args.model {
-        Some(p) if p.exists() => Some(p.clone()),
-        Some(p) => Some(crate::fetch::fetch_named(&p.to_string_lossy()).with_context(|| format!("--model {}", p.display()))?),
+        Some(p) => Some(crate::fetch::model_arg(p).with_context(|| format!("--model {}", p.display()))?),
         None => None,
     };
     let default_path = match &fixed {

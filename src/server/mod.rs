@@ -40,7 +40,8 @@ pub use api::{ApiError, MAX_EXECUTE_TOKENS, MAX_PROMPT_CHARS, MAX_STOP_SEQUENCES
 /// Arguments of `worker-orcd serve`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// GGUF model file (default: SmolLM2-135M-Instruct Q4_1, fetched and verified on first use).
+    /// GGUF model file, or the name of a named test model (`cargo xtask fetch-model --list`),
+    /// fetched and verified on first use (default: SmolLM2-135M-Instruct Q4_1).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Address to listen on. Loopback by default; anything else should come with --api-token.
@@ -454,7 +455,7 @@ struct Core {
 fn start_core(cfg: &ServerConfig) -> Result<Core, ServerError> {
     cfg.validate()?;
     let path = match &cfg.model_path {
-        Some(p) => p.clone(),
+        Some(p) => crate::fetch::model_arg(p)?,
         None => crate::fetch::default_model_path()?,
     };
     let model = Arc::new(Model::open(&path).map_err(|source| ServerError::Model { path: path.clone(), source })?);

@@ -81,3 +81,17 @@ fn generate_json_has_the_documented_fields() {
     assert_eq!(v["tokens"].as_array().unwrap().len(), 4);
     assert_eq!(v["stop_reason"], "MAX_TOKENS");
 }
+
+/// `--model` takes a named test model as well as a path, in every subcommand that loads one; an
+/// unknown name is one line listing the known ones.
+#[test]
+fn model_flag_takes_a_named_model_and_refuses_an_unknown_one_listing_the_names() {
+    let out = exe().args(["generate", "--json", "--model", "smollm2", "--prompt", "Hi", "--temperature", "0", "--max-tokens", "2"]).output().unwrap();
+    assert!(out.status.success(), "generate --model smollm2: {}", String::from_utf8_lossy(&out.stderr));
+    for sub in [&["generate", "--prompt", "hi"][..], &["serve", "--addr", "127.0.0.1:0"], &["dump", "--prompt", "hi", "--out", "/nonexistent-dir"]] {
+        let out = exe().args(sub).args(["--model", "no-such-model-or-file"]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{sub:?} with an unknown model was accepted");
+        assert!(err.contains("unknown model \"no-such-model-or-file\"") && err.contains("qwen2.5-coder-0.5b-q4_k_m"), "{sub:?}: {err}");
+    }
+}

@@ -789,7 +789,7 @@ fn kquant_models_match_cpu_bitwise_prefill_chunks_and_decode() {
         for all in [false, true] {
             cpu.truncate(0);
             b.truncate(0);
-            let (mut t_cpu, mut t_gpu) = (Collect { all, ..Default::default() }, Collect { all, ..Default::default() });
+            let (mut t_cpu, mut t_gpu) = (CaptureTap::new(if all { Points::All } else { Points::Recorded }), CaptureTap::new(if all { Points::All } else { Points::Recorded }));
             let want = cpu.forward(&tokens, 0, LogitRows::All, &mut t_cpu).unwrap();
             let got = b.forward(&tokens, 0, LogitRows::All, &mut t_gpu).unwrap();
             exact(&format!("{name} {variant:?} logits (debug taps {all})"), &got, &want);

@@ -372,21 +372,8 @@ pub(crate) fn quantize_q8_k_dev(gpu: &Gpu, x: u64, aq: u64, ad: u64, bs: u64, n_
     )
 }
 
-/// The device kernel (`kernels/kquant.cu`) of the weight types added with the k-quants, named
-/// after the CPU function it matches bit for bit; `None` for the other types.
-pub fn kquant_kernel(ty: GgmlType) -> Option<&'static str> {
-    Some(match ty {
-        GgmlType::Q5_0 => "matvec_q5_0_q8_0",
-        GgmlType::Q5_1 => "matvec_q5_1_q8_1",
-        GgmlType::IQ4_NL => "matvec_iq4_nl_q8_0",
-        GgmlType::Q2_K => "matvec_q2_K_q8_K",
-        GgmlType::Q3_K => "matvec_q3_K_q8_K",
-        GgmlType::Q4_K => "matvec_q4_K_q8_K",
-        GgmlType::Q5_K => "matvec_q5_K_q8_K",
-        GgmlType::Q6_K => "matvec_q6_K_q8_K",
-        _ => return None,
-    })
-}
+pub use super::weights::kquant_kernel;
+
 
 /// `simd::matmul` for weights of a type added with the k-quants, on the device: the rows of
 /// `x` (n_tok, n_in) quantized there (`quantize_q8_1` or `quantize_q8_K`, the type's

@@ -58,7 +58,7 @@ impl DevMatrix {
 
     /// A type whose product runs on the GGUF rows as they are (`kernels/kquant.cu`).
     pub fn is_raw_quant(&self) -> bool {
-        super::ops::kquant_kernel(self.ty).is_some()
+        kquant_kernel(self.ty).is_some()
     }
 
     /// Bytes of one row in the GGUF layout.
@@ -83,7 +83,7 @@ impl DevMatrix {
             GgmlType::F16 => "matvec_f16",
             GgmlType::BF16 => "matvec_bf16",
             GgmlType::F32 => "matvec_f32",
-            other => super::ops::kquant_kernel(other).unwrap_or_else(|| unreachable!("model loading rejects {} matrices", other.name())),
+            other => kquant_kernel(other).unwrap_or_else(|| unreachable!("model loading rejects {} matrices", other.name())),
         }
     }
 
@@ -184,4 +184,20 @@ pub fn resolve_group(segs: &mut [Segment], base: u64) {
     for s in segs {
         s.m = s.m.resolve(base);
     }
+}
+
+/// The device kernel (`kernels/kquant.cu`) of the weight types added with the k-quants, named
+/// after the CPU function it matches bit for bit; `None` for the other types.
+pub fn kquant_kernel(ty: GgmlType) -> Option<&'static str> {
+    Some(match ty {
+        GgmlType::Q5_0 => "matvec_q5_0_q8_0",
+        GgmlType::Q5_1 => "matvec_q5_1_q8_1",
+        GgmlType::IQ4_NL => "matvec_iq4_nl_q8_0",
+        GgmlType::Q2_K => "matvec_q2_K_q8_K",
+        GgmlType::Q3_K => "matvec_q3_K_q8_K",
+        GgmlType::Q4_K => "matvec_q4_K_q8_K",
+        GgmlType::Q5_K => "matvec_q5_K_q8_K",
+        GgmlType::Q6_K => "matvec_q6_K_q8_K",
+        _ => return None,
+    })
 }
