@@ -287,7 +287,10 @@ impl AppState {
         };
         let unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
         let record_stem = format!("{unix_ms}-{seq:06}-{job_id}");
-        let recording = sh.record_dir.as_ref().map(|d| d.join(format!("{record_stem}.{}", crate::trace::RECORDING_EXT)));
+        // A stream's headers leave before the job runs: they name where the finished recording
+        // will be, and its `end` event what exists.
+        let mut recording = sh.record_dir.as_ref().map(|d| d.join(format!("{record_stem}.{}", crate::trace::RECORDING_EXT)));
+        let mut recording_state: Option<HeaderValue> = None;
         let (tx, rx) = unbounded_channel();
         let cancel = Arc::new(AtomicBool::new(false));
         let prompt_tokens = prepared.req.prompt_ids.len();
@@ -324,7 +327,15 @@ impl AppState {
                 if parsed.stream {
                     sse(JobStream::new(rx, Arc::clone(&cancel), openai::stream_formatter(ctx)))
                 } else {
-                    json_response(StatusCode::OK, &openai::collect(rx, Arc::clone(&cancel), ctx).await?)
+                    let (body, rec) = openai::collect(rx, Arc::clone(&cancel), ctx).await?;
+                    // Answered after the job: the headers name what exists, not what was planned.
+                    recording = rec.and_then(|r| {
+                        if let Ok(v) = HeaderValue::from_str(r.state) {
+                            recording_state = Some(v);
+                        }
+                        r.path.map(std::path::PathBuf::from)
+                    });
+                    json_response(StatusCode::OK, &body)
                 }
             }
         };
@@ -334,6 +345,9 @@ impl AppState {
         }
         if let Some(v) = recording.and_then(|p| HeaderValue::from_str(&p.display().to_string()).ok()) {
             h.insert("x-worker-orcd-recording", v);
+        }
+        if let Some(v) = recording_state {
+            h.insert("x-worker-orcd-recording-state", v);
         }
         Ok(resp)
     }
@@ -569,7 +583,17 @@ fn execute_formatter(job_id: String, model: String) -> Formatter {
                 d["stop_sequence_matched"] = json!(s);
             }
             if let Some(r) = e.recording {
-                d["recording"] = json!(r);
+                // Only a file that exists is named `recording`.
+                d["recording_state"] = json!(r.state);
+                if let Some(p) = r.path {
+                    d["recording"] = json!(p);
+                }
+                if let Some(p) = r.pending {
+                    d["recording_pending"] = json!(p);
+                }
+                if let Some(e) = r.error {
+                    d["recording_error"] = json!(e);
+                }
             }
             (vec![named("end", d)], true)
         }

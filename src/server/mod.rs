@@ -166,6 +166,9 @@ pub struct ServerConfig {
     /// Test hook: the recorder sleeps this many ms before every write (a slow disk).
     #[doc(hidden)]
     pub record_write_delay_ms: Option<Arc<AtomicU64>>,
+    /// Test hook: the bytes the record disk has left (a full disk when they run out).
+    #[doc(hidden)]
+    pub record_disk_bytes_left: Option<Arc<AtomicU64>>,
 }
 
 impl Default for ServerConfig {
@@ -192,6 +195,7 @@ impl Default for ServerConfig {
             recorder_budget_bytes: 64 << 20,
             gate: None,
             record_write_delay_ms: None,
+            record_disk_bytes_left: None,
         }
     }
 }
@@ -479,6 +483,7 @@ fn start_core(cfg: &ServerConfig) -> Result<Core, ServerError> {
             let mut rc = RecorderConfig::new(dir, cfg.trace);
             rc.budget_bytes = cfg.recorder_budget_bytes;
             rc.write_delay_ms = cfg.record_write_delay_ms.clone();
+            rc.disk_bytes_left = cfg.record_disk_bytes_left.clone();
             Some(Recorder::start(rc, dims)?)
         }
         None => None,

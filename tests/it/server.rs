@@ -664,7 +664,12 @@ async fn a_slow_disk_drops_trace_frames_but_never_stalls_the_stream() {
     let took = t0.elapsed();
     assert_eq!(r.terminal.event, "end");
     assert_eq!(r.ids.len(), 24);
-    let path = PathBuf::from(r.terminal.json()["recording"].as_str().unwrap());
+    // The end waited for the writer only a bounded time: it names where the recording will
+    // be, as pending, not as a file that exists.
+    let end = r.terminal.json();
+    assert_eq!(end["recording_state"], "writing", "{end}");
+    assert!(end.get("recording").is_none(), "{end}");
+    let path = PathBuf::from(end["recording_pending"].as_str().unwrap());
     // The writer needs a second per frame (at least 26 frames: header, tokens, footer), so a
     // stream that waited for it could not have ended before the recording exists.
     assert!(!path.exists(), "the stream ended only after the slow writer finished ({took:?})");
