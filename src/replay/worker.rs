@@ -126,24 +126,39 @@ pub fn replay(path: &Path, engine: &mut Engine, here: &Fingerprint) -> Result<Ca
     let incomplete = recorded.footer.is_none() || !cut.is_empty();
     // A cancelled or unfinished run stopped early for reasons outside the engine: replay the
     // tokens it got to.
-    if stop_reason == "CANCELLED" || incomplete {
+    let cancelled = stop_reason == "CANCELLED";
+    if cancelled || incomplete {
         req.max_tokens = recorded_ids.len();
+    }
+    // The engine sees a cancel only before a prefill chunk or a token, so a run cancelled
+    // after its last token had already made the forward call that followed it: the replay
+    // makes it too (one token more allowed, cancelled as the last recorded one is emitted).
+    let n_recorded = recorded_ids.len();
+    if cancelled && !incomplete && n_recorded > 0 {
+        req.max_tokens = n_recorded + 1;
     }
     let cancel = AtomicBool::new(false);
     let mut tap = CollectTap::new(h.trace);
+    let mut on_token = |ev: &crate::engine::TokenEvent, _: String| !(cancelled && ev.index + 1 >= n_recorded);
     // The server's own run: the same text stops, matched the same way.
-    let done = run::run(engine, &req, &h.resolved.stop_strings, &mut tap, None, &cancel, &mut |_, _| true)
+    let done = run::run(engine, &req, &h.resolved.stop_strings, &mut tap, None, &cancel, &mut on_token)
         .map_err(|source| ReplayError::Engine { case: name.clone(), source })?;
     let outcome = &done.outcome;
     r.tokens_replayed = req.prompt_ids.len() + outcome.tokens.len();
     let mut replayed_frames = tap.into_frames();
-    if incomplete {
-        // Judge positions both runs reached: the recording's last complete trace frame, and
-        // the replay's last forward call (which stops at the last recorded token).
-        let end = |frames: &[trace::TraceFrame]| frames.iter().map(|f| f.pos0 + f.n_tok).max().unwrap_or(0);
-        let got_to = end(&recorded.traces).min(end(&replayed_frames));
+    // Judge positions both runs reached: the recording's last complete trace frame, and the
+    // replay's last forward call (which stops at the last recorded token). A cancel during
+    // prefill stopped the server after some chunks; the replay prefills them all.
+    let end = |frames: &[trace::TraceFrame]| frames.iter().map(|f| f.pos0 + f.n_tok).max().unwrap_or(0);
+    let got_to = end(&recorded.traces).min(end(&replayed_frames));
+    if incomplete || cancelled {
         recorded.traces.retain(|f| f.pos0 + f.n_tok <= got_to);
         replayed_frames.retain(|f| f.pos0 + f.n_tok <= got_to);
+        if cancelled && !incomplete {
+            r.notes.push(format!("cancelled: the positions both runs reached (0..{got_to}) were judged"));
+        }
+    }
+    if incomplete {
         let why = if cut.is_empty() { "no footer".to_string() } else { cut.join("; ") };
         r.incomplete = Some(super::report::Incomplete { position: got_to as usize, tokens: recorded_ids.len(), reason: why.clone() });
         r.notes.push(format!("recording is incomplete ({why}): got to position {got_to} with {} tokens; every complete frame was judged", recorded_ids.len()));
