@@ -30,10 +30,7 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> ChatMessage {
-        ChatMessage {
-            role: role.into(),
-            content: content.into(),
-        }
+        ChatMessage { role: role.into(), content: content.into() }
     }
 }
 
@@ -44,10 +41,7 @@ pub enum ChatError {
     MissingTemplate { key: &'static str },
 
     #[error("gguf metadata key {key} has type {found}, expected string")]
-    WrongType {
-        key: &'static str,
-        found: &'static str,
-    },
+    WrongType { key: &'static str, found: &'static str },
 
     /// The template does not parse.
     #[error("invalid chat template: {0:#}")]
@@ -65,13 +59,8 @@ pub enum ChatError {
 /// The chat template stored in `file` under `tokenizer.chat_template`.
 pub fn model_chat_template(file: &GgufFile) -> Result<String, ChatError> {
     match file.metadata(CHAT_TEMPLATE_KEY) {
-        None => Err(ChatError::MissingTemplate {
-            key: CHAT_TEMPLATE_KEY,
-        }),
-        Some(v) => v.as_str().map(str::to_owned).ok_or(ChatError::WrongType {
-            key: CHAT_TEMPLATE_KEY,
-            found: v.type_name(),
-        }),
+        None => Err(ChatError::MissingTemplate { key: CHAT_TEMPLATE_KEY }),
+        Some(v) => v.as_str().map(str::to_owned).ok_or(ChatError::WrongType { key: CHAT_TEMPLATE_KEY, found: v.type_name() }),
     }
 }
 
@@ -93,36 +82,23 @@ pub fn apply_chat_template(
     env.set_lstrip_blocks(true);
     env.set_keep_trailing_newline(false);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function(
-        "raise_exception",
-        |msg: String| -> Result<Value, minijinja::Error> {
-            Err(minijinja::Error::new(
-                ErrorKind::InvalidOperation,
-                format!("{RAISED}{msg}"),
-            ))
-        },
-    );
+    env.add_function("raise_exception", |msg: String| -> Result<Value, minijinja::Error> {
+        Err(minijinja::Error::new(ErrorKind::InvalidOperation, format!("{RAISED}{msg}")))
+    });
     env.add_filter("tojson", tojson);
-    env.add_template("chat", template)
-        .map_err(ChatError::Syntax)?;
+    env.add_template("chat", template).map_err(ChatError::Syntax)?;
     let tmpl = env.get_template("chat").map_err(ChatError::Syntax)?;
-    let messages: Vec<Value> = messages
-        .iter()
-        .map(|m| Value::from_object(MessageObject(m.clone())))
-        .collect();
+    let messages: Vec<Value> = messages.iter().map(|m| Value::from_object(MessageObject(m.clone()))).collect();
     let ctx = minijinja::context! {
         messages => messages,
         add_generation_prompt => add_generation_prompt,
         bos_token => bos_token,
         eos_token => eos_token,
     };
-    tmpl.render(ctx)
-        .map_err(|e| match e.detail().and_then(|d| d.strip_prefix(RAISED)) {
-            Some(message) => ChatError::Raised {
-                message: message.to_owned(),
-            },
-            None => ChatError::Render(e),
-        })
+    tmpl.render(ctx).map_err(|e| match e.detail().and_then(|d| d.strip_prefix(RAISED)) {
+        Some(message) => ChatError::Raised { message: message.to_owned() },
+        None => ChatError::Render(e),
+    })
 }
 
 /// HF's `tojson` filter: `json.dumps(x, ensure_ascii=False, indent=indent)`,
@@ -139,12 +115,7 @@ fn tojson(value: &Value, indent: Option<usize>, kwargs: Kwargs) -> Result<Value,
     Ok(Value::from_safe_string(out))
 }
 
-fn write_py_json(
-    v: &Value,
-    indent: Option<usize>,
-    depth: usize,
-    out: &mut String,
-) -> Result<(), minijinja::Error> {
+fn write_py_json(v: &Value, indent: Option<usize>, depth: usize, out: &mut String) -> Result<(), minijinja::Error> {
     let newline = |out: &mut String, depth: usize| {
         if let Some(n) = indent {
             out.push('\n');

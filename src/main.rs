@@ -178,13 +178,7 @@ fn prompt_ids(loaded: &Loaded, prompt: &str, chat_mode: bool, parse_special: boo
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
-    let params = SamplingParams {
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        min_p: a.min_p,
-        repetition_penalty: a.repeat_penalty,
-    };
+    let params = SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, min_p: a.min_p, repetition_penalty: a.repeat_penalty };
     if let Err(e) = params.validate() {
         let flag = match e.field {
             "repetition_penalty" => "repeat-penalty".to_string(),
@@ -211,15 +205,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
     if a.seed.is_none() && !a.json {
         eprintln!("worker-orcd: seed {seed}");
     }
-    let req = GenerateRequest {
-        prompt_ids: ids.clone(),
-        params,
-        seed,
-        max_tokens: a.max_tokens,
-        stop: Vec::new(),
-        top_logprobs: 0,
-        prefill_chunk: 0,
-    };
+    let req = GenerateRequest { prompt_ids: ids.clone(), params, seed, max_tokens: a.max_tokens, stop: Vec::new(), top_logprobs: 0, prefill_chunk: 0 };
     let mut engine = Engine::new(Box::new(backend), Arc::clone(&loaded.tokenizer));
     let stdout = std::io::stdout();
     let json = a.json;

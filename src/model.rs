@@ -197,12 +197,20 @@ impl ModelConfig {
         };
         if let Some(v) = k.opt_u32("attention.value_length")? {
             if v != head_dim {
-                return Err(unsupported("attention.value_length", v.to_string(), "differs from attention.key_length (llama.cpp asserts they are equal for this architecture)"));
+                return Err(unsupported(
+                    "attention.value_length",
+                    v.to_string(),
+                    "differs from attention.key_length (llama.cpp asserts they are equal for this architecture)",
+                ));
             }
         }
         if let Some(r) = k.opt_u32("rope.dimension_count")? {
             if r != head_dim {
-                return Err(unsupported("rope.dimension_count", r.to_string(), "partial RoPE (fewer rotated dimensions than the head size) is not implemented"));
+                return Err(unsupported(
+                    "rope.dimension_count",
+                    r.to_string(),
+                    "partial RoPE (fewer rotated dimensions than the head size) is not implemented",
+                ));
             }
         }
         // llama.cpp's defaults: scaling "linear" with factor 0 (= none) when the keys are absent.
@@ -217,7 +225,13 @@ impl ModelConfig {
                 Some(f) if f != 0.0 => 1.0 / f,
                 _ => 1.0,
             },
-            other => return Err(unsupported("rope.scaling.type", format!("{other:?}"), "only none and linear rope scaling are implemented (YaRN and LongRoPE are not)")),
+            other => {
+                return Err(unsupported(
+                    "rope.scaling.type",
+                    format!("{other:?}"),
+                    "only none and linear rope scaling are implemented (YaRN and LongRoPE are not)",
+                ))
+            }
         };
         let rope_attn_factor = k.opt_f32("rope.scaling.attn_factor")?.unwrap_or(1.0);
         let cfg = ModelConfig {

@@ -36,7 +36,8 @@ pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), String> {
         return Err(format!("{}: only C-order <f4 arrays are supported", path.display()));
     }
     let shape_txt = header.split("'shape': (").nth(1).and_then(|s| s.split(')').next()).ok_or("npy header has no shape")?;
-    let shape: Vec<usize> = shape_txt.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().map_err(|_| format!("bad npy dim {s:?}"))).collect::<Result<_, _>>()?;
+    let shape: Vec<usize> =
+        shape_txt.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().map_err(|_| format!("bad npy dim {s:?}"))).collect::<Result<_, _>>()?;
     let body = &bytes[10 + hlen..];
     let n: usize = shape.iter().product();
     if body.len() != n * 4 {

@@ -40,25 +40,13 @@ pub enum ReferenceError {
     #[error("{path}: decompressed data exceeds {limit} bytes")]
     TooLarge { path: PathBuf, limit: u64 },
     #[error("{path}: invalid safetensors: {field}: {msg}")]
-    Format {
-        path: PathBuf,
-        field: String,
-        msg: String,
-    },
+    Format { path: PathBuf, field: String, msg: String },
     #[error("{path}: invalid `case` metadata: {field}: {msg}")]
-    Metadata {
-        path: PathBuf,
-        field: String,
-        msg: String,
-    },
+    Metadata { path: PathBuf, field: String, msg: String },
     #[error("tensor `{0}` not found")]
     MissingTensor(String),
     #[error("tensor `{name}` has dtype {actual}, expected {expected}")]
-    WrongDtype {
-        name: String,
-        expected: &'static str,
-        actual: &'static str,
-    },
+    WrongDtype { name: String, expected: &'static str, actual: &'static str },
 }
 
 /// `plain` text prompt or `chat` (rendered with the model's chat template).
@@ -236,58 +224,37 @@ struct RawEntry {
 impl ReferenceRecording {
     /// Reads, decompresses, parses and validates one recording.
     pub fn open(path: &Path) -> Result<Self, ReferenceError> {
-        let compressed = std::fs::read(path).map_err(|source| ReferenceError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let compressed = std::fs::read(path).map_err(|source| ReferenceError::Io { path: path.to_path_buf(), source })?;
         let raw = decompress(path, &compressed)?;
         Self::from_safetensors(path, &raw)
     }
 
     /// Parses an (uncompressed) safetensors image; `path` is only used in errors.
     pub fn from_safetensors(path: &Path, bytes: &[u8]) -> Result<Self, ReferenceError> {
-        let fmt = |field: &str, msg: String| ReferenceError::Format {
-            path: path.to_path_buf(),
-            field: field.to_string(),
-            msg,
-        };
+        let fmt = |field: &str, msg: String| ReferenceError::Format { path: path.to_path_buf(), field: field.to_string(), msg };
         if bytes.len() < 8 {
-            return Err(fmt(
-                "header length",
-                format!("file has {} bytes, need at least 8", bytes.len()),
-            ));
+            return Err(fmt("header length", format!("file has {} bytes, need at least 8", bytes.len())));
         }
         let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
         let available = (bytes.len() - 8) as u64;
         if header_len > available || header_len > MAX_HEADER {
-            return Err(fmt(
-                "header length",
-                format!(
-                    "{header_len} bytes, but only {available} bytes follow (limit {MAX_HEADER})"
-                ),
-            ));
+            return Err(fmt("header length", format!("{header_len} bytes, but only {available} bytes follow (limit {MAX_HEADER})")));
         }
         let header_end = 8 + header_len as usize;
         let header: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&bytes[8..header_end])
-                .map_err(|e| fmt("header", format!("not a JSON object: {e}")))?;
+            serde_json::from_slice(&bytes[8..header_end]).map_err(|e| fmt("header", format!("not a JSON object: {e}")))?;
         let data = &bytes[header_end..];
 
         // __metadata__.case
-        let metadata = header
-            .get("__metadata__")
-            .ok_or_else(|| fmt("__metadata__", "missing".into()))?;
-        let metadata: BTreeMap<String, String> = serde_json::from_value(metadata.clone())
-            .map_err(|e| fmt("__metadata__", format!("not a string→string map: {e}")))?;
-        let case_json = metadata
-            .get("case")
-            .ok_or_else(|| fmt("__metadata__.case", "missing".into()))?;
-        let case: ReferenceCase =
-            serde_json::from_str(case_json).map_err(|e| ReferenceError::Metadata {
-                path: path.to_path_buf(),
-                field: format!("line {} column {}", e.line(), e.column()),
-                msg: e.to_string(),
-            })?;
+        let metadata = header.get("__metadata__").ok_or_else(|| fmt("__metadata__", "missing".into()))?;
+        let metadata: BTreeMap<String, String> =
+            serde_json::from_value(metadata.clone()).map_err(|e| fmt("__metadata__", format!("not a string→string map: {e}")))?;
+        let case_json = metadata.get("case").ok_or_else(|| fmt("__metadata__.case", "missing".into()))?;
+        let case: ReferenceCase = serde_json::from_str(case_json).map_err(|e| ReferenceError::Metadata {
+            path: path.to_path_buf(),
+            field: format!("line {} column {}", e.line(), e.column()),
+            msg: e.to_string(),
+        })?;
 
         // tensors
         let mut tensors = BTreeMap::new();
@@ -296,96 +263,43 @@ impl ReferenceRecording {
             if name == "__metadata__" {
                 continue;
             }
-            let entry: RawEntry = serde_json::from_value(value.clone()).map_err(|e| {
-                fmt(
-                    &format!("tensor `{name}`"),
-                    format!("bad header entry: {e}"),
-                )
-            })?;
+            let entry: RawEntry = serde_json::from_value(value.clone()).map_err(|e| fmt(&format!("tensor `{name}`"), format!("bad header entry: {e}")))?;
             let [begin, end] = entry.data_offsets;
             if begin > end || end > data.len() as u64 {
-                return Err(fmt(
-                    &format!("tensor `{name}`.data_offsets"),
-                    format!("[{begin}, {end}] outside the {} data bytes", data.len()),
-                ));
+                return Err(fmt(&format!("tensor `{name}`.data_offsets"), format!("[{begin}, {end}] outside the {} data bytes", data.len())));
             }
             let numel = entry
                 .shape
                 .iter()
                 .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-                .ok_or_else(|| {
-                    fmt(
-                        &format!("tensor `{name}`.shape"),
-                        "element count overflows".into(),
-                    )
-                })?;
-            let want_bytes = numel.checked_mul(4).ok_or_else(|| {
-                fmt(
-                    &format!("tensor `{name}`.shape"),
-                    "byte size overflows".into(),
-                )
-            })?;
+                .ok_or_else(|| fmt(&format!("tensor `{name}`.shape"), "element count overflows".into()))?;
+            let want_bytes = numel.checked_mul(4).ok_or_else(|| fmt(&format!("tensor `{name}`.shape"), "byte size overflows".into()))?;
             if (end - begin) as usize != want_bytes {
                 return Err(fmt(
                     &format!("tensor `{name}`.data_offsets"),
-                    format!(
-                        "span of {} bytes, but shape {:?} of {} needs {want_bytes}",
-                        end - begin,
-                        entry.shape,
-                        entry.dtype
-                    ),
+                    format!("span of {} bytes, but shape {:?} of {} needs {want_bytes}", end - begin, entry.shape, entry.dtype),
                 ));
             }
             let chunk = &data[begin as usize..end as usize];
             let data = match entry.dtype.as_str() {
-                "F32" => RefData::F32(
-                    chunk
-                        .chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                        .collect(),
-                ),
-                "I32" => RefData::I32(
-                    chunk
-                        .chunks_exact(4)
-                        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                        .collect(),
-                ),
-                other => {
-                    return Err(fmt(
-                        &format!("tensor `{name}`.dtype"),
-                        format!("unsupported dtype `{other}` (only F32 and I32)"),
-                    ))
-                }
+                "F32" => RefData::F32(chunk.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
+                "I32" => RefData::I32(chunk.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
+                other => return Err(fmt(&format!("tensor `{name}`.dtype"), format!("unsupported dtype `{other}` (only F32 and I32)"))),
             };
             spans.push((begin, end, name));
-            tensors.insert(
-                name.clone(),
-                RefTensor {
-                    shape: entry.shape,
-                    data,
-                },
-            );
+            tensors.insert(name.clone(), RefTensor { shape: entry.shape, data });
         }
         // The data section must be exactly covered, without holes or overlaps.
         spans.sort();
         let mut cursor = 0u64;
         for (begin, end, name) in &spans {
             if *begin != cursor {
-                return Err(fmt(
-                    &format!("tensor `{name}`.data_offsets"),
-                    format!("starts at {begin}, expected {cursor} (hole or overlap)"),
-                ));
+                return Err(fmt(&format!("tensor `{name}`.data_offsets"), format!("starts at {begin}, expected {cursor} (hole or overlap)")));
             }
             cursor = *end;
         }
         if cursor != data.len() as u64 {
-            return Err(fmt(
-                "data",
-                format!(
-                    "{} trailing bytes not covered by any tensor",
-                    data.len() as u64 - cursor
-                ),
-            ));
+            return Err(fmt("data", format!("{} trailing bytes not covered by any tensor", data.len() as u64 - cursor)));
         }
 
         let rec = ReferenceRecording { case, tensors };
@@ -395,20 +309,13 @@ impl ReferenceRecording {
 
     /// Cross-checks the `case` metadata against the stored tensors.
     fn validate(&self, path: &Path) -> Result<(), ReferenceError> {
-        let meta = |field: &str, msg: String| ReferenceError::Metadata {
-            path: path.to_path_buf(),
-            field: field.to_string(),
-            msg,
-        };
+        let meta = |field: &str, msg: String| ReferenceError::Metadata { path: path.to_path_buf(), field: field.to_string(), msg };
         let c = &self.case;
         let n = c.n_tokens();
         if n == 0 {
             return Err(meta("prompt_ids", "empty".into()));
         }
-        for (field, pos) in [
-            ("row_pos", &c.row_pos),
-            ("logits_row_pos", &c.logits_row_pos),
-        ] {
+        for (field, pos) in [("row_pos", &c.row_pos), ("logits_row_pos", &c.logits_row_pos)] {
             if pos.is_empty() {
                 return Err(meta(field, "empty".into()));
             }
@@ -416,21 +323,11 @@ impl ReferenceRecording {
                 return Err(meta(field, "not strictly increasing".into()));
             }
             if pos[pos.len() - 1] >= n {
-                return Err(meta(
-                    field,
-                    format!("position {} >= n_tokens {n}", pos[pos.len() - 1]),
-                ));
+                return Err(meta(field, format!("position {} >= n_tokens {n}", pos[pos.len() - 1])));
             }
         }
         if c.greedy_ids.len() != c.greedy_top2_gap.len() {
-            return Err(meta(
-                "greedy_top2_gap",
-                format!(
-                    "{} entries for {} greedy_ids",
-                    c.greedy_top2_gap.len(),
-                    c.greedy_ids.len()
-                ),
-            ));
+            return Err(meta("greedy_top2_gap", format!("{} entries for {} greedy_ids", c.greedy_top2_gap.len(), c.greedy_ids.len())));
         }
         if c.hash_columns.len() != c.hash_ops.len() {
             return Err(meta("hash_ops", format!("{} ops for {} hash_columns", c.hash_ops.len(), c.hash_columns.len())));
@@ -444,47 +341,26 @@ impl ReferenceRecording {
             }
         }
         if c.op_layers.is_empty() != c.op_positions.is_none() {
-            return Err(meta(
-                "op_positions",
-                "must be set exactly when op_layers is non-empty".into(),
-            ));
+            return Err(meta("op_positions", "must be set exactly when op_layers is non-empty".into()));
         }
         for (i, cap) in c.captured.iter().enumerate() {
             let field = format!("captured[{i}] (`{}`)", cap.stored_name);
-            let t = self
-                .tensors
-                .get(&cap.stored_name)
-                .ok_or_else(|| meta(&field, "no such tensor in the file".into()))?;
+            let t = self.tensors.get(&cap.stored_name).ok_or_else(|| meta(&field, "no such tensor in the file".into()))?;
             if t.shape != cap.shape {
-                return Err(meta(
-                    &field,
-                    format!("shape {:?} but tensor has {:?}", cap.shape, t.shape),
-                ));
+                return Err(meta(&field, format!("shape {:?} but tensor has {:?}", cap.shape, t.shape)));
             }
             if !matches!(t.data, RefData::F32(_)) {
-                return Err(meta(
-                    &field,
-                    format!("tensor dtype {}, expected F32", t.data.dtype()),
-                ));
+                return Err(meta(&field, format!("tensor dtype {}, expected F32", t.data.dtype())));
             }
             if cap.token_axis >= cap.shape.len() {
-                return Err(meta(
-                    &field,
-                    format!("token_axis {} out of range", cap.token_axis),
-                ));
+                return Err(meta(&field, format!("token_axis {} out of range", cap.token_axis)));
             }
             let want = match cap.rows {
                 RowSelection::All => n,
                 RowSelection::RowPos => c.row_pos.len(),
             };
             if cap.shape[cap.token_axis] != want {
-                return Err(meta(
-                    &field,
-                    format!(
-                        "token axis {} has length {}, expected {want} ({:?})",
-                        cap.token_axis, cap.shape[cap.token_axis], cap.rows
-                    ),
-                ));
+                return Err(meta(&field, format!("token axis {} has length {}, expected {want} ({:?})", cap.token_axis, cap.shape[cap.token_axis], cap.rows)));
             }
         }
         Ok(())
@@ -497,33 +373,19 @@ impl ReferenceRecording {
 
     /// Shape and data of an `F32` tensor.
     pub fn f32(&self, name: &str) -> Result<(&[usize], &[f32]), ReferenceError> {
-        let t = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| ReferenceError::MissingTensor(name.to_string()))?;
+        let t = self.tensors.get(name).ok_or_else(|| ReferenceError::MissingTensor(name.to_string()))?;
         match &t.data {
             RefData::F32(v) => Ok((&t.shape, v)),
-            other => Err(ReferenceError::WrongDtype {
-                name: name.to_string(),
-                expected: "F32",
-                actual: other.dtype(),
-            }),
+            other => Err(ReferenceError::WrongDtype { name: name.to_string(), expected: "F32", actual: other.dtype() }),
         }
     }
 
     /// Shape and data of an `I32` tensor.
     pub fn i32(&self, name: &str) -> Result<(&[usize], &[i32]), ReferenceError> {
-        let t = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| ReferenceError::MissingTensor(name.to_string()))?;
+        let t = self.tensors.get(name).ok_or_else(|| ReferenceError::MissingTensor(name.to_string()))?;
         match &t.data {
             RefData::I32(v) => Ok((&t.shape, v)),
-            other => Err(ReferenceError::WrongDtype {
-                name: name.to_string(),
-                expected: "I32",
-                actual: other.dtype(),
-            }),
+            other => Err(ReferenceError::WrongDtype { name: name.to_string(), expected: "I32", actual: other.dtype() }),
         }
     }
 
@@ -545,10 +407,7 @@ impl ReferenceRecording {
 
     /// Metadata of a captured ggml node, by stored name.
     pub fn captured(&self, stored_name: &str) -> Option<&CapturedTensor> {
-        self.case
-            .captured
-            .iter()
-            .find(|c| c.stored_name == stored_name)
+        self.case.captured.iter().find(|c| c.stored_name == stored_name)
     }
 
     /// Index along the first axis of the 2-D tensor `name` that holds prompt
@@ -600,21 +459,12 @@ impl ReferenceRecording {
 }
 
 fn decompress(path: &Path, compressed: &[u8]) -> Result<Vec<u8>, ReferenceError> {
-    let zerr = |source| ReferenceError::Zstd {
-        path: path.to_path_buf(),
-        source,
-    };
+    let zerr = |source| ReferenceError::Zstd { path: path.to_path_buf(), source };
     let decoder = zstd::stream::read::Decoder::new(compressed).map_err(zerr)?;
     let mut out = Vec::new();
-    decoder
-        .take(MAX_DECOMPRESSED + 1)
-        .read_to_end(&mut out)
-        .map_err(zerr)?;
+    decoder.take(MAX_DECOMPRESSED + 1).read_to_end(&mut out).map_err(zerr)?;
     if out.len() as u64 > MAX_DECOMPRESSED {
-        return Err(ReferenceError::TooLarge {
-            path: path.to_path_buf(),
-            limit: MAX_DECOMPRESSED,
-        });
+        return Err(ReferenceError::TooLarge { path: path.to_path_buf(), limit: MAX_DECOMPRESSED });
     }
     Ok(out)
 }

@@ -32,12 +32,7 @@ impl TextStops {
             return (String::new(), None);
         }
         self.text.push_str(piece);
-        let hit = self
-            .stops
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| self.text[self.emitted..].find(s.as_str()).map(|p| (self.emitted + p, i)))
-            .min();
+        let hit = self.stops.iter().enumerate().filter_map(|(i, s)| self.text[self.emitted..].find(s.as_str()).map(|p| (self.emitted + p, i))).min();
         if let Some((at, i)) = hit {
             let out = self.text[self.emitted..at].to_string();
             self.emitted = at;

@@ -49,40 +49,16 @@ pub struct VocabFamily {
     pub pair: Option<(FileSpec, FileSpec)>,
 }
 
-const fn family(
-    name: &'static str,
-    gguf: (&'static str, u64),
-    inp: (&'static str, u64),
-    out: (&'static str, u64),
-) -> VocabFamily {
+const fn family(name: &'static str, gguf: (&'static str, u64), inp: (&'static str, u64), out: (&'static str, u64)) -> VocabFamily {
     VocabFamily {
         name,
-        gguf: FileSpec {
-            sha256: gguf.0,
-            size: gguf.1,
-        },
-        pair: Some((
-            FileSpec {
-                sha256: inp.0,
-                size: inp.1,
-            },
-            FileSpec {
-                sha256: out.0,
-                size: out.1,
-            },
-        )),
+        gguf: FileSpec { sha256: gguf.0, size: gguf.1 },
+        pair: Some((FileSpec { sha256: inp.0, size: inp.1 }, FileSpec { sha256: out.0, size: out.1 })),
     }
 }
 
 const fn vocab_only(name: &'static str, gguf: (&'static str, u64)) -> VocabFamily {
-    VocabFamily {
-        name,
-        gguf: FileSpec {
-            sha256: gguf.0,
-            size: gguf.1,
-        },
-        pair: None,
-    }
+    VocabFamily { name, gguf: FileSpec { sha256: gguf.0, size: gguf.1 }, pair: None }
 }
 
 /// Every vocabulary of llama-cpp-python 0.3.36's `models/` directory, sorted by name (all but
@@ -202,24 +178,13 @@ pub enum VocabFetchError {
     #[error("pip could not download {SDIST_REQUIREMENT} (no network access to PyPI?); retry with network access or set {SDIST_ENV} to a copy of {SDIST_FILE}: {detail}")]
     DownloadFailed { detail: String },
     #[error("{path} has {found} bytes, expected {expected}")]
-    SizeMismatch {
-        path: PathBuf,
-        expected: u64,
-        found: u64,
-    },
+    SizeMismatch { path: PathBuf, expected: u64, found: u64 },
     #[error("{path} has sha256 {found}, expected {expected}")]
-    HashMismatch {
-        path: PathBuf,
-        expected: String,
-        found: String,
-    },
+    HashMismatch { path: PathBuf, expected: String, found: String },
     #[error("cannot extract the vocab files from {sdist}: {detail}")]
     Extract { sdist: PathBuf, detail: String },
     #[error("cannot write {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 }
 
 /// The directory the vocab files are cached in (`<cache dir>/llama-cpp-vocab-0.3.36`).
@@ -232,14 +197,7 @@ pub fn family_by_name(name: &str) -> Result<&'static VocabFamily, VocabFetchErro
     FAMILIES
         .iter()
         .find(|f| f.name == name)
-        .ok_or_else(|| VocabFetchError::UnknownFamily {
-            name: name.to_owned(),
-            known: FAMILIES
-                .iter()
-                .map(|f| f.name)
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+        .ok_or_else(|| VocabFetchError::UnknownFamily { name: name.to_owned(), known: FAMILIES.iter().map(|f| f.name).collect::<Vec<_>>().join(", ") })
 }
 
 /// Paths of family `name`'s files, fetching and verifying every family's files first if any of
@@ -249,12 +207,7 @@ pub fn ensure_vocab(name: &str) -> Result<VocabFiles, VocabFetchError> {
     ensure_families(&[fam])?;
     let dir = vocab_dir()?;
     let g = format!("ggml-vocab-{}.gguf", fam.name);
-    Ok(VocabFiles {
-        pair: fam
-            .pair
-            .map(|_| (dir.join(format!("{g}.inp")), dir.join(format!("{g}.out")))),
-        gguf: dir.join(g),
-    })
+    Ok(VocabFiles { pair: fam.pair.map(|_| (dir.join(format!("{g}.inp")), dir.join(format!("{g}.out")))), gguf: dir.join(g) })
 }
 
 /// Fetches and verifies every family's files; returns the cache directory.
@@ -275,11 +228,7 @@ fn ensure_families(fams: &[&'static VocabFamily]) -> Result<(), VocabFetchError>
     if todo.is_empty() {
         return Ok(());
     }
-    let all_good = todo.iter().all(|f| {
-        f.files()
-            .iter()
-            .all(|(name, spec)| verify(&dir.join(name), spec).is_ok())
-    });
+    let all_good = todo.iter().all(|f| f.files().iter().all(|(name, spec)| verify(&dir.join(name), spec).is_ok()));
     if !all_good {
         fetch_all(&dir)?;
         for f in &todo {
@@ -294,24 +243,13 @@ fn ensure_families(fams: &[&'static VocabFamily]) -> Result<(), VocabFetchError>
 
 /// Checks size, then sha256, of `path`.
 pub fn verify(path: &Path, spec: &FileSpec) -> Result<(), VocabFetchError> {
-    let meta = std::fs::metadata(path).map_err(|source| VocabFetchError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let meta = std::fs::metadata(path).map_err(|source| VocabFetchError::Io { path: path.to_path_buf(), source })?;
     if meta.len() != spec.size {
-        return Err(VocabFetchError::SizeMismatch {
-            path: path.to_path_buf(),
-            expected: spec.size,
-            found: meta.len(),
-        });
+        return Err(VocabFetchError::SizeMismatch { path: path.to_path_buf(), expected: spec.size, found: meta.len() });
     }
     let found = sha256_file(path)?;
     if found != spec.sha256 {
-        return Err(VocabFetchError::HashMismatch {
-            path: path.to_path_buf(),
-            expected: spec.sha256.to_owned(),
-            found,
-        });
+        return Err(VocabFetchError::HashMismatch { path: path.to_path_buf(), expected: spec.sha256.to_owned(), found });
     }
     Ok(())
 }
@@ -322,12 +260,7 @@ fn python() -> String {
 
 fn last_line(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
-    text.lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("no output")
-        .trim()
-        .to_owned()
+    text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output").trim().to_owned()
 }
 
 /// Downloads (or takes from `$WORKER_ORCD_VOCAB_SDIST`) the source package, verifies it, and
@@ -351,23 +284,11 @@ fn fetch_into(dir: &Path, tmp: &Path) -> Result<(), VocabFetchError> {
         Some(p) => PathBuf::from(p),
         None => download_sdist(tmp)?,
     };
-    verify(
-        &sdist,
-        &FileSpec {
-            sha256: SDIST_SHA256,
-            size: SDIST_SIZE,
-        },
-    )?;
+    verify(&sdist, &FileSpec { sha256: SDIST_SHA256, size: SDIST_SIZE })?;
 
     let out_dir = tmp.join("extracted");
-    std::fs::create_dir_all(&out_dir).map_err(|source| VocabFetchError::Io {
-        path: out_dir.clone(),
-        source,
-    })?;
-    let names: Vec<String> = FAMILIES
-        .iter()
-        .flat_map(|f| f.files().into_iter().map(|(n, _)| n))
-        .collect();
+    std::fs::create_dir_all(&out_dir).map_err(|source| VocabFetchError::Io { path: out_dir.clone(), source })?;
+    let names: Vec<String> = FAMILIES.iter().flat_map(|f| f.files().into_iter().map(|(n, _)| n)).collect();
     // Exact member names only: nothing the archive says about paths is trusted.
     let script = "import sys, tarfile, shutil, os\n\
                   sdist, dest, prefix = sys.argv[1:4]\n\
@@ -389,22 +310,16 @@ fn fetch_into(dir: &Path, tmp: &Path) -> Result<(), VocabFetchError> {
         .arg(SDIST_MODELS_DIR)
         .args(&names)
         .output()
-        .map_err(|e| VocabFetchError::PipMissing {
-            detail: format!("{}: {e}", python()),
-        })?;
+        .map_err(|e| VocabFetchError::PipMissing { detail: format!("{}: {e}", python()) })?;
     if !out.status.success() {
-        return Err(VocabFetchError::Extract {
-            sdist,
-            detail: last_line(&out.stderr),
-        });
+        return Err(VocabFetchError::Extract { sdist, detail: last_line(&out.stderr) });
     }
     for fam in FAMILIES {
         for (name, spec) in fam.files() {
             let src = out_dir.join(&name);
             verify(&src, &spec)?;
             let dst = dir.join(&name);
-            std::fs::rename(&src, &dst)
-                .map_err(|source| VocabFetchError::Io { path: dst, source })?;
+            std::fs::rename(&src, &dst).map_err(|source| VocabFetchError::Io { path: dst, source })?;
         }
     }
     Ok(())
@@ -414,38 +329,19 @@ fn download_sdist(tmp: &Path) -> Result<PathBuf, VocabFetchError> {
     let py = python();
     match Command::new(&py).args(["-m", "pip", "--version"]).output() {
         Ok(out) if out.status.success() => {}
-        Ok(out) => {
-            return Err(VocabFetchError::PipMissing {
-                detail: last_line(&out.stderr),
-            })
-        }
-        Err(e) => {
-            return Err(VocabFetchError::PipMissing {
-                detail: format!("{py}: {e}"),
-            })
-        }
+        Ok(out) => return Err(VocabFetchError::PipMissing { detail: last_line(&out.stderr) }),
+        Err(e) => return Err(VocabFetchError::PipMissing { detail: format!("{py}: {e}") }),
     }
     eprintln!("worker-orcd: fetching {SDIST_REQUIREMENT} (source package) from PyPI for the tokenizer test vocabularies");
     let out = Command::new(&py)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary",
-            "llama-cpp-python",
-        ])
+        .args(["-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python"])
         .args(["--disable-pip-version-check", "-q", "-d"])
         .arg(tmp)
         .arg(SDIST_REQUIREMENT)
         .output()
-        .map_err(|e| VocabFetchError::PipMissing {
-            detail: format!("{py}: {e}"),
-        })?;
+        .map_err(|e| VocabFetchError::PipMissing { detail: format!("{py}: {e}") })?;
     if !out.status.success() {
-        return Err(VocabFetchError::DownloadFailed {
-            detail: last_line(&out.stderr),
-        });
+        return Err(VocabFetchError::DownloadFailed { detail: last_line(&out.stderr) });
     }
     Ok(tmp.join(SDIST_FILE))
 }
@@ -484,20 +380,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x");
         std::fs::write(&path, b"abc").unwrap();
-        let spec = FileSpec {
-            sha256: SDIST_SHA256,
-            size: 3,
-        };
+        let spec = FileSpec { sha256: SDIST_SHA256, size: 3 };
         let e = verify(&path, &spec).unwrap_err();
         assert!(matches!(e, VocabFetchError::HashMismatch { .. }), "{e}");
         assert!(e.to_string().contains(SDIST_SHA256));
-        let spec = FileSpec {
-            sha256: SDIST_SHA256,
-            size: 4,
-        };
-        assert!(matches!(
-            verify(&path, &spec),
-            Err(VocabFetchError::SizeMismatch { .. })
-        ));
+        let spec = FileSpec { sha256: SDIST_SHA256, size: 4 };
+        assert!(matches!(verify(&path, &spec), Err(VocabFetchError::SizeMismatch { .. })));
     }
 }

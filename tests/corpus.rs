@@ -63,7 +63,8 @@ fn model_for(sha256: &str) -> Result<Loaded, Failed> {
     if let Some(l) = map.get(sha256) {
         return Ok(l.clone());
     }
-    let named = worker_orcd::fetch::named_by_sha256(sha256).ok_or_else(|| Failed::from(format!("recorded with model sha256 {sha256}, which is no named model's")))?;
+    let named =
+        worker_orcd::fetch::named_by_sha256(sha256).ok_or_else(|| Failed::from(format!("recorded with model sha256 {sha256}, which is no named model's")))?;
     let path = worker_orcd::fetch::fetch_named(&named.name).map_err(|e| Failed::from(format!("{}: {e}", named.name)))?;
     let l = load(&path);
     map.insert(sha256.to_string(), l.clone());

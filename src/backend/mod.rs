@@ -88,8 +88,8 @@ impl TapPoint {
         use TapPoint::*;
         match *self {
             Embd | ResultNorm | Logits => None,
-            AttnNorm(l) | Q(l) | K(l) | V(l) | QRope(l) | KRope(l) | Kq(l) | KqSoftmax(l) | KqvOut(l) | AttnOut(l)
-            | FfnInp(l) | FfnNorm(l) | FfnGate(l) | FfnUp(l) | FfnSwiglu(l) | FfnOut(l) | LOut(l) => Some(l),
+            AttnNorm(l) | Q(l) | K(l) | V(l) | QRope(l) | KRope(l) | Kq(l) | KqSoftmax(l) | KqvOut(l) | AttnOut(l) | FfnInp(l) | FfnNorm(l) | FfnGate(l)
+            | FfnUp(l) | FfnSwiglu(l) | FfnOut(l) | LOut(l) => Some(l),
         }
     }
 }

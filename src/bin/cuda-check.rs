@@ -98,8 +98,6 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
-
-
 /// The CUDA backend against the CPU backend on the corpus prompts: every tap and logit of the
 /// prefill, and a greedy continuation, bit for bit. (Against llama.cpp, every corpus case is
 /// replayed on CUDA by the shared replay code: `WORKER_ORCD_REPLAY_BACKEND=cuda corpus`.)
@@ -149,7 +147,11 @@ fn parity(m: &Arc<Model>, a: &Args) -> Result<()> {
             lg = gpu.forward(&[ours], n + i, LogitRows::Last, &mut NoTap)?;
             lc = cpu.forward(&[cpu_tok], n + i, LogitRows::Last, &mut NoTap)?;
         }
-        println!("{:<22} n={n:<4} prefill taps and logits cuda==cpu bitwise: {:<5} greedy steps with identical logits {same}/{steps}", case.name, differing.is_empty());
+        println!(
+            "{:<22} n={n:<4} prefill taps and logits cuda==cpu bitwise: {:<5} greedy steps with identical logits {same}/{steps}",
+            case.name,
+            differing.is_empty()
+        );
     }
     println!("cases with every tap and logit bit-identical to the CPU backend: {identical_cases}/{}", cases.len());
     println!("greedy steps with bit-identical logits and tokens: {greedy_equal}/{greedy_total}");

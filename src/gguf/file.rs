@@ -65,10 +65,7 @@ impl fmt::Debug for GgufFile {
 impl GgufFile {
     /// Memory-maps and validates the file at `path`.
     pub fn open(path: &Path) -> Result<GgufFile, GgufError> {
-        let io = |source| GgufError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
+        let io = |source| GgufError::Io { path: path.to_path_buf(), source };
         let file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         if len == 0 {
@@ -134,11 +131,7 @@ impl GgufFile {
 
     /// The raw value of `key`, if present.
     pub fn metadata(&self, key: &str) -> Option<&MetadataValue> {
-        let hit = self
-            .key_index
-            .get(key)
-            .and_then(|&i| self.metadata.get(i))
-            .filter(|(k, _)| k == key);
+        let hit = self.key_index.get(key).and_then(|&i| self.metadata.get(i)).filter(|(k, _)| k == key);
         match hit {
             Some((_, v)) => Some(v),
             None => self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v),
@@ -146,9 +139,7 @@ impl GgufFile {
     }
 
     fn require(&self, key: &str) -> Result<&MetadataValue, GgufError> {
-        self.metadata(key).ok_or_else(|| GgufError::MissingKey {
-            key: key.to_string(),
-        })
+        self.metadata(key).ok_or_else(|| GgufError::MissingKey { key: key.to_string() })
     }
 
     fn wrong_type(key: &str, expected: &'static str, v: &MetadataValue) -> GgufError {
@@ -156,19 +147,11 @@ impl GgufFile {
             MetadataValue::Array(items) => array_type_name(items),
             other => other.type_name(),
         };
-        GgufError::WrongType {
-            key: key.to_string(),
-            expected,
-            found,
-        }
+        GgufError::WrongType { key: key.to_string(), expected, found }
     }
 
     fn out_of_range(key: &str, v: &MetadataValue, target: &'static str) -> GgufError {
-        GgufError::OutOfRange {
-            key: key.to_string(),
-            value: v.describe(),
-            target,
-        }
+        GgufError::OutOfRange { key: key.to_string(), value: v.describe(), target }
     }
 
     pub fn get_str(&self, key: &str) -> Result<&str, GgufError> {
@@ -182,9 +165,7 @@ impl GgufFile {
         if !v.is_integer() {
             return Err(Self::wrong_type(key, "u32", v));
         }
-        v.as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| Self::out_of_range(key, v, "u32"))
+        v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| Self::out_of_range(key, v, "u32"))
     }
 
     /// Any integer type holding a non-negative value.
@@ -219,39 +200,26 @@ impl GgufFile {
     /// The elements of an array value, whatever their type.
     pub fn get_array(&self, key: &str) -> Result<&[MetadataValue], GgufError> {
         let v = self.require(key)?;
-        v.as_array()
-            .ok_or_else(|| Self::wrong_type(key, "array", v))
+        v.as_array().ok_or_else(|| Self::wrong_type(key, "array", v))
     }
 
     pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>, GgufError> {
         let v = self.require(key)?;
-        let items = v
-            .as_array()
-            .ok_or_else(|| Self::wrong_type(key, "array<string>", v))?;
-        items
-            .iter()
-            .map(|e| {
-                e.as_str()
-                    .ok_or_else(|| Self::wrong_type(key, "array<string>", v))
-            })
-            .collect()
+        let items = v.as_array().ok_or_else(|| Self::wrong_type(key, "array<string>", v))?;
+        items.iter().map(|e| e.as_str().ok_or_else(|| Self::wrong_type(key, "array<string>", v))).collect()
     }
 
     /// Array of any integer type whose values all fit in an i32.
     pub fn get_i32_array(&self, key: &str) -> Result<Vec<i32>, GgufError> {
         let v = self.require(key)?;
-        let items = v
-            .as_array()
-            .ok_or_else(|| Self::wrong_type(key, "array<i32>", v))?;
+        let items = v.as_array().ok_or_else(|| Self::wrong_type(key, "array<i32>", v))?;
         items
             .iter()
             .map(|e| {
                 if !e.is_integer() {
                     return Err(Self::wrong_type(key, "array<i32>", v));
                 }
-                e.as_i64()
-                    .and_then(|n| i32::try_from(n).ok())
-                    .ok_or_else(|| Self::out_of_range(key, e, "i32"))
+                e.as_i64().and_then(|n| i32::try_from(n).ok()).ok_or_else(|| Self::out_of_range(key, e, "i32"))
             })
             .collect()
     }
@@ -259,30 +227,15 @@ impl GgufFile {
     /// Array of F32 (or F64, rounded to nearest f32).
     pub fn get_f32_array(&self, key: &str) -> Result<Vec<f32>, GgufError> {
         let v = self.require(key)?;
-        let items = v
-            .as_array()
-            .ok_or_else(|| Self::wrong_type(key, "array<f32>", v))?;
-        items
-            .iter()
-            .map(|e| {
-                e.as_f32()
-                    .ok_or_else(|| Self::wrong_type(key, "array<f32>", v))
-            })
-            .collect()
+        let items = v.as_array().ok_or_else(|| Self::wrong_type(key, "array<f32>", v))?;
+        items.iter().map(|e| e.as_f32().ok_or_else(|| Self::wrong_type(key, "array<f32>", v))).collect()
     }
 
     // -- tensors -----------------------------------------------------------
 
     pub fn tensor_info(&self, name: &str) -> Result<&TensorInfo, GgufError> {
-        let hit = self
-            .tensor_index
-            .get(name)
-            .and_then(|&i| self.tensors.get(i))
-            .filter(|t| t.name == name);
-        hit.or_else(|| self.tensors.iter().find(|t| t.name == name))
-            .ok_or_else(|| GgufError::TensorNotFound {
-                name: name.to_string(),
-            })
+        let hit = self.tensor_index.get(name).and_then(|&i| self.tensors.get(i)).filter(|t| t.name == name);
+        hit.or_else(|| self.tensors.iter().find(|t| t.name == name)).ok_or_else(|| GgufError::TensorNotFound { name: name.to_string() })
     }
 
     /// The raw bytes of a tensor (exactly `info.n_bytes()` long).
@@ -295,9 +248,7 @@ impl GgufFile {
     pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
         let start = self.data_offset.checked_add(info.offset);
         let end = start.and_then(|s| s.checked_add(info.n_bytes()));
-        let range = start
-            .zip(end)
-            .and_then(|(s, e)| Some(usize::try_from(s).ok()?..usize::try_from(e).ok()?));
+        let range = start.zip(end).and_then(|(s, e)| Some(usize::try_from(s).ok()?..usize::try_from(e).ok()?));
         match range.and_then(|r| self.bytes.bytes().get(r)) {
             Some(data) => data,
             None => panic!(
@@ -324,12 +275,11 @@ impl GgufFile {
         }
         // The element count is bounded by the validated byte size, so this
         // allocation is proportional to the file, not to a hostile field.
-        let n =
-            usize::try_from(info.n_elements()).map_err(|_| GgufError::ElementCountOverflow {
-                offset: 0,
-                tensor: info.name.clone(),
-                shape: info.shape.clone(),
-            })?;
+        let n = usize::try_from(info.n_elements()).map_err(|_| GgufError::ElementCountOverflow {
+            offset: 0,
+            tensor: info.name.clone(),
+            shape: info.shape.clone(),
+        })?;
         quant::dequantize_to_vec(info.ggml_type, self.tensor_data(info), n)
     }
 }

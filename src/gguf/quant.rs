@@ -44,9 +44,7 @@ pub const BLOCK_IQ4_NL_BYTES: usize = 18;
 pub const QK4_NL: usize = 32;
 
 /// The 16 non-linear levels of IQ4_NL (`kvalues_iq4nl` in ggml-common.h).
-pub const KVALUES_IQ4NL: [i8; 16] = [
-    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
-];
+pub const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
 
 // ---------------------------------------------------------------------------
 // Scalar conversions
@@ -103,11 +101,7 @@ pub fn f32_to_f16(x: f32) -> u16 {
     let exp_bits = (bits >> 13) & 0x0000_7c00;
     let mantissa_bits = bits & 0x0000_0fff;
     let nonsign = exp_bits + mantissa_bits;
-    let half = if shl1_w > 0xff00_0000 {
-        0x7e00
-    } else {
-        nonsign
-    };
+    let half = if shl1_w > 0xff00_0000 { 0x7e00 } else { nonsign };
     ((sign >> 16) | half) as u16
 }
 
@@ -146,15 +140,7 @@ fn le_f16(b: &[u8], at: usize) -> f32 {
 /// products) and the integer / f64 types have no `to_float`, so there is nothing
 /// to be bit-identical to; they are reported as unsupported rather than guessed.
 pub fn can_dequantize(ty: GgmlType) -> bool {
-    !matches!(
-        ty,
-        GgmlType::Q8_1
-            | GgmlType::I8
-            | GgmlType::I16
-            | GgmlType::I32
-            | GgmlType::I64
-            | GgmlType::F64
-    )
+    !matches!(ty, GgmlType::Q8_1 | GgmlType::I8 | GgmlType::I16 | GgmlType::I32 | GgmlType::I64 | GgmlType::F64)
 }
 
 /// Dequantizes `out.len()` elements of type `ty` stored in `data` into `out`:
@@ -169,11 +155,7 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(), Gguf
         return Err(GgufError::UnsupportedDequant { ty });
     }
     let n = out.len();
-    let expected = ty.row_bytes(n).ok_or(GgufError::DequantNotBlockMultiple {
-        ty,
-        n_elements: n as u64,
-        block_size: ty.block_size(),
-    })?;
+    let expected = ty.row_bytes(n).ok_or(GgufError::DequantNotBlockMultiple { ty, n_elements: n as u64, block_size: ty.block_size() })?;
     if data.len() != expected {
         return Err(GgufError::DequantSizeMismatch {
             ty,
@@ -211,22 +193,13 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(), Gguf
         GgmlType::Q6_K => blocks(data, out, dequantize_block_q6_k),
         GgmlType::Q8_K => blocks(data, out, dequantize_block_q8_k),
         GgmlType::IQ4_NL => blocks(data, out, dequantize_block_iq4_nl),
-        GgmlType::Q8_1
-        | GgmlType::I8
-        | GgmlType::I16
-        | GgmlType::I32
-        | GgmlType::I64
-        | GgmlType::F64 => unreachable!("filtered by can_dequantize"),
+        GgmlType::Q8_1 | GgmlType::I8 | GgmlType::I16 | GgmlType::I32 | GgmlType::I64 | GgmlType::F64 => unreachable!("filtered by can_dequantize"),
     }
     Ok(())
 }
 
 /// Dequantizes into a fresh vector of `n_elements` values.
-pub fn dequantize_to_vec(
-    ty: GgmlType,
-    data: &[u8],
-    n_elements: usize,
-) -> Result<Vec<f32>, GgufError> {
+pub fn dequantize_to_vec(ty: GgmlType, data: &[u8], n_elements: usize) -> Result<Vec<f32>, GgufError> {
     // Validate before allocating, so a bogus n_elements cannot trigger a huge
     // allocation: the byte length must match exactly.
     match ty.row_bytes(n_elements) {
@@ -240,13 +213,7 @@ pub fn dequantize_to_vec(
                 data_len: data.len() as u64,
             })
         }
-        None => {
-            return Err(GgufError::DequantNotBlockMultiple {
-                ty,
-                n_elements: n_elements as u64,
-                block_size: ty.block_size(),
-            })
-        }
+        None => return Err(GgufError::DequantNotBlockMultiple { ty, n_elements: n_elements as u64, block_size: ty.block_size() }),
     }
     if !can_dequantize(ty) {
         return Err(GgufError::UnsupportedDequant { ty });
@@ -259,11 +226,7 @@ pub fn dequantize_to_vec(
 /// Applies a per-block decoder over matching block / output chunks. Sizes were
 /// checked by the caller, so the chunkings line up exactly.
 #[inline]
-fn blocks<const B: usize, const Q: usize>(
-    data: &[u8],
-    out: &mut [f32],
-    f: fn(&[u8; B], &mut [f32; Q]),
-) {
+fn blocks<const B: usize, const Q: usize>(data: &[u8], out: &mut [f32], f: fn(&[u8; B], &mut [f32; Q])) {
     let (inb, _) = data.as_chunks::<B>();
     let (outb, _) = out.as_chunks_mut::<Q>();
     debug_assert_eq!(inb.len(), outb.len());
@@ -431,10 +394,7 @@ fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        (
-            (q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
+        ((q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
 }
 

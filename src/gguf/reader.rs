@@ -73,11 +73,7 @@ type Field<'f> = &'f dyn Fn() -> String;
 
 impl<'a> Cursor<'a> {
     fn new(buf: &'a [u8]) -> Self {
-        Cursor {
-            buf,
-            pos: 0,
-            values: 0,
-        }
+        Cursor { buf, pos: 0, values: 0 }
     }
 
     fn offset(&self) -> u64 {
@@ -94,12 +90,7 @@ impl<'a> Cursor<'a> {
 
     fn take(&mut self, n: u64, field: Field<'_>) -> Result<&'a [u8], GgufError> {
         if n > self.remaining() {
-            return Err(GgufError::Truncated {
-                offset: self.offset(),
-                field: field(),
-                needed: n,
-                file_len: self.file_len(),
-            });
+            return Err(GgufError::Truncated { offset: self.offset(), field: field(), needed: n, file_len: self.file_len() });
         }
         // n <= remaining <= usize::MAX, so the cast is lossless.
         let out = &self.buf[self.pos..self.pos + n as usize];
@@ -133,38 +124,17 @@ impl<'a> Cursor<'a> {
         let start = self.offset();
         let bytes = self.take(len, field)?;
         if len > MAX_STRING_LEN {
-            return Err(GgufError::LimitExceeded {
-                offset: start,
-                field: field(),
-                what: "string length",
-                len,
-                max: MAX_STRING_LEN,
-            });
+            return Err(GgufError::LimitExceeded { offset: start, field: field(), what: "string length", len, max: MAX_STRING_LEN });
         }
-        std::str::from_utf8(bytes).map_err(|e| GgufError::InvalidUtf8 {
-            offset: start + e.valid_up_to() as u64,
-            field: field(),
-        })
+        std::str::from_utf8(bytes).map_err(|e| GgufError::InvalidUtf8 { offset: start + e.valid_up_to() as u64, field: field() })
     }
 
     /// Rejects `count` items of at least `min_each` bytes that cannot possibly
     /// fit in the rest of the file, before the caller allocates for them.
-    fn check_count(
-        &self,
-        count: u64,
-        min_each: u64,
-        count_offset: u64,
-        field: Field<'_>,
-    ) -> Result<(), GgufError> {
+    fn check_count(&self, count: u64, min_each: u64, count_offset: u64, field: Field<'_>) -> Result<(), GgufError> {
         let needed = u128::from(count) * u128::from(min_each);
         if needed > u128::from(self.remaining()) {
-            return Err(GgufError::CountTooLarge {
-                offset: count_offset,
-                field: field(),
-                count,
-                min_bytes_each: min_each,
-                remaining: self.remaining(),
-            });
+            return Err(GgufError::CountTooLarge { offset: count_offset, field: field(), count, min_bytes_each: min_each, remaining: self.remaining() });
         }
         Ok(())
     }
@@ -229,20 +199,13 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed, GgufError> {
     // Each count is checked right before the section it sizes is parsed (and
     // allocated): the metadata follows the header immediately, the tensor infos
     // follow the metadata.
-    cur.check_count(kv_count, MIN_KV_BYTES, kv_count_off, &|| {
-        "kv_count".to_string()
-    })?;
+    cur.check_count(kv_count, MIN_KV_BYTES, kv_count_off, &|| "kv_count".to_string())?;
     cur.admit_values(kv_count, kv_count_off, &|| "kv_count".to_string())?;
 
     let (metadata, key_index, value_offsets, kv_spans) = parse_metadata(&mut cur, kv_count)?;
     let alignment = alignment_from(&metadata, &key_index, &value_offsets)?;
 
-    cur.check_count(
-        tensor_count,
-        MIN_TENSOR_INFO_BYTES,
-        tensor_count_off,
-        &|| "tensor_count".to_string(),
-    )?;
+    cur.check_count(tensor_count, MIN_TENSOR_INFO_BYTES, tensor_count_off, &|| "tensor_count".to_string())?;
     let (tensors, tensor_index, offset_fields) = parse_tensor_infos(&mut cur, tensor_count)?;
 
     // Like ggml, the data section is padded to the alignment only when there are
@@ -252,32 +215,13 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed, GgufError> {
     } else {
         let d = align_up(cur.offset(), alignment).unwrap_or(u64::MAX);
         if d > cur.file_len() {
-            return Err(GgufError::DataSectionOutOfBounds {
-                data_offset: d,
-                alignment,
-                file_len: cur.file_len(),
-            });
+            return Err(GgufError::DataSectionOutOfBounds { data_offset: d, alignment, file_len: cur.file_len() });
         }
         d
     };
-    check_tensor_layout(
-        &tensors,
-        &offset_fields,
-        data_offset,
-        alignment,
-        cur.file_len(),
-    )?;
+    check_tensor_layout(&tensors, &offset_fields, data_offset, alignment, cur.file_len())?;
 
-    Ok(Parsed {
-        version,
-        metadata,
-        kv_spans,
-        tensors,
-        alignment,
-        data_offset,
-        key_index,
-        tensor_index,
-    })
+    Ok(Parsed { version, metadata, kv_spans, tensors, alignment, data_offset, key_index, tensor_index })
 }
 
 fn check_version(version: u32) -> Result<(), GgufError> {
@@ -286,9 +230,7 @@ fn check_version(version: u32) -> Result<(), GgufError> {
         0 => "version 0 is invalid",
         1 => "gguf v1 is no longer supported (it used 32-bit counts); convert the file to v3",
         // A v3 file written big-endian reads as 0x03000000 here.
-        v if v & 0xffff == 0 => {
-            "this looks like a big-endian file, only little-endian gguf is supported"
-        }
+        v if v & 0xffff == 0 => "this looks like a big-endian file, only little-endian gguf is supported",
         _ => "only versions 2 and 3 are supported",
     };
     Err(GgufError::UnsupportedVersion { version, reason })
@@ -313,17 +255,10 @@ fn parse_metadata(cur: &mut Cursor<'_>, kv_count: u64) -> Result<ParsedMetadata,
         let key_off = cur.offset();
         let key = cur.string(&|| format!("kv[{i}].key"))?;
         if key.is_empty() {
-            return Err(GgufError::EmptyKey {
-                offset: key_off,
-                field: format!("kv[{i}].key"),
-            });
+            return Err(GgufError::EmptyKey { offset: key_off, field: format!("kv[{i}].key") });
         }
         if index.contains_key(key) {
-            return Err(GgufError::DuplicateKey {
-                offset: key_off,
-                field: format!("kv[{i}].key"),
-                key: key.to_string(),
-            });
+            return Err(GgufError::DuplicateKey { offset: key_off, field: format!("kv[{i}].key"), key: key.to_string() });
         }
         let what = || format!("kv[{i}] {}", quoted(key));
         let type_off = cur.offset();
@@ -355,13 +290,7 @@ fn value_field(what: &dyn Fn() -> String, path: &[u64], suffix: &str) -> String 
 
 /// Reads one value of type `ty`. `depth` is the number of arrays enclosing it;
 /// `path` holds their element indices, for error messages.
-fn read_value(
-    cur: &mut Cursor<'_>,
-    ty: ValueType,
-    depth: usize,
-    path: &mut Vec<u64>,
-    what: &dyn Fn() -> String,
-) -> Result<MetadataValue, GgufError> {
+fn read_value(cur: &mut Cursor<'_>, ty: ValueType, depth: usize, path: &mut Vec<u64>, what: &dyn Fn() -> String) -> Result<MetadataValue, GgufError> {
     let field = || value_field(what, path, "");
     Ok(match ty {
         ValueType::U8 => MetadataValue::U8(cur.u8(&field)?),
@@ -379,13 +308,7 @@ fn read_value(
             match cur.u8(&field)? {
                 0 => MetadataValue::Bool(false),
                 1 => MetadataValue::Bool(true),
-                value => {
-                    return Err(GgufError::InvalidBool {
-                        offset: off,
-                        field: field(),
-                        value,
-                    })
-                }
+                value => return Err(GgufError::InvalidBool { offset: off, field: field(), value }),
             }
         }
         ValueType::String => MetadataValue::String(cur.string(&field)?.to_string()),
@@ -399,17 +322,11 @@ fn read_value(
                 id: elem_id,
             })?;
             if elem == ValueType::Array && depth >= MAX_ARRAY_DEPTH {
-                return Err(GgufError::NestingTooDeep {
-                    offset: type_off,
-                    field: value_field(what, path, " array element type"),
-                    max_depth: MAX_ARRAY_DEPTH,
-                });
+                return Err(GgufError::NestingTooDeep { offset: type_off, field: value_field(what, path, " array element type"), max_depth: MAX_ARRAY_DEPTH });
             }
             let count_off = cur.offset();
             let count = cur.u64(&|| value_field(what, path, " array length"))?;
-            cur.check_count(count, elem.min_encoded_size(), count_off, &|| {
-                value_field(what, path, " array length")
-            })?;
+            cur.check_count(count, elem.min_encoded_size(), count_off, &|| value_field(what, path, " array length"))?;
             if count > MAX_ARRAY_LEN {
                 return Err(GgufError::LimitExceeded {
                     offset: count_off,
@@ -419,9 +336,7 @@ fn read_value(
                     max: MAX_ARRAY_LEN,
                 });
             }
-            cur.admit_values(count, count_off, &|| {
-                value_field(what, path, " array length")
-            })?;
+            cur.admit_values(count, count_off, &|| value_field(what, path, " array length"))?;
             // Bounded by check_count: count * min size <= remaining bytes.
             let mut items = Vec::with_capacity(count as usize);
             path.push(0);
@@ -435,11 +350,7 @@ fn read_value(
     })
 }
 
-fn alignment_from(
-    metadata: &[(String, MetadataValue)],
-    index: &HashMap<String, usize>,
-    value_offsets: &[u64],
-) -> Result<u64, GgufError> {
+fn alignment_from(metadata: &[(String, MetadataValue)], index: &HashMap<String, usize>, value_offsets: &[u64]) -> Result<u64, GgufError> {
     let Some(&i) = index.get(ALIGNMENT_KEY) else {
         return Ok(DEFAULT_ALIGNMENT);
     };
@@ -447,16 +358,8 @@ fn alignment_from(
     let field = || format!("kv[{i}] {:?} value", ALIGNMENT_KEY);
     match metadata[i].1 {
         MetadataValue::U32(a) if a != 0 && a.is_power_of_two() => Ok(u64::from(a)),
-        MetadataValue::U32(a) => Err(GgufError::BadAlignment {
-            offset,
-            field: field(),
-            alignment: u64::from(a),
-        }),
-        ref other => Err(GgufError::AlignmentWrongType {
-            offset,
-            field: field(),
-            found: other.type_name(),
-        }),
+        MetadataValue::U32(a) => Err(GgufError::BadAlignment { offset, field: field(), alignment: u64::from(a) }),
+        ref other => Err(GgufError::AlignmentWrongType { offset, field: field(), found: other.type_name() }),
     }
 }
 
@@ -479,22 +382,14 @@ fn parse_tensor_infos(cur: &mut Cursor<'_>, tensor_count: u64) -> Result<ParsedT
             });
         }
         if index.contains_key(name) {
-            return Err(GgufError::DuplicateTensor {
-                offset: name_off,
-                field: format!("tensor[{i}].name"),
-                name: name.to_string(),
-            });
+            return Err(GgufError::DuplicateTensor { offset: name_off, field: format!("tensor[{i}].name"), name: name.to_string() });
         }
         let what = || format!("tensor[{i}] {}", quoted(name));
 
         let dims_off = cur.offset();
         let n_dims = cur.u32(&|| format!("{} n_dims", what()))?;
         if n_dims == 0 || n_dims > MAX_DIMS {
-            return Err(GgufError::InvalidDims {
-                offset: dims_off,
-                tensor: name.to_string(),
-                n_dims,
-            });
+            return Err(GgufError::InvalidDims { offset: dims_off, tensor: name.to_string(), n_dims });
         }
         let mut shape = Vec::with_capacity(n_dims as usize);
         for j in 0..n_dims as usize {
@@ -502,12 +397,7 @@ fn parse_tensor_infos(cur: &mut Cursor<'_>, tensor_count: u64) -> Result<ParsedT
             let d = cur.u64(&|| format!("{} dims[{j}]", what()))?;
             // ggml reads dims as int64 and rejects negatives.
             if d > i64::MAX as u64 {
-                return Err(GgufError::DimTooLarge {
-                    offset: off,
-                    tensor: name.to_string(),
-                    dim: j,
-                    value: d,
-                });
+                return Err(GgufError::DimTooLarge { offset: off, tensor: name.to_string(), dim: j, value: d });
             }
             shape.push(d);
         }
@@ -515,19 +405,11 @@ fn parse_tensor_infos(cur: &mut Cursor<'_>, tensor_count: u64) -> Result<ParsedT
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
             .filter(|&n| n <= i64::MAX as u64)
-            .ok_or_else(|| GgufError::ElementCountOverflow {
-                offset: dims_off,
-                tensor: name.to_string(),
-                shape: shape.clone(),
-            })?;
+            .ok_or_else(|| GgufError::ElementCountOverflow { offset: dims_off, tensor: name.to_string(), shape: shape.clone() })?;
 
         let type_off = cur.offset();
         let type_id = cur.u32(&|| format!("{} type", what()))?;
-        let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| GgufError::InvalidTensorType {
-            offset: type_off,
-            tensor: name.to_string(),
-            id: type_id,
-        })?;
+        let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| GgufError::InvalidTensorType { offset: type_off, tensor: name.to_string(), id: type_id })?;
         if !shape[0].is_multiple_of(ggml_type.block_size() as u64) {
             return Err(GgufError::RowNotBlockMultiple {
                 offset: type_off,
@@ -539,23 +421,16 @@ fn parse_tensor_infos(cur: &mut Cursor<'_>, tensor_count: u64) -> Result<ParsedT
         }
         // Byte size must be representable too (type_size/block_size <= 8, so this
         // only trips for absurd shapes).
-        (n_elements / ggml_type.block_size() as u64)
-            .checked_mul(ggml_type.type_size() as u64)
-            .ok_or_else(|| GgufError::ElementCountOverflow {
-                offset: dims_off,
-                tensor: name.to_string(),
-                shape: shape.clone(),
-            })?;
+        (n_elements / ggml_type.block_size() as u64).checked_mul(ggml_type.type_size() as u64).ok_or_else(|| GgufError::ElementCountOverflow {
+            offset: dims_off,
+            tensor: name.to_string(),
+            shape: shape.clone(),
+        })?;
 
         offset_fields.push(cur.offset());
         let offset = cur.u64(&|| format!("{} offset", what()))?;
         index.insert(name.to_string(), tensors.len());
-        tensors.push(TensorInfo {
-            name: name.to_string(),
-            shape,
-            ggml_type,
-            offset,
-        });
+        tensors.push(TensorInfo { name: name.to_string(), shape, ggml_type, offset });
     }
     Ok((tensors, index, offset_fields))
 }
@@ -563,48 +438,21 @@ fn parse_tensor_infos(cur: &mut Cursor<'_>, tensor_count: u64) -> Result<ParsedT
 /// Every tensor must be aligned, lie (with its padding) inside the file, and not
 /// overlap another tensor. ggml is stricter still (tensors must be packed in
 /// order); we accept any non-overlapping aligned layout.
-fn check_tensor_layout(
-    tensors: &[TensorInfo],
-    offset_fields: &[u64],
-    data_offset: u64,
-    alignment: u64,
-    file_len: u64,
-) -> Result<(), GgufError> {
+fn check_tensor_layout(tensors: &[TensorInfo], offset_fields: &[u64], data_offset: u64, alignment: u64, file_len: u64) -> Result<(), GgufError> {
     for (t, &field_offset) in tensors.iter().zip(offset_fields) {
         if !t.offset.is_multiple_of(alignment) {
-            return Err(GgufError::MisalignedTensor {
-                field_offset,
-                tensor: t.name.clone(),
-                offset: t.offset,
-                alignment,
-            });
+            return Err(GgufError::MisalignedTensor { field_offset, tensor: t.name.clone(), offset: t.offset, alignment });
         }
         // n_bytes cannot saturate here: parse_tensor_infos checked it.
-        let padded_end = t
-            .offset
-            .checked_add(t.n_bytes())
-            .and_then(|e| align_up(e, alignment))
-            .and_then(|e| e.checked_add(data_offset));
+        let padded_end = t.offset.checked_add(t.n_bytes()).and_then(|e| align_up(e, alignment)).and_then(|e| e.checked_add(data_offset));
         let start = data_offset.saturating_add(t.offset);
         match padded_end {
             Some(end) if end <= file_len => {}
-            other => {
-                return Err(GgufError::TensorOutOfBounds {
-                    field_offset,
-                    tensor: t.name.clone(),
-                    start,
-                    end: other.unwrap_or(u64::MAX),
-                    file_len,
-                })
-            }
+            other => return Err(GgufError::TensorOutOfBounds { field_offset, tensor: t.name.clone(), start, end: other.unwrap_or(u64::MAX), file_len }),
         }
     }
 
-    let mut order: Vec<(&TensorInfo, u64)> = tensors
-        .iter()
-        .zip(offset_fields.iter().copied())
-        .filter(|(t, _)| t.n_bytes() > 0)
-        .collect();
+    let mut order: Vec<(&TensorInfo, u64)> = tensors.iter().zip(offset_fields.iter().copied()).filter(|(t, _)| t.n_bytes() > 0).collect();
     order.sort_by_key(|(t, _)| t.offset);
     for pair in order.windows(2) {
         let ((a, _), (b, field_offset)) = (pair[0], pair[1]);

@@ -157,12 +157,7 @@ impl GgmlType {
         match self {
             GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 => 32,
             GgmlType::Q8_0 | GgmlType::Q8_1 | GgmlType::IQ4_NL => 32,
-            GgmlType::Q2_K
-            | GgmlType::Q3_K
-            | GgmlType::Q4_K
-            | GgmlType::Q5_K
-            | GgmlType::Q6_K
-            | GgmlType::Q8_K => QK_K,
+            GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K | GgmlType::Q8_K => QK_K,
             _ => 1,
         }
     }
@@ -471,9 +466,7 @@ pub struct TensorInfo {
 impl TensorInfo {
     /// Product of all dimensions (1 for an empty shape).
     pub fn n_elements(&self) -> u64 {
-        self.shape
-            .iter()
-            .fold(1u64, |acc, &d| acc.saturating_mul(d))
+        self.shape.iter().fold(1u64, |acc, &d| acc.saturating_mul(d))
     }
 
     /// Bytes of tensor data: whole blocks of `ggml_type`.
@@ -484,10 +477,7 @@ impl TensorInfo {
 
     /// Number of rows: product of every dimension after the first.
     pub fn n_rows(&self) -> u64 {
-        self.shape
-            .iter()
-            .skip(1)
-            .fold(1u64, |acc, &d| acc.saturating_mul(d))
+        self.shape.iter().skip(1).fold(1u64, |acc, &d| acc.saturating_mul(d))
     }
 
     /// Elements per row (`ne0`).

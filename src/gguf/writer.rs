@@ -46,11 +46,7 @@ impl GgufWriter {
     /// (64-bit counts); other numbers are allowed so tests can produce files a
     /// reader must reject.
     pub fn with_version(v: u32) -> Self {
-        GgufWriter {
-            version: v,
-            metadata: Vec::new(),
-            tensors: Vec::new(),
-        }
+        GgufWriter { version: v, metadata: Vec::new(), tensors: Vec::new() }
     }
 
     /// Adds a metadata entry, or replaces the value of an existing key in place
@@ -86,43 +82,18 @@ impl GgufWriter {
     /// has no or more than 4 dimensions, the row length is not a multiple of the
     /// block size, or `data` is not exactly the size the shape and type imply.
     pub fn add_tensor(&mut self, name: &str, shape: &[u64], ty: GgmlType, data: Vec<u8>) {
-        assert!(
-            name.len() < MAX_TENSOR_NAME,
-            "gguf writer: tensor name {name:?} is {} bytes, ggml allows at most {}",
-            name.len(),
-            MAX_TENSOR_NAME - 1
-        );
-        assert!(
-            !self.tensors.iter().any(|t| t.name == name),
-            "gguf writer: duplicate tensor name {name:?}"
-        );
-        assert!(
-            !shape.is_empty() && shape.len() <= MAX_DIMS as usize,
-            "gguf writer: tensor {name:?} has {} dimensions, must be 1..=4",
-            shape.len()
-        );
+        assert!(name.len() < MAX_TENSOR_NAME, "gguf writer: tensor name {name:?} is {} bytes, ggml allows at most {}", name.len(), MAX_TENSOR_NAME - 1);
+        assert!(!self.tensors.iter().any(|t| t.name == name), "gguf writer: duplicate tensor name {name:?}");
+        assert!(!shape.is_empty() && shape.len() <= MAX_DIMS as usize, "gguf writer: tensor {name:?} has {} dimensions, must be 1..=4", shape.len());
         assert!(
             shape[0].is_multiple_of(ty.block_size() as u64),
             "gguf writer: tensor {name:?} row length {} is not a multiple of the {ty} block size {}",
             shape[0],
             ty.block_size()
         );
-        let expected = shape
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-            .and_then(|n| (n / ty.block_size() as u64).checked_mul(ty.type_size() as u64));
-        assert_eq!(
-            expected,
-            Some(data.len() as u64),
-            "gguf writer: tensor {name:?} {shape:?} of type {ty} needs {expected:?} bytes, got {}",
-            data.len()
-        );
-        self.tensors.push(PendingTensor {
-            name: name.to_string(),
-            shape: shape.to_vec(),
-            ty,
-            data,
-        });
+        let expected = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).and_then(|n| (n / ty.block_size() as u64).checked_mul(ty.type_size() as u64));
+        assert_eq!(expected, Some(data.len() as u64), "gguf writer: tensor {name:?} {shape:?} of type {ty} needs {expected:?} bytes, got {}", data.len());
+        self.tensors.push(PendingTensor { name: name.to_string(), shape: shape.to_vec(), ty, data });
     }
 
     /// The alignment the layout will use.
@@ -136,8 +107,7 @@ impl GgufWriter {
     /// Serialises the whole file into memory.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        self.write_to(&mut out)
-            .expect("writing to a Vec cannot fail");
+        self.write_to(&mut out).expect("writing to a Vec cannot fail");
         out
     }
 
@@ -151,10 +121,7 @@ impl GgufWriter {
     /// Streams the file to any writer.
     pub fn write_to<W: Write>(&self, w: &mut W) -> io::Result<()> {
         let alignment = self.alignment();
-        let mut w = Counting {
-            inner: w,
-            written: 0,
-        };
+        let mut w = Counting { inner: w, written: 0 };
 
         w.put(&GGUF_MAGIC)?;
         w.put(&self.version.to_le_bytes())?;
@@ -248,9 +215,7 @@ fn put_payload<W: Write>(w: &mut Counting<'_, W>, v: &MetadataValue) -> io::Resu
         MetadataValue::Array(items) => {
             // An empty array has no element to take a type from; u8 is as good
             // as any (readers ignore the type of an empty array).
-            let elem = items
-                .first()
-                .map_or(ValueType::U8, MetadataValue::value_type);
+            let elem = items.first().map_or(ValueType::U8, MetadataValue::value_type);
             w.put(&elem.id().to_le_bytes())?;
             w.put(&(items.len() as u64).to_le_bytes())?;
             items.iter().try_for_each(|item| put_payload(w, item))

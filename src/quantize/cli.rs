@@ -25,8 +25,7 @@ pub struct QuantizeArgs {
 
 pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     let ftype: FileType = a.file_type.parse().context("TYPE")?;
-    let report = quantize_file(&a.input, &a.output, ftype, a.threads)
-        .with_context(|| format!("quantizing {} to {ftype}", a.input.display()))?;
+    let report = quantize_file(&a.input, &a.output, ftype, a.threads).with_context(|| format!("quantizing {} to {ftype}", a.input.display()))?;
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for t in &report.tensors {
         *counts.entry(t.to.name()).or_default() += 1;

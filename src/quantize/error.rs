@@ -47,11 +47,7 @@ pub enum QuantizeError {
     LayerOfTensor { tensor: String, n_layer: u32 },
 
     #[error("tensor {tensor:?} would become {ty}, which needs an importance matrix in a {ftype} file (llama.cpp refuses too)")]
-    RequiresImatrix {
-        tensor: String,
-        ty: GgmlType,
-        ftype: FileType,
-    },
+    RequiresImatrix { tensor: String, ty: GgmlType, ftype: FileType },
 
     #[error("tensor {tensor:?} of type {ty} cannot be dequantized, so it cannot be requantized")]
     CannotDequantize { tensor: String, ty: GgmlType },
@@ -60,35 +56,19 @@ pub enum QuantizeError {
     UnsupportedTarget { tensor: String, ty: GgmlType },
 
     #[error("tensor {tensor:?}: rows of {n_per_row} elements are not whole blocks of {ty}")]
-    RowWidth {
-        tensor: String,
-        ty: GgmlType,
-        n_per_row: u64,
-    },
+    RowWidth { tensor: String, ty: GgmlType, n_per_row: u64 },
 
     #[error("tensor {tensor:?}: {len} bytes of data are not whole rows of {row_bytes} bytes")]
-    TensorSize {
-        tensor: String,
-        len: u64,
-        row_bytes: u64,
-    },
+    TensorSize { tensor: String, len: u64, row_bytes: u64 },
 
     #[error("tensor {tensor:?} has the non-finite value {value} at element {index} (llama.cpp refuses such weights too)")]
-    NonFinite {
-        tensor: String,
-        index: u64,
-        value: f32,
-    },
+    NonFinite { tensor: String, index: u64, value: f32 },
 
     #[error("cannot quantize to {ty}: not a type this quantizer produces")]
     UnsupportedType { ty: GgmlType },
 
     #[error("cannot quantize {n_elements} elements to {ty} into {dst_len} bytes: wrong size or not whole blocks")]
-    RowSize {
-        ty: GgmlType,
-        n_elements: u64,
-        dst_len: u64,
-    },
+    RowSize { ty: GgmlType, n_elements: u64, dst_len: u64 },
 
     #[error("dequantizing: {0}")]
     Dequantize(#[from] GgufError),

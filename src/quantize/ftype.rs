@@ -150,12 +150,7 @@ impl FromStr for FileType {
 
     /// Case-insensitive, so `q4_k_m` works like llama-quantize's `Q4_K_M`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        FileType::ALL
-            .into_iter()
-            .find(|t| t.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| UnknownFileType {
-                given: s.to_string(),
-            })
+        FileType::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(s)).ok_or_else(|| UnknownFileType { given: s.to_string() })
     }
 }
 
@@ -170,10 +165,7 @@ mod tests {
             assert_eq!(t.name().to_lowercase().parse::<FileType>().unwrap(), t);
         }
         let ids: Vec<u32> = FileType::ALL.iter().map(|t| t.id()).collect();
-        assert!(
-            ids.windows(2).all(|w| w[0] < w[1]),
-            "ALL is in strict id order: {ids:?}"
-        );
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ALL is in strict id order: {ids:?}");
         let err = "Q4_K_X".parse::<FileType>().unwrap_err().to_string();
         assert!(err.contains("Q4_K_X") && err.contains("Q4_K_M"), "{err}");
     }

@@ -142,8 +142,7 @@ fn quantize_block(x: &[f32; QK4_NL], y: &mut [u8; BLOCK_IQ4_NL_BYTES]) {
         // compared in ggml's order.
         const N: usize = 2 * NTRY as usize + 1;
         const LANES: usize = 16;
-        let ids: [f32; LANES] =
-            std::array::from_fn(|t| (t.min(N - 1) as i32 - NTRY + values[0] as i32) as f32 / max);
+        let ids: [f32; LANES] = std::array::from_fn(|t| (t.min(N - 1) as i32 - NTRY + values[0] as i32) as f32 / max);
         let mut sqx = [0f32; LANES];
         let mut sq2 = [0f32; LANES];
         for j in 0..QK4_NL {
@@ -194,15 +193,7 @@ mod tests {
 
     #[test]
     fn nearest_level_is_the_level_best_index_picks() {
-        let mut xs: Vec<f32> = vec![
-            f32::NAN,
-            f32::INFINITY,
-            -f32::INFINITY,
-            0.0,
-            -0.0,
-            f32::MAX,
-            -f32::MAX,
-        ];
+        let mut xs: Vec<f32> = vec![f32::NAN, f32::INFINITY, -f32::INFINITY, 0.0, -0.0, f32::MAX, -f32::MAX];
         for v in KVALUES_IQ4NL {
             let v = v as f32;
             xs.extend([v, v.next_up(), v.next_down(), v + 0.5, v - 0.5]);
@@ -228,11 +219,7 @@ mod tests {
         quantize_block_iq4_nl(&x, &mut y);
         let mut back = [0f32; 32];
         dequantize(GgmlType::IQ4_NL, &y, &mut back).unwrap();
-        let err: f32 = back
-            .iter()
-            .zip(&x)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
+        let err: f32 = back.iter().zip(&x).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(err < 2e-3, "max error {err}");
         let zeros = [0f32; 32];
         quantize_block_iq4_nl(&zeros, &mut y);

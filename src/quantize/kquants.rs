@@ -8,10 +8,7 @@
 //! fused (ggml-base is built for the baseline x86-64 ISA). Block layouts are those
 //! `gguf::quant` dequantizes. This file does not choose types or walk tensors.
 
-use crate::gguf::quant::{
-    f16_to_f32, f32_to_f16, BLOCK_Q2_K_BYTES, BLOCK_Q3_K_BYTES, BLOCK_Q4_K_BYTES, BLOCK_Q5_K_BYTES,
-    BLOCK_Q6_K_BYTES, QK_K,
-};
+use crate::gguf::quant::{f16_to_f32, f32_to_f16, BLOCK_Q2_K_BYTES, BLOCK_Q3_K_BYTES, BLOCK_Q4_K_BYTES, BLOCK_Q5_K_BYTES, BLOCK_Q6_K_BYTES, QK_K};
 
 use super::round::nearest_int;
 
@@ -158,13 +155,7 @@ struct Qkx2 {
 /// `make_qkx2_quants`: an affine fit `x ~ scale * q - min` (min <= 0 folded
 /// into the grid), trying `nstep + 1` grid stretches and keeping the one with the
 /// smallest weighted error. Fills `l` with q in `0..=nmax`; returns `(scale, the_min)`.
-fn make_qkx2_quants(
-    p: &Qkx2,
-    x: &[f32],
-    weights: &[f32],
-    l_out: &mut [u8],
-    laux: &mut [u8],
-) -> (f32, f32) {
+fn make_qkx2_quants(p: &Qkx2, x: &[f32], weights: &[f32], l_out: &mut [u8], laux: &mut [u8]) -> (f32, f32) {
     let n = x.len();
     let mut min = x[0];
     let mut max = x[0];
@@ -247,10 +238,7 @@ fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        (
-            (q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
+        ((q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
 }
 
@@ -259,8 +247,7 @@ fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
     for j in (0..QK_K).step_by(128) {
         for k in 0..32 {
-            qs[j / 4 + k] =
-                l[j + k] | (l[j + k + 32] << 2) | (l[j + k + 64] << 4) | (l[j + k + 96] << 6);
+            qs[j / 4 + k] = l[j + k] | (l[j + k + 32] << 2) | (l[j + k + 64] << 4) | (l[j + k + 96] << 6);
         }
     }
 }
@@ -270,13 +257,7 @@ fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
 /// `f16 d` at 80, `f16 dmin` at 82.
 pub fn quantize_block_q2_k(x: &[f32; QK_K], y: &mut [u8; BLOCK_Q2_K_BYTES]) {
     const Q4SCALE: f32 = 15.0;
-    let search = Qkx2 {
-        nmax: 3,
-        rmin: -0.5,
-        rdelta: 0.1,
-        nstep: 15,
-        use_mad: true,
-    };
+    let search = Qkx2 { nmax: 3, rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: true };
     let mut l = [0u8; QK_K];
     let mut laux = [0u8; 16];
     let mut weights = [0f32; 16];
@@ -288,13 +269,7 @@ pub fn quantize_block_q2_k(x: &[f32; QK_K], y: &mut [u8; BLOCK_Q2_K_BYTES]) {
         for (w, v) in weights.iter_mut().zip(xs) {
             *w = v.abs();
         }
-        (scales[j], mins[j]) = make_qkx2_quants(
-            &search,
-            xs,
-            &weights,
-            &mut l[16 * j..16 * j + 16],
-            &mut laux,
-        );
+        (scales[j], mins[j]) = make_qkx2_quants(&search, xs, &weights, &mut l[16 * j..16 * j + 16], &mut laux);
         if scales[j] > max_scale {
             max_scale = scales[j];
         }
@@ -427,8 +402,7 @@ fn k4_k5_scales(x: &[f32; QK_K], search: &Qkx2, head: &mut [u8], l: &mut [u8; QK
         for (w, v) in weights.iter_mut().zip(xs) {
             *w = av_x + v.abs();
         }
-        (scales[j], mins[j]) =
-            make_qkx2_quants(search, xs, &weights, &mut l[32 * j..32 * j + 32], &mut laux);
+        (scales[j], mins[j]) = make_qkx2_quants(search, xs, &weights, &mut l[32 * j..32 * j + 32], &mut laux);
         if scales[j] > max_scale {
             max_scale = scales[j];
         }
@@ -436,11 +410,7 @@ fn k4_k5_scales(x: &[f32; QK_K], search: &Qkx2, head: &mut [u8], l: &mut [u8; QK
             max_min = mins[j];
         }
     }
-    let inv_scale = if max_scale > 0.0 {
-        63.0 / max_scale
-    } else {
-        0.0
-    };
+    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let sc = &mut head[4..16];
     for j in 0..QK_K / 32 {
@@ -482,13 +452,7 @@ fn k4_k5_requant(x: &[f32; QK_K], head: &[u8], nmax: i32, l: &mut [u8; QK_K]) {
 /// Layout: `f16 d`, `f16 dmin`, `u8 scales[12]` (8 6-bit scale/min pairs),
 /// `u8 qs[128]` (element `l` and `l+32` of each 64-chunk in one byte).
 pub fn quantize_block_q4_k(x: &[f32; QK_K], y: &mut [u8; BLOCK_Q4_K_BYTES]) {
-    let search = Qkx2 {
-        nmax: 15,
-        rmin: -1.0,
-        rdelta: 0.1,
-        nstep: 20,
-        use_mad: false,
-    };
+    let search = Qkx2 { nmax: 15, rmin: -1.0, rdelta: 0.1, nstep: 20, use_mad: false };
     let mut l = [0u8; QK_K];
     k4_k5_scales(x, &search, &mut y[..16], &mut l);
     k4_k5_requant(x, &y[..16], 15, &mut l);
@@ -504,13 +468,7 @@ pub fn quantize_block_q4_k(x: &[f32; QK_K], y: &mut [u8; BLOCK_Q4_K_BYTES]) {
 /// Layout: `f16 d`, `f16 dmin`, `u8 scales[12]`, `u8 qh[32]` (fifth bits),
 /// `u8 qs[128]` (low nibbles, as Q4_K).
 pub fn quantize_block_q5_k(x: &[f32; QK_K], y: &mut [u8; BLOCK_Q5_K_BYTES]) {
-    let search = Qkx2 {
-        nmax: 31,
-        rmin: -0.5,
-        rdelta: 0.1,
-        nstep: 15,
-        use_mad: false,
-    };
+    let search = Qkx2 { nmax: 31, rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: false };
     let mut l = [0u8; QK_K];
     k4_k5_scales(x, &search, &mut y[..16], &mut l);
     k4_k5_requant(x, &y[..16], 31, &mut l);
@@ -544,8 +502,7 @@ pub fn quantize_block_q6_k(x: &[f32; QK_K], y: &mut [u8; BLOCK_Q6_K_BYTES]) {
     let mut scales = [0f32; QK_K / 16];
     let (mut max_scale, mut max_abs_scale) = (0.0f32, 0.0f32);
     for ib in 0..QK_K / 16 {
-        let scale =
-            make_qx_quants_rmse1(32, &x[16 * ib..16 * ib + 16], &mut l[16 * ib..16 * ib + 16]);
+        let scale = make_qx_quants_rmse1(32, &x[16 * ib..16 * ib + 16], &mut l[16 * ib..16 * ib + 16]);
         scales[ib] = scale;
         let abs_scale = scale.abs();
         if abs_scale > max_abs_scale {
@@ -585,10 +542,7 @@ pub fn quantize_block_q6_k(x: &[f32; QK_K], y: &mut [u8; BLOCK_Q6_K_BYTES]) {
             let q4 = lu[j + k + 96] & 0xf;
             ql[k] = q1 | (q3 << 4);
             ql[k + 32] = q2 | (q4 << 4);
-            qh[k] = (lu[j + k] >> 4)
-                | ((lu[j + k + 32] >> 4) << 2)
-                | ((lu[j + k + 64] >> 4) << 4)
-                | ((lu[j + k + 96] >> 4) << 6);
+            qh[k] = (lu[j + k] >> 4) | ((lu[j + k + 32] >> 4) << 2) | ((lu[j + k + 64] >> 4) << 4) | ((lu[j + k + 96] >> 4) << 6);
         }
     }
 }
@@ -632,10 +586,7 @@ mod tests {
             rms_error(GgmlType::Q6_K, &b6, &x),
         ];
         assert!(e[0] < 0.25 && e[4] < 0.02, "{e:?}");
-        assert!(
-            e.windows(2).all(|w| w[1] < w[0]),
-            "errors must shrink with bits: {e:?}"
-        );
+        assert!(e.windows(2).all(|w| w[1] < w[0]), "errors must shrink with bits: {e:?}");
     }
 
     #[test]
@@ -657,15 +608,11 @@ mod tests {
     #[test]
     fn scale_min_packing_round_trips() {
         // k4_k5_scales packs 6-bit pairs; get_scale_min_k4 must read them back.
-        let x: [f32; QK_K] =
-            std::array::from_fn(|i| (i / 32) as f32 * 0.1 + (i % 32) as f32 * 0.01 - 0.2);
+        let x: [f32; QK_K] = std::array::from_fn(|i| (i / 32) as f32 * 0.1 + (i % 32) as f32 * 0.01 - 0.2);
         let mut b = [0u8; BLOCK_Q4_K_BYTES];
         quantize_block_q4_k(&x, &mut b);
         let scales: Vec<(u8, u8)> = (0..8).map(|j| get_scale_min_k4(j, &b[4..16])).collect();
         assert!(scales.iter().all(|&(s, m)| s <= 63 && m <= 63));
-        assert!(
-            scales.iter().any(|&(s, _)| s == 63),
-            "the largest scale maps to 63: {scales:?}"
-        );
+        assert!(scales.iter().any(|&(s, _)| s == 63), "the largest scale maps to 63: {scales:?}");
     }
 }

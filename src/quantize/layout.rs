@@ -22,28 +22,17 @@ pub const GGML_QNT_VERSION: u32 = 2;
 const KEY_QNT_VERSION: &str = "general.quantization_version";
 const KEY_FILE_TYPE: &str = "general.file_type";
 /// Keys llama.cpp drops (`LLM_KV_SPLIT_*`) or re-appends.
-const DROPPED: [&str; 5] = [
-    KEY_QNT_VERSION,
-    KEY_FILE_TYPE,
-    "split.no",
-    "split.count",
-    "split.tensors.count",
-];
+const DROPPED: [&str; 5] = [KEY_QNT_VERSION, KEY_FILE_TYPE, "split.no", "split.count", "split.tensors.count"];
 
 /// `ggml_n_dims`: the number of dimensions up to the last one larger than 1.
 pub fn n_dims(shape: &[u64]) -> usize {
-    (1..shape.len())
-        .rev()
-        .find(|&i| shape[i] > 1)
-        .map_or(1, |i| i + 1)
+    (1..shape.len()).rev().find(|&i| shape[i] > 1).map_or(1, |i| i + 1)
 }
 
 /// `sscanf(name, "blk.%d.", &layer)`: the number after `blk.` (spaces skipped, a
 /// sign allowed, nothing required after it), `None` when there is none.
 pub fn scan_blk(name: &str) -> Option<i64> {
-    let rest = name
-        .strip_prefix("blk.")?
-        .trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
+    let rest = name.strip_prefix("blk.")?.trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
     let (negative, digits) = match rest.as_bytes().first() {
         Some(b'-') => (true, &rest[1..]),
         Some(b'+') => (false, &rest[1..]),
@@ -85,23 +74,13 @@ fn pad(n: u64) -> u64 {
 
 /// Assigns offsets like `gguf_add_tensor` / `gguf_set_tensor_type`: each tensor
 /// starts where the previous one's padded data ends. `None` if a size overflows.
-pub fn assign_offsets(
-    tensors: &[TensorInfo],
-    order: &[usize],
-    types: &[GgmlType],
-) -> Option<Vec<OutTensor>> {
+pub fn assign_offsets(tensors: &[TensorInfo], order: &[usize], types: &[GgmlType]) -> Option<Vec<OutTensor>> {
     let mut offset = 0u64;
     let mut out = Vec::with_capacity(order.len());
     for (&index, &ty) in order.iter().zip(types) {
         let t = &tensors[index];
-        let n_bytes =
-            (t.n_elements() / ty.block_size() as u64).checked_mul(ty.type_size() as u64)?;
-        out.push(OutTensor {
-            index,
-            ty,
-            offset,
-            n_bytes,
-        });
+        let n_bytes = (t.n_elements() / ty.block_size() as u64).checked_mul(ty.type_size() as u64)?;
+        out.push(OutTensor { index, ty, offset, n_bytes });
         let end = offset.checked_add(n_bytes)?;
         offset = end.checked_add(OUTPUT_ALIGNMENT - 1)? / OUTPUT_ALIGNMENT * OUTPUT_ALIGNMENT;
     }
@@ -122,9 +101,7 @@ fn put_u32_kv(out: &mut Vec<u8>, key: &str, v: u32) {
 /// Header, metadata and tensor infos, zero-padded to the alignment: what
 /// `gguf_get_meta_data` returns for llama.cpp's output context.
 pub fn encode_meta(file: &GgufFile, ftype: FileType, tensors: &[OutTensor]) -> Vec<u8> {
-    let kept: Vec<usize> = (0..file.metadata.len())
-        .filter(|&i| !DROPPED.contains(&file.metadata[i].0.as_str()))
-        .collect();
+    let kept: Vec<usize> = (0..file.metadata.len()).filter(|&i| !DROPPED.contains(&file.metadata[i].0.as_str())).collect();
     let mut out = Vec::new();
     out.extend_from_slice(b"GGUF");
     out.extend_from_slice(&GGUF_VERSION.to_le_bytes());
@@ -132,10 +109,7 @@ pub fn encode_meta(file: &GgufFile, ftype: FileType, tensors: &[OutTensor]) -> V
     out.extend_from_slice(&(kept.len() as u64 + 2).to_le_bytes());
     for i in kept {
         // The file was parsed from these bytes, so every entry has them.
-        out.extend_from_slice(
-            file.metadata_entry_bytes(i)
-                .expect("entry parsed from the file"),
-        );
+        out.extend_from_slice(file.metadata_entry_bytes(i).expect("entry parsed from the file"));
     }
     put_u32_kv(&mut out, KEY_QNT_VERSION, GGML_QNT_VERSION);
     put_u32_kv(&mut out, KEY_FILE_TYPE, ftype.id());
@@ -159,40 +133,15 @@ mod tests {
     use super::*;
 
     fn info(name: &str) -> TensorInfo {
-        TensorInfo {
-            name: name.into(),
-            shape: vec![32, 2],
-            ggml_type: GgmlType::F32,
-            offset: 0,
-        }
+        TensorInfo { name: name.into(), shape: vec![32, 2], ggml_type: GgmlType::F32, offset: 0 }
     }
 
     #[test]
     fn order_is_globals_then_layers_numerically_then_names() {
-        let names = [
-            "blk.10.a.weight",
-            "output_norm.weight",
-            "blk.2.b.weight",
-            "blk.2.a.weight",
-            "blk.x.weight",
-            "token_embd.weight",
-        ];
+        let names = ["blk.10.a.weight", "output_norm.weight", "blk.2.b.weight", "blk.2.a.weight", "blk.x.weight", "token_embd.weight"];
         let tensors: Vec<TensorInfo> = names.iter().map(|n| info(n)).collect();
-        let order: Vec<&str> = processing_order(&tensors)
-            .iter()
-            .map(|&i| names[i])
-            .collect();
-        assert_eq!(
-            order,
-            [
-                "blk.x.weight",
-                "output_norm.weight",
-                "token_embd.weight",
-                "blk.2.a.weight",
-                "blk.2.b.weight",
-                "blk.10.a.weight"
-            ]
-        );
+        let order: Vec<&str> = processing_order(&tensors).iter().map(|&i| names[i]).collect();
+        assert_eq!(order, ["blk.x.weight", "output_norm.weight", "token_embd.weight", "blk.2.a.weight", "blk.2.b.weight", "blk.10.a.weight"]);
     }
 
     #[test]
@@ -207,31 +156,11 @@ mod tests {
     #[test]
     fn offsets_are_padded_to_32() {
         let tensors = vec![
-            TensorInfo {
-                name: "a".into(),
-                shape: vec![32, 1],
-                ggml_type: GgmlType::Q4_0,
-                offset: 0,
-            },
-            TensorInfo {
-                name: "b".into(),
-                shape: vec![3],
-                ggml_type: GgmlType::F32,
-                offset: 0,
-            },
-            TensorInfo {
-                name: "c".into(),
-                shape: vec![32],
-                ggml_type: GgmlType::F32,
-                offset: 0,
-            },
+            TensorInfo { name: "a".into(), shape: vec![32, 1], ggml_type: GgmlType::Q4_0, offset: 0 },
+            TensorInfo { name: "b".into(), shape: vec![3], ggml_type: GgmlType::F32, offset: 0 },
+            TensorInfo { name: "c".into(), shape: vec![32], ggml_type: GgmlType::F32, offset: 0 },
         ];
-        let out = assign_offsets(
-            &tensors,
-            &[0, 1, 2],
-            &[GgmlType::Q4_0, GgmlType::F32, GgmlType::F32],
-        )
-        .unwrap();
+        let out = assign_offsets(&tensors, &[0, 1, 2], &[GgmlType::Q4_0, GgmlType::F32, GgmlType::F32]).unwrap();
         let got: Vec<(u64, u64)> = out.iter().map(|t| (t.offset, t.n_bytes)).collect();
         assert_eq!(got, [(0, 18), (32, 12), (64, 128)]);
     }

@@ -8,8 +8,7 @@
 //! dequantizes them. This file does not choose types or walk tensors.
 
 use crate::gguf::quant::{
-    f32_to_f16, BLOCK_Q4_0_BYTES, BLOCK_Q4_1_BYTES, BLOCK_Q5_0_BYTES, BLOCK_Q5_1_BYTES,
-    BLOCK_Q8_0_BYTES, QK4_0, QK4_1, QK5_0, QK5_1, QK8_0,
+    f32_to_f16, BLOCK_Q4_0_BYTES, BLOCK_Q4_1_BYTES, BLOCK_Q5_0_BYTES, BLOCK_Q5_1_BYTES, BLOCK_Q8_0_BYTES, QK4_0, QK4_1, QK5_0, QK5_1, QK8_0,
 };
 
 use super::round::{c_byte, roundf};
@@ -172,10 +171,7 @@ mod tests {
         quantize_block_q4_0(&x, &mut y4);
         // d = 0.0 / -8 is -0.0 in C too: its f16 is 0x8000.
         assert_eq!(&y4[..2], &[0x00, 0x80]);
-        assert!(
-            y4[2..].iter().all(|&b| b == 0x88),
-            "q = 8 means zero for q4_0"
-        );
+        assert!(y4[2..].iter().all(|&b| b == 0x88), "q = 8 means zero for q4_0");
         let mut y8 = [0u8; 34];
         quantize_block_q8_0(&x, &mut y8);
         assert!(y8.iter().all(|&b| b == 0));
@@ -194,10 +190,7 @@ mod tests {
         x[3] = 0.5;
         let mut y = [0u8; 34];
         quantize_block_q8_0(&x, &mut y);
-        assert_eq!(
-            [y[2] as i8, y[3] as i8, y[4] as i8, y[5] as i8],
-            [127, 3, -3, 1]
-        );
+        assert_eq!([y[2] as i8, y[3] as i8, y[4] as i8, y[5] as i8], [127, 3, -3, 1]);
     }
 
     #[test]

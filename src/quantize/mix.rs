@@ -78,18 +78,12 @@ fn category(name: &str) -> Category {
         ("ffn_gate", Category::FfnGate),
         ("ffn_down", Category::FfnDown),
     ];
-    rules
-        .iter()
-        .find(|(pat, _)| name.contains(pat))
-        .map_or(Category::Other, |&(_, c)| c)
+    rules.iter().find(|(pat, _)| name.contains(pat)).map_or(Category::Other, |&(_, c)| c)
 }
 
 /// `category_is_attn_v`: the V-like tensors that are more sensitive to quantization.
 fn is_attn_v(c: Category) -> bool {
-    matches!(
-        c,
-        Category::AttentionV | Category::AttentionQkv | Category::AttentionKvB
-    )
+    matches!(c, Category::AttentionV | Category::AttentionQkv | Category::AttentionKvB)
 }
 
 /// `tensor_allows_quantization` with default parameters.
@@ -186,11 +180,7 @@ pub struct Mix<'p> {
 
 impl<'p> Mix<'p> {
     /// `init_quantize_state_counters` over every tensor name of the model.
-    pub fn new<'n>(
-        params: &'p MixParams,
-        ftype: FileType,
-        names: impl IntoIterator<Item = &'n str>,
-    ) -> Self {
+    pub fn new<'n>(params: &'p MixParams, ftype: FileType, names: impl IntoIterator<Item = &'n str>) -> Self {
         let mut n_attention_wv = 0;
         let mut has_tied_embeddings = true;
         for name in names {
@@ -202,17 +192,7 @@ impl<'p> Mix<'p> {
                 has_tied_embeddings = false;
             }
         }
-        Mix {
-            params,
-            ftype,
-            n_attention_wv,
-            i_attention_wv: 0,
-            i_ffn_down: 0,
-            i_ffn_gate: 0,
-            i_ffn_up: 0,
-            has_tied_embeddings,
-            n_fallback: 0,
-        }
+        Mix { params, ftype, n_attention_wv, i_attention_wv: 0, i_ffn_down: 0, i_ffn_gate: 0, i_ffn_up: 0, has_tied_embeddings, n_fallback: 0 }
     }
 
     /// The type `t` is written as (its own type when it may not be quantized).
@@ -259,10 +239,7 @@ impl<'p> Mix<'p> {
         if self.params.n_expert <= 1 {
             return Ok((counter, n_layer));
         }
-        let bad = || QuantizeError::LayerOfTensor {
-            tensor: name.to_string(),
-            n_layer,
-        };
+        let bad = || QuantizeError::LayerOfTensor { tensor: name.to_string(), n_layer };
         // `sscanf(name, "blk.%d.", &i_layer) != 1`, then the range check.
         let layer = scan_blk(name).ok_or_else(bad)?;
         if layer < 0 || layer >= i64::from(n_layer) {
@@ -277,11 +254,7 @@ impl<'p> Mix<'p> {
     // Some branches have the same body; they stay separate so that each one reads like
     // the llama.cpp condition it copies.
     #[allow(clippy::if_same_then_else)]
-    fn get_type_impl(
-        &mut self,
-        mut new_type: GgmlType,
-        t: &TensorInfo,
-    ) -> Result<GgmlType, QuantizeError> {
+    fn get_type_impl(&mut self, mut new_type: GgmlType, t: &TensorInfo) -> Result<GgmlType, QuantizeError> {
         use FileType as F;
         use GgmlType as G;
         let ftype = self.ftype;
@@ -292,11 +265,7 @@ impl<'p> Mix<'p> {
         // matters when the first is false, so its left side is never negative.
         let use_more_bits = |i: u32, n: u32| i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
 
-        if p.arch == "glm5-next"
-            && (name.contains("attn_q_a")
-                || name.contains("attn_q_b")
-                || name.contains("nextn.eh_proj"))
-        {
+        if p.arch == "glm5-next" && (name.contains("attn_q_a") || name.contains("attn_q_b") || name.contains("nextn.eh_proj")) {
             return Ok(match new_type {
                 G::F32 | G::BF16 | G::F16 => new_type,
                 _ => G::Q8_0,
@@ -319,18 +288,12 @@ impl<'p> Mix<'p> {
             } else if ftype == F::Q2_K_S && gqa >= 4 {
                 new_type = G::Q4_K;
             } else if ftype == F::Q3_K_M {
-                new_type = if self.i_attention_wv < 2 {
-                    G::Q5_K
-                } else {
-                    G::Q4_K
-                };
+                new_type = if self.i_attention_wv < 2 { G::Q5_K } else { G::Q4_K };
             } else if ftype == F::Q3_K_L {
                 new_type = G::Q5_K;
             } else if ftype == F::IQ4_NL && gqa >= 4 {
                 new_type = G::Q5_K;
-            } else if (ftype == F::Q4_K_M || ftype == F::Q5_K_M)
-                && use_more_bits(self.i_attention_wv, self.n_attention_wv)
-            {
+            } else if (ftype == F::Q4_K_M || ftype == F::Q5_K_M) && use_more_bits(self.i_attention_wv, self.n_attention_wv) {
                 new_type = G::Q6_K;
             } else if ftype == F::Q4_K_S && self.i_attention_wv < 4 {
                 new_type = G::Q5_K;
@@ -391,14 +354,7 @@ impl<'p> Mix<'p> {
         } else if cat == Category::AttentionOutput {
             if !p.is_falcon() {
                 if p.n_expert == 8 {
-                    let bumped = [
-                        F::Q2_K,
-                        F::Q3_K_S,
-                        F::Q3_K_M,
-                        F::IQ4_NL,
-                        F::Q4_K_S,
-                        F::Q4_K_M,
-                    ];
+                    let bumped = [F::Q2_K, F::Q3_K_S, F::Q3_K_M, F::IQ4_NL, F::Q4_K_S, F::Q4_K_M];
                     if bumped.contains(&ftype) {
                         new_type = G::Q5_K;
                     }
@@ -437,23 +393,11 @@ mod tests {
     use super::*;
 
     fn t(name: &str, shape: &[u64]) -> TensorInfo {
-        TensorInfo {
-            name: name.into(),
-            shape: shape.to_vec(),
-            ggml_type: GgmlType::Q4_1,
-            offset: 0,
-        }
+        TensorInfo { name: name.into(), shape: shape.to_vec(), ggml_type: GgmlType::Q4_1, offset: 0 }
     }
 
     fn smollm2() -> MixParams {
-        MixParams {
-            arch: "llama".into(),
-            n_layer: 30,
-            n_head: 9,
-            n_head_kv: 3,
-            n_expert: 0,
-            is_70b: false,
-        }
+        MixParams { arch: "llama".into(), n_layer: 30, n_head: 9, n_head_kv: 3, n_expert: 0, is_70b: false }
     }
 
     #[test]
@@ -466,72 +410,30 @@ mod tests {
 
     #[test]
     fn norms_biases_and_vectors_are_never_quantized() {
-        assert!(!allows_quantization(
-            "llama",
-            &t("blk.0.attn_norm.weight", &[576])
-        ));
-        assert!(!allows_quantization(
-            "llama",
-            &t("blk.0.attn_q.bias", &[896, 2])
-        ));
-        assert!(!allows_quantization(
-            "llama",
-            &t("blk.0.ffn_norm.weight", &[576, 2])
-        ));
-        assert!(allows_quantization(
-            "llama",
-            &t("blk.0.attn_q.weight", &[576, 576])
-        ));
-        assert!(
-            allows_quantization("llama", &t("abcde", &[32, 32])),
-            "llama.cpp's size_t quirk"
-        );
+        assert!(!allows_quantization("llama", &t("blk.0.attn_norm.weight", &[576])));
+        assert!(!allows_quantization("llama", &t("blk.0.attn_q.bias", &[896, 2])));
+        assert!(!allows_quantization("llama", &t("blk.0.ffn_norm.weight", &[576, 2])));
+        assert!(allows_quantization("llama", &t("blk.0.attn_q.weight", &[576, 576])));
+        assert!(allows_quantization("llama", &t("abcde", &[32, 32])), "llama.cpp's size_t quirk");
     }
 
     #[test]
     fn q4_k_m_on_576_wide_rows_falls_back_like_llama_cpp() {
         let p = smollm2();
-        let names: Vec<String> = (0..30)
-            .map(|i| format!("blk.{i}.attn_v.weight"))
-            .chain(["token_embd.weight".to_string()])
-            .collect();
+        let names: Vec<String> = (0..30).map(|i| format!("blk.{i}.attn_v.weight")).chain(["token_embd.weight".to_string()]).collect();
         let mut mix = Mix::new(&p, FileType::Q4_K_M, names.iter().map(String::as_str));
         // Tied embeddings take the output rule: 576 % 256 != 0 -> Q8_0.
-        assert_eq!(
-            mix.target_type(&t("token_embd.weight", &[576, 49152]))
-                .unwrap(),
-            GgmlType::Q8_0
-        );
+        assert_eq!(mix.target_type(&t("token_embd.weight", &[576, 49152])).unwrap(), GgmlType::Q8_0);
         // The first three attn_v visited (i < 30/8) want Q6_K, which falls back to Q8_0; the
         // fourth does not use more bits ((3 - 3) % 3 != 2): Q4_K, falling back to Q5_0.
         for i in 0..3 {
-            assert_eq!(
-                mix.target_type(&t(&format!("blk.{i}.attn_v.weight"), &[576, 192]))
-                    .unwrap(),
-                GgmlType::Q8_0
-            );
+            assert_eq!(mix.target_type(&t(&format!("blk.{i}.attn_v.weight"), &[576, 192])).unwrap(), GgmlType::Q8_0);
         }
-        assert_eq!(
-            mix.target_type(&t("blk.3.attn_v.weight", &[576, 192]))
-                .unwrap(),
-            GgmlType::Q5_0
-        );
-        assert_eq!(
-            mix.target_type(&t("blk.0.attn_q.weight", &[576, 576]))
-                .unwrap(),
-            GgmlType::Q5_0
-        );
+        assert_eq!(mix.target_type(&t("blk.3.attn_v.weight", &[576, 192])).unwrap(), GgmlType::Q5_0);
+        assert_eq!(mix.target_type(&t("blk.0.attn_q.weight", &[576, 576])).unwrap(), GgmlType::Q5_0);
         // ffn_down rows are 1536 wide: layer 0 uses more bits.
-        assert_eq!(
-            mix.target_type(&t("blk.0.ffn_down.weight", &[1536, 576]))
-                .unwrap(),
-            GgmlType::Q6_K
-        );
-        assert_eq!(
-            mix.target_type(&t("blk.0.attn_norm.weight", &[576]))
-                .unwrap(),
-            GgmlType::Q4_1
-        );
+        assert_eq!(mix.target_type(&t("blk.0.ffn_down.weight", &[1536, 576])).unwrap(), GgmlType::Q6_K);
+        assert_eq!(mix.target_type(&t("blk.0.attn_norm.weight", &[576])).unwrap(), GgmlType::Q4_1);
         assert_eq!(mix.n_fallback, 5);
     }
 
@@ -539,36 +441,19 @@ mod tests {
     fn a_row_width_not_a_multiple_of_32_becomes_f16() {
         let p = smollm2();
         let mut mix = Mix::new(&p, FileType::Q4_0, ["w.weight"]);
-        assert_eq!(
-            mix.target_type(&t("blk.0.attn_q.weight", &[48, 4]))
-                .unwrap(),
-            GgmlType::F16
-        );
+        assert_eq!(mix.target_type(&t("blk.0.attn_q.weight", &[48, 4])).unwrap(), GgmlType::F16);
         let mut mix = Mix::new(&p, FileType::Q6_K, ["w.weight"]);
-        assert_eq!(
-            mix.target_type(&t("blk.0.attn_q.weight", &[48, 4]))
-                .unwrap(),
-            GgmlType::F16
-        );
+        assert_eq!(mix.target_type(&t("blk.0.attn_q.weight", &[48, 4])).unwrap(), GgmlType::F16);
     }
 
     #[test]
     fn expert_layers_come_from_the_name_and_bad_names_are_errors() {
-        let p = MixParams {
-            n_expert: 8,
-            ..smollm2()
-        };
+        let p = MixParams { n_expert: 8, ..smollm2() };
         let mut mix = Mix::new(&p, FileType::Q4_K_M, ["blk.3.ffn_down.weight"]);
-        assert!(mix
-            .target_type(&t("blk.3.ffn_down_exps.weight", &[1536, 576, 8]))
-            .is_ok());
-        let err = mix
-            .target_type(&t("ffn_down_exps.weight", &[1536, 576, 8]))
-            .unwrap_err();
+        assert!(mix.target_type(&t("blk.3.ffn_down_exps.weight", &[1536, 576, 8])).is_ok());
+        let err = mix.target_type(&t("ffn_down_exps.weight", &[1536, 576, 8])).unwrap_err();
         assert!(err.to_string().contains("ffn_down_exps.weight"), "{err}");
-        let err = mix
-            .target_type(&t("blk.99.ffn_up_exps.weight", &[1536, 576, 8]))
-            .unwrap_err();
+        let err = mix.target_type(&t("blk.99.ffn_up_exps.weight", &[1536, 576, 8])).unwrap_err();
         assert!(err.to_string().contains("blk.99"), "{err}");
     }
 }

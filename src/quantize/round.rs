@@ -49,16 +49,7 @@ mod tests {
 
     #[test]
     fn nearest_int_rounds_half_to_even() {
-        let cases = [
-            (0.5, 0),
-            (1.5, 2),
-            (2.5, 2),
-            (-0.5, 0),
-            (-1.5, -2),
-            (-2.5, -2),
-            (2.49, 2),
-            (-7.51, -8),
-        ];
+        let cases = [(0.5, 0), (1.5, 2), (2.5, 2), (-0.5, 0), (-1.5, -2), (-2.5, -2), (2.49, 2), (-7.51, -8)];
         for (x, want) in cases {
             assert_eq!(nearest_int(x), want, "nearest_int({x})");
         }

@@ -17,32 +17,12 @@ use super::{iq4nl, kquants, legacy};
 /// Whether [`quantize_rows`] can produce `ty`.
 pub fn can_quantize(ty: GgmlType) -> bool {
     use GgmlType as G;
-    matches!(
-        ty,
-        G::F32
-            | G::F16
-            | G::BF16
-            | G::Q4_0
-            | G::Q4_1
-            | G::Q5_0
-            | G::Q5_1
-            | G::Q8_0
-            | G::Q2_K
-            | G::Q3_K
-            | G::Q4_K
-            | G::Q5_K
-            | G::Q6_K
-            | G::IQ4_NL
-    )
+    matches!(ty, G::F32 | G::F16 | G::BF16 | G::Q4_0 | G::Q4_1 | G::Q5_0 | G::Q5_1 | G::Q8_0 | G::Q2_K | G::Q3_K | G::Q4_K | G::Q5_K | G::Q6_K | G::IQ4_NL)
 }
 
 /// Applies a per-block quantizer over matching input / output chunks (lengths
 /// checked by the caller).
-fn blocks<const Q: usize, const B: usize>(
-    src: &[f32],
-    dst: &mut [u8],
-    f: fn(&[f32; Q], &mut [u8; B]),
-) {
+fn blocks<const Q: usize, const B: usize>(src: &[f32], dst: &mut [u8], f: fn(&[f32; Q], &mut [u8; B])) {
     let (xs, _) = src.as_chunks::<Q>();
     let (ys, _) = dst.as_chunks_mut::<B>();
     debug_assert_eq!(xs.len(), ys.len());
@@ -61,11 +41,7 @@ pub fn quantize_rows(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), Qu
     }
     let want = ty.row_bytes(src.len());
     if want != Some(dst.len()) {
-        return Err(QuantizeError::RowSize {
-            ty,
-            n_elements: src.len() as u64,
-            dst_len: dst.len() as u64,
-        });
+        return Err(QuantizeError::RowSize { ty, n_elements: src.len() as u64, dst_len: dst.len() as u64 });
     }
     match ty {
         G::F32 => {
@@ -107,41 +83,18 @@ const CHUNK_ELEMENTS: usize = 32 * 1024;
 /// `src`) to `dst_ty`, on the current rayon pool: each task dequantizes its rows
 /// to f32 exactly as ggml's `to_float` does, checks them (llama.cpp's loader
 /// refuses non-finite weights), and quantizes them. Returns the new bytes.
-pub fn convert_tensor(
-    name: &str,
-    src_ty: GgmlType,
-    src: &[u8],
-    n_per_row: usize,
-    dst_ty: GgmlType,
-) -> Result<Vec<u8>, QuantizeError> {
-    let bad_width = || QuantizeError::RowWidth {
-        tensor: name.to_string(),
-        ty: dst_ty,
-        n_per_row: n_per_row as u64,
-    };
-    let src_row = src_ty
-        .row_bytes(n_per_row)
-        .filter(|&b| b > 0)
-        .ok_or_else(bad_width)?;
+pub fn convert_tensor(name: &str, src_ty: GgmlType, src: &[u8], n_per_row: usize, dst_ty: GgmlType) -> Result<Vec<u8>, QuantizeError> {
+    let bad_width = || QuantizeError::RowWidth { tensor: name.to_string(), ty: dst_ty, n_per_row: n_per_row as u64 };
+    let src_row = src_ty.row_bytes(n_per_row).filter(|&b| b > 0).ok_or_else(bad_width)?;
     let dst_row = dst_ty.row_bytes(n_per_row).ok_or_else(bad_width)?;
     if !src.len().is_multiple_of(src_row) {
-        return Err(QuantizeError::TensorSize {
-            tensor: name.to_string(),
-            len: src.len() as u64,
-            row_bytes: src_row as u64,
-        });
+        return Err(QuantizeError::TensorSize { tensor: name.to_string(), len: src.len() as u64, row_bytes: src_row as u64 });
     }
     if !quant::can_dequantize(src_ty) {
-        return Err(QuantizeError::CannotDequantize {
-            tensor: name.to_string(),
-            ty: src_ty,
-        });
+        return Err(QuantizeError::CannotDequantize { tensor: name.to_string(), ty: src_ty });
     }
     if !can_quantize(dst_ty) {
-        return Err(QuantizeError::UnsupportedTarget {
-            tensor: name.to_string(),
-            ty: dst_ty,
-        });
+        return Err(QuantizeError::UnsupportedTarget { tensor: name.to_string(), ty: dst_ty });
     }
     let n_rows = src.len() / src_row;
     let rows_per_task = (CHUNK_ELEMENTS / n_per_row.max(1)).max(1);
@@ -156,11 +109,7 @@ pub fn convert_tensor(
             quant::dequantize(src_ty, src, &mut x)?;
             if let Some(i) = x.iter().position(|v| !v.is_finite()) {
                 let index = (task * rows_per_task * n_per_row + i) as u64;
-                return Err(QuantizeError::NonFinite {
-                    tensor: name.to_string(),
-                    index,
-                    value: x[i],
-                });
+                return Err(QuantizeError::NonFinite { tensor: name.to_string(), index, value: x[i] });
             }
             quantize_rows(dst_ty, &x, dst)
         })
@@ -173,12 +122,7 @@ pub fn convert_tensor(
 /// Checks a tensor that is copied unchanged the way llama.cpp's loader does
 /// (`ggml_validate_row_data`): every value must dequantize to a finite number.
 /// Types without a dequantization (integers, f64) are not checked.
-pub fn validate_tensor(
-    name: &str,
-    ty: GgmlType,
-    data: &[u8],
-    n_per_row: usize,
-) -> Result<(), QuantizeError> {
+pub fn validate_tensor(name: &str, ty: GgmlType, data: &[u8], n_per_row: usize) -> Result<(), QuantizeError> {
     if !quant::can_dequantize(ty) {
         return Ok(());
     }
@@ -192,18 +136,12 @@ pub fn validate_tensor(
         .map(|(task, src)| {
             let mut x = vec![0f32; src.len() / row * n_per_row];
             quant::dequantize(ty, src, &mut x)?;
-            Ok(x.iter()
-                .position(|v| !v.is_finite())
-                .map(|i| ((task * rows_per_task * n_per_row + i) as u64, x[i])))
+            Ok(x.iter().position(|v| !v.is_finite()).map(|i| ((task * rows_per_task * n_per_row + i) as u64, x[i])))
         })
         .collect();
     for r in firsts {
         if let Some((index, value)) = r? {
-            return Err(QuantizeError::NonFinite {
-                tensor: name.to_string(),
-                index,
-                value,
-            });
+            return Err(QuantizeError::NonFinite { tensor: name.to_string(), index, value });
         }
     }
     Ok(())
@@ -221,26 +159,19 @@ mod tests {
         assert!(err.to_string().contains("q8_0"), "{err}");
         let err = quantize_rows(GgmlType::Q4_K, &x, &mut [0u8; 144]).unwrap_err();
         assert!(matches!(err, QuantizeError::RowSize { .. }), "{err}");
-        assert!(matches!(
-            quantize_rows(GgmlType::Q8_1, &x, &mut [0u8; 72]),
-            Err(QuantizeError::UnsupportedType { .. })
-        ));
+        assert!(matches!(quantize_rows(GgmlType::Q8_1, &x, &mut [0u8; 72]), Err(QuantizeError::UnsupportedType { .. })));
     }
 
     #[test]
     fn convert_tensor_is_the_same_for_any_thread_count() {
-        let x: Vec<f32> = (0..256 * 300)
-            .map(|i| ((i * 7919 % 1013) as f32 - 500.0) / 300.0)
-            .collect();
+        let x: Vec<f32> = (0..256 * 300).map(|i| ((i * 7919 % 1013) as f32 - 500.0) / 300.0).collect();
         let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
         let run = |threads| {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
                 .unwrap()
-                .install(|| {
-                    convert_tensor("t", GgmlType::F32, &bytes, 256, GgmlType::Q4_K).unwrap()
-                })
+                .install(|| convert_tensor("t", GgmlType::F32, &bytes, 256, GgmlType::Q4_K).unwrap())
         };
         let one = run(1);
         assert_eq!(one, run(3));

@@ -74,7 +74,8 @@ impl Case {
 
 fn collect(path: &Path, out: &mut Vec<Case>) -> Result<()> {
     if path.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        let mut entries: Vec<PathBuf> =
+            std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
         entries.sort();
         for e in entries {
             let n = e.to_string_lossy();
@@ -195,7 +196,8 @@ pub fn run(args: &ReplayArgs, default_root: Option<&Path>) -> Result<bool> {
                         return Err(format!("recorded with model sha256 {want}{named}, but --model has sha256 {sha}: replay refuses a different file"));
                     }
                 } else if cur.sha != want {
-                    let m = crate::fetch::named_by_sha256(&want).ok_or_else(|| format!("recorded with model sha256 {want}, which is no named model's: pass --model"))?;
+                    let m = crate::fetch::named_by_sha256(&want)
+                        .ok_or_else(|| format!("recorded with model sha256 {want}, which is no named model's: pass --model"))?;
                     let path = crate::fetch::fetch_named(&m.name).map_err(|e| e.to_string())?;
                     cur = Loaded::open(&path, choice, args.threads).map_err(|e| format!("{e:#}"))?;
                     eprintln!("model {} for {}", cur.model.name, case.name());
@@ -279,7 +281,8 @@ pub fn junit(reports: &[CaseReport], seconds: f64) -> String {
         let class = format!("replay.{}", serde_json::to_value(r.mode).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default());
         s += &format!("  <testcase name=\"{}\" classname=\"{}\" time=\"{:.3}\">", xml(&r.name), xml(&class), r.seconds);
         if !r.passed {
-            let details: Vec<String> = r.checks.iter().filter(|c| !c.passed).map(|c| format!("{}: {}", c.name, c.detail)).chain(r.notes.iter().cloned()).collect();
+            let details: Vec<String> =
+                r.checks.iter().filter(|c| !c.passed).map(|c| format!("{}: {}", c.name, c.detail)).chain(r.notes.iter().cloned()).collect();
             s += &format!("\n    <failure message=\"first divergence: {}\">{}</failure>\n  ", xml(&r.divergence_line()), xml(&details.join("\n")));
         }
         s += "</testcase>\n";

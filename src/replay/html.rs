@@ -72,18 +72,33 @@ pub fn curve_svg(r: &CaseReport) -> String {
     let mut t = floor as i64;
     while t as f64 <= top {
         let yy = y(t as f64);
-        let _ = write!(s, r##"<line x1="{LEFT}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end">1e{t}</text>"##, W - RIGHT, LEFT - 4.0, yy + 4.0);
+        let _ = write!(
+            s,
+            r##"<line x1="{LEFT}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end">1e{t}</text>"##,
+            W - RIGHT,
+            LEFT - 4.0,
+            yy + 4.0
+        );
         t += 4;
     }
     let every = (curve.len() / 16).max(1);
     for (i, p) in curve.iter().enumerate().filter(|(i, _)| i % every == 0 || *i + 1 == curve.len()) {
-        let _ = write!(s, r#"<text x="{:.1}" y="{:.1}" font-size="10" transform="rotate(45 {:.1} {:.1})">{}</text>"#, x(i), H - BOTTOM + 14.0, x(i), H - BOTTOM + 14.0, escape(&p.label));
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" font-size="10" transform="rotate(45 {:.1} {:.1})">{}</text>"#,
+            x(i),
+            H - BOTTOM + 14.0,
+            x(i),
+            H - BOTTOM + 14.0,
+            escape(&p.label)
+        );
     }
     let pts: Vec<String> = curve.iter().enumerate().filter_map(|(i, p)| p.worst_nmse.map(|e| format!("{:.1},{:.1}", x(i), y(level(e, floor))))).collect();
     if !pts.is_empty() {
         let _ = write!(s, r##"<polyline class="nmse" fill="none" stroke="#1f5fbf" stroke-width="2" points="{}"/>"##, pts.join(" "));
     }
-    let bound: Vec<String> = curve.iter().enumerate().filter(|(_, p)| p.bound > 0.0).map(|(i, p)| format!("{:.1},{:.1}", x(i), y(level(p.bound, floor)))).collect();
+    let bound: Vec<String> =
+        curve.iter().enumerate().filter(|(_, p)| p.bound > 0.0).map(|(i, p)| format!("{:.1},{:.1}", x(i), y(level(p.bound, floor)))).collect();
     if !bound.is_empty() {
         let _ = write!(s, r##"<polyline class="bound" fill="none" stroke="#c0392b" stroke-dasharray="4 3" points="{}"/>"##, bound.join(" "));
     }
@@ -145,7 +160,16 @@ code {{ background: #f4f4f4; padding: 0 3px; }}
     }
     s.push_str("</tbody></table>\n");
     for r in reports.iter().filter(|r| !r.passed) {
-        let _ = write!(s, r#"<section class="case failing" id="case-{}"><h2>{} <span class="FAIL">FAIL</span></h2><p>{} recording <code>{}</code>, model {}, backend {}.</p>"#, sanitize(&r.name), escape(&r.name), mode_name(r.mode), escape(&r.source), escape(&r.model), escape(&r.backend));
+        let _ = write!(
+            s,
+            r#"<section class="case failing" id="case-{}"><h2>{} <span class="FAIL">FAIL</span></h2><p>{} recording <code>{}</code>, model {}, backend {}.</p>"#,
+            sanitize(&r.name),
+            escape(&r.name),
+            mode_name(r.mode),
+            escape(&r.source),
+            escape(&r.model),
+            escape(&r.backend)
+        );
         if let Some(d) = &r.first_divergence {
             let _ = write!(s, r#"<h3>First divergence</h3><p class="divergence">{}</p><ul>"#, escape(&r.divergence_line()));
             if let Some(p) = d.position {

@@ -161,7 +161,15 @@ pub fn op_by_op(m: &Model, rec: &ReferenceRecording) -> Vec<OpResult> {
             quant::matmul_exact_f32(&dense, c.dim, qd, attn_norm, pos.len(), &mut plain);
             let miss = metrics::nmse(&plain, q0);
             let bound = 1e-10;
-            r.out.push(OpResult { layer: Some(l), tensor: format!("{q_mm} plain-f32 control"), nmse: miss, identical: false, bound, control: true, passed: miss > bound });
+            r.out.push(OpResult {
+                layer: Some(l),
+                tensor: format!("{q_mm} plain-f32 control"),
+                nmse: miss,
+                identical: false,
+                bound,
+                control: true,
+                passed: miss > bound,
+            });
         }
         // RoPE on llama.cpp's pre-RoPE Q and K.
         let rope = m.rope();
@@ -181,7 +189,18 @@ pub fn op_by_op(m: &Model, rec: &ReferenceRecording) -> Vec<OpResult> {
         let (mut kq, mut probs) = (Vec::new(), Vec::new());
         for (i, &p) in pos.iter().enumerate() {
             let (mut s, mut pr) = (vec![0.0; c.n_heads * (p + 1)], vec![0.0; c.n_heads * (p + 1)]);
-            ops::attention(&q_ref[i * qd..(i + 1) * qd], k_ref, v_all, p + 1, c.n_heads, c.n_kv_heads, c.head_dim, &mut attn[i * qd..(i + 1) * qd], Some(&mut s), Some(&mut pr));
+            ops::attention(
+                &q_ref[i * qd..(i + 1) * qd],
+                k_ref,
+                v_all,
+                p + 1,
+                c.n_heads,
+                c.n_kv_heads,
+                c.head_dim,
+                &mut attn[i * qd..(i + 1) * qd],
+                Some(&mut s),
+                Some(&mut pr),
+            );
             kq.push((p, s));
             probs.push((p, pr));
         }
@@ -244,7 +263,8 @@ pub enum Occ {
 /// RoPE); the llama names when the recording does not list the node.
 pub fn node(rec: &ReferenceRecording, base: &str, l: usize, which: Occ) -> String {
     let gname = format!("{base}-{l}");
-    let mut occ: Vec<(usize, &str, &str)> = rec.case.captured.iter().filter(|c| c.ggml_name == gname).map(|c| (c.occurrence, c.op.as_str(), c.stored_name.as_str())).collect();
+    let mut occ: Vec<(usize, &str, &str)> =
+        rec.case.captured.iter().filter(|c| c.ggml_name == gname).map(|c| (c.occurrence, c.op.as_str(), c.stored_name.as_str())).collect();
     occ.sort();
     let view = |op: &str| matches!(op, "RESHAPE" | "VIEW" | "PERMUTE" | "TRANSPOSE" | "CONT");
     let hit = match which {
@@ -422,11 +442,7 @@ pub fn chained(backend: &mut dyn Backend, rec: &ReferenceRecording) -> Result<Ch
         let width = data.len() / n_tok.max(1);
         let mut rows = Vec::new();
         for pos in 0..n {
-            let theirs = if matches!(p, TapPoint::KqSoftmax(_)) {
-                kq_ref_row(rec, &name, pos, n)
-            } else {
-                rows_at(rec, &name, &[pos])
-            };
+            let theirs = if matches!(p, TapPoint::KqSoftmax(_)) { kq_ref_row(rec, &name, pos, n) } else { rows_at(rec, &name, &[pos]) };
             let Some(theirs) = theirs else { continue };
             let ours: Vec<f32> = if let TapPoint::KqSoftmax(_) = p {
                 let n_total = width / c.n_heads;
@@ -486,7 +502,12 @@ pub fn chained(backend: &mut dyn Backend, rec: &ReferenceRecording) -> Result<Ch
 }
 
 /// Op by op (CPU spec ops) and chained (on `backend`) for one reference case, judged.
-pub fn replay_case(m: &Model, backend: &mut dyn Backend, rec: &ReferenceRecording, tok: Option<&crate::tokenizer::Tokenizer>) -> Result<super::CaseReport, ReplayError> {
+pub fn replay_case(
+    m: &Model,
+    backend: &mut dyn Backend,
+    rec: &ReferenceRecording,
+    tok: Option<&crate::tokenizer::Tokenizer>,
+) -> Result<super::CaseReport, ReplayError> {
     let t0 = std::time::Instant::now();
     let ops = op_by_op(m, rec);
     let ch = chained(backend, rec)?;
@@ -506,7 +527,8 @@ pub fn judge_llama(rec: &ReferenceRecording, ops: Vec<OpResult>, ch: &ChainedRes
     r.tokens = token_texts(tok, &case.greedy_ids);
     r.stop_reason = format!("{} greedy steps (teacher-forced)", case.greedy_ids.len());
     r.tokens_replayed = ch.tokens_run;
-    r.notes.push(format!("llama.cpp recording mode: {}", if exact { "token by token (exact)" } else { "batch (bounds: llama.cpp's batch-versus-token spread)" }));
+    r.notes
+        .push(format!("llama.cpp recording mode: {}", if exact { "token by token (exact)" } else { "batch (bounds: llama.cpp's batch-versus-token spread)" }));
     if let Some(t) = tok {
         let ok = t.encode(&case.prompt_text, case.parse_special) == case.prompt_ids;
         r.check("prompt ids equal llama.cpp's", ok, String::new());
@@ -518,7 +540,15 @@ pub fn judge_llama(rec: &ReferenceRecording, ops: Vec<OpResult>, ch: &ChainedRes
         let worst = real.iter().map(|o| o.nmse).fold(0.0, f64::max);
         let name = if exact { "op by op on llama.cpp's captured inputs, bit-identical" } else { "op by op on llama.cpp's captured inputs" };
         let inexact: Vec<String> = real.iter().filter(|o| !o.identical).map(|o| format!("{} {:.1e}", o.tensor, o.nmse)).collect();
-        r.check(name, bad.is_empty(), format!("{same} of {} ops bit-identical, worst NMSE {worst:.3e} (not identical: {inexact:?}); failing: {:?}", real.len(), bad.iter().map(|o| &o.tensor).collect::<Vec<_>>()));
+        r.check(
+            name,
+            bad.is_empty(),
+            format!(
+                "{same} of {} ops bit-identical, worst NMSE {worst:.3e} (not identical: {inexact:?}); failing: {:?}",
+                real.len(),
+                bad.iter().map(|o| &o.tensor).collect::<Vec<_>>()
+            ),
+        );
     }
     r.ops = ops;
     if let Some(ex) = &ch.exact {
@@ -527,7 +557,13 @@ pub fn judge_llama(rec: &ReferenceRecording, ops: Vec<OpResult>, ch: &ChainedRes
         r.check(
             "every tap at every position bit-identical",
             ex.rows_compared > 0 && ex.rows_identical == ex.rows_compared,
-            format!("{} of {} rows ({} taps at {n_pos} positions; {} taps this backend never produces)", ex.rows_identical, ex.rows_compared, ex.columns.len() - not_produced.len(), not_produced.len()),
+            format!(
+                "{} of {} rows ({} taps at {n_pos} positions; {} taps this backend never produces)",
+                ex.rows_identical,
+                ex.rows_compared,
+                ex.columns.len() - not_produced.len(),
+                not_produced.len()
+            ),
         );
         r.check(
             "op by op on llama.cpp's inputs at every layer and position (by hash)",
@@ -535,7 +571,11 @@ pub fn judge_llama(rec: &ReferenceRecording, ops: Vec<OpResult>, ch: &ChainedRes
             format!("{} of {} ops whose inputs are bit-identical to llama.cpp's gave its output bit for bit", ex.ops_identical, ex.ops_isolated),
         );
         if !not_produced.is_empty() {
-            r.notes.push(format!("{} hashed taps never recorded by this backend, not compared (e.g. {:?})", not_produced.len(), &not_produced[..not_produced.len().min(3)]));
+            r.notes.push(format!(
+                "{} hashed taps never recorded by this backend, not compared (e.g. {:?})",
+                not_produced.len(),
+                &not_produced[..not_produced.len().min(3)]
+            ));
         }
         if let Some((pos, name, layer)) = &ex.first {
             let col = ex.columns.iter().position(|c| &c.name == name).unwrap_or(0);
@@ -552,7 +592,10 @@ pub fn judge_llama(rec: &ReferenceRecording, ops: Vec<OpResult>, ch: &ChainedRes
                 cosine: e.map(|e| e.cosine),
                 bound: 0.0,
                 before,
-                detail: format!("hash differs{}", ex.first_op.as_ref().map(|(p, n)| format!("; first op wrong on llama.cpp's own inputs: {n} at position {p}")).unwrap_or_default()),
+                detail: format!(
+                    "hash differs{}",
+                    ex.first_op.as_ref().map(|(p, n)| format!("; first op wrong on llama.cpp's own inputs: {n} at position {p}")).unwrap_or_default()
+                ),
             });
         }
     }
@@ -606,7 +649,11 @@ pub fn judge_llama(rec: &ReferenceRecording, ops: Vec<OpResult>, ch: &ChainedRes
     let logits_off = |l: &LogitsRow| if exact { !l.identical } else { l.nmse.is_some_and(|e| !within(e, b.logits_nmse)) || !within(l.kl_top32, b.logits_kl) };
     if exact {
         let same = ch.logits.iter().filter(|l| l.identical).count();
-        r.check("logits bit-identical at every prompt position", same == ch.logits.len() && !ch.logits.is_empty(), format!("{same} of {} positions (top 32, and full rows where stored)", ch.logits.len()));
+        r.check(
+            "logits bit-identical at every prompt position",
+            same == ch.logits.len() && !ch.logits.is_empty(),
+            format!("{same} of {} positions (top 32, and full rows where stored)", ch.logits.len()),
+        );
     } else {
         r.check("logits NMSE", within(worst_nmse, b.logits_nmse), format!("worst {worst_nmse:.3e}"));
         r.check("logits KL (top 32)", within(worst_kl, b.logits_kl), format!("worst {worst_kl:.3e}"));
@@ -620,10 +667,18 @@ pub fn judge_llama(rec: &ReferenceRecording, ops: Vec<OpResult>, ch: &ChainedRes
     let flips = ch.greedy.iter().filter(|g| g.ours != g.theirs).count();
     let ok = hard.is_empty() && (flips as f64) <= b.max_tie_flip_fraction * ch.greedy.len() as f64;
     if exact {
-        r.check("greedy continuation identical at every step (free-running, no near-tie excuse)", ok && flips == 0, format!("{} of {} steps equal", ch.greedy.len() - flips, ch.greedy.len()));
+        r.check(
+            "greedy continuation identical at every step (free-running, no near-tie excuse)",
+            ok && flips == 0,
+            format!("{} of {} steps equal", ch.greedy.len() - flips, ch.greedy.len()),
+        );
     } else {
         let gaps: Vec<String> = ch.greedy.iter().filter(|g| g.ours != g.theirs).map(|g| format!("step {} gap {:.3}", g.step, g.gap)).collect();
-        r.check("greedy continuation, teacher-forced (near-ties excused)", ok, format!("{flips} of {} steps differ ({gaps:?}), {} not near-ties", ch.greedy.len(), hard.len()));
+        r.check(
+            "greedy continuation, teacher-forced (near-ties excused)",
+            ok,
+            format!("{flips} of {} steps differ ({gaps:?}), {} not near-ties", ch.greedy.len(), hard.len()),
+        );
     }
     if r.first_divergence.is_none() {
         if let Some(g) = hard.first() {

@@ -51,10 +51,15 @@ pub fn logsumexp(x: &[f32]) -> f64 {
 /// KL(p_ref ‖ p_ours) over full logit rows.
 pub fn kl_full(ours: &[f32], reference: &[f32]) -> f64 {
     let (lo, lr) = (logsumexp(ours), logsumexp(reference));
-    reference.iter().zip(ours).map(|(&r, &o)| {
-        let lp = r as f64 - lr;
-        lp.exp() * (lp - (o as f64 - lo))
-    }).sum::<f64>().max(0.0)
+    reference
+        .iter()
+        .zip(ours)
+        .map(|(&r, &o)| {
+            let lp = r as f64 - lr;
+            lp.exp() * (lp - (o as f64 - lo))
+        })
+        .sum::<f64>()
+        .max(0.0)
 }
 
 /// KL(p_ref ‖ p_ours) restricted to the reference's top-k tokens (the recordings keep the top
@@ -62,10 +67,15 @@ pub fn kl_full(ours: &[f32], reference: &[f32]) -> f64 {
 /// little mass for this model, so this is a close lower-side estimate of the full KL.
 pub fn kl_topk(ours: &[f32], ref_ids: &[i32], ref_vals: &[f32], ref_lse: f64) -> f64 {
     let lo = logsumexp(ours);
-    ref_ids.iter().zip(ref_vals).map(|(&id, &v)| {
-        let lp = v as f64 - ref_lse;
-        lp.exp() * (lp - (ours[id as usize] as f64 - lo))
-    }).sum::<f64>().max(0.0)
+    ref_ids
+        .iter()
+        .zip(ref_vals)
+        .map(|(&id, &v)| {
+            let lp = v as f64 - ref_lse;
+            lp.exp() * (lp - (ours[id as usize] as f64 - lo))
+        })
+        .sum::<f64>()
+        .max(0.0)
 }
 
 /// Every metric of one (position, tensor) comparison.

@@ -153,7 +153,17 @@ impl CaseReport {
 
     /// Sets `worst_layer` from the curve (largest NMSE relative to its bound).
     pub fn finish_curve(&mut self) {
-        let rel = |p: &LayerPoint| p.worst_nmse.map(|e| if p.bound > 0.0 { e / p.bound } else if e > 0.0 { f64::INFINITY } else { 0.0 });
+        let rel = |p: &LayerPoint| {
+            p.worst_nmse.map(|e| {
+                if p.bound > 0.0 {
+                    e / p.bound
+                } else if e > 0.0 {
+                    f64::INFINITY
+                } else {
+                    0.0
+                }
+            })
+        };
         self.worst_layer = self
             .curve
             .iter()
@@ -205,9 +215,21 @@ impl CaseReport {
         for c in &self.checks {
             let _ = writeln!(s, "  [{}] {}", if c.passed { "ok" } else { "FAIL" }, c.name);
         }
-        let _ = writeln!(s, "first divergence: {}", self.first_divergence.as_ref().map(|d| {
-            format!("{}{}{}", d.position.map(|p| format!("position {p}, ")).unwrap_or_default(), d.layer.map(|l| format!("layer {l}, ")).unwrap_or_default(), d.tensor)
-        }).unwrap_or_else(|| "none".into()));
+        let _ = writeln!(
+            s,
+            "first divergence: {}",
+            self.first_divergence
+                .as_ref()
+                .map(|d| {
+                    format!(
+                        "{}{}{}",
+                        d.position.map(|p| format!("position {p}, ")).unwrap_or_default(),
+                        d.layer.map(|l| format!("layer {l}, ")).unwrap_or_default(),
+                        d.tensor
+                    )
+                })
+                .unwrap_or_else(|| "none".into())
+        );
         let _ = writeln!(s, "worst NMSE per layer (1 significant digit):");
         for chunk in self.curve.chunks(6) {
             let line: Vec<String> = chunk.iter().map(|p| format!("{}={}", p.label, p.worst_nmse.map(bucket).unwrap_or_else(|| "-".into()))).collect();

@@ -101,7 +101,11 @@ pub fn replay(path: &Path, engine: &mut Engine, here: &Fingerprint) -> Result<Ca
     // frame is still judged; anything else (a checksum, a payload that does not decode) fails.
     let corrupt: Vec<String> = recorded.damage.iter().filter(|d| !is_cut(d)).map(|d| d.to_string()).collect();
     let cut: Vec<String> = recorded.damage.iter().filter(|d| is_cut(d)).map(|d| d.to_string()).collect();
-    r.check("recording intact (frame checksums and payloads)", corrupt.is_empty(), if corrupt.is_empty() { format!("{} frames", recorded.frames) } else { corrupt.join("; ") });
+    r.check(
+        "recording intact (frame checksums and payloads)",
+        corrupt.is_empty(),
+        if corrupt.is_empty() { format!("{} frames", recorded.frames) } else { corrupt.join("; ") },
+    );
     if h.fingerprint.model_sha256 != here.model_sha256 {
         r.check("same model", false, format!("recorded with sha256 {}, replaying with {}", h.fingerprint.model_sha256, here.model_sha256));
         return Ok(r);
@@ -111,12 +115,20 @@ pub fn replay(path: &Path, engine: &mut Engine, here: &Fingerprint) -> Result<Ca
     let in_order = recorded.tokens.iter().enumerate().all(|(i, t)| t.index as usize == i);
     match &recorded.footer {
         Some(f) => {
-            let first = frame_ids.iter().zip(&f.tokens).position(|(a, b)| a != b).or_else(|| (frame_ids.len() != f.tokens.len()).then(|| frame_ids.len().min(f.tokens.len())));
-            r.check("token frames agree with the footer", in_order && first.is_none(), match first {
-                None if in_order => format!("{} token frames", frame_ids.len()),
-                None => "token frame indices are not 0, 1, 2, ...".into(),
-                Some(i) => format!("token {i}: frame {:?}, footer {:?}", frame_ids.get(i), f.tokens.get(i)),
-            });
+            let first = frame_ids
+                .iter()
+                .zip(&f.tokens)
+                .position(|(a, b)| a != b)
+                .or_else(|| (frame_ids.len() != f.tokens.len()).then(|| frame_ids.len().min(f.tokens.len())));
+            r.check(
+                "token frames agree with the footer",
+                in_order && first.is_none(),
+                match first {
+                    None if in_order => format!("{} token frames", frame_ids.len()),
+                    None => "token frame indices are not 0, 1, 2, ...".into(),
+                    Some(i) => format!("token {i}: frame {:?}, footer {:?}", frame_ids.get(i), f.tokens.get(i)),
+                },
+            );
         }
         None => r.check("token frames in order", in_order, format!("{} token frames", frame_ids.len())),
     }
@@ -126,24 +138,39 @@ pub fn replay(path: &Path, engine: &mut Engine, here: &Fingerprint) -> Result<Ca
     let incomplete = recorded.footer.is_none() || !cut.is_empty();
     // A cancelled or unfinished run stopped early for reasons outside the engine: replay the
     // tokens it got to.
-    if stop_reason == "CANCELLED" || incomplete {
+    let cancelled = stop_reason == "CANCELLED";
+    if cancelled || incomplete {
         req.max_tokens = recorded_ids.len();
+    }
+    // The engine sees a cancel only before a prefill chunk or a token, so a run cancelled
+    // after its last token had already made the forward call that followed it: the replay
+    // makes it too (one token more allowed, cancelled as the last recorded one is emitted).
+    let n_recorded = recorded_ids.len();
+    if cancelled && !incomplete && n_recorded > 0 {
+        req.max_tokens = n_recorded + 1;
     }
     let cancel = AtomicBool::new(false);
     let mut tap = FrameTap::new(h.trace);
+    let mut on_token = |ev: &crate::engine::TokenEvent, _: String| !(cancelled && ev.index + 1 >= n_recorded);
     // The server's own run: the same text stops, matched the same way.
-    let done = run::run(engine, &req, &h.resolved.stop_strings, &mut tap, None, &cancel, &mut |_, _| true)
+    let done = run::run(engine, &req, &h.resolved.stop_strings, &mut tap, None, &cancel, &mut on_token)
         .map_err(|source| ReplayError::Engine { case: name.clone(), source })?;
     let outcome = &done.outcome;
     r.tokens_replayed = req.prompt_ids.len() + outcome.tokens.len();
     let mut replayed_frames = tap.into_frames();
-    if incomplete {
-        // Judge positions both runs reached: the recording's last complete trace frame, and
-        // the replay's last forward call (which stops at the last recorded token).
-        let end = |frames: &[trace::TraceFrame]| frames.iter().map(|f| f.pos0 + f.n_tok).max().unwrap_or(0);
-        let got_to = end(&recorded.traces).min(end(&replayed_frames));
+    // Judge positions both runs reached: the recording's last complete trace frame, and the
+    // replay's last forward call (which stops at the last recorded token). A cancel during
+    // prefill stopped the server after some chunks; the replay prefills them all.
+    let end = |frames: &[trace::TraceFrame]| frames.iter().map(|f| f.pos0 + f.n_tok).max().unwrap_or(0);
+    let got_to = end(&recorded.traces).min(end(&replayed_frames));
+    if incomplete || cancelled {
         recorded.traces.retain(|f| f.pos0 + f.n_tok <= got_to);
         replayed_frames.retain(|f| f.pos0 + f.n_tok <= got_to);
+        if cancelled && !incomplete {
+            r.notes.push(format!("cancelled: the positions both runs reached (0..{got_to}) were judged"));
+        }
+    }
+    if incomplete {
         let why = if cut.is_empty() { "no footer".to_string() } else { cut.join("; ") };
         r.incomplete = Some(super::report::Incomplete { position: got_to as usize, tokens: recorded_ids.len(), reason: why.clone() });
         r.notes.push(format!("recording is incomplete ({why}): got to position {got_to} with {} tokens; every complete frame was judged", recorded_ids.len()));
@@ -170,13 +197,20 @@ pub fn replay(path: &Path, engine: &mut Engine, here: &Fingerprint) -> Result<Ca
     r.notes.push(if same {
         "same fingerprint: traces must be bit-identical".into()
     } else {
-        format!("fingerprint differs ({} {} → {} {}): the backends share one arithmetic, traces must still be bit-identical", h.fingerprint.backend, h.fingerprint.device, here.backend, here.device)
+        format!(
+            "fingerprint differs ({} {} → {} {}): the backends share one arithmetic, traces must still be bit-identical",
+            h.fingerprint.backend, h.fingerprint.device, here.backend, here.device
+        )
     });
     let tok = engine.tokenizer().clone();
     r.tokens = outcome.tokens.iter().map(|&id| (id, tok.decode(&[id]))).collect();
     r.stop_reason = done.stop_reason.into();
     if let Some(f) = recorded.footer.as_ref().filter(|f| f.outcome == "ok") {
-        r.check("same stop reason and text", f.stop_reason == done.stop_reason && f.text == done.shown, format!("recorded {} {:?}, replayed {} {:?}", f.stop_reason, f.text, done.stop_reason, done.shown));
+        r.check(
+            "same stop reason and text",
+            f.stop_reason == done.stop_reason && f.text == done.shown,
+            format!("recorded {} {:?}, replayed {} {:?}", f.stop_reason, f.text, done.stop_reason, done.shown),
+        );
     }
     compare(&mut r, &recorded, &replayed, &recorded_ids, &outcome.tokens, req.prompt_ids.len());
     r.seconds = t0.elapsed().as_secs_f64();
@@ -198,7 +232,14 @@ pub fn diff(a_path: &Path, b_path: &Path) -> Result<CaseReport, ReplayError> {
     let same_req = ha.resolved.prompt_ids == hb.resolved.prompt_ids && ha.resolved.seed == hb.resolved.seed && ha.resolved.params == hb.resolved.params;
     r.check("same request (prompt ids, seed, parameters)", same_req, String::new());
     let same = same_numerics(&ha.fingerprint, &hb.fingerprint);
-    r.notes.push(format!("{} {} vs {} {}: {}", ha.fingerprint.backend, ha.fingerprint.device, hb.fingerprint.backend, hb.fingerprint.device, if same { "same fingerprint, bit-identical expected" } else { "fingerprints differ, bit-identical still expected (one arithmetic on every backend)" }));
+    r.notes.push(format!(
+        "{} {} vs {} {}: {}",
+        ha.fingerprint.backend,
+        ha.fingerprint.device,
+        hb.fingerprint.backend,
+        hb.fingerprint.device,
+        if same { "same fingerprint, bit-identical expected" } else { "fingerprints differ, bit-identical still expected (one arithmetic on every backend)" }
+    ));
     let (ia, ib) = (a.token_ids(), b.token_ids());
     r.tokens = b.tokens.iter().map(|t| (t.id, t.text.clone())).collect();
     r.stop_reason = b.footer.as_ref().map(|f| f.stop_reason.clone()).unwrap_or_default();
@@ -215,7 +256,15 @@ fn row_nmse(a: &RowRef<'_>, b: &RowRef<'_>) -> Option<f64> {
     let (pa, pb, st) = (a.projection?, b.projection?, a.stats?);
     let den = (st.rms as f64).powi(2) * a.width() as f64;
     let num = trace::projected_sq_distance(pa, pb);
-    Some(if den == 0.0 { if num == 0.0 { 0.0 } else { f64::INFINITY } } else { num / den })
+    Some(if den == 0.0 {
+        if num == 0.0 {
+            0.0
+        } else {
+            f64::INFINITY
+        }
+    } else {
+        num / den
+    })
 }
 
 fn site_layer(s: Site) -> Option<usize> {
@@ -229,10 +278,14 @@ fn site_layer(s: Site) -> Option<usize> {
 /// two runs had different inputs), position-major in forward-pass order.
 fn compare(r: &mut CaseReport, a: &Recording, b: &Recording, ids_a: &[u32], ids_b: &[u32], n_prompt: usize) {
     let first_tok = ids_a.iter().zip(ids_b).position(|(x, y)| x != y).or_else(|| (ids_a.len() != ids_b.len()).then(|| ids_a.len().min(ids_b.len())));
-    r.check("token ids identical", first_tok.is_none(), match first_tok {
-        None => format!("{} tokens", ids_a.len()),
-        Some(i) => format!("token {i}: recorded {:?}, replayed {:?}", ids_a.get(i), ids_b.get(i)),
-    });
+    r.check(
+        "token ids identical",
+        first_tok.is_none(),
+        match first_tok {
+            None => format!("{} tokens", ids_a.len()),
+            Some(i) => format!("token {i}: recorded {:?}, replayed {:?}", ids_a.get(i), ids_b.get(i)),
+        },
+    );
     // Rows at positions fed the same tokens: the prompt, and generated tokens before the
     // first difference (token i is fed at position n_prompt + i).
     let limit = first_tok.map(|i| (n_prompt + i) as u32).unwrap_or(u32::MAX);
@@ -272,11 +325,7 @@ fn compare(r: &mut CaseReport, a: &Recording, b: &Recording, ids_a: &[u32], ids_
             _ => None,
         };
         if !ok && first.is_none() {
-            let detail = if missing {
-                format!("row missing from the {}", if x.is_none() { "reference" } else { "replay" })
-            } else {
-                "hashes differ".into()
-            };
+            let detail = if missing { format!("row missing from the {}", if x.is_none() { "reference" } else { "replay" }) } else { "hashes differ".into() };
             first = Some(Divergence {
                 position: Some(pos as usize),
                 layer: site_layer(site),
@@ -299,12 +348,16 @@ fn compare(r: &mut CaseReport, a: &Recording, b: &Recording, ids_a: &[u32], ids_
     // other side's row one position over.
     if first.is_some() {
         for shift in [1i64, -1] {
-            let hits = rb.iter().filter(|((p, s), row)| {
-                let q = *p as i64 + shift;
-                q >= 0 && ra.get(&(q as u32, *s)).is_some_and(|o| o.hash == row.hash)
-            }).count();
+            let hits = rb
+                .iter()
+                .filter(|((p, s), row)| {
+                    let q = *p as i64 + shift;
+                    q >= 0 && ra.get(&(q as u32, *s)).is_some_and(|o| o.hash == row.hash)
+                })
+                .count();
             if rb.len() > 4 && hits * 2 > rb.len() {
-                r.notes.push(format!("the reference's rows match the replay's rows at position {shift:+}: a recorder filing position i's trace under i{shift:+}"));
+                r.notes
+                    .push(format!("the reference's rows match the replay's rows at position {shift:+}: a recorder filing position i's trace under i{shift:+}"));
                 if let Some(d) = first.as_mut() {
                     d.detail = format!("{}; rows shifted by {shift:+} position", d.detail);
                 }
@@ -352,9 +405,29 @@ pub fn explain(path: &Path) -> Result<String, ReplayError> {
         let _ = writeln!(s, "prompt ids: {:?}", q.prompt_ids);
         let _ = writeln!(s, "seed: {}{}", q.seed, if q.seed_generated { " (generated by the worker)" } else { "" });
         let p = &q.params;
-        let _ = writeln!(s, "params: temperature {} top_k {} top_p {} min_p {} repetition_penalty {}; max_tokens {}; stops {:?} {:?}", p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty, q.max_tokens, q.stop_ids, q.stop_strings);
+        let _ = writeln!(
+            s,
+            "params: temperature {} top_k {} top_p {} min_p {} repetition_penalty {}; max_tokens {}; stops {:?} {:?}",
+            p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty, q.max_tokens, q.stop_ids, q.stop_strings
+        );
         let f = &h.fingerprint;
-        let _ = writeln!(s, "fingerprint: model {} (sha256 {}), worker {} ({}), backend {} on {}, driver {:?}, kernels {:?}, {} threads, numerics {:?}, {}/{} {}", f.model_name, f.model_sha256, f.worker_version, f.git_commit, f.backend, f.device, f.driver, f.kernel_source_hash, f.threads, f.numerics, f.os, f.arch, f.cpu);
+        let _ = writeln!(
+            s,
+            "fingerprint: model {} (sha256 {}), worker {} ({}), backend {} on {}, driver {:?}, kernels {:?}, {} threads, numerics {:?}, {}/{} {}",
+            f.model_name,
+            f.model_sha256,
+            f.worker_version,
+            f.git_commit,
+            f.backend,
+            f.device,
+            f.driver,
+            f.kernel_source_hash,
+            f.threads,
+            f.numerics,
+            f.os,
+            f.arch,
+            f.cpu
+        );
         let _ = writeln!(s, "trace level: {} ({} trace frames, {} rows)", h.trace, r.traces.len(), r.rows().len());
     }
     let _ = writeln!(s, "tokens ({}):", r.tokens.len());
@@ -362,13 +435,23 @@ pub fn explain(path: &Path) -> Result<String, ReplayError> {
         let _ = writeln!(s, "  {:>4} {:>6} {:?} logprob {:.3}", t.index, t.id, t.text, t.logprob);
     }
     if let Some(f) = &r.footer {
-        let _ = writeln!(s, "outcome: {} stop {} {:?}, text {:?}, dropped trace frames {}", f.outcome, f.stop_reason, f.stop_sequence_matched, f.text, f.dropped_trace_frames);
+        let _ = writeln!(
+            s,
+            "outcome: {} stop {} {:?}, text {:?}, dropped trace frames {}",
+            f.outcome, f.stop_reason, f.stop_sequence_matched, f.text, f.dropped_trace_frames
+        );
     }
     Ok(s)
 }
 
 /// The header a recording of `resolved` made here would carry (for [`record_request`]).
-pub fn header_for(job_id: &str, resolved: crate::trace::ResolvedRequest, fingerprint: Fingerprint, level: TraceLevel, cfg: &crate::model::ModelConfig) -> Header {
+pub fn header_for(
+    job_id: &str,
+    resolved: crate::trace::ResolvedRequest,
+    fingerprint: Fingerprint,
+    level: TraceLevel,
+    cfg: &crate::model::ModelConfig,
+) -> Header {
     Header {
         job_id: job_id.into(),
         endpoint: "/execute".into(),

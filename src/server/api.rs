@@ -36,7 +36,14 @@ pub struct ApiError {
 impl ApiError {
     pub fn invalid(field: impl Into<String>, reason: impl std::fmt::Display) -> ApiError {
         let field = field.into();
-        ApiError { status: StatusCode::BAD_REQUEST, code: "INVALID_REQUEST", message: format!("{field}: {reason}"), field: Some(field), retry_after_s: None, close: false }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "INVALID_REQUEST",
+            message: format!("{field}: {reason}"),
+            field: Some(field),
+            retry_after_s: None,
+            close: false,
+        }
     }
 
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
@@ -369,8 +376,25 @@ pub fn parse_completions(bytes: &[u8], max_prompt_chars: usize) -> Result<Parsed
     let map = parse_body(bytes)?;
     let f = Fields::new(&map, "");
     let mut known = vec![
-        "prompt", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "logprobs", "echo", "stop", "seed", "presence_penalty",
-        "frequency_penalty", "best_of", "logit_bias", "suffix", "top_k", "min_p", "repetition_penalty",
+        "prompt",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "stream",
+        "stream_options",
+        "logprobs",
+        "echo",
+        "stop",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "best_of",
+        "logit_bias",
+        "suffix",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
     ];
     known.extend_from_slice(IGNORED);
     f.reject_unknown(&known)?;
@@ -397,14 +421,21 @@ pub fn parse_completions(bytes: &[u8], max_prompt_chars: usize) -> Result<Parsed
             let ids = a
                 .iter()
                 .enumerate()
-                .map(|(i, v)| v.as_u64().filter(|&n| n <= u32::MAX as u64).map(|n| n as u32).ok_or_else(|| ApiError::invalid(format!("prompt[{i}]"), "expected a token id")))
+                .map(|(i, v)| {
+                    v.as_u64()
+                        .filter(|&n| n <= u32::MAX as u64)
+                        .map(|n| n as u32)
+                        .ok_or_else(|| ApiError::invalid(format!("prompt[{i}]"), "expected a token id"))
+                })
                 .collect::<Result<Vec<u32>, _>>()?;
             PromptInput::Ids(ids)
         }
         Some(Value::Array(a)) if a.len() > 1 && a.iter().all(Value::is_string) => {
             return Err(ApiError::invalid("prompt", "only one prompt per request is supported"))
         }
-        Some(v) => return Err(ApiError::invalid("prompt", format!("expected a string, an array of one string, or an array of token ids, got {}", type_name(v)))),
+        Some(v) => {
+            return Err(ApiError::invalid("prompt", format!("expected a string, an array of one string, or an array of token ids, got {}", type_name(v))))
+        }
     };
     let max_tokens = f.int("max_tokens", 1, u32::MAX as u64)?.unwrap_or(16);
     let (stream, include_usage) = openai_stream(&f)?;
@@ -429,9 +460,29 @@ pub fn parse_chat(bytes: &[u8], max_prompt_chars: usize) -> Result<ParsedRequest
     let map = parse_body(bytes)?;
     let f = Fields::new(&map, "");
     let mut known = vec![
-        "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stream", "stream_options", "logprobs", "top_logprobs",
-        "stop", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "response_format", "tools", "tool_choice", "top_k", "min_p",
-        "repetition_penalty", "modalities", "reasoning_effort",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "stream",
+        "stream_options",
+        "logprobs",
+        "top_logprobs",
+        "stop",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "modalities",
+        "reasoning_effort",
     ];
     known.extend_from_slice(IGNORED);
     f.reject_unknown(&known)?;

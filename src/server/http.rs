@@ -75,8 +75,9 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
         "/health" | "/metrics" | "/v1/models" => "GET",
         _ => "POST",
     };
-    let mut r = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", format!("method: {method} is not allowed on {} (use {allowed})", uri.path()))
-        .into_response();
+    let mut r =
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", format!("method: {method} is not allowed on {} (use {allowed})", uri.path()))
+            .into_response();
     r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allowed));
     r
 }
@@ -282,7 +283,10 @@ impl AppState {
         };
         let unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
         let record_stem = format!("{unix_ms}-{seq:06}-{job_id}");
-        let recording = sh.record_dir.as_ref().map(|d| d.join(format!("{record_stem}.{}", crate::trace::RECORDING_EXT)));
+        // A stream's headers leave before the job runs: they name where the finished recording
+        // will be, and its `end` event what exists.
+        let mut recording = sh.record_dir.as_ref().map(|d| d.join(format!("{record_stem}.{}", crate::trace::RECORDING_EXT)));
+        let mut recording_state: Option<HeaderValue> = None;
         let (tx, rx) = unbounded_channel();
         let cancel = Arc::new(AtomicBool::new(false));
         let prompt_tokens = prepared.req.prompt_ids.len();
@@ -319,7 +323,15 @@ impl AppState {
                 if parsed.stream {
                     sse::response(JobStream::new(rx, Arc::clone(&cancel), openai::stream_formatter(ctx)))
                 } else {
-                    json_response(StatusCode::OK, &openai::collect(rx, Arc::clone(&cancel), ctx).await?)
+                    let (body, rec) = openai::collect(rx, Arc::clone(&cancel), ctx).await?;
+                    // Answered after the job: the headers name what exists, not what was planned.
+                    recording = rec.and_then(|r| {
+                        if let Ok(v) = HeaderValue::from_str(r.state) {
+                            recording_state = Some(v);
+                        }
+                        r.path.map(std::path::PathBuf::from)
+                    });
+                    json_response(StatusCode::OK, &body)
                 }
             }
         };
@@ -329,6 +341,9 @@ impl AppState {
         }
         if let Some(v) = recording.and_then(|p| HeaderValue::from_str(&p.display().to_string()).ok()) {
             h.insert("x-worker-orcd-recording", v);
+        }
+        if let Some(v) = recording_state {
+            h.insert("x-worker-orcd-recording-state", v);
         }
         Ok(resp)
     }
@@ -424,10 +439,7 @@ fn prepare(sh: &Shared, p: &ParsedRequest) -> Result<Prepared, ApiError> {
     let room = (n_ctx - ids.len()) as u64;
     let max_tokens = p.max_tokens.unwrap_or(room.min(u32::MAX as u64));
     if max_tokens > room {
-        return Err(ApiError::invalid(
-            "max_tokens",
-            format!("{} prompt tokens + {max_tokens} new tokens exceed the context of {n_ctx}", ids.len()),
-        ));
+        return Err(ApiError::invalid("max_tokens", format!("{} prompt tokens + {max_tokens} new tokens exceed the context of {n_ctx}", ids.len())));
     }
     let (mut stop_ids, mut stop_labels, mut stop_strings) = (Vec::new(), Vec::new(), Vec::new());
     if p.endpoint == Endpoint::Execute {
@@ -503,7 +515,10 @@ async fn models(State(st): State<AppState>, headers: HeaderMap) -> Response {
         return e.into_response();
     }
     let created = st.shared.started.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    json_response(StatusCode::OK, &json!({"object": "list", "data": [{"id": st.shared.model_name, "object": "model", "created": created, "owned_by": "worker-orcd"}]}))
+    json_response(
+        StatusCode::OK,
+        &json!({"object": "list", "data": [{"id": st.shared.model_name, "object": "model", "created": created, "owned_by": "worker-orcd"}]}),
+    )
 }
 
 async fn health(State(st): State<AppState>, headers: HeaderMap) -> Response {
@@ -512,39 +527,45 @@ async fn health(State(st): State<AppState>, headers: HeaderMap) -> Response {
     let current = sh.current_job();
     if !st.authenticated(&headers) {
         // Without the token: liveness and load only, no job ids, paths or error texts.
-        return json_response(StatusCode::OK, &json!({
-            "status": "ok",
-            "model": sh.model_name,
-            "backend": sh.backend,
-            "busy": current.is_some(),
-            "queue_depth": sh.queue_depth.load(Ordering::Relaxed),
-            "queue_capacity": sh.queue_capacity,
-            "authenticated": false,
-        }));
+        return json_response(
+            StatusCode::OK,
+            &json!({
+                "status": "ok",
+                "model": sh.model_name,
+                "backend": sh.backend,
+                "busy": current.is_some(),
+                "queue_depth": sh.queue_depth.load(Ordering::Relaxed),
+                "queue_capacity": sh.queue_capacity,
+                "authenticated": false,
+            }),
+        );
     }
     let rec = sh.recorder.as_ref().map(|r| r.snapshot());
-    json_response(StatusCode::OK, &json!({
-        "status": "ok",
-        "model": sh.model_name,
-        "model_sha256": sh.model_sha256,
-        "backend": sh.backend,
-        "device": sh.device,
-        "backend_fallback": sh.backend_fallback,
-        "worker_version": sh.fingerprint.worker_version,
-        "git_commit": sh.fingerprint.git_commit,
-        "n_ctx": sh.n_ctx,
-        "queue_depth": sh.queue_depth.load(Ordering::Relaxed),
-        "queue_capacity": sh.queue_capacity,
-        "busy": current.is_some(),
-        "current_job": current,
-        "tokens_served": m.tokens_generated.load(Ordering::Relaxed),
-        "requests_served": m.ok.load(Ordering::Relaxed),
-        "recorder_state": rec.as_ref().map(|r| r.state).unwrap_or("off"),
-        "recorder_errors": rec.as_ref().map(|r| r.errors).unwrap_or(0),
-        "last_recorder_error": rec.as_ref().and_then(|r| r.last_error.clone()),
-        "recorder": rec,
-        "uptime_s": sh.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
-    }))
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "status": "ok",
+            "model": sh.model_name,
+            "model_sha256": sh.model_sha256,
+            "backend": sh.backend,
+            "device": sh.device,
+            "backend_fallback": sh.backend_fallback,
+            "worker_version": sh.fingerprint.worker_version,
+            "git_commit": sh.fingerprint.git_commit,
+            "n_ctx": sh.n_ctx,
+            "queue_depth": sh.queue_depth.load(Ordering::Relaxed),
+            "queue_capacity": sh.queue_capacity,
+            "busy": current.is_some(),
+            "current_job": current,
+            "tokens_served": m.tokens_generated.load(Ordering::Relaxed),
+            "requests_served": m.ok.load(Ordering::Relaxed),
+            "recorder_state": rec.as_ref().map(|r| r.state).unwrap_or("off"),
+            "recorder_errors": rec.as_ref().map(|r| r.errors).unwrap_or(0),
+            "last_recorder_error": rec.as_ref().and_then(|r| r.last_error.clone()),
+            "recorder": rec,
+            "uptime_s": sh.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+        }),
+    )
 }
 
 async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {

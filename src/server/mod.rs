@@ -168,6 +168,9 @@ pub struct ServerConfig {
     /// Test hook: the recorder sleeps this many ms before every write (a slow disk).
     #[doc(hidden)]
     pub record_write_delay_ms: Option<Arc<AtomicU64>>,
+    /// Test hook: the bytes the record disk has left (a full disk when they run out).
+    #[doc(hidden)]
+    pub record_disk_bytes_left: Option<Arc<AtomicU64>>,
 }
 
 impl Default for ServerConfig {
@@ -194,6 +197,7 @@ impl Default for ServerConfig {
             recorder_budget_bytes: 64 << 20,
             gate: None,
             record_write_delay_ms: None,
+            record_disk_bytes_left: None,
         }
     }
 }
@@ -481,6 +485,7 @@ fn start_core(cfg: &ServerConfig) -> Result<Core, ServerError> {
             let mut rc = RecorderConfig::new(dir, cfg.trace);
             rc.budget_bytes = cfg.recorder_budget_bytes;
             rc.write_delay_ms = cfg.record_write_delay_ms.clone();
+            rc.disk_bytes_left = cfg.record_disk_bytes_left.clone();
             Some(Recorder::start(rc, dims)?)
         }
         None => None,
@@ -712,13 +717,7 @@ pub(crate) fn rfc3339(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_micros()
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z", rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_micros())
 }
 
 pub(crate) fn rfc3339_now() -> String {
@@ -738,5 +737,4 @@ mod tests {
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(&rfc3339(leap)[..10], "2000-02-29");
     }
-
 }

@@ -16,7 +16,7 @@ use crate::tokenizer::Tokenizer;
 
 use super::api::ApiError;
 use super::sse::Formatter;
-use super::worker::{JobEvent, TokenOut};
+use super::worker::{JobEvent, RecordingRef, TokenOut};
 
 /// What every chunk or response of one request shares.
 pub(crate) struct Ctx {
@@ -166,7 +166,8 @@ impl Drop for CancelOnDrop {
 }
 
 /// Waits for the whole job and builds the non-streamed response.
-pub(crate) async fn collect(mut rx: UnboundedReceiver<JobEvent>, cancel: Arc<AtomicBool>, ctx: Ctx) -> Result<Value, ApiError> {
+/// Also returns the job's recording as it stood at the end.
+pub(crate) async fn collect(mut rx: UnboundedReceiver<JobEvent>, cancel: Arc<AtomicBool>, ctx: Ctx) -> Result<(Value, Option<RecordingRef>), ApiError> {
     let mut guard = CancelOnDrop(Some(cancel));
     let mut text = String::new();
     let mut chat_entries = Vec::new();
@@ -203,7 +204,7 @@ pub(crate) async fn collect(mut rx: UnboundedReceiver<JobEvent>, cancel: Arc<Ato
                     };
                     json!({"text": text, "index": 0, "logprobs": lp, "finish_reason": e.finish_reason})
                 };
-                return Ok(json!({
+                let body = json!({
                     "id": ctx.id,
                     "object": ctx.object(false),
                     "created": ctx.created,
@@ -211,7 +212,8 @@ pub(crate) async fn collect(mut rx: UnboundedReceiver<JobEvent>, cancel: Arc<Ato
                     "system_fingerprint": ctx.system_fingerprint,
                     "choices": [choice],
                     "usage": ctx.usage(e.tokens_out),
-                }));
+                });
+                return Ok((body, e.recording));
             }
             JobEvent::Error { code, message } => {
                 guard.0 = None;

@@ -117,7 +117,17 @@ pub(crate) fn execute_formatter(job_id: String, model: String) -> Formatter {
                 d["stop_sequence_matched"] = json!(s);
             }
             if let Some(r) = e.recording {
-                d["recording"] = json!(r);
+                // Only a file that exists is named `recording`.
+                d["recording_state"] = json!(r.state);
+                if let Some(p) = r.path {
+                    d["recording"] = json!(p);
+                }
+                if let Some(p) = r.pending {
+                    d["recording_pending"] = json!(p);
+                }
+                if let Some(e) = r.error {
+                    d["recording_error"] = json!(e);
+                }
             }
             (vec![named("end", d)], true)
         }

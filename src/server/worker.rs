@@ -7,17 +7,18 @@
 //! events), so a slow client never slows generation, and a dropped receiver (client gone)
 //! cancels the job.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::backend::NoTap;
 use crate::engine::{Engine, GenerateRequest, TokenEvent};
 use crate::run;
-use crate::trace::{self, Footer, Header, Recorder, ResolvedRequest, Timings, TraceLevel};
+use crate::trace::{self, Footer, Header, Recorder, RecordingOutcome, ResolvedRequest, Timings, TraceLevel, Verdict};
 
 use super::{rfc3339_now, Gate, Shared};
 
@@ -77,8 +78,64 @@ pub(crate) struct JobEnd {
     pub stop_sequence_matched: Option<String>,
     /// Visible text not yet sent with a token (held back, or completed at the end).
     pub tail: String,
-    pub recording: Option<String>,
+    /// `None` when the worker does not record.
+    pub recording: Option<RecordingRef>,
     pub ended_at: String,
+}
+
+/// How long the end of a response waits for the writer to be done with its recording, so
+/// that it names what exists. On a disk slower than that it says where the recording will be.
+pub(crate) const RECORDING_VERDICT_WAIT: Duration = Duration::from_secs(2);
+
+/// A job's recording as it stands when the job's end is reported.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RecordingRef {
+    /// `written` (at `path`), `incomplete` (cut by a failed write, kept at `path`, the
+    /// `.partial` file), `writing` (the writer is behind: it will be at `pending`, or stay
+    /// `pending.partial` if cut) or `failed` (no file).
+    pub state: &'static str,
+    /// A file that exists now.
+    pub path: Option<String>,
+    pub pending: Option<String>,
+    pub error: Option<String>,
+}
+
+impl RecordingRef {
+    fn of(outcome: Option<RecordingOutcome>, planned: &Path) -> RecordingRef {
+        let show = |p: &Path| Some(p.display().to_string());
+        let (state, path, pending, error) = match outcome {
+            Some(RecordingOutcome::Written(p)) => ("written", show(&p), None, None),
+            Some(RecordingOutcome::Cut { partial, error }) => ("incomplete", show(&partial), None, Some(error)),
+            Some(RecordingOutcome::Lost { error }) => ("failed", None, None, Some(error)),
+            None => ("writing", None, show(planned), None),
+        };
+        RecordingRef { state, path, pending, error }
+    }
+}
+
+/// Sends a job's `End` once its recording's verdict is known (at most
+/// [`RECORDING_VERDICT_WAIT`] later), waiting on a thread of its own: the inference thread
+/// goes on to the next job at once.
+fn send_end(events: &UnboundedSender<JobEvent>, mut end: JobEnd, verdict: Option<(Arc<Verdict>, PathBuf)>) {
+    let Some((v, planned)) = verdict else {
+        let _ = events.send(JobEvent::End(end));
+        return;
+    };
+    if let Some(outcome) = v.wait(Duration::ZERO) {
+        end.recording = Some(RecordingRef::of(Some(outcome), &planned));
+        let _ = events.send(JobEvent::End(end));
+        return;
+    }
+    let (tx, fallback, v2, planned2) = (events.clone(), end.clone(), Arc::clone(&v), planned.clone());
+    let waiter = move || {
+        end.recording = Some(RecordingRef::of(v.wait(RECORDING_VERDICT_WAIT), &planned));
+        let _ = tx.send(JobEvent::End(end));
+    };
+    if std::thread::Builder::new().name("recording-verdict".into()).spawn(waiter).is_err() {
+        let mut end = fallback;
+        end.recording = Some(RecordingRef::of(v2.wait(Duration::ZERO), &planned2));
+        let _ = events.send(JobEvent::End(end));
+    }
 }
 
 /// Runs jobs until the queue closes, then finishes the recorder.
@@ -126,7 +183,7 @@ fn run_job(engine: &mut Engine, mut recorder: Option<&mut Recorder>, shared: &Sh
         };
         r.begin(&job.record_stem, header)
     });
-    let recording_path = active.as_ref().map(|a| a.path().display().to_string());
+    let verdict = active.as_ref().map(|a| (a.verdict(), a.path().to_path_buf()));
     let _ = job.events.send(JobEvent::Started { seed: job.req.seed, started_at, prompt_tokens });
 
     let cancel: &AtomicBool = &job.cancel;
@@ -163,8 +220,6 @@ fn run_job(engine: &mut Engine, mut recorder: Option<&mut Recorder>, shared: &Sh
                 m.set_decode_tps((n - 1) as f64 / (outcome.decode_ms / 1000.0));
             }
             let matched = done.stop_sequence_matched(&job.stop_labels, &job.stop_strings);
-            // Name the recording only while the writer has not given it up.
-            let recording = active.as_ref().filter(|a| !a.failed()).and(recording_path);
             if let (Some(rec), Some(a)) = (recorder, active) {
                 let timings = Timings { queue_ms, prefill_ms: outcome.prefill_ms, decode_ms: outcome.decode_ms, total_ms };
                 rec.end(a, done.footer(&job.stop_labels, &job.stop_strings, timings, dropped, ended_at.clone()));
@@ -174,7 +229,7 @@ fn run_job(engine: &mut Engine, mut recorder: Option<&mut Recorder>, shared: &Sh
                 let _ = job.events.send(JobEvent::Error { code: "CANCELLED", message: format!("job {} was cancelled", job.job_id) });
             } else {
                 m.ok.fetch_add(1, Ordering::Relaxed);
-                let _ = job.events.send(JobEvent::End(JobEnd {
+                let end = JobEnd {
                     tokens_out: n,
                     prefill_ms: outcome.prefill_ms,
                     decode_ms: outcome.decode_ms,
@@ -182,9 +237,11 @@ fn run_job(engine: &mut Engine, mut recorder: Option<&mut Recorder>, shared: &Sh
                     finish_reason: done.finish_reason,
                     stop_sequence_matched: matched,
                     tail: done.tail.clone(),
-                    recording,
+                    recording: None,
                     ended_at,
-                }));
+                };
+                // Named as it stands once the writer is done with it, not as planned.
+                send_end(&job.events, end, verdict);
             }
         }
         Err(e) => {
@@ -212,4 +269,3 @@ fn run_job(engine: &mut Engine, mut recorder: Option<&mut Recorder>, shared: &Sh
         }
     }
 }
-

@@ -79,11 +79,7 @@ pub(crate) struct Scratch {
 impl Merges {
     /// Builds the table. `merges` are `(index, left, right)` as split by the
     /// caller; duplicates keep the first (lowest) rank like `bpe_ranks.emplace`.
-    pub(crate) fn new<'a>(
-        token_to_id: &TokenMap,
-        n_vocab: u32,
-        merges: impl Iterator<Item = (&'a str, &'a str)>,
-    ) -> Merges {
+    pub(crate) fn new<'a>(token_to_id: &TokenMap, n_vocab: u32, merges: impl Iterator<Item = (&'a str, &'a str)>) -> Merges {
         let mut extra = TokenMap::default();
         let intern = |s: &str, extra: &mut TokenMap| -> u32 {
             if let Some(&id) = token_to_id.get(s) {
@@ -108,29 +104,15 @@ impl Merges {
         let mut hex_byte = [NO_SYM; 256];
         let mut buf = [0u8; 4];
         for b in 0..256 {
-            hex_byte[b] = token_to_id
-                .get(&format!("<0x{b:02X}>"))
-                .copied()
-                .unwrap_or(NO_SYM);
+            hex_byte[b] = token_to_id.get(&format!("<0x{b:02X}>")).copied().unwrap_or(NO_SYM);
             let c = BYTE_TO_CHAR[b];
             let s: &str = c.encode_utf8(&mut buf);
-            byte_sym[b] = token_to_id
-                .get(s)
-                .or_else(|| extra.get(s))
-                .copied()
-                .unwrap_or(NO_SYM);
+            byte_sym[b] = token_to_id.get(s).or_else(|| extra.get(s)).copied().unwrap_or(NO_SYM);
             if c.is_ascii() {
                 byte_fallback[b] = token_to_id.get(s).copied().unwrap_or(NO_SYM);
             }
         }
-        Merges {
-            ranks,
-            byte_sym,
-            byte_fallback,
-            hex_byte,
-            extra,
-            n_vocab,
-        }
+        Merges { ranks, byte_sym, byte_fallback, hex_byte, extra, n_vocab }
     }
 
     /// Number of distinct merge pairs.
@@ -147,14 +129,7 @@ impl Merges {
 
     /// Appends the token ids of one pre-tokenized word (raw UTF-8 bytes, before any byte-level
     /// encoding) to `out`. `token_to_id` is the vocabulary the table was built from.
-    pub(crate) fn encode_word(
-        &self,
-        word: &str,
-        mode: WordMode,
-        token_to_id: &TokenMap,
-        scratch: &mut Scratch,
-        out: &mut Vec<u32>,
-    ) {
+    pub(crate) fn encode_word(&self, word: &str, mode: WordMode, token_to_id: &TokenMap, scratch: &mut Scratch, out: &mut Vec<u32>) {
         if word.is_empty() {
             return;
         }
@@ -165,8 +140,7 @@ impl Merges {
         } else {
             word
         };
-        let try_whole =
-            mode.ignore_merges || (mode.newline_words_whole && word.bytes().all(|b| b == b'\n'));
+        let try_whole = mode.ignore_merges || (mode.newline_words_whole && word.bytes().all(|b| b == b'\n'));
         if try_whole {
             if let Some(&id) = token_to_id.get(whole) {
                 out.push(id);
@@ -197,11 +171,7 @@ impl Merges {
                     len: len as u32,
                     id: self.sym_id(text, token_to_id),
                     prev: if i == 0 { NO_SYM } else { i as u32 - 1 },
-                    next: if start + len == word.len() {
-                        NO_SYM
-                    } else {
-                        i as u32 + 1
-                    },
+                    next: if start + len == word.len() { NO_SYM } else { i as u32 + 1 },
                 });
             }
         }
@@ -216,27 +186,14 @@ impl Merges {
             // their encoded text as a one-byte string (only ASCII chars can match); raw ones
             // look up `<0xXX>`.
             let bytes = &word.as_bytes()[s.start as usize..(s.start + s.len) as usize];
-            let table = if mode.byte_encode {
-                &self.byte_fallback
-            } else {
-                &self.hex_byte
-            };
-            out.extend(
-                bytes
-                    .iter()
-                    .map(|&b| table[b as usize])
-                    .filter(|&id| id != NO_SYM),
-            );
+            let table = if mode.byte_encode { &self.byte_fallback } else { &self.hex_byte };
+            out.extend(bytes.iter().map(|&b| table[b as usize]).filter(|&id| id != NO_SYM));
         }
     }
 
     /// Interned id of a symbol's text, or `NO_SYM` when it is neither a token nor a merge part.
     fn sym_id(&self, text: &str, token_to_id: &TokenMap) -> u32 {
-        token_to_id
-            .get(text)
-            .or_else(|| self.extra.get(text))
-            .copied()
-            .unwrap_or(NO_SYM)
+        token_to_id.get(text).or_else(|| self.extra.get(text)).copied().unwrap_or(NO_SYM)
     }
 
     /// Merges adjacent symbols by rank until no ranked pair is left.

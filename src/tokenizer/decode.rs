@@ -81,11 +81,7 @@ impl Tokenizer {
         }
         let mut text = Vec::new();
         for &id in ids {
-            let a = self
-                .attrs
-                .get(id as usize)
-                .copied()
-                .unwrap_or(attr::UNDEFINED);
+            let a = self.attrs.get(id as usize).copied().unwrap_or(attr::UNDEFINED);
             if unparse_special || a & (attr::UNKNOWN | attr::CONTROL) == 0 {
                 let piece = self.token_piece(id);
                 let piece = match piece.first() {
@@ -131,8 +127,7 @@ fn clean_spaces(text: &mut Vec<u8>) {
         if t[i - 1] == b' ' && t[i] == b'\'' && i + 1 < n {
             let x1 = t[i + 1];
             let x2 = t.get(i + 2).copied().filter(|_| i + 2 < n);
-            let drop = matches!(x1, b's' | b'm')
-                || matches!((x1, x2), (b'r', Some(b'e')) | (b'v', Some(b'e')));
+            let drop = matches!(x1, b's' | b'm') || matches!((x1, x2), (b'r', Some(b'e')) | (b'v', Some(b'e')));
             if drop {
                 *total -= 1;
             }
@@ -174,10 +169,7 @@ pub struct StreamDecoder<'a> {
 
 impl<'a> StreamDecoder<'a> {
     pub fn new(tok: &'a Tokenizer) -> StreamDecoder<'a> {
-        StreamDecoder {
-            tok,
-            pending: Vec::new(),
-        }
+        StreamDecoder { tok, pending: Vec::new() }
     }
 
     /// Appends `id`'s piece and returns the text that is now complete.
@@ -198,9 +190,7 @@ impl<'a> StreamDecoder<'a> {
                 Err(e) => {
                     let valid = e.valid_up_to();
                     // `valid_up_to` bytes were just validated, so this cannot fail.
-                    out.push_str(
-                        std::str::from_utf8(&self.pending[pos..pos + valid]).unwrap_or(""),
-                    );
+                    out.push_str(std::str::from_utf8(&self.pending[pos..pos + valid]).unwrap_or(""));
                     pos += valid;
                     match e.error_len() {
                         Some(bad) => {

@@ -14,22 +14,14 @@ pub enum TokenizerError {
     /// A key is present but holds the wrong type of value (for arrays,
     /// `found` names the offending element's type, e.g. `array of u32`).
     #[error("gguf metadata key {key} has type {found}, expected {expected}")]
-    WrongType {
-        key: String,
-        expected: &'static str,
-        found: String,
-    },
+    WrongType { key: String, expected: &'static str, found: String },
 
     /// `tokenizer.ggml.model` names a tokenizer family we do not implement.
     #[error(
         "unsupported tokenizer model {model:?} in tokenizer.ggml.model (tokenizer.ggml.pre \
          {pre:?}); supported models: {supported}"
     )]
-    UnsupportedModel {
-        model: String,
-        pre: String,
-        supported: String,
-    },
+    UnsupportedModel { model: String, pre: String, supported: String },
 
     /// `tokenizer.ggml.pre` names a pre-tokenizer we do not implement (`""` when the key is
     /// absent, which llama.cpp treats as `"default"`).
@@ -37,16 +29,10 @@ pub enum TokenizerError {
         "unsupported pre-tokenizer {pre:?} in tokenizer.ggml.pre for tokenizer.ggml.model \
          {model:?}; supported pre-tokenizers: {supported}"
     )]
-    UnsupportedPre {
-        pre: String,
-        model: String,
-        supported: String,
-    },
+    UnsupportedPre { pre: String, model: String, supported: String },
 
     /// A `tokenizer.ggml.merges` entry is not of the form `"left right"`.
-    #[error(
-        "bad merge at tokenizer.ggml.merges[{index}]: {merge:?} has no space separating two parts"
-    )]
+    #[error("bad merge at tokenizer.ggml.merges[{index}]: {merge:?} has no space separating two parts")]
     BadMerge { index: usize, merge: String },
 
     /// `tokenizer.ggml.tokens` is empty.
@@ -56,19 +42,11 @@ pub enum TokenizerError {
     /// Two vocab entries have the same text; llama.cpp refuses such a vocab
     /// (it asserts `id_to_token.size() == token_to_id.size()`).
     #[error("duplicate token {text:?} in tokenizer.ggml.tokens at ids {first} and {second}")]
-    DuplicateToken {
-        text: String,
-        first: u32,
-        second: u32,
-    },
+    DuplicateToken { text: String, first: u32, second: u32 },
 
     /// A per-token array is shorter than `tokenizer.ggml.tokens`.
     #[error("{key} has {found} entries but tokenizer.ggml.tokens has {expected}")]
-    LengthMismatch {
-        key: String,
-        expected: usize,
-        found: usize,
-    },
+    LengthMismatch { key: String, expected: usize, found: usize },
 
     /// `tokenizer.ggml.tokens` has more entries than token ids can address.
     #[error("vocabulary of {n} tokens in tokenizer.ggml.tokens is too large for u32 ids")]

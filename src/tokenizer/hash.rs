@@ -31,9 +31,7 @@ impl Hasher for FastHasher {
     fn write(&mut self, bytes: &[u8]) {
         let mut chunks = bytes.chunks_exact(8);
         for c in &mut chunks {
-            self.add(u64::from_le_bytes([
-                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
-            ]));
+            self.add(u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]));
         }
         let rest = chunks.remainder();
         if !rest.is_empty() {
@@ -74,16 +72,10 @@ mod tests {
     #[test]
     fn low_bits_depend_on_every_byte() {
         // Strings that share a long prefix must still spread over buckets.
-        let mut low: Vec<u64> = (0..1000)
-            .map(|i| h(&format!("▁the_common_prefix_{i}")) & 0xFFF)
-            .collect();
+        let mut low: Vec<u64> = (0..1000).map(|i| h(&format!("▁the_common_prefix_{i}")) & 0xFFF).collect();
         low.sort_unstable();
         low.dedup();
-        assert!(
-            low.len() > 700,
-            "{} distinct low-bit patterns of 1000",
-            low.len()
-        );
+        assert!(low.len() > 700, "{} distinct low-bit patterns of 1000", low.len());
         assert_ne!(h("ab"), h("ab\0"));
         assert_ne!(h(&(1u32, 2u32)), h(&(2u32, 1u32)));
     }

@@ -43,11 +43,7 @@ fn wrong_type(key: &str, expected: &'static str, v: &MetadataValue) -> Tokenizer
         },
         None => v.type_name().to_owned(),
     };
-    TokenizerError::WrongType {
-        key: key.to_owned(),
-        expected,
-        found,
-    }
+    TokenizerError::WrongType { key: key.to_owned(), expected, found }
 }
 
 fn elem_matches(expected: &str, x: &MetadataValue) -> bool {
@@ -61,20 +57,14 @@ fn elem_matches(expected: &str, x: &MetadataValue) -> bool {
 fn opt_str<'a>(f: &'a GgufFile, key: &str) -> Result<Option<&'a str>, TokenizerError> {
     match f.metadata(key) {
         None => Ok(None),
-        Some(v) => v
-            .as_str()
-            .map(Some)
-            .ok_or_else(|| wrong_type(key, "string", v)),
+        Some(v) => v.as_str().map(Some).ok_or_else(|| wrong_type(key, "string", v)),
     }
 }
 
 fn opt_bool(f: &GgufFile, key: &str) -> Result<Option<bool>, TokenizerError> {
     match f.metadata(key) {
         None => Ok(None),
-        Some(v) => v
-            .as_bool()
-            .map(Some)
-            .ok_or_else(|| wrong_type(key, "bool", v)),
+        Some(v) => v.as_bool().map(Some).ok_or_else(|| wrong_type(key, "bool", v)),
     }
 }
 
@@ -92,26 +82,15 @@ fn str_array<'a>(f: &'a GgufFile, key: &str) -> Result<Option<Vec<&'a str>>, Tok
     let Some(v) = f.metadata(key) else {
         return Ok(None);
     };
-    let items = v
-        .as_array()
-        .ok_or_else(|| wrong_type(key, "array of string", v))?;
-    items
-        .iter()
-        .map(|x| {
-            x.as_str()
-                .ok_or_else(|| wrong_type(key, "array of string", v))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
+    let items = v.as_array().ok_or_else(|| wrong_type(key, "array of string", v))?;
+    items.iter().map(|x| x.as_str().ok_or_else(|| wrong_type(key, "array of string", v))).collect::<Result<Vec<_>, _>>().map(Some)
 }
 
 fn i32_array(f: &GgufFile, key: &str) -> Result<Option<Vec<i32>>, TokenizerError> {
     let Some(v) = f.metadata(key) else {
         return Ok(None);
     };
-    let items = v
-        .as_array()
-        .ok_or_else(|| wrong_type(key, "array of i32", v))?;
+    let items = v.as_array().ok_or_else(|| wrong_type(key, "array of i32", v))?;
     items
         .iter()
         .map(|x| match x {
@@ -144,11 +123,7 @@ fn score_array(f: &GgufFile, key: &str) -> Result<Option<Vec<f32>>, TokenizerErr
 
 fn check_len(key: &str, found: usize, expected: usize) -> Result<(), TokenizerError> {
     if found < expected {
-        return Err(TokenizerError::LengthMismatch {
-            key: key.to_owned(),
-            expected,
-            found,
-        });
+        return Err(TokenizerError::LengthMismatch { key: key.to_owned(), expected, found });
     }
     Ok(())
 }
@@ -186,57 +161,35 @@ struct TypeDefaults {
 }
 
 pub(super) fn from_gguf(f: &GgufFile) -> Result<Tokenizer, TokenizerError> {
-    let model_name = opt_str(f, KEY_MODEL)?.ok_or_else(|| TokenizerError::MissingKey {
-        key: KEY_MODEL.to_owned(),
-    })?;
+    let model_name = opt_str(f, KEY_MODEL)?.ok_or_else(|| TokenizerError::MissingKey { key: KEY_MODEL.to_owned() })?;
     let stored_pre = opt_str(f, KEY_PRE)?.unwrap_or("");
     let (vtype, pre) = match model_name {
         "llama" => (VocabType::Spm, None),
         "bert" => (VocabType::Wpm, None),
         "gpt2" | "gemma4" => {
             // The gemma4 model type forces its own pre-tokenizer.
-            let pre_name = if model_name == "gemma4" {
-                "gemma4"
-            } else {
-                stored_pre
-            };
-            let cfg = PreConfig::from_gguf_name(pre_name).ok_or_else(|| {
-                TokenizerError::UnsupportedPre {
-                    pre: pre_name.to_owned(),
-                    model: model_name.to_owned(),
-                    supported: SUPPORTED_PRE_NAMES.join(", "),
-                }
+            let pre_name = if model_name == "gemma4" { "gemma4" } else { stored_pre };
+            let cfg = PreConfig::from_gguf_name(pre_name).ok_or_else(|| TokenizerError::UnsupportedPre {
+                pre: pre_name.to_owned(),
+                model: model_name.to_owned(),
+                supported: SUPPORTED_PRE_NAMES.join(", "),
             })?;
             (VocabType::Bpe, Some(cfg))
         }
-        _ => {
-            return Err(TokenizerError::UnsupportedModel {
-                model: model_name.to_owned(),
-                pre: stored_pre.to_owned(),
-                supported: SUPPORTED_MODELS.join(", "),
-            })
-        }
+        _ => return Err(TokenizerError::UnsupportedModel { model: model_name.to_owned(), pre: stored_pre.to_owned(), supported: SUPPORTED_MODELS.join(", ") }),
     };
 
     let mut defaults = type_defaults(vtype, model_name, pre.as_ref());
     // Merges are read (and required) first, as in llama.cpp.
     let merges = match vtype {
-        VocabType::Bpe => {
-            Some(
-                str_array(f, KEY_MERGES)?.ok_or_else(|| TokenizerError::MissingKey {
-                    key: KEY_MERGES.to_owned(),
-                })?,
-            )
-        }
+        VocabType::Bpe => Some(str_array(f, KEY_MERGES)?.ok_or_else(|| TokenizerError::MissingKey { key: KEY_MERGES.to_owned() })?),
         VocabType::Spm | VocabType::Wpm => None,
     };
     if let Some(p) = opt_bool(f, KEY_ADD_PREFIX)? {
         defaults.add_space_prefix = p;
     }
 
-    let raw_tokens = str_array(f, KEY_TOKENS)?.ok_or_else(|| TokenizerError::MissingKey {
-        key: KEY_TOKENS.to_owned(),
-    })?;
+    let raw_tokens = str_array(f, KEY_TOKENS)?.ok_or_else(|| TokenizerError::MissingKey { key: KEY_TOKENS.to_owned() })?;
     let n = raw_tokens.len();
     if n == 0 {
         return Err(TokenizerError::EmptyVocab);
@@ -258,25 +211,13 @@ pub(super) fn from_gguf(f: &GgufFile) -> Result<Tokenizer, TokenizerError> {
     let mut attrs = Vec::with_capacity(n);
     for (i, &text) in raw_tokens.iter().enumerate() {
         // llama.cpp renames empty tokens so that they cannot match anything.
-        let text = if text.is_empty() {
-            format!("[EMPTY_{i}]")
-        } else {
-            text.to_owned()
-        };
+        let text = if text.is_empty() { format!("[EMPTY_{i}]") } else { text.to_owned() };
         if let Some(&first) = token_to_id.get(&text) {
-            return Err(TokenizerError::DuplicateToken {
-                text,
-                first,
-                second: i as u32,
-            });
+            return Err(TokenizerError::DuplicateToken { text, first, second: i as u32 });
         }
         token_to_id.insert(text.clone(), i as u32);
         tokens.push(text);
-        attrs.push(
-            types
-                .as_ref()
-                .map_or(attr::NORMAL, |t| attr_from_type(t[i])),
-        );
+        attrs.push(types.as_ref().map_or(attr::NORMAL, |t| attr_from_type(t[i])));
     }
     let scores = scores.map(|mut s| {
         s.truncate(n);
@@ -317,11 +258,7 @@ pub(super) fn from_gguf(f: &GgufFile) -> Result<Tokenizer, TokenizerError> {
         piece_offsets.push(end);
     }
 
-    let names = ModelNames {
-        name: opt_str(f, KEY_NAME)?.unwrap_or(""),
-        pre: stored_pre,
-        arch: opt_str(f, KEY_ARCH)?.unwrap_or(""),
-    };
+    let names = ModelNames { name: opt_str(f, KEY_NAME)?.unwrap_or(""), pre: stored_pre, arch: opt_str(f, KEY_ARCH)?.unwrap_or("") };
     special::per_model_attrs(&names, &token_to_id, &special, &mut attrs);
 
     let model = match (vtype, pre, merges) {
@@ -333,40 +270,19 @@ pub(super) fn from_gguf(f: &GgufFile) -> Result<Tokenizer, TokenizerError> {
                 // merge without such a space as a pair that never matches; we refuse the file.
                 match m.bytes().skip(1).position(|b| b == b' ') {
                     Some(p) => pairs.push((&m[..p + 1], &m[p + 2..])),
-                    None => {
-                        return Err(TokenizerError::BadMerge {
-                            index,
-                            merge: (*m).to_owned(),
-                        })
-                    }
+                    None => return Err(TokenizerError::BadMerge { index, merge: (*m).to_owned() }),
                 }
             }
-            let mode = WordMode {
-                byte_encode: !cfg.spm_style,
-                ignore_merges: cfg.ignore_merges,
-                newline_words_whole: cfg.gemma4,
-            };
-            Model::Bpe {
-                merges: Merges::new(&token_to_id, n as u32, pairs.into_iter()),
-                pre: cfg.kind,
-                mode,
-                escape_whitespaces: cfg.spm_style,
-            }
+            let mode = WordMode { byte_encode: !cfg.spm_style, ignore_merges: cfg.ignore_merges, newline_words_whole: cfg.gemma4 };
+            Model::Bpe { merges: Merges::new(&token_to_id, n as u32, pairs.into_iter()), pre: cfg.kind, mode, escape_whitespaces: cfg.spm_style }
         }
         (VocabType::Wpm, _, _) => {
             // BertNormalizer options: strip_accents defaults to lowercase.
             let lowercase = opt_bool(f, KEY_LOWERCASE)?.unwrap_or(true);
             let strip_accents = opt_bool(f, KEY_STRIP_ACCENTS)?.unwrap_or(lowercase);
-            Model::Wpm {
-                max_token_len: tokens.iter().map(String::len).max().unwrap_or(0),
-                lowercase,
-                strip_accents,
-            }
+            Model::Wpm { max_token_len: tokens.iter().map(String::len).max().unwrap_or(0), lowercase, strip_accents }
         }
-        _ => Model::Spm {
-            scores: scores.unwrap_or_else(|| vec![0.0; n]),
-            byte_tokens: spm_byte_tokens(&token_to_id),
-        },
+        _ => Model::Spm { scores: scores.unwrap_or_else(|| vec![0.0; n]), byte_tokens: spm_byte_tokens(&token_to_id) },
     };
 
     let bos = slots[Slot::Bos as usize];
@@ -402,12 +318,7 @@ fn type_defaults(vtype: VocabType, model_name: &str, pre: Option<&PreConfig>) ->
             slots[Slot::Bos as usize] = Some(1);
             slots[Slot::Eos as usize] = Some(2);
             slots[Slot::Unk as usize] = Some(0);
-            TypeDefaults {
-                slots,
-                add_space_prefix: true,
-                add_bos: true,
-                clean_spaces: false,
-            }
+            TypeDefaults { slots, add_space_prefix: true, add_bos: true, clean_spaces: false }
         }
         VocabType::Wpm => {
             slots[Slot::Bos as usize] = Some(101);
@@ -415,12 +326,7 @@ fn type_defaults(vtype: VocabType, model_name: &str, pre: Option<&PreConfig>) ->
             slots[Slot::Sep as usize] = Some(102);
             slots[Slot::Pad as usize] = Some(0);
             slots[Slot::Mask as usize] = Some(103);
-            TypeDefaults {
-                slots,
-                add_space_prefix: false,
-                add_bos: true,
-                clean_spaces: true,
-            }
+            TypeDefaults { slots, add_space_prefix: false, add_bos: true, clean_spaces: true }
         }
         VocabType::Bpe => {
             // gpt2 vocabs default BOS = EOS = 11; gemma4 reads every id from metadata.
@@ -430,12 +336,7 @@ fn type_defaults(vtype: VocabType, model_name: &str, pre: Option<&PreConfig>) ->
                 }
                 slots[Slot::Eos as usize] = Some(11);
             }
-            TypeDefaults {
-                slots,
-                add_space_prefix: false,
-                add_bos: pre.is_some_and(|p| p.add_bos),
-                clean_spaces: pre.is_none_or(|p| p.clean_spaces),
-            }
+            TypeDefaults { slots, add_space_prefix: false, add_bos: pre.is_some_and(|p| p.add_bos), clean_spaces: pre.is_none_or(|p| p.clean_spaces) }
         }
     }
 }
@@ -445,13 +346,10 @@ fn type_defaults(vtype: VocabType, model_name: &str, pre: Option<&PreConfig>) ->
 fn spm_byte_tokens(token_to_id: &TokenMap) -> [Option<u32>; 256] {
     let mut t = [None; 256];
     for (b, slot) in t.iter_mut().enumerate() {
-        *slot = token_to_id
-            .get(&format!("<0x{b:02X}>"))
-            .copied()
-            .or_else(|| {
-                let c = char::from(b as u8);
-                (b < 0x80).then(|| token_to_id.get(c.encode_utf8(&mut [0; 4]) as &str).copied())?
-            });
+        *slot = token_to_id.get(&format!("<0x{b:02X}>")).copied().or_else(|| {
+            let c = char::from(b as u8);
+            (b < 0x80).then(|| token_to_id.get(c.encode_utf8(&mut [0; 4]) as &str).copied())?
+        });
     }
     t
 }

@@ -59,10 +59,7 @@ pub(crate) mod attr {
 /// The merging algorithm and its data.
 enum Model {
     /// SentencePiece (`LLAMA_VOCAB_TYPE_SPM`).
-    Spm {
-        scores: Vec<f32>,
-        byte_tokens: [Option<u32>; 256],
-    },
+    Spm { scores: Vec<f32>, byte_tokens: [Option<u32>; 256] },
     /// BPE (`LLAMA_VOCAB_TYPE_BPE`).
     Bpe {
         merges: bpe::Merges,
@@ -72,11 +69,7 @@ enum Model {
         escape_whitespaces: bool,
     },
     /// WordPiece (`LLAMA_VOCAB_TYPE_WPM`).
-    Wpm {
-        max_token_len: usize,
-        lowercase: bool,
-        strip_accents: bool,
-    },
+    Wpm { max_token_len: usize, lowercase: bool, strip_accents: bool },
 }
 
 /// A tokenizer built from GGUF metadata. Immutable and `Sync`; share it by reference.
@@ -141,22 +134,10 @@ impl Tokenizer {
         if add_special && (self.add_bos || wpm) {
             out.extend(self.bos);
         }
-        let frags = if text.is_empty() {
-            Vec::new()
-        } else {
-            self.partition(text, parse_special)
-        };
+        let frags = if text.is_empty() { Vec::new() } else { self.partition(text, parse_special) };
         match &self.model {
-            Model::Spm {
-                scores,
-                byte_tokens,
-            } => {
-                let vocab = spm::SpmVocab {
-                    token_to_id: &self.token_to_id,
-                    scores,
-                    byte_tokens,
-                    unk: self.unk,
-                };
+            Model::Spm { scores, byte_tokens } => {
+                let vocab = spm::SpmVocab { token_to_id: &self.token_to_id, scores, byte_tokens, unk: self.unk };
                 // A space is prefixed to the first fragment and to every fragment after a
                 // special token ("prefix with space if previous is special").
                 let mut prev_special = true;
@@ -179,12 +160,7 @@ impl Tokenizer {
                     }
                 }
             }
-            Model::Bpe {
-                merges,
-                pre,
-                mode,
-                escape_whitespaces,
-            } => {
+            Model::Bpe { merges, pre, mode, escape_whitespaces } => {
                 let mut scratch = bpe::Scratch::default();
                 let mut words = Vec::new();
                 for frag in frags {
@@ -201,23 +177,13 @@ impl Tokenizer {
                             words.clear();
                             pretok::split_words(*pre, &frag_text, &mut words);
                             for w in &words {
-                                merges.encode_word(
-                                    &frag_text[w.clone()],
-                                    *mode,
-                                    &self.token_to_id,
-                                    &mut scratch,
-                                    &mut out,
-                                );
+                                merges.encode_word(&frag_text[w.clone()], *mode, &self.token_to_id, &mut scratch, &mut out);
                             }
                         }
                     }
                 }
             }
-            Model::Wpm {
-                max_token_len,
-                lowercase,
-                strip_accents,
-            } => {
+            Model::Wpm { max_token_len, lowercase, strip_accents } => {
                 let vocab = wpm::WpmVocab {
                     token_to_id: &self.token_to_id,
                     max_token_len: *max_token_len,
@@ -254,10 +220,7 @@ impl Tokenizer {
                 continue; // user-defined tokens are split out even without parse_special
             }
             let needle = self.tokens[id as usize].as_str();
-            if !frags
-                .iter()
-                .any(|f| matches!(f, Fragment::Text(r) if text[r.clone()].contains(needle)))
-            {
+            if !frags.iter().any(|f| matches!(f, Fragment::Text(r) if text[r.clone()].contains(needle))) {
                 continue;
             }
             next.clear();
@@ -358,9 +321,7 @@ impl Tokenizer {
     /// Whether `id` is a control token (e.g. `<|im_start|>`), which
     /// llama.cpp hides when rendering with `special = false`.
     pub fn is_control(&self, id: u32) -> bool {
-        self.attrs
-            .get(id as usize)
-            .is_some_and(|a| a & attr::CONTROL != 0)
+        self.attrs.get(id as usize).is_some_and(|a| a & attr::CONTROL != 0)
     }
 
     /// The bytes `id` renders to, as `llama_token_to_piece(special = true)`;

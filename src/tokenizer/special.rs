@@ -108,18 +108,10 @@ pub(crate) type Slots = [Option<u32>; N_SLOTS];
 
 /// Applies llama.cpp's text-based detection, `unused` marking and EOG rules to `attrs`, and
 /// returns the sorted end-of-generation ids. `slots` are updated with detected ids.
-pub(crate) fn detect(
-    tokens: &[String],
-    token_to_id: &TokenMap,
-    attrs: &mut [u16],
-    slots: &mut Slots,
-) -> Vec<u32> {
+pub(crate) fn detect(tokens: &[String], token_to_id: &TokenMap, attrs: &mut [u16], slots: &mut Slots) -> Vec<u32> {
     // Every rule names token texts, so each is a lookup rather than a scan of the vocab.
     let ids_of = |texts: &[&str]| -> Vec<u32> {
-        let mut ids: Vec<u32> = texts
-            .iter()
-            .filter_map(|t| token_to_id.get(*t).copied())
-            .collect();
+        let mut ids: Vec<u32> = texts.iter().filter_map(|t| token_to_id.get(*t).copied()).collect();
         ids.sort_unstable();
         ids.dedup();
         ids
@@ -158,21 +150,17 @@ pub(crate) fn detect(
     for slot in [Slot::Eos, Slot::Eot, Slot::Eom] {
         eog.extend(slots[slot as usize]);
     }
-    let find_eog = |eog: &BTreeSet<u32>, text: &str| {
-        token_to_id.get(text).copied().filter(|id| eog.contains(id))
-    };
+    let find_eog = |eog: &BTreeSet<u32>, text: &str| token_to_id.get(text).copied().filter(|id| eog.contains(id));
     // o200k_harmony / solar-open: "<|end|>" is not EOG when "<|return|>"+"<|call|>"
     // (or "<|calls|>"+"<|flush|>") are present.
     let has_call = find_eog(&eog, "<|call|>").is_some() || find_eog(&eog, "<|calls|>").is_some();
-    let has_ret_or_flush =
-        find_eog(&eog, "<|return|>").is_some() || find_eog(&eog, "<|flush|>").is_some();
+    let has_ret_or_flush = find_eog(&eog, "<|return|>").is_some() || find_eog(&eog, "<|flush|>").is_some();
     if let (true, true, Some(end)) = (has_call, has_ret_or_flush, find_eog(&eog, "<|end|>")) {
         eog.remove(&end);
         attrs[end as usize] = attr::USER_DEFINED;
     }
     // gemma4 / plamo: "</s>" is a normal token there.
-    let s_marker =
-        find_eog(&eog, "<|tool_response>").is_some() || find_eog(&eog, "<|plamo:eos|>").is_some();
+    let s_marker = find_eog(&eog, "<|tool_response>").is_some() || find_eog(&eog, "<|plamo:eos|>").is_some();
     if let (true, Some(s)) = (s_marker, find_eog(&eog, "</s>")) {
         eog.remove(&s);
         attrs[s as usize] = attr::NORMAL;
@@ -185,9 +173,7 @@ pub(crate) fn detect(
 /// (equal lengths) cannot both match at one position, so the order among them only matters
 /// for overlapping matches; we break ties by id to stay deterministic.
 pub(crate) fn special_cache(tokens: &[String], attrs: &[u16]) -> Vec<u32> {
-    let mut special: Vec<u32> = (0..tokens.len() as u32)
-        .filter(|&i| attrs[i as usize] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0)
-        .collect();
+    let mut special: Vec<u32> = (0..tokens.len() as u32).filter(|&i| attrs[i as usize] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0).collect();
     special.sort_by(|&a, &b| {
         let (la, lb) = (tokens[a as usize].len(), tokens[b as usize].len());
         lb.cmp(&la).then(a.cmp(&b))
@@ -208,12 +194,7 @@ pub(crate) struct ModelNames<'a> {
 /// llama.cpp's "set attributes by model/tokenizer/architecture name" step, applied after the
 /// special cache is built. Tokens it names that are absent from the vocab are skipped (llama.cpp
 /// throws from `token_to_id.at`).
-pub(crate) fn per_model_attrs(
-    names: &ModelNames,
-    token_to_id: &TokenMap,
-    special: &[u32],
-    attrs: &mut [u16],
-) {
+pub(crate) fn per_model_attrs(names: &ModelNames, token_to_id: &TokenMap, special: &[u32], attrs: &mut [u16]) {
     let name = names.name.to_ascii_lowercase();
     let contains_any = |s: &str, subs: &[&str]| subs.iter().any(|x| s.contains(x));
     let set = |attrs: &mut [u16], text: &str, bit: u16, on: bool| {
@@ -222,9 +203,7 @@ pub(crate) fn per_model_attrs(
             *a = if on { *a | bit } else { *a & !bit };
         }
     };
-    if contains_any(names.pre, &["jina-v2-de", "jina-v2-es", "jina-v2-code"])
-        || contains_any(names.arch, &["nomic-bert-moe", "jina-bert-v3"])
-    {
+    if contains_any(names.pre, &["jina-v2-de", "jina-v2-es", "jina-v2-code"]) || contains_any(names.arch, &["nomic-bert-moe", "jina-bert-v3"]) {
         set(attrs, "<mask>", attr::LSTRIP, true);
     } else if contains_any(&name, &["phi-3", "phi3"]) {
         for &id in special {

@@ -44,9 +44,7 @@ impl Ord for Bigram {
     fn cmp(&self, other: &Self) -> Ordering {
         // `total_cmp` only differs from llama.cpp's `<` for NaN scores, whose order there is
         // unspecified anyway.
-        self.score
-            .total_cmp(&other.score)
-            .then_with(|| other.left.cmp(&self.left))
+        self.score.total_cmp(&other.score).then_with(|| other.left.cmp(&self.left))
     }
 }
 impl PartialOrd for Bigram {
@@ -75,21 +73,14 @@ pub(crate) fn encode(vocab: &SpmVocab, text: &str, out: &mut Vec<u32>) {
             start: start as u32,
             len,
             prev: if i == 0 { NONE } else { i as u32 - 1 },
-            next: if start + len as usize == text.len() {
-                NONE
-            } else {
-                i as u32 + 1
-            },
+            next: if start + len as usize == text.len() { NONE } else { i as u32 + 1 },
         });
     }
     let token_of = |s: &Sym, t: &Sym| -> Option<(u32, u32)> {
         let (a, b) = (s.start as usize, (t.start + t.len) as usize);
         // Symbols are contiguous, so the pair's text is one slice of `text`.
         let joined = std::str::from_utf8(&bytes[a..b]).ok()?;
-        vocab
-            .token_to_id
-            .get(joined)
-            .map(|&id| (id, (b - a) as u32))
+        vocab.token_to_id.get(joined).map(|&id| (id, (b - a) as u32))
     };
     let mut heap = BinaryHeap::new();
     let push = |heap: &mut BinaryHeap<Bigram>, syms: &[Sym], l: u32, r: u32| {
@@ -98,12 +89,7 @@ pub(crate) fn encode(vocab: &SpmVocab, text: &str, out: &mut Vec<u32>) {
         }
         if let Some((id, size)) = token_of(&syms[l as usize], &syms[r as usize]) {
             let score = vocab.scores.get(id as usize).copied().unwrap_or(0.0);
-            heap.push(Bigram {
-                score,
-                left: l,
-                right: r,
-                size,
-            });
+            heap.push(Bigram { score, left: l, right: r, size });
         }
     };
     for i in 1..syms.len() as u32 {
@@ -167,12 +153,7 @@ mod tests {
         bytes[0xE2] = Some(100);
         bytes[0x82] = Some(101);
         bytes[0xAC] = Some(102);
-        let v = SpmVocab {
-            token_to_id: &map,
-            scores: &scores,
-            byte_tokens: &bytes,
-            unk: None,
-        };
+        let v = SpmVocab { token_to_id: &map, scores: &scores, byte_tokens: &bytes, unk: None };
         let mut out = Vec::new();
         encode(&v, text, &mut out);
         out
@@ -180,22 +161,9 @@ mod tests {
 
     #[test]
     fn highest_score_merges_first() {
-        let t = [
-            ("a", 0.0),
-            ("b", 0.0),
-            ("c", 0.0),
-            ("ab", -1.0),
-            ("bc", -2.0),
-            ("abc", -3.0),
-        ];
+        let t = [("a", 0.0), ("b", 0.0), ("c", 0.0), ("ab", -1.0), ("bc", -2.0), ("abc", -3.0)];
         assert_eq!(run(&t, "abc"), [5]);
-        let t = [
-            ("a", 0.0),
-            ("b", 0.0),
-            ("c", 0.0),
-            ("ab", -2.0),
-            ("bc", -1.0),
-        ];
+        let t = [("a", 0.0), ("b", 0.0), ("c", 0.0), ("ab", -2.0), ("bc", -1.0)];
         assert_eq!(run(&t, "abc"), [0, 4]);
     }
 

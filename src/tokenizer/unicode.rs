@@ -90,21 +90,13 @@ const fn is_whitespace_cp(cp: u32) -> bool {
 }
 
 const fn flags_from_tables(cp: u32) -> Flags {
-    let ws = if is_whitespace_cp(cp) {
-        Flags::WHITESPACE
-    } else {
-        0
-    };
+    let ws = if is_whitespace_cp(cp) { Flags::WHITESPACE } else { 0 };
     Flags(category_of(cp) as u16 | ws)
 }
 
 fn from_tables(cp: u32) -> Flags {
     // Whitespace is a short sorted list; a binary search beats the const loop at run time.
-    let ws = if WHITESPACE.binary_search(&cp).is_ok() {
-        Flags::WHITESPACE
-    } else {
-        0
-    };
+    let ws = if WHITESPACE.binary_search(&cp).is_ok() { Flags::WHITESPACE } else { 0 };
     Flags(category_of(cp) as u16 | ws)
 }
 
@@ -178,14 +170,8 @@ mod tests {
         assert!(!Flags::of_opt(None).any());
         assert_eq!(wregex_cp('\u{3000}'), 0x0B);
         assert_eq!(wregex_cp('a'), 'a' as u32);
-        assert_eq!(
-            (to_lower('Ä' as u32), to_lower('a' as u32)),
-            ('ä' as u32, 'a' as u32)
-        );
-        assert_eq!(
-            (nfd_base('é' as u32), nfd_base('e' as u32)),
-            ('e' as u32, 'e' as u32)
-        );
+        assert_eq!((to_lower('Ä' as u32), to_lower('a' as u32)), ('ä' as u32, 'a' as u32));
+        assert_eq!((nfd_base('é' as u32), nfd_base('e' as u32)), ('e' as u32, 'e' as u32));
         assert!(Flags::of('\u{7}').is_control() && Flags::of('$').is_symbol());
     }
 }

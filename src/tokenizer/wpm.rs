@@ -50,11 +50,7 @@ fn words(vocab: &WpmVocab, text: &str) -> Vec<String> {
         if vocab.strip_accents && f.is_mark() {
             continue;
         }
-        let c = if vocab.lowercase {
-            char::from_u32(to_lower(cp)).unwrap_or(c)
-        } else {
-            c
-        };
+        let c = if vocab.lowercase { char::from_u32(to_lower(cp)).unwrap_or(c) } else { c };
         if f.is_punctuation() || (cp < 0x7F && f.is_symbol()) || is_chinese_char(cp) {
             if !words.last().is_some_and(String::is_empty) {
                 words.push(String::new());
@@ -116,22 +112,9 @@ mod tests {
     #[test]
     fn normalizes_and_splits_like_bert() {
         let map = TokenMap::default();
-        let v = WpmVocab {
-            token_to_id: &map,
-            max_token_len: 8,
-            lowercase: true,
-            strip_accents: true,
-            unk: None,
-        };
-        assert_eq!(
-            words(&v, " Héllo,  WORLD!我想 a$b "),
-            ["hello", ",", "world", "!", "我", "想", "a", "$", "b"]
-        );
-        let v = WpmVocab {
-            lowercase: false,
-            strip_accents: false,
-            ..v
-        };
+        let v = WpmVocab { token_to_id: &map, max_token_len: 8, lowercase: true, strip_accents: true, unk: None };
+        assert_eq!(words(&v, " Héllo,  WORLD!我想 a$b "), ["hello", ",", "world", "!", "我", "想", "a", "$", "b"]);
+        let v = WpmVocab { lowercase: false, strip_accents: false, ..v };
         assert_eq!(words(&v, "Héllo"), ["Héllo"]);
     }
 
@@ -141,13 +124,7 @@ mod tests {
         for (i, t) in ["[UNK]", "▁hel", "▁hello", "lo", "▁x"].iter().enumerate() {
             map.insert(t.to_string(), i as u32);
         }
-        let v = WpmVocab {
-            token_to_id: &map,
-            max_token_len: 8,
-            lowercase: true,
-            strip_accents: true,
-            unk: Some(0),
-        };
+        let v = WpmVocab { token_to_id: &map, max_token_len: 8, lowercase: true, strip_accents: true, unk: Some(0) };
         let mut out = Vec::new();
         encode(&v, "hello helo x", &mut out);
         // "▁helo": "▁hel" then "o" has no token, so the word becomes UNK.

@@ -103,14 +103,7 @@ pub struct FrameHeader {
 impl FrameHeader {
     pub fn parse(b: &[u8; FRAME_HEADER_LEN]) -> FrameHeader {
         let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        FrameHeader {
-            kind: b[0],
-            codec: b[1],
-            reserved: u16::from_le_bytes([b[2], b[3]]),
-            stored_len: u32_at(4),
-            raw_len: u32_at(8),
-            crc32: u32_at(12),
-        }
+        FrameHeader { kind: b[0], codec: b[1], reserved: u16::from_le_bytes([b[2], b[3]]), stored_len: u32_at(4), raw_len: u32_at(8), crc32: u32_at(12) }
     }
 
     /// CRC-32 (ISO-HDLC, as zlib) of the first 12 header bytes and the stored payload.

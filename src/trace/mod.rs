@@ -28,8 +28,8 @@
 //!   Run the request again with a [`FrameTap`] at the recording's level and call
 //!   [`first_divergence`] on the two frame lists to name the first layer that differs.
 
-mod format;
 pub mod fingerprint;
+mod format;
 mod reader;
 mod summary;
 mod tap;
@@ -37,8 +37,8 @@ mod writer;
 
 pub use format::{
     file_header, ByteBuf, Fingerprint, Footer, FrameHeader, FrameKind, Header, ModelDims, ProjectionSpec, RecordedParams, ResolvedRequest, RowStats, Site,
-    SiteTrace, Timings, TokenFrame, TraceFrame, TraceLevel, Values, CODEC_RAW, CODEC_ZSTD, FILE_HEADER_LEN, FORMAT_VERSION, FRAME_HEADER_LEN,
-    MAGIC, MAX_FRAME_BYTES,
+    SiteTrace, Timings, TokenFrame, TraceFrame, TraceLevel, Values, CODEC_RAW, CODEC_ZSTD, FILE_HEADER_LEN, FORMAT_VERSION, FRAME_HEADER_LEN, MAGIC,
+    MAX_FRAME_BYTES,
 };
 pub use reader::{first_divergence, recordings_in, Damage, Divergence, FrameInfo, Recording, RecordingError, RowRef};
 pub use summary::{
@@ -47,8 +47,8 @@ pub use summary::{
 };
 pub use tap::{site_of, FrameTap, TraceTap};
 pub use writer::{
-    decode_step_floats, ActiveRecording, Recorder, RecorderConfig, RecorderError, RecorderSnapshot, RecorderStatus, MAX_OPEN_RECORDINGS,
-    PARTIAL_SUFFIX, RECORDING_EXT,
+    decode_step_floats, partial_of, ActiveRecording, Recorder, RecorderConfig, RecorderError, RecorderSnapshot, RecorderStatus, RecordingOutcome, Verdict,
+    MAX_OPEN_RECORDINGS, PARTIAL_SUFFIX, RECORDING_EXT,
 };
 
 /// The projection every recording of this format version uses.

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::format::{
-    self, Fingerprint, Footer, FrameHeader, FrameKind, Header, ResolvedRequest, RowStats, Site, SiteTrace, TokenFrame, TraceFrame,
-    FILE_HEADER_LEN, FORMAT_VERSION, FRAME_HEADER_LEN, MAGIC, MAX_FRAME_BYTES,
+    self, Fingerprint, Footer, FrameHeader, FrameKind, Header, ResolvedRequest, RowStats, Site, SiteTrace, TokenFrame, TraceFrame, FILE_HEADER_LEN,
+    FORMAT_VERSION, FRAME_HEADER_LEN, MAGIC, MAX_FRAME_BYTES,
 };
 use super::summary;
 
@@ -380,9 +380,7 @@ pub fn first_divergence(a: &[TraceFrame], b: &[TraceFrame]) -> Option<Divergence
             (Some(x), Some(y)) if x.hash == y.hash => continue,
             (Some(x), Some(y)) => {
                 let est = match (x.projection, y.projection) {
-                    (Some(p), Some(q)) if p.len() == q.len() => {
-                        Some((summary::projected_sq_distance(p, q) / x.width().max(1) as f64).sqrt())
-                    }
+                    (Some(p), Some(q)) if p.len() == q.len() => Some((summary::projected_sq_distance(p, q) / x.width().max(1) as f64).sqrt()),
                     _ => None,
                 };
                 return Some(Divergence { pos: k.0, site: k.1, est_rms_error: est, missing: false });

@@ -47,12 +47,22 @@ impl Recorder {
     /// A tap that copies this recording's traced sites into pool buffers for the writer. (The
     /// writer knows nothing of taps: it only receives the buffers.)
     pub fn tap<'a>(&'a mut self, rec: &ActiveRecording) -> TraceTap<'a> {
-        TraceTap { pool: &mut self.pool, tx: &self.tx, id: rec.id, level: self.level, dims: self.dims, forward: 0, cur: None, dropped: 0, nanos: 0, status: &self.status }
+        TraceTap {
+            pool: &mut self.pool,
+            tx: &self.tx,
+            id: rec.id,
+            level: self.level,
+            dims: self.dims,
+            forward: 0,
+            cur: None,
+            dropped: 0,
+            nanos: 0,
+            status: &self.status,
+        }
     }
 }
 
 impl<'a> TraceTap<'a> {
-
     fn send_current(&mut self) {
         if let Some((forward, buf)) = self.cur.take() {
             if let Err(e) = self.tx.send(WriterMsg::Trace { id: self.id, forward, buf }) {

@@ -9,7 +9,10 @@
 //! most [`MAX_OPEN_RECORDINGS`] recordings may be queued or open (beyond that a request is not
 //! recorded, and that is counted). Token, begin and end messages are small and always
 //! admitted, so a recording that is written at all keeps every token. A failed write becomes
-//! a counted error, a log line and `last_error`, never a failed request.
+//! a counted error, a log line and `last_error`, never a failed request; the file is cut back
+//! to its last whole frame and kept as `NAME.wrec.partial`, which replays as incomplete. Each
+//! recording's [`RecordingOutcome`] (written, cut, lost) is published when the writer is done
+//! with it, so the caller can name what exists instead of what was planned.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -17,12 +20,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::format::{self, FrameKind, Footer, Header, ModelDims, Site, TokenFrame, TraceFrame, TraceLevel};
+use super::format::{self, Footer, FrameKind, Header, ModelDims, Site, TokenFrame, TraceFrame, TraceLevel};
 use super::summary::{self, Projector, Scratch};
 
 /// At most this many recordings may be queued or open in the writer at once.
@@ -59,11 +62,15 @@ pub struct RecorderConfig {
     /// test may change it while the recorder runs.
     #[doc(hidden)]
     pub write_delay_ms: Option<Arc<AtomicU64>>,
+    /// Test hook: the bytes the disk has left. A write that does not fit writes what fits and
+    /// fails with `StorageFull`, as on a full disk; the test may free space while it runs.
+    #[doc(hidden)]
+    pub disk_bytes_left: Option<Arc<AtomicU64>>,
 }
 
 impl RecorderConfig {
     pub fn new(dir: impl Into<PathBuf>, level: TraceLevel) -> RecorderConfig {
-        RecorderConfig { dir: dir.into(), level, budget_bytes: 64 << 20, zstd_level: Some(1), shuffle: true, write_delay_ms: None }
+        RecorderConfig { dir: dir.into(), level, budget_bytes: 64 << 20, zstd_level: Some(1), shuffle: true, write_delay_ms: None, disk_bytes_left: None }
     }
 }
 
@@ -75,6 +82,7 @@ pub struct RecorderStatus {
     recordings_started: AtomicU64,
     recordings_written: AtomicU64,
     recordings_skipped: AtomicU64,
+    recordings_cut: AtomicU64,
     errors: AtomicU64,
     dropped_frames: AtomicU64,
     bytes_written: AtomicU64,
@@ -108,6 +116,8 @@ pub struct RecorderSnapshot {
     pub recordings_started: u64,
     pub recordings_written: u64,
     pub recordings_skipped: u64,
+    /// Recordings cut by a failed write and kept as `.partial` (they replay as incomplete).
+    pub recordings_cut: u64,
     pub errors: u64,
     pub dropped_frames: u64,
     pub bytes_written: u64,
@@ -135,6 +145,7 @@ impl RecorderStatus {
             recordings_started: AtomicU64::new(0),
             recordings_written: AtomicU64::new(0),
             recordings_skipped: AtomicU64::new(0),
+            recordings_cut: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             dropped_frames: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
@@ -174,6 +185,7 @@ impl RecorderStatus {
             recordings_started: g(&self.recordings_started),
             recordings_written: g(&self.recordings_written),
             recordings_skipped: g(&self.recordings_skipped),
+            recordings_cut: g(&self.recordings_cut),
             errors,
             dropped_frames: g(&self.dropped_frames),
             bytes_written: g(&self.bytes_written),
@@ -283,11 +295,58 @@ impl Pool {
 }
 
 pub(crate) enum WriterMsg {
-    Begin { id: u64, temp: PathBuf, path: PathBuf, header: Box<Header>, failed: Arc<AtomicBool> },
+    Begin { id: u64, temp: PathBuf, path: PathBuf, header: Box<Header>, verdict: Arc<Verdict> },
     Trace { id: u64, forward: u32, buf: TraceBuf },
     Token { id: u64, frame: TokenFrame },
     End { id: u64, footer: Box<Footer> },
     Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// What the writer made of one recording, once it is done with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordingOutcome {
+    /// Finished whole: fsynced and renamed to its final name.
+    Written(PathBuf),
+    /// Cut by a failed write (a full disk): every whole frame is kept in this `.partial` file,
+    /// which replays as incomplete.
+    Cut { partial: PathBuf, error: String },
+    /// Nothing was kept: the file could not be created (or not even its header written).
+    Lost { error: String },
+}
+
+/// A recording's fate, published by the writer: `failed` as soon as a write fails, the
+/// outcome when the writer is done with it.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    failed: AtomicBool,
+    outcome: Mutex<Option<RecordingOutcome>>,
+    done: Condvar,
+}
+
+impl Verdict {
+    fn fail(&self) {
+        self.failed.store(true, Ordering::Release);
+    }
+
+    fn publish(&self, outcome: RecordingOutcome) {
+        let mut o = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
+        o.get_or_insert(outcome);
+        self.done.notify_all();
+    }
+
+    /// The outcome, waiting at most `timeout` for the writer; `None` while it is still writing.
+    pub fn wait(&self, timeout: Duration) -> Option<RecordingOutcome> {
+        let deadline = Instant::now() + timeout;
+        let mut o = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
+        while o.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            o = self.done.wait_timeout(o, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        o.clone()
+    }
 }
 
 /// A recording in progress: where it will be, and how to add tokens to it.
@@ -296,8 +355,7 @@ pub struct ActiveRecording {
     path: PathBuf,
     job_id: String,
     tx: Sender<WriterMsg>,
-    /// Set by the writer when this recording could not be created or a write failed.
-    failed: Arc<AtomicBool>,
+    verdict: Arc<Verdict>,
 }
 
 impl ActiveRecording {
@@ -306,11 +364,20 @@ impl ActiveRecording {
         &self.path
     }
 
-    /// Whether the writer has already given this recording up (a failed create or write):
-    /// then no file will be left under [`ActiveRecording::path`]. `false` says only that no
-    /// failure has happened yet.
+    /// Where it is while being written, and where a cut one stays.
+    pub fn partial_path(&self) -> PathBuf {
+        partial_of(&self.path)
+    }
+
+    /// Whether a create or write of this recording has already failed (then it ends cut or
+    /// lost, never written). `false` says only that no failure has happened yet.
     pub fn failed(&self) -> bool {
-        self.failed.load(Ordering::Acquire)
+        self.verdict.failed.load(Ordering::Acquire)
+    }
+
+    /// The writer's verdict on this recording, to wait for after [`Recorder::end`].
+    pub fn verdict(&self) -> Arc<Verdict> {
+        Arc::clone(&self.verdict)
     }
 
     /// Queues a token frame; never blocks.
@@ -362,11 +429,10 @@ impl Recorder {
             free_tx,
             open: Arc::clone(&open),
             write_delay_ms: cfg.write_delay_ms,
+            disk_bytes_left: cfg.disk_bytes_left,
         };
-        let thread = std::thread::Builder::new()
-            .name("recorder-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|source| RecorderError::Spawn { source })?;
+        let thread =
+            std::thread::Builder::new().name("recorder-writer".into()).spawn(move || writer.run(rx)).map_err(|source| RecorderError::Spawn { source })?;
         let mut pool = Pool { free_rx, idle: Vec::new(), allocated: 0, budget: cfg.budget_bytes, status: Arc::clone(&status) };
         if cfg.level != TraceLevel::Off {
             let step = decode_step_floats(dims);
@@ -405,16 +471,16 @@ impl Recorder {
         let id = self.next_id;
         self.next_id += 1;
         let path = self.dir.join(format!("{file_stem}.{RECORDING_EXT}"));
-        let temp = self.dir.join(format!("{file_stem}.{RECORDING_EXT}{PARTIAL_SUFFIX}"));
+        let temp = partial_of(&path);
         let job_id = header.job_id.clone();
         self.open.fetch_add(1, Ordering::AcqRel);
         self.status.recordings_started.fetch_add(1, Ordering::Relaxed);
-        let failed = Arc::new(AtomicBool::new(false));
-        if self.tx.send(WriterMsg::Begin { id, temp, path: path.clone(), header: Box::new(header), failed: Arc::clone(&failed) }).is_err() {
+        let verdict = Arc::new(Verdict::default());
+        if self.tx.send(WriterMsg::Begin { id, temp, path: path.clone(), header: Box::new(header), verdict: Arc::clone(&verdict) }).is_err() {
             self.status.error(format!("job {job_id}: the recorder's writer thread is gone"));
             return None;
         }
-        Some(ActiveRecording { id, path, job_id, tx: self.tx.clone(), failed })
+        Some(ActiveRecording { id, path, job_id, tx: self.tx.clone(), verdict })
     }
 
     /// Ends a recording; the writer adds the footer, fsyncs and renames it. A recording whose
@@ -422,10 +488,7 @@ impl Recorder {
     pub fn end(&mut self, rec: ActiveRecording, footer: Footer) {
         if footer.dropped_trace_frames > 0 {
             self.status.dropped_frames.fetch_add(footer.dropped_trace_frames as u64, Ordering::Relaxed);
-            self.status.error(format!(
-                "job {}: writer lagging, dropped {} trace frames",
-                rec.job_id, footer.dropped_trace_frames
-            ));
+            self.status.error(format!("job {}: writer lagging, dropped {} trace frames", rec.job_id, footer.dropped_trace_frames));
         }
         let _ = self.tx.send(WriterMsg::End { id: rec.id, footer: Box::new(footer) });
     }
@@ -467,10 +530,16 @@ pub fn decode_step_floats(d: ModelDims) -> usize {
 struct OpenFile {
     /// `None` once a write failed: the rest of this recording is discarded.
     file: Option<File>,
+    /// Bytes of whole frames written so far: a failed write cuts the file back to this.
+    good_len: u64,
+    /// Set when a write failed and the `.partial` file was kept.
+    cut: Option<String>,
+    /// Set when nothing was kept.
+    lost: Option<String>,
     temp: PathBuf,
     path: PathBuf,
     job_id: String,
-    failed: Arc<AtomicBool>,
+    verdict: Arc<Verdict>,
 }
 
 struct Writer {
@@ -488,6 +557,7 @@ struct Writer {
     free_tx: Sender<TraceBuf>,
     open: Arc<AtomicUsize>,
     write_delay_ms: Option<Arc<AtomicU64>>,
+    disk_bytes_left: Option<Arc<AtomicU64>>,
 }
 
 impl Writer {
@@ -500,24 +570,31 @@ impl Writer {
             if f.file.is_some() {
                 eprintln!("worker-orcd: recorder: job {} left unfinished at {}", f.job_id, f.temp.display());
             }
+            let error = f.cut.unwrap_or_else(|| "the recorder stopped before the recording ended".into());
+            f.verdict.publish(match f.lost {
+                Some(error) => RecordingOutcome::Lost { error },
+                None => RecordingOutcome::Cut { partial: f.temp, error },
+            });
         }
     }
 
     fn handle(&mut self, msg: WriterMsg) {
         let t0 = std::time::Instant::now();
         match msg {
-            WriterMsg::Begin { id, temp, path, header, failed } => {
+            WriterMsg::Begin { id, temp, path, header, verdict } => {
                 let job_id = header.job_id.clone();
-                let file = match self.create(&temp, &header) {
-                    Ok(f) => Some(f),
+                let (file, good_len, lost) = match self.create(&temp, &header) {
+                    Ok((f, len)) => (Some(f), len, None),
                     Err(e) => {
-                        failed.store(true, Ordering::Release);
+                        // Without its header frame a recording is nothing to replay: removed.
+                        verdict.fail();
                         let _ = std::fs::remove_file(&temp);
-                        self.status.error(format!("job {job_id}: cannot create {}: {e}", temp.display()));
-                        None
+                        let error = format!("job {job_id}: cannot create {}: {e}", temp.display());
+                        self.status.error(error.clone());
+                        (None, 0, Some(error))
                     }
                 };
-                self.files.insert(id, OpenFile { file, temp, path, job_id, failed });
+                self.files.insert(id, OpenFile { file, good_len, cut: None, lost, temp, path, job_id, verdict });
             }
             WriterMsg::Trace { id, forward, buf } => {
                 if self.files.get(&id).is_some_and(|f| f.file.is_some()) {
@@ -543,18 +620,29 @@ impl Writer {
                 self.write_value(id, FrameKind::Footer, &*footer);
                 let clean = footer.dropped_trace_frames == 0;
                 if let Some(f) = self.files.remove(&id) {
-                    if let Some(file) = f.file {
-                        if let Err(e) = finish(file, &f.temp, &f.path) {
-                            f.failed.store(true, Ordering::Release);
-                            self.status.error(format!("job {}: cannot finish {}: {e}", f.job_id, f.path.display()));
-                        } else {
-                            self.status.recordings_written.fetch_add(1, Ordering::Relaxed);
-                            if clean {
-                                // A whole recording written since the last error: recovered.
-                                self.status.errors_at_last_success.store(self.status.errors(), Ordering::Relaxed);
+                    let outcome = match (f.file, f.lost, f.cut) {
+                        (Some(file), _, _) => match finish(file, &f.temp, &f.path) {
+                            Err(e) => {
+                                // Every frame, footer included, is in the `.partial` file.
+                                f.verdict.fail();
+                                let error = format!("job {}: cannot finish {}: {e}", f.job_id, f.path.display());
+                                self.status.error(error.clone());
+                                self.status.recordings_cut.fetch_add(1, Ordering::Relaxed);
+                                RecordingOutcome::Cut { partial: f.temp, error }
                             }
-                        }
-                    }
+                            Ok(()) => {
+                                self.status.recordings_written.fetch_add(1, Ordering::Relaxed);
+                                if clean {
+                                    // A whole recording written since the last error: recovered.
+                                    self.status.errors_at_last_success.store(self.status.errors(), Ordering::Relaxed);
+                                }
+                                RecordingOutcome::Written(f.path)
+                            }
+                        },
+                        (None, Some(error), _) => RecordingOutcome::Lost { error },
+                        (None, None, error) => RecordingOutcome::Cut { partial: f.temp, error: error.unwrap_or_default() },
+                    };
+                    f.verdict.publish(outcome);
                 }
                 self.open.fetch_sub(1, Ordering::AcqRel);
             }
@@ -571,7 +659,9 @@ impl Writer {
         self.status.writer_scratch_peak_bytes.fetch_max(scratch, Ordering::Relaxed);
     }
 
-    fn create(&mut self, temp: &Path, header: &Header) -> std::io::Result<File> {
+    /// Creates the `.partial` file with the file header and the header frame; returns it and
+    /// its length.
+    fn create(&mut self, temp: &Path, header: &Header) -> std::io::Result<(File, u64)> {
         if let Some(dir) = temp.parent() {
             if !dir.exists() {
                 std::fs::create_dir_all(dir)?;
@@ -582,12 +672,13 @@ impl Writer {
         encode(header, &mut self.payload)?;
         let (head, stored) = format::encode_frame(FrameKind::Header, &self.payload, self.compressor.as_mut(), &mut self.zbuf)?;
         delay(&self.write_delay_ms);
-        file.write_all(&format::file_header())?;
-        file.write_all(&head)?;
-        file.write_all(stored)?;
+        let disk = &self.disk_bytes_left;
+        write_all(&mut file, &format::file_header(), disk)?;
+        write_all(&mut file, &head, disk)?;
+        write_all(&mut file, stored, disk)?;
         let n = format::FILE_HEADER_LEN + format::FRAME_HEADER_LEN + stored.len();
         self.status.bytes_written.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(file)
+        Ok((file, n as u64))
     }
 
     fn summarize(&mut self, forward: u32, buf: &TraceBuf) -> TraceFrame {
@@ -629,25 +720,55 @@ impl Writer {
     fn write_payload(&mut self, id: u64, kind: FrameKind) -> std::io::Result<u64> {
         let (head, stored) = format::encode_frame(kind, &self.payload, self.compressor.as_mut(), &mut self.zbuf)?;
         delay(&self.write_delay_ms);
-        let Some(file) = self.files.get_mut(&id).and_then(|f| f.file.as_mut()) else {
+        let Some(f) = self.files.get_mut(&id).filter(|f| f.file.is_some()) else {
             return Ok(0);
         };
-        file.write_all(&head)?;
-        file.write_all(stored)?;
-        self.status.bytes_written.fetch_add((format::FRAME_HEADER_LEN + stored.len()) as u64, Ordering::Relaxed);
+        let file = f.file.as_mut().expect("checked above");
+        write_all(file, &head, &self.disk_bytes_left)?;
+        write_all(file, stored, &self.disk_bytes_left)?;
+        let n = (format::FRAME_HEADER_LEN + stored.len()) as u64;
+        f.good_len += n;
+        self.status.bytes_written.fetch_add(n, Ordering::Relaxed);
         Ok(stored.len() as u64)
     }
 
-    /// A write failed: count it, drop the file and remove it (a full disk gets its space back).
+    /// A write failed: count it and stop writing this recording. The file is cut back to its
+    /// last whole frame (which also returns the torn frame's space to a full disk) and kept
+    /// as `.partial`: it replays as incomplete, like a recording cut by a crash.
     fn fail(&mut self, id: u64, e: std::io::Error) {
         if let Some(f) = self.files.get_mut(&id) {
-            if f.file.take().is_some() {
-                f.failed.store(true, Ordering::Release);
-                let _ = std::fs::remove_file(&f.temp);
-                self.status.error(format!("job {}: writing {} failed: {e}", f.job_id, f.temp.display()));
+            if let Some(file) = f.file.take() {
+                f.verdict.fail();
+                let _ = file.set_len(f.good_len);
+                drop(file);
+                let error = format!("job {}: writing {} failed: {e}", f.job_id, f.temp.display());
+                self.status.error(format!("{error}; kept {} bytes of whole frames", f.good_len));
+                self.status.recordings_cut.fetch_add(1, Ordering::Relaxed);
+                f.cut = Some(error);
             }
         }
     }
+}
+
+/// `NAME.wrec` → `NAME.wrec.partial`.
+pub fn partial_of(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(PARTIAL_SUFFIX);
+    PathBuf::from(s)
+}
+
+/// `write_all`, through the full-disk test hook when it is set: a write that does not fit
+/// writes what fits, then fails as a full disk does.
+fn write_all(file: &mut File, bytes: &[u8], disk_bytes_left: &Option<Arc<AtomicU64>>) -> std::io::Result<()> {
+    if let Some(left) = disk_bytes_left {
+        let fits = left.load(Ordering::Relaxed).min(bytes.len() as u64) as usize;
+        left.fetch_sub(fits as u64, Ordering::Relaxed);
+        if fits < bytes.len() {
+            file.write_all(&bytes[..fits])?;
+            return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left on device (test hook)"));
+        }
+    }
+    file.write_all(bytes)
 }
 
 /// The slow-disk test hook.

@@ -8,23 +8,12 @@ use worker_orcd::gguf::{GgufFile, GgufWriter, MetadataValue};
 /// SmolLM2-135M-Instruct's `tokenizer.chat_template`.
 const SMOLLM2_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
-
 fn msg(role: &str, content: &str) -> ChatMessage {
-    ChatMessage {
-        role: role.into(),
-        content: content.into(),
-    }
+    ChatMessage { role: role.into(), content: content.into() }
 }
 
 fn smol(messages: &[ChatMessage], add_generation_prompt: bool) -> String {
-    apply_chat_template(
-        SMOLLM2_TEMPLATE,
-        messages,
-        add_generation_prompt,
-        "<|im_start|>",
-        "<|im_end|>",
-    )
-    .unwrap()
+    apply_chat_template(SMOLLM2_TEMPLATE, messages, add_generation_prompt, "<|im_start|>", "<|im_end|>").unwrap()
 }
 
 #[test]
@@ -73,10 +62,7 @@ fn model_template_errors_name_the_key() {
     w.add_metadata("tokenizer.chat_template", MetadataValue::U32(1));
     let f = GgufFile::from_bytes(w.to_bytes()).unwrap();
     let e = model_chat_template(&f).unwrap_err();
-    assert!(
-        matches!(e, ChatError::WrongType { found: "u32", .. }),
-        "{e:?}"
-    );
+    assert!(matches!(e, ChatError::WrongType { found: "u32", .. }), "{e:?}");
 }
 
 /// Whitespace control, `.strip()`, `| trim`, `tojson` (with and without
@@ -85,11 +71,7 @@ const WS_TEMPLATE: &str = "{{ bos_token }}\n{% for m in messages %}\n    {% if m
 
 #[test]
 fn whitespace_control_and_python_methods_match_jinja2() {
-    let messages = [
-        msg("system", "  sys  "),
-        msg("user", " q \"<&>\" "),
-        msg("assistant", "a\n"),
-    ];
+    let messages = [msg("system", "  sys  "), msg("user", " q \"<&>\" "), msg("assistant", "a\n")];
     let got = apply_chat_template(WS_TEMPLATE, &messages, true, "<s>", "</s>").unwrap();
     let want = "<s>\n        <<SYS>>sys<</SYS>>\n[INST] q \"<&>\" [/INST]\n a\n</s>\nASSISTANT:\n\
                 {\"role\": \"system\", \"content\": \"  sys  \"}\n[\n  {\n    \"role\": \"system\",\n    \
@@ -101,15 +83,9 @@ fn whitespace_control_and_python_methods_match_jinja2() {
 #[test]
 fn raise_exception_fails_the_render_with_its_message() {
     let t = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversation must start with user') }}{% endif %}ok";
-    assert_eq!(
-        apply_chat_template(t, &[msg("user", "x")], false, "", "").unwrap(),
-        "ok"
-    );
+    assert_eq!(apply_chat_template(t, &[msg("user", "x")], false, "", "").unwrap(), "ok");
     let e = apply_chat_template(t, &[msg("assistant", "x")], false, "", "").unwrap_err();
-    assert!(
-        matches!(&e, ChatError::Raised { message } if message == "Conversation must start with user"),
-        "{e:?}"
-    );
+    assert!(matches!(&e, ChatError::Raised { message } if message == "Conversation must start with user"), "{e:?}");
 }
 
 #[test]

@@ -27,12 +27,12 @@ fn engine() -> (Engine, worker_orcd::trace::Fingerprint) {
     (Engine::new(Box::new(backend), tokenizer()), fp)
 }
 
-fn replay(path: &Path) -> CaseReport {
+pub(crate) fn replay(path: &Path) -> CaseReport {
     let (mut e, fp) = engine();
     worker::replay(path, &mut e, &fp).unwrap()
 }
 
-fn describe(r: &CaseReport) -> String {
+pub(crate) fn describe(r: &CaseReport) -> String {
     let failed: Vec<String> = r.checks.iter().filter(|c| !c.passed).map(|c| format!("{}: {}", c.name, c.detail)).collect();
     format!("{} — failed checks {failed:?}; first divergence {}; notes {:?}", r.verdict_line(), r.divergence_line(), r.notes)
 }

@@ -89,7 +89,8 @@ impl Rng {
 /// indices.
 fn exact(what: &str, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{what}: length");
-    let bad: Vec<(usize, f32, f32)> = got.iter().zip(want).enumerate().filter(|(_, (g, w))| g.to_bits() != w.to_bits()).map(|(i, (&g, &w))| (i, g, w)).collect();
+    let bad: Vec<(usize, f32, f32)> =
+        got.iter().zip(want).enumerate().filter(|(_, (g, w))| g.to_bits() != w.to_bits()).map(|(i, (&g, &w))| (i, g, w)).collect();
     let max_abs = bad.iter().map(|(_, g, w)| (g - w).abs()).fold(0.0f32, f32::max);
     println!("{what:<40} n={:<8} bit-identical {:<8} max|err| {max_abs:.3e}", got.len(), got.len() - bad.len());
     for (i, g, w) in bad.iter().take(8) {
@@ -103,7 +104,15 @@ fn blocks_equal(what: &str, got: &[quant::BlockQ8_1], want: &[quant::BlockQ8_1])
     let bad: Vec<usize> = (0..got.len()).filter(|&i| got[i] != want[i]).collect();
     println!("{what:<40} blocks={:<6} differing {}", got.len(), bad.len());
     for &i in bad.iter().take(4) {
-        println!("  block {i}: cuda d {} s {} qs {:?}\n            cpu  d {} s {} qs {:?}", got[i].d, got[i].s, &got[i].qs[..8], want[i].d, want[i].s, &want[i].qs[..8]);
+        println!(
+            "  block {i}: cuda d {} s {} qs {:?}\n            cpu  d {} s {} qs {:?}",
+            got[i].d,
+            got[i].s,
+            &got[i].qs[..8],
+            want[i].d,
+            want[i].s,
+            &want[i].qs[..8]
+        );
     }
     assert!(bad.is_empty(), "{what}: {} blocks differ", bad.len());
 }
@@ -131,9 +140,7 @@ fn random_matrix(rng: &mut Rng, ty: GgmlType, n_out: usize, n_in: usize) -> Vec<
             w.extend((0..32).map(|_| rng.u32() as u8));
         }),
         GgmlType::F16 => (0..n_out * n_in).for_each(|_| w.extend_from_slice(&f16_bytes(rng.f32(-0.1, 0.1)))),
-        GgmlType::BF16 => (0..n_out * n_in).for_each(|_| {
-            w.extend_from_slice(&half::bf16::from_f32(rng.f32(-0.1, 0.1)).to_bits().to_le_bytes())
-        }),
+        GgmlType::BF16 => (0..n_out * n_in).for_each(|_| w.extend_from_slice(&half::bf16::from_f32(rng.f32(-0.1, 0.1)).to_bits().to_le_bytes())),
         GgmlType::F32 => (0..n_out * n_in).for_each(|_| w.extend_from_slice(&rng.f32(-0.1, 0.1).to_le_bytes())),
         other => panic!("no random {} matrices", other.name()),
     }
@@ -269,7 +276,15 @@ fn quantize_q8_k_matches_cpu() {
         let bad: Vec<usize> = (0..got.len()).filter(|&i| got[i] != want[i]).collect();
         println!("{:<40} blocks={:<6} differing {}", format!("quantize_q8_K {n_tok}x{width}"), got.len(), bad.len());
         for &i in bad.iter().take(4) {
-            println!("  block {i}: cuda d {} qs {:?} bsums {:?}\n            cpu  d {} qs {:?} bsums {:?}", got[i].d, &got[i].qs[..8], got[i].bsums, want[i].d, &want[i].qs[..8], want[i].bsums);
+            println!(
+                "  block {i}: cuda d {} qs {:?} bsums {:?}\n            cpu  d {} qs {:?} bsums {:?}",
+                got[i].d,
+                &got[i].qs[..8],
+                got[i].bsums,
+                want[i].d,
+                &want[i].qs[..8],
+                want[i].bsums
+            );
         }
         assert!(bad.is_empty(), "quantize_q8_K {n_tok}x{width}: {} blocks differ", bad.len());
     }
@@ -318,7 +333,14 @@ fn rope_matches_cpu() {
         // NEOX (qwen2) and NORM with Llama-3 frequency factors and linear scaling: the table is
         // the CPU's, the pairing and the rotation the kernel's.
         for kind in [ops::RopeKind::Neox, ops::RopeKind::Norm] {
-            let r = ops::Rope { kind, head_dim: 64, base: 1e6, freq_scale: 0.25, attn_factor: 1.0, freq_factors: Some((0..32).map(|i| 1.0 + i as f32 * 0.5).collect()) };
+            let r = ops::Rope {
+                kind,
+                head_dim: 64,
+                base: 1e6,
+                freq_scale: 0.25,
+                attn_factor: 1.0,
+                freq_factors: Some((0..32).map(|i| 1.0 + i as f32 * 0.5).collect()),
+            };
             let mut want = x.clone();
             for t in 0..n_tok {
                 r.apply(&mut want[t * width..(t + 1) * width], pos0 + t);
@@ -548,7 +570,10 @@ fn compare_taps(what: &str, cuda: &CaptureTap, cpu: &CaptureTap) {
 #[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
 fn tiny_model_forward_matches_cpu_at_every_tap() {
     let Some(_g) = gpu() else { return };
-    let cases = [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16].map(|t| (t, Variant::Llama)).into_iter().chain([(GgmlType::Q8_0, Variant::Qwen2), (GgmlType::Q4_1, Variant::Llama3)]);
+    let cases = [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16]
+        .map(|t| (t, Variant::Llama))
+        .into_iter()
+        .chain([(GgmlType::Q8_0, Variant::Qwen2), (GgmlType::Q4_1, Variant::Llama3)]);
     for (ty, variant) in cases {
         let m = tiny_model_of(ty, variant);
         let ty_name = format!("{} {variant:?}", ty.name());
@@ -652,7 +677,12 @@ fn persistent_decode_step_equals_per_op_path_and_cpu_bitwise() {
         for _ in 0..20 {
             assert_eq!(decode_steps(&mut b, &prompt, &steps, false).0, want, "{}: a repeated persistent run differs", ty.name());
         }
-        println!("tiny {}: {} decode steps, persistent/per-op x graphs on/off, trace on/off, 20 repeats: bit-identical to the CPU backend ({} taps)", ty.name(), steps.len(), want_taps.tensors.len());
+        println!(
+            "tiny {}: {} decode steps, persistent/per-op x graphs on/off, trace on/off, 20 repeats: bit-identical to the CPU backend ({} taps)",
+            ty.name(),
+            steps.len(),
+            want_taps.tensors.len()
+        );
     }
 }
 
@@ -789,7 +819,8 @@ fn kquant_models_match_cpu_bitwise_prefill_chunks_and_decode() {
         for all in [false, true] {
             cpu.truncate(0);
             b.truncate(0);
-            let (mut t_cpu, mut t_gpu) = (CaptureTap::new(if all { Points::All } else { Points::Recorded }), CaptureTap::new(if all { Points::All } else { Points::Recorded }));
+            let (mut t_cpu, mut t_gpu) =
+                (CaptureTap::new(if all { Points::All } else { Points::Recorded }), CaptureTap::new(if all { Points::All } else { Points::Recorded }));
             let want = cpu.forward(&tokens, 0, LogitRows::All, &mut t_cpu).unwrap();
             let got = b.forward(&tokens, 0, LogitRows::All, &mut t_gpu).unwrap();
             exact(&format!("{name} {variant:?} logits (debug taps {all})"), &got, &want);

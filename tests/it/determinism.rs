@@ -45,15 +45,7 @@ fn prefill_in_one_pass_in_chunks_or_token_by_token_gives_identical_bytes() {
 fn run(seed: u64, params: SamplingParams, max_tokens: usize) -> Vec<u32> {
     let backend = CpuBackend::new(model(), 512, 2).unwrap();
     let mut engine = Engine::new(Box::new(backend), tokenizer());
-    let req = GenerateRequest {
-        prompt_ids: prompt_ids(),
-        params,
-        seed,
-        max_tokens,
-        stop: vec![],
-        top_logprobs: 0,
-        prefill_chunk: 0,
-    };
+    let req = GenerateRequest { prompt_ids: prompt_ids(), params, seed, max_tokens, stop: vec![], top_logprobs: 0, prefill_chunk: 0 };
     engine.generate(&req, &mut NoTap, &AtomicBool::new(false), &mut |_| {}).unwrap().tokens
 }
 
@@ -65,15 +57,8 @@ fn same_request_twice_in_one_process_gives_identical_tokens() {
     let backend = CpuBackend::new(model(), 512, 2).unwrap();
     let mut engine = Engine::new(Box::new(backend), tokenizer());
     let sampled = SamplingParams { temperature: 0.8, top_p: 0.9, ..Default::default() };
-    let req = |seed| GenerateRequest {
-        prompt_ids: prompt_ids(),
-        params: sampled.clone(),
-        seed,
-        max_tokens: 10,
-        stop: vec![],
-        top_logprobs: 0,
-        prefill_chunk: 0,
-    };
+    let req =
+        |seed| GenerateRequest { prompt_ids: prompt_ids(), params: sampled.clone(), seed, max_tokens: 10, stop: vec![], top_logprobs: 0, prefill_chunk: 0 };
     let cancel = AtomicBool::new(false);
     let first = engine.generate(&req(7), &mut NoTap, &cancel, &mut |_| {}).unwrap().tokens;
     let _other = engine.generate(&req(8), &mut NoTap, &cancel, &mut |_| {}).unwrap();
@@ -124,15 +109,8 @@ fn two_processes_give_identical_tokens_and_logits_bytes() {
 fn engine_reports_every_token_as_it_is_produced() {
     let backend = CpuBackend::new(model(), 512, 2).unwrap();
     let mut engine = Engine::new(Box::new(backend), tokenizer());
-    let req = GenerateRequest {
-        prompt_ids: prompt_ids(),
-        params: SamplingParams::greedy(),
-        seed: 0,
-        max_tokens: 6,
-        stop: vec![],
-        top_logprobs: 3,
-        prefill_chunk: 0,
-    };
+    let req =
+        GenerateRequest { prompt_ids: prompt_ids(), params: SamplingParams::greedy(), seed: 0, max_tokens: 6, stop: vec![], top_logprobs: 3, prefill_chunk: 0 };
     let mut seen = Vec::new();
     let out = engine.generate(&req, &mut NoTap, &AtomicBool::new(false), &mut |ev| seen.push(ev.clone())).unwrap();
     assert_eq!(seen.iter().map(|e| e.id).collect::<Vec<_>>(), out.tokens);

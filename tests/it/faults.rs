@@ -214,7 +214,13 @@ fn top_p_on_logits_is_named_as_a_sampling_step() {
     let dir = tempfile::tempdir().unwrap();
     let path = {
         let _p = Planted::new(Fault::None, false);
-        crate::replay::record(dir.path(), "topp", request("Once upon a time, in a small village by the sea,", 0.9, 0.5, 24), TraceLevel::Summary, &worker::NoWrap)
+        crate::replay::record(
+            dir.path(),
+            "topp",
+            request("Once upon a time, in a small village by the sea,", 0.9, 0.5, 24),
+            TraceLevel::Summary,
+            &worker::NoWrap,
+        )
     };
     let (mut engine, here) = crate::replay::fresh_engine(2);
     let r = {
@@ -297,9 +303,9 @@ fn a_gpu_recording_replayed_on_the_cpu_names_the_first_differing_row() {
 /// curve as an SVG polyline; the page also renders to a screenshot.
 #[test]
 fn the_html_report_shows_the_failing_case_and_its_curve_in_a_browser() {
-    let chromium = std::env::var_os("CHROMIUM").map(std::path::PathBuf::from).or_else(|| {
-        ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"].iter().map(std::path::PathBuf::from).find(|p| p.exists())
-    });
+    let chromium = std::env::var_os("CHROMIUM")
+        .map(std::path::PathBuf::from)
+        .or_else(|| ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"].iter().map(std::path::PathBuf::from).find(|p| p.exists()));
     let chromium = chromium.expect("headless Chromium is needed for this test: apt-get install chromium (or set $CHROMIUM); .ci/run installs it");
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("recordings/worker/gpu-sampled-story.wrec");
     let (mut engine, here) = crate::replay::fresh_engine(2);

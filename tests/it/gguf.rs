@@ -36,12 +36,10 @@ fn public_api_contract() {
     let _: fn(&GgufFile, &str) -> Result<u64, GgufError> = GgufFile::get_u64;
     let _: fn(&GgufFile, &str) -> Result<f32, GgufError> = GgufFile::get_f32;
     let _: fn(&GgufFile, &str) -> Result<bool, GgufError> = GgufFile::get_bool;
-    let _: for<'a> fn(&'a GgufFile, &str) -> Result<Vec<&'a str>, GgufError> =
-        GgufFile::get_str_array;
+    let _: for<'a> fn(&'a GgufFile, &str) -> Result<Vec<&'a str>, GgufError> = GgufFile::get_str_array;
     let _: fn(&GgufFile, &str) -> Result<Vec<i32>, GgufError> = GgufFile::get_i32_array;
     let _: fn(&GgufFile, &str) -> Result<Vec<f32>, GgufError> = GgufFile::get_f32_array;
-    let _: for<'a> fn(&'a GgufFile, &str) -> Result<&'a TensorInfo, GgufError> =
-        GgufFile::tensor_info;
+    let _: for<'a> fn(&'a GgufFile, &str) -> Result<&'a TensorInfo, GgufError> = GgufFile::tensor_info;
     let _: for<'a> fn(&'a GgufFile, &TensorInfo) -> &'a [u8] = GgufFile::tensor_data;
     let _: fn(&GgufFile, &str) -> Result<Vec<f32>, GgufError> = GgufFile::dequantize_tensor;
     let _: fn(u16) -> f32 = quant::f16_to_f32;
@@ -57,8 +55,7 @@ fn public_api_contract() {
     let _: fn(&GgufWriter, &Path) -> std::io::Result<()> = GgufWriter::write_to_path;
     assert_eq!((QK4_0, QK4_1, QK8_0, QK8_1), (32, 32, 32, 32));
     let f = GgufFile::from_bytes(GgufWriter::new().to_bytes()).unwrap();
-    let _: (u32, &Vec<(String, MetadataValue)>, &Vec<TensorInfo>, u64) =
-        (f.version, &f.metadata, &f.tensors, f.alignment);
+    let _: (u32, &Vec<(String, MetadataValue)>, &Vec<TensorInfo>, u64) = (f.version, &f.metadata, &f.tensors, f.alignment);
 }
 
 #[test]
@@ -69,13 +66,7 @@ fn write_to_path_then_open_round_trips() {
     w.add_metadata("general.architecture", MetadataValue::String("tiny".into()));
     w.add_metadata("tiny.block_count", MetadataValue::U32(2));
     w.add_metadata("tiny.eps", MetadataValue::F32(1e-5));
-    w.add_metadata(
-        "tokenizer.tokens",
-        MetadataValue::Array(vec![
-            MetadataValue::String("a".into()),
-            MetadataValue::String("b".into()),
-        ]),
-    );
+    w.add_metadata("tokenizer.tokens", MetadataValue::Array(vec![MetadataValue::String("a".into()), MetadataValue::String("b".into())]));
     let norm: Vec<u8> = [0.5f32; 32].iter().flat_map(|v| v.to_le_bytes()).collect();
     w.add_tensor("norm", &[32], GgmlType::F32, norm);
     let mut q41 = Vec::new();
@@ -94,10 +85,7 @@ fn write_to_path_then_open_round_trips() {
     assert_eq!(f.get_f32("tiny.eps").unwrap(), 1e-5);
     assert_eq!(f.get_str_array("tokenizer.tokens").unwrap(), ["a", "b"]);
     let info = f.tensor_info("w").unwrap();
-    assert_eq!(
-        (info.ggml_type, info.shape.as_slice(), info.n_rows()),
-        (GgmlType::Q4_1, &[32u64, 2][..], 2)
-    );
+    assert_eq!((info.ggml_type, info.shape.as_slice(), info.n_rows()), (GgmlType::Q4_1, &[32u64, 2][..], 2));
     let v = f.dequantize_tensor("w").unwrap();
     assert_eq!(&v[..2], &[0.125, 0.125]);
     assert_eq!(v[16], 0.25);
@@ -114,9 +102,7 @@ fn model_path() -> PathBuf {
 
 /// Order-sensitive checksum of exact f32 bits: sum of bits[i] * (2i+1) mod 2^64.
 fn checksum(v: &[f32]) -> u64 {
-    v.iter().enumerate().fold(0u64, |acc, (i, x)| {
-        acc.wrapping_add(u64::from(x.to_bits()).wrapping_mul(2 * i as u64 + 1))
-    })
+    v.iter().enumerate().fold(0u64, |acc, (i, x)| acc.wrapping_add(u64::from(x.to_bits()).wrapping_mul(2 * i as u64 + 1)))
 }
 
 /// Reference numbers below were computed independently with the Python `gguf`
@@ -139,10 +125,7 @@ fn real_model_matches_gguf_py() {
     assert_eq!(f.get_u32("llama.attention.head_count_kv").unwrap(), 3);
     assert_eq!(f.get_u64("llama.context_length").unwrap(), 8192);
     assert_eq!(f.get_f32("llama.rope.freq_base").unwrap(), 100000.0);
-    assert_eq!(
-        f.get_f32("llama.attention.layer_norm_rms_epsilon").unwrap(),
-        1e-5
-    );
+    assert_eq!(f.get_f32("llama.attention.layer_norm_rms_epsilon").unwrap(), 1e-5);
     assert_eq!(f.get_str("general.architecture").unwrap(), "llama");
     assert!(!f.get_bool("tokenizer.ggml.add_bos_token").unwrap());
     assert_eq!(f.get_u32("tokenizer.ggml.bos_token_id").unwrap(), 1);
@@ -160,14 +143,7 @@ fn real_model_matches_gguf_py() {
     assert_eq!(&types[..5], &[3, 3, 3, 3, 3]);
 
     let count = |ty| f.tensors.iter().filter(|t| t.ggml_type == ty).count();
-    assert_eq!(
-        (
-            count(GgmlType::Q8_0),
-            count(GgmlType::F32),
-            count(GgmlType::Q4_1)
-        ),
-        (1, 61, 210)
-    );
+    assert_eq!((count(GgmlType::Q8_0), count(GgmlType::F32), count(GgmlType::Q4_1)), (1, 61, 210));
 
     let emb = f.tensor_info("token_embd.weight").unwrap();
     assert_eq!(emb.ggml_type, GgmlType::Q8_0);
@@ -179,23 +155,13 @@ fn real_model_matches_gguf_py() {
     assert_eq!(q.ggml_type, GgmlType::Q4_1);
     assert_eq!(q.shape, vec![576, 576]);
     let down = f.tensor_info("blk.0.ffn_down.weight").unwrap();
-    assert_eq!(
-        (down.shape.as_slice(), down.offset),
-        (&[1536u64, 576][..], 30_083_328)
-    );
+    assert_eq!((down.shape.as_slice(), down.offset), (&[1536u64, 576][..], 30_083_328));
 
     type Case = (&'static str, &'static [(usize, u32)], u64);
     let cases: [Case; 4] = [
         (
             "token_embd.weight",
-            &[
-                (0, 0xbdda3400),
-                (1, 0x3d071400),
-                (31, 0xbe4d3700),
-                (32, 0xbdbf7600),
-                (576, 0xbcc30000),
-                (28_311_551, 0xbd2ad000),
-            ],
+            &[(0, 0xbdda3400), (1, 0x3d071400), (31, 0xbe4d3700), (32, 0xbdbf7600), (576, 0xbcc30000), (28_311_551, 0xbd2ad000)],
             0xee6fa1c00885e840,
         ),
         (
@@ -214,37 +180,20 @@ fn real_model_matches_gguf_py() {
             0x9308b2b13a947200,
         ),
         ("blk.29.ffn_down.weight", &[], 0x77afc6edc381ae00),
-        (
-            "output_norm.weight",
-            &[(0, 0x3fe10000), (575, 0x3ffe0000)],
-            0x144868d320000,
-        ),
+        ("output_norm.weight", &[(0, 0x3fe10000), (575, 0x3ffe0000)], 0x144868d320000),
     ];
     for (name, values, sum) in cases {
         let v = f.dequantize_tensor(name).unwrap();
-        assert_eq!(
-            v.len() as u64,
-            f.tensor_info(name).unwrap().n_elements(),
-            "{name}"
-        );
+        assert_eq!(v.len() as u64, f.tensor_info(name).unwrap().n_elements(), "{name}");
         for &(i, bits) in values {
-            assert_eq!(
-                v[i].to_bits(),
-                bits,
-                "{name}[{i}] = {}, want {}",
-                v[i],
-                f32::from_bits(bits)
-            );
+            assert_eq!(v[i].to_bits(), bits, "{name}[{i}] = {}, want {}", v[i], f32::from_bits(bits));
         }
         assert_eq!(checksum(&v), sum, "{name}: checksum");
     }
     // Human-readable spot checks of the same numbers.
     let v = f.dequantize_tensor("blk.0.attn_q.weight").unwrap();
     assert_eq!(v[0], -0.096_313_48);
-    assert_eq!(
-        f.dequantize_tensor("output_norm.weight").unwrap()[0],
-        1.757_812_5
-    );
+    assert_eq!(f.dequantize_tensor("output_norm.weight").unwrap()[0], 1.757_812_5);
 }
 
 /// The xtask use case: cut a smaller model out of the real one with the writer
@@ -258,11 +207,7 @@ fn cut_a_small_model_from_the_real_one() {
         w.add_metadata(k, v.clone());
     }
     w.add_metadata("llama.block_count", MetadataValue::U32(1));
-    let keep: Vec<&TensorInfo> = src
-        .tensors
-        .iter()
-        .filter(|t| !t.name.starts_with("blk.") || t.name.starts_with("blk.0."))
-        .collect();
+    let keep: Vec<&TensorInfo> = src.tensors.iter().filter(|t| !t.name.starts_with("blk.") || t.name.starts_with("blk.0.")).collect();
     for t in &keep {
         w.add_tensor(&t.name, &t.shape, t.ggml_type, src.tensor_data(t).to_vec());
     }
@@ -270,10 +215,7 @@ fn cut_a_small_model_from_the_real_one() {
     assert_eq!(cut.get_u32("llama.block_count").unwrap(), 1);
     assert_eq!(cut.metadata.len(), src.metadata.len());
     assert_eq!(cut.tensors.len(), keep.len());
-    assert_eq!(
-        cut.get_str_array("tokenizer.ggml.tokens").unwrap().len(),
-        49_152
-    );
+    assert_eq!(cut.get_str_array("tokenizer.ggml.tokens").unwrap().len(), 49_152);
     for t in &keep {
         let c = cut.tensor_info(&t.name).unwrap();
         assert_eq!((&c.shape, c.ggml_type), (&t.shape, t.ggml_type));

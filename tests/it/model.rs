@@ -53,11 +53,15 @@ fn unsupported_files_are_refused_with_one_line_naming_the_cause() {
         ("partial rope", with_key(Variant::Llama, "llama.rope.dimension_count", MetadataValue::U32(16)), "llama.rope.dimension_count = 16"),
         ("value length", with_key(Variant::Qwen2, "qwen2.attention.value_length", MetadataValue::U32(64)), "qwen2.attention.value_length = 64"),
         ("experts", with_key(Variant::Llama, "llama.expert_count", MetadataValue::U32(8)), "llama.expert_count = 8"),
-        ("missing epsilon", {
-            let mut w = GgufWriter::new();
-            w.add_metadata("general.architecture", MetadataValue::String("qwen2".into()));
-            w
-        }, "qwen2.block_count"),
+        (
+            "missing epsilon",
+            {
+                let mut w = GgufWriter::new();
+                w.add_metadata("general.architecture", MetadataValue::String("qwen2".into()));
+                w
+            },
+            "qwen2.block_count",
+        ),
     ];
     let mut extra = tiny_writer(GgmlType::Q8_0, Variant::Llama);
     extra.add_tensor("blk.0.attn_output.bias", &[128], GgmlType::F32, vec![0; 512]);
@@ -115,7 +119,12 @@ fn qwen2_forward_adds_biases_then_rotates_halves() {
                 for (t, row) in want.chunks_exact_mut(width).enumerate() {
                     rope.apply(row, t);
                 }
-                assert_eq!(crate::support::bits(&tap.tensors[&rp]), crate::support::bits(&want), "layer {l}: {} is not NEOX RoPE of the biased rows", rp.name());
+                assert_eq!(
+                    crate::support::bits(&tap.tensors[&rp]),
+                    crate::support::bits(&want),
+                    "layer {l}: {} is not NEOX RoPE of the biased rows",
+                    rp.name()
+                );
             }
         }
     }

@@ -46,7 +46,12 @@ fn free_running_greedy_equals_llama_cpp_token_by_token() {
         let mut logits = b.forward(&case.prompt_ids, 0, LogitRows::Last, &mut NoTap).unwrap();
         for i in 0..steps {
             let pos = n - 1 + i;
-            assert_eq!(Some(exact::row_hash(&logits)), rec.row_hash(pos, col), "{}: logits at position {pos} (greedy step {i}) differ from llama.cpp's", case.name);
+            assert_eq!(
+                Some(exact::row_hash(&logits)),
+                rec.row_hash(pos, col),
+                "{}: logits at position {pos} (greedy step {i}) differ from llama.cpp's",
+                case.name
+            );
             let ours = worker_orcd::sampler::argmax(&logits);
             assert_eq!(ours, case.greedy_ids[i], "{}: greedy step {i}: ours {ours}, llama.cpp {}", case.name, case.greedy_ids[i]);
             if i + 1 < steps {
@@ -86,7 +91,8 @@ fn measure(batch: &ReferenceRecording, token: &ReferenceRecording, s: &mut Sprea
     let name = &batch.case.name;
     assert_eq!(batch.case.prompt_ids, token.case.prompt_ids, "{name}: the two recordings have different prompts");
     for cap in &batch.case.captured {
-        let common: Vec<usize> = (0..batch.case.n_tokens()).filter(|&p| batch.row_index(&cap.stored_name, p).is_some() && token.row_index(&cap.stored_name, p).is_some()).collect();
+        let common: Vec<usize> =
+            (0..batch.case.n_tokens()).filter(|&p| batch.row_index(&cap.stored_name, p).is_some() && token.row_index(&cap.stored_name, p).is_some()).collect();
         let (Some(a), Some(b)) = (rows_of(batch, &cap.stored_name, &common), rows_of(token, &cap.stored_name, &common)) else { continue };
         let worst = a.iter().zip(&b).map(|(x, y)| metrics::nmse(y, x)).fold(0.0, f64::max);
         let (kind, layer) = match cap.ggml_name.rsplit_once('-') {
@@ -151,14 +157,26 @@ fn batch_bounds_cover_llama_cpps_own_spread() {
         over.push(format!("logits {:.3e}", s.logits_nmse));
     }
     let worst_flip_gap = s.top1_flips.iter().map(|f| f.2).fold(0.0f32, f32::max);
-    println!("  prompt top-1 differs at {} of {} positions, largest batch gap there {worst_flip_gap:.3} (bound {})", s.top1_flips.len(), s.positions, b.prompt_top1_gap);
+    println!(
+        "  prompt top-1 differs at {} of {} positions, largest batch gap there {worst_flip_gap:.3} (bound {})",
+        s.top1_flips.len(),
+        s.positions,
+        b.prompt_top1_gap
+    );
     if worst_flip_gap >= b.prompt_top1_gap {
         over.push(format!("prompt top-1 flip at gap {worst_flip_gap}"));
     }
     for (case, split, gap) in &s.greedy_split {
-        println!("  greedy {case:<20} batch and token runs equal for {} steps{}", split.map_or("all 64".into(), |i| i.to_string()), split.map_or(String::new(), |_| format!(", then split at a batch top-2 gap of {gap:.3}")));
+        println!(
+            "  greedy {case:<20} batch and token runs equal for {} steps{}",
+            split.map_or("all 64".into(), |i| i.to_string()),
+            split.map_or(String::new(), |_| format!(", then split at a batch top-2 gap of {gap:.3}"))
+        );
     }
-    println!("  bounds: layer 0 {:.0e}, layer 1 {:.0e}, residual {:.0e}, other tensors {:.0e}", b.chained_layer0, b.chained_layer1, b.chained_residual, b.chained_op);
+    println!(
+        "  bounds: layer 0 {:.0e}, layer 1 {:.0e}, residual {:.0e}, other tensors {:.0e}",
+        b.chained_layer0, b.chained_layer1, b.chained_residual, b.chained_op
+    );
     let worst_split_gap = s.greedy_split.iter().filter(|g| g.1.is_some()).map(|g| g.2).fold(0.0f32, f32::max);
     if worst_split_gap >= b.near_tie_gap {
         over.push(format!("greedy split at gap {worst_split_gap}"));
@@ -177,8 +195,11 @@ fn other_models_prompt_ids_and_free_running_greedy_equal_llama_cpp() {
     for dir in worker_orcd::reference::model_corpus_dirs(&root).unwrap() {
         let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
         let name = cfg["named_model"].as_str().expect("cases.json names its model");
-        let types: Vec<String> = cfg["weight_types"].as_array().expect("cases.json lists weight_types").iter().map(|v| v.as_str().unwrap().to_lowercase()).collect();
-        let supported = |t: &String| (0..64).filter_map(worker_orcd::gguf::GgmlType::from_id).any(|g| g.name().to_lowercase() == *t && worker_orcd::backend::cpu::quant::supports(g));
+        let types: Vec<String> =
+            cfg["weight_types"].as_array().expect("cases.json lists weight_types").iter().map(|v| v.as_str().unwrap().to_lowercase()).collect();
+        let supported = |t: &String| {
+            (0..64).filter_map(worker_orcd::gguf::GgmlType::from_id).any(|g| g.name().to_lowercase() == *t && worker_orcd::backend::cpu::quant::supports(g))
+        };
         if !types.iter().all(supported) {
             println!("{name}: not run, no CPU product for one of {types:?} yet");
             continue;
@@ -207,7 +228,12 @@ fn other_models_prompt_ids_and_free_running_greedy_equal_llama_cpp() {
             let mut logits = b.forward(&case.prompt_ids, 0, LogitRows::Last, &mut NoTap).unwrap();
             for i in 0..steps {
                 let pos = n - 1 + i;
-                assert_eq!(Some(exact::row_hash(&logits)), rec.row_hash(pos, col), "{name}/{}: logits at position {pos} (greedy step {i}) differ from llama.cpp's", case.name);
+                assert_eq!(
+                    Some(exact::row_hash(&logits)),
+                    rec.row_hash(pos, col),
+                    "{name}/{}: logits at position {pos} (greedy step {i}) differ from llama.cpp's",
+                    case.name
+                );
                 let ours = worker_orcd::sampler::argmax(&logits);
                 assert_eq!(ours, case.greedy_ids[i], "{name}/{}: greedy step {i}", case.name);
                 if i + 1 < steps {

@@ -66,16 +66,11 @@ fn table() -> Table {
 }
 
 pub fn rows_table() -> BTreeMap<String, RowCase> {
-    serde_json::from_str::<RowsTable>(ROWS)
-        .expect("rows_sha256.json parses")
-        .cases
+    serde_json::from_str::<RowsTable>(ROWS).expect("rows_sha256.json parses").cases
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn sha256_file(path: &Path) -> String {
@@ -84,13 +79,8 @@ fn sha256_file(path: &Path) -> String {
 
 /// The real default model, whatever WORKER_ORCD_MODEL says (the table is for its bytes).
 fn smollm2() -> PathBuf {
-    let path = worker_orcd::fetch::fetch_named("smollm2")
-        .expect("fetch the default model (cargo xtask fetch-model)");
-    assert_eq!(
-        sha256_file(&path),
-        table().input.sha256,
-        "the committed table was made from this file"
-    );
+    let path = worker_orcd::fetch::fetch_named("smollm2").expect("fetch the default model (cargo xtask fetch-model)");
+    assert_eq!(sha256_file(&path), table().input.sha256, "the committed table was made from this file");
     path
 }
 
@@ -108,21 +98,10 @@ fn assert_like_llama_cpp(ftype: &str, threads: usize) -> Vec<u8> {
     let report = quantize_file(&smollm2(), &out, ftype.parse().unwrap(), threads).unwrap();
     let secs = t0.elapsed().as_secs_f64();
     let bytes = std::fs::read(&out).unwrap();
-    eprintln!(
-        "{ftype}: {} bytes in {secs:.1} s ({threads} threads)",
-        bytes.len()
-    );
-    assert_eq!(
-        bytes.len() as u64,
-        want.size,
-        "{ftype}: size differs from llama.cpp's"
-    );
+    eprintln!("{ftype}: {} bytes in {secs:.1} s ({threads} threads)", bytes.len());
+    assert_eq!(bytes.len() as u64, want.size, "{ftype}: size differs from llama.cpp's");
     assert_eq!(report.bytes_out, want.size);
-    assert_eq!(
-        sha256_hex(&bytes),
-        want.sha256,
-        "{ftype}: bytes differ from llama.cpp's output"
-    );
+    assert_eq!(sha256_hex(&bytes), want.sha256, "{ftype}: bytes differ from llama.cpp's output");
     bytes
 }
 
@@ -154,10 +133,7 @@ fn smollm2_quantizes_byte_identically_to_llama_cpp(#[case] ftype: &str) {
 fn every_recorded_file_type_is_tested() {
     let src = include_str!("quantize.rs");
     for name in table().files.keys() {
-        assert!(
-            src.contains(&format!("#[case::{}(\"{name}\")]", name.to_lowercase())),
-            "{name} has no test case"
-        );
+        assert!(src.contains(&format!("#[case::{}(\"{name}\")]", name.to_lowercase())), "{name} has no test case");
         assert!(name.parse::<FileType>().is_ok(), "{name} is not a FileType");
     }
 }
@@ -176,30 +152,17 @@ fn every_recorded_file_type_is_tested() {
 #[case::gemma_q2_k("gemma3-270m-q4_k_m", "Q2_K")]
 #[case::gemma_iq4_nl("gemma3-270m-q4_k_m", "IQ4_NL")]
 fn other_models_requantize_byte_identically_to_llama_cpp(#[case] model: &str, #[case] ftype: &str) {
-    let table: ExtraTable =
-        serde_json::from_str(EXTRA).expect("llama_cpp_extra_sha256.json parses");
+    let table: ExtraTable = serde_json::from_str(EXTRA).expect("llama_cpp_extra_sha256.json parses");
     let m = &table.models[model];
     let want = &m.files[ftype];
-    let input =
-        worker_orcd::fetch::fetch_named(model).unwrap_or_else(|e| panic!("fetch {model}: {e}"));
-    assert_eq!(
-        sha256_file(&input),
-        m.input_sha256,
-        "{model}: not the input llama.cpp quantized"
-    );
+    let input = worker_orcd::fetch::fetch_named(model).unwrap_or_else(|e| panic!("fetch {model}: {e}"));
+    assert_eq!(sha256_file(&input), m.input_sha256, "{model}: not the input llama.cpp quantized");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.gguf");
     quantize_file(&input, &out, ftype.parse().unwrap(), 2).unwrap();
     let found = std::fs::metadata(&out).unwrap().len();
-    assert_eq!(
-        found, want.size,
-        "{model} {ftype}: size differs from llama.cpp's"
-    );
-    assert_eq!(
-        sha256_file(&out),
-        want.sha256,
-        "{model} {ftype}: bytes differ from llama.cpp's output"
-    );
+    assert_eq!(found, want.size, "{model} {ftype}: size differs from llama.cpp's");
+    assert_eq!(sha256_file(&out), want.sha256, "{model} {ftype}: bytes differ from llama.cpp's output");
 }
 
 #[test]
@@ -262,19 +225,12 @@ pub fn case_rows(name: &str, case: &RowCase) -> Vec<f32> {
         model.dequantize_tensor(name).unwrap()
     };
     assert_eq!(x.len(), case.rows * case.n_per_row, "{name}: shape");
-    assert_eq!(
-        sha256_hex(&f32_bytes(&x)),
-        case.input_sha256,
-        "{name}: not the rows llama.cpp quantized"
-    );
+    assert_eq!(sha256_hex(&f32_bytes(&x)), case.input_sha256, "{name}: not the rows llama.cpp quantized");
     x
 }
 
 pub fn ggml_type(name: &str) -> GgmlType {
-    GgmlType::ALL
-        .into_iter()
-        .find(|t| t.name() == name)
-        .unwrap_or_else(|| panic!("no ggml type {name}"))
+    GgmlType::ALL.into_iter().find(|t| t.name() == name).unwrap_or_else(|| panic!("no ggml type {name}"))
 }
 
 /// Every block quantizer, including those no SmolLM2 file type reaches (Q2_K) and the edge
@@ -316,64 +272,27 @@ fn rows_quantize_like_ggml_quantize_chunk() {
 fn the_subcommand_writes_the_file_and_names_a_bad_type() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("q8.gguf");
-    let run = |args: &[&std::ffi::OsStr]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_worker-orcd"))
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&std::ffi::OsStr]| std::process::Command::new(env!("CARGO_BIN_EXE_worker-orcd")).args(args).output().unwrap();
     let input = smollm2();
-    let ok = run(&[
-        "quantize".as_ref(),
-        input.as_os_str(),
-        out.as_os_str(),
-        "q8_0".as_ref(),
-        "--threads".as_ref(),
-        "2".as_ref(),
-    ]);
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    let ok = run(&["quantize".as_ref(), input.as_os_str(), out.as_os_str(), "q8_0".as_ref(), "--threads".as_ref(), "2".as_ref()]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     assert_eq!(sha256_file(&out), table().files["Q8_0"].sha256);
-    let bad = run(&[
-        "quantize".as_ref(),
-        input.as_os_str(),
-        out.as_os_str(),
-        "Q9_K".as_ref(),
-    ]);
+    let bad = run(&["quantize".as_ref(), input.as_os_str(), out.as_os_str(), "Q9_K".as_ref()]);
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(
-        !bad.status.success() && err.contains("TYPE") && err.contains("Q9_K"),
-        "{err}"
-    );
+    assert!(!bad.status.success() && err.contains("TYPE") && err.contains("Q9_K"), "{err}");
 }
 
 /// A tiny llama-shaped model: one 2-D weight of `ty` and a norm.
-fn tiny(
-    dir: &Path,
-    weight_ty: GgmlType,
-    data: Vec<u8>,
-    extra: &[(&str, MetadataValue)],
-) -> PathBuf {
+fn tiny(dir: &Path, weight_ty: GgmlType, data: Vec<u8>, extra: &[(&str, MetadataValue)]) -> PathBuf {
     let mut w = GgufWriter::new();
-    w.add_metadata(
-        "general.architecture",
-        MetadataValue::String("llama".into()),
-    );
+    w.add_metadata("general.architecture", MetadataValue::String("llama".into()));
     w.add_metadata("llama.block_count", MetadataValue::U32(1));
     w.add_metadata("llama.attention.head_count", MetadataValue::U32(1));
     for (k, v) in extra {
         w.add_metadata(k, v.clone());
     }
     w.add_tensor("blk.0.attn_q.weight", &[32, 2], weight_ty, data);
-    w.add_tensor(
-        "blk.0.attn_norm.weight",
-        &[32],
-        GgmlType::F32,
-        f32_bytes(&[1.0; 32]),
-    );
+    w.add_tensor("blk.0.attn_norm.weight", &[32], GgmlType::F32, f32_bytes(&[1.0; 32]));
     let path = dir.join("tiny.gguf");
     w.write_to_path(&path).unwrap();
     path
@@ -388,25 +307,16 @@ fn inputs_llama_cpp_refuses_are_errors_naming_the_culprit() {
     x[33] = f32::NAN;
     let p = tiny(dir.path(), GgmlType::F32, f32_bytes(&x), &[]);
     let err = quantize_file(&p, &out, FileType::Q8_0, 1).unwrap_err();
-    assert!(
-        matches!(err, QuantizeError::NonFinite { index: 33, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, QuantizeError::NonFinite { index: 33, .. }), "{err}");
     assert!(err.to_string().contains("blk.0.attn_q.weight"), "{err}");
     assert!(!out.exists(), "no output after an error");
     // An integer matrix has no dequantization, so it cannot be requantized.
     let p = tiny(dir.path(), GgmlType::I32, vec![0u8; 256], &[]);
     let err = quantize_file(&p, &out, FileType::Q8_0, 1).unwrap_err();
-    assert!(
-        matches!(err, QuantizeError::CannotDequantize { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, QuantizeError::CannotDequantize { .. }), "{err}");
     // Missing hyperparameters.
     let mut w = GgufWriter::new();
-    w.add_metadata(
-        "general.architecture",
-        MetadataValue::String("llama".into()),
-    );
+    w.add_metadata("general.architecture", MetadataValue::String("llama".into()));
     let p = dir.path().join("nohp.gguf");
     w.write_to_path(&p).unwrap();
     let err = quantize_file(&p, &out, FileType::Q8_0, 1).unwrap_err();
@@ -416,23 +326,12 @@ fn inputs_llama_cpp_refuses_are_errors_naming_the_culprit() {
     let err = quantize_file(&p, &out, FileType::Q8_0, 1).unwrap_err();
     assert!(err.to_string().contains("nohp.gguf"), "{err}");
     // An alignment llama.cpp would not honour.
-    let p = tiny(
-        dir.path(),
-        GgmlType::F32,
-        f32_bytes(&[0.5; 64]),
-        &[("general.alignment", MetadataValue::U32(64))],
-    );
+    let p = tiny(dir.path(), GgmlType::F32, f32_bytes(&[0.5; 64]), &[("general.alignment", MetadataValue::U32(64))]);
     let err = quantize_file(&p, &out, FileType::Q8_0, 1).unwrap_err();
-    assert!(
-        matches!(err, QuantizeError::Alignment { alignment: 64 }),
-        "{err}"
-    );
+    assert!(matches!(err, QuantizeError::Alignment { alignment: 64 }), "{err}");
     // Q2_K_S without an importance matrix (the real model has 1536-wide ffn_down rows).
     let err = quantize_file(&smollm2(), &out, FileType::Q2_K_S, 1).unwrap_err();
-    assert!(
-        matches!(err, QuantizeError::RequiresImatrix { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, QuantizeError::RequiresImatrix { .. }), "{err}");
     assert!(!out.exists());
 }
 
@@ -440,40 +339,18 @@ fn inputs_llama_cpp_refuses_are_errors_naming_the_culprit() {
 fn a_tiny_model_quantizes_into_a_file_our_reader_accepts() {
     let dir = tempfile::tempdir().unwrap();
     let x: Vec<f32> = (0..64).map(|i| (i as f32 - 30.0) / 16.0).collect();
-    let p = tiny(
-        dir.path(),
-        GgmlType::F32,
-        f32_bytes(&x),
-        &[("general.file_type", MetadataValue::U32(0))],
-    );
+    let p = tiny(dir.path(), GgmlType::F32, f32_bytes(&x), &[("general.file_type", MetadataValue::U32(0))]);
     let out = dir.path().join("out.gguf");
     quantize_file(&p, &out, FileType::Q4_K_M, 1).unwrap();
     let f = GgufFile::open(&out).unwrap();
     // Globals first (none here), then blk.0 by name; 32-wide rows fall back from Q4_K to Q5_0.
-    let names: Vec<(&str, GgmlType)> = f
-        .tensors
-        .iter()
-        .map(|t| (t.name.as_str(), t.ggml_type))
-        .collect();
-    assert_eq!(
-        names,
-        [
-            ("blk.0.attn_norm.weight", GgmlType::F32),
-            ("blk.0.attn_q.weight", GgmlType::Q5_0)
-        ]
-    );
+    let names: Vec<(&str, GgmlType)> = f.tensors.iter().map(|t| (t.name.as_str(), t.ggml_type)).collect();
+    assert_eq!(names, [("blk.0.attn_norm.weight", GgmlType::F32), ("blk.0.attn_q.weight", GgmlType::Q5_0)]);
     let keys: Vec<&str> = f.metadata.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(
-        keys.last_chunk::<2>().unwrap(),
-        &["general.quantization_version", "general.file_type"]
-    );
+    assert_eq!(keys.last_chunk::<2>().unwrap(), &["general.quantization_version", "general.file_type"]);
     assert_eq!(f.get_u32("general.file_type").unwrap(), 15);
     assert_eq!(f.get_u32("general.quantization_version").unwrap(), 2);
     let back = f.dequantize_tensor("blk.0.attn_q.weight").unwrap();
-    let err = back
-        .iter()
-        .zip(&x)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let err = back.iter().zip(&x).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(err < 0.07, "q5_0 round trip error {err}");
 }

@@ -3,9 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use worker_orcd::reference::{
-    corpus_dir, load_corpus, recordings_in, ReferenceError, ReferenceRecording, RowSelection,
-};
+use worker_orcd::reference::{corpus_dir, load_corpus, recordings_in, ReferenceError, ReferenceRecording, RowSelection};
 
 const N_EMBD: usize = 576;
 const N_VOCAB: usize = 49152;
@@ -27,31 +25,13 @@ fn cases_json() -> serde_json::Value {
 fn every_case_in_cases_json_is_recorded_and_opens() {
     let corpus = corpus();
     let cases = cases_json();
-    let names: Vec<&str> = cases["cases"]
-        .as_array()
-        .expect("cases array")
-        .iter()
-        .map(|c| c["name"].as_str().expect("case name"))
-        .collect();
-    assert!(
-        names.len() >= 10,
-        "expected at least 10 cases, got {}",
-        names.len()
-    );
+    let names: Vec<&str> = cases["cases"].as_array().expect("cases array").iter().map(|c| c["name"].as_str().expect("case name")).collect();
+    assert!(names.len() >= 10, "expected at least 10 cases, got {}", names.len());
     assert_eq!(corpus.len(), names.len(), "one recording per case");
     for name in &names {
-        let (path, rec) = corpus
-            .iter()
-            .find(|(_, r)| r.case.name == *name)
-            .unwrap_or_else(|| panic!("case {name} has no recording"));
-        assert_eq!(
-            path.file_name().unwrap().to_str().unwrap(),
-            format!("{name}.safetensors.zst")
-        );
-        assert_eq!(
-            rec.case.model_sha256,
-            cases["model_sha256"].as_str().unwrap()
-        );
+        let (path, rec) = corpus.iter().find(|(_, r)| r.case.name == *name).unwrap_or_else(|| panic!("case {name} has no recording"));
+        assert_eq!(path.file_name().unwrap().to_str().unwrap(), format!("{name}.safetensors.zst"));
+        assert_eq!(rec.case.model_sha256, cases["model_sha256"].as_str().unwrap());
     }
     let kinds: Vec<_> = corpus.iter().map(|(_, r)| r.case.kind).collect();
     assert!(kinds.contains(&worker_orcd::reference::CaseKind::Plain));
@@ -67,11 +47,7 @@ fn settings_and_prompts() {
         assert!(c.prompt_ids.iter().all(|&t| (t as usize) < N_VOCAB), "{p}");
         let s = &c.settings;
         assert_eq!((s.n_ctx, s.n_batch, s.n_ubatch), (1024, 1024, 1024), "{p}");
-        assert_eq!(
-            (s.type_k, s.type_v, s.flash_attn, s.n_threads),
-            (0, 0, false, 2),
-            "{p}"
-        );
+        assert_eq!((s.type_k, s.type_v, s.flash_attn, s.n_threads), (0, 0, false, 2), "{p}");
         match c.kind {
             worker_orcd::reference::CaseKind::Chat => {
                 assert!(c.parse_special, "{p}");
@@ -100,27 +76,16 @@ fn greedy_has_64_consistent_steps() {
             let ids = &ids[step * TOP_GREEDY..(step + 1) * TOP_GREEDY];
             let vals = &vals[step * TOP_GREEDY..(step + 1) * TOP_GREEDY];
             assert_eq!(ids[0] as u32, c.greedy_ids[step], "{p} step {step}");
-            assert_eq!(
-                vals[0] - vals[1],
-                c.greedy_top2_gap[step],
-                "{p} step {step}"
-            );
+            assert_eq!(vals[0] - vals[1], c.greedy_top2_gap[step], "{p} step {step}");
             assert!(c.greedy_top2_gap[step] >= 0.0);
             for k in 1..TOP_GREEDY {
-                assert!(
-                    vals[k - 1] > vals[k] || (vals[k - 1] == vals[k] && ids[k - 1] < ids[k]),
-                    "{p} step {step}: top-8 not sorted"
-                );
+                assert!(vals[k - 1] > vals[k] || (vals[k - 1] == vals[k] && ids[k - 1] < ids[k]), "{p} step {step}: top-8 not sorted");
             }
         }
         // step 0 is the argmax of the last prompt position
         let n = c.n_tokens();
         let (_, top) = rec.i32("logits.top_ids").unwrap();
-        assert_eq!(
-            top[(n - 1) * TOP_LOGITS] as u32,
-            c.greedy_ids[0],
-            "{p}: greedy step 0 vs last prompt logits"
-        );
+        assert_eq!(top[(n - 1) * TOP_LOGITS] as u32, c.greedy_ids[0], "{p}: greedy step 0 vs last prompt logits");
     }
 }
 
@@ -138,16 +103,10 @@ fn shapes_match_metadata() {
         for name in &row_names {
             let (shape, _) = rec.f32(name).unwrap_or_else(|e| panic!("{p}: {e}"));
             assert_eq!(shape, [rows, N_EMBD], "{p}: {name}");
-            let cap = rec
-                .captured(name)
-                .unwrap_or_else(|| panic!("{p}: {name} not in captured"));
+            let cap = rec.captured(name).unwrap_or_else(|| panic!("{p}: {name} not in captured"));
             assert_eq!(cap.rows, RowSelection::RowPos);
             for &pos in &c.row_pos {
-                assert_eq!(
-                    rec.row(name, pos).map(<[f32]>::len),
-                    Some(N_EMBD),
-                    "{p}: {name}@{pos}"
-                );
+                assert_eq!(rec.row(name, pos).map(<[f32]>::len), Some(N_EMBD), "{p}: {name}@{pos}");
             }
             if rows < n {
                 let missing = (0..n).find(|q| !c.row_pos.contains(q)).unwrap();
@@ -155,11 +114,7 @@ fn shapes_match_metadata() {
             }
             assert!(rec.row(name, n).is_none());
         }
-        assert_eq!(
-            *c.row_pos.last().unwrap(),
-            n - 1,
-            "{p}: last position always stored"
-        );
+        assert_eq!(*c.row_pos.last().unwrap(), n - 1, "{p}: last position always stored");
 
         // logits
         let (shape, top_ids) = rec.i32("logits.top_ids").unwrap();
@@ -175,10 +130,7 @@ fn shapes_match_metadata() {
             let vals = &top_vals[pos * TOP_LOGITS..(pos + 1) * TOP_LOGITS];
             let ids = &top_ids[pos * TOP_LOGITS..(pos + 1) * TOP_LOGITS];
             assert!(lse[pos] >= vals[0], "{p}@{pos}: logsumexp below max");
-            assert!(
-                vals.windows(2).all(|w| w[0] >= w[1]),
-                "{p}@{pos}: not sorted"
-            );
+            assert!(vals.windows(2).all(|w| w[0] >= w[1]), "{p}@{pos}: not sorted");
             if let Some(row) = rec.row("logits.rows", pos) {
                 // the stored full row agrees with the top-k summary
                 for k in 0..TOP_LOGITS {
@@ -190,10 +142,7 @@ fn shapes_match_metadata() {
                     let m = max as f64;
                     m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln()
                 };
-                assert!(
-                    (lse64 - lse[pos] as f64).abs() <= 1e-5 * lse64.abs().max(1.0),
-                    "{p}@{pos}: logsumexp"
-                );
+                assert!((lse64 - lse[pos] as f64).abs() <= 1e-5 * lse64.abs().max(1.0), "{p}@{pos}: logsumexp");
             } else {
                 assert!(!c.logits_row_pos.contains(&pos));
             }
@@ -210,12 +159,7 @@ fn shapes_match_metadata() {
             assert_eq!(cap.shape[cap.token_axis], want, "{p}: {}", cap.stored_name);
             let ne_numel: i64 = cap.ne.iter().product();
             let numel: usize = cap.shape.iter().product();
-            assert_eq!(
-                ne_numel as usize * want / n,
-                numel,
-                "{p}: {}",
-                cap.stored_name
-            );
+            assert_eq!(ne_numel as usize * want / n, numel, "{p}: {}", cap.stored_name);
         }
     }
 }
@@ -223,16 +167,10 @@ fn shapes_match_metadata() {
 #[test]
 fn op_captures_cover_the_op_layers() {
     let corpus = corpus();
-    let op_cases: Vec<_> = corpus
-        .iter()
-        .filter(|(_, r)| !r.case.op_layers.is_empty())
-        .collect();
+    let op_cases: Vec<_> = corpus.iter().filter(|(_, r)| !r.case.op_layers.is_empty()).collect();
     let mut op_names: Vec<String> = op_cases.iter().map(|(_, r)| r.case.name.clone()).collect();
     op_names.sort();
-    assert_eq!(
-        op_names,
-        ["chat-haiku", "chat-math", "plain-capital", "plain-story"]
-    );
+    assert_eq!(op_names, ["chat-haiku", "chat-math", "plain-capital", "plain-story"]);
     for (path, rec) in op_cases {
         let c = &rec.case;
         let p = path.display();
@@ -259,11 +197,7 @@ fn op_captures_cover_the_op_layers() {
             for (base, ops) in expect {
                 let ggml = format!("{base}-{l}");
                 // (the row-sampled `l_out-N` also has ggml_name `l_out-N`; skip it)
-                let caps: Vec<_> = c
-                    .captured
-                    .iter()
-                    .filter(|x| x.ggml_name == ggml && x.stored_name.contains('#'))
-                    .collect();
+                let caps: Vec<_> = c.captured.iter().filter(|x| x.ggml_name == ggml && x.stored_name.contains('#')).collect();
                 let got: Vec<&str> = caps.iter().map(|x| x.op.as_str()).collect();
                 assert_eq!(got, ops, "{p}: {ggml}");
                 for (k, cap) in caps.iter().enumerate() {
@@ -285,19 +219,11 @@ fn op_captures_cover_the_op_layers() {
                     RowSelection::RowPos => i,
                 };
                 let (_, op) = rec.f32(&format!("l_out-{l}#0")).unwrap();
-                assert_eq!(
-                    &op[stored_idx * N_EMBD..(stored_idx + 1) * N_EMBD],
-                    rec.row(&format!("l_out-{l}"), pos).unwrap(),
-                    "{p}: l_out-{l}@{pos}"
-                );
+                assert_eq!(&op[stored_idx * N_EMBD..(stored_idx + 1) * N_EMBD], rec.row(&format!("l_out-{l}"), pos).unwrap(), "{p}: l_out-{l}@{pos}");
             }
             // K and V always at every position (attention needs all of them)
             for name in [format!("Kcur-{l}#2"), format!("Vcur-{l}#1")] {
-                assert_eq!(
-                    rec.captured(&name).unwrap().rows,
-                    RowSelection::All,
-                    "{p}: {name}"
-                );
+                assert_eq!(rec.captured(&name).unwrap().rows, RowSelection::All, "{p}: {name}");
             }
         }
     }
@@ -339,34 +265,16 @@ fn image(header: &serde_json::Map<String, serde_json::Value>, data: &[u8]) -> Ve
 fn truncated_files_are_errors() {
     let bytes = std::fs::read(smallest_recording()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    for cut in [
-        0,
-        1,
-        4,
-        8,
-        100,
-        1000,
-        bytes.len() / 2,
-        bytes.len() - 4,
-        bytes.len() - 1,
-    ] {
-        let err = open_bytes(dir.path(), "t.safetensors.zst", &bytes[..cut])
-            .expect_err(&format!("truncated at {cut} must fail"));
-        assert!(
-            matches!(err, ReferenceError::Zstd { .. }),
-            "cut {cut}: {err}"
-        );
+    for cut in [0, 1, 4, 8, 100, 1000, bytes.len() / 2, bytes.len() - 4, bytes.len() - 1] {
+        let err = open_bytes(dir.path(), "t.safetensors.zst", &bytes[..cut]).expect_err(&format!("truncated at {cut} must fail"));
+        assert!(matches!(err, ReferenceError::Zstd { .. }), "cut {cut}: {err}");
     }
     // truncated *inside* a valid zstd frame: the safetensors layer must catch it
     let raw = zstd::decode_all(&bytes[..]).unwrap();
     for cut in [0, 7, 8, 20, raw.len() / 2, raw.len() - 1] {
         let z = zstd::encode_all(&raw[..cut], 1).unwrap();
-        let err = open_bytes(dir.path(), "u.safetensors.zst", &z)
-            .expect_err(&format!("safetensors truncated at {cut} must fail"));
-        assert!(
-            matches!(err, ReferenceError::Format { .. }),
-            "cut {cut}: {err}"
-        );
+        let err = open_bytes(dir.path(), "u.safetensors.zst", &z).expect_err(&format!("safetensors truncated at {cut} must fail"));
+        assert!(matches!(err, ReferenceError::Format { .. }), "cut {cut}: {err}");
     }
 }
 
@@ -379,10 +287,7 @@ fn corrupted_compressed_bytes_are_errors() {
         b[at] ^= 0x5a;
         // must not panic; a flipped bit is caught by the zstd frame checksum
         // or by safetensors / metadata validation
-        assert!(
-            open_bytes(dir.path(), "c.safetensors.zst", &b).is_err(),
-            "flip at {at}"
-        );
+        assert!(open_bytes(dir.path(), "c.safetensors.zst", &b).is_err(), "flip at {at}");
     }
     assert!(open_bytes(dir.path(), "g.safetensors.zst", b"garbage, not zstd").is_err());
     let missing = ReferenceRecording::open(&dir.path().join("nope.safetensors.zst")).unwrap_err();
@@ -393,16 +298,11 @@ fn corrupted_compressed_bytes_are_errors() {
 fn corrupted_safetensors_fields_are_named_in_errors() {
     let (header, data) = real_image();
     let dir = tempfile::tempdir().unwrap();
-    let check =
-        |what: &str, h: &serde_json::Map<String, serde_json::Value>, d: &[u8], needle: &str| {
-            let err = open_bytes(dir.path(), "f.safetensors.zst", &image(h, d))
-                .expect_err(&format!("{what} must fail"));
-            let msg = err.to_string();
-            assert!(
-                msg.contains(needle),
-                "{what}: error `{msg}` should mention `{needle}`"
-            );
-        };
+    let check = |what: &str, h: &serde_json::Map<String, serde_json::Value>, d: &[u8], needle: &str| {
+        let err = open_bytes(dir.path(), "f.safetensors.zst", &image(h, d)).expect_err(&format!("{what} must fail"));
+        let msg = err.to_string();
+        assert!(msg.contains(needle), "{what}: error `{msg}` should mention `{needle}`");
+    };
     // sanity: the unmodified image opens
     open_bytes(dir.path(), "ok.safetensors.zst", &image(&header, &data)).unwrap();
 
@@ -439,22 +339,19 @@ fn corrupted_safetensors_fields_are_named_in_errors() {
     check("bad case json", &h, &data, "case");
 
     let mut h = header.clone();
-    let mut case: serde_json::Value =
-        serde_json::from_str(h["__metadata__"]["case"].as_str().unwrap()).unwrap();
+    let mut case: serde_json::Value = serde_json::from_str(h["__metadata__"]["case"].as_str().unwrap()).unwrap();
     case.as_object_mut().unwrap().remove("greedy_ids");
     h["__metadata__"]["case"] = case.to_string().into();
     check("missing case field", &h, &data, "greedy_ids");
 
     let mut h = header.clone();
-    let mut case: serde_json::Value =
-        serde_json::from_str(h["__metadata__"]["case"].as_str().unwrap()).unwrap();
+    let mut case: serde_json::Value = serde_json::from_str(h["__metadata__"]["case"].as_str().unwrap()).unwrap();
     case["row_pos"] = serde_json::json!([0, 1_000_000]);
     h["__metadata__"]["case"] = case.to_string().into();
     check("row_pos out of range", &h, &data, "row_pos");
 
     let mut h = header.clone();
-    let mut case: serde_json::Value =
-        serde_json::from_str(h["__metadata__"]["case"].as_str().unwrap()).unwrap();
+    let mut case: serde_json::Value = serde_json::from_str(h["__metadata__"]["case"].as_str().unwrap()).unwrap();
     case["captured"][0]["shape"] = serde_json::json!([3, 3]);
     h["__metadata__"]["case"] = case.to_string().into();
     check("captured shape mismatch", &h, &data, "captured[0]");
@@ -463,44 +360,22 @@ fn corrupted_safetensors_fields_are_named_in_errors() {
     let mut raw = 1u64 << 40;
     let mut bytes = raw.to_le_bytes().to_vec();
     bytes.extend_from_slice(b"{}");
-    let err = open_bytes(
-        dir.path(),
-        "h.safetensors.zst",
-        &zstd::encode_all(&bytes[..], 1).unwrap(),
-    )
-    .unwrap_err();
+    let err = open_bytes(dir.path(), "h.safetensors.zst", &zstd::encode_all(&bytes[..], 1).unwrap()).unwrap_err();
     assert!(err.to_string().contains("header length"), "{err}");
     raw = 2;
     let mut bytes = raw.to_le_bytes().to_vec();
     bytes.extend_from_slice(b"[]");
-    let err = open_bytes(
-        dir.path(),
-        "j.safetensors.zst",
-        &zstd::encode_all(&bytes[..], 1).unwrap(),
-    )
-    .unwrap_err();
+    let err = open_bytes(dir.path(), "j.safetensors.zst", &zstd::encode_all(&bytes[..], 1).unwrap()).unwrap_err();
     assert!(err.to_string().contains("header"), "{err}");
 }
 
 #[test]
 fn accessors_report_missing_and_wrong_dtype() {
     let rec = ReferenceRecording::open(&smallest_recording()).unwrap();
-    assert!(matches!(
-        rec.f32("no-such-tensor"),
-        Err(ReferenceError::MissingTensor(_))
-    ));
-    assert!(matches!(
-        rec.f32("logits.top_ids"),
-        Err(ReferenceError::WrongDtype { .. })
-    ));
-    assert!(matches!(
-        rec.i32("embd"),
-        Err(ReferenceError::WrongDtype { .. })
-    ));
-    assert!(
-        rec.row("logits.top_ids", 0).is_none(),
-        "I32 tensors have no f32 rows"
-    );
+    assert!(matches!(rec.f32("no-such-tensor"), Err(ReferenceError::MissingTensor(_))));
+    assert!(matches!(rec.f32("logits.top_ids"), Err(ReferenceError::WrongDtype { .. })));
+    assert!(matches!(rec.i32("embd"), Err(ReferenceError::WrongDtype { .. })));
+    assert!(rec.row("logits.top_ids", 0).is_none(), "I32 tensors have no f32 rows");
     assert!(rec.names().any(|n| n == "result_norm"));
     assert!(rec.names().count() >= 2 + N_LAYER + 6);
 }

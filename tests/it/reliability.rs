@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -419,9 +420,11 @@ async fn cross_origin_requests_are_refused() {
         ("GET /health HTTP/1.1\r\nHost: rebound.example:{port}\r\nConnection: close\r\n\r\n".to_string(), 403, "host"),
     ];
     let port = addr.port().to_string();
-    let results = tokio::task::spawn_blocking(move || cases.into_iter().map(|(req, want, field)| (ask(addr, &req.replace("{port}", &port)), want, field)).collect::<Vec<_>>())
-        .await
-        .unwrap();
+    let results = tokio::task::spawn_blocking(move || {
+        cases.into_iter().map(|(req, want, field)| (ask(addr, &req.replace("{port}", &port)), want, field)).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
     for ((status, body), want, field) in results {
         assert_eq!(status, want, "{body}");
         assert_eq!(body["error"]["field"], field, "{body}");
@@ -508,6 +511,126 @@ async fn a_failed_recording_is_not_named_and_the_recorder_state_recovers() {
     assert!(h["recorder_errors"].as_u64().unwrap() >= 1, "errors are still counted: {h}");
 }
 
+/// Replays a recording on a thread of its own (the engine is synchronous).
+async fn replayed(path: &std::path::Path) -> worker_orcd::replay::CaseReport {
+    let p = path.to_path_buf();
+    tokio::task::spawn_blocking(move || crate::crash::replay(&p)).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_recording_cut_by_a_full_disk_is_kept_partial_named_as_such_and_replays_as_incomplete() {
+    let dir = tempfile::tempdir().unwrap();
+    let left = Arc::new(AtomicU64::new(u64::MAX));
+    let s = start(ServerConfig {
+        record_dir: Some(dir.path().to_path_buf()),
+        trace: TraceLevel::Summary,
+        record_disk_bytes_left: Some(Arc::clone(&left)),
+        ..config()
+    });
+    let c = client();
+    let job = |id: &str| json!({"job_id": id, "prompt": "Once upon a time", "max_tokens": 12, "temperature": 0});
+    let files = |id: &str| -> Vec<String> {
+        let d = std::fs::read_dir(dir.path()).unwrap();
+        d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.contains(&format!("-{id}."))).collect()
+    };
+
+    // A whole recording: named once it exists, as written.
+    let whole = read_execute(post(&c, format!("{}/execute", s.url()), &job("whole")).await).await;
+    let end = whole.terminal.json();
+    assert_eq!(end["recording_state"], "written", "{end}");
+    let path = PathBuf::from(end["recording"].as_str().unwrap());
+    assert!(path.exists(), "a recording named written exists when the end event arrives: {end}");
+    let size = std::fs::metadata(&path).unwrap().len();
+
+    // The disk fills halfway through the next one.
+    left.store(size / 2, Ordering::Relaxed);
+    let cut = read_execute(post(&c, format!("{}/execute", s.url()), &job("cut")).await).await;
+    assert_eq!(cut.terminal.event, "end", "a full disk never fails a request");
+    assert_eq!(cut.ids, whole.ids);
+    let end = cut.terminal.json();
+    assert_eq!(end["recording_state"], "incomplete", "{end}");
+    assert!(end["recording_error"].as_str().unwrap().contains("no space left"), "{end}");
+    let partial = PathBuf::from(end["recording"].as_str().expect("the cut recording is named"));
+    assert!(partial.to_str().unwrap().ends_with(".wrec.partial"), "{end}");
+    assert!(partial.exists(), "the cut recording is kept, not deleted: {:?}", files("cut"));
+    assert_eq!(files("cut").len(), 1, "no file under the finished name: {:?}", files("cut"));
+    let rec = Recording::open(&partial).unwrap();
+    assert!(!rec.complete && rec.footer.is_none());
+    assert!(std::fs::metadata(&partial).unwrap().len() <= size / 2, "cut back to whole frames");
+    let r = replayed(&partial).await;
+    assert!(r.passed, "{}", crate::crash::describe(&r));
+    assert_eq!(r.verdict(), "INCOMPLETE", "{}", crate::crash::describe(&r));
+    let h = health(&c, &s).await;
+    assert_eq!(h["recorder"]["recordings_cut"], 1, "{h}");
+
+    // An answer that is not streamed is sent after the job: its headers name what exists.
+    left.store(size / 2, Ordering::Relaxed);
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 12, "temperature": 0});
+    let resp = post(&c, format!("{}/v1/completions", s.url()), &body).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-worker-orcd-recording-state"], "incomplete");
+    let named = PathBuf::from(resp.headers()["x-worker-orcd-recording"].to_str().unwrap());
+    assert!(named.to_str().unwrap().ends_with(".wrec.partial") && named.exists(), "{}", named.display());
+    assert_eq!(replayed(&named).await.verdict(), "INCOMPLETE");
+
+    // Full before the header frame: nothing is kept, and nothing is named.
+    left.store(0, Ordering::Relaxed);
+    let lost = read_execute(post(&c, format!("{}/execute", s.url()), &job("lost")).await).await;
+    let end = lost.terminal.json();
+    assert_eq!(end["recording_state"], "failed", "{end}");
+    assert!(end.get("recording").is_none() && end.get("recording_pending").is_none(), "{end}");
+    assert!(files("lost").is_empty(), "{:?}", files("lost"));
+
+    // The disk is freed: recordings are written, and named, again.
+    left.store(u64::MAX, Ordering::Relaxed);
+    let again = read_execute(post(&c, format!("{}/execute", s.url()), &job("again")).await).await;
+    let end = again.terminal.json();
+    assert_eq!(end["recording_state"], "written", "{end}");
+    let path = PathBuf::from(end["recording"].as_str().unwrap());
+    assert!(path.exists());
+    assert_eq!(replayed(&path).await.verdict(), "PASS");
+    wait_health(&c, &s, "the recorder to recover", |h| h["recorder_state"] == "ok").await;
+}
+
+#[tokio::test]
+async fn recordings_of_cancelled_jobs_replay_as_pass() {
+    // Found by the soak: the engine sees a cancel only before a chunk or a token, so a job
+    // cancelled after its last token had made one more forward call, which replay did not
+    // make ("row missing from the replay"); one cancelled in prefill stopped after a few chunks.
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(ServerConfig { record_dir: Some(dir.path().to_path_buf()), trace: TraceLevel::Hashes, ..config() });
+    let c = client();
+    let count = "Count from 1 to 500: 1, 2, 3,";
+    for (id, prompt, max_tokens, tokens, how) in [
+        ("gen-leave", count.to_string(), 200, 3, "disconnect"),
+        ("gen-cancel", count.to_string(), 200, 5, "cancel"),
+        ("prefill-leave", long_prompt(), 4, 0, "disconnect"),
+    ] {
+        let body = json!({"job_id": id, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0});
+        let resp = post(&c, format!("{}/execute", s.url()), &body).await;
+        let path = PathBuf::from(resp.headers()["x-worker-orcd-recording"].to_str().unwrap());
+        let mut sse = SseReader::new(resp);
+        assert_eq!(sse.next().await.unwrap().event, "started");
+        let mut seen = 0;
+        while seen < tokens {
+            assert_eq!(sse.next().await.unwrap().event, "token", "{id}");
+            seen += 1;
+        }
+        if how == "cancel" {
+            assert_eq!(c.post(format!("{}/cancel/{id}", s.url())).send().await.unwrap().status(), 200);
+            assert_eq!(sse.all().await.last().unwrap().json()["code"], "CANCELLED", "{id}");
+        } else {
+            drop(sse);
+        }
+        wait_health(&c, &s, "the job to stop", |h| h["busy"] == false).await;
+        crate::server::wait_file(&path).await;
+        let rec = Recording::open(&path).unwrap();
+        assert_eq!(rec.footer.as_ref().unwrap().outcome, "cancelled", "{id}");
+        let r = replayed(&path).await;
+        assert_eq!(r.verdict(), "PASS", "{id}: {}", crate::crash::describe(&r));
+    }
+}
+
 #[tokio::test]
 async fn tiny_temperatures_405_and_retry_after() {
     let gate = Gate::closed();
@@ -568,4 +691,3 @@ fn serve_flags_out_of_range_are_refused_before_loading() {
     refused_at_start(&["--max-connections", "0"], "--max-connections");
     refused_at_start(&["--allow-any-host"], "--allow-any-host");
 }
-

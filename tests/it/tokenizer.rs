@@ -59,18 +59,13 @@ fn corpus() -> Vec<String> {
     }
     let path = recordings_dir().join("corpus.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str::<Corpus>(&text)
-        .expect("parse corpus.json")
-        .strings
+    serde_json::from_str::<Corpus>(&text).expect("parse corpus.json").strings
 }
 
 fn sha256_hex(path: &Path) -> String {
     use sha2::{Digest, Sha256};
     let bytes = std::fs::read(path).expect("read model");
-    Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The model's tokenizer, or `None` (with a printed reason) when the model is
@@ -80,11 +75,7 @@ fn model_tokenizer(rec: Option<&Recording>) -> Option<(GgufFile, Tokenizer)> {
     if let Some(rec) = rec {
         let sha = sha256_hex(&path);
         if sha != rec.header.model_sha256 {
-            eprintln!(
-                "skipping: {} has sha256 {sha}, recording was made from {}",
-                path.display(),
-                rec.header.model_sha256
-            );
+            eprintln!("skipping: {} has sha256 {sha}, recording was made from {}", path.display(), rec.header.model_sha256);
             return None;
         }
     }
@@ -94,10 +85,7 @@ fn model_tokenizer(rec: Option<&Recording>) -> Option<(GgufFile, Tokenizer)> {
 }
 
 fn hex_decode(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }
 
 #[test]
@@ -107,10 +95,7 @@ fn corpus_is_big_enough_and_recorded() {
     assert!(corpus.len() >= 120, "corpus has {} strings", corpus.len());
     let texts: Vec<&str> = rec.cases.iter().map(|c| c.text.as_str()).collect();
     let corpus_refs: Vec<&str> = corpus.iter().map(String::as_str).collect();
-    assert_eq!(
-        texts, corpus_refs,
-        "llama_cpp_ids.json is stale: rerun xtask/python/llama_tokenize.py"
-    );
+    assert_eq!(texts, corpus_refs, "llama_cpp_ids.json is stale: rerun xtask/python/llama_tokenize.py");
 }
 
 /// Compares every recorded case, both parse_special modes. Set
@@ -130,24 +115,13 @@ fn corpus_ids_match_llama_cpp() {
         for (parse_special, want) in [(false, &case.ids), (true, &case.ids_special)] {
             let got = tok.encode(&case.text, parse_special);
             if &got != want {
-                failures.push(format!(
-                    "text {:?} parse_special={parse_special}\n  ours:      {got:?}\n  llama.cpp: {want:?}",
-                    case.text
-                ));
+                failures.push(format!("text {:?} parse_special={parse_special}\n  ours:      {got:?}\n  llama.cpp: {want:?}", case.text));
             }
         }
     }
     let n = rec.cases.len() * 2;
-    eprintln!(
-        "{} of {n} corpus encodings match llama.cpp",
-        n - failures.len()
-    );
-    assert!(
-        failures.is_empty(),
-        "{} mismatches:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    eprintln!("{} of {n} corpus encodings match llama.cpp", n - failures.len());
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]
@@ -168,12 +142,7 @@ fn pieces_match_llama_cpp() {
             (got != want).then(|| format!("id {id}: ours {got:?}, llama.cpp {want:?}"))
         })
         .collect();
-    assert!(
-        bad.is_empty(),
-        "{} piece mismatches:\n{}",
-        bad.len(),
-        bad.join("\n")
-    );
+    assert!(bad.is_empty(), "{} piece mismatches:\n{}", bad.len(), bad.join("\n"));
     assert!(tok.token_bytes(u32::MAX).is_empty());
 }
 
@@ -206,17 +175,9 @@ fn special_ids_eog_and_add_bos() {
     assert_eq!(ids.len(), 9);
     assert_eq!(tok.decode(&ids[..1]), "1");
     // Upper-case contractions do not merge: HE'S -> HE ' S.
-    let pieces: Vec<String> = tok
-        .encode("HE'S", false)
-        .iter()
-        .map(|&i| tok.decode(&[i]))
-        .collect();
+    let pieces: Vec<String> = tok.encode("HE'S", false).iter().map(|&i| tok.decode(&[i])).collect();
     assert_eq!(pieces, ["HE", "'", "S"]);
-    let pieces: Vec<String> = tok
-        .encode("he's", false)
-        .iter()
-        .map(|&i| tok.decode(&[i]))
-        .collect();
+    let pieces: Vec<String> = tok.encode("he's", false).iter().map(|&i| tok.decode(&[i])).collect();
     assert_eq!(pieces, ["he", "'s"]);
     // Special text becomes a special id only with parse_special.
     assert_eq!(tok.encode("<|im_start|>", true), [1]);
@@ -255,10 +216,7 @@ fn stream_decoder_never_splits_characters() {
             }
             // Valid input never produces replacement characters mid-stream.
             if !s.contains('\u{FFFD}') {
-                assert!(
-                    !chunk.contains('\u{FFFD}'),
-                    "broken utf-8 in {s:?}: {chunk:?}"
-                );
+                assert!(!chunk.contains('\u{FFFD}'), "broken utf-8 in {s:?}: {chunk:?}");
             }
             streamed.push_str(&chunk);
         }
@@ -268,10 +226,7 @@ fn stream_decoder_never_splits_characters() {
         assert_eq!(streamed, s);
     }
     // The corpus has emoji/CJK whose bytes span several tokens.
-    assert!(
-        held_back > 10,
-        "only {held_back} partial pieces were held back"
-    );
+    assert!(held_back > 10, "only {held_back} partial pieces were held back");
 
     // Byte-level pieces of one emoji: the first piece alone is not valid UTF-8.
     let ids = tok.encode("👨‍👩‍👧‍👦", false);
@@ -322,10 +277,7 @@ fn vocab_only_gguf_tokenizes_like_full_file() {
     let tok = Tokenizer::from_gguf(&vocab_only).expect("tokenizer from vocab-only gguf");
     assert_eq!(tok.n_vocab(), full.n_vocab());
     assert_eq!(tok.eog_ids(), full.eog_ids());
-    assert_eq!(
-        (tok.bos_id(), tok.eos_id(), tok.add_bos()),
-        (full.bos_id(), full.eos_id(), full.add_bos())
-    );
+    assert_eq!((tok.bos_id(), tok.eos_id(), tok.add_bos()), (full.bos_id(), full.eos_id(), full.add_bos()));
     for s in corpus() {
         assert_eq!(tok.encode(&s, false), full.encode(&s, false), "{s:?}");
         assert_eq!(tok.encode(&s, true), full.encode(&s, true), "{s:?}");
@@ -338,10 +290,7 @@ fn encoding_the_2kb_paragraph_is_fast() {
         return;
     };
     let para = corpus().pop().unwrap();
-    assert!(
-        para.len() >= 2000,
-        "last corpus string is the ~2KB paragraph"
-    );
+    assert!(para.len() >= 2000, "last corpus string is the ~2KB paragraph");
     let n_ids = tok.encode(&para, false).len();
     // The fastest of many runs: robust against other processes on a shared
     // machine, which only ever make a run slower.
@@ -362,9 +311,7 @@ fn encoding_the_2kb_paragraph_is_fast() {
 
 /// GPT-2 `bytes_to_unicode`, written independently of the crate's table.
 fn byte_char(b: u8) -> char {
-    let printable = |x: u32| {
-        (0x21..=0x7E).contains(&x) || (0xA1..=0xAC).contains(&x) || (0xAE..=0xFF).contains(&x)
-    };
+    let printable = |x: u32| (0x21..=0x7E).contains(&x) || (0xA1..=0xAC).contains(&x) || (0xAE..=0xFF).contains(&x);
     if printable(u32::from(b)) {
         return char::from(b);
     }
@@ -374,12 +321,7 @@ fn byte_char(b: u8) -> char {
 
 /// Builds a GGUF with a gpt2 vocab: the 256 byte chars, then `extra` tokens
 /// (text, token_type), and `merges`.
-fn tiny_gguf(
-    pre: &str,
-    extra: &[(&str, i32)],
-    merges: &[&str],
-    edit: impl FnOnce(&mut GgufWriter),
-) -> GgufFile {
+fn tiny_gguf(pre: &str, extra: &[(&str, i32)], merges: &[&str], edit: impl FnOnce(&mut GgufWriter)) -> GgufFile {
     let mut tokens: Vec<String> = (0..=255u8).map(|b| byte_char(b).to_string()).collect();
     let mut types = vec![1i32; 256];
     for (t, ty) in extra {
@@ -390,18 +332,9 @@ fn tiny_gguf(
     let s = |x: &str| MetadataValue::String(x.to_owned());
     w.add_metadata("tokenizer.ggml.model", s("gpt2"));
     w.add_metadata("tokenizer.ggml.pre", s(pre));
-    w.add_metadata(
-        "tokenizer.ggml.tokens",
-        MetadataValue::Array(tokens.iter().map(|t| s(t)).collect()),
-    );
-    w.add_metadata(
-        "tokenizer.ggml.token_type",
-        MetadataValue::Array(types.into_iter().map(MetadataValue::I32).collect()),
-    );
-    w.add_metadata(
-        "tokenizer.ggml.merges",
-        MetadataValue::Array(merges.iter().map(|m| s(m)).collect()),
-    );
+    w.add_metadata("tokenizer.ggml.tokens", MetadataValue::Array(tokens.iter().map(|t| s(t)).collect()));
+    w.add_metadata("tokenizer.ggml.token_type", MetadataValue::Array(types.into_iter().map(MetadataValue::I32).collect()));
+    w.add_metadata("tokenizer.ggml.merges", MetadataValue::Array(merges.iter().map(|m| s(m)).collect()));
     edit(&mut w);
     GgufFile::from_bytes(w.to_bytes()).expect("parse tiny gguf")
 }
@@ -411,9 +344,7 @@ fn tiny(extra: &[(&str, i32)], merges: &[&str]) -> Tokenizer {
 }
 
 fn texts(tok: &Tokenizer, ids: &[u32]) -> Vec<String> {
-    ids.iter()
-        .map(|&i| tok.token_text(i).unwrap().to_owned())
-        .collect()
+    ids.iter().map(|&i| tok.token_text(i).unwrap().to_owned()).collect()
 }
 
 #[test]
@@ -460,26 +391,15 @@ fn merge_results_missing_from_vocab_fall_back_to_byte_tokens() {
 #[test]
 fn special_and_user_defined_tokens_and_eog() {
     // token types: 3 = control, 4 = user-defined.
-    let extra = [
-        ("<|im_end|>", 3),
-        ("<tool>", 4),
-        ("<|im_start|>", 3),
-        ("<reponame>", 1),
-    ];
+    let extra = [("<|im_end|>", 3), ("<tool>", 4), ("<|im_start|>", 3), ("<reponame>", 1)];
     let tok = tiny(&extra, &[]);
     let end = tok.token_id("<|im_end|>").unwrap();
     let tool = tok.token_id("<tool>").unwrap();
     let start = tok.token_id("<|im_start|>").unwrap();
-    assert_eq!(
-        tok.encode("<|im_start|>x<|im_end|>", true),
-        [start, tok.token_id("x").unwrap(), end]
-    );
+    assert_eq!(tok.encode("<|im_start|>x<|im_end|>", true), [start, tok.token_id("x").unwrap(), end]);
     // Control text stays text without parse_special; user-defined is always split out.
     assert!(!tok.encode("<|im_end|>", false).contains(&end));
-    assert_eq!(
-        tok.encode("a<tool>b", false),
-        [tok.token_id("a").unwrap(), tool, tok.token_id("b").unwrap()]
-    );
+    assert_eq!(tok.encode("a<tool>b", false), [tok.token_id("a").unwrap(), tool, tok.token_id("b").unwrap()]);
     // EOG from text: <|im_end|>, and <reponame> (FIM repo, made control); the
     // gpt2 default eos is id 11.
     let rep = tok.token_id("<reponame>").unwrap();
@@ -496,23 +416,15 @@ fn special_and_user_defined_tokens_and_eog() {
 
 #[test]
 fn metadata_overrides_special_ids_and_add_bos() {
-    let f = tiny_gguf(
-        "gpt-2",
-        &[("<s>", 3), ("</s>", 3), ("12", 1)],
-        &["1 2"],
-        |w| {
-            w.add_metadata("tokenizer.ggml.bos_token_id", MetadataValue::U32(256));
-            w.add_metadata("tokenizer.ggml.eos_token_id", MetadataValue::U32(257));
-            w.add_metadata("tokenizer.ggml.add_bos_token", MetadataValue::Bool(true));
-            // Out-of-vocab ids are ignored, as llama.cpp does.
-            w.add_metadata("tokenizer.ggml.eot_token_id", MetadataValue::U32(1_000_000));
-        },
-    );
+    let f = tiny_gguf("gpt-2", &[("<s>", 3), ("</s>", 3), ("12", 1)], &["1 2"], |w| {
+        w.add_metadata("tokenizer.ggml.bos_token_id", MetadataValue::U32(256));
+        w.add_metadata("tokenizer.ggml.eos_token_id", MetadataValue::U32(257));
+        w.add_metadata("tokenizer.ggml.add_bos_token", MetadataValue::Bool(true));
+        // Out-of-vocab ids are ignored, as llama.cpp does.
+        w.add_metadata("tokenizer.ggml.eot_token_id", MetadataValue::U32(1_000_000));
+    });
     let tok = Tokenizer::from_gguf(&f).unwrap();
-    assert_eq!(
-        (tok.bos_id(), tok.eos_id(), tok.add_bos()),
-        (Some(256), Some(257), true)
-    );
+    assert_eq!((tok.bos_id(), tok.eos_id(), tok.add_bos()), (Some(256), Some(257), true));
     assert_eq!(tok.eog_ids(), &[257]);
     // The plain gpt-2 pre-tokenizer keeps digit runs in one word; smollm splits them.
     let twelve = tok.token_id("12").unwrap();
@@ -531,111 +443,53 @@ fn missing_and_ill_typed_keys_are_named() {
     w.add_metadata("general.name", MetadataValue::String("x".into()));
     let empty = GgufFile::from_bytes(w.to_bytes()).unwrap();
     let e = build_err(&empty);
-    assert!(
-        matches!(&e, TokenizerError::MissingKey { key } if key == "tokenizer.ggml.model"),
-        "{e:?}"
-    );
+    assert!(matches!(&e, TokenizerError::MissingKey { key } if key == "tokenizer.ggml.model"), "{e:?}");
     assert!(e.to_string().contains("tokenizer.ggml.model"), "{e}");
 
-    let f = tiny_gguf("default", &[], &[], |w| {
-        w.add_metadata("tokenizer.ggml.model", MetadataValue::String("t5".into()))
-    });
+    let f = tiny_gguf("default", &[], &[], |w| w.add_metadata("tokenizer.ggml.model", MetadataValue::String("t5".into())));
     let e = build_err(&f);
-    assert!(
-        matches!(&e, TokenizerError::UnsupportedModel { model, pre, .. } if model == "t5" && pre == "default"),
-        "{e:?}"
-    );
+    assert!(matches!(&e, TokenizerError::UnsupportedModel { model, pre, .. } if model == "t5" && pre == "default"), "{e:?}");
     let msg = e.to_string();
-    assert!(
-        msg.contains("\"t5\"") && msg.contains("\"default\"") && msg.contains("llama"),
-        "{msg}"
-    );
+    assert!(msg.contains("\"t5\"") && msg.contains("\"default\"") && msg.contains("llama"), "{msg}");
     assert_eq!(msg.lines().count(), 1, "{msg}");
 
     let f = tiny_gguf("tekken", &[], &[], |_| {});
     let e = build_err(&f);
-    assert!(
-        matches!(&e, TokenizerError::UnsupportedPre { pre, model, .. } if pre == "tekken" && model == "gpt2"),
-        "{e:?}"
-    );
+    assert!(matches!(&e, TokenizerError::UnsupportedPre { pre, model, .. } if pre == "tekken" && model == "gpt2"), "{e:?}");
     let msg = e.to_string();
-    assert!(
-        msg.contains("\"tekken\"") && msg.contains("qwen2") && msg.contains("llama-bpe"),
-        "{msg}"
-    );
+    assert!(msg.contains("\"tekken\"") && msg.contains("qwen2") && msg.contains("llama-bpe"), "{msg}");
     assert_eq!(msg.lines().count(), 1, "{msg}");
 
-    let f = tiny_gguf("smollm", &[], &[], |w| {
-        w.add_metadata("tokenizer.ggml.tokens", MetadataValue::U32(3))
-    });
+    let f = tiny_gguf("smollm", &[], &[], |w| w.add_metadata("tokenizer.ggml.tokens", MetadataValue::U32(3)));
     let e = build_err(&f);
-    assert!(
-        matches!(&e, TokenizerError::WrongType { key, found, .. } if key == "tokenizer.ggml.tokens" && found == "u32"),
-        "{e:?}"
-    );
+    assert!(matches!(&e, TokenizerError::WrongType { key, found, .. } if key == "tokenizer.ggml.tokens" && found == "u32"), "{e:?}");
 
-    let f = tiny_gguf("smollm", &[], &[], |w| {
-        w.add_metadata(
-            "tokenizer.ggml.token_type",
-            MetadataValue::Array(vec![MetadataValue::U32(1); 256]),
-        )
-    });
+    let f = tiny_gguf("smollm", &[], &[], |w| w.add_metadata("tokenizer.ggml.token_type", MetadataValue::Array(vec![MetadataValue::U32(1); 256])));
     let e = build_err(&f);
-    assert!(
-        matches!(&e, TokenizerError::WrongType { key, found, .. } if key == "tokenizer.ggml.token_type" && found == "array of u32"),
-        "{e:?}"
-    );
+    assert!(matches!(&e, TokenizerError::WrongType { key, found, .. } if key == "tokenizer.ggml.token_type" && found == "array of u32"), "{e:?}");
     assert!(e.to_string().contains("tokenizer.ggml.token_type"), "{e}");
 
-    let f = tiny_gguf("smollm", &[], &[], |w| {
-        w.add_metadata(
-            "tokenizer.ggml.token_type",
-            MetadataValue::Array(vec![MetadataValue::I32(1); 3]),
-        )
-    });
-    assert!(matches!(
-        build_err(&f),
-        TokenizerError::LengthMismatch {
-            expected: 256,
-            found: 3,
-            ..
-        }
-    ));
+    let f = tiny_gguf("smollm", &[], &[], |w| w.add_metadata("tokenizer.ggml.token_type", MetadataValue::Array(vec![MetadataValue::I32(1); 3])));
+    assert!(matches!(build_err(&f), TokenizerError::LengthMismatch { expected: 256, found: 3, .. }));
 
     let f = tiny_gguf("smollm", &[], &["a b", "nospace"], |_| {});
     let e = build_err(&f);
-    assert!(
-        matches!(&e, TokenizerError::BadMerge { index: 1, merge } if merge == "nospace"),
-        "{e:?}"
-    );
+    assert!(matches!(&e, TokenizerError::BadMerge { index: 1, merge } if merge == "nospace"), "{e:?}");
     assert!(e.to_string().contains("tokenizer.ggml.merges[1]"), "{e}");
 
-    let f = tiny_gguf("smollm", &[], &[], |w| {
-        w.add_metadata("tokenizer.ggml.add_bos_token", MetadataValue::U32(1))
-    });
-    assert!(
-        matches!(build_err(&f), TokenizerError::WrongType { key, .. } if key == "tokenizer.ggml.add_bos_token")
-    );
+    let f = tiny_gguf("smollm", &[], &[], |w| w.add_metadata("tokenizer.ggml.add_bos_token", MetadataValue::U32(1)));
+    assert!(matches!(build_err(&f), TokenizerError::WrongType { key, .. } if key == "tokenizer.ggml.add_bos_token"));
 
     let f = tiny_gguf("smollm", &[("a", 1)], &[], |_| {});
     let e = build_err(&f);
-    assert!(
-        matches!(&e, TokenizerError::DuplicateToken { text, first: 97, second: 256 } if text == "a"),
-        "{e:?}"
-    );
+    assert!(matches!(&e, TokenizerError::DuplicateToken { text, first: 97, second: 256 } if text == "a"), "{e:?}");
 
     let mut w = GgufWriter::new();
     w.add_metadata("tokenizer.ggml.model", MetadataValue::String("gpt2".into()));
     w.add_metadata("tokenizer.ggml.pre", MetadataValue::String("smollm".into()));
-    w.add_metadata(
-        "tokenizer.ggml.tokens",
-        MetadataValue::Array(vec![MetadataValue::String("a".into())]),
-    );
+    w.add_metadata("tokenizer.ggml.tokens", MetadataValue::Array(vec![MetadataValue::String("a".into())]));
     let e = build_err(&GgufFile::from_bytes(w.to_bytes()).unwrap());
-    assert!(
-        matches!(&e, TokenizerError::MissingKey { key } if key == "tokenizer.ggml.merges"),
-        "{e:?}"
-    );
+    assert!(matches!(&e, TokenizerError::MissingKey { key } if key == "tokenizer.ggml.merges"), "{e:?}");
 }
 
 // ---------------------------------------------------------------------------
@@ -644,61 +498,35 @@ fn missing_and_ill_typed_keys_are_named() {
 /// A SentencePiece vocab: `<unk>`, `<s>`, `</s>`, the 256 byte tokens `<0xXX>`, then `extra`
 /// as (text, score, token_type).
 fn spm_gguf(extra: &[(&str, f32, i32)], edit: impl FnOnce(&mut GgufWriter)) -> GgufFile {
-    let mut tokens: Vec<(String, f32, i32)> = vec![
-        ("<unk>".into(), 0.0, 2),
-        ("<s>".into(), 0.0, 3),
-        ("</s>".into(), 0.0, 3),
-    ];
+    let mut tokens: Vec<(String, f32, i32)> = vec![("<unk>".into(), 0.0, 2), ("<s>".into(), 0.0, 3), ("</s>".into(), 0.0, 3)];
     tokens.extend((0..=255u8).map(|b| (format!("<0x{b:02X}>"), 0.0, 6)));
     tokens.extend(extra.iter().map(|&(t, s, ty)| (t.to_owned(), s, ty)));
     let mut w = GgufWriter::new();
     let s = |x: &str| MetadataValue::String(x.to_owned());
     w.add_metadata("tokenizer.ggml.model", s("llama"));
-    w.add_metadata(
-        "tokenizer.ggml.tokens",
-        MetadataValue::Array(tokens.iter().map(|t| s(&t.0)).collect()),
-    );
-    w.add_metadata(
-        "tokenizer.ggml.scores",
-        MetadataValue::Array(tokens.iter().map(|t| MetadataValue::F32(t.1)).collect()),
-    );
-    w.add_metadata(
-        "tokenizer.ggml.token_type",
-        MetadataValue::Array(tokens.iter().map(|t| MetadataValue::I32(t.2)).collect()),
-    );
+    w.add_metadata("tokenizer.ggml.tokens", MetadataValue::Array(tokens.iter().map(|t| s(&t.0)).collect()));
+    w.add_metadata("tokenizer.ggml.scores", MetadataValue::Array(tokens.iter().map(|t| MetadataValue::F32(t.1)).collect()));
+    w.add_metadata("tokenizer.ggml.token_type", MetadataValue::Array(tokens.iter().map(|t| MetadataValue::I32(t.2)).collect()));
     edit(&mut w);
     GgufFile::from_bytes(w.to_bytes()).expect("parse spm gguf")
 }
 
-const SPM_EXTRA: &[(&str, f32, i32)] = &[
-    ("▁", -1.0, 1),
-    ("a", -2.0, 1),
-    ("b", -2.0, 1),
-    ("▁a", -3.0, 1),
-    ("ab", -4.0, 1),
-    ("▁ab", -5.0, 1),
-    ("<|user|>", 0.0, 3),
-];
+const SPM_EXTRA: &[(&str, f32, i32)] =
+    &[("▁", -1.0, 1), ("a", -2.0, 1), ("b", -2.0, 1), ("▁a", -3.0, 1), ("ab", -4.0, 1), ("▁ab", -5.0, 1), ("<|user|>", 0.0, 3)];
 
 #[test]
 fn spm_merges_by_score_with_space_prefix_and_byte_fallback() {
     let tok = Tokenizer::from_gguf(&spm_gguf(SPM_EXTRA, |_| {})).unwrap();
     let id = |t: &str| tok.token_id(t).unwrap();
     // SentencePiece defaults: BOS 1, EOS 2, UNK 0, add_bos, a space prefix.
-    assert_eq!(
-        (tok.bos_id(), tok.eos_id(), tok.unk_id()),
-        (Some(1), Some(2), Some(0))
-    );
+    assert_eq!((tok.bos_id(), tok.eos_id(), tok.unk_id()), (Some(1), Some(2), Some(0)));
     assert!(tok.add_bos() && !tok.add_eos());
     assert_eq!(tok.n_merges(), 0);
     // "▁ab" is "▁" "a" "b": "▁a" (-3) outranks "ab" (-4), then "▁a" + "b" makes "▁ab" (-5).
     assert_eq!(tok.encode("ab", false), [id("▁ab")]);
     assert_eq!(tok.encode("ba", false), [id("▁"), id("b"), id("a")]);
     // Characters outside the vocab become their UTF-8 bytes.
-    assert_eq!(
-        tok.encode("a€", false),
-        [id("▁a"), id("<0xE2>"), id("<0x82>"), id("<0xAC>")]
-    );
+    assert_eq!(tok.encode("a€", false), [id("▁a"), id("<0xE2>"), id("<0x82>"), id("<0xAC>")]);
     // add_special prepends BOS; a fragment after a special token gets a space prefix too.
     assert_eq!(tok.tokenize("ab", true, false), [1, id("▁ab")]);
     assert_eq!(tok.encode("<|user|>ab", true), [id("<|user|>"), id("▁ab")]);
@@ -708,10 +536,7 @@ fn spm_merges_by_score_with_space_prefix_and_byte_fallback() {
     assert_eq!(tok.token_bytes(id("<0xE2>")), [0xE2]);
     // Detokenizing removes the prefix space of the first token; after a BOS that
     // remove_special drops, llama.cpp keeps it.
-    assert_eq!(
-        tok.detokenize(&tok.encode("ab a", false), false, true),
-        b"ab a"
-    );
+    assert_eq!(tok.detokenize(&tok.encode("ab a", false), false, true), b"ab a");
     let ids = tok.tokenize("ab a", true, false);
     assert_eq!(tok.detokenize(&ids, true, false), b" ab a");
     assert_eq!(tok.detokenize(&ids, false, true), b"<s> ab a");
@@ -734,10 +559,7 @@ fn spm_stream_decoder_holds_back_byte_fallback_pieces() {
 fn spm_metadata_flags_and_hostile_values() {
     // add_space_prefix = false, add_bos = false, add_eos = true, an out-of-range EOS.
     let f = spm_gguf(SPM_EXTRA, |w| {
-        w.add_metadata(
-            "tokenizer.ggml.add_space_prefix",
-            MetadataValue::Bool(false),
-        );
+        w.add_metadata("tokenizer.ggml.add_space_prefix", MetadataValue::Bool(false));
         w.add_metadata("tokenizer.ggml.add_bos_token", MetadataValue::Bool(false));
         w.add_metadata("tokenizer.ggml.add_eos_token", MetadataValue::Bool(true));
         w.add_metadata("tokenizer.ggml.eos_token_id", MetadataValue::U32(999_999));
@@ -749,51 +571,17 @@ fn spm_metadata_flags_and_hostile_values() {
     assert_eq!(tok.tokenize("ab", true, false), [id("ab"), 2]);
     assert!(!tok.add_bos() && tok.add_eos());
 
-    let err = |edit: &dyn Fn(&mut GgufWriter)| {
-        Tokenizer::from_gguf(&spm_gguf(SPM_EXTRA, |w| edit(w))).expect_err("hostile metadata")
-    };
-    let e = err(&|w| {
-        w.add_metadata(
-            "tokenizer.ggml.scores",
-            MetadataValue::Array(vec![MetadataValue::String("x".into()); 300]),
-        )
-    });
-    assert!(
-        matches!(&e, TokenizerError::WrongType { key, found, .. } if key == "tokenizer.ggml.scores" && found == "array of string"),
-        "{e:?}"
-    );
-    let e = err(&|w| {
-        w.add_metadata(
-            "tokenizer.ggml.scores",
-            MetadataValue::Array(vec![MetadataValue::F32(0.0); 3]),
-        )
-    });
-    assert!(
-        matches!(&e, TokenizerError::LengthMismatch { key, found: 3, .. } if key == "tokenizer.ggml.scores"),
-        "{e:?}"
-    );
+    let err = |edit: &dyn Fn(&mut GgufWriter)| Tokenizer::from_gguf(&spm_gguf(SPM_EXTRA, |w| edit(w))).expect_err("hostile metadata");
+    let e = err(&|w| w.add_metadata("tokenizer.ggml.scores", MetadataValue::Array(vec![MetadataValue::String("x".into()); 300])));
+    assert!(matches!(&e, TokenizerError::WrongType { key, found, .. } if key == "tokenizer.ggml.scores" && found == "array of string"), "{e:?}");
+    let e = err(&|w| w.add_metadata("tokenizer.ggml.scores", MetadataValue::Array(vec![MetadataValue::F32(0.0); 3])));
+    assert!(matches!(&e, TokenizerError::LengthMismatch { key, found: 3, .. } if key == "tokenizer.ggml.scores"), "{e:?}");
     let e = err(&|w| w.add_metadata("tokenizer.ggml.add_space_prefix", MetadataValue::U32(1)));
-    assert!(
-        matches!(&e, TokenizerError::WrongType { key, .. } if key == "tokenizer.ggml.add_space_prefix"),
-        "{e:?}"
-    );
-    let e = err(&|w| {
-        w.add_metadata(
-            "tokenizer.ggml.add_eos_token",
-            MetadataValue::String("yes".into()),
-        )
-    });
-    assert!(
-        matches!(&e, TokenizerError::WrongType { key, .. } if key == "tokenizer.ggml.add_eos_token"),
-        "{e:?}"
-    );
+    assert!(matches!(&e, TokenizerError::WrongType { key, .. } if key == "tokenizer.ggml.add_space_prefix"), "{e:?}");
+    let e = err(&|w| w.add_metadata("tokenizer.ggml.add_eos_token", MetadataValue::String("yes".into())));
+    assert!(matches!(&e, TokenizerError::WrongType { key, .. } if key == "tokenizer.ggml.add_eos_token"), "{e:?}");
     // i32 scores are accepted, as llama.cpp accepts them.
-    let f = spm_gguf(SPM_EXTRA, |w| {
-        w.add_metadata(
-            "tokenizer.ggml.scores",
-            MetadataValue::Array(vec![MetadataValue::I32(0); 266]),
-        )
-    });
+    let f = spm_gguf(SPM_EXTRA, |w| w.add_metadata("tokenizer.ggml.scores", MetadataValue::Array(vec![MetadataValue::I32(0); 266])));
     assert!(Tokenizer::from_gguf(&f).is_ok());
 }
 
@@ -802,10 +590,7 @@ fn spm_without_byte_tokens_falls_back_to_unk_or_nothing() {
     let mut w = GgufWriter::new();
     let s = |x: &str| MetadataValue::String(x.to_owned());
     w.add_metadata("tokenizer.ggml.model", s("llama"));
-    w.add_metadata(
-        "tokenizer.ggml.tokens",
-        MetadataValue::Array(["<unk>", "<s>", "</s>", "▁a"].map(s).to_vec()),
-    );
+    w.add_metadata("tokenizer.ggml.tokens", MetadataValue::Array(["<unk>", "<s>", "</s>", "▁a"].map(s).to_vec()));
     let tok = Tokenizer::from_gguf(&GgufFile::from_bytes(w.to_bytes()).unwrap()).unwrap();
     // No <0xXX> tokens: llama.cpp would throw; we emit UNK per byte of the unknown character.
     assert_eq!(tok.encode("a€", false), [3, 0, 0, 0]);
@@ -821,10 +606,7 @@ fn phi3_special_tokens_swallow_the_whitespace_after_them() {
     let tok = Tokenizer::from_gguf(&f).unwrap();
     let id = |t: &str| tok.token_id(t).unwrap();
     // <|user|> is RSTRIP for names containing "phi3": the newline and spaces vanish.
-    assert_eq!(
-        tok.encode("<|user|>\n  ab", true),
-        [id("<|user|>"), id("▁ab")]
-    );
+    assert_eq!(tok.encode("<|user|>\n  ab", true), [id("<|user|>"), id("▁ab")]);
     let plain = Tokenizer::from_gguf(&spm_gguf(SPM_EXTRA, |_| {})).unwrap();
     assert_eq!(plain.encode("<|user|>\nab", true)[1], id("▁"));
 }

@@ -117,26 +117,13 @@ fn read_pair(inp: &Path, out: &Path) -> Vec<Case> {
             }
         }
     }
-    let out_text =
-        std::fs::read_to_string(out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
+    let out_text = std::fs::read_to_string(out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
     let lines: Vec<&str> = out_text.lines().collect();
-    assert_eq!(
-        inputs.len(),
-        lines.len(),
-        "{} and {} have different case counts",
-        inp.display(),
-        out.display()
-    );
+    assert_eq!(inputs.len(), lines.len(), "{} and {} have different case counts", inp.display(), out.display());
     let mut by_text: BTreeMap<String, usize> = BTreeMap::new();
     let mut cases: Vec<Case> = Vec::new();
     for (text, line) in inputs.into_iter().zip(lines) {
-        let ids = line
-            .split_whitespace()
-            .map(|t| {
-                t.parse()
-                    .unwrap_or_else(|e| panic!("{}: bad id {t:?}: {e}", out.display()))
-            })
-            .collect();
+        let ids = line.split_whitespace().map(|t| t.parse().unwrap_or_else(|e| panic!("{}: bad id {t:?}: {e}", out.display()))).collect();
         match by_text.get(&text) {
             Some(&i) => cases[i].ids = ids,
             None => {
@@ -158,39 +145,23 @@ struct Family {
 
 /// Loads `name` once per test binary (the large vocabularies take a moment to build).
 fn family(name: &'static str) -> Arc<Family> {
-    static CACHE: OnceLock<Mutex<HashMap<&'static str, Arc<OnceLock<Arc<Family>>>>>> =
-        OnceLock::new();
-    let slot = CACHE
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap()
-        .entry(name)
-        .or_default()
-        .clone();
+    static CACHE: OnceLock<Mutex<HashMap<&'static str, Arc<OnceLock<Arc<Family>>>>>> = OnceLock::new();
+    let slot = CACHE.get_or_init(Default::default).lock().unwrap().entry(name).or_default().clone();
     slot.get_or_init(|| {
-        let files = vocab_fetch::ensure_vocab(name).unwrap_or_else(|e| {
-            panic!("cannot fetch the {name} vocabulary (see README: cargo xtask fetch-vocab): {e}")
-        });
+        let files = vocab_fetch::ensure_vocab(name).unwrap_or_else(|e| panic!("cannot fetch the {name} vocabulary (see README: cargo xtask fetch-vocab): {e}"));
         let cases = match &files.pair {
             Some((inp, out)) => read_pair(inp, out),
             None => Vec::new(),
         };
-        let gguf =
-            GgufFile::open(&files.gguf).unwrap_or_else(|e| panic!("{}: {e}", files.gguf.display()));
+        let gguf = GgufFile::open(&files.gguf).unwrap_or_else(|e| panic!("{}: {e}", files.gguf.display()));
         let tokenizer = Tokenizer::from_gguf(&gguf);
-        Arc::new(Family {
-            files,
-            cases,
-            tokenizer,
-        })
+        Arc::new(Family { files, cases, tokenizer })
     })
     .clone()
 }
 
 fn tokenizer<'a>(fam: &'a Family, name: &str) -> &'a Tokenizer {
-    fam.tokenizer
-        .as_ref()
-        .unwrap_or_else(|e| panic!("{name}: tokenizer of {}: {e}", fam.files.gguf.display()))
+    fam.tokenizer.as_ref().unwrap_or_else(|e| panic!("{name}: tokenizer of {}: {e}", fam.files.gguf.display()))
 }
 
 #[derive(Deserialize)]
@@ -239,10 +210,7 @@ impl Detok {
     fn bytes(&self) -> Vec<u8> {
         match self {
             Detok::Text(s) => s.as_bytes().to_vec(),
-            Detok::Hex { hex } => (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-                .collect(),
+            Detok::Hex { hex } => (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect(),
         }
     }
 }
@@ -255,8 +223,7 @@ fn recording() -> &'static Recording {
     static REC: OnceLock<Recording> = OnceLock::new();
     REC.get_or_init(|| {
         let path = recordings_dir().join("vocab_suite.json");
-        let text =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     })
 }
@@ -269,21 +236,14 @@ fn corpus(file: &str) -> Vec<String> {
     }
     let path = recordings_dir().join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str::<Corpus>(&text)
-        .expect("parse corpus.json")
-        .strings
+    serde_json::from_str::<Corpus>(&text).expect("parse corpus.json").strings
 }
 
 /// The recording of `name`, checked to be of the vocabulary we fetched.
 fn family_recording(name: &str) -> &'static FamilyRecording {
-    let rec = recording().families.get(name).unwrap_or_else(|| {
-        panic!("vocab_suite.json has no {name}: rerun xtask/python/vocab_suite.py")
-    });
+    let rec = recording().families.get(name).unwrap_or_else(|| panic!("vocab_suite.json has no {name}: rerun xtask/python/vocab_suite.py"));
     let spec = vocab_fetch::family_by_name(name).unwrap();
-    assert_eq!(
-        rec.vocab_sha256, spec.gguf.sha256,
-        "vocab_suite.json's {name} is of another vocabulary"
-    );
+    assert_eq!(rec.vocab_sha256, spec.gguf.sha256, "vocab_suite.json's {name} is of another vocabulary");
     rec
 }
 
@@ -296,10 +256,7 @@ fn run_suite(fam: &Family, tok: &Tokenizer) -> (usize, Option<String>) {
         if got == case.ids {
             passed += 1;
         } else if first.is_none() {
-            first = Some(format!(
-                "first differing case {:?}\n  ours:      {got:?}\n  llama.cpp: {:?}",
-                case.text, case.ids
-            ));
+            first = Some(format!("first differing case {:?}\n  ours:      {got:?}\n  llama.cpp: {:?}", case.text, case.ids));
         }
     }
     (passed, first)
@@ -310,16 +267,9 @@ fn check_suite(name: &'static str) {
     let fam = family(name);
     let tok = tokenizer(&fam, name);
     assert!(fam.files.pair.is_some(), "{name} has no .inp/.out pair");
-    assert!(
-        fam.cases.len() >= 40,
-        "{name}: only {} cases",
-        fam.cases.len()
-    );
+    assert!(fam.cases.len() >= 40, "{name}: only {} cases", fam.cases.len());
     let (passed, first) = run_suite(&fam, tok);
-    eprintln!(
-        "{name}: {passed}/{} cases equal llama.cpp's",
-        fam.cases.len()
-    );
+    eprintln!("{name}: {passed}/{} cases equal llama.cpp's", fam.cases.len());
     if let Some(msg) = first {
         panic!("{name}: {passed}/{} cases pass; {msg}", fam.cases.len());
     }
@@ -334,47 +284,26 @@ fn check_round_trip(name: &'static str) {
     let rec = family_recording(name);
     let texts: Vec<&str> = fam.cases.iter().map(|c| c.text.as_str()).collect();
     let recorded: Vec<&str> = rec.cases.iter().map(|c| c.text.as_str()).collect();
-    assert_eq!(
-        texts, recorded,
-        "{name}: vocab_suite.json is stale: rerun xtask/python/vocab_suite.py"
-    );
+    assert_eq!(texts, recorded, "{name}: vocab_suite.json is stale: rerun xtask/python/vocab_suite.py");
     let mut failures = Vec::new();
     for rc in &rec.cases {
         let ids = tok.encode(&rc.text, false);
         let ours = tok.detokenize(&ids, false, true);
         let want = rc.detok.bytes();
         if ours != want {
-            failures.push(format!(
-                "{:?}: ours {:?}, llama.cpp {:?}",
-                rc.text,
-                String::from_utf8_lossy(&ours),
-                String::from_utf8_lossy(&want)
-            ));
+            failures.push(format!("{:?}: ours {:?}, llama.cpp {:?}", rc.text, String::from_utf8_lossy(&ours), String::from_utf8_lossy(&want)));
         }
         let mut dec = StreamDecoder::new(tok);
         let mut streamed = String::new();
         for &id in &ids {
             let chunk = dec.push(id);
-            assert!(
-                !chunk.contains('\u{FFFD}'),
-                "{name}: {:?} streamed a broken character",
-                rc.text
-            );
+            assert!(!chunk.contains('\u{FFFD}'), "{name}: {:?} streamed a broken character", rc.text);
             streamed.push_str(&chunk);
         }
-        assert!(
-            dec.pending().is_empty(),
-            "{name}: {:?} left bytes pending",
-            rc.text
-        );
+        assert!(dec.pending().is_empty(), "{name}: {:?} left bytes pending", rc.text);
         assert_eq!(streamed, tok.decode(&ids), "{name}: {:?}", rc.text);
     }
-    assert!(
-        failures.is_empty(),
-        "{name}: {} detokenizations differ:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{name}: {} detokenizations differ:\n{}", failures.len(), failures.join("\n"));
 }
 
 /// With add_special and parse_special on (BOS/EOS adding, special-token text), and removing
@@ -385,25 +314,14 @@ fn check_special_tokens(name: &'static str) {
     let rec = family_recording(name);
     assert_eq!(tok.n_vocab(), rec.n_vocab, "{name}");
     let id = |x: Option<u32>| x.map_or(-1, i64::from);
-    assert_eq!(
-        (id(tok.bos_id()), id(tok.eos_id())),
-        (rec.bos, rec.eos),
-        "{name}: bos, eos"
-    );
-    assert_eq!(
-        (tok.add_bos(), tok.add_eos()),
-        (rec.add_bos, rec.add_eos),
-        "{name}: add_bos, add_eos"
-    );
+    assert_eq!((id(tok.bos_id()), id(tok.eos_id())), (rec.bos, rec.eos), "{name}: bos, eos");
+    assert_eq!((tok.add_bos(), tok.add_eos()), (rec.add_bos, rec.add_eos), "{name}: add_bos, add_eos");
     assert_eq!(tok.eog_ids(), rec.eog_ids.as_slice(), "{name}: eog ids");
     let mut failures = Vec::new();
     for rc in &rec.cases {
         let got = tok.tokenize(&rc.text, true, true);
         if got != rc.ids_special {
-            failures.push(format!(
-                "{:?}\n  ours:      {got:?}\n  llama.cpp: {:?}",
-                rc.text, rc.ids_special
-            ));
+            failures.push(format!("{:?}\n  ours:      {got:?}\n  llama.cpp: {:?}", rc.text, rc.ids_special));
         }
         assert_eq!(tok.encode(&rc.text, false), rc.ids, "{name}: {:?}", rc.text);
         let ours = tok.detokenize(&rc.ids_special, true, false);
@@ -414,12 +332,7 @@ fn check_special_tokens(name: &'static str) {
             rc.text
         );
     }
-    assert!(
-        failures.is_empty(),
-        "{name}: {} cases differ:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{name}: {} cases differ:\n{}", failures.len(), failures.join("\n"));
 }
 
 /// Our corpora in both modes: `corpus.json` (code, CJK, emoji, whitespace runs, special-token
@@ -433,37 +346,20 @@ fn check_corpus(name: &'static str) {
     let mut failures = Vec::new();
     for file in ["corpus.json", "special_corpus.json"] {
         let strings = corpus(file);
-        let recorded = rec
-            .corpora
-            .get(file)
-            .unwrap_or_else(|| panic!("{name}: no {file} in vocab_suite.json"));
-        assert_eq!(
-            strings.len(),
-            recorded.len(),
-            "{name}: vocab_suite.json's {file} is stale"
-        );
+        let recorded = rec.corpora.get(file).unwrap_or_else(|| panic!("{name}: no {file} in vocab_suite.json"));
+        assert_eq!(strings.len(), recorded.len(), "{name}: vocab_suite.json's {file} is stale");
         for (text, rc) in strings.iter().zip(recorded) {
             for (add_parse, want) in [(false, &rc.ids), (true, &rc.ids_special)] {
                 n += 1;
                 let got = tok.tokenize(text, add_parse, add_parse);
                 if &got != want {
-                    failures.push(format!(
-                        "{file}: {text:?} add_special=parse_special={add_parse}\n  ours:      {got:?}\n  llama.cpp: {want:?}"
-                    ));
+                    failures.push(format!("{file}: {text:?} add_special=parse_special={add_parse}\n  ours:      {got:?}\n  llama.cpp: {want:?}"));
                 }
             }
         }
     }
-    eprintln!(
-        "{name}: {}/{n} corpus encodings equal llama.cpp's",
-        n - failures.len()
-    );
-    assert!(
-        failures.is_empty(),
-        "{name}: {} of {n} differ; first:\n{}",
-        failures.len(),
-        failures[0]
-    );
+    eprintln!("{name}: {}/{n} corpus encodings equal llama.cpp's", n - failures.len());
+    assert!(failures.is_empty(), "{name}: {} of {n} differ; first:\n{}", failures.len(), failures[0]);
 }
 
 /// The per-family table of the report: cases passed / total for every family with a pair, and
@@ -478,10 +374,7 @@ fn suite_table() {
         let supported = SUPPORTED.contains(&spec.name);
         match (&fam.tokenizer, supported) {
             (Ok(_), true) if fam.files.pair.is_none() => {
-                lines.push(format!(
-                    "{:<16} no .inp/.out pair (recorded corpora only)",
-                    spec.name
-                ));
+                lines.push(format!("{:<16} no .inp/.out pair (recorded corpora only)", spec.name));
             }
             (Ok(tok), _) => {
                 let (passed, first) = run_suite(&fam, tok);

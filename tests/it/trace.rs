@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use worker_orcd::backend::{Tap, TapPoint};
 use worker_orcd::trace::{
-    first_divergence, row_hash, row_stats, Damage, Fingerprint, Footer, FrameTap, Header, ModelDims, Projector, RecordedParams, Recorder,
-    RecorderConfig, Recording, RecordingError, ResolvedRequest, Site, Timings, TokenFrame, TraceLevel, FILE_HEADER_LEN, FRAME_HEADER_LEN,
+    first_divergence, row_hash, row_stats, Damage, Fingerprint, Footer, FrameTap, Header, ModelDims, Projector, RecordedParams, Recorder, RecorderConfig,
+    Recording, RecordingError, ResolvedRequest, Site, Timings, TokenFrame, TraceLevel, FILE_HEADER_LEN, FRAME_HEADER_LEN,
 };
 
 const DIMS: ModelDims = ModelDims { n_layers: 2, dim: 8, n_vocab: 16 };
@@ -356,6 +356,68 @@ fn crc32_update(crc: u32, b: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new_with_initial(crc);
     h.update(b);
     h.finalize()
+}
+
+#[test]
+fn a_full_disk_cuts_a_recording_back_to_whole_frames_and_keeps_it_partial() {
+    use std::sync::atomic::AtomicU64;
+    use worker_orcd::trace::RecordingOutcome;
+    let whole_dir = tempfile::tempdir().unwrap();
+    let whole = std::fs::read(write_recording(whole_dir.path(), |_| {}, TraceLevel::Summary)).unwrap();
+    let frames = Recording::from_bytes(&whole).unwrap().frame_index;
+    let header_end = frames[1].offset;
+    // A disk with room for 0 bytes up to the whole file, a byte at a time around each frame
+    // boundary and in steps between.
+    let mut budgets: Vec<u64> = (0..whole.len() as u64).step_by(97).collect();
+    for f in &frames {
+        budgets.extend([f.offset.saturating_sub(1), f.offset, f.offset + 1]);
+    }
+    budgets.push(whole.len() as u64);
+    for left in budgets {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Arc::new(AtomicU64::new(left));
+        let mut c = RecorderConfig::new(dir.path(), TraceLevel::Summary);
+        c.disk_bytes_left = Some(Arc::clone(&disk));
+        let mut rec = Recorder::start(c, DIMS).unwrap();
+        let active = rec.begin("rec", header(TraceLevel::Summary)).unwrap();
+        let verdict = active.verdict();
+        let dropped = {
+            let mut tap = rec.tap(&active);
+            play(&mut tap, &forward_calls());
+            tap.finish()
+        };
+        for (i, id) in [11u32, 12].into_iter().enumerate() {
+            active.token(TokenFrame { index: i as u32, id, text: ["a", "b"][i].into(), logprob: -0.5, top: vec![(id, -0.5), (3, -1.5)] });
+        }
+        rec.end(active, footer(vec![11, 12], dropped));
+        let outcome = verdict.wait(std::time::Duration::from_secs(10)).expect("the writer publishes an outcome");
+        rec.shutdown();
+        let files: Vec<PathBuf> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        match outcome {
+            RecordingOutcome::Written(p) => {
+                assert!(left >= whole.len() as u64, "{left}: written on a disk too small");
+                assert_eq!(std::fs::read(&p).unwrap(), whole, "{left}");
+            }
+            RecordingOutcome::Lost { error } => {
+                assert!(left < header_end, "{left}: lost although the header frame fit: {error}");
+                assert!(files.is_empty(), "{left}: {files:?}");
+            }
+            RecordingOutcome::Cut { partial, error } => {
+                assert!(error.contains("no space left"), "{error}");
+                assert!(left >= header_end && left < whole.len() as u64, "{left}");
+                assert_eq!(files, vec![partial.clone()], "{left}: only the .partial file is left");
+                assert!(partial.to_string_lossy().ends_with(".wrec.partial"));
+                let bytes = std::fs::read(&partial).unwrap();
+                // Cut back to the last whole frame: a prefix of the whole file, ending on a frame
+                // boundary, which the reader takes as a clean cut.
+                assert!(frames.iter().any(|f| f.offset == bytes.len() as u64), "{left}: {} bytes is not a frame boundary", bytes.len());
+                assert_eq!(&whole[..bytes.len()], &bytes[..], "{left}");
+                let r = Recording::from_bytes(&bytes).unwrap();
+                assert!(!r.complete && r.footer.is_none(), "{left}");
+                assert_eq!(r.damage, vec![Damage::MissingFooter], "{left}: cut at a frame boundary, nothing torn");
+            }
+        }
+    }
 }
 
 #[test]

@@ -97,15 +97,8 @@ fn requantized_model_runs_deterministically(#[case] ftype: &str, #[case] expect:
 
     let backend = CpuBackend::new(model.clone(), 256, 2).unwrap();
     let mut engine = Engine::new(Box::new(backend), tok.clone());
-    let req = GenerateRequest {
-        prompt_ids: ids.clone(),
-        params: SamplingParams::greedy(),
-        seed: 1,
-        max_tokens: 12,
-        stop: vec![],
-        top_logprobs: 0,
-        prefill_chunk: 0,
-    };
+    let req =
+        GenerateRequest { prompt_ids: ids.clone(), params: SamplingParams::greedy(), seed: 1, max_tokens: 12, stop: vec![], top_logprobs: 0, prefill_chunk: 0 };
     let out = engine.generate(&req, &mut NoTap, &AtomicBool::new(false), &mut |_| {}).unwrap();
     eprintln!("{ftype}: {:?}", out.text);
     // Sensible: the first greedy token is among the default model's ten most likely next tokens
@@ -118,6 +111,8 @@ fn requantized_model_runs_deterministically(#[case] ftype: &str, #[case] expect:
     let mut s = insta::Settings::clone_current();
     s.set_snapshot_path(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"));
     s.set_prepend_module_to_snapshot(false);
-    s.set_info(&serde_json::json!({"model": format!("smollm2-{}", ftype.to_lowercase()), "backend": "cpu", "threads": 2, "sampling": "greedy", "prompt": PROMPT}));
+    s.set_info(
+        &serde_json::json!({"model": format!("smollm2-{}", ftype.to_lowercase()), "backend": "cpu", "threads": 2, "sampling": "greedy", "prompt": PROMPT}),
+    );
     s.bind(|| insta::assert_snapshot!(format!("types-{}", ftype.to_lowercase()), format!("tokens: {:?}\ntext: {:?}\n", out.tokens, out.text)));
 }

@@ -48,7 +48,8 @@ pub fn fuzz(args: &[String]) -> anyhow::Result<()> {
     }
     let status = cmd.status().context("running cargo fuzz")?;
     let artifacts = root.join("fuzz/artifacts").join(target);
-    let crashes: Vec<String> = std::fs::read_dir(&artifacts).map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
+    let crashes: Vec<String> =
+        std::fs::read_dir(&artifacts).map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
     if !crashes.is_empty() {
         eprintln!("{} inputs in {}: copy each into fuzz/regressions/{target}/ (a regression test) and fix it", crashes.len(), artifacts.display());
     }

@@ -98,12 +98,9 @@ pub fn gpu_bundle(args: &[String]) -> Result<()> {
     let it_exe = test_executable(&root, "it")?;
     let corpus_exe = test_executable(&root, "corpus")?;
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-    for (src, name) in [
-        (target.join("release/worker-orcd"), "worker-orcd"),
-        (target.join("release/cuda-check"), "cuda-check"),
-        (it_exe, "it"),
-        (corpus_exe, "corpus"),
-    ] {
+    for (src, name) in
+        [(target.join("release/worker-orcd"), "worker-orcd"), (target.join("release/cuda-check"), "cuda-check"), (it_exe, "it"), (corpus_exe, "corpus")]
+    {
         copy_stripped(&src, &out.join(name))?;
     }
     let run_sh = out.join("run.sh");

@@ -2,9 +2,10 @@
 mod fuzz;
 mod gpu;
 mod replay;
+mod soak;
 mod vocab;
 
-const USAGE: &str = "usage: cargo xtask <fetch-model [NAME | --list] | fetch-vocab | replay [PATHS..] [--backend auto|cpu|cuda] [--report FILE.json] [--junit FILE.xml] [--explain] [--filter PATTERN] [--diff A B] | record-llama [--token] | gpu-bundle [--out DIR] [--model PATH.gguf] [--with-corpus] | fuzz TARGET [--seconds N] [--runs N]>";
+const USAGE: &str = "usage: cargo xtask <fetch-model [NAME | --list] | fetch-vocab | replay [PATHS..] [--backend auto|cpu|cuda] [--report FILE.json] [--junit FILE.xml] [--explain] [--filter PATTERN] [--diff A B] | record-llama [--token] | gpu-bundle [--out DIR] [--model PATH.gguf] [--with-corpus] | fuzz TARGET [--seconds N] [--runs N] | soak [--duration 60m] [--clients N] [--out DIR]>";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -31,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         Some("gpu-bundle") => gpu::gpu_bundle(&args[1..]),
         Some("fetch-vocab") => vocab::fetch_vocab(),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
+        Some("soak") => soak::soak(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2)

@@ -7,13 +7,9 @@
 use anyhow::Context;
 
 pub fn fetch_vocab() -> anyhow::Result<()> {
-    let dir = worker_orcd::vocab_fetch::ensure_all()
-        .context("fetching the tokenizer test vocabularies")?;
+    let dir = worker_orcd::vocab_fetch::ensure_all().context("fetching the tokenizer test vocabularies")?;
     for fam in worker_orcd::vocab_fetch::FAMILIES {
-        println!(
-            "{}",
-            dir.join(format!("ggml-vocab-{}.gguf", fam.name)).display()
-        );
+        println!("{}", dir.join(format!("ggml-vocab-{}.gguf", fam.name)).display());
     }
     Ok(())
 }

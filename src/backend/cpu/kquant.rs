@@ -136,11 +136,7 @@ fn scaled_lanes_32(q: &[i8; QK_K], a: &[i8; QK_K], scales: &[i32; 8]) -> [i32; 8
 fn scales_mins_k4(s: &[u8]) -> ([i32; 8], [i32; 8]) {
     let (mut sc, mut mn) = ([0i32; 8], [0i32; 8]);
     for j in 0..8 {
-        let (a, b) = if j < 4 {
-            (s[j] & 63, s[j + 4] & 63)
-        } else {
-            ((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
-        };
+        let (a, b) = if j < 4 { (s[j] & 63, s[j + 4] & 63) } else { ((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4)) };
         sc[j] = a as i32;
         mn[j] = b as i32;
     }

@@ -108,11 +108,7 @@ pub struct CpuBackend {
 impl CpuBackend {
     /// `n_threads` 0 means all available cores.
     pub fn new(model: Arc<Model>, n_ctx: usize, n_threads: usize) -> Result<CpuBackend, BackendError> {
-        let n_threads = if n_threads == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-        } else {
-            n_threads
-        };
+        let n_threads = if n_threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { n_threads };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(n_threads)
             .thread_name(|i| format!("cpu-backend-{i}"))
@@ -179,11 +175,7 @@ impl CpuBackend {
             // Attention block.
             ops::rmsnorm(&*x, &norms.attn_norm, c.rms_eps, &mut xn);
             emit(tap, TapPoint::AttnNorm(l), &xn);
-            let mut q = if planted!(TransposedQ) {
-                transposed_product(&self.model, &lw.wq, &xn, n)
-            } else {
-                self.matmul(&lw.wq, &xn, n)
-            };
+            let mut q = if planted!(TransposedQ) { transposed_product(&self.model, &lw.wq, &xn, n) } else { self.matmul(&lw.wq, &xn, n) };
             let mut k = self.matmul(&lw.wk, &xn, n);
             let mut v = self.matmul(&lw.wv, &xn, n);
             if !planted!(SkipQkvBias) {
@@ -451,9 +443,7 @@ fn attention_no_max(
     let scale = 1.0 / (hd as f32).sqrt();
     for h in 0..n_heads {
         let kvh = h / group;
-        let mut s: Vec<f32> = (0..n_kv)
-            .map(|j| (0..hd).map(|d| kc[j * kv_stride + kvh * hd + d] * q[h * hd + d]).sum::<f32>() * scale)
-            .collect();
+        let mut s: Vec<f32> = (0..n_kv).map(|j| (0..hd).map(|d| kc[j * kv_stride + kvh * hd + d] * q[h * hd + d]).sum::<f32>() * scale).collect();
         let mut sum = half::f16::from_f32(0.0);
         for v in s.iter_mut() {
             let e = half::f16::from_f32(v.exp());

@@ -14,11 +14,11 @@
 //! llama.cpp routes F32 and Q8_0 products through llamafile's tinyBLAS instead, whose order
 //! differs: see `replay::bounds`).
 
-use half::{bf16, f16};
 use crate::gguf::quant::KVALUES_IQ4NL;
 use crate::gguf::GgmlType;
 /// The products take the model's matrices as GGUF stores them.
 pub use crate::gguf::QMatrix;
+use half::{bf16, f16};
 
 use super::kquant::{self, BlockQ8K};
 use super::lanes::{hsum_float_8, reduce_f32x8_4, F32x8};
@@ -367,9 +367,7 @@ pub fn quantize_activation(ty: GgmlType, x: &[f32]) -> QuantizedActivation {
         // ggml-cpu.c `type_traits_cpu[..].vec_dot_type`.
         GgmlType::Q4_1 | GgmlType::Q5_1 => QuantizedActivation::Q8_1(quantize_row_q8_1(x)),
         GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4_NL => QuantizedActivation::Q8_0(quantize_row_q8_0(x)),
-        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
-            QuantizedActivation::Q8K(kquant::quantize_row_q8_K(x))
-        }
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => QuantizedActivation::Q8K(kquant::quantize_row_q8_K(x)),
         GgmlType::F16 => QuantizedActivation::Rounded(x.iter().map(|&v| f16_round(v)).collect()),
         GgmlType::BF16 => QuantizedActivation::Rounded(x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect()),
         GgmlType::F32 => QuantizedActivation::F32(x.to_vec()),

@@ -10,8 +10,8 @@ use rayon::prelude::*;
 
 use crate::gguf::GgmlType;
 
-use super::ops;
 use super::kquant::{self, BlockQ8K};
+use super::ops;
 use super::quant::{self, BlockQ8_0, BlockQ8_1, QMatrix, QuantizedActivation};
 
 /// A weight-row dot product: one row of a matrix in its GGUF bytes against an activation.
@@ -24,9 +24,7 @@ pub fn has_avx2_fma() -> bool {
     {
         use std::sync::OnceLock;
         static HAS: OnceLock<bool> = OnceLock::new();
-        *HAS.get_or_init(|| {
-            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c")
-        })
+        *HAS.get_or_init(|| std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c"))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -160,8 +158,7 @@ const ROWS_PER_TASK: usize = 64;
 pub fn matmul(w: &QMatrix<'_>, x: &[f32], n_tok: usize, out: &mut [f32]) {
     assert_eq!(x.len(), n_tok * w.n_in, "matmul input has wrong length");
     assert_eq!(out.len(), n_tok * w.n_out, "matmul output has wrong length");
-    let acts: Vec<QuantizedActivation> =
-        (0..n_tok).into_par_iter().map(|t| quantize_activation(w.ty, &x[t * w.n_in..(t + 1) * w.n_in])).collect();
+    let acts: Vec<QuantizedActivation> = (0..n_tok).into_par_iter().map(|t| quantize_activation(w.ty, &x[t * w.n_in..(t + 1) * w.n_in])).collect();
     let tile = tile_fn(w.ty);
     // Transposed scratch: tasks own disjoint ranges of output features for all tokens, computed
     // as (rows, tokens) tiles; every element is still one dot product of one row and one token.
@@ -390,10 +387,7 @@ mod x86 {
         let mone = _mm256_set1_epi16(1);
         let lookup = |p: *const u8| {
             let bits = _mm_loadu_si128(p as *const __m128i);
-            _mm256_set_m128i(
-                _mm_shuffle_epi8(values128, _mm_and_si128(_mm_srli_epi16(bits, 4), m4b)),
-                _mm_shuffle_epi8(values128, _mm_and_si128(bits, m4b)),
-            )
+            _mm256_set_m128i(_mm_shuffle_epi8(values128, _mm_and_si128(_mm_srli_epi16(bits, 4), m4b)), _mm_shuffle_epi8(values128, _mm_and_si128(bits, m4b)))
         };
         let (mut accum1, mut accum2) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let nb = a.len();

@@ -1,8 +1,8 @@
 //! Tests of the AVX2 twins in `simd`: each twin bit-identical to its lane-by-lane spec on
 //! seeded random inputs (run on any x86-64 CPU with AVX2 and FMA, as CI's).
 
-use super::*;
 use super::quantize_activation as quantize_activation_simd;
+use super::*;
 use crate::backend::cpu::quant::{quantize_activation, vec_dot};
 
 /// splitmix64: a seeded generator for test inputs.
@@ -162,13 +162,26 @@ fn compiled_for_avx2_quantizer_equals_the_spec() {
 #[test]
 fn tiles_equal_the_spec_element_by_element() {
     let mut rng = Rng(17);
-    for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::F16, GgmlType::BF16, GgmlType::F32, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::IQ4_NL, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
+    for ty in [
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::F32,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::IQ4_NL,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ] {
         for (n_rows, n_tok) in [(1, 1), (4, 1), (7, 1), (1, 4), (3, 5), (2, 9)] {
             let n_in = if ty.block_size() == 256 { 512 } else { 576 };
             let rows: Vec<Vec<u8>> = (0..n_rows).map(|_| random_row(&mut rng, ty, n_in)).collect();
-            let acts: Vec<QuantizedActivation> = (0..n_tok)
-                .map(|_| quantize_activation(ty, &(0..n_in).map(|_| rng.f32() * 4.0).collect::<Vec<_>>()))
-                .collect();
+            let acts: Vec<QuantizedActivation> = (0..n_tok).map(|_| quantize_activation(ty, &(0..n_in).map(|_| rng.f32() * 4.0).collect::<Vec<_>>())).collect();
             let refs: Vec<&[u8]> = rows.iter().map(|r| r.as_slice()).collect();
             let mut out = vec![0.0f32; n_rows * n_tok];
             tile_fn(ty)(&refs, &acts, &mut out);

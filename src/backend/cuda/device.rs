@@ -228,29 +228,23 @@ impl Gpu {
         let compile_seconds = if compiled_any { t0.elapsed().as_secs_f64() } else { 0.0 };
         // Kernels whose dynamic shared memory grows with the context or the batch tile may use
         // the opt-in maximum (227 KB on Hopper) instead of the default 48 KB.
-        let optin = ctx
-            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
-            .map_err(|e| dev_err("shared memory limit", e))?;
+        let optin =
+            ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN).map_err(|e| dev_err("shared memory limit", e))?;
         let max_dynamic_smem = (optin as usize).saturating_sub(4096).max(48 * 1024);
-        for name in ["attention_f32", "matvec_q4_1_q8_1", "matvec_q4_0_q8_0", "matvec_q8_0_q8_0", "decoder_layers_q4_1", "decoder_layers_q4_0", "decoder_layers_q8_0"] {
+        for name in
+            ["attention_f32", "matvec_q4_1_q8_1", "matvec_q4_0_q8_0", "matvec_q8_0_q8_0", "decoder_layers_q4_1", "decoder_layers_q4_0", "decoder_layers_q8_0"]
+        {
             // SAFETY: a loaded function handle; plain attribute call.
             unsafe {
-                sys::cuFuncSetAttribute(
-                    functions[name],
-                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    max_dynamic_smem as i32,
-                )
+                sys::cuFuncSetAttribute(functions[name], sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, max_dynamic_smem as i32)
             }
             .result()
             .map_err(|e| dev_err(&format!("raising the shared memory limit of {name}"), e))?;
         }
-        let sm_count = ctx
-            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map_err(|e| dev_err("multiprocessor count", e))? as usize;
-        let cooperative = ctx
-            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH)
-            .map_err(|e| dev_err("cooperative launch support", e))?
-            != 0;
+        let sm_count =
+            ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_err(|e| dev_err("multiprocessor count", e))? as usize;
+        let cooperative =
+            ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH).map_err(|e| dev_err("cooperative launch support", e))? != 0;
         let pdl_supported = cc.0 >= 9 && super::options::options().pdl;
         Ok(Gpu {
             ctx,

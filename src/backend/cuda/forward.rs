@@ -16,8 +16,8 @@ use super::launch::{launch_embedding, launch_matvec, mma_tokens, Epilogue, NormI
 use super::ops::launch_attention;
 use super::weights::{DevMatrix, Segment};
 use super::{Act, CudaBackend, SendGraph, MAX_BATCH};
-use crate::backend::cpu::ops::RopeKind;
 use crate::backend::cpu::kquant::QK_K;
+use crate::backend::cpu::ops::RopeKind;
 use crate::backend::cpu::quant::QK;
 use crate::backend::{BackendError, LogitRows, Tap, TapPoint};
 
@@ -31,7 +31,17 @@ fn matvec_act(gpu: &Gpu, m: &DevMatrix, act: &Act, row0: usize, n_tok: usize, ou
 
 /// As `matvec_act`, optionally normalizing the input inside the kernel (`act` then unused).
 #[allow(clippy::too_many_arguments)]
-fn matvec_norm(gpu: &Gpu, m: &DevMatrix, act: &Act, row0: usize, n_tok: usize, out: u64, out_stride: usize, epi: Epilogue, norm: Option<NormIn>) -> Result<(), BackendError> {
+fn matvec_norm(
+    gpu: &Gpu,
+    m: &DevMatrix,
+    act: &Act,
+    row0: usize,
+    n_tok: usize,
+    out: u64,
+    out_stride: usize,
+    epi: Epilogue,
+    norm: Option<NormIn>,
+) -> Result<(), BackendError> {
     let n_in = m.n_in;
     if m.is_raw_quant() {
         assert!(norm.is_none(), "fused norms need repacked weights");
@@ -222,9 +232,7 @@ impl CudaBackend {
     /// Captures the launch sequence of a one-position step into a CUDA graph.
     fn capture(&mut self, first: usize, count: usize, trace: bool) -> Result<SendGraph, BackendError> {
         let stream = self.gpu.stream.clone();
-        stream
-            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .map_err(|e| dev_err("begin capture", e))?;
+        stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(|e| dev_err("begin capture", e))?;
         let encoded = self.encode(1, first, count, trace, None);
         let graph = stream.end_capture(sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH);
         encoded?;
@@ -353,7 +361,8 @@ impl CudaBackend {
             } else {
                 matvec_group(g, &lw.qkv, &s.xn, n, s.qkv, qkv_w)?;
                 if let Some(tap) = dbg.as_deref_mut() {
-                    for (p, off, w, b) in [(TapPoint::Q(l), 0, dim, lw.bq), (TapPoint::K(l), dim, kv_dim, lw.bk), (TapPoint::V(l), dim + kv_dim, kv_dim, lw.bv)] {
+                    for (p, off, w, b) in [(TapPoint::Q(l), 0, dim, lw.bq), (TapPoint::K(l), dim, kv_dim, lw.bk), (TapPoint::V(l), dim + kv_dim, kv_dim, lw.bv)]
+                    {
                         if tap.wants(p) {
                             let mut v = strided(s.qkv, qkv_w, off, w)?;
                             if b != 0 {

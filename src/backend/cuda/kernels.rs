@@ -77,24 +77,20 @@ impl KernelModule {
     /// The `extern "C"` kernels the module defines (each named after its CPU reference).
     pub fn functions(self) -> &'static [&'static str] {
         match self {
-            KernelModule::Embedding => {
-                &["embedding_q4_0", "embedding_q4_1", "embedding_q8_0", "embedding_f16", "embedding_bf16", "embedding_f32"]
-            }
+            KernelModule::Embedding => &["embedding_q4_0", "embedding_q4_1", "embedding_q8_0", "embedding_f16", "embedding_bf16", "embedding_f32"],
             KernelModule::Rmsnorm => &["rmsnorm_f32", "rmsnorm_q8"],
             KernelModule::Quantize => &["quantize_q8_1"],
-            KernelModule::Matvec => {
-                &[
-                    "matvec_q4_1_q8_1",
-                    "matvec_q4_0_q8_0",
-                    "matvec_q8_0_q8_0",
-                    "matvec_mma_q4_1_q8_1",
-                    "matvec_mma_q4_0_q8_0",
-                    "matvec_mma_q8_0_q8_0",
-                    "matvec_f16",
-                    "matvec_bf16",
-                    "matvec_f32",
-                ]
-            }
+            KernelModule::Matvec => &[
+                "matvec_q4_1_q8_1",
+                "matvec_q4_0_q8_0",
+                "matvec_q8_0_q8_0",
+                "matvec_mma_q4_1_q8_1",
+                "matvec_mma_q4_0_q8_0",
+                "matvec_mma_q8_0_q8_0",
+                "matvec_f16",
+                "matvec_bf16",
+                "matvec_f32",
+            ],
             KernelModule::Kquant => &[
                 "quantize_q8_K",
                 "matvec_q5_0_q8_0",

@@ -22,8 +22,8 @@
 mod decode;
 pub mod device;
 mod forward;
-mod launch;
 pub mod kernels;
+mod launch;
 pub mod ops;
 pub mod options;
 mod weights;
@@ -197,7 +197,10 @@ fn push_embedding(arena: &mut ArenaBuilder, model: &Model) -> Result<DevMatrix, 
     use rayon::prelude::*;
     let mut rows = vec![0f32; m.n_in * m.n_out];
     let rb = m.row_bytes();
-    rows.par_chunks_mut(m.n_in).enumerate().try_for_each(|(i, out)| crate::gguf::quant::dequantize(m.ty, &m.data[i * rb..(i + 1) * rb], out)).map_err(|e| unavailable(format!("token_embd.weight: {e}")))?;
+    rows.par_chunks_mut(m.n_in)
+        .enumerate()
+        .try_for_each(|(i, out)| crate::gguf::quant::dequantize(m.ty, &m.data[i * rb..(i + 1) * rb], out))
+        .map_err(|e| unavailable(format!("token_embd.weight: {e}")))?;
     let off = arena.push_f32(&rows);
     Ok(DevMatrix { ty: GgmlType::F32, n_in: m.n_in, n_out: m.n_out, qs: off as u64, dm: 0 })
 }
@@ -394,11 +397,14 @@ fn alloc_scratch(gpu: &Gpu, c: &ModelConfig) -> Result<Scratch, BackendError> {
     let tap = take((c.n_layers + 2) * b * dim * 4);
     let wide = dim.max(ffn).max(c.q_dim());
     let k8 = [take(b * wide), take(b * wide / 256 * 4 + 4), take(b * wide / 16 * 2 + 2)];
-    let offsets: Vec<usize> = sizes.iter().scan(0, |acc, &s| {
-        let o = *acc;
-        *acc += s;
-        Some(o)
-    }).collect();
+    let offsets: Vec<usize> = sizes
+        .iter()
+        .scan(0, |acc, &s| {
+            let o = *acc;
+            *acc += s;
+            Some(o)
+        })
+        .collect();
     let total: usize = sizes.iter().sum();
     let buf = gpu.alloc(total)?;
     let p = |i: usize| buf.ptr() + offsets[i] as u64;

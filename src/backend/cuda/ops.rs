@@ -4,10 +4,9 @@
 //!
 //! These are slow (synchronous copies every call) and never used on the generation path.
 
-use crate::backend::cpu::ops as cpu_ops;
 use crate::backend::cpu::kquant::{BlockQ8K, QK_K};
+use crate::backend::cpu::ops as cpu_ops;
 use crate::backend::cpu::quant::{BlockQ8_1, QMatrix, QK};
-use crate::gguf::GgmlType;
 use crate::backend::BackendError;
 
 use super::device::{Arg, DevBuf, Gpu};
@@ -373,7 +372,6 @@ pub(crate) fn quantize_q8_k_dev(gpu: &Gpu, x: u64, aq: u64, ad: u64, bs: u64, n_
 }
 
 pub use super::weights::kquant_kernel;
-
 
 /// `simd::matmul` for weights of a type added with the k-quants, on the device: the rows of
 /// `x` (n_tok, n_in) quantized there (`quantize_q8_1` or `quantize_q8_K`, the type's

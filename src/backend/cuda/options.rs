@@ -33,7 +33,13 @@ impl CudaOptions {
             let base = nonempty("XDG_CACHE_HOME").map(PathBuf::from).or_else(|| nonempty("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
             Some(base.join("worker-orcd").join("kernels"))
         });
-        CudaOptions { graphs: on("WORKER_ORCD_CUDA_GRAPHS"), persistent: on("WORKER_ORCD_CUDA_PERSISTENT"), mma: on("WORKER_ORCD_CUDA_MMA"), pdl: on("WORKER_ORCD_CUDA_PDL"), kernel_cache }
+        CudaOptions {
+            graphs: on("WORKER_ORCD_CUDA_GRAPHS"),
+            persistent: on("WORKER_ORCD_CUDA_PERSISTENT"),
+            mma: on("WORKER_ORCD_CUDA_MMA"),
+            pdl: on("WORKER_ORCD_CUDA_PDL"),
+            kernel_cache,
+        }
     }
 }
 
@@ -53,7 +59,13 @@ mod tests {
         let all_on = CudaOptions::from_lookup(env(&[("HOME", "/h")]));
         assert!(all_on.graphs && all_on.persistent && all_on.mma && all_on.pdl);
         assert_eq!(all_on.kernel_cache, Some(PathBuf::from("/h/.cache/worker-orcd/kernels")));
-        let o = CudaOptions::from_lookup(env(&[("WORKER_ORCD_CUDA_GRAPHS", "0"), ("WORKER_ORCD_CUDA_MMA", "1"), ("WORKER_ORCD_CUDA_PDL", "no"), ("XDG_CACHE_HOME", "/x"), ("HOME", "/h")]));
+        let o = CudaOptions::from_lookup(env(&[
+            ("WORKER_ORCD_CUDA_GRAPHS", "0"),
+            ("WORKER_ORCD_CUDA_MMA", "1"),
+            ("WORKER_ORCD_CUDA_PDL", "no"),
+            ("XDG_CACHE_HOME", "/x"),
+            ("HOME", "/h"),
+        ]));
         assert!(!o.graphs && o.mma && o.pdl && o.persistent);
         assert_eq!(o.kernel_cache, Some(PathBuf::from("/x/worker-orcd/kernels")));
         let o = CudaOptions::from_lookup(env(&[("WORKER_ORCD_CUDA_PERSISTENT", "0"), ("WORKER_ORCD_KERNEL_CACHE", "/k"), ("HOME", "/h")]));

@@ -25,8 +25,7 @@ fn f16_to_f32_matches_half_for_every_bit_pattern() {
         if theirs.is_nan() {
             assert!(ours.is_nan(), "{bits:#06x}");
             // Quiet NaN, sign and payload kept (what ggml's algorithm and F16C do).
-            let expect =
-                ((bits as u32 & 0x8000) << 16) | 0x7fc0_0000 | ((bits as u32 & 0x3ff) << 13);
+            let expect = ((bits as u32 & 0x8000) << 16) | 0x7fc0_0000 | ((bits as u32 & 0x3ff) << 13);
             assert_eq!(ours.to_bits(), expect, "{bits:#06x}");
         } else {
             assert_eq!(ours.to_bits(), theirs.to_bits(), "{bits:#06x}");
@@ -48,17 +47,9 @@ fn f32_to_f16_rounds_to_nearest_even_like_ggml() {
     loop {
         let x = f32::from_bits(bits);
         if x.is_nan() {
-            assert_eq!(
-                f32_to_f16(x),
-                0x7e00 | ((bits >> 16) as u16 & 0x8000),
-                "{bits:#010x}"
-            );
+            assert_eq!(f32_to_f16(x), 0x7e00 | ((bits >> 16) as u16 & 0x8000), "{bits:#010x}");
         } else {
-            assert_eq!(
-                f32_to_f16(x),
-                half::f16::from_f32(x).to_bits(),
-                "{bits:#010x}"
-            );
+            assert_eq!(f32_to_f16(x), half::f16::from_f32(x).to_bits(), "{bits:#010x}");
         }
         match bits.checked_add(997) {
             Some(b) => bits = b,
@@ -90,18 +81,12 @@ fn plain_types_are_exact() {
     let vals = [0.0f32, -0.0, 1.5, -2.25, f32::INFINITY, 1e-40];
     let f32_bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
     let out = deq(GgmlType::F32, &f32_bytes, vals.len());
-    assert_eq!(
-        out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-        vals.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-    );
+    assert_eq!(out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), vals.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
 
     let f16_bits = [F16_ONE, F16_MINUS_ONE, 0x0001, 0x7bff, 0x7c00];
     let bytes: Vec<u8> = f16_bits.iter().flat_map(|b| b.to_le_bytes()).collect();
     let out = deq(GgmlType::F16, &bytes, f16_bits.len());
-    assert_eq!(
-        out,
-        vec![1.0, -1.0, f32::powi(2.0, -24), 65504.0, f32::INFINITY]
-    );
+    assert_eq!(out, vec![1.0, -1.0, f32::powi(2.0, -24), 65504.0, f32::INFINITY]);
 
     let bf16_bits = [0x3f80u16, 0xc040, 0x4049];
     let bytes: Vec<u8> = bf16_bits.iter().flat_map(|b| b.to_le_bytes()).collect();
@@ -117,12 +102,7 @@ fn q4_0_is_q_minus_8_times_d_low_nibbles_first() {
     let out = deq(GgmlType::Q4_0, &block, 32);
     for j in 0..16 {
         assert_eq!(out[j], (j as f32 - 8.0) * 0.5, "element {j}");
-        assert_eq!(
-            out[j + 16],
-            ((15 - j) as f32 - 8.0) * 0.5,
-            "element {}",
-            j + 16
-        );
+        assert_eq!(out[j + 16], ((15 - j) as f32 - 8.0) * 0.5, "element {}", j + 16);
     }
 }
 
@@ -134,12 +114,7 @@ fn q4_1_is_q_times_d_plus_m() {
     let out = deq(GgmlType::Q4_1, &block, 32);
     for j in 0..16 {
         assert_eq!(out[j], j as f32 * 0.25 - 1.0, "element {j}");
-        assert_eq!(
-            out[j + 16],
-            (15 - j) as f32 * 0.25 - 1.0,
-            "element {}",
-            j + 16
-        );
+        assert_eq!(out[j + 16], (15 - j) as f32 * 0.25 - 1.0, "element {}", j + 16);
     }
 }
 
@@ -150,11 +125,7 @@ fn q5_0_and_q5_1_use_the_packed_fifth_bit() {
     let qh: u32 = 0xaaaa_aaaa;
     let qs: Vec<u8> = (0..16u8).map(|j| j | ((15 - j) << 4)).collect();
     let expected_q = |i: usize| -> i32 {
-        let nib = if i < 16 {
-            i as i32
-        } else {
-            15 - (i as i32 - 16)
-        };
+        let nib = if i < 16 { i as i32 } else { 15 - (i as i32 - 16) };
         nib + if i % 2 == 1 { 16 } else { 0 }
     };
 
@@ -190,9 +161,7 @@ fn q8_0_is_q_times_d_over_several_blocks() {
     }
     let mut extreme = F16_ONE.to_le_bytes().to_vec();
     extreme.extend([0x80u8; 32]); // -128
-    assert!(deq(GgmlType::Q8_0, &extreme, 32)
-        .iter()
-        .all(|&v| v == -128.0));
+    assert!(deq(GgmlType::Q8_0, &extreme, 32).iter().all(|&v| v == -128.0));
 }
 
 #[test]
@@ -217,11 +186,7 @@ fn q4_k_simple_block() {
         let chunk = i / 64;
         let l = i % 32;
         let src = 32 * chunk + l;
-        let q = if i % 64 < 32 {
-            src % 16
-        } else {
-            (src + 1) % 16
-        };
+        let q = if i % 64 < 32 { src % 16 } else { (src + 1) % 16 };
         assert_eq!(*v, 2.0 * q as f32 - 1.5, "element {i}");
     }
 }
@@ -309,10 +274,7 @@ fn size_mismatches_are_errors_not_panics() {
     let mut out = vec![0f32; 32];
     for ty in GgmlType::ALL {
         if !quant::can_dequantize(ty) {
-            assert!(matches!(
-                dequantize(ty, &[], &mut []),
-                Err(GgufError::UnsupportedDequant { .. })
-            ));
+            assert!(matches!(dequantize(ty, &[], &mut []), Err(GgufError::UnsupportedDequant { .. })));
             continue;
         }
         let n = ty.block_size();
@@ -320,22 +282,13 @@ fn size_mismatches_are_errors_not_panics() {
         let good = vec![0u8; ty.type_size()];
         dequantize(ty, &good, &mut out_n).unwrap();
         let short = vec![0u8; ty.type_size() - 1];
-        assert!(matches!(
-            dequantize(ty, &short, &mut out_n),
-            Err(GgufError::DequantSizeMismatch { .. })
-        ));
+        assert!(matches!(dequantize(ty, &short, &mut out_n), Err(GgufError::DequantSizeMismatch { .. })));
         if n > 1 {
-            assert!(matches!(
-                dequantize(ty, &good, &mut out_n[..n - 1]),
-                Err(GgufError::DequantNotBlockMultiple { .. })
-            ));
+            assert!(matches!(dequantize(ty, &good, &mut out_n[..n - 1]), Err(GgufError::DequantNotBlockMultiple { .. })));
         }
     }
     let err = dequantize(GgmlType::Q4_1, &[0u8; 21], &mut out).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "cannot dequantize q4_1: 32 elements need 20 bytes (block size 32), got 21"
-    );
+    assert_eq!(err.to_string(), "cannot dequantize q4_1: 32 elements need 20 bytes (block size 32), got 21");
     assert!(quant::dequantize_to_vec(GgmlType::Q8_0, &[0u8; 34], usize::MAX / 2).is_err());
 }
 
@@ -359,9 +312,7 @@ fn pseudo_random_bytes(seed: u64, n: usize) -> Vec<u8> {
 /// Order-sensitive checksum of the exact bit patterns: sum of bits[i] * (2i+1)
 /// mod 2^64.
 pub(crate) fn checksum(v: &[f32]) -> u64 {
-    v.iter().enumerate().fold(0u64, |acc, (i, x)| {
-        acc.wrapping_add(u64::from(x.to_bits()).wrapping_mul(2 * i as u64 + 1))
-    })
+    v.iter().enumerate().fold(0u64, |acc, (i, x)| acc.wrapping_add(u64::from(x.to_bits()).wrapping_mul(2 * i as u64 + 1)))
 }
 
 /// 16 pseudo-random blocks per type, with the f16 scale fields masked with
@@ -377,90 +328,20 @@ pub(crate) fn checksum(v: &[f32]) -> u64 {
 fn pseudo_random_blocks_match_gguf_py_bit_for_bit() {
     type Case = (GgmlType, &'static [usize], u64, [u32; 3]);
     let cases: [Case; 14] = [
-        (
-            GgmlType::F16,
-            &[],
-            0x9ba8e16000,
-            [0x3b182000, 0xb9204000, 0x3d3d8000],
-        ),
-        (
-            GgmlType::BF16,
-            &[],
-            0x6ab5d50000,
-            [0x0dce0000, 0xb2720000, 0x177a0000],
-        ),
-        (
-            GgmlType::Q4_0,
-            &[0],
-            0x1e7a0ca1d9000,
-            [0xba59c000, 0x3b59c000, 0x3ba35000],
-        ),
-        (
-            GgmlType::Q4_1,
-            &[0, 2],
-            0x1ebf9d6dde828,
-            [0xbb8fc400, 0xbb8fc400, 0xbbc73f00],
-        ),
-        (
-            GgmlType::Q5_0,
-            &[0],
-            0x1fba6d64c9200,
-            [0xbd000000, 0xbdd00000, 0xbd900000],
-        ),
-        (
-            GgmlType::Q5_1,
-            &[0, 2],
-            0x2274b28f3e0f3,
-            [0x3b993400, 0x3b6c5400, 0x3bf6a400],
-        ),
-        (
-            GgmlType::Q8_0,
-            &[0],
-            0x1fea553caf880,
-            [0xc1a62480, 0xc0532c00, 0xc1787000],
-        ),
-        (
-            GgmlType::Q2_K,
-            &[80, 82],
-            0x5bfac10f8b3323,
-            [0xbec09300, 0xbf3a4980, 0xbcc93000],
-        ),
-        (
-            GgmlType::Q3_K,
-            &[108],
-            0x75f7fabdbe26c0,
-            [0x80000000, 0x3c2b7e00, 0x3c64a800],
-        ),
-        (
-            GgmlType::Q4_K,
-            &[0, 2],
-            0x9b932335cc2c1a,
-            [0xbde92b80, 0xbc368c00, 0xbe01bb60],
-        ),
-        (
-            GgmlType::Q5_K,
-            &[0, 2],
-            0x62e88e30793fdf,
-            [0x41e474a8, 0x41e4ece7, 0x41e2abb9],
-        ),
-        (
-            GgmlType::Q6_K,
-            &[208],
-            0x7f73852ad73946,
-            [0xc1a91a00, 0xc3896520, 0xc35df220],
-        ),
-        (
-            GgmlType::IQ4_NL,
-            &[0],
-            0x1eaa4eab83880,
-            [0x3a082000, 0xb7c60000, 0x3b447400],
-        ),
-        (
-            GgmlType::Q8_K,
-            &[],
-            0x58850a98606b84,
-            [0xacd6a604, 0x2ed0e624, 0xaeae66e4],
-        ),
+        (GgmlType::F16, &[], 0x9ba8e16000, [0x3b182000, 0xb9204000, 0x3d3d8000]),
+        (GgmlType::BF16, &[], 0x6ab5d50000, [0x0dce0000, 0xb2720000, 0x177a0000]),
+        (GgmlType::Q4_0, &[0], 0x1e7a0ca1d9000, [0xba59c000, 0x3b59c000, 0x3ba35000]),
+        (GgmlType::Q4_1, &[0, 2], 0x1ebf9d6dde828, [0xbb8fc400, 0xbb8fc400, 0xbbc73f00]),
+        (GgmlType::Q5_0, &[0], 0x1fba6d64c9200, [0xbd000000, 0xbdd00000, 0xbd900000]),
+        (GgmlType::Q5_1, &[0, 2], 0x2274b28f3e0f3, [0x3b993400, 0x3b6c5400, 0x3bf6a400]),
+        (GgmlType::Q8_0, &[0], 0x1fea553caf880, [0xc1a62480, 0xc0532c00, 0xc1787000]),
+        (GgmlType::Q2_K, &[80, 82], 0x5bfac10f8b3323, [0xbec09300, 0xbf3a4980, 0xbcc93000]),
+        (GgmlType::Q3_K, &[108], 0x75f7fabdbe26c0, [0x80000000, 0x3c2b7e00, 0x3c64a800]),
+        (GgmlType::Q4_K, &[0, 2], 0x9b932335cc2c1a, [0xbde92b80, 0xbc368c00, 0xbe01bb60]),
+        (GgmlType::Q5_K, &[0, 2], 0x62e88e30793fdf, [0x41e474a8, 0x41e4ece7, 0x41e2abb9]),
+        (GgmlType::Q6_K, &[208], 0x7f73852ad73946, [0xc1a91a00, 0xc3896520, 0xc35df220]),
+        (GgmlType::IQ4_NL, &[0], 0x1eaa4eab83880, [0x3a082000, 0xb7c60000, 0x3b447400]),
+        (GgmlType::Q8_K, &[], 0x58850a98606b84, [0xacd6a604, 0x2ed0e624, 0xaeae66e4]),
     ];
     const NB: usize = 16;
     for (ty, f16_fields, want_sum, want_first) in cases {
@@ -471,12 +352,8 @@ fn pseudo_random_blocks_match_gguf_py_bit_for_bit() {
             d[at..at + 2].copy_from_slice(&v.to_le_bytes());
         };
         match ty {
-            GgmlType::F16 => (0..data.len())
-                .step_by(2)
-                .for_each(|i| mask16(&mut data, i, 0xbbff)),
-            GgmlType::BF16 => (0..data.len())
-                .step_by(2)
-                .for_each(|i| mask16(&mut data, i, 0xbfff)),
+            GgmlType::F16 => (0..data.len()).step_by(2).for_each(|i| mask16(&mut data, i, 0xbbff)),
+            GgmlType::BF16 => (0..data.len()).step_by(2).for_each(|i| mask16(&mut data, i, 0xbfff)),
             GgmlType::Q8_K => {
                 for b in 0..NB {
                     let at = b * ts;

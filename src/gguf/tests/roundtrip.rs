@@ -25,14 +25,7 @@ pub(crate) fn every_metadata_type() -> Vec<(&'static str, V)> {
         ("t.arr_f32", V::Array(vec![V::F32(0.5), V::F32(-2.0)])),
         ("t.arr_f64", V::Array(vec![V::F64(1e300)])),
         ("t.arr_bool", V::Array(vec![V::Bool(true), V::Bool(false)])),
-        (
-            "t.arr_str",
-            V::Array(vec![
-                V::String("a".into()),
-                V::String("".into()),
-                V::String("ç".into()),
-            ]),
-        ),
+        ("t.arr_str", V::Array(vec![V::String("a".into()), V::String("".into()), V::String("ç".into())])),
         ("t.arr_u64", V::Array(vec![V::U64(1 << 40)])),
         ("t.arr_i64", V::Array(vec![V::I64(-(1 << 40))])),
         ("t.arr_u16", V::Array(vec![V::U16(9)])),
@@ -40,42 +33,24 @@ pub(crate) fn every_metadata_type() -> Vec<(&'static str, V)> {
         ("t.arr_u32", V::Array(vec![V::U32(3), V::U32(4)])),
         ("t.arr_i8", V::Array(vec![V::I8(-128)])),
         ("t.arr_empty", V::Array(vec![])),
-        (
-            "t.arr_nested",
-            V::Array(vec![
-                V::Array(vec![V::U32(1), V::U32(2)]),
-                V::Array(vec![]),
-                V::Array(vec![V::U32(3)]),
-            ]),
-        ),
+        ("t.arr_nested", V::Array(vec![V::Array(vec![V::U32(1), V::U32(2)]), V::Array(vec![]), V::Array(vec![V::U32(3)])])),
         (
             "t.arr_nested_mixed_inner",
             // Each inner array has its own element type.
-            V::Array(vec![
-                V::Array(vec![V::String("x".into())]),
-                V::Array(vec![V::Array(vec![V::F32(1.0)])]),
-            ]),
+            V::Array(vec![V::Array(vec![V::String("x".into())]), V::Array(vec![V::Array(vec![V::F32(1.0)])])]),
         ),
     ]
 }
 
 fn tiny_tensors(w: &mut GgufWriter) {
-    let f32_data: Vec<u8> = [1.0f32, -2.0, 3.5]
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
+    let f32_data: Vec<u8> = [1.0f32, -2.0, 3.5].iter().flat_map(|v| v.to_le_bytes()).collect();
     w.add_tensor("a.f32", &[3], GgmlType::F32, f32_data);
     let mut q8 = 0x3800u16.to_le_bytes().to_vec(); // d = 0.5
     q8.extend((0..32).map(|j| j as u8));
     q8.extend(0x3c00u16.to_le_bytes()); // second block, d = 1
     q8.extend((0..32).map(|j| (j as i8 - 32) as u8));
     w.add_tensor("b.q8_0", &[32, 2], GgmlType::Q8_0, q8);
-    w.add_tensor(
-        "c.f16",
-        &[2, 1, 1, 2],
-        GgmlType::F16,
-        vec![0, 0x3c, 0, 0xc0, 0, 0x40, 0, 0xbc],
-    );
+    w.add_tensor("c.f16", &[2, 1, 1, 2], GgmlType::F16, vec![0, 0x3c, 0, 0xc0, 0, 0x40, 0, 0xbc]);
 }
 
 #[test]
@@ -121,10 +96,7 @@ fn tensors_round_trip_at_every_alignment() {
     for alignment in [1u32, 8, 32, 64, 256, 4096] {
         let mut w = GgufWriter::new();
         w.add_metadata("general.alignment", V::U32(alignment));
-        w.add_metadata(
-            "general.name",
-            V::String("x".repeat(alignment as usize % 7)),
-        );
+        w.add_metadata("general.name", V::String("x".repeat(alignment as usize % 7)));
         tiny_tensors(&mut w);
         let bytes = w.to_bytes();
         let f = GgufFile::from_bytes(bytes.clone()).unwrap();
@@ -141,21 +113,10 @@ fn tensors_round_trip_at_every_alignment() {
         assert_eq!(q8.len(), 64);
         assert_eq!(q8[3], 1.5);
         assert_eq!(q8[32], -32.0);
-        assert_eq!(
-            f.dequantize_tensor("c.f16").unwrap(),
-            vec![1.0, -2.0, 2.0, -1.0]
-        );
+        assert_eq!(f.dequantize_tensor("c.f16").unwrap(), vec![1.0, -2.0, 2.0, -1.0]);
         let info = f.tensor_info("b.q8_0").unwrap();
         assert_eq!(info.shape, vec![32, 2]);
-        assert_eq!(
-            (
-                info.row_len(),
-                info.n_rows(),
-                info.n_elements(),
-                info.n_bytes()
-            ),
-            (32, 2, 64, 68)
-        );
+        assert_eq!((info.row_len(), info.n_rows(), info.n_elements(), info.n_bytes()), (32, 2, 64, 68));
         assert_eq!(f.tensor_data(info).len(), 68);
         let c = f.tensor_info("c.f16").unwrap();
         assert_eq!((c.row_len(), c.n_rows(), c.n_elements()), (2, 2, 4));
@@ -200,11 +161,7 @@ fn empty_and_metadata_only_files() {
     w.add_metadata("only", V::Bool(true));
     let bytes = w.to_bytes();
     let f = GgufFile::from_bytes(bytes.clone()).unwrap();
-    assert_eq!(
-        f.data_offset() as usize,
-        bytes.len(),
-        "no padding without tensors"
-    );
+    assert_eq!(f.data_offset() as usize, bytes.len(), "no padding without tensors");
 }
 
 #[test]
@@ -251,10 +208,7 @@ fn writer_writes_to_a_path_and_open_mmaps_it() {
 
     let empty = dir.path().join("empty.gguf");
     std::fs::write(&empty, b"").unwrap();
-    assert!(matches!(
-        GgufFile::open(&empty),
-        Err(GgufError::Truncated { offset: 0, .. })
-    ));
+    assert!(matches!(GgufFile::open(&empty), Err(GgufError::Truncated { offset: 0, .. })));
 }
 
 #[test]
@@ -273,47 +227,23 @@ fn typed_getters_are_lenient_on_width_strict_on_kind() {
     assert_eq!(f.get_u64("t.u64").unwrap(), u64::MAX - 1);
     assert_eq!(f.get_u64("big_i64").unwrap(), i64::MAX as u64);
     assert_eq!(f.get_i64("t.i64").unwrap(), i64::MIN + 1);
-    assert!(matches!(
-        f.get_u32("t.u64"),
-        Err(GgufError::OutOfRange { .. })
-    ));
-    assert!(matches!(
-        f.get_u32("neg"),
-        Err(GgufError::OutOfRange { .. })
-    ));
-    assert!(matches!(
-        f.get_u64("neg"),
-        Err(GgufError::OutOfRange { .. })
-    ));
-    assert!(matches!(
-        f.get_u32("t.f32"),
-        Err(GgufError::WrongType { .. })
-    ));
-    assert!(matches!(
-        f.get_u32("t.str"),
-        Err(GgufError::WrongType { .. })
-    ));
+    assert!(matches!(f.get_u32("t.u64"), Err(GgufError::OutOfRange { .. })));
+    assert!(matches!(f.get_u32("neg"), Err(GgufError::OutOfRange { .. })));
+    assert!(matches!(f.get_u64("neg"), Err(GgufError::OutOfRange { .. })));
+    assert!(matches!(f.get_u32("t.f32"), Err(GgufError::WrongType { .. })));
+    assert!(matches!(f.get_u32("t.str"), Err(GgufError::WrongType { .. })));
 
     assert_eq!(f.get_f32("t.f32").unwrap(), -1.5e-7);
     assert_eq!(f.get_f32("t.f64").unwrap(), std::f64::consts::PI as f32);
-    assert!(matches!(
-        f.get_f32("t.u8"),
-        Err(GgufError::WrongType { .. })
-    ));
+    assert!(matches!(f.get_f32("t.u8"), Err(GgufError::WrongType { .. })));
 
     assert!(f.get_bool("t.bool_t").unwrap());
     assert!(!f.get_bool("t.bool_f").unwrap());
-    assert!(matches!(
-        f.get_bool("t.u8"),
-        Err(GgufError::WrongType { .. })
-    ));
+    assert!(matches!(f.get_bool("t.u8"), Err(GgufError::WrongType { .. })));
 
     assert_eq!(f.get_str("t.str").unwrap(), "héllo ✓");
     let err = f.get_str("t.u32").unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "metadata key \"t.u32\" has type u32, expected string"
-    );
+    assert_eq!(err.to_string(), "metadata key \"t.u32\" has type u32, expected string");
     let err = f.get_str("nope").unwrap_err();
     assert!(matches!(&err, GgufError::MissingKey { key } if key == "nope"));
     assert_eq!(err.to_string(), "metadata key \"nope\" not found");
@@ -321,42 +251,24 @@ fn typed_getters_are_lenient_on_width_strict_on_kind() {
     assert_eq!(f.get_str_array("t.arr_str").unwrap(), vec!["a", "", "ç"]);
     assert_eq!(f.get_str_array("t.arr_empty").unwrap(), Vec::<&str>::new());
     let err = f.get_str_array("t.arr_u8").unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "metadata key \"t.arr_u8\" has type array<u8>, expected array<string>"
-    );
-    assert!(matches!(
-        f.get_str_array("t.str"),
-        Err(GgufError::WrongType { .. })
-    ));
+    assert_eq!(err.to_string(), "metadata key \"t.arr_u8\" has type array<u8>, expected array<string>");
+    assert!(matches!(f.get_str_array("t.str"), Err(GgufError::WrongType { .. })));
 
     assert_eq!(f.get_i32_array("t.arr_i32").unwrap(), vec![-1, 7]);
     assert_eq!(f.get_i32_array("t.arr_u8").unwrap(), vec![1, 2, 255]);
-    assert!(matches!(
-        f.get_i32_array("t.arr_u64"),
-        Err(GgufError::OutOfRange { .. })
-    ));
-    assert!(matches!(
-        f.get_i32_array("t.arr_f32"),
-        Err(GgufError::WrongType { .. })
-    ));
+    assert!(matches!(f.get_i32_array("t.arr_u64"), Err(GgufError::OutOfRange { .. })));
+    assert!(matches!(f.get_i32_array("t.arr_f32"), Err(GgufError::WrongType { .. })));
 
     assert_eq!(f.get_f32_array("t.arr_f32").unwrap(), vec![0.5, -2.0]);
     assert_eq!(f.get_f32_array("t.arr_f64").unwrap(), vec![f32::INFINITY]);
-    assert!(matches!(
-        f.get_f32_array("t.arr_i32"),
-        Err(GgufError::WrongType { .. })
-    ));
+    assert!(matches!(f.get_f32_array("t.arr_i32"), Err(GgufError::WrongType { .. })));
 
     assert_eq!(f.get_array("t.arr_nested").unwrap().len(), 3);
     assert!(matches!(
         f.tensor_info("nope"),
         Err(GgufError::TensorNotFound { name }) if name == "nope"
     ));
-    assert!(matches!(
-        f.dequantize_tensor("nope"),
-        Err(GgufError::TensorNotFound { .. })
-    ));
+    assert!(matches!(f.dequantize_tensor("nope"), Err(GgufError::TensorNotFound { .. })));
 }
 
 #[test]

@@ -23,12 +23,7 @@ pub(crate) enum Variant {
 }
 
 /// Splits codepoints `seg` of `chars` into words, appended to `out` as codepoint ranges.
-pub(super) fn split(
-    chars: &[char],
-    seg: Range<usize>,
-    variant: Variant,
-    out: &mut Vec<Range<usize>>,
-) {
+pub(super) fn split(chars: &[char], seg: Range<usize>, variant: Variant, out: &mut Vec<Range<usize>>) {
     let end = seg.end;
     let cp = |p: usize| (p < end).then(|| chars[p]);
     let fl = |p: usize| Flags::of_opt(cp(p));
@@ -36,8 +31,7 @@ pub(super) fn split(
     // The letter-run class: \p{L}, or [\p{L}\p{M}] for qwen35.
     let letterish = |f: Flags| f.is_letter() || (marks && f.is_mark());
     // [^\s\p{L}\p{N}] (qwen35 also excludes \p{M}); "no codepoint" passes this test.
-    let not_lnw =
-        |f: Flags| !(f.is_whitespace() || f.is_letter() || f.is_number() || (marks && f.is_mark()));
+    let not_lnw = |f: Flags| !(f.is_whitespace() || f.is_letter() || f.is_number() || (marks && f.is_mark()));
     let is_crlf = |c: Option<char>| matches!(c, Some('\r' | '\n'));
     // Contractions compare the ASCII-lower-cased letters; no non-ASCII codepoint lower-cases to
     // one of them in llama.cpp's table (checked by the table generator).
@@ -145,19 +139,10 @@ mod tests {
     #[test]
     fn llama3_groups_digits_by_three_and_ignores_case_in_contractions() {
         assert_eq!(words(PreKind::Llama3, "1234567"), ["123", "456", "7"]);
-        assert_eq!(
-            words(PreKind::Llama3, "HE'S x'LL"),
-            ["HE", "'S", " x", "'LL"]
-        );
+        assert_eq!(words(PreKind::Llama3, "HE'S x'LL"), ["HE", "'S", " x", "'LL"]);
         // The contraction is taken before the letter run that the apostrophe could lead.
-        assert_eq!(
-            words(PreKind::Llama3, "'Sam 'vex"),
-            ["'S", "am", " '", "vex"]
-        );
-        assert_eq!(
-            words(PreKind::Llama3, " Hello\n\n  world"),
-            [" Hello", "\n\n", " ", " world"]
-        );
+        assert_eq!(words(PreKind::Llama3, "'Sam 'vex"), ["'S", "am", " '", "vex"]);
+        assert_eq!(words(PreKind::Llama3, " Hello\n\n  world"), [" Hello", "\n\n", " ", " world"]);
         assert_eq!(words(PreKind::Llama3, "a!!\n\nb"), ["a", "!!\n\n", "b"]);
         assert_eq!(words(PreKind::Llama3, "x ."), ["x", " ."]);
         assert_eq!(words(PreKind::Llama3, "x! "), ["x", "!", " "]);

@@ -64,22 +64,13 @@ impl PreKind {
         use patterns::Class as C;
         use Pattern as P;
         match self {
-            PreKind::Default => &[
-                Step::Match(P::Run(C::DefaultPunct)),
-                Step::Gpt2,
-                Step::Match(P::Run(C::Number)),
-                Step::Match(P::AsciiDigitTriple),
-            ],
+            PreKind::Default => &[Step::Match(P::Run(C::DefaultPunct)), Step::Gpt2, Step::Match(P::Run(C::Number)), Step::Match(P::AsciiDigitTriple)],
             PreKind::Gpt2 => &[Step::Gpt2],
             PreKind::Smollm => &[Step::Match(P::Single(C::Number)), Step::Gpt2],
             PreKind::Llama3 => &[Step::Llama3(Variant::Llama3)],
             PreKind::Qwen2 => &[Step::Llama3(Variant::Qwen2)],
             PreKind::Qwen35 => &[Step::Llama3(Variant::Qwen35)],
-            PreKind::Falcon => &[
-                Step::Match(P::Run(C::FalconPunct)),
-                Step::Gpt2,
-                Step::Match(P::AsciiDigitTriple),
-            ],
+            PreKind::Falcon => &[Step::Match(P::Run(C::FalconPunct)), Step::Gpt2, Step::Match(P::AsciiDigitTriple)],
             PreKind::DeepseekLlm => &[
                 Step::Match(P::Single(C::CrLf)),
                 Step::Match(P::OptSpaceRun(C::DeepseekLetter)),
@@ -121,15 +112,7 @@ pub(crate) struct PreConfig {
 
 impl PreConfig {
     const fn new(kind: PreKind, clean_spaces: bool) -> PreConfig {
-        PreConfig {
-            kind,
-            ignore_merges: false,
-            add_bos: false,
-            clean_spaces,
-            spm_style: false,
-            no_default_bos: false,
-            gemma4: false,
-        }
+        PreConfig { kind, ignore_merges: false, add_bos: false, clean_spaces, spm_style: false, no_default_bos: false, gemma4: false }
     }
 
     /// llama.cpp's configuration for pre-tokenizer `name` (`""` when the key is absent), or
@@ -140,47 +123,26 @@ impl PreConfig {
         let c = PreConfig::new;
         Some(match name {
             "" | "default" => c(K::Default, true),
-            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral"
-            | "midm-2.0" | "lfm2" | "jina-v5-nano" => PreConfig {
-                ignore_merges: true,
-                add_bos: true,
-                ..c(K::Llama3, true)
-            },
+            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2" | "jina-v5-nano" => {
+                PreConfig { ignore_merges: true, add_bos: true, ..c(K::Llama3, true) }
+            }
             "dbrx" | "smaug-bpe" => c(K::Llama3, true),
-            "chatglm-bpe" => PreConfig {
-                no_default_bos: true,
-                ..c(K::Llama3, true)
-            },
-            "glm4" | "glm5" => PreConfig {
-                no_default_bos: true,
-                ignore_merges: true,
-                ..c(K::Llama3, true)
-            },
+            "chatglm-bpe" => PreConfig { no_default_bos: true, ..c(K::Llama3, true) },
+            "glm4" | "glm5" => PreConfig { no_default_bos: true, ignore_merges: true, ..c(K::Llama3, true) },
             "deepseek-llm" => c(K::DeepseekLlm, false),
             "deepseek-coder" => c(K::DeepseekCoder, false),
             "falcon" => c(K::Falcon, true),
-            "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es"
-            | "jina-v2-de" | "a.x-4.0" | "mellum" | "modern-bert" | "exaone4" | "mpt" | "olmo"
-            | "jais" | "jina-v1-en" | "jina-v2-code" | "roberta-bpe" => c(K::Gpt2, true),
+            "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de" | "a.x-4.0" | "mellum" | "modern-bert" | "exaone4" | "mpt"
+            | "olmo" | "jais" | "jina-v1-en" | "jina-v2-code" | "roberta-bpe" => c(K::Gpt2, true),
             "trillion" | "granite-docling" => c(K::Gpt2, false),
-            "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" | "mellum2" => {
-                c(K::Smollm, true)
-            }
+            "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" | "mellum2" => c(K::Smollm, true),
             "command-r" | "smollm" => c(K::Smollm, false),
-            "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "hunyuan" | "solar-open"
-            | "grok-2" => c(K::Qwen2, false),
+            "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "hunyuan" | "solar-open" | "grok-2" => c(K::Qwen2, false),
             "stablelm2" | "megrez" => c(K::Qwen2, true),
             "qwen35" => c(K::Qwen35, false),
             "laguna" => c(K::Laguna, false),
-            "gemma4" | "granite-embed-multi-311m" => PreConfig {
-                spm_style: true,
-                gemma4: true,
-                ..c(K::Newlines, true)
-            },
-            "sarvam-moe" => PreConfig {
-                spm_style: true,
-                ..c(K::Newlines, false)
-            },
+            "gemma4" | "granite-embed-multi-311m" => PreConfig { spm_style: true, gemma4: true, ..c(K::Newlines, true) },
+            "sarvam-moe" => PreConfig { spm_style: true, ..c(K::Newlines, false) },
             _ => return None,
         })
     }
@@ -293,10 +255,7 @@ mod tests {
     #[test]
     fn gpt2_splits_like_llama_cpp() {
         assert_eq!(words(PreKind::Gpt2, "Hello world"), ["Hello", " world"]);
-        assert_eq!(
-            words(PreKind::Gpt2, "don't HE'S"),
-            ["don", "'t", " HE", "'", "S"]
-        );
+        assert_eq!(words(PreKind::Gpt2, "don't HE'S"), ["don", "'t", " HE", "'", "S"]);
         assert_eq!(words(PreKind::Gpt2, "a   b"), ["a", "  ", " b"]);
         assert_eq!(words(PreKind::Gpt2, "a  "), ["a", "  "]);
         assert_eq!(words(PreKind::Gpt2, "x 123!!"), ["x", " 123", "!!"]);

@@ -83,12 +83,8 @@ fn find(p: Pattern, chars: &[char], from: usize, end: usize) -> Option<(usize, u
         i
     };
     match p {
-        Pattern::Single(cls) => (from..end)
-            .find(|&i| cls.contains(chars[i]))
-            .map(|i| (i, i + 1)),
-        Pattern::Run(cls) => (from..end)
-            .find(|&i| cls.contains(chars[i]))
-            .map(|i| (i, run_end(cls, i))),
+        Pattern::Single(cls) => (from..end).find(|&i| cls.contains(chars[i])).map(|i| (i, i + 1)),
+        Pattern::Run(cls) => (from..end).find(|&i| cls.contains(chars[i])).map(|i| (i, run_end(cls, i))),
         Pattern::OptSpaceRun(cls) => (from..end).find_map(|i| {
             // The optional \s is tried first; without a class codepoint after it, the engine
             // backtracks to an empty \s, and a whitespace codepoint is in none of the classes.
@@ -107,9 +103,7 @@ fn find(p: Pattern, chars: &[char], from: usize, end: usize) -> Option<(usize, u
             }
             (start < end).then_some((start, end))
         }
-        Pattern::AsciiDigitTriple => (from..end.saturating_sub(2))
-            .find(|&i| chars[i..i + 3].iter().all(char::is_ascii_digit))
-            .map(|i| (i, i + 3)),
+        Pattern::AsciiDigitTriple => (from..end.saturating_sub(2)).find(|&i| chars[i..i + 3].iter().all(char::is_ascii_digit)).map(|i| (i, i + 3)),
         Pattern::NewlineRuns => (from < end).then(|| {
             let nl = chars[from] == '\n';
             let mut i = from;
@@ -150,10 +144,7 @@ mod tests {
 
     #[test]
     fn deepseek_coder_keeps_one_space_before_letter_runs() {
-        assert_eq!(
-            words(PreKind::DeepseekCoder, "a  bc\n12"),
-            ["a", " ", " bc", "\n", "1", "2"]
-        );
+        assert_eq!(words(PreKind::DeepseekCoder, "a  bc\n12"), ["a", " ", " bc", "\n", "1", "2"]);
         assert_eq!(words(PreKind::DeepseekCoder, "我想 ok"), ["我想", " ok"]);
     }
 
@@ -165,9 +156,6 @@ mod tests {
 
     #[test]
     fn newline_runs_alternate() {
-        assert_eq!(
-            words(PreKind::Newlines, "a b\n\nc\n"),
-            ["a b", "\n\n", "c", "\n"]
-        );
+        assert_eq!(words(PreKind::Newlines, "a b\n\nc\n"), ["a b", "\n\n", "c", "\n"]);
     }
 }
