@@ -67,11 +67,8 @@ fn matvec_norm(
 /// f32 rows first (the k-quants); `Store` or `Add` only.
 #[allow(clippy::too_many_arguments)]
 fn launch_matvec_raw(gpu: &Gpu, m: &DevMatrix, act: &Act, row0: usize, n_tok: usize, out: u64, out_stride: usize, epi: Epilogue) -> Result<(), BackendError> {
-    let (mode, tap) = match epi {
-        Epilogue::Store => (0, 0),
-        Epilogue::Add { tap } => (1, tap),
-        other => unreachable!("{other:?}: fused epilogues need repacked weights"),
-    };
+    let (mode, tap) = epi.mode();
+    assert!(mode <= 1, "{epi:?}: fused epilogues need repacked weights");
     let n_in = m.n_in;
     let mut args = vec![Arg::Ptr(m.qs), Arg::I32(m.row_bytes() as i32)];
     if m.ty.block_size() == QK_K {

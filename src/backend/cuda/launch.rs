@@ -22,6 +22,19 @@ pub(crate) enum Epilogue {
     Swiglu { out: u64, aq: u64, ads: u64, ffn: usize },
 }
 
+impl Epilogue {
+    /// The kernels' `mode` argument (`kernels/matvec.cu`, `kernels/kquant.cu`) and the tap
+    /// pointer (0 unless `Add` copies to one).
+    pub(crate) fn mode(&self) -> (i32, u64) {
+        match *self {
+            Epilogue::Store => (0, 0),
+            Epilogue::Add { tap } => (1, tap),
+            Epilogue::Qkv { .. } => (2, 0),
+            Epilogue::Swiglu { .. } => (3, 0),
+        }
+    }
+}
+
 /// Rows per block of the quantized matvec (MODE_SWIGLU uses 64: 32 gate and 32 up rows).
 pub(crate) const MV_ROWS: usize = 16;
 /// Rows per block for one position: twice the blocks, half the chain per block (a one-position
@@ -73,12 +86,7 @@ pub(crate) fn launch_matvec(
     epi: Epilogue,
     norm: Option<NormIn>,
 ) -> Result<(), BackendError> {
-    let (mode, tap) = match epi {
-        Epilogue::Store => (0, 0),
-        Epilogue::Add { tap } => (1, tap),
-        Epilogue::Qkv { .. } => (2, 0),
-        Epilogue::Swiglu { .. } => (3, 0),
-    };
+    let (mode, tap) = epi.mode();
     if !m.is_quantized() {
         assert!(mode <= 1 && norm.is_none(), "fused epilogues and norms need quantized weights");
         let args = [
