@@ -56,6 +56,69 @@ pub enum ChatError {
     Render(#[source] minijinja::Error),
 }
 
+/// A chat template: the file's Jinja source, or one of llama.cpp's built-in templates
+/// (`llm_chat_apply_template`), for a file that carries none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatTemplate {
+    Jinja(String),
+    /// llama.cpp's `gemma` template (LLM_CHAT_TEMPLATE_GEMMA): the one llama.cpp renders for
+    /// every Gemma template it detects, and what it is asked for by name for a gemma file without
+    /// a template (Gemma-3-270M's GGUF has none).
+    LlamaCppGemma,
+}
+
+impl ChatTemplate {
+    /// The template of a model: `tokenizer.chat_template`, else the built-in one of its
+    /// architecture (gemma3: [`ChatTemplate::LlamaCppGemma`]), else the missing-key error.
+    pub fn of_model(file: &GgufFile) -> Result<ChatTemplate, ChatError> {
+        match model_chat_template(file) {
+            Ok(t) => Ok(ChatTemplate::Jinja(t)),
+            Err(ChatError::MissingTemplate { .. }) if file.get_str("general.architecture").ok() == Some("gemma3") => Ok(ChatTemplate::LlamaCppGemma),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Renders `messages` (HF `apply_chat_template` for Jinja, llama.cpp's C++ for built-ins).
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool, bos_token: &str, eos_token: &str) -> Result<String, ChatError> {
+        match self {
+            ChatTemplate::Jinja(t) => apply_chat_template(t, messages, add_generation_prompt, bos_token, eos_token),
+            ChatTemplate::LlamaCppGemma => Ok(render_gemma(messages, add_generation_prompt)),
+        }
+    }
+}
+
+/// llama.cpp's built-in `gemma` template, as `llm_chat_apply_template` writes it: system
+/// messages (trimmed, concatenated) are merged into the next non-model turn followed by a blank
+/// line, "assistant" is called "model", every content is trimmed of ASCII whitespace (C's
+/// `isspace`), each turn is `<start_of_turn>{role}\n{content}<end_of_turn>\n`, and the
+/// generation prompt is `<start_of_turn>model\n`.
+pub fn render_gemma(messages: &[ChatMessage], add_generation_prompt: bool) -> String {
+    let trim = |s: &str| s.trim_matches(|c: char| matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c')).to_string();
+    let mut out = String::new();
+    let mut system = String::new();
+    for m in messages {
+        if m.role == "system" {
+            system.push_str(&trim(&m.content));
+            continue;
+        }
+        let role = if m.role == "assistant" { "model" } else { m.role.as_str() };
+        out.push_str("<start_of_turn>");
+        out.push_str(role);
+        out.push('\n');
+        if !system.is_empty() && role != "model" {
+            out.push_str(&system);
+            out.push_str("\n\n");
+            system.clear();
+        }
+        out.push_str(&trim(&m.content));
+        out.push_str("<end_of_turn>\n");
+    }
+    if add_generation_prompt {
+        out.push_str("<start_of_turn>model\n");
+    }
+    out
+}
+
 /// The chat template stored in `file` under `tokenizer.chat_template`.
 pub fn model_chat_template(file: &GgufFile) -> Result<String, ChatError> {
     match file.metadata(CHAT_TEMPLATE_KEY) {

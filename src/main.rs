@@ -162,11 +162,11 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
 fn prompt_ids(loaded: &Loaded, prompt: &str, chat_mode: bool, parse_special: bool) -> Result<Vec<u32>> {
     let tok = &loaded.tokenizer;
     let (text, special) = if chat_mode {
-        let template = chat::model_chat_template(&loaded.model.file)?;
+        let template = chat::ChatTemplate::of_model(&loaded.model.file)?;
         let bos = loaded.tokenizer.bos_id().and_then(|id| tok.token_text(id)).unwrap_or("");
         let eos = loaded.tokenizer.eos_id().and_then(|id| tok.token_text(id)).unwrap_or("");
         let msgs = [ChatMessage { role: "user".into(), content: prompt.to_string() }];
-        (chat::apply_chat_template(&template, &msgs, true, bos, eos)?, true)
+        (template.render(&msgs, true, bos, eos)?, true)
     } else {
         (prompt.to_string(), parse_special)
     };

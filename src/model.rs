@@ -1,7 +1,9 @@
 //! The model as typed data: its configuration (the only place GGUF key strings appear) and
 //! views of its weight tensors, for the architectures the forward pass implements: `llama`
 //! (with or without `output.weight`, Llama-3 rope frequency factors, linear rope scaling,
-//! `attention.key_length`) and `qwen2` (Q/K/V biases, NEOX RoPE).
+//! `attention.key_length`), `qwen2` (Q/K/V biases, NEOX RoPE) and `gemma3` (embeddings scaled
+//! by sqrt(dim), per-head RMS norms on Q and K, norms after attention and after the FFN, a
+//! GELU-gated FFN, sliding-window attention on most layers with their own RoPE base).
 //!
 //! This module validates shapes and types once, at load, from tensor infos only (no weight is
 //! read), so backends can index weights without checks, and a file the worker cannot run is
@@ -17,7 +19,7 @@ use crate::gguf::{GgmlType, GgufError, GgufFile, QMatrix, TensorInfo};
 pub enum ModelError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
-    #[error("unsupported architecture {arch:?} (general.architecture): llama and qwen2 are implemented")]
+    #[error("unsupported architecture {arch:?} (general.architecture): llama, qwen2 and gemma3 are implemented")]
     UnsupportedArch { arch: String },
     #[error("tensor {name} has shape {found:?}, expected {expected:?}")]
     BadShape { name: String, expected: Vec<u64>, found: Vec<u64> },
@@ -39,6 +41,7 @@ pub enum ModelError {
 pub enum Arch {
     Llama,
     Qwen2,
+    Gemma3,
 }
 
 impl Arch {
@@ -46,15 +49,16 @@ impl Arch {
         match self {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
+            Arch::Gemma3 => "gemma3",
         }
     }
 
     /// llama.cpp's `llama_model_rope_type`: NORM (adjacent pairs) for llama, NEOX (halves) for
-    /// qwen2.
+    /// qwen2 and gemma3.
     pub fn rope_kind(&self) -> RopeKind {
         match self {
             Arch::Llama => RopeKind::Norm,
-            Arch::Qwen2 => RopeKind::Neox,
+            Arch::Qwen2 | Arch::Gemma3 => RopeKind::Neox,
         }
     }
 }
@@ -106,6 +110,9 @@ fn default_rope_kind() -> RopeKind {
 fn one() -> f32 {
     1.0
 }
+fn rope_base_swa_default() -> f32 {
+    10000.0
+}
 
 /// Hyper-parameters of a model.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -131,6 +138,23 @@ pub struct ModelConfig {
     /// `rope.scaling.attn_factor` (llama.cpp's `attn_factor`, the cos/sin scale), 1 when absent.
     #[serde(default = "one")]
     pub rope_attn_factor: f32,
+    /// Sliding-window attention (`attention.sliding_window`, gemma3): a position attends to the
+    /// `n_swa` most recent positions, itself included, on the layers `swa_layers` marks
+    /// (llama.cpp's `LLAMA_SWA_TYPE_STANDARD`: cell p0 is masked for query p1 when
+    /// `p1 - p0 >= n_swa`). 0: every layer attends to every earlier position.
+    #[serde(default)]
+    pub n_swa: usize,
+    /// Per layer, whether it is a sliding-window layer (empty when `n_swa` is 0).
+    #[serde(default)]
+    pub swa_layers: Vec<bool>,
+    /// RoPE base of the sliding-window layers (`rope.freq_base_swa`, llama.cpp's default 10000).
+    #[serde(default = "rope_base_swa_default")]
+    pub rope_base_swa: f32,
+    /// The scale of Q·K before the softmax: `1/sqrt(head_dim)` for llama and qwen2; gemma3
+    /// multiplies Q by it (`f_attention_scale`) and softmaxes with scale 1, the same bits
+    /// because it is a power of two for every gemma3 head size.
+    #[serde(default)]
+    pub attn_scale: Option<f32>,
 }
 
 /// `<arch>.<key>`: the architecture-prefixed metadata keys.
@@ -172,6 +196,7 @@ impl ModelConfig {
         let arch = match arch_name {
             "llama" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
+            "gemma3" => Arch::Gemma3,
             other => return Err(ModelError::UnsupportedArch { arch: other.to_string() }),
         };
         let k = Keys { file, arch: arch.name() };
@@ -234,6 +259,41 @@ impl ModelConfig {
             }
         };
         let rope_attn_factor = k.opt_f32("rope.scaling.attn_factor")?.unwrap_or(1.0);
+        let (mut n_swa, mut swa_layers, mut rope_base_swa, mut attn_scale) = (0, Vec::new(), 10000.0, None);
+        if arch == Arch::Gemma3 {
+            // llama_model_gemma3::load_arch_hparams: a window when `sliding_window` > 0, the
+            // pattern "5 sliding : 1 global" (layer l slides when l % 6 < 5) unless the file
+            // gives its own, and no final logit soft-capping for gemma3.
+            n_swa = k.opt_u32("attention.sliding_window")?.unwrap_or(0);
+            if n_swa > 0 {
+                let period = match file.metadata(&k.key("attention.sliding_window_pattern")) {
+                    None => 6,
+                    Some(v) => match v.as_u64() {
+                        Some(n) => n as usize,
+                        None => {
+                            return Err(unsupported(
+                                "attention.sliding_window_pattern",
+                                format!("{v:?}").chars().take(80).collect(),
+                                "only a period is implemented, not a per-layer array",
+                            ))
+                        }
+                    },
+                };
+                swa_layers = (0..n_layers).map(|l| period == 0 || l % period < period - 1).collect();
+                rope_base_swa = k.opt_f32("rope.freq_base_swa")?.unwrap_or(10000.0);
+            }
+            if let Some(cap) = k.opt_f32("final_logit_softcapping")? {
+                if cap != 0.0 {
+                    return Err(unsupported("final_logit_softcapping", cap.to_string(), "logit soft-capping is not implemented"));
+                }
+            }
+            if scaling != "linear" || rope_freq_scale != 1.0 {
+                return Err(unsupported("rope.scaling.type", format!("{scaling:?}"), "rope scaling on gemma3 is not implemented"));
+            }
+            // f_attention_scale: 1/sqrt(n_embd_head_k), except 1/sqrt(n_embd/n_head) for the 27B.
+            let d = if n_layers == 62 { dim / n_heads.max(1) } else { head_dim };
+            attn_scale = Some(1.0 / (d as f32).sqrt());
+        }
         let cfg = ModelConfig {
             arch,
             n_layers,
@@ -249,6 +309,10 @@ impl ModelConfig {
             rope_kind: arch.rope_kind(),
             rope_freq_scale,
             rope_attn_factor,
+            n_swa,
+            swa_layers,
+            rope_base_swa,
+            attn_scale,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -276,10 +340,36 @@ impl ModelConfig {
         if !(self.rms_eps.is_finite() && self.rms_eps >= 0.0 && self.rope_base.is_finite() && self.rope_base > 0.0) {
             return bad(format!("rms epsilon {} / rope base {} out of range", self.rms_eps, self.rope_base));
         }
+        if let Some(s) = self.attn_scale {
+            let scaled = s * (self.head_dim as f32).sqrt();
+            if scaled != 1.0 || s.to_bits() & 0x007f_ffff != 0 {
+                return bad(format!("attention scale {s} is not 1/sqrt(head_dim) = a power of two (head size {})", self.head_dim));
+            }
+        }
+        if self.n_swa > 0 && self.swa_layers.len() != self.n_layers {
+            return bad(format!("{} sliding-window flags for {} layers", self.swa_layers.len(), self.n_layers));
+        }
+        if !(self.rope_base_swa.is_finite() && self.rope_base_swa > 0.0) {
+            return bad(format!("sliding-window rope base {} out of range", self.rope_base_swa));
+        }
         if !(self.rope_freq_scale.is_finite() && self.rope_freq_scale > 0.0 && self.rope_attn_factor.is_finite()) {
             return bad(format!("rope freq scale {} / attn factor {} out of range", self.rope_freq_scale, self.rope_attn_factor));
         }
         Ok(())
+    }
+
+    /// Whether layer `l` attends through a sliding window of `n_swa` positions.
+    pub fn is_swa(&self, l: usize) -> bool {
+        self.n_swa > 0 && self.swa_layers.get(l).copied().unwrap_or(false)
+    }
+
+    /// The first cached position a query at `pos` attends to in layer `l`.
+    pub fn window_start(&self, l: usize, pos: usize) -> usize {
+        if self.is_swa(l) {
+            (pos + 1).saturating_sub(self.n_swa)
+        } else {
+            0
+        }
     }
 
     pub fn kv_dim(&self) -> usize {
@@ -321,6 +411,12 @@ pub struct LayerWeights {
     pub w_gate: Weight,
     pub w_up: Weight,
     pub w_down: Weight,
+    /// gemma3: RMS norms of each Q and K head (head_dim), and the norms after attention and
+    /// after the FFN (dim).
+    pub attn_q_norm: Option<Weight>,
+    pub attn_k_norm: Option<Weight>,
+    pub attn_post_norm: Option<Weight>,
+    pub ffn_post_norm: Option<Weight>,
 }
 
 /// A loaded model: configuration, the memory-mapped file and validated weight views.
@@ -401,10 +497,17 @@ impl Model {
             }
             Weight { info }
         };
+        let gemma = c.arch == Arch::Gemma3;
+        let hd = c.head_dim as u64;
         let mut layers = Vec::with_capacity(c.n_layers);
         for l in 0..c.n_layers {
             let n = |s: &str| format!("blk.{l}.{s}");
+            let gemma_norm = |s: &str, len: u64| if gemma { get(n(s), &[len], false).map(Some) } else { Ok(None) };
             layers.push(LayerWeights {
+                attn_q_norm: gemma_norm("attn_q_norm.weight", hd)?,
+                attn_k_norm: gemma_norm("attn_k_norm.weight", hd)?,
+                attn_post_norm: gemma_norm("post_attention_norm.weight", dim)?,
+                ffn_post_norm: gemma_norm("post_ffw_norm.weight", dim)?,
                 attn_norm: get(n("attn_norm.weight"), &[dim], false)?,
                 wq: get(n("attn_q.weight"), &[dim, qd], true)?,
                 wk: get(n("attn_k.weight"), &[dim, kv], true)?,
@@ -425,7 +528,7 @@ impl Model {
         // none, so the unused-tensor check below refuses one there.
         let rope_freqs = match c.arch {
             Arch::Llama => opt("rope_freqs.weight".into(), &[c.head_dim as u64 / 2])?,
-            Arch::Qwen2 => None,
+            Arch::Qwen2 | Arch::Gemma3 => None,
         };
         let used = used.into_inner();
         if let Some(t) = file.tensors.iter().find(|t| !used.contains(&t.name)) {
@@ -451,13 +554,34 @@ impl Model {
         QMatrix { ty: w.ty(), data: self.bytes(w), n_in: w.info.shape[0] as usize, n_out: w.info.shape[1] as usize }
     }
 
-    /// The RoPE of this model (kind, base, scaling, frequency factors), as the backends apply it.
+    /// The RoPE of this model (kind, base, scaling, frequency factors), as the backends apply it
+    /// (of its global-attention layers where sliding-window ones differ, see [`Model::layer_rope`]).
     pub fn rope(&self) -> Rope {
+        self.rope_with_base(self.config.rope_base)
+    }
+
+    /// The RoPE of layer `l`: sliding-window layers take `rope.freq_base_swa` (llama.cpp's
+    /// `get_rope_freq_base`) and no scaling (`rope_freq_scale_train_swa` is 1).
+    pub fn layer_rope(&self, l: usize) -> Rope {
+        let c = &self.config;
+        if c.is_swa(l) {
+            Rope { freq_scale: 1.0, ..self.rope_with_base(c.rope_base_swa) }
+        } else {
+            self.rope()
+        }
+    }
+
+    /// Whether some layer's RoPE differs from [`Model::rope`].
+    pub fn has_layer_ropes(&self) -> bool {
+        (0..self.config.n_layers).any(|l| self.layer_rope(l) != self.rope())
+    }
+
+    fn rope_with_base(&self, base: f32) -> Rope {
         let c = &self.config;
         Rope {
             kind: c.rope_kind,
             head_dim: c.head_dim,
-            base: c.rope_base,
+            base,
             freq_scale: c.rope_freq_scale,
             attn_factor: c.rope_attn_factor,
             freq_factors: self.rope_freqs.as_ref().map(|w| self.f32_vec(w)),

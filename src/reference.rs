@@ -122,7 +122,10 @@ pub struct ReferenceCase {
     pub prompt_text: String,
     /// Whether special tokens in `prompt_text` were parsed (chat: true).
     pub parse_special: bool,
-    /// Prompt token ids (no BOS added).
+    /// Whether llama.cpp tokenized with `add_special` (the model's BOS added: gemma3).
+    #[serde(default)]
+    pub add_special: bool,
+    /// Prompt token ids (BOS only where `add_special`).
     pub prompt_ids: Vec<u32>,
     /// Greedily generated token ids (argmax, ties → lowest id).
     pub greedy_ids: Vec<u32>,

@@ -43,6 +43,17 @@ pub enum TapPoint {
     ResultNorm,
     /// Logits, (n_rows, n_vocab), for the rows the caller asked for.
     Logits,
+    /// gemma3: the embeddings scaled by sqrt(dim) (llama.cpp's `inp_scaled`), (n_tok, dim).
+    InpScaled,
+    /// gemma3: Q and K after their per-head RMS norms, before RoPE (`Qcur_normed`, `Kcur_normed`).
+    QNorm(usize),
+    KNorm(usize),
+    /// gemma3: the attention output after its norm (`attn_post_norm`), (n_tok, dim).
+    AttnPostNorm(usize),
+    /// gemma3: gelu(gate) * up (`ffn_geglu`), (n_tok, ffn_dim).
+    FfnGeglu(usize),
+    /// gemma3: the FFN output after its norm (`ffn_post_norm`), (n_tok, dim).
+    FfnPostNorm(usize),
 }
 
 impl TapPoint {
@@ -68,6 +79,12 @@ impl TapPoint {
             LOut(l) => format!("l_out-{l}"),
             ResultNorm => "result_norm".into(),
             Logits => "result_output".into(),
+            InpScaled => "inp_scaled".into(),
+            QNorm(l) => format!("Qcur_normed-{l}"),
+            KNorm(l) => format!("Kcur_normed-{l}"),
+            AttnPostNorm(l) => format!("attn_post_norm-{l}"),
+            FfnGeglu(l) => format!("ffn_geglu-{l}"),
+            FfnPostNorm(l) => format!("ffn_post_norm-{l}"),
         }
     }
 
@@ -87,9 +104,9 @@ impl TapPoint {
     pub fn layer(&self) -> Option<usize> {
         use TapPoint::*;
         match *self {
-            Embd | ResultNorm | Logits => None,
+            Embd | ResultNorm | Logits | InpScaled => None,
             AttnNorm(l) | Q(l) | K(l) | V(l) | QRope(l) | KRope(l) | Kq(l) | KqSoftmax(l) | KqvOut(l) | AttnOut(l) | FfnInp(l) | FfnNorm(l) | FfnGate(l)
-            | FfnUp(l) | FfnSwiglu(l) | FfnOut(l) | LOut(l) => Some(l),
+            | FfnUp(l) | FfnSwiglu(l) | FfnOut(l) | LOut(l) | QNorm(l) | KNorm(l) | AttnPostNorm(l) | FfnGeglu(l) | FfnPostNorm(l) => Some(l),
         }
     }
 }
@@ -206,7 +223,9 @@ pub trait Backend: Send {
     fn n_ctx(&self) -> usize;
     /// Number of positions currently cached.
     fn n_cached(&self) -> usize;
-    /// Forgets cached positions from `pos` on (0 clears the cache).
+    /// Forgets cached positions from `pos` on (0 clears the cache). A backend may keep fewer
+    /// (a sliding-window ring that no longer holds the window of `pos` keeps none): continue
+    /// from `n_cached()`.
     fn truncate(&mut self, pos: usize);
     /// Runs `tokens` at positions `pos0..`, which must continue the cache (`pos0 == n_cached()`),
     /// and returns the logits of the rows selected by `rows`, row-major (rows, n_vocab).

@@ -47,6 +47,7 @@ pub fn columns(rec: &ReferenceRecording) -> Vec<Column> {
         use TapPoint::*;
         let point = match (base, layer) {
             ("embd", None) => Some(Embd),
+            ("inp_scaled", None) => Some(InpScaled),
             ("result_norm", None) => Some(ResultNorm),
             ("result_output", None) => Some(Logits),
             (_, None) => None,
@@ -61,7 +62,12 @@ pub fn columns(rec: &ReferenceRecording) -> Vec<Column> {
                 "kq_soft_max" => Some(KqSoftmax(l)),
                 "kqv_out" => Some(KqvOut(l)),
                 "attn_out" => Some(AttnOut(l)),
-                "ffn_inp" => Some(FfnInp(l)),
+                "ffn_inp" | "sa_out" => Some(FfnInp(l)),
+                "Qcur_normed" => Some(QNorm(l)),
+                "Kcur_normed" => Some(KNorm(l)),
+                "attn_post_norm" => Some(AttnPostNorm(l)),
+                "ffn_geglu" => Some(FfnGeglu(l)),
+                "ffn_post_norm" => Some(FfnPostNorm(l)),
                 "ffn_norm" => Some(FfnNorm(l)),
                 "ffn_gate" => Some(FfnGate(l)),
                 "ffn_up" => Some(FfnUp(l)),
@@ -84,11 +90,14 @@ pub fn columns(rec: &ReferenceRecording) -> Vec<Column> {
 }
 
 /// The columns whose values an op reads, and whether it reads them at every earlier position
-/// too (attention reads all cached keys and values), by llama.cpp's graph for the llama family.
+/// too (attention reads all cached keys and values), by llama.cpp's graph for the llama family
+/// and gemma3 (whose extra nodes, the scaled embeddings, Q/K norms and post-norms, sit between
+/// the llama ones where they are present).
 fn inputs(cols: &[Column], i: usize) -> Vec<(usize, bool)> {
     use TapPoint::*;
     let find = |p: TapPoint| cols.iter().position(|c| c.point == Some(p));
-    let layer_input = |l: usize| if l == 0 { find(Embd) } else { find(LOut(l - 1)) };
+    let either = |a: TapPoint, b: TapPoint| find(a).or_else(|| find(b));
+    let layer_input = |l: usize| if l == 0 { either(InpScaled, Embd) } else { find(LOut(l - 1)) };
     let Some(p) = cols[i].point else { return Vec::new() };
     let same = |v: Option<usize>| v.map(|j| (j, false));
     let all = |v: Option<usize>| v.map(|j| (j, true));
@@ -97,18 +106,24 @@ fn inputs(cols: &[Column], i: usize) -> Vec<(usize, bool)> {
         Embd => vec![],
         AttnNorm(l) => vec![same(layer_input(l))],
         Q(l) | K(l) | V(l) => vec![same(find(AttnNorm(l)))],
-        QRope(l) => vec![same(find(Q(l)))],
-        KRope(l) => vec![same(find(K(l)))],
+        QNorm(l) => vec![same(find(Q(l)))],
+        KNorm(l) => vec![same(find(K(l)))],
+        QRope(l) => vec![same(either(QNorm(l), Q(l)))],
+        KRope(l) => vec![same(either(KNorm(l), K(l)))],
         Kq(l) => vec![same(find(QRope(l))), all(find(KRope(l)))],
         KqSoftmax(l) => vec![same(find(Kq(l)))],
         KqvOut(l) => vec![same(find(KqSoftmax(l))), all(find(V(l)))],
         AttnOut(l) => vec![same(find(KqvOut(l)))],
-        FfnInp(l) => vec![same(find(AttnOut(l))), same(layer_input(l))],
+        AttnPostNorm(l) => vec![same(find(AttnOut(l)))],
+        FfnInp(l) => vec![same(either(AttnPostNorm(l), AttnOut(l))), same(layer_input(l))],
         FfnNorm(l) => vec![same(find(FfnInp(l)))],
         FfnGate(l) | FfnUp(l) => vec![same(find(FfnNorm(l)))],
         FfnSwiglu(l) => vec![same(find(FfnGate(l))), same(find(FfnUp(l)))],
-        FfnOut(l) => vec![same(find(FfnSwiglu(l)))],
-        LOut(l) => vec![same(find(FfnOut(l))), same(find(FfnInp(l)))],
+        FfnGeglu(l) => vec![same(find(FfnGate(l))), same(find(FfnUp(l)))],
+        FfnOut(l) => vec![same(either(FfnGeglu(l), FfnSwiglu(l)))],
+        FfnPostNorm(l) => vec![same(find(FfnOut(l)))],
+        LOut(l) => vec![same(either(FfnPostNorm(l), FfnOut(l))), same(find(FfnInp(l)))],
+        InpScaled => vec![same(find(Embd))],
         ResultNorm => vec![same(if n_layers == 0 { None } else { find(LOut(n_layers - 1)) })],
         Logits => vec![same(find(ResultNorm))],
     };
@@ -117,10 +132,13 @@ fn inputs(cols: &[Column], i: usize) -> Vec<(usize, bool)> {
 
 /// A tap that hashes every row of the points it is asked for (one hash per position; the
 /// attention rows `Kq`/`KqSoftmax` over the cells `0..=position` of each head, as llama.cpp's
-/// are hashed) and keeps the values of `keep` points.
+/// are hashed, on sliding-window layers over the window's cells only) and keeps the values of
+/// `keep` points.
 pub struct HashTap {
     hash: Vec<TapPoint>,
     n_heads: usize,
+    /// The model's window (n_swa, per-layer flags), when it has sliding-window layers.
+    window: Option<(usize, Vec<bool>)>,
     /// Per point: position -> hash.
     pub hashes: HashMap<TapPoint, BTreeMap<usize, u64>>,
     /// The values of the `keep` points.
@@ -129,7 +147,23 @@ pub struct HashTap {
 
 impl HashTap {
     pub fn new(hash: Vec<TapPoint>, keep: Vec<TapPoint>, n_heads: usize) -> HashTap {
-        HashTap { hash, n_heads, hashes: HashMap::new(), values: CaptureTap::new(Points::Only(keep)) }
+        HashTap { hash, n_heads, window: None, hashes: HashMap::new(), values: CaptureTap::new(Points::Only(keep)) }
+    }
+
+    /// Hashes the attention rows of `config`'s sliding-window layers over their windows.
+    pub fn windowed(mut self, config: &crate::model::ModelConfig) -> HashTap {
+        if config.n_swa > 0 {
+            self.window = Some((config.n_swa, config.swa_layers.clone()));
+        }
+        self
+    }
+
+    /// The first cell hashed of an attention row of `p` at `pos`.
+    fn first_cell(&self, p: TapPoint, pos: usize) -> usize {
+        match (&self.window, p.layer()) {
+            (Some((n_swa, layers)), Some(l)) if layers.get(l).copied().unwrap_or(false) => (pos + 1).saturating_sub(*n_swa),
+            _ => 0,
+        }
     }
 }
 
@@ -141,18 +175,20 @@ impl Tap for HashTap {
     fn record(&mut self, p: TapPoint, pos0: usize, n_tok: usize, data: &[f32]) {
         if self.hash.contains(&p) && n_tok > 0 {
             let width = data.len() / n_tok;
-            let h = self.hashes.entry(p).or_default();
+            let mut h = std::mem::take(self.hashes.entry(p).or_default());
             for (t, row) in data.chunks_exact(width).enumerate() {
                 let pos = pos0 + t;
                 let hash = if matches!(p, TapPoint::Kq(_) | TapPoint::KqSoftmax(_)) {
                     let cells = width / self.n_heads;
-                    let used: Vec<f32> = (0..self.n_heads).flat_map(|hd| row[hd * cells..hd * cells + pos + 1].iter().copied()).collect();
+                    let first = self.first_cell(p, pos);
+                    let used: Vec<f32> = (0..self.n_heads).flat_map(|hd| row[hd * cells + first..hd * cells + pos + 1].iter().copied()).collect();
                     row_hash(&used)
                 } else {
                     row_hash(row)
                 };
                 h.insert(pos, hash);
             }
+            self.hashes.insert(p, h);
         }
         if self.values.wants(p) {
             self.values.record(p, pos0, n_tok, data);

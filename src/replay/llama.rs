@@ -70,7 +70,7 @@ impl Ops {
 /// activations) must miss by more than 1e-10 NMSE.
 pub fn op_by_op(m: &Model, rec: &ReferenceRecording) -> Vec<OpResult> {
     let c = &m.config;
-    let mut r = Ops { out: Vec::new(), bounds: bounds::for_mode(rec.case.mode) };
+    let mut r = Ops { out: Vec::new(), bounds: bounds::for_arch(rec.case.mode, c.arch) };
     if rec.case.op_layers.is_empty() {
         return r.out;
     }
@@ -373,6 +373,8 @@ pub struct ChainedResult {
     pub tokens_run: usize,
     /// Token recordings: every hashed tap at every position, bit for bit.
     pub exact: Option<super::exact::ExactResult>,
+    /// The architecture run (the batch bounds are per architecture).
+    pub arch: crate::model::Arch,
 }
 
 /// Every element the same bits (and the same length).
@@ -403,6 +405,7 @@ fn kq_ref_row(rec: &ReferenceRecording, name: &str, p: usize, n: usize) -> Optio
 pub fn chained(backend: &mut dyn Backend, rec: &ReferenceRecording) -> Result<ChainedResult, ReplayError> {
     let case = &rec.case;
     let c = backend.config().clone();
+    let arch = c.arch;
     let n = case.prompt_ids.len();
     let steps = case.greedy_ids.len();
     let mut tokens = case.prompt_ids.clone();
@@ -417,7 +420,7 @@ pub fn chained(backend: &mut dyn Backend, rec: &ReferenceRecording) -> Result<Ch
     }
     let cols = super::exact::columns(rec);
     let hashed: Vec<TapPoint> = cols.iter().filter_map(|c| c.point).collect();
-    let mut tap = super::exact::HashTap::new(hashed, keep, c.n_heads);
+    let mut tap = super::exact::HashTap::new(hashed, keep, c.n_heads).windowed(&c);
     backend.truncate(0);
     let logits = backend.forward(&tokens, 0, LogitRows::All, &mut tap).map_err(|source| ReplayError::Backend { case: case.name.clone(), source })?;
     let exact = (!cols.is_empty()).then(|| {
@@ -430,7 +433,7 @@ pub fn chained(backend: &mut dyn Backend, rec: &ReferenceRecording) -> Result<Ch
     let mut uncompared = Vec::new();
     let mut not_produced = Vec::new();
     let mut compare = |layer: Option<usize>, p: TapPoint, name: String| {
-        let bound = bounds::for_mode(case.mode).chained(p);
+        let bound = bounds::for_arch(case.mode, arch).chained(p);
         if !backend.produces(p) {
             not_produced.push(name);
             return;
@@ -498,7 +501,7 @@ pub fn chained(backend: &mut dyn Backend, rec: &ReferenceRecording) -> Result<Ch
             GreedyStep { step: i, ours: crate::sampler::argmax(row), theirs: case.greedy_ids[i], gap: case.greedy_top2_gap[i] }
         })
         .collect();
-    Ok(ChainedResult { tensors: out, uncompared, not_produced, logits: lrows, greedy, tokens_run: tokens.len(), exact })
+    Ok(ChainedResult { tensors: out, uncompared, not_produced, logits: lrows, greedy, tokens_run: tokens.len(), exact, arch })
 }
 
 /// Op by op (CPU spec ops) and chained (on `backend`) for one reference case, judged.
@@ -520,7 +523,7 @@ pub fn replay_case(
 /// recording's mode (token recordings: every check is bit-identity).
 pub fn judge_llama(rec: &ReferenceRecording, ops: Vec<OpResult>, ch: &ChainedResult, backend: &str, model: &str, tok: Option<&Tokenizer>) -> CaseReport {
     let case = &rec.case;
-    let b = bounds::for_mode(case.mode);
+    let b = bounds::for_arch(case.mode, ch.arch);
     let exact = case.mode == RecordingMode::Token;
     let dir = if exact { "recordings/llama.cpp/token" } else { "recordings/llama.cpp" };
     let mut r = CaseReport::new(&case.name, Mode::LlamaCpp, &format!("{dir}/{}.safetensors.zst", case.name), backend, model);
@@ -530,7 +533,7 @@ pub fn judge_llama(rec: &ReferenceRecording, ops: Vec<OpResult>, ch: &ChainedRes
     r.notes
         .push(format!("llama.cpp recording mode: {}", if exact { "token by token (exact)" } else { "batch (bounds: llama.cpp's batch-versus-token spread)" }));
     if let Some(t) = tok {
-        let ok = t.encode(&case.prompt_text, case.parse_special) == case.prompt_ids;
+        let ok = t.tokenize(&case.prompt_text, case.add_special, case.parse_special) == case.prompt_ids;
         r.check("prompt ids equal llama.cpp's", ok, String::new());
     }
     if !ops.is_empty() {

@@ -415,9 +415,8 @@ fn prepare(sh: &Shared, p: &ParsedRequest) -> Result<Prepared, ApiError> {
             ("prompt", String::new(), false, ids.clone())
         }
         PromptInput::Chat(msgs) => {
-            let template = sh.chat_template.as_deref().ok_or_else(|| ApiError::invalid("messages", "the model has no chat template"))?;
-            let text = crate::chat::apply_chat_template(template, msgs, true, &text_of(tok.bos_id()), &text_of(tok.eos_id()))
-                .map_err(|e| ApiError::invalid("messages", e))?;
+            let template = sh.chat_template.as_ref().ok_or_else(|| ApiError::invalid("messages", "the model has no chat template"))?;
+            let text = template.render(msgs, true, &text_of(tok.bos_id()), &text_of(tok.eos_id())).map_err(|e| ApiError::invalid("messages", e))?;
             let ids = tok.encode(&text, true);
             ("messages", text, true, ids)
         }

@@ -460,6 +460,10 @@ pub enum Variant {
     Qwen2,
     /// llama with Llama-3 rope frequency factors (`rope_freqs.weight`) and linear rope scaling.
     Llama3,
+    /// gemma3: heads of 64 (Q wider than the model: 4 x 64 = 256 against dim 128), Q/K norms,
+    /// post-attention and post-FFN norms, GEGLU, a sliding window of 8 positions on layers 0 and
+    /// 1 (pattern 3: layer 2 is global), RoPE base 1e6 global and 1e4 sliding, no biases.
+    Gemma3,
 }
 
 /// A 3-layer llama with random weights of `ty` (dim 128, 4 heads of 32, 2 KV heads, FFN 256,
@@ -488,8 +492,15 @@ fn random_weights(rng: &mut Rng, ty: GgmlType, n_out: usize, n_in: usize) -> Vec
 pub fn tiny_writer_mixed(ty_of: &dyn Fn(&str) -> GgmlType, variant: Variant, dim: usize, n_heads: u32) -> GgufWriter {
     let mut rng = Rng::new(42);
     let (n_layers, n_kv, ffn, vocab) = (3u32, 2u32, 2 * dim, 512usize);
-    let kv = dim / n_heads as usize * n_kv as usize;
-    let arch = if variant == Variant::Qwen2 { "qwen2" } else { "llama" };
+    let gemma = variant == Variant::Gemma3;
+    let hd = if gemma { 64 } else { dim / n_heads as usize };
+    let kv = hd * n_kv as usize;
+    let qd = hd * n_heads as usize;
+    let arch = match variant {
+        Variant::Qwen2 => "qwen2",
+        Variant::Gemma3 => "gemma3",
+        _ => "llama",
+    };
     let mut w = GgufWriter::new();
     let meta = |w: &mut GgufWriter, k: &str, v: MetadataValue| w.add_metadata(&k.replace("llama.", &format!("{arch}.")), v);
     meta(&mut w, "general.architecture", MetadataValue::String(arch.into()));
@@ -499,8 +510,14 @@ pub fn tiny_writer_mixed(ty_of: &dyn Fn(&str) -> GgmlType, variant: Variant, dim
     meta(&mut w, "llama.feed_forward_length", MetadataValue::U32(ffn as u32));
     meta(&mut w, "llama.attention.head_count", MetadataValue::U32(n_heads));
     meta(&mut w, "llama.attention.head_count_kv", MetadataValue::U32(n_kv));
-    meta(&mut w, "llama.context_length", MetadataValue::U32(1024));
-    let (eps, base) = if variant == Variant::Qwen2 { (1e-6, 1e6) } else { (1e-5, 10000.0) };
+    meta(&mut w, "llama.context_length", MetadataValue::U32(if gemma { 4096 } else { 1024 }));
+    if gemma {
+        meta(&mut w, "llama.attention.key_length", MetadataValue::U32(hd as u32));
+        meta(&mut w, "llama.attention.value_length", MetadataValue::U32(hd as u32));
+        meta(&mut w, "llama.attention.sliding_window", MetadataValue::U32(8));
+        meta(&mut w, "llama.attention.sliding_window_pattern", MetadataValue::U32(3));
+    }
+    let (eps, base) = if variant == Variant::Qwen2 || gemma { (1e-6, 1e6) } else { (1e-5, 10000.0) };
     meta(&mut w, "llama.attention.layer_norm_rms_epsilon", MetadataValue::F32(eps));
     meta(&mut w, "llama.rope.freq_base", MetadataValue::F32(base));
     if variant == Variant::Llama3 {
@@ -514,11 +531,18 @@ pub fn tiny_writer_mixed(ty_of: &dyn Fn(&str) -> GgmlType, variant: Variant, dim
         let n = |s: &str| format!("blk.{l}.{s}");
         w.add_tensor(&n("attn_norm.weight"), &[dim as u64], GgmlType::F32, f32s(rng.vec(dim, 0.5, 1.5)));
         w.add_tensor(&n("ffn_norm.weight"), &[dim as u64], GgmlType::F32, f32s(rng.vec(dim, 0.5, 1.5)));
-        for (name, n_out) in [("attn_q.weight", dim), ("attn_k.weight", kv), ("attn_v.weight", kv), ("attn_output.weight", dim)] {
+        for (name, n_out) in [("attn_q.weight", qd), ("attn_k.weight", kv), ("attn_v.weight", kv)] {
             let ty = ty_of(name);
             w.add_tensor(&n(name), &[dim as u64, n_out as u64], ty, random_weights(&mut rng, ty, n_out, dim));
         }
-        for (name, n_out) in [("attn_q.bias", dim), ("attn_k.bias", kv), ("attn_v.bias", kv)] {
+        let ot = ty_of("attn_output.weight");
+        w.add_tensor(&n("attn_output.weight"), &[qd as u64, dim as u64], ot, random_weights(&mut rng, ot, dim, qd));
+        if gemma {
+            for (name, len) in [("attn_q_norm.weight", hd), ("attn_k_norm.weight", hd), ("post_attention_norm.weight", dim), ("post_ffw_norm.weight", dim)] {
+                w.add_tensor(&n(name), &[len as u64], GgmlType::F32, f32s(rng.vec(len, 0.5, 1.5)));
+            }
+        }
+        for (name, n_out) in [("attn_q.bias", qd), ("attn_k.bias", kv), ("attn_v.bias", kv)].into_iter().filter(|_| !gemma) {
             // Qwen's biases are large (|81| in block 0): cover that range.
             let r = if variant == Variant::Qwen2 { 40.0 } else { 0.1 };
             w.add_tensor(&n(name), &[n_out as u64], GgmlType::F32, f32s(rng.vec(n_out, -r, r)));
@@ -538,7 +562,7 @@ pub fn tiny_writer_mixed(ty_of: &dyn Fn(&str) -> GgmlType, variant: Variant, dim
             let hd = dim / n_heads as usize;
             w.add_tensor("rope_freqs.weight", &[hd as u64 / 2], GgmlType::F32, f32s((0..hd / 2).map(|i| if i < 4 { 1.0 } else { 1.0 + i as f32 }).collect()))
         }
-        Variant::Llama => {}
+        Variant::Llama | Variant::Gemma3 => {}
     }
     w
 }

@@ -6,6 +6,7 @@ mod cuda;
 mod determinism;
 mod faults;
 mod fuzz_seeds;
+mod gemma3;
 mod ggml_kernels;
 mod gguf;
 mod model;

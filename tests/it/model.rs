@@ -48,7 +48,13 @@ fn variants_load_with_their_configuration() {
 #[test]
 fn unsupported_files_are_refused_with_one_line_naming_the_cause() {
     let mut cases: Vec<(&str, GgufWriter, &str)> = vec![
-        ("architecture", with_key(Variant::Llama, "general.architecture", MetadataValue::String("gemma3".into())), "unsupported architecture \"gemma3\""),
+        ("architecture", with_key(Variant::Llama, "general.architecture", MetadataValue::String("gemma2".into())), "unsupported architecture \"gemma2\""),
+        ("softcap", with_key(Variant::Gemma3, "gemma3.final_logit_softcapping", MetadataValue::F32(30.0)), "gemma3.final_logit_softcapping = 30"),
+        (
+            "swa array",
+            with_key(Variant::Gemma3, "gemma3.attention.sliding_window_pattern", MetadataValue::Array(vec![MetadataValue::Bool(true)])),
+            "gemma3.attention.sliding_window_pattern",
+        ),
         ("yarn", with_key(Variant::Llama, "llama.rope.scaling.type", MetadataValue::String("yarn".into())), "llama.rope.scaling.type = \"yarn\""),
         ("partial rope", with_key(Variant::Llama, "llama.rope.dimension_count", MetadataValue::U32(16)), "llama.rope.dimension_count = 16"),
         ("value length", with_key(Variant::Qwen2, "qwen2.attention.value_length", MetadataValue::U32(64)), "qwen2.attention.value_length = 64"),

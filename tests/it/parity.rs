@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use worker_orcd::backend::cpu::CpuBackend;
 use worker_orcd::backend::{Backend, LogitRows, NoTap};
-use worker_orcd::reference::{load_corpus, load_token_corpus, ReferenceRecording};
+use worker_orcd::reference::{load_corpus, load_token_corpus, RecordingMode, ReferenceRecording};
 use worker_orcd::replay::{bounds, exact, metrics};
 
 use crate::support::{model, tokenizer};
@@ -126,14 +126,28 @@ fn measure(batch: &ReferenceRecording, token: &ReferenceRecording, s: &mut Sprea
 /// (`cargo test --test it parity::batch -- --nocapture`).
 #[test]
 fn batch_bounds_cover_llama_cpps_own_spread() {
-    let token: BTreeMap<String, ReferenceRecording> = cases(true).into_iter().map(|r| (r.case.name.clone(), r)).collect();
+    spread_within_bounds("SmolLM2 (llama)", cases(false), cases(true), &bounds::BATCH);
+}
+
+/// The same for Gemma-3-270M, against its own bounds (`bounds::BATCH_GEMMA3`): its four norms per
+/// layer spread llama.cpp's two modes further apart than the llama family's.
+#[test]
+fn gemma3_batch_bounds_cover_llama_cpps_own_spread() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("recordings/llama.cpp/gemma3-270m-q4_k_m");
+    let load = |d: &std::path::Path| worker_orcd::reference::load_dir(d).unwrap().into_iter().map(|(_, r)| r).collect::<Vec<_>>();
+    let (batch, token) = (load(&dir), load(&dir.join("token")));
+    assert!(batch.len() >= 5 && batch.len() == token.len(), "gemma3 recordings of both modes");
+    spread_within_bounds("Gemma-3-270M (gemma3)", batch, token, bounds::for_arch(RecordingMode::Batch, worker_orcd::model::Arch::Gemma3));
+}
+
+fn spread_within_bounds(what: &str, batch_cases: Vec<ReferenceRecording>, token_cases: Vec<ReferenceRecording>, b: &bounds::Bounds) {
+    let token: BTreeMap<String, ReferenceRecording> = token_cases.into_iter().map(|r| (r.case.name.clone(), r)).collect();
     let mut s = Spread::default();
-    for batch in cases(false) {
+    for batch in batch_cases {
         let t = token.get(&batch.case.name).unwrap_or_else(|| panic!("no token-by-token recording of {}", batch.case.name));
         measure(&batch, t, &mut s);
     }
-    let b = &bounds::BATCH;
-    println!("llama.cpp batch vs token-by-token, worst per-position NMSE over the corpus:");
+    println!("{what}: llama.cpp batch vs token-by-token, worst per-position NMSE over the corpus:");
     let mut over = Vec::new();
     for (kind, by_layer) in &s.tensors {
         let worst = by_layer.values().copied().fold(0.0, f64::max);
@@ -169,7 +183,7 @@ fn batch_bounds_cover_llama_cpps_own_spread() {
     for (case, split, gap) in &s.greedy_split {
         println!(
             "  greedy {case:<20} batch and token runs equal for {} steps{}",
-            split.map_or("all 64".into(), |i| i.to_string()),
+            split.map_or("all".into(), |i| i.to_string()),
             split.map_or(String::new(), |_| format!(", then split at a batch top-2 gap of {gap:.3}"))
         );
     }
@@ -214,7 +228,7 @@ fn other_models_prompt_ids_and_free_running_greedy_equal_llama_cpp() {
         for (_, rec) in batch.iter().chain(&token) {
             let c = &rec.case;
             assert_eq!(c.model_sha256, sha, "{name}/{}: recorded with another file", c.name);
-            assert_eq!(tok.encode(&c.prompt_text, c.parse_special), c.prompt_ids, "{name}/{}: prompt ids", c.name);
+            assert_eq!(tok.tokenize(&c.prompt_text, c.add_special, c.parse_special), c.prompt_ids, "{name}/{}: prompt ids", c.name);
             // What `generate`/`dump` send: llama.cpp's tokenize with add_special (no BOS for these
             // vocabularies, which say add_bos_token = false).
             assert_eq!(worker_orcd::chat::prompt_ids(&tok, &c.prompt_text, c.parse_special), c.prompt_ids, "{name}/{}: prompt ids with add_special", c.name);

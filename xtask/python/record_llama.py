@@ -236,6 +236,74 @@ def render_chat(template: str, messages: list[dict[str, str]], bos: str, eos: st
     return tmpl.render(messages=messages, add_generation_prompt=True, bos_token=bos, eos_token=eos)
 
 
+def render_builtin(name: str, messages: list[dict[str, str]]) -> str:
+    """llama.cpp's own rendering of one of its built-in templates (`llama_chat_apply_template`
+    with a template *name*, e.g. "gemma"): for a model whose file carries no Jinja template."""
+    arr = (L.llama_chat_message * len(messages))()
+    keep = []
+    for i, m in enumerate(messages):
+        role, content = m["role"].encode(), m["content"].encode()
+        keep += [role, content]
+        arr[i].role, arr[i].content = role, content
+    size = 4096 + 2 * sum(len(m["content"]) for m in messages)
+    buf = ctypes.create_string_buffer(size)
+    n = L.llama_chat_apply_template(name.encode(), arr, len(messages), True, buf, size)
+    if n < 0 or n > size:
+        raise RuntimeError(f"llama_chat_apply_template({name!r}) returned {n}")
+    return buf.raw[:n].decode("utf-8")
+
+
+def prompt_for(model, vocab, spec: dict, cfg: dict) -> tuple[str, bool, bool, list | None]:
+    """(prompt_text, parse_special, add_special, messages) of a case. `cfg["add_special"]`
+    (default false) adds the model's BOS as llama.cpp's tokenizer does; `cfg["chat_template"]`
+    = "llama.cpp:<name>" renders chat cases with llama.cpp's built-in template of that name
+    instead of the file's Jinja template (which the file may lack)."""
+    add_special = bool(cfg.get("add_special", False))
+    kind = spec["kind"]
+    if kind == "plain":
+        return spec["prompt"], False, add_special, None
+    if kind != "chat":
+        raise ValueError(f"{spec['name']}: unknown kind {kind}")
+    messages = spec["messages"]
+    builtin = cfg.get("chat_template", "")
+    if builtin.startswith("llama.cpp:"):
+        return render_builtin(builtin.split(":", 1)[1], messages), True, add_special, messages
+    template = meta_str(model, "tokenizer.chat_template")
+    if template is None:
+        raise RuntimeError("model has no tokenizer.chat_template")
+    bos = token_text(vocab, L.llama_vocab_bos(vocab))
+    eos = token_text(vocab, L.llama_vocab_eos(vocab))
+    return render_chat(template, messages, bos, eos), True, add_special, messages
+
+
+def op_names_of(model) -> list[str]:
+    """The per-layer graph node names of the model's architecture (llama.cpp's cb names)."""
+    if meta_str(model, "general.architecture") == "gemma3":
+        return ["attn_norm", "Qcur", "Qcur_normed", "Kcur", "Kcur_normed", "Vcur", "kq", "kq_soft_max",
+                "kqv_out", "attn_out", "attn_post_norm", "sa_out", "ffn_norm", "ffn_gate", "ffn_up",
+                "ffn_geglu", "ffn_out", "ffn_post_norm", "l_out"]
+    return OP_NAMES
+
+
+_SWA: dict[int, int] = {}
+
+
+def swa_first_cell(model, il: int, pos: int) -> int:
+    """The first cell a query at `pos` attends to in layer `il`: 0, or on a sliding-window
+    layer (gemma3: llama.cpp's default pattern, il % 6 < 5, the file giving none) the window's."""
+    key = ctypes.cast(model, ctypes.c_void_p).value or 0
+    if key not in _SWA:
+        n_swa = L.llama_model_n_swa(model)
+        if n_swa > 0 and meta_str(model, "general.architecture") == "gemma3":
+            if meta_str(model, "gemma3.attention.sliding_window_pattern") is not None:
+                raise RuntimeError("the file gives its own sliding-window pattern: not mirrored here")
+        else:
+            n_swa = 0
+        _SWA[key] = n_swa
+    n_swa = _SWA[key]
+    return max(0, pos + 1 - n_swa) if n_swa > 0 and il % 6 < 5 else 0
+
+
 # ---------------------------------------------------------------------------
 # safetensors writer
 # ---------------------------------------------------------------------------
@@ -279,11 +347,11 @@ def token_text(vocab, tok: int) -> str:
     return buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
 
 
-def tokenize(vocab, text: str, parse_special: bool) -> list[int]:
+def tokenize(vocab, text: str, parse_special: bool, add_special: bool = False) -> list[int]:
     b = text.encode("utf-8")
     cap = len(b) + 16
     toks = (L.llama_token * cap)()
-    n = L.llama_tokenize(vocab, b, len(b), toks, cap, False, parse_special)
+    n = L.llama_tokenize(vocab, b, len(b), toks, cap, add_special, parse_special)
     if n < 0:
         raise RuntimeError(f"tokenize failed ({n})")
     return list(toks[:n])
@@ -354,23 +422,8 @@ def record_case(model, vocab, spec: dict, cfg: dict, cap: Capture, cb, version: 
     op_capture = bool(spec.get("op_capture", False))
     op_layers = [int(x) for x in cfg["op_layers"]] if op_capture else []
 
-    if kind == "plain":
-        prompt_text = spec["prompt"]
-        parse_special = False
-        messages = None
-    elif kind == "chat":
-        messages = spec["messages"]
-        template = meta_str(model, "tokenizer.chat_template")
-        if template is None:
-            raise RuntimeError("model has no tokenizer.chat_template")
-        bos = token_text(vocab, L.llama_vocab_bos(vocab))
-        eos = token_text(vocab, L.llama_vocab_eos(vocab))
-        prompt_text = render_chat(template, messages, bos, eos)
-        parse_special = True
-    else:
-        raise ValueError(f"{name}: unknown kind {kind}")
-
-    ids = tokenize(vocab, prompt_text, parse_special)
+    prompt_text, parse_special, add_special, messages = prompt_for(model, vocab, spec, cfg)
+    ids = tokenize(vocab, prompt_text, parse_special, add_special)
     n = len(ids)
     if n == 0 or n > N_BATCH or n + n_greedy > N_CTX:
         raise RuntimeError(f"{name}: bad prompt length {n}")
@@ -389,6 +442,8 @@ def record_case(model, vocab, spec: dict, cfg: dict, cap: Capture, cb, version: 
 
     row_names = ["embd"] + [f"l_out-{il}" for il in range(n_layer)] + ["result_norm"]
     op_names = {f"{op}-{il}" for il in op_layers for op in OP_NAMES}
+    if op_layers and op_names_of(model) != OP_NAMES:
+        raise RuntimeError(f"{name}: batch op captures are recorded for the llama family only (token mode hashes every op)")
     wanted = set(row_names) | op_names | {"result_output"}
 
     ctx = make_context(model, cap, cb)
@@ -515,7 +570,7 @@ def record_case(model, vocab, spec: dict, cfg: dict, cap: Capture, cb, version: 
     if messages is not None:
         case_meta["messages"] = messages
     case_meta.update({
-        "prompt_text": prompt_text,
+        "prompt_text": prompt_text, "add_special": add_special,
         "parse_special": parse_special,
         "prompt_ids": ids,
         "greedy_ids": g_ids,
@@ -587,7 +642,7 @@ def main() -> int:
         print("error: failed to load model", file=sys.stderr)
         return 2
     vocab = L.llama_model_get_vocab(model)
-    if meta_str(model, "tokenizer.ggml.add_bos_token") not in ("false", None):
+    if meta_str(model, "tokenizer.ggml.add_bos_token") not in ("false", None) and not cfg.get("add_special"):
         print("warning: model add_bos_token is not false; BOS is still NOT added", file=sys.stderr)
 
     version = (f"llama-cpp-python {llama_cpp.__version__}; ggml {GGML.ggml_version().decode()} "

@@ -107,8 +107,9 @@ def build_info(build_flags: str) -> dict[str, str]:
 class Step:
     """What one single-token decode produced: every wanted node, in graph order."""
 
-    def __init__(self, seen: list[dict[str, Any]], data: list[np.ndarray]):
+    def __init__(self, seen: list[dict[str, Any]], data: list[np.ndarray], model=None):
         self.nodes = list(zip(seen, data))
+        self.model = model
 
     def columns(self) -> list[str]:
         return [f"{s['ggml_name']}#{s['occurrence']}" for s, _ in self.nodes if s["op"] not in VIEW_OPS]
@@ -123,8 +124,10 @@ class Step:
                 continue
             name = s["ggml_name"]
             if name.startswith("kq-") or name.startswith("kq_soft_max-"):
-                # numpy [n_head, 1, n_kv_padded]: only the cells 0..=pos are attention.
-                d = d.reshape(d.shape[-3], d.shape[-1])[:, : pos + 1]
+                # numpy [n_head, 1, n_kv_padded]: only the cells 0..=pos are attention, on a
+                # sliding-window layer only those of the window (the others are masked).
+                first = R.swa_first_cell(self.model, int(name.rsplit("-", 1)[1]), pos) if self.model else 0
+                d = d.reshape(d.shape[-3], d.shape[-1])[:, first : pos + 1]
             out.append(row_hash(d))
         return out
 
@@ -141,14 +144,14 @@ class Step:
         raise KeyError(stored)
 
 
-def decode_one(ctx, cap: R.Capture, wanted: set[str], tok: int, pos: int, n_vocab: int) -> tuple[Step, np.ndarray]:
+def decode_one(ctx, cap: R.Capture, wanted: set[str], tok: int, pos: int, n_vocab: int, model=None) -> tuple[Step, np.ndarray]:
     cap.reset(wanted)
     R.decode(ctx, [tok], pos)
     if cap.error:
         raise cap.error
     lp = L.llama_get_logits_ith(ctx, -1)
     logits = np.ctypeslib.as_array(lp, shape=(n_vocab,)).astype(np.float32, copy=True)
-    step = Step(cap.seen, cap.data)
+    step = Step(cap.seen, cap.data, model)
     ro = step.get("result_output#0").reshape(-1)
     if not np.array_equal(ro, logits):
         raise RuntimeError(f"position {pos}: captured result_output != llama_get_logits")
@@ -168,20 +171,8 @@ def record_case(model, vocab, spec: dict, cfg: dict, cap: R.Capture, cb, build: 
     op_capture = bool(spec.get("token_op_capture", spec.get("op_capture", False)))
     op_layers = [int(x) for x in cfg["op_layers"]] if op_capture else []
 
-    messages = None
-    if kind == "plain":
-        prompt_text, parse_special = spec["prompt"], False
-    elif kind == "chat":
-        messages = spec["messages"]
-        template = R.meta_str(model, "tokenizer.chat_template")
-        if template is None:
-            raise RuntimeError("model has no tokenizer.chat_template")
-        bos = R.token_text(vocab, L.llama_vocab_bos(vocab))
-        eos = R.token_text(vocab, L.llama_vocab_eos(vocab))
-        prompt_text, parse_special = R.render_chat(template, messages, bos, eos), True
-    else:
-        raise ValueError(f"{name}: unknown kind {kind}")
-    ids = R.tokenize(vocab, prompt_text, parse_special)
+    prompt_text, parse_special, add_special, messages = R.prompt_for(model, vocab, spec, cfg)
+    ids = R.tokenize(vocab, prompt_text, parse_special, add_special)
     n = len(ids)
     if n == 0 or n + n_greedy > N_CTX:
         raise RuntimeError(f"{name}: bad prompt length {n}")
@@ -193,8 +184,11 @@ def record_case(model, vocab, spec: dict, cfg: dict, cap: R.Capture, cb, build: 
         row_pos = list(range(n))
     op_pos = set(range(n)) if op_positions == "all" else set(row_pos)
 
-    layer_names = [f"{op}-{il}" for il in range(n_layer) for op in R.OP_NAMES]
+    names = R.op_names_of(model)
+    layer_names = [f"{op}-{il}" for il in range(n_layer) for op in names]
     wanted = {"embd", "result_norm", "result_output"} | set(layer_names)
+    if names != R.OP_NAMES:
+        wanted.add("inp_scaled")
 
     ctx = make_context(model, cb)
     columns: list[str] | None = None
@@ -206,7 +200,7 @@ def record_case(model, vocab, spec: dict, cfg: dict, cap: R.Capture, cb, build: 
     logits_all: list[np.ndarray] = []
     g_ids, g_top_ids, g_top_vals, g_gap = [], [], [], []
     row_names = ["embd"] + [f"l_out-{il}" for il in range(n_layer)] + ["result_norm"]
-    op_stored = {f"{op}-{il}" for il in op_layers for op in R.OP_NAMES}
+    op_stored = {f"{op}-{il}" for il in op_layers for op in names}
 
     def absorb(step: Step, pos: int) -> None:
         nonlocal columns, column_ops
@@ -235,7 +229,7 @@ def record_case(model, vocab, spec: dict, cfg: dict, cap: R.Capture, cb, build: 
 
     try:
         for p, tok in enumerate(ids):
-            step, logits = decode_one(ctx, cap, wanted, tok, p, n_vocab)
+            step, logits = decode_one(ctx, cap, wanted, tok, p, n_vocab, model)
             absorb(step, p)
             logits_all.append(logits)
         cur = logits_all[-1]
@@ -248,7 +242,7 @@ def record_case(model, vocab, spec: dict, cfg: dict, cap: R.Capture, cb, build: 
             g_gap.append(float(np.float32(tv[0] - tv[1])))
             if s + 1 == n_greedy:
                 break
-            step, cur = decode_one(ctx, cap, wanted, tok, n + s, n_vocab)
+            step, cur = decode_one(ctx, cap, wanted, tok, n + s, n_vocab, model)
             absorb(step, n + s)
     finally:
         L.llama_free(ctx)
@@ -304,7 +298,7 @@ def record_case(model, vocab, spec: dict, cfg: dict, cap: R.Capture, cb, build: 
     if messages is not None:
         case_meta["messages"] = messages
     case_meta.update({
-        "prompt_text": prompt_text, "parse_special": parse_special, "prompt_ids": ids,
+        "prompt_text": prompt_text, "parse_special": parse_special, "add_special": add_special, "prompt_ids": ids,
         "greedy_ids": g_ids, "greedy_top2_gap": g_gap,
         "llama_cpp_version": f"llama-cpp-python {build['llama_cpp_python']}; ggml {build['ggml_version']} (commit {build['ggml_commit']}); CPU",
         "model_sha256": model_sha,

@@ -6,6 +6,7 @@
 //! split over threads in fixed chunks and each value is one sequential reduction, so results
 //! are bitwise identical for any thread count, and for any split of a prompt into batches.
 
+mod gemma3;
 pub mod kquant;
 pub mod lanes;
 pub mod ops;
@@ -15,7 +16,13 @@ pub mod simd;
 use std::sync::Arc;
 
 use crate::backend::{Backend, BackendError, LogitRows, Tap, TapPoint};
-use crate::model::{Model, ModelConfig, Weight};
+use crate::model::{Arch, Model, ModelConfig, Weight};
+
+/// The most positions one pass of a sliding-window model computes: its sliding-window layers
+/// keep a ring of `n_swa + SWA_BATCH - 1` cells (what the window of every position of a batch
+/// needs), and longer batches are computed in passes of this many positions (the results do
+/// not depend on the split).
+pub const SWA_BATCH: usize = 512;
 
 /// Planted faults for the replay harness's own tests (issue: replay must name each one).
 /// Only compiled with the `fault-injection` feature; release builds cannot reach them.
@@ -95,10 +102,15 @@ pub struct CpuBackend {
     rope: ops::Rope,
     norms: Vec<LayerNorms>,
     output_norm: Vec<f32>,
-    /// Per layer, (n_ctx, kv_dim) keys and values after RoPE (keys) as f32 (llama.cpp with an
-    /// F32 cache, which the reference recordings use).
+    /// Per layer, (cells, kv_dim) keys and values after RoPE (keys) as f32 (llama.cpp with an
+    /// F32 cache, which the reference recordings use): position p in cell `p % cells[l]`, where
+    /// cells is n_ctx, or for a sliding-window layer the ring its window needs.
     k_cache: Vec<Vec<f32>>,
     v_cache: Vec<Vec<f32>>,
+    cells: Vec<usize>,
+    /// gemma3's extra norms, and each layer's RoPE (sliding-window layers have their own base).
+    gemma: Vec<gemma3::GemmaNorms>,
+    layer_ropes: Vec<ops::Rope>,
     n_cached: usize,
     n_ctx: usize,
     pool: Arc<rayon::ThreadPool>,
@@ -129,13 +141,31 @@ impl CpuBackend {
                 bv: opt(&l.bv),
             })
             .collect();
-        let kv = n_ctx * c.kv_dim();
+        let cells: Vec<usize> = (0..c.n_layers).map(|l| if c.is_swa(l) { n_ctx.min(c.n_swa + SWA_BATCH - 1) } else { n_ctx }).collect();
+        let gemma = if c.arch == Arch::Gemma3 {
+            let v = |w: &Option<Weight>| w.as_ref().map(|w| model.f32_vec(w)).expect("gemma3 layers carry their norms (checked at load)");
+            model
+                .layers
+                .iter()
+                .map(|l| gemma3::GemmaNorms {
+                    q_norm: v(&l.attn_q_norm),
+                    k_norm: v(&l.attn_k_norm),
+                    attn_post_norm: v(&l.attn_post_norm),
+                    ffn_post_norm: v(&l.ffn_post_norm),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(CpuBackend {
             rope: model.rope(),
+            layer_ropes: (0..c.n_layers).map(|l| model.layer_rope(l)).collect(),
             output_norm: model.f32_vec(&model.output_norm),
             norms,
-            k_cache: (0..c.n_layers).map(|_| vec![0.0; kv]).collect(),
-            v_cache: (0..c.n_layers).map(|_| vec![0.0; kv]).collect(),
+            k_cache: cells.iter().map(|&n| vec![0.0; n * c.kv_dim()]).collect(),
+            v_cache: cells.iter().map(|&n| vec![0.0; n * c.kv_dim()]).collect(),
+            cells,
+            gemma,
             n_cached: 0,
             n_ctx,
             pool,
@@ -146,6 +176,24 @@ impl CpuBackend {
 
     pub fn model(&self) -> &Arc<Model> {
         &self.model
+    }
+
+    /// This backend with every layer keeping every position (llama.cpp's `swa_full`): the
+    /// reference the sliding-window rings are checked against. Call before any forward pass.
+    pub fn with_full_window_caches(mut self) -> CpuBackend {
+        let kv = self.model.config.kv_dim();
+        for l in 0..self.cells.len() {
+            self.cells[l] = self.n_ctx;
+            self.k_cache[l] = vec![0.0; self.n_ctx * kv];
+            self.v_cache[l] = vec![0.0; self.n_ctx * kv];
+        }
+        self.n_cached = 0;
+        self
+    }
+
+    /// Cells of each layer's KV cache (n_ctx, or a sliding-window layer's ring).
+    pub fn cache_cells(&self) -> &[usize] {
+        &self.cells
     }
 
     fn matmul(&self, w: &Weight, x: &[f32], n_tok: usize) -> Vec<f32> {
@@ -310,7 +358,15 @@ impl CpuBackend {
             tap.record(TapPoint::Embd, pos0, n, &x);
         }
 
-        let xn = self.decoder_layers(&mut x, pos0, n, tap);
+        let xn = if c.arch == Arch::Gemma3 {
+            self.gemma3_scale_embeddings(&mut x);
+            if tap.wants(TapPoint::InpScaled) {
+                tap.record(TapPoint::InpScaled, pos0, n, &x);
+            }
+            self.gemma3_layers(&mut x, pos0, n, tap)
+        } else {
+            self.decoder_layers(&mut x, pos0, n, tap)
+        };
         let (first, count) = match rows {
             LogitRows::All => (0, n),
             LogitRows::Last => (n - 1, 1),
@@ -349,7 +405,10 @@ impl Backend for CpuBackend {
     }
 
     fn truncate(&mut self, pos: usize) {
-        self.n_cached = self.n_cached.min(pos);
+        // A sliding-window ring holds the windows of the last SWA_BATCH positions: going back
+        // further, the cells the window of `pos` needs were overwritten, so nothing is kept.
+        let lost = self.model.config.n_swa > 0 && self.n_cached > pos + SWA_BATCH;
+        self.n_cached = if lost { 0 } else { self.n_cached.min(pos) };
     }
 
     fn forward(&mut self, tokens: &[u32], pos0: usize, rows: LogitRows, tap: &mut dyn Tap) -> Result<Vec<f32>, BackendError> {
@@ -364,10 +423,22 @@ impl Backend for CpuBackend {
         let pool = Arc::clone(&self.pool);
         #[cfg(feature = "fault-injection")]
         let planted = faults::current();
+        // A ring of sliding-window cells holds the windows of at most SWA_BATCH positions.
+        let step = if self.model.config.n_swa > 0 { SWA_BATCH } else { tokens.len() };
         let logits = pool.install(|| {
             #[cfg(feature = "fault-injection")]
             faults::set(planted);
-            let logits = self.forward_inner(tokens, pos0, rows, tap);
+            let mut logits = Vec::new();
+            for (i, chunk) in tokens.chunks(step).enumerate() {
+                let start = i * step;
+                let last = start + chunk.len() == tokens.len();
+                let chunk_rows = match rows {
+                    LogitRows::All => LogitRows::All,
+                    LogitRows::Last if last => LogitRows::Last,
+                    _ => LogitRows::None,
+                };
+                logits.extend(self.forward_inner(chunk, pos0 + start, chunk_rows, tap));
+            }
             #[cfg(feature = "fault-injection")]
             faults::set(Fault::None);
             logits

@@ -218,46 +218,156 @@ pub fn attention_with(
     n_kv_heads: usize,
     head_dim: usize,
     out: &mut [f32],
+    kq_out: Option<&mut [f32]>,
+    probs_out: Option<&mut [f32]>,
+) {
+    let window = Window { first: 0, cells: usize::MAX, scale: 1.0f32 / (head_dim as f32).sqrt() };
+    attention_window(vec_dot_f32, q, k_cache, v_cache, n_kv, &window, n_heads, n_kv_heads, head_dim, out, kq_out, probs_out)
+}
+
+/// Which cached positions a query attends to and how its scores are scaled.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// The first position attended to (0, or the start of a sliding window: llama.cpp masks the
+    /// cells before it with -inf, so they add exact zeros to every sum).
+    pub first: usize,
+    /// Cells of the cache: position p is kept in cell `p % cells` (a ring for sliding-window
+    /// layers; `usize::MAX` or the context size otherwise, where the cell is the position).
+    pub cells: usize,
+    /// The factor of the scores in the softmax (`ggml_soft_max_ext`'s `scale`).
+    pub scale: f32,
+}
+
+/// Attention of one query position over the positions `window.first..n_kv`, the rest masked:
+/// as [`attention`], with every reduction laid out over *positions* exactly as ggml lays it out
+/// over the cells of a cache that keeps every position (llama.cpp's cell = position there):
+/// the softmax's groups of eight and the value products' 32-lane chunks start at the same
+/// multiples of 8 and 32, and the masked positions before the window, whose exponentials and
+/// products are exact zeros, are skipped. A ring of `cells` cells therefore gives the bits of a
+/// full cache. `kq_out`/`probs_out` rows are (n_heads, n_kv), masked positions left 0.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn attention_window(
+    vec_dot_f32: impl Fn(&[f32], &[f32]) -> f32,
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    n_kv: usize,
+    window: &Window,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    out: &mut [f32],
     mut kq_out: Option<&mut [f32]>,
     mut probs_out: Option<&mut [f32]>,
 ) {
     let group = n_heads / n_kv_heads;
     let kv_stride = n_kv_heads * head_dim;
-    let scale = 1.0f32 / (head_dim as f32).sqrt();
+    let first = window.first.min(n_kv.saturating_sub(1));
+    let base = first / 32 * 32;
     let padded = n_kv.next_multiple_of(32);
-    let mut probs = vec![0.0f32; padded];
-    // V transposed for this KV head, one zero-padded column of `padded` cells per element
+    let width = padded - base;
+    let cell = |j: usize| j % window.cells;
+    // probs[i] is position base + i.
+    let mut probs = vec![0.0f32; width];
+    // V transposed for this KV head, one zero-padded column of `width` positions per element
     // (ggml keeps V transposed in its cache, so its `vec_dot_f32` reads such columns): built
     // once per KV head and shared by the heads of its group. Only where the values sit changes.
-    let mut v_t = vec![0.0f32; head_dim * padded];
+    let mut v_t = vec![0.0f32; head_dim * width];
     for h in 0..n_heads {
         let kvh = h / group;
         if h % group == 0 {
-            for j in 0..n_kv {
-                let row = &v_cache[j * kv_stride + kvh * head_dim..][..head_dim];
+            for j in first..n_kv {
+                let row = &v_cache[cell(j) * kv_stride + kvh * head_dim..][..head_dim];
                 for (d, &v) in row.iter().enumerate() {
-                    v_t[d * padded + j] = v;
+                    v_t[d * width + j - base] = v;
                 }
             }
         }
         let qh = &q[h * head_dim..(h + 1) * head_dim];
-        for (j, s) in probs[..n_kv].iter_mut().enumerate() {
-            *s = vec_dot_f32(&k_cache[j * kv_stride + kvh * head_dim..][..head_dim], qh);
+        let live = first - base..n_kv - base;
+        for (i, s) in probs[live.clone()].iter_mut().enumerate() {
+            *s = vec_dot_f32(&k_cache[cell(first + i) * kv_stride + kvh * head_dim..][..head_dim], qh);
         }
         if let Some(k) = kq_out.as_deref_mut() {
-            k[h * n_kv..(h + 1) * n_kv].copy_from_slice(&probs[..n_kv]);
+            k[h * n_kv + first..(h + 1) * n_kv].copy_from_slice(&probs[live.clone()]);
         }
-        for s in probs[..n_kv].iter_mut() {
-            *s *= scale;
+        if window.scale != 1.0 {
+            for s in probs[live.clone()].iter_mut() {
+                *s *= window.scale;
+            }
         }
-        softmax(&mut probs[..n_kv]);
+        // The masked positions of the group of eight the window starts in are -inf in ggml's row.
+        for s in probs[..first - base].iter_mut() {
+            *s = f32::NEG_INFINITY;
+        }
+        softmax(&mut probs[first / 8 * 8 - base..n_kv - base]);
         if let Some(p) = probs_out.as_deref_mut() {
-            p[h * n_kv..(h + 1) * n_kv].copy_from_slice(&probs[..n_kv]);
+            p[h * n_kv + first..(h + 1) * n_kv].copy_from_slice(&probs[live.clone()]);
         }
+        // Masked positions carry probability 0 into the value products (the cells after n_kv
+        // were never written).
+        probs[..first - base].fill(0.0);
         let oh = &mut out[h * head_dim..(h + 1) * head_dim];
         for (d, o) in oh.iter_mut().enumerate() {
-            *o = vec_dot_f32(&v_t[d * padded..(d + 1) * padded], &probs);
+            *o = vec_dot_f32(&v_t[d * width..(d + 1) * width], &probs);
         }
+    }
+}
+
+/// ggml's GELU in f32 (`ggml_gelu_f32`, the tanh approximation), with the one contraction GCC
+/// makes of it where FMA is enabled (ggml-cpu is built with `-mfma` and GNU C's default
+/// `-ffp-contract=fast`): `1 + a*x*x` becomes `fma(a*x, x, 1)`. `tanhf` is the C library's.
+pub fn gelu_f32(x: f32) -> f32 {
+    const GELU_COEF_A: f32 = 0.044715;
+    const SQRT_2_OVER_PI: f32 = 0.797_884_560_802_865_4;
+    let inner = (GELU_COEF_A * x).mul_add(x, 1.0);
+    0.5 * x * (1.0 + libm_tanhf(SQRT_2_OVER_PI * x * inner))
+}
+
+/// The C library's `tanhf` (glibc on the reference machine: ggml calls it, and Rust's
+/// `f32::tanh` calls the same symbol).
+#[inline(always)]
+fn libm_tanhf(x: f32) -> f32 {
+    x.tanh()
+}
+
+/// ggml's GELU table (`ggml_table_gelu_f16`, built by `ggml_cpu_init`): for every f16 bit
+/// pattern, the f16 of [`gelu_f32`] of its value. 128 KB, built once. A NaN input gives the
+/// quiet NaN of its sign without payload (0x7e00 / 0xfe00), as the compiled C does: x86 carries
+/// the first operand's NaN through a product, and there that operand is `1 + tanhf(NaN)`.
+pub fn gelu_table() -> &'static [u16; 1 << 16] {
+    static TABLE: std::sync::OnceLock<Box<[u16; 1 << 16]>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = Box::new([0u16; 1 << 16]);
+        for (i, e) in t.iter_mut().enumerate() {
+            let x = f16::from_bits(i as u16);
+            *e = if x.is_nan() { 0x7e00 | (i as u16 & 0x8000) } else { f16::from_f32(gelu_f32(x.to_f32())).to_bits() };
+        }
+        t
+    })
+}
+
+/// `geglu`: out = gelu(gate) * up, element-wise, as `ggml_vec_geglu_f32` with `GGML_GELU_FP16`
+/// (ggml's build): gate <= -10 gives 0, gate >= 10 gives gate * up, otherwise the table entry of
+/// gate rounded to f16 (round to nearest even), widened, times up.
+pub fn geglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    let table = gelu_table();
+    for ((o, &x), &g) in out.iter_mut().zip(gate).zip(up) {
+        *o = if x <= -10.0 {
+            0.0
+        } else if x >= 10.0 {
+            x * g
+        } else {
+            f16::from_bits(table[f16::from_f32(x).to_bits() as usize]).to_f32() * g
+        };
+    }
+}
+
+/// `scale`: x *= s, element-wise (`ggml_scale` with no bias: `ggml_vec_scale_f32`).
+pub fn scale(x: &mut [f32], s: f32) {
+    for v in x.iter_mut() {
+        *v *= s;
     }
 }
 

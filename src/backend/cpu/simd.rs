@@ -213,6 +213,29 @@ pub fn attention(
     ops::attention(q, k_cache, v_cache, n_kv, n_heads, n_kv_heads, head_dim, out, kq_out, probs_out)
 }
 
+/// [`ops::attention_window`] with the AVX2 `ggml_vec_dot_f32` where the CPU has it.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_window(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    n_kv: usize,
+    window: &ops::Window,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    out: &mut [f32],
+    kq_out: Option<&mut [f32]>,
+    probs_out: Option<&mut [f32]>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: AVX2 and FMA are present (checked above).
+        return unsafe { x86::attention_window(q, k_cache, v_cache, n_kv, window, n_heads, n_kv_heads, head_dim, out, kq_out, probs_out) };
+    }
+    ops::attention_window(quant::vec_dot_f32, q, k_cache, v_cache, n_kv, window, n_heads, n_kv_heads, head_dim, out, kq_out, probs_out)
+}
+
 /// [`ops::swiglu`] compiled for AVX2 + FMA where the CPU has them (see [`attention`]).
 pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -691,6 +714,25 @@ mod x86 {
         // spec's bit for bit: `simd_vec_dot_f32_equals_the_spec`).
         let dot = |x: &[f32], y: &[f32]| if x.len() % 32 == 0 { vec_dot_f32(x, y) } else { quant::vec_dot_f32(x, y) };
         ops::attention_with(dot, q, k_cache, v_cache, n_kv, n_heads, n_kv_heads, head_dim, out, kq_out, probs_out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn attention_window(
+        q: &[f32],
+        k_cache: &[f32],
+        v_cache: &[f32],
+        n_kv: usize,
+        window: &ops::Window,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        out: &mut [f32],
+        kq_out: Option<&mut [f32]>,
+        probs_out: Option<&mut [f32]>,
+    ) {
+        let dot = |x: &[f32], y: &[f32]| if x.len() % 32 == 0 { vec_dot_f32(x, y) } else { quant::vec_dot_f32(x, y) };
+        ops::attention_window(dot, q, k_cache, v_cache, n_kv, window, n_heads, n_kv_heads, head_dim, out, kq_out, probs_out)
     }
 
     /// An f32 rounded to f16 and widened back (F16C, round to nearest even as `half`'s).
