@@ -156,6 +156,13 @@ pub struct CudaBackend {
     barrier_base: u32,
 }
 
+/// Whether the CUDA forward pass implements architecture `arch`: the llama family (llama,
+/// qwen2). gemma3 runs on the CPU backend only for now (its Q/K norms, post-norms, GEGLU,
+/// wider Q and sliding window have no kernels yet).
+pub fn runs_arch(arch: crate::model::Arch) -> bool {
+    !matches!(arch, crate::model::Arch::Gemma3)
+}
+
 /// Whether the CUDA forward pass runs matrices of type `t` (see [`check_types`]).
 pub fn runs_type(t: GgmlType) -> bool {
     matches!(t, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::F16 | GgmlType::BF16 | GgmlType::F32) || ops::kquant_kernel(t).is_some()
@@ -209,6 +216,12 @@ impl CudaBackend {
     /// Loads `model` onto GPU 0 with a KV cache of `n_ctx` positions (at most the model's
     /// training context). Fails with `Unavailable` where CUDA or a GPU is missing.
     pub fn new(model: Arc<Model>, n_ctx: usize) -> Result<CudaBackend, BackendError> {
+        if !runs_arch(model.config.arch) {
+            return Err(unavailable(format!(
+                "the {} architecture runs on the cpu backend only: the CUDA kernels for it are not written yet",
+                model.config.arch.name()
+            )));
+        }
         check_types(&model)?;
         let gpu = Gpu::open(0)?;
         let c = model.config.clone();
