@@ -80,14 +80,10 @@ fn info() -> Result<()> {
     Ok(())
 }
 
+/// The recordings directly in `dir`, by the one corpus loader (`reference::load_dir`).
 fn corpus(dir: &Path) -> Result<Vec<ReferenceRecording>> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.to_string_lossy().ends_with(".safetensors.zst"))
-        .collect();
-    paths.sort();
-    paths.iter().map(|p| ReferenceRecording::open(p).with_context(|| p.display().to_string())).collect()
+    let recs = worker_orcd::reference::load_dir(dir).with_context(|| format!("reading the corpus in {}", dir.display()))?;
+    Ok(recs.into_iter().map(|(_, r)| r).collect())
 }
 
 fn max_row_nmse(a: &[f32], b: &[f32], width: usize) -> f64 {
