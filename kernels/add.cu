@@ -18,3 +18,11 @@ extern "C" __global__ void exp_f32(const float* __restrict__ x, float* __restric
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = expf_glibc(x[i]);
 }
+
+// scale_f32: matches backend::cpu::ops::scale (`x *= s`, ggml_scale without bias). Launch as add_f32.
+extern "C" __global__ void scale_f32(float* __restrict__ x, float s, int n) {
+    pdl_launch();
+    pdl_wait();
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] = x[i] * s;
+}

@@ -154,3 +154,92 @@ extern "C" __global__ void attention_f32(const float* q, const float* k_cache, c
     attention_head(q, k_cache, v_cache, out, aq, ads, params, n_heads, n_kv_heads, head_dim, scale, blockIdx.x,
                    blockIdx.y, false);
 }
+
+// attention_window_f32: matches backend::cpu::ops::attention_window (gemma3): attention of query
+// position pos = pos0 + t (pos0 = params[0]) over the positions first..=pos, first = 0 or, when
+// n_swa > 0, max(0, pos + 1 - n_swa) (a sliding window), the positions before it masked. The
+// cache keeps every position (cell = position), so every reduction is laid out as the CPU's:
+// scores by vec_dot_f32_ref times `scale`, the exact max over the window, exponentials by v_expf
+// (masked positions exactly 0), group sums of eight by hsum_float_8's tree added in f64 in
+// order, probabilities e * (float)(1/sum), and each channel's ggml_vec_dot_f32 of the values
+// over the cells in 32 lanes by cell index (masked cells contribute nothing, as the CPU skips
+// them). Unlike attention_f32 it stages nothing: K and V are read from global memory, one
+// channel per thread, so it serves heads up to the block size (256 for gemma3's head_dim 256).
+// Launch: grid (n_heads, n_tok), block >= head_dim (a multiple of 32), dynamic shared memory
+// (head_dim + n_ctx + n_ctx/8 + 8) floats.
+extern "C" __global__ void attention_window_f32(const float* __restrict__ q, const float* __restrict__ k_cache,
+                                                const float* __restrict__ v_cache, float* __restrict__ out,
+                                                i8* __restrict__ aq, float2* __restrict__ ads,
+                                                const int* __restrict__ params, int n_heads, int n_kv_heads,
+                                                int head_dim, float scale, int n_swa) {
+    pdl_launch();
+    pdl_wait();
+    extern __shared__ float sh[];
+    __shared__ float fscratch[32];
+    const int h = blockIdx.x;
+    const size_t t = blockIdx.y;
+    const int dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim;
+    const int pos = params[0] + (int)t;
+    const int n_kv = pos + 1;
+    const int first = n_swa > 0 ? max(0, pos + 1 - n_swa) : 0;
+    const int kvh = h / (n_heads / n_kv_heads);
+    float* qh = sh;
+    float* s = sh + head_dim;
+    float* gsum = s + ((n_kv + 7) & ~7);
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qh[d] = q[t * dim + h * head_dim + d];
+    __syncthreads();
+    float local_max = NEG_INF;
+    for (int j = first + threadIdx.x; j < n_kv; j += blockDim.x) {
+        float v = vec_dot_f32_ref(k_cache + (size_t)j * kv_dim + kvh * head_dim, qh, head_dim) * scale;
+        s[j] = v;
+        local_max = fmaxf(local_max, v);
+    }
+    float max = block_max_f32(local_max, fscratch);
+    for (int j = threadIdx.x; j < n_kv; j += blockDim.x) s[j] = j < first ? 0.0f : v_expf(s[j] - max);
+    __syncthreads();
+    const int n_groups = (n_kv + 7) / 8;
+    for (int gi = threadIdx.x; gi < n_groups; gi += blockDim.x) {
+        float x[8];
+#pragma unroll
+        for (int l = 0; l < 8; l++) x[l] = 8 * gi + l < n_kv ? s[8 * gi + l] : 0.0f;
+        gsum[gi] = ((x[4] + x[0]) + (x[6] + x[2])) + ((x[5] + x[1]) + (x[7] + x[3]));
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double sum = 0.0;
+        for (int gi = first / 8; gi < n_groups; gi++) sum += (double)gsum[gi];
+        fscratch[0] = (float)(1.0 / sum);
+    }
+    __syncthreads();
+    const float inv = fscratch[0];
+    for (int j = threadIdx.x; j < n_kv; j += blockDim.x) s[j] *= inv;
+    __syncthreads();
+    const int d = threadIdx.x;
+    float acc32[32];
+#pragma unroll
+    for (int i = 0; i < 32; i++) acc32[i] = 0.0f;
+    if (d < head_dim) {
+        const float* vc = v_cache + kvh * head_dim + d;
+        for (int j0 = first / 32 * 32; j0 < n_kv; j0 += 32) {
+#pragma unroll
+            for (int u = 0; u < 32; u++) {
+                int j = j0 + u;
+                if (j >= first && j < n_kv) acc32[u] = fmaf(vc[(size_t)j * kv_dim], s[j], acc32[u]);
+            }
+        }
+    }
+    const float acc = reduce_f32x8_4(acc32);
+    __syncthreads();
+    if (d < head_dim) {
+        out[t * dim + h * head_dim + d] = acc;
+        qh[d] = acc;
+    }
+    if (aq) {
+        __syncthreads();
+        int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+        for (int b = warp; b < head_dim / QK; b += n_warps) {
+            int blk = (h * head_dim) / QK + b;
+            quantize_block_warp(qh[b * QK + lane], aq + t * dim + blk * QK, ads + t * (dim / QK) + blk);
+        }
+    }
+}

@@ -36,3 +36,17 @@ extern "C" __global__ void rmsnorm_q8(const float* __restrict__ x, const float* 
     pdl_wait();
     rmsnorm_q8_row(x, w, out, tap, aq, ads, dim, eps, blockIdx.x);
 }
+
+// head_rmsnorm_f32: matches backend::cpu::ops::rmsnorm over each head of a strided buffer, in
+// place (gemma3's per-head Q and K norms): row (t, h) is x[t * stride + off + h * head_dim ..
+// + head_dim], normalized with rms_scale (as rmsnorm_f32) and multiplied by w (head_dim).
+// Launch: grid (n_tok, n_heads), block 128, no dynamic shared memory.
+extern "C" __global__ void head_rmsnorm_f32(float* x, int stride, int off, int head_dim,
+                                            const float* __restrict__ w, float eps) {
+    pdl_launch();
+    pdl_wait();
+    float* xr = x + (size_t)blockIdx.x * stride + off + (size_t)blockIdx.y * head_dim;
+    float scale = rms_scale(xr, head_dim, eps);
+    __syncthreads();
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) xr[i] = (xr[i] * scale) * w[i];
+}

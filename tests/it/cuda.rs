@@ -913,3 +913,88 @@ fn qwen_q8_0_matches_cpu_bitwise() {
     let Some(_g) = gpu() else { return };
     named_model_matches_cpu_bitwise("qwen2.5-coder-0.5b-q8_0");
 }
+
+// ---------------------------------------------------------------------------------------------
+// gemma3 (CPU reference: backend::cpu::gemma3)
+// ---------------------------------------------------------------------------------------------
+
+/// `geglu_f32` against `ops::geglu` on seeded gates, the table's thresholds (-10, 10) and the
+/// values past them included.
+#[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
+fn geglu_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(1729);
+    let (n_tok, n) = (3, 2048);
+    let gate: Vec<f32> = (0..n_tok * n)
+        .map(|i| match i % 101 {
+            0 => -10.0,
+            1 => 10.0,
+            2 => -12.5,
+            3 => 14.0,
+            4 => 0.0,
+            _ => rng.f32(-8.0, 8.0),
+        })
+        .collect();
+    let up = rng.vec(n_tok * n, -3.0, 3.0);
+    let mut want = vec![0.0; gate.len()];
+    ops::geglu(&gate, &up, &mut want);
+    exact("geglu_f32", &gops::geglu(&g, &gate, &up, n_tok).unwrap(), &want);
+}
+
+/// The tiny random gemma3 (window 8, heads of 64, Q wider than the model): prefill at every tap
+/// (head norms, windowed attention, post-norms, GEGLU), in chunks, and decode steps past the
+/// window, bit-identical to the CPU backend.
+#[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
+fn tiny_gemma3_matches_cpu_at_every_tap_in_chunks_and_decoding() {
+    let Some(_g) = gpu() else { return };
+    for ty in [GgmlType::Q8_0, GgmlType::Q5_0] {
+        let m = tiny_model_of(ty, Variant::Gemma3);
+        let tokens: Vec<u32> = (0..41).map(|i| (i * 131 + 7) % 512).collect();
+        let mut cpu = CpuBackend::new(Arc::clone(&m), 256, 2).unwrap();
+        let mut gpu_b = CudaBackend::new(Arc::clone(&m), 256).unwrap();
+        let (mut t_cpu, mut t_gpu) = (CaptureTap::all(), CaptureTap::all());
+        let want = cpu.forward(&tokens, 0, LogitRows::All, &mut t_cpu).unwrap();
+        let got = gpu_b.forward(&tokens, 0, LogitRows::All, &mut t_gpu).unwrap();
+        exact(&format!("tiny gemma3 {} logits", ty.name()), &got, &want);
+        compare_taps(&format!("tiny gemma3 {} taps", ty.name()), &t_gpu, &t_cpu);
+        for chunk in [1, 7, 16] {
+            gpu_b.truncate(0);
+            let mut got = Vec::new();
+            for (i, c) in tokens.chunks(chunk).enumerate() {
+                got.extend(gpu_b.forward(c, i * chunk, LogitRows::All, &mut NoTap).unwrap());
+            }
+            assert_eq!(bits(&got), bits(&want), "tiny gemma3 {}: chunks of {chunk}", ty.name());
+        }
+        let (want, want_taps) = decode_steps(&mut cpu, &tokens[..5], &tokens[5..30], true);
+        let (got, taps) = decode_steps(&mut gpu_b, &tokens[..5], &tokens[5..30], true);
+        assert_eq!(got, want, "tiny gemma3 {}: decode logits", ty.name());
+        compare_taps(&format!("tiny gemma3 {} decode taps", ty.name()), &taps, &want_taps);
+        println!("tiny gemma3 {}: prefill (every tap), chunks 1/7/16, 25 decode steps past the window: bit-identical to the CPU backend", ty.name());
+    }
+}
+
+/// Gemma-3-270M Q4_K_M as published: a 527-token prefill (past the 512-position window) at the
+/// recorded taps and 16 decode steps, bit-identical to the CPU backend (which is bit-identical
+/// to llama.cpp: recordings/llama.cpp/gemma3-270m-q4_k_m/token).
+#[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
+fn gemma3_270m_matches_cpu_bitwise_past_the_window() {
+    let Some(_g) = gpu() else { return };
+    let path = worker_orcd::fetch::fetch_named("gemma3-270m-q4_k_m").unwrap_or_else(|e| panic!("cargo xtask fetch-model gemma3-270m-q4_k_m: {e}"));
+    let m = Arc::new(Model::open(&path).unwrap());
+    let tokens: Vec<u32> = (0..560u32).map(|i| (i * 7919 + 13) % 262_000).collect();
+    let (prompt, steps) = (&tokens[..527], &tokens[527..543]);
+    let mut cpu = CpuBackend::new(Arc::clone(&m), 1024, 0).unwrap();
+    let mut gpu_b = CudaBackend::new(Arc::clone(&m), 1024).unwrap();
+    let (mut t_cpu, mut t_gpu) = (CaptureTap::recorded(), CaptureTap::recorded());
+    let want = cpu.forward(prompt, 0, LogitRows::Last, &mut t_cpu).unwrap();
+    let got = gpu_b.forward(prompt, 0, LogitRows::Last, &mut t_gpu).unwrap();
+    exact("gemma3-270m prefill logits", &got, &want);
+    compare_taps("gemma3-270m prefill taps", &t_gpu, &t_cpu);
+    let (want, _) = decode_steps(&mut cpu, prompt, steps, false);
+    let (got, _) = decode_steps(&mut gpu_b, prompt, steps, false);
+    assert_eq!(got, want, "gemma3-270m decode logits");
+    println!("gemma3-270m: 527-token prefill (taps, logits) and 16 decode steps: bit-identical to the CPU backend");
+}

@@ -142,6 +142,16 @@ impl CudaBackend {
         };
         let debug = (0..c.n_layers).any(|l| debug_points(l).iter().any(|&p| tap.wants(p)));
         let trace = !debug && (tap.wants(TapPoint::Embd) || tap.wants(TapPoint::ResultNorm) || (0..c.n_layers).any(|l| tap.wants(TapPoint::LOut(l))));
+        // gemma3 runs per op and serves every tap by downloading it after its kernel.
+        let gemma = c.arch == crate::model::Arch::Gemma3;
+        let gemma_taps = gemma
+            && (tap.wants(TapPoint::InpScaled)
+                || (0..c.n_layers).any(|l| {
+                    [TapPoint::QNorm(l), TapPoint::KNorm(l), TapPoint::AttnPostNorm(l), TapPoint::FfnGeglu(l), TapPoint::FfnPostNorm(l)]
+                        .iter()
+                        .any(|&p| tap.wants(p))
+                }));
+        let (debug, trace) = if gemma && (debug || trace || gemma_taps) { (true, false) } else { (debug, trace) };
 
         // Upload pos0 and the ids (the only host-to-device copy of a step).
         {
@@ -269,6 +279,14 @@ impl CudaBackend {
 
         launch_embedding(g, &self.embd, tokens, s.x, tap_slot(0), n)?;
         emit(&mut dbg, TapPoint::Embd, s.x, dim, 0)?;
+        if c.arch == crate::model::Arch::Gemma3 {
+            super::ops::launch_scale(g, s.x, (dim as f32).sqrt(), n * dim)?;
+            emit(&mut dbg, TapPoint::InpScaled, s.x, dim, 0)?;
+            g.set_overlap(dbg.is_none());
+            let r = self.encode_gemma3_layers(n, first, count, dbg, pos0, emit, strided);
+            g.set_overlap(false);
+            return r;
+        }
         if let (true, true, Ok(p)) = (n == 1 && dbg.is_none(), self.use_persistent, &self.persistent) {
             let c = &self.model.config;
             let bufs = StepBuffers {
@@ -462,6 +480,123 @@ impl CudaBackend {
             matvec_act(g, &self.output, &s.xn, first, count, s.logits, c.n_vocab, Epilogue::Store)?;
         }
         Ok(())
+    }
+
+    /// The gemma3 layers on the scaled embeddings in `s.x`, per op, in the order of
+    /// `backend::cpu::gemma3` (its reference), then the final norm and the logits rows.
+    #[allow(clippy::too_many_arguments)]
+    fn encode_gemma3_layers(
+        &self,
+        n: usize,
+        first: usize,
+        count: usize,
+        mut dbg: Option<&mut dyn Tap>,
+        pos0: usize,
+        emit: impl Fn(&mut Option<&mut dyn Tap>, TapPoint, u64, usize, u64) -> Result<(), BackendError>,
+        strided: impl Fn(u64, usize, usize, usize) -> Result<Vec<f32>, BackendError>,
+    ) -> Result<(), BackendError> {
+        use super::ops::{launch_add, launch_attention_window, launch_geglu, launch_head_rmsnorm, launch_scale};
+        let c = &self.model.config;
+        let g = &self.gpu;
+        let s = &self.scratch;
+        let (dim, kv_dim, hd, ffn, qd) = (c.dim, c.kv_dim(), c.head_dim, c.ffn_dim, c.q_dim());
+        let attn_scale = c.attn_scale.expect("gemma3 configs carry their attention scale");
+        let qkv_w = qd + 2 * kv_dim;
+        let layer_kv = self.n_ctx * kv_dim * F32;
+        for (l, lw) in self.layers.iter().enumerate() {
+            let gd = lw.gemma.expect("gemma3 layers carry their device norms");
+            let kc = self.k_cache.ptr() + (l * layer_kv) as u64;
+            let vc = self.v_cache.ptr() + (l * layer_kv) as u64;
+            self.rmsnorm_q8(s.x, lw.attn_norm, &s.xn, 0, n)?;
+            emit(&mut dbg, TapPoint::AttnNorm(l), s.xn.f32, dim, 0)?;
+            matvec_group(g, &lw.qkv, &s.xn, n, s.qkv, qkv_w)?;
+            let points = [
+                (TapPoint::Q(l), TapPoint::QNorm(l), 0, qd),
+                (TapPoint::K(l), TapPoint::KNorm(l), qd, kv_dim),
+                (TapPoint::V(l), TapPoint::V(l), qd + kv_dim, kv_dim),
+            ];
+            let record = |dbg: &mut Option<&mut dyn Tap>, p: TapPoint, off: usize, w: usize| -> Result<(), BackendError> {
+                if let Some(tap) = dbg.as_deref_mut() {
+                    if tap.wants(p) {
+                        let v = strided(s.qkv, qkv_w, off, w)?;
+                        tap.record(p, pos0, n, &v);
+                    }
+                }
+                Ok(())
+            };
+            for &(p, _, off, w) in &points {
+                record(&mut dbg, p, off, w)?;
+            }
+            launch_head_rmsnorm(g, s.qkv, qkv_w, 0, n, c.n_heads, hd, gd.q_norm, c.rms_eps)?;
+            launch_head_rmsnorm(g, s.qkv, qkv_w, qd, n, c.n_kv_heads, hd, gd.k_norm, c.rms_eps)?;
+            for &(_, p, off, w) in &points[..2] {
+                record(&mut dbg, p, off, w)?;
+            }
+            g.launch(
+                "rope_store_kv",
+                (n as u32, 1, 1),
+                256,
+                0,
+                &[
+                    Arg::Ptr(s.qkv),
+                    Arg::Ptr(0),
+                    Arg::Ptr(0),
+                    Arg::Ptr(0),
+                    Arg::Ptr(s.q),
+                    Arg::Ptr(kc),
+                    Arg::Ptr(vc),
+                    Arg::Ptr(gd.rope_table),
+                    Arg::Ptr(s.io),
+                    Arg::I32(qd as i32),
+                    Arg::I32(kv_dim as i32),
+                    Arg::I32(hd as i32),
+                    Arg::I32((c.rope_kind == RopeKind::Neox) as i32),
+                ],
+            )?;
+            emit(&mut dbg, TapPoint::QRope(l), s.q, qd, 0)?;
+            emit(&mut dbg, TapPoint::KRope(l), kc + (pos0 * kv_dim * F32) as u64, kv_dim, 0)?;
+            // Q times f_attention_scale (llama.cpp's ggml_scale), then the softmax at scale 1.
+            launch_scale(g, s.q, attn_scale, n * qd)?;
+            launch_attention_window(g, s.q, (kc, vc), (s.attn.f32, s.attn.aq, s.attn.ads), s.io, n, self.n_ctx, (c.n_heads, c.n_kv_heads, hd), 1.0, gd.n_swa)?;
+            emit(&mut dbg, TapPoint::KqvOut(l), s.attn.f32, qd, 0)?;
+            matvec_act(g, &lw.wo, &s.attn, 0, n, s.tmp, dim, Epilogue::Store)?;
+            emit(&mut dbg, TapPoint::AttnOut(l), s.tmp, dim, 0)?;
+            self.rmsnorm_f32(s.tmp, gd.attn_post_norm, s.xn.f32, n)?;
+            emit(&mut dbg, TapPoint::AttnPostNorm(l), s.xn.f32, dim, 0)?;
+            launch_add(g, s.x, s.xn.f32, n * dim)?;
+            emit(&mut dbg, TapPoint::FfnInp(l), s.x, dim, 0)?;
+
+            self.rmsnorm_q8(s.x, lw.ffn_norm, &s.xn, 0, n)?;
+            emit(&mut dbg, TapPoint::FfnNorm(l), s.xn.f32, dim, 0)?;
+            matvec_group(g, &lw.gate_up, &s.xn, n, s.gu, 2 * ffn)?;
+            if let Some(tap) = dbg.as_deref_mut() {
+                for (p, off) in [(TapPoint::FfnGate(l), 0), (TapPoint::FfnUp(l), ffn)] {
+                    if tap.wants(p) {
+                        let v = strided(s.gu, 2 * ffn, off, ffn)?;
+                        tap.record(p, pos0, n, &v);
+                    }
+                }
+            }
+            launch_geglu(g, s.gu, n, ffn, s.sw.f32, s.sw.aq, s.sw.ads, self.gelu_table)?;
+            emit(&mut dbg, TapPoint::FfnGeglu(l), s.sw.f32, ffn, 0)?;
+            matvec_act(g, &lw.down, &s.sw, 0, n, s.tmp, dim, Epilogue::Store)?;
+            emit(&mut dbg, TapPoint::FfnOut(l), s.tmp, dim, 0)?;
+            self.rmsnorm_f32(s.tmp, gd.ffn_post_norm, s.xn.f32, n)?;
+            emit(&mut dbg, TapPoint::FfnPostNorm(l), s.xn.f32, dim, 0)?;
+            launch_add(g, s.x, s.xn.f32, n * dim)?;
+            emit(&mut dbg, TapPoint::LOut(l), s.x, dim, 0)?;
+        }
+        self.rmsnorm_q8(s.x, self.output_norm, &s.xn, 0, n)?;
+        emit(&mut dbg, TapPoint::ResultNorm, s.xn.f32, dim, 0)?;
+        if count > 0 {
+            matvec_act(g, &self.output, &s.xn, first, count, s.logits, c.n_vocab, Epilogue::Store)?;
+        }
+        Ok(())
+    }
+
+    fn rmsnorm_f32(&self, x: u64, w: u64, out: u64, n: usize) -> Result<(), BackendError> {
+        let c = &self.model.config;
+        self.gpu.launch("rmsnorm_f32", (n as u32, 1, 1), 128, 0, &[Arg::Ptr(x), Arg::Ptr(w), Arg::Ptr(out), Arg::I32(c.dim as i32), Arg::F32(c.rms_eps)])
     }
 
     fn rmsnorm_q8(&self, x: u64, w: u64, out: &Act, tap: u64, n: usize) -> Result<(), BackendError> {

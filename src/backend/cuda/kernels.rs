@@ -78,7 +78,7 @@ impl KernelModule {
     pub fn functions(self) -> &'static [&'static str] {
         match self {
             KernelModule::Embedding => &["embedding_q4_0", "embedding_q4_1", "embedding_q8_0", "embedding_f16", "embedding_bf16", "embedding_f32"],
-            KernelModule::Rmsnorm => &["rmsnorm_f32", "rmsnorm_q8"],
+            KernelModule::Rmsnorm => &["rmsnorm_f32", "rmsnorm_q8", "head_rmsnorm_f32"],
             KernelModule::Quantize => &["quantize_q8_1"],
             KernelModule::Matvec => &[
                 "matvec_q4_1_q8_1",
@@ -103,9 +103,9 @@ impl KernelModule {
                 "matvec_q6_K_q8_K",
             ],
             KernelModule::Rope => &["rope_norm", "rope_neox", "rope_store_kv"],
-            KernelModule::Attention => &["attention_f32"],
-            KernelModule::Swiglu => &["swiglu_f32"],
-            KernelModule::Add => &["add_f32", "exp_f32"],
+            KernelModule::Attention => &["attention_f32", "attention_window_f32"],
+            KernelModule::Swiglu => &["swiglu_f32", "geglu_f32"],
+            KernelModule::Add => &["add_f32", "exp_f32", "scale_f32"],
             KernelModule::Decode => &["decoder_layers_q4_1", "decoder_layers_q4_0", "decoder_layers_q8_0"],
         }
     }

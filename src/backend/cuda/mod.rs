@@ -73,6 +73,7 @@ pub(crate) struct LayerDev {
     wo: DevMatrix,
     gate_up: Vec<Segment>,
     down: DevMatrix,
+    gemma: Option<GemmaDev>,
 }
 
 /// Quantized-activation buffers for one activation width (f32 rows, int8 quants, (d, s)), and
@@ -137,6 +138,8 @@ pub struct CudaBackend {
     output: DevMatrix,
     output_norm: u64,
     rope_table: u64,
+    /// gemma3: ggml's f16 GELU table on the device (0 for other architectures).
+    gelu_table: u64,
     k_cache: DevBuf,
     v_cache: DevBuf,
     scratch: Scratch,
@@ -156,11 +159,22 @@ pub struct CudaBackend {
     barrier_base: u32,
 }
 
-/// Whether the CUDA forward pass implements architecture `arch`: the llama family (llama,
-/// qwen2). gemma3 runs on the CPU backend only for now (its Q/K norms, post-norms, GEGLU,
-/// wider Q and sliding window have no kernels yet).
+/// Whether the CUDA forward pass implements architecture `arch`: llama, qwen2 and gemma3 (per
+/// op: its own path in `forward.rs`, no persistent kernel and no graphs).
 pub fn runs_arch(arch: crate::model::Arch) -> bool {
-    !matches!(arch, crate::model::Arch::Gemma3)
+    matches!(arch, crate::model::Arch::Llama | crate::model::Arch::Qwen2 | crate::model::Arch::Gemma3)
+}
+
+/// gemma3's per-layer device data: the four extra norms, the layer's RoPE table and window.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GemmaDev {
+    q_norm: u64,
+    k_norm: u64,
+    attn_post_norm: u64,
+    ffn_post_norm: u64,
+    rope_table: u64,
+    /// The sliding window of this layer (0: global).
+    n_swa: i32,
 }
 
 /// Whether the CUDA forward pass runs matrices of type `t` (see [`check_types`]).
@@ -229,7 +243,8 @@ impl CudaBackend {
         if ops::attention_smem(c.head_dim, n_ctx) > gpu.max_dynamic_smem {
             return Err(unavailable(format!("context of {n_ctx} positions exceeds the attention kernel's shared memory")));
         }
-        if c.q_dim() != c.dim {
+        let gemma = c.arch == crate::model::Arch::Gemma3;
+        if c.q_dim() != c.dim && !gemma {
             return Err(unavailable(format!(
                 "attention.key_length {} x {} heads = {} differs from the embedding width {}: the CUDA kernels assume they are equal (the CPU backend runs it)",
                 c.head_dim,
@@ -238,7 +253,7 @@ impl CudaBackend {
                 c.dim
             )));
         }
-        if c.head_dim % 32 != 0 || c.head_dim > ops::ATTENTION_THREADS {
+        if c.head_dim % 32 != 0 || c.head_dim > if gemma { 256 } else { ops::ATTENTION_THREADS } {
             return Err(unavailable(format!("head_dim {} is not a multiple of 32 up to {}", c.head_dim, ops::ATTENTION_THREADS)));
         }
         let mut arena = ArenaBuilder::default();
@@ -254,7 +269,24 @@ impl CudaBackend {
             let bk = opt(&mut arena, &lw.bk);
             let bv = opt(&mut arena, &lw.bv);
             biases.push((bq, bk, bv));
+            let gemma_dev = if gemma {
+                let v = |arena: &mut ArenaBuilder, w: &Option<crate::model::Weight>| {
+                    arena.push_f32(&model.f32_vec(w.as_ref().expect("gemma3 norms checked at load"))) as u64
+                };
+                let l = layers.len();
+                Some(GemmaDev {
+                    q_norm: v(&mut arena, &lw.attn_q_norm),
+                    k_norm: v(&mut arena, &lw.attn_k_norm),
+                    attn_post_norm: v(&mut arena, &lw.attn_post_norm),
+                    ffn_post_norm: v(&mut arena, &lw.ffn_post_norm),
+                    rope_table: arena.push_f32(&ops::rope_table(&model.layer_rope(l), n_ctx)) as u64,
+                    n_swa: if c.is_swa(l) { c.n_swa as i32 } else { 0 },
+                })
+            } else {
+                None
+            };
             layers.push(LayerDev {
+                gemma: gemma_dev,
                 attn_norm: vec_f32(&mut arena, &lw.attn_norm),
                 ffn_norm: vec_f32(&mut arena, &lw.ffn_norm),
                 bq: 0,
@@ -272,6 +304,13 @@ impl CudaBackend {
         let output = if tied { embd } else { push_stacked(&mut arena, &[model.matrix(&model.output)]) };
         let output_norm = vec_f32(&mut arena, &model.output_norm);
         let rope_table = arena.push_f32(&ops::rope_table(&model.rope(), n_ctx)) as u64;
+        // gemma3's GELU table (ggml's, as the CPU builds it), 65,536 f16 bit patterns.
+        let gelu_table = if gemma {
+            let t: Vec<u8> = crate::backend::cpu::ops::gelu_table().iter().flat_map(|v| v.to_le_bytes()).collect();
+            Some(arena.push(&t) as u64)
+        } else {
+            None
+        };
         let weights = arena.upload(&gpu)?;
         let base = weights.ptr();
         for (l, (bq, bk, bv)) in layers.iter_mut().zip(biases) {
@@ -284,6 +323,13 @@ impl CudaBackend {
             resolve_group(&mut l.gate_up, base);
             l.wo = l.wo.resolve(base);
             l.down = l.down.resolve(base);
+            if let Some(g) = l.gemma.as_mut() {
+                g.q_norm += base;
+                g.k_norm += base;
+                g.attn_post_norm += base;
+                g.ffn_post_norm += base;
+                g.rope_table += base;
+            }
         }
         let kv_bytes = c.n_layers * n_ctx * c.kv_dim() * 4;
         let k_cache = gpu.alloc(kv_bytes)?;
@@ -291,7 +337,7 @@ impl CudaBackend {
         let scratch = alloc_scratch(&gpu, &c)?;
         let pinned = Pinned { io: gpu.pinned((4 + MAX_BATCH) * 4)?, logits: None, tap: None };
         let event = gpu.ctx.new_event(None).map_err(|e| dev_err("event", e))?;
-        let use_graphs = options::options().graphs;
+        let use_graphs = options::options().graphs && !gemma;
         let persistent = match c.rope_kind {
             // Its Q|K|V phase is the fused NORM epilogue (see forward.rs, `fuse_qkv`).
             crate::backend::cpu::ops::RopeKind::Neox => Err("the persistent decode kernel fuses NORM RoPE only; NEOX models decode per op".to_string()),
@@ -305,6 +351,7 @@ impl CudaBackend {
             output: output.resolve(base),
             output_norm: output_norm + base,
             rope_table: rope_table + base,
+            gelu_table: gelu_table.map_or(0, |o| o + base),
             _weights: weights,
             layers,
             k_cache,
@@ -400,9 +447,11 @@ fn alloc_scratch(gpu: &Gpu, c: &ModelConfig) -> Result<Scratch, BackendError> {
     let io = take((4 + b) * 4);
     let x = take(b * dim * 4);
     let xn = act(&mut take, dim);
-    let qkv = take(b * (dim + 2 * kv) * 4);
-    let q = take(b * dim * 4);
-    let attn = act(&mut take, dim);
+    // Q is wider than the model for gemma3 (n_heads * head_dim).
+    let qd = dim.max(c.q_dim());
+    let qkv = take(b * (qd + 2 * kv) * 4);
+    let q = take(b * qd * 4);
+    let attn = act(&mut take, qd);
     let gu = take(b * 2 * ffn * 4);
     let sw = act(&mut take, ffn);
     let tmp = take(b * dim.max(ffn) * 4);

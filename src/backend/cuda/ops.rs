@@ -265,6 +265,103 @@ pub(crate) fn launch_attention(
     )
 }
 
+/// `attention_window_f32` (gemma3): attention over the window of each query position (n_swa 0:
+/// every earlier position), scores times `scale`, one channel per thread (head_dim <= 256).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn launch_attention_window(
+    gpu: &Gpu,
+    q: u64,
+    (k, v): (u64, u64),
+    (out, aq, ads): (u64, u64, u64),
+    params: u64,
+    n_tok: usize,
+    n_ctx: usize,
+    (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
+    scale: f32,
+    n_swa: i32,
+) -> Result<(), BackendError> {
+    let threads = head_dim.next_multiple_of(32).max(128) as u32;
+    let smem = ((head_dim + n_ctx + n_ctx / 8 + 16) * 4) as u32;
+    gpu.launch(
+        "attention_window_f32",
+        (n_heads as u32, n_tok as u32, 1),
+        threads,
+        smem,
+        &[
+            Arg::Ptr(q),
+            Arg::Ptr(k),
+            Arg::Ptr(v),
+            Arg::Ptr(out),
+            Arg::Ptr(aq),
+            Arg::Ptr(ads),
+            Arg::Ptr(params),
+            Arg::I32(n_heads as i32),
+            Arg::I32(n_kv_heads as i32),
+            Arg::I32(head_dim as i32),
+            Arg::F32(scale),
+            Arg::I32(n_swa),
+        ],
+    )
+}
+
+/// `scale`: x *= s on the device (`scale_f32`).
+pub(crate) fn launch_scale(gpu: &Gpu, x: u64, s: f32, n: usize) -> Result<(), BackendError> {
+    gpu.launch("scale_f32", (blocks(n, 256), 1, 1), 256, 0, &[Arg::Ptr(x), Arg::F32(s), Arg::I32(n as i32)])
+}
+
+/// `rmsnorm` of every head in place (`head_rmsnorm_f32`): rows (t, h) of `head_dim` at
+/// x[t * stride + off + h * head_dim].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn launch_head_rmsnorm(
+    gpu: &Gpu,
+    x: u64,
+    stride: usize,
+    off: usize,
+    n_tok: usize,
+    heads: usize,
+    head_dim: usize,
+    w: u64,
+    eps: f32,
+) -> Result<(), BackendError> {
+    gpu.launch(
+        "head_rmsnorm_f32",
+        (n_tok as u32, heads as u32, 1),
+        128,
+        0,
+        &[Arg::Ptr(x), Arg::I32(stride as i32), Arg::I32(off as i32), Arg::I32(head_dim as i32), Arg::Ptr(w), Arg::F32(eps)],
+    )
+}
+
+/// `geglu`: gelu(gate) * up through ggml's table (`geglu_f32`), gate|up rows of `gu`, the f32
+/// result to `out` and its Q8_1 blocks to (aq, ads).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn launch_geglu(gpu: &Gpu, gu: u64, n_tok: usize, ffn: usize, out: u64, aq: u64, ads: u64, table: u64) -> Result<(), BackendError> {
+    gpu.launch(
+        "geglu_f32",
+        ((ffn / QK).div_ceil(4) as u32, n_tok as u32, 1),
+        128,
+        0,
+        &[Arg::Ptr(gu), Arg::I32(2 * ffn as i32), Arg::I32(ffn as i32), Arg::Ptr(out), Arg::Ptr(aq), Arg::Ptr(ads), Arg::I32(ffn as i32), Arg::Ptr(table)],
+    )
+}
+
+/// `geglu` on the device (`geglu_f32` with the CPU's GELU table uploaded), f32 results.
+pub fn geglu(gpu: &Gpu, gate: &[f32], up: &[f32], n_tok: usize) -> Result<Vec<f32>, BackendError> {
+    let n = gate.len() / n_tok;
+    let mut gu = Vec::with_capacity(2 * gate.len());
+    for t in 0..n_tok {
+        gu.extend_from_slice(&gate[t * n..(t + 1) * n]);
+        gu.extend_from_slice(&up[t * n..(t + 1) * n]);
+    }
+    let gud = gpu.upload(&gu)?;
+    let table: Vec<f32> = cpu_ops::gelu_table().chunks_exact(2).map(|p| f32::from_bits(p[0] as u32 | (p[1] as u32) << 16)).collect();
+    let td = gpu.upload(&table)?;
+    let out = gpu.alloc(gate.len() * 4)?;
+    let qa = QAct::alloc(gpu, n_tok, n)?;
+    launch_geglu(gpu, gud.ptr(), n_tok, n, out.ptr(), qa.aq.ptr(), qa.ads.ptr(), td.ptr())?;
+    gpu.read(out.ptr(), gate.len())
+}
+
 /// Threads of `attention_f32`, which is also its K/V tile length in positions.
 pub const ATTENTION_THREADS: usize = 128;
 
