@@ -65,72 +65,22 @@ impl CpuBackend {
             // Q scaled by f_attention_scale (a power of two, so exact), the softmax scale is 1.
             ops::scale(&mut q, attn_scale);
             let cells = self.cells[l];
-            for t in 0..n {
-                let slot = (pos0 + t) % cells;
-                self.k_cache[l][slot * kv_dim..(slot + 1) * kv_dim].copy_from_slice(&k[t * kv_dim..(t + 1) * kv_dim]);
-                self.v_cache[l][slot * kv_dim..(slot + 1) * kv_dim].copy_from_slice(&v[t * kv_dim..(t + 1) * kv_dim]);
-            }
-            let n_kv_total = pos0 + n;
-            let row_len = c.n_heads * n_kv_total;
-            let want = [tap.wants(TapPoint::Kq(l)), tap.wants(TapPoint::KqSoftmax(l))];
-            let mut scores = if want[0] { vec![0.0f32; n * row_len] } else { Vec::new() };
-            let mut probs = if want[1] { vec![0.0f32; n * row_len] } else { Vec::new() };
-            let mut attn = vec![0.0f32; n * q_dim];
-            {
-                let (kc, vc) = (&self.k_cache[l], &self.v_cache[l]);
-                let qs = &q;
-                let cfg = &c;
-                let (mut kq_rows, mut p_rows) = (super::per_row(&mut scores, row_len, n), super::per_row(&mut probs, row_len, n));
-                self.pool.install(|| {
-                    use rayon::prelude::*;
-                    let work = attn.par_chunks_mut(q_dim).zip(kq_rows.par_iter_mut()).zip(p_rows.par_iter_mut()).enumerate();
-                    work.for_each(|(t, ((out, kq_dst), p_dst))| {
-                        let pos = pos0 + t;
-                        let n_kv = pos + 1;
-                        let window = ops::Window { first: cfg.window_start(l, pos), cells, scale: 1.0 };
-                        let mut kq_local = kq_dst.as_ref().map(|_| vec![0.0f32; cfg.n_heads * n_kv]);
-                        let mut p_local = p_dst.as_ref().map(|_| vec![0.0f32; cfg.n_heads * n_kv]);
-                        let qt = &qs[t * q_dim..(t + 1) * q_dim];
-                        simd::attention_window(
-                            qt,
-                            kc,
-                            vc,
-                            n_kv,
-                            &window,
-                            cfg.n_heads,
-                            cfg.n_kv_heads,
-                            hd,
-                            out,
-                            kq_local.as_deref_mut(),
-                            p_local.as_deref_mut(),
-                        );
-                        for (dst, src) in [(kq_dst, kq_local), (p_dst, p_local)] {
-                            if let (Some(dst), Some(src)) = (dst.as_deref_mut(), src) {
-                                for h in 0..cfg.n_heads {
-                                    dst[h * n_kv_total..h * n_kv_total + n_kv].copy_from_slice(&src[h * n_kv..(h + 1) * n_kv]);
-                                }
-                            }
-                        }
-                    });
-                });
-            }
-            if want[0] {
-                tap.record(TapPoint::Kq(l), pos0, n, &scores);
-            }
-            if want[1] {
-                tap.record(TapPoint::KqSoftmax(l), pos0, n, &probs);
-            }
+            self.store_kv(l, pos0, &k, &v);
+            let attn = self.attention_layer(l, &q, pos0, n, tap, &|t, qt, kc, vc, n_kv, out, kq, p| {
+                let window = ops::Window { first: c.window_start(l, pos0 + t), cells, scale: 1.0 };
+                simd::attention_window(qt, kc, vc, n_kv, &window, c.n_heads, c.n_kv_heads, hd, out, kq, p);
+            });
             emit(tap, TapPoint::KqvOut(l), &attn);
             let o = self.matmul(&lw.wo, &attn, n);
             emit(tap, TapPoint::AttnOut(l), &o);
             let mut post = vec![0.0f32; n * dim];
-            ops::rmsnorm(&o, &gn.attn_post_norm, c.rms_eps, &mut post);
+            ops::rmsnorm(&o, &self.gemma[l].attn_post_norm, c.rms_eps, &mut post);
             emit(tap, TapPoint::AttnPostNorm(l), &post);
             // sa_out = attn_post_norm + input (ggml_add(cur, inpL): the same sum either way).
             ops::add(x, &post);
             emit(tap, TapPoint::FfnInp(l), x);
 
-            ops::rmsnorm(&*x, &norms.ffn_norm, c.rms_eps, &mut xn);
+            ops::rmsnorm(&*x, &self.norms[l].ffn_norm, c.rms_eps, &mut xn);
             emit(tap, TapPoint::FfnNorm(l), &xn);
             let g = self.matmul(&lw.w_gate, &xn, n);
             let u = self.matmul(&lw.w_up, &xn, n);
@@ -141,7 +91,7 @@ impl CpuBackend {
             emit(tap, TapPoint::FfnGeglu(l), &s);
             let d = self.matmul(&lw.w_down, &s, n);
             emit(tap, TapPoint::FfnOut(l), &d);
-            ops::rmsnorm(&d, &gn.ffn_post_norm, c.rms_eps, &mut post);
+            ops::rmsnorm(&d, &self.gemma[l].ffn_post_norm, c.rms_eps, &mut post);
             emit(tap, TapPoint::FfnPostNorm(l), &post);
             ops::add(x, &post);
             emit(tap, TapPoint::LOut(l), x);

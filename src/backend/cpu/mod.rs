@@ -203,6 +203,61 @@ impl CpuBackend {
         out
     }
 
+    /// Writes the keys and values of positions `pos0..` (rows of kv_dim) into layer `l`'s cache:
+    /// position p in cell `p % cells[l]` (the position itself unless the layer keeps a ring).
+    fn store_kv(&mut self, l: usize, pos0: usize, k: &[f32], v: &[f32]) {
+        let (kv_dim, cells) = (self.model.config.kv_dim(), self.cells[l]);
+        for (t, (kr, vr)) in k.chunks_exact(kv_dim).zip(v.chunks_exact(kv_dim)).enumerate() {
+            let slot = if planted!(KvPosStuckAtZero) { 0 } else { (pos0 + t) % cells };
+            self.k_cache[l][slot * kv_dim..(slot + 1) * kv_dim].copy_from_slice(kr);
+            self.v_cache[l][slot * kv_dim..(slot + 1) * kv_dim].copy_from_slice(vr);
+        }
+    }
+
+    /// The attention of layer `l` for positions `pos0..pos0 + n` (queries `q`, (n, q_dim)) over
+    /// its cache, each position a task on the pool running `one(t, q_t, k_cache, v_cache, n_kv,
+    /// out, kq, probs)` (kq and probs (n_heads, n_kv), when a tap wants them). Records `Kq` and
+    /// `KqSoftmax` laid out (n_tok, n_heads, pos0 + n), cells a position does not attend to left
+    /// 0, and returns the output (n, q_dim).
+    fn attention_layer(&self, l: usize, q: &[f32], pos0: usize, n: usize, tap: &mut dyn Tap, one: &PosAttention) -> Vec<f32> {
+        let c = &self.model.config;
+        let (n_heads, q_dim) = (c.n_heads, c.q_dim());
+        let n_kv_total = pos0 + n;
+        let row_len = n_heads * n_kv_total;
+        let want = [tap.wants(TapPoint::Kq(l)), tap.wants(TapPoint::KqSoftmax(l))];
+        let mut scores = if want[0] { vec![0.0f32; n * row_len] } else { Vec::new() };
+        let mut probs = if want[1] { vec![0.0f32; n * row_len] } else { Vec::new() };
+        let mut attn = vec![0.0f32; n * q_dim];
+        {
+            let (kc, vc) = (&self.k_cache[l], &self.v_cache[l]);
+            let (mut kq_rows, mut p_rows) = (per_row(&mut scores, row_len, n), per_row(&mut probs, row_len, n));
+            self.pool.install(|| {
+                use rayon::prelude::*;
+                let work = attn.par_chunks_mut(q_dim).zip(kq_rows.par_iter_mut()).zip(p_rows.par_iter_mut()).enumerate();
+                work.for_each(|(t, ((out, kq_dst), p_dst))| {
+                    let n_kv = pos0 + t + 1;
+                    let mut kq_local = kq_dst.as_ref().map(|_| vec![0.0f32; n_heads * n_kv]);
+                    let mut p_local = p_dst.as_ref().map(|_| vec![0.0f32; n_heads * n_kv]);
+                    one(t, &q[t * q_dim..(t + 1) * q_dim], kc, vc, n_kv, out, kq_local.as_deref_mut(), p_local.as_deref_mut());
+                    for (dst, src) in [(kq_dst, kq_local), (p_dst, p_local)] {
+                        if let (Some(dst), Some(src)) = (dst.as_deref_mut(), src) {
+                            for h in 0..n_heads {
+                                dst[h * n_kv_total..h * n_kv_total + n_kv].copy_from_slice(&src[h * n_kv..(h + 1) * n_kv]);
+                            }
+                        }
+                    }
+                });
+            });
+        }
+        if want[0] {
+            tap.record(TapPoint::Kq(l), pos0, n, &scores);
+        }
+        if want[1] {
+            tap.record(TapPoint::KqSoftmax(l), pos0, n, &probs);
+        }
+        attn
+    }
+
     /// Every decoder layer on the residual stream `x` (n positions from pos0, embeddings on
     /// entry, l_out of the last layer on exit), then the final norm, returned (result_norm).
     /// The reference of the CUDA backend's persistent decode kernel of the same name
@@ -252,68 +307,29 @@ impl CpuBackend {
             }
             emit(tap, TapPoint::QRope(l), &q);
             emit(tap, TapPoint::KRope(l), &k);
-            for t in 0..n {
-                let slot = if planted!(KvPosStuckAtZero) { 0 } else { pos0 + t };
-                self.k_cache[l][slot * kv_dim..(slot + 1) * kv_dim].copy_from_slice(&k[t * kv_dim..(t + 1) * kv_dim]);
-                self.v_cache[l][slot * kv_dim..(slot + 1) * kv_dim].copy_from_slice(&v[t * kv_dim..(t + 1) * kv_dim]);
-            }
-            // Per position: the raw scores and the probabilities, (n_heads, n_kv_total) each,
-            // cells a position does not attend to left 0, when a tap wants them.
-            let n_kv_total = pos0 + n;
-            let row_len = c.n_heads * n_kv_total;
-            let want = [tap.wants(TapPoint::Kq(l)), tap.wants(TapPoint::KqSoftmax(l))];
-            let mut scores = if want[0] { vec![0.0f32; n * row_len] } else { Vec::new() };
-            let mut probs = if want[1] { vec![0.0f32; n * row_len] } else { Vec::new() };
-            let mut attn = vec![0.0f32; n * q_dim];
-            {
-                let (kc, vc) = (&self.k_cache[l], &self.v_cache[l]);
-                let qs = &q;
-                let soft_no_max = planted!(SoftmaxNoMax);
-                let window_32 = planted!(AttentionWindow32);
-                let (mut kq_rows, mut p_rows) = (per_row(&mut scores, row_len, n), per_row(&mut probs, row_len, n));
-                self.pool.install(|| {
-                    use rayon::prelude::*;
-                    let work = attn.par_chunks_mut(q_dim).zip(kq_rows.par_iter_mut()).zip(p_rows.par_iter_mut()).enumerate();
-                    work.for_each(|(t, ((out, kq_dst), p_dst))| {
-                        let n_kv = pos0 + t + 1;
-                        let mut kq_local = kq_dst.as_ref().map(|_| vec![0.0f32; c.n_heads * n_kv]);
-                        let mut p_local = p_dst.as_ref().map(|_| vec![0.0f32; c.n_heads * n_kv]);
-                        let qt = &qs[t * q_dim..(t + 1) * q_dim];
-                        if soft_no_max {
-                            attention_no_max(qt, kc, vc, n_kv, c.n_heads, c.n_kv_heads, hd, out, p_local.as_deref_mut());
-                        } else if window_32 && n_kv > 32 {
-                            // Planted fault: cells before n_kv - 32 are forgotten (their taps stay 0).
-                            let skip = n_kv - 32;
-                            let (mut kq_w, mut p_w) = (vec![0.0f32; c.n_heads * 32], vec![0.0f32; c.n_heads * 32]);
-                            let (kw, vw) = (&kc[skip * kv_dim..], &vc[skip * kv_dim..]);
-                            simd::attention(qt, kw, vw, 32, c.n_heads, c.n_kv_heads, hd, out, Some(&mut kq_w), Some(&mut p_w));
-                            for (local, win) in [(&mut kq_local, &kq_w), (&mut p_local, &p_w)] {
-                                if let Some(local) = local.as_deref_mut() {
-                                    for h in 0..c.n_heads {
-                                        local[h * n_kv + skip..(h + 1) * n_kv].copy_from_slice(&win[h * 32..(h + 1) * 32]);
-                                    }
-                                }
-                            }
-                        } else {
-                            simd::attention(qt, kc, vc, n_kv, c.n_heads, c.n_kv_heads, hd, out, kq_local.as_deref_mut(), p_local.as_deref_mut());
-                        }
-                        // Lay out as (n_heads, n_kv_total); masked future positions are 0.
-                        for (dst, src) in [(kq_dst, kq_local), (p_dst, p_local)] {
-                            if let (Some(dst), Some(src)) = (dst.as_deref_mut(), src) {
-                                for h in 0..c.n_heads {
-                                    dst[h * n_kv_total..h * n_kv_total + n_kv].copy_from_slice(&src[h * n_kv..(h + 1) * n_kv]);
-                                }
+            self.store_kv(l, pos0, &k, &v);
+            let soft_no_max = planted!(SoftmaxNoMax);
+            let window_32 = planted!(AttentionWindow32);
+            let attn = self.attention_layer(l, &q, pos0, n, tap, &|_, qt, kc, vc, n_kv, out, mut kq_local, mut p_local| {
+                if soft_no_max {
+                    attention_no_max(qt, kc, vc, n_kv, c.n_heads, c.n_kv_heads, hd, out, p_local);
+                } else if window_32 && n_kv > 32 {
+                    // Planted fault: cells before n_kv - 32 are forgotten (their taps stay 0).
+                    let skip = n_kv - 32;
+                    let (mut kq_w, mut p_w) = (vec![0.0f32; c.n_heads * 32], vec![0.0f32; c.n_heads * 32]);
+                    let (kw, vw) = (&kc[skip * kv_dim..], &vc[skip * kv_dim..]);
+                    simd::attention(qt, kw, vw, 32, c.n_heads, c.n_kv_heads, hd, out, Some(&mut kq_w), Some(&mut p_w));
+                    for (local, win) in [(kq_local.as_deref_mut(), &kq_w), (p_local.as_deref_mut(), &p_w)] {
+                        if let Some(local) = local {
+                            for h in 0..c.n_heads {
+                                local[h * n_kv + skip..(h + 1) * n_kv].copy_from_slice(&win[h * 32..(h + 1) * 32]);
                             }
                         }
-                    });
-                });
-            }
-            if want[0] {
-                tap.record(TapPoint::Kq(l), pos0, n, &scores);
-            }
-            if want[1] {
-                tap.record(TapPoint::KqSoftmax(l), pos0, n, &probs);
-            }
+                    }
+                } else {
+                    simd::attention(qt, kc, vc, n_kv, c.n_heads, c.n_kv_heads, hd, out, kq_local, p_local);
+                }
+            });
             emit(tap, TapPoint::KqvOut(l), &attn);
             let o = self.matmul(&lw.wo, &attn, n);
             emit(tap, TapPoint::AttnOut(l), &o);
@@ -321,7 +337,7 @@ impl CpuBackend {
             emit(tap, TapPoint::FfnInp(l), x);
 
             // Feed-forward block (SwiGLU).
-            ops::rmsnorm(&*x, &norms.ffn_norm, c.rms_eps, &mut xn);
+            ops::rmsnorm(&*x, &self.norms[l].ffn_norm, c.rms_eps, &mut xn);
             emit(tap, TapPoint::FfnNorm(l), &xn);
             let g = self.matmul(&lw.w_gate, &xn, n);
             let u = self.matmul(&lw.w_up, &xn, n);
@@ -447,6 +463,11 @@ impl Backend for CpuBackend {
         Ok(logits)
     }
 }
+
+/// One position's attention for [`CpuBackend::attention_layer`]: (t, q_t, k_cache, v_cache,
+/// n_kv, out, kq, probs).
+#[allow(clippy::type_complexity)]
+type PosAttention<'a> = dyn Fn(usize, &[f32], &[f32], &[f32], usize, &mut [f32], Option<&mut [f32]>, Option<&mut [f32]>) + Sync + 'a;
 
 /// `n` row slots of `buf` (rows of `row_len`), or `n` empty slots when `buf` is empty.
 fn per_row(buf: &mut [f32], row_len: usize, n: usize) -> Vec<Option<&mut [f32]>> {
