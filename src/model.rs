@@ -571,11 +571,6 @@ impl Model {
         }
     }
 
-    /// Whether some layer's RoPE differs from [`Model::rope`].
-    pub fn has_layer_ropes(&self) -> bool {
-        (0..self.config.n_layers).any(|l| self.layer_rope(l) != self.rope())
-    }
-
     fn rope_with_base(&self, base: f32) -> Rope {
         let c = &self.config;
         Rope {

@@ -159,12 +159,6 @@ pub struct CudaBackend {
     barrier_base: u32,
 }
 
-/// Whether the CUDA forward pass implements architecture `arch`: llama, qwen2 and gemma3 (per
-/// op: its own path in `forward.rs`, no persistent kernel and no graphs).
-pub fn runs_arch(arch: crate::model::Arch) -> bool {
-    matches!(arch, crate::model::Arch::Llama | crate::model::Arch::Qwen2 | crate::model::Arch::Gemma3)
-}
-
 /// gemma3's per-layer device data: the four extra norms, the layer's RoPE table and window.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct GemmaDev {
@@ -230,12 +224,6 @@ impl CudaBackend {
     /// Loads `model` onto GPU 0 with a KV cache of `n_ctx` positions (at most the model's
     /// training context). Fails with `Unavailable` where CUDA or a GPU is missing.
     pub fn new(model: Arc<Model>, n_ctx: usize) -> Result<CudaBackend, BackendError> {
-        if !runs_arch(model.config.arch) {
-            return Err(unavailable(format!(
-                "the {} architecture runs on the cpu backend only: the CUDA kernels for it are not written yet",
-                model.config.arch.name()
-            )));
-        }
         check_types(&model)?;
         let gpu = Gpu::open(0)?;
         let c = model.config.clone();
