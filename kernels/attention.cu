@@ -47,15 +47,32 @@ __device__ __forceinline__ void load_tiles(const float* c0, float* d0, const flo
     }
 }
 
+// The cells of the first K and V tiles that exist before this step (positions 0..pos0-1 of KV
+// head `kvh`, at most one tile), copied into attention_head's dual tiles ahead of time: the
+// persistent kernel (decode.cu) runs this before the barrier that ends the Q|K|V phase, so the
+// attention phase after it loads only q and the new position's row. Starts with a barrier.
+__device__ __forceinline__ void attention_preload(const float* k_cache, const float* v_cache,
+                                                  const int* __restrict__ params, int n_heads, int n_kv_heads,
+                                                  int head_dim, int h) {
+    extern __shared__ float sh[];
+    __syncthreads();
+    const int kv_dim = n_kv_heads * head_dim, kvh = h / (n_heads / n_kv_heads);
+    const int tile = blockDim.x, ld = head_dim + 1;
+    float* kv = sh + 2 * head_dim;
+    const int rows = min(tile, params[0]);
+    if (rows > 0) load_tiles(k_cache, kv, v_cache, kv + tile * ld, 0, rows, kv_dim, kvh * head_dim, head_dim, ld);
+}
+
 // One (head h, query row t) of the grid: the body of attention_f32, callable from a persistent
 // kernel (decode.cu). q and the caches are not __restrict__ (there, other blocks wrote them in
 // the same launch). Starts with a barrier so shared memory may be reused. With `dual`, shared
 // memory holds a second tile (attention_smem_dual) and the first V tile is loaded together with
-// the first K tile.
+// the first K tile. With `preloaded` (dual, t == 0), attention_preload already holds the cells
+// before position pos0 of the first tiles; only the new position's row is read here.
 __device__ __forceinline__ void attention_head(const float* q, const float* k_cache, const float* v_cache,
                                                float* out, i8* aq, float2* ads, const int* __restrict__ params,
                                                int n_heads, int n_kv_heads, int head_dim, float scale, int h,
-                                               size_t t, bool dual) {
+                                               size_t t, bool dual, bool preloaded = false) {
     extern __shared__ float sh[];
     __shared__ float fscratch[32];
     __syncthreads();
@@ -78,7 +95,17 @@ __device__ __forceinline__ void attention_head(const float* q, const float* k_ca
     for (int j0 = 0; j0 < n_kv; j0 += tile) {
         int rows = min(tile, n_kv - j0);
         __syncthreads();
-        load_tiles(k_cache, kv, dual && j0 == 0 ? v_cache : 0, kv2, j0, rows, kv_dim, kvh * head_dim, head_dim, ld);
+        if (preloaded && j0 == 0) {
+            const int p = n_kv - 1;  // the new position (t == 0)
+            if (p < tile) {
+                for (int c = threadIdx.x; c < 2 * head_dim; c += blockDim.x) {
+                    const int w = c >= head_dim, d = c - w * head_dim;
+                    (w ? kv2 : kv)[p * ld + d] = (w ? v_cache : k_cache)[(size_t)p * kv_dim + kvh * head_dim + d];
+                }
+            }
+        } else {
+            load_tiles(k_cache, kv, dual && j0 == 0 ? v_cache : 0, kv2, j0, rows, kv_dim, kvh * head_dim, head_dim, ld);
+        }
         __syncthreads();
         int r = threadIdx.x;
         if (r < rows) {

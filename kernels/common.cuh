@@ -335,3 +335,99 @@ __device__ __forceinline__ void rmsnorm_q8_regs(const float* xr, const float* __
         quantize_block_warp(o, aq + (i / QK) * QK, ads + i / QK);
     }
 }
+
+// rmsnorm_q8_regs with eight threads per Q8_1 block, four adjacent elements each (16-byte
+// loads): thread t takes block t / 8 + (blockDim.x / 8) * j, elements 4 (t % 8) .. + 3. The same
+// values: the f64 sum of squares reaches its f32 mean through rms_mean_exact, which gives the
+// CPU's mean for any order of the (non-negative) terms, `o = (x * scale) * w` per element, and
+// each block quantized as quantize_block_warp does (exact max, the same two divisions, round
+// half even, exact integer sum), its amax and sum met by three xor shuffles in the group of
+// eight instead of five in a warp. A block of 128 threads quantizes 16 blocks per round instead
+// of 4. Rows longer than G8_MAXR rounds take rmsnorm_q8_regs. dim % 32 == 0; blockDim.x % 32 == 0.
+#define G8_MAXR 4
+__device__ __forceinline__ void rmsnorm_q8_g8(const float* xr, const float* __restrict__ w, int dim, float eps,
+                                              i8* aq, float2* ads) {
+    __shared__ double gscratch[32];
+    const int t = threadIdx.x, per = blockDim.x / 8, nb = dim / QK;
+    if (nb > G8_MAXR * per) {
+        rmsnorm_q8_regs(xr, w, dim, eps, 0, 0, aq, ads);
+        return;
+    }
+    const int sub = t & 7;
+    float4 xv[G8_MAXR], wv[G8_MAXR];
+#pragma unroll
+    for (int j = 0; j < G8_MAXR; j++) {
+        const int b = t / 8 + per * j, i = b * QK + 4 * sub;
+        if (b < nb) {
+            xv[j] = *(const float4*)(xr + i);
+            wv[j] = *(const float4*)(w + i);
+        } else {
+            xv[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            wv[j] = xv[j];
+        }
+    }
+    double s = 0.0;
+#pragma unroll
+    for (int j = 0; j < G8_MAXR; j++) {
+        s += (double)(xv[j].x * xv[j].x);
+        s += (double)(xv[j].y * xv[j].y);
+        s += (double)(xv[j].z * xv[j].z);
+        s += (double)(xv[j].w * xv[j].w);
+    }
+    const double sum = block_sum_f64(s, gscratch);
+    const float mean = rms_mean_exact(xr, dim, sum);
+    const float scale = 1.0f / sqrtf(mean + eps);
+#pragma unroll
+    for (int j = 0; j < G8_MAXR; j++) {
+        if (per * j >= nb) break;  // block-uniform
+        const int b = t / 8 + per * j;
+        float o0 = (xv[j].x * scale) * wv[j].x, o1 = (xv[j].y * scale) * wv[j].y;
+        float o2 = (xv[j].z * scale) * wv[j].z, o3 = (xv[j].w * scale) * wv[j].w;
+        float amax = fmaxf(fmaxf(fabsf(o0), fabsf(o1)), fmaxf(fabsf(o2), fabsf(o3)));
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 4));
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+        const float d = amax / 127.0f;
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        const int q0 = __float2int_rn(o0 * id), q1 = __float2int_rn(o1 * id);
+        const int q2 = __float2int_rn(o2 * id), q3 = __float2int_rn(o3 * id);
+        int isum = q0 + q1 + q2 + q3;
+        isum += __shfl_xor_sync(0xffffffffu, isum, 4);
+        isum += __shfl_xor_sync(0xffffffffu, isum, 2);
+        isum += __shfl_xor_sync(0xffffffffu, isum, 1);
+        if (b < nb) {
+            const u32 packed = (u32)(q0 & 0xff) | ((u32)(q1 & 0xff) << 8) | ((u32)(q2 & 0xff) << 16) | ((u32)(q3 & 0xff) << 24);
+            *(u32*)(aq + b * QK + 4 * sub) = packed;
+            if (sub == 0) ads[b] = make_float2(f16_round(d), f16_round(d * (float)isum));
+        }
+    }
+}
+
+// Asynchronous global -> shared copies (sm_80+ cp.async): issued now, waited for with
+// cp_async_wait<N> (all but the newest N committed groups done) and a __syncthreads.
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+    u64 a;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
+    return (u32)a;
+}
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(smem_addr(dst)), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" :: "r"(smem_addr(dst)), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
+
+// Copies `bytes` (a multiple of 4) from global `src` to shared `dst` with every thread of the
+// block issuing cp.async: 16-byte pieces when both ends are 16-byte aligned, else 4-byte ones.
+__device__ __forceinline__ void cp_async_bytes(void* dst, const void* src, size_t bytes) {
+    if ((((size_t)src | (size_t)smem_addr(dst) | bytes) & 15) == 0) {
+        for (size_t i = (size_t)threadIdx.x * 16; i < bytes; i += (size_t)blockDim.x * 16)
+            cp_async16((char*)dst + i, (const char*)src + i);
+    } else {
+        for (size_t i = (size_t)threadIdx.x * 4; i < bytes; i += (size_t)blockDim.x * 4)
+            cp_async4((char*)dst + i, (const char*)src + i);
+    }
+}

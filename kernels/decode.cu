@@ -90,18 +90,70 @@ __device__ __forceinline__ void mv_prefetch(const Mat& m, int mode, int rows, in
 template <int WT>
 __device__ __forceinline__ void mv_block(const Mat& m, const i8* aq, const float2* ads, float* out, float* tap,
                                          int out_stride, int mode, int rows, QkvEpi qe, SwigluEpi se, NormIn ni,
-                                         int bx) {
-    matvec_q_block<WT>(m.qs, m.dm, aq, ads, out, tap, m.n_in, m.n_out, out_stride, mode, 1, rows, 1, qe, se, ni, bx, 0);
+                                         int bx, Staged st) {
+    matvec_q_block<WT>(m.qs, m.dm, aq, ads, out, tap, m.n_in, m.n_out, out_stride, mode, 1, rows, 1, qe, se, ni, bx, 0,
+                       st);
 }
 
 #define DEC_ROWS 8
 
+// `flags` (backend::cuda::decode::Flags): speed only, every combination gives the same bits.
+//   DEC_STAGE    each block copies the weights of its item of the next product phase but one
+//                into shared memory (cp.async, two buffers of stage_bytes at stage_off) while it
+//                works and waits, so the products read their weights from shared memory;
+//   DEC_NORM_G8  the fused norms quantize with eight threads per block (rmsnorm_q8_g8);
+//   DEC_PRELOAD  attention head h runs on block gridDim.x - 1 - h (the last blocks, which have
+//                the fewest Q|K|V rows), and that block copies the head's cached K/V cells of
+//                the first tile into shared memory before the barrier that ends phase A.
+#define DEC_STAGE 1
+#define DEC_NORM_G8 2
+#define DEC_PRELOAD 4
+
+// The bytes stage_item copies for one item: R rows (64 for MODE_SWIGLU) of qs, then of dm.
+template <int WT>
+__device__ __forceinline__ size_t stage_qs_bytes(const Mat& m, int R) {
+    return (size_t)R * (m.n_in / QK) * (WT == WT_Q8_0 ? 32 : 16);
+}
+
+// Starts the copy of item bx's weights into `buf` (if the phase has that item) and commits one
+// cp.async group either way, so every thread commits the same groups in the same order.
+template <int WT>
+__device__ __forceinline__ void stage_item(const Mat& m, int mode, int R, int ffn, int bx, int items, char* buf) {
+    if (bx < items) {
+        const size_t nb = m.n_in / QK, qrow = nb * (WT == WT_Q8_0 ? 32 : 16), drow = nb * 4;
+        char* dbuf = buf + stage_qs_bytes<WT>(m, R);
+        if (mode == MODE_SWIGLU) {
+            const size_t g = (size_t)bx * 32, u = (size_t)ffn + (size_t)bx * 32;
+            cp_async_bytes(buf, m.qs + g * qrow, 32 * qrow);
+            cp_async_bytes(buf + 32 * qrow, m.qs + u * qrow, 32 * qrow);
+            cp_async_bytes(dbuf, (const char*)m.dm + g * drow, 32 * drow);
+            cp_async_bytes(dbuf + 32 * drow, (const char*)m.dm + u * drow, 32 * drow);
+        } else {
+            const size_t r0 = (size_t)bx * R, n = min(R, m.n_out - bx * R);
+            cp_async_bytes(buf, m.qs + r0 * qrow, n * qrow);
+            cp_async_bytes(dbuf, (const char*)m.dm + r0 * drow, n * drow);
+        }
+    }
+    cp_async_commit();
+}
+
+template <int WT>
+__device__ __forceinline__ Staged staged_at(const Mat& m, int R, char* buf, bool on) {
+    if (!on) return Staged{0, 0};
+    return Staged{(const u8*)buf, (const u32*)(buf + stage_qs_bytes<WT>(m, R))};
+}
+
 // Launch: cooperative, grid <= resident blocks (one per SM), block 128, dynamic shared memory
-// = max over the phases (matvec_smem of each product, attention_smem_dual).
+// = max over the phases (matvec_smem of each product, attention_smem_dual), then with DEC_STAGE
+// two staging buffers (stage_off, stage_bytes: the largest item of any product).
 // x (dim) holds the embedding on entry and l_out-(n_layers-1) on exit; xn/xn_aq/xn_ads get
 // result_norm. `tap`, when not null, is the trace buffer: slot 1 + l gets l_out-l and slot
 // n_layers + 1 result_norm (slot 0, embd, is the embedding kernel's). `prof`: see grid_barrier;
 // its last row holds each block's start time and (block 0) the end of the final norm.
+// Staging schedule (buffer 0: A and D, buffer 1: C and E; a buffer is refilled only after the
+// barrier that ends the phase reading it): A(l) copies C(l), B(l) copies D(l), D(l) copies E(l),
+// E(l) copies A(l+1); before layer 0 A(0) is copied. Each product waits for all but the newest
+// group (cp_async_wait<1>), which is always its own plus the one issued after it.
 template <int WT>
 __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ layers, int n_layers, float* x, float* q,
                                           float* attn, i8* attn_aq, float2* attn_ads, i8* sw_aq, float2* sw_ads,
@@ -109,65 +161,108 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
                                           float* tap, const float* __restrict__ rope_table,
                                           const int* __restrict__ params, int dim, int kv_dim, int head_dim,
                                           int n_heads, int n_kv_heads, int ffn, float eps, float scale, u32* bar,
-                                          u64* prof) {
+                                          u64* prof, int flags, int stage_off, int stage_bytes) {
+    extern __shared__ float sh[];
     pdl_wait();
     int k = 0;
     const u32 base = (u32)params[1];
     if (prof && threadIdx.x == 0) prof[2 * ((size_t)5 * n_layers * gridDim.x + blockIdx.x)] = globaltimer();
-    const int nblk = gridDim.x;
+    const int nblk = gridDim.x, bid = blockIdx.x;
     const int qkv_w = dim + 2 * kv_dim;
+    const int items_a = (qkv_w + DEC_ROWS - 1) / DEC_ROWS, items_c = (dim + DEC_ROWS - 1) / DEC_ROWS;
+    const int items_d = ffn / 32, items_e = items_c;
+    const bool stage = flags & DEC_STAGE, pre = flags & DEC_PRELOAD;
+    const int g8 = (flags & DEC_NORM_G8) ? 1 : 0;
+    char* buf0 = (char*)sh + stage_off;
+    char* buf1 = buf0 + stage_bytes;
     const QkvEpi qe0 = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
     const SwigluEpi se0 = {0, 0, 0, 0};
-    const NormIn ni0 = {0, 0, 0.0f};
+    const NormIn ni0 = {0, 0, 0.0f, 0};
+    const Staged none = {0, 0};
+    // Attention heads: block bid serves h0, h0 + nblk, ...; with DEC_PRELOAD the last blocks.
+    const int h0 = pre ? nblk - 1 - bid : bid;
+    if (stage) stage_item<WT>(layers[0].qkv, MODE_QKV, DEC_ROWS, 0, bid, items_a, buf0);
     for (int l = 0; l < n_layers; l++) {
         const LayerDesc& L = layers[l];
+        const bool more = l + 1 < n_layers;
         // A: Q|K|V with the attention norm, bias, RoPE, cache store.
         {
-            const int items = (qkv_w + DEC_ROWS - 1) / DEC_ROWS;
+            if (stage) {
+                stage_item<WT>(L.wo, MODE_ADD, DEC_ROWS, 0, bid, items_c, buf1);
+                cp_async_wait<1>();
+            }
             QkvEpi qe = {q, L.k_cache, L.v_cache, rope_table, params, L.bq, L.bk, L.bv, dim, kv_dim, head_dim};
-            NormIn ni = {x, L.attn_norm, eps};
-            for (int it = blockIdx.x; it < items; it += nblk)
-                mv_block<WT>(L.qkv, 0, 0, 0, 0, qkv_w, MODE_QKV, DEC_ROWS, qe, se0, ni, it);
-            for (int it = blockIdx.x; it < (dim + DEC_ROWS - 1) / DEC_ROWS; it += nblk)
-                mv_prefetch<WT>(L.wo, MODE_ADD, DEC_ROWS, 0, it);
+            NormIn ni = {x, L.attn_norm, eps, g8};
+            for (int it = bid; it < items_a; it += nblk)
+                mv_block<WT>(L.qkv, 0, 0, 0, 0, qkv_w, MODE_QKV, DEC_ROWS, qe, se0, ni, it,
+                             it == bid ? staged_at<WT>(L.qkv, DEC_ROWS, buf0, stage) : none);
+            if (stage) {
+                for (int it = bid; it < items_d; it += nblk) mv_prefetch<WT>(L.gate_up, MODE_SWIGLU, 64, ffn, it);
+            } else {
+                for (int it = bid; it < items_c; it += nblk) mv_prefetch<WT>(L.wo, MODE_ADD, DEC_ROWS, 0, it);
+            }
+            if (pre && h0 < n_heads) attention_preload(L.k_cache, L.v_cache, params, n_heads, n_kv_heads, head_dim, h0);
         }
         grid_barrier(bar, base, prof, k);
         // B: attention, one head per item.
-        for (int h = blockIdx.x; h < n_heads; h += nblk)
+        if (stage) stage_item<WT>(L.gate_up, MODE_SWIGLU, 64, ffn, bid, items_d, buf0);
+        for (int h = h0; h < n_heads; h += nblk)
             attention_head(q, L.k_cache, L.v_cache, attn, attn_aq, attn_ads, params, n_heads, n_kv_heads, head_dim,
-                           scale, h, 0, true);
+                           scale, h, 0, true, pre && h == h0);
+        if (stage)
+            for (int it = bid; it < items_e; it += nblk) mv_prefetch<WT>(L.down, MODE_ADD, DEC_ROWS, 0, it);
         grid_barrier(bar, base, prof, k);
         // C: output projection into the residual stream.
         {
-            const int items = (dim + DEC_ROWS - 1) / DEC_ROWS;
-            for (int it = blockIdx.x; it < items; it += nblk)
-                mv_block<WT>(L.wo, attn_aq, attn_ads, x, 0, dim, MODE_ADD, DEC_ROWS, qe0, se0, ni0, it);
-            for (int it = blockIdx.x; it < ffn / 32; it += nblk) mv_prefetch<WT>(L.gate_up, MODE_SWIGLU, 64, ffn, it);
+            if (stage) cp_async_wait<1>();
+            for (int it = bid; it < items_c; it += nblk)
+                mv_block<WT>(L.wo, attn_aq, attn_ads, x, 0, dim, MODE_ADD, DEC_ROWS, qe0, se0, ni0, it,
+                             it == bid ? staged_at<WT>(L.wo, DEC_ROWS, buf1, stage) : none);
+            if (stage) {
+                if (more)
+                    for (int it = bid; it < items_a; it += nblk) mv_prefetch<WT>(layers[l + 1].qkv, MODE_QKV, DEC_ROWS, 0, it);
+            } else {
+                for (int it = bid; it < items_d; it += nblk) mv_prefetch<WT>(L.gate_up, MODE_SWIGLU, 64, ffn, it);
+            }
         }
         grid_barrier(bar, base, prof, k);
         // D: gate|up with the FFN norm, SwiGLU, Q8_1.
         {
+            if (stage) {
+                stage_item<WT>(L.down, MODE_ADD, DEC_ROWS, 0, bid, items_e, buf1);
+                cp_async_wait<1>();
+            }
             SwigluEpi se = {0, sw_aq, sw_ads, ffn};
-            NormIn ni = {x, L.ffn_norm, eps};
-            for (int it = blockIdx.x; it < ffn / 32; it += nblk)
-                mv_block<WT>(L.gate_up, 0, 0, 0, 0, 2 * ffn, MODE_SWIGLU, 64, qe0, se, ni, it);
-            for (int it = blockIdx.x; it < (dim + DEC_ROWS - 1) / DEC_ROWS; it += nblk)
-                mv_prefetch<WT>(L.down, MODE_ADD, DEC_ROWS, 0, it);
+            NormIn ni = {x, L.ffn_norm, eps, g8};
+            for (int it = bid; it < items_d; it += nblk)
+                mv_block<WT>(L.gate_up, 0, 0, 0, 0, 2 * ffn, MODE_SWIGLU, 64, qe0, se, ni, it,
+                             it == bid ? staged_at<WT>(L.gate_up, 64, buf0, stage) : none);
+            if (!stage)
+                for (int it = bid; it < items_e; it += nblk) mv_prefetch<WT>(L.down, MODE_ADD, DEC_ROWS, 0, it);
         }
         grid_barrier(bar, base, prof, k);
         // E: down projection into the residual stream (l_out-l).
         {
-            const int items = (dim + DEC_ROWS - 1) / DEC_ROWS;
+            if (stage) {
+                if (more) stage_item<WT>(layers[l + 1].qkv, MODE_QKV, DEC_ROWS, 0, bid, items_a, buf0);
+                else cp_async_commit();
+                cp_async_wait<1>();
+            }
             float* t = tap ? tap + (size_t)(1 + l) * dim : 0;
-            for (int it = blockIdx.x; it < items; it += nblk)
-                mv_block<WT>(L.down, sw_aq, sw_ads, x, t, dim, MODE_ADD, DEC_ROWS, qe0, se0, ni0, it);
-            if (l + 1 < n_layers) {
-                const int next = (qkv_w + DEC_ROWS - 1) / DEC_ROWS;
-                for (int it = blockIdx.x; it < next; it += nblk) mv_prefetch<WT>(layers[l + 1].qkv, MODE_QKV, DEC_ROWS, 0, it);
+            for (int it = bid; it < items_e; it += nblk)
+                mv_block<WT>(L.down, sw_aq, sw_ads, x, t, dim, MODE_ADD, DEC_ROWS, qe0, se0, ni0, it,
+                             it == bid ? staged_at<WT>(L.down, DEC_ROWS, buf1, stage) : none);
+            if (more) {
+                if (stage) {
+                    for (int it = bid; it < items_c; it += nblk) mv_prefetch<WT>(layers[l + 1].wo, MODE_ADD, DEC_ROWS, 0, it);
+                } else {
+                    for (int it = bid; it < items_a; it += nblk) mv_prefetch<WT>(layers[l + 1].qkv, MODE_QKV, DEC_ROWS, 0, it);
+                }
             }
         }
         grid_barrier(bar, base, prof, k);
     }
+    if (stage) cp_async_wait<0>();
     if (blockIdx.x == 0) {
         __syncthreads();
         rmsnorm_q8_row(x, output_norm, xn, tap ? tap + (size_t)(n_layers + 1) * dim : 0, xn_aq, xn_ads, dim, eps, 0);
@@ -186,10 +281,10 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
                                     float* tap, const float* __restrict__ rope_table,                          \
                                     const int* __restrict__ params, int dim, int kv_dim, int head_dim,         \
                                     int n_heads, int n_kv_heads, int ffn, float eps, float scale, u32* bar,    \
-                                    u64* prof) {                                                               \
+                                    u64* prof, int flags, int stage_off, int stage_bytes) {                    \
         decoder_layers<WT>(layers, n_layers, x, q, attn, attn_aq, attn_ads, sw_aq, sw_ads, xn, xn_aq, xn_ads,  \
                            output_norm, tap, rope_table, params, dim, kv_dim, head_dim, n_heads, n_kv_heads,  \
-                           ffn, eps, scale, bar, prof);                                                        \
+                           ffn, eps, scale, bar, prof, flags, stage_off, stage_bytes);                         \
     }
 DECODER_LAYERS_KERNEL(decoder_layers_q4_1, WT_Q4_1)
 DECODER_LAYERS_KERNEL(decoder_layers_q4_0, WT_Q4_0)

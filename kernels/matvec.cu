@@ -45,8 +45,13 @@ struct QkvEpi {
 };
 struct SwigluEpi { float* out; i8* aq; float2* ads; int ffn; };
 // Fused input norm: when `w` is not null the block normalizes rows of `x` itself (rmsnorm.cu's
-// rmsnorm_q8 arithmetic, same 128-thread tree) into shared memory instead of reading aq/ads.
-struct NormIn { const float* x; const float* w; float eps; };
+// rmsnorm_q8 arithmetic) into shared memory instead of reading aq/ads; `g8` (one-token blocks
+// only) takes common.cuh's rmsnorm_q8_g8, the same values with eight threads per block.
+struct NormIn { const float* x; const float* w; float eps; int g8; };
+// Weights of this block's rows already in shared memory (decode.cu's staging), or null: `qs`
+// and `dm` hold the item's rows from local row 0 (MODE_SWIGLU: the 32 gate rows, then the 32
+// up rows), in the global arrays' layout.
+struct Staged { const u8* qs; const u32* dm; };
 
 // The four quants of lane k (elements 4k..4k+3) of weight block `blk`, as signed bytes in one
 // word: Q8_0 word k of the block; Q4_x byte j holds element j (low nibble) and j + 16 (high),
@@ -130,7 +135,8 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
                                                const i8* aq, const float2* ads,
                                                float* out, float* tap, int n_in, int n_out, int out_stride,
                                                int mode, int n_tok, int rows_per_block, int tok_per_block,
-                                               QkvEpi qe, SwigluEpi se, NormIn ni, int bx, int by) {
+                                               QkvEpi qe, SwigluEpi se, NormIn ni, int bx, int by,
+                                               Staged st = Staged{0, 0}) {
     extern __shared__ float sh[];
     __syncthreads();
     const int R = rows_per_block;
@@ -148,9 +154,12 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
         i8* aq_s = (i8*)((char*)sh + off);
         float2* ads_s = (float2*)((char*)sh + off + (((size_t)tok_per_block * n_in + 15) & ~(size_t)15));
         if (ni.w) {
-            for (int tt = 0; tt < tcount; tt++)
-                rmsnorm_q8_regs(ni.x + (size_t)(t0 + tt) * n_in, ni.w, n_in, ni.eps, 0, 0, aq_s + tt * n_in,
-                                ads_s + tt * nb);
+            if (ni.g8 && tcount == 1)
+                rmsnorm_q8_g8(ni.x + (size_t)t0 * n_in, ni.w, n_in, ni.eps, aq_s, ads_s);
+            else
+                for (int tt = 0; tt < tcount; tt++)
+                    rmsnorm_q8_regs(ni.x + (size_t)(t0 + tt) * n_in, ni.w, n_in, ni.eps, 0, 0, aq_s + tt * n_in,
+                                    ads_s + tt * nb);
         } else {
             const int n16 = n_in / 16;
             for (int i = threadIdx.x; i < n16; i += blockDim.x) ((int4*)aq_s)[i] = ((const int4*)a_base)[i];
@@ -170,7 +179,12 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
         const int row = mode == MODE_SWIGLU ? (rl < 32 ? bx * 32 + rl : se.ffn + bx * 32 + rl - 32) : bx * R + rl;
         const bool active = sl < total && row < n_out;
         float acc = 0.0f, summs = 0.0f;
-        if (active) lane_dot<WT>(qs, dm, a_base + (size_t)tt * n_in, ads_base + (size_t)tt * nb, row, nb, k, acc, summs);
+        if (active) {
+            if (st.qs)
+                lane_dot<WT>(st.qs, st.dm, a_base + (size_t)tt * n_in, ads_base + (size_t)tt * nb, rl, nb, k, acc, summs);
+            else
+                lane_dot<WT>(qs, dm, a_base + (size_t)tt * n_in, ads_base + (size_t)tt * nb, row, nb, k, acc, summs);
+        }
         float v = hsum8_shfl(acc, 0xffffffffu);
         if (WT == WT_Q4_1) v = v + summs;
         if (active && k == 0) {
@@ -237,7 +251,7 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
                                     const float* norm_w, float eps) {                                          \
         QkvEpi qe = {q_out, k_cache, v_cache, table, params, bq, bk, bv, dim, kv_dim, head_dim};              \
         SwigluEpi se = {sw_out, sw_aq, sw_ads, ffn};                                                          \
-        NormIn ni = {norm_x, norm_w, eps};                                                                    \
+        NormIn ni = {norm_x, norm_w, eps, 0};                                                                 \
         pdl_launch();                                                                                      \
         matvec_prefetch<WT>(qs, n_in, n_out, mode, rows_per_block, ffn, blockIdx.x);                        \
         pdl_wait();                                                                                        \

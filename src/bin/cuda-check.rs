@@ -291,8 +291,17 @@ fn prefill(m: &Arc<Model>) -> Result<()> {
 /// arrival at the barrier minus the first block's departure from the previous one) and the
 /// barrier (last departure minus last arrival), averaged over layers and 64 steps.
 fn profile(m: &Arc<Model>) -> Result<()> {
+    use worker_orcd::backend::cuda::decode_flags as f;
+    for fl in [f::ALL, 0] {
+        profile_flags(m, fl)?;
+    }
+    Ok(())
+}
+
+fn profile_flags(m: &Arc<Model>, fl: u32) -> Result<()> {
     println!("\n== profile: persistent decode step ==");
     let mut b = CudaBackend::new(Arc::clone(m), 2048)?;
+    println!("decode flags {} (asked {fl})", b.set_decode_flags(fl));
     b.set_persistent_profiling(true)?;
     let n_layers = m.config.n_layers;
     let mut work = [0.0f64; 5];
@@ -410,6 +419,17 @@ fn bench(m: &Arc<Model>) -> Result<()> {
     }
     b.set_graphs(true);
     b.set_persistent(true);
+    // The persistent kernel's optimizations one by one (decode::flags), trace off.
+    if b.persistent_status().is_ok() {
+        use worker_orcd::backend::cuda::decode_flags as f;
+        for fl in [0, f::STAGE, f::NORM_G8, f::PRELOAD, f::STAGE | f::NORM_G8, f::ALL] {
+            let got = b.set_decode_flags(fl);
+            decode(&mut b, &mut NoTap, 16)?;
+            let r = median((0..5).map(|_| decode(&mut b, &mut NoTap, 128)).collect::<Result<Vec<_>>>()?);
+            rows.push(format!("| decode tg128 (persistent kernel, graph, decode flags {got}), trace off | {r:.0} tok/s | {:.1} µs/token |", 1e6 / r));
+        }
+        b.set_decode_flags(f::ALL);
+    }
     for n in [128usize, 512] {
         let mut times = Vec::new();
         for _ in 0..6 {

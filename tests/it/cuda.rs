@@ -701,13 +701,50 @@ fn persistent_decode_step_equals_per_op_path_and_cpu_bitwise() {
         for _ in 0..20 {
             assert_eq!(decode_steps(&mut b, &prompt, &steps, false).0, want, "{}: a repeated persistent run differs", ty.name());
         }
+        // Each optimization of the persistent kernel alone and none: the same bits.
+        use worker_orcd::backend::cuda::decode_flags as f;
+        for fl in [0, f::STAGE, f::NORM_G8, f::PRELOAD, f::ALL] {
+            assert_eq!(b.set_decode_flags(fl), fl, "decode flags {fl} not taken");
+            let (got, taps) = decode_steps(&mut b, &prompt, &steps, false);
+            assert_eq!(got, want, "{} decode flags {fl}: logits differ from the CPU backend", ty.name());
+            for (p, v) in &want_taps.tensors {
+                assert_eq!(bits(&taps.tensors[p]), bits(v), "{} decode flags {fl}: {} differs", ty.name(), p.name());
+            }
+        }
         println!(
-            "tiny {}: {} decode steps, persistent/per-op x graphs on/off, trace on/off, 20 repeats: bit-identical to the CPU backend ({} taps)",
+            "tiny {}: {} decode steps, persistent/per-op x graphs on/off, trace on/off, decode flags 0/1/2/4/7, 20 repeats: bit-identical to the CPU backend ({} taps)",
             ty.name(),
             steps.len(),
             want_taps.tensors.len()
         );
     }
+}
+
+/// Past the first 128-cell attention tile (the one DEC_PRELOAD loads ahead): 200 persistent
+/// decode steps, every flag combination that matters, against the CPU backend.
+#[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
+fn persistent_decode_past_the_first_attention_tile_equals_cpu() {
+    let Some(_g) = gpu() else { return };
+    use worker_orcd::backend::cuda::decode_flags as f;
+    let m = tiny_model(GgmlType::Q4_1);
+    let prompt: Vec<u32> = (0..5).map(|i| (i * 31 + 7) % 512).collect();
+    let steps: Vec<u32> = (0..200).map(|i| (i * 89 + 11) % 512).collect();
+    let mut cpu = CpuBackend::new(Arc::clone(&m), 256, 2).unwrap();
+    let (want, want_taps) = decode_steps(&mut cpu, &prompt, &steps, false);
+    let mut b = CudaBackend::new(Arc::clone(&m), 256).unwrap();
+    if let Err(why) = b.persistent_status() {
+        panic!("the persistent decode kernel is unavailable on this device: {why}");
+    }
+    for fl in [f::ALL, f::PRELOAD, 0] {
+        assert_eq!(b.set_decode_flags(fl), fl);
+        let (got, taps) = decode_steps(&mut b, &prompt, &steps, false);
+        assert_eq!(got, want, "decode flags {fl}: logits differ from the CPU backend");
+        for (p, v) in &want_taps.tensors {
+            assert_eq!(bits(&taps.tensors[p]), bits(v), "decode flags {fl}: {} differs", p.name());
+        }
+    }
+    println!("tiny Q4_1: {} decode steps to position {}, decode flags 7/4/0: bit-identical to the CPU backend", steps.len(), prompt.len() + steps.len());
 }
 
 #[test]

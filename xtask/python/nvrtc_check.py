@@ -5,7 +5,8 @@ that have no CUDA driver. Needs only the NVRTC shared library, e.g. from the PyP
 `nvidia-cuda-nvrtc` (13.x): `pip download --no-deps "nvidia-cuda-nvrtc>=13,<14"`, unzip it and
 pass `--nvrtc .../nvidia/cu13/lib/libnvrtc.so.13`.
 
-Usage: python3 xtask/python/nvrtc_check.py --nvrtc PATH [--arch sm_90] [MODULE.cu ...]
+Usage: python3 xtask/python/nvrtc_check.py --nvrtc PATH [--arch sm_90] [-v] [MODULE.cu ...]
+(-v: ptxas's report per kernel: registers, shared memory, stack frame, spills.)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nvrtc", required=True)
     ap.add_argument("--arch", default="sm_90")
+    ap.add_argument("-v", action="store_true", help="print ptxas's resource report per kernel")
     ap.add_argument("modules", nargs="*")
     a = ap.parse_args()
     nv = ctypes.CDLL(a.nvrtc)
@@ -46,7 +48,7 @@ def main() -> int:
             text += f'\n#line 1 "{m}"\n' + open(os.path.join(ROOT, "kernels", m), encoding="utf-8").read()
         prog = ctypes.c_void_p()
         assert nv.nvrtcCreateProgram(ctypes.byref(prog), text.encode(), f.encode(), 0, None, None) == 0
-        o = opts + [f"--gpu-architecture={a.arch}"]
+        o = opts + [f"--gpu-architecture={a.arch}"] + (["--ptxas-options=-v"] if a.v else [])
         arr = (ctypes.c_char_p * len(o))(*[s.encode() for s in o])
         rc = nv.nvrtcCompileProgram(prog, len(o), arr)
         size = ctypes.c_size_t()

@@ -61,12 +61,34 @@ fn mat(m: &DevMatrix) -> Option<MatDesc> {
     Some(MatDesc { qs: m.qs, dm: m.dm, wt, n_in: m.n_in as i32, n_out: m.n_out as i32, pad: 0 })
 }
 
+/// decode.cu's `flags`: speed only, every combination computes the same bits.
+pub mod flags {
+    /// Weights of a block's next items copied into shared memory (cp.async) ahead of use.
+    pub const STAGE: u32 = 1;
+    /// The fused norms quantize with eight threads per Q8_1 block.
+    pub const NORM_G8: u32 = 2;
+    /// Attention heads on the last blocks, their cached K/V tile loaded before the barrier.
+    pub const PRELOAD: u32 = 4;
+    pub const ALL: u32 = STAGE | NORM_G8 | PRELOAD;
+}
+
+/// Bytes decode.cu's `stage_item` copies for one item of `rows` rows of `m` (quants and scales).
+fn stage_item_bytes(m: &DevMatrix, rows: usize) -> usize {
+    let qb = if m.ty == GgmlType::Q8_0 { 32 } else { 16 };
+    rows * (m.n_in / QK) * (qb + 4)
+}
+
 /// The uploaded layer table, the barrier words and the launch shape.
 pub(crate) struct Persistent {
     table: DevBuf,
     bar: DevBuf,
     grid: u32,
     smem: usize,
+    /// Shared memory before the staging buffers, and each buffer's size (0: no staging).
+    stage_off: usize,
+    stage_bytes: usize,
+    /// decode.cu's `flags` for the next launches (STAGE only where the buffers fit).
+    flags: u32,
     n_layers: usize,
     /// The entry point for the layers' weight type.
     kernel: &'static str,
@@ -105,6 +127,7 @@ impl Persistent {
         let layer_kv = (n_ctx * kv_dim * 4) as u64;
         let mut descs = Vec::with_capacity(layers.len());
         let mut smem = super::ops::attention_smem_dual(c.head_dim, n_ctx);
+        let mut stage_bytes = 0usize;
         for (l, lw) in layers.iter().enumerate() {
             let (Some(qkv), Some(gate_up)) = (lw.qkv.first().filter(|_| lw.qkv.len() == 1), lw.gate_up.first().filter(|_| lw.gate_up.len() == 1)) else {
                 return Ok(Err(format!("layer {l}: Q|K|V or gate|up are not one stacked matrix")));
@@ -117,6 +140,11 @@ impl Persistent {
                 .max(matvec_smem(&lw.wo, ROWS, 1, false))
                 .max(matvec_smem(&gate_up.m, 64, 1, true))
                 .max(matvec_smem(&lw.down, ROWS, 1, false));
+            stage_bytes = stage_bytes
+                .max(stage_item_bytes(&qkv.m, ROWS))
+                .max(stage_item_bytes(&lw.wo, ROWS))
+                .max(stage_item_bytes(&gate_up.m, 64))
+                .max(stage_item_bytes(&lw.down, ROWS));
             descs.push(LayerDesc {
                 qkv: qkv_d,
                 wo,
@@ -139,12 +167,27 @@ impl Persistent {
         if smem > gpu.max_dynamic_smem {
             return Ok(Err(format!("needs {smem} bytes of shared memory per block")));
         }
+        // The staging buffers go after everything else; without room for two, no staging.
+        let stage_off = smem.div_ceil(16) * 16;
+        let stage_bytes = stage_bytes.div_ceil(16) * 16;
+        let (smem, stage_bytes) = if stage_off + 2 * stage_bytes <= gpu.max_dynamic_smem { (stage_off + 2 * stage_bytes, stage_bytes) } else { (smem, 0) };
+        let flags = super::options::options().decode_flags;
         // SAFETY: LayerDesc is repr(C) plain data (u64/i32 fields, no padding holes read).
         let bytes = unsafe { std::slice::from_raw_parts(descs.as_ptr() as *const u8, std::mem::size_of_val(descs.as_slice())) };
         let table = gpu.upload(bytes)?;
         let bar = gpu.upload(&[0u32; 2])?;
-        Ok(Ok(Persistent { table, bar, grid: gpu.sm_count as u32, smem, n_layers: layers.len(), kernel, prof: None }))
+        let mut p = Persistent { table, bar, grid: gpu.sm_count as u32, smem, stage_off, stage_bytes, flags: 0, n_layers: layers.len(), kernel, prof: None };
+        p.set_flags(flags);
+        Ok(Ok(p))
     }
+
+    /// Sets decode.cu's `flags` for the next launches (see [`flags`]); STAGE is dropped where
+    /// the staging buffers did not fit. Returns the flags in force.
+    pub fn set_flags(&mut self, f: u32) -> u32 {
+        self.flags = if self.stage_bytes == 0 { f & !flags::STAGE } else { f } & flags::ALL;
+        self.flags
+    }
+
 
     /// Turns barrier timestamps on or off (costs a little; for `cuda-check profile`).
     pub fn set_profiling(&mut self, gpu: &Gpu, on: bool) -> Result<(), BackendError> {
@@ -204,6 +247,9 @@ impl Persistent {
             Arg::F32(1.0f32 / (c.head_dim as f32).sqrt()),
             Arg::Ptr(self.bar.ptr()),
             Arg::Ptr(self.prof.as_ref().map_or(0, |b| b.ptr())),
+            Arg::I32(self.flags as i32),
+            Arg::I32(self.stage_off as i32),
+            Arg::I32(self.stage_bytes as i32),
         ];
         gpu.launch_cooperative(self.kernel, self.grid, THREADS, self.smem as u32, &args)
     }

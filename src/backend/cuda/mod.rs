@@ -20,6 +20,7 @@
 //! synchronous download after each op). `Kq` and `KqSoftmax` are never recorded by this backend.
 
 mod decode;
+pub use decode::flags as decode_flags;
 pub mod device;
 mod forward;
 pub mod kernels;
@@ -395,6 +396,16 @@ impl CudaBackend {
         self.use_persistent = on && self.persistent.is_ok();
         self.graphs.clear();
         self.use_persistent
+    }
+
+    /// Sets the persistent decode kernel's optimizations (`decode::flags`; results are
+    /// identical for every combination) and returns those in force (graphs are recaptured).
+    pub fn set_decode_flags(&mut self, f: u32) -> u32 {
+        self.graphs.clear();
+        match &mut self.persistent {
+            Ok(p) => p.set_flags(f),
+            Err(_) => 0,
+        }
     }
 
     /// Records barrier timestamps in the persistent kernel (profiling; graphs are recaptured).

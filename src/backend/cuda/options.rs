@@ -7,6 +7,7 @@
 //! | `WORKER_ORCD_CUDA_PERSISTENT=0` | on | one-position steps use the per-op kernels instead of the persistent decode kernel |
 //! | `WORKER_ORCD_CUDA_MMA=0` | on | products of 16 or more positions stay on the dp4a kernels instead of the tensor cores |
 //! | `WORKER_ORCD_CUDA_PDL=0` | on (sm_90+) | kernels never overlap their predecessor's tail (programmatic dependent launch) |
+//! | `WORKER_ORCD_CUDA_DECODE_FLAGS=N` | 7 | the persistent decode kernel's optimizations, a bit mask (`decode::flags`: 1 staged weights, 2 eight-thread norm quantization, 4 attention preload) |
 //! | `WORKER_ORCD_KERNEL_CACHE=DIR` | `$XDG_CACHE_HOME/worker-orcd/kernels`, else `~/.cache/worker-orcd/kernels` | where compiled kernel modules are cached |
 
 use std::path::PathBuf;
@@ -19,6 +20,8 @@ pub struct CudaOptions {
     pub persistent: bool,
     pub mma: bool,
     pub pdl: bool,
+    /// The persistent decode kernel's `flags` (`decode::flags`).
+    pub decode_flags: u32,
     /// `None` when no cache folder is known (then every start compiles).
     pub kernel_cache: Option<PathBuf>,
 }
@@ -38,6 +41,7 @@ impl CudaOptions {
             persistent: on("WORKER_ORCD_CUDA_PERSISTENT"),
             mma: on("WORKER_ORCD_CUDA_MMA"),
             pdl: on("WORKER_ORCD_CUDA_PDL"),
+            decode_flags: get("WORKER_ORCD_CUDA_DECODE_FLAGS").and_then(|v| v.trim().parse().ok()).unwrap_or(super::decode::flags::ALL),
             kernel_cache,
         }
     }
@@ -70,6 +74,8 @@ mod tests {
         assert_eq!(o.kernel_cache, Some(PathBuf::from("/x/worker-orcd/kernels")));
         let o = CudaOptions::from_lookup(env(&[("WORKER_ORCD_CUDA_PERSISTENT", "0"), ("WORKER_ORCD_KERNEL_CACHE", "/k"), ("HOME", "/h")]));
         assert!(!o.persistent);
+        assert_eq!(o.decode_flags, crate::backend::cuda::decode::flags::ALL);
+        assert_eq!(CudaOptions::from_lookup(env(&[("WORKER_ORCD_CUDA_DECODE_FLAGS", "2")])).decode_flags, 2);
         assert_eq!(o.kernel_cache, Some(PathBuf::from("/k")));
         assert_eq!(CudaOptions::from_lookup(env(&[])).kernel_cache, None);
     }
