@@ -345,12 +345,13 @@ __device__ __forceinline__ void rmsnorm_q8_regs(const float* xr, const float* __
 // eight instead of five in a warp. A block of 128 threads quantizes 16 blocks per round instead
 // of 4. Rows longer than G8_MAXR rounds take rmsnorm_q8_regs. dim % 32 == 0; blockDim.x % 32 == 0.
 #define G8_MAXR 4
+// `out` and `tap`, when not null, get the normalized row as f32 (as rmsnorm_q8_regs).
 __device__ __forceinline__ void rmsnorm_q8_g8(const float* xr, const float* __restrict__ w, int dim, float eps,
-                                              i8* aq, float2* ads) {
+                                              i8* aq, float2* ads, float* out = 0, float* tap = 0) {
     __shared__ double gscratch[32];
     const int t = threadIdx.x, per = blockDim.x / 8, nb = dim / QK;
     if (nb > G8_MAXR * per) {
-        rmsnorm_q8_regs(xr, w, dim, eps, 0, 0, aq, ads);
+        rmsnorm_q8_regs(xr, w, dim, eps, out, tap, aq, ads);
         return;
     }
     const int sub = t & 7;
@@ -396,6 +397,9 @@ __device__ __forceinline__ void rmsnorm_q8_g8(const float* xr, const float* __re
         isum += __shfl_xor_sync(0xffffffffu, isum, 2);
         isum += __shfl_xor_sync(0xffffffffu, isum, 1);
         if (b < nb) {
+            const int i = b * QK + 4 * sub;
+            if (out) *(float4*)(out + i) = make_float4(o0, o1, o2, o3);
+            if (tap) *(float4*)(tap + i) = make_float4(o0, o1, o2, o3);
             const u32 packed = (u32)(q0 & 0xff) | ((u32)(q1 & 0xff) << 8) | ((u32)(q2 & 0xff) << 16) | ((u32)(q3 & 0xff) << 24);
             *(u32*)(aq + b * QK + 4 * sub) = packed;
             if (sub == 0) ads[b] = make_float2(f16_round(d), f16_round(d * (float)isum));

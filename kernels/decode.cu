@@ -62,11 +62,19 @@ __device__ __forceinline__ u64 globaltimer() {
 // block that waits more than 2 s traps (a launch error, never a hung device).
 // `prof` (profiling only, else null): per barrier k and block b, the time the block arrived
 // and left, at prof[2 * (k * gridDim.x + b)] and the next word (ns, %globaltimer).
-__device__ __forceinline__ void grid_barrier(u32* bar, u32 base, u64* prof, int& k) {
+// Split in two: grid_arrive (after the block's last global write of the phase) and grid_wait;
+// between them a block may only issue work that writes no global memory (prefetches, copies
+// into its own shared memory), which then overlaps the other blocks' arrivals.
+__device__ __forceinline__ void grid_arrive(u32* bar, u64* prof, int k) {
     __syncthreads();
     if (threadIdx.x == 0) {
         if (prof) prof[2 * ((size_t)k * gridDim.x + blockIdx.x)] = globaltimer();
         asm volatile("red.release.gpu.global.add.u32 [%0], %1;" :: "l"(bar), "r"(1u) : "memory");
+    }
+}
+
+__device__ __forceinline__ void grid_wait(u32* bar, u32 base, u64* prof, int& k) {
+    if (threadIdx.x == 0) {
         const u32 target = base + (u32)(k + 1) * gridDim.x;
         u64 t0 = 0;
         for (int spin = 0; (int)(ld_acquire(bar) - target) < 0; spin++) {
@@ -80,6 +88,11 @@ __device__ __forceinline__ void grid_barrier(u32* bar, u32 base, u64* prof, int&
     }
     k++;
     __syncthreads();
+}
+
+__device__ __forceinline__ void grid_barrier(u32* bar, u32 base, u64* prof, int& k) {
+    grid_arrive(bar, prof, k);
+    grid_wait(bar, base, prof, k);
 }
 
 template <int WT>
@@ -96,6 +109,7 @@ __device__ __forceinline__ void mv_block(const Mat& m, const i8* aq, const float
 }
 
 #define DEC_ROWS 8
+#define ROPE_ROW_MAX 256
 
 // `flags` (backend::cuda::decode::Flags): speed only, every combination gives the same bits.
 //   DEC_STAGE    each block copies the weights of its item of the next product phase but one
@@ -175,7 +189,13 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
     const int g8 = (flags & DEC_NORM_G8) ? 1 : 0;
     char* buf0 = (char*)sh + stage_off;
     char* buf1 = buf0 + stage_bytes;
-    const QkvEpi qe0 = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    const QkvEpi qe0 = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    // This position's RoPE row, read once per step (every layer's Q|K|V epilogue uses it).
+    __shared__ float rope_s[ROPE_ROW_MAX];
+    const bool rope_in_smem = head_dim <= ROPE_ROW_MAX;
+    if (rope_in_smem)
+        for (int i = threadIdx.x; i < head_dim; i += blockDim.x) rope_s[i] = rope_table[(size_t)params[0] * head_dim + i];
+    __syncthreads();
     const SwigluEpi se0 = {0, 0, 0, 0};
     const NormIn ni0 = {0, 0, 0.0f, 0};
     const Staged none = {0, 0};
@@ -191,11 +211,13 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
                 stage_item<WT>(L.wo, MODE_ADD, DEC_ROWS, 0, bid, items_c, buf1);
                 cp_async_wait<1>();
             }
-            QkvEpi qe = {q, L.k_cache, L.v_cache, rope_table, params, L.bq, L.bk, L.bv, dim, kv_dim, head_dim};
+            QkvEpi qe = {q, L.k_cache, L.v_cache, rope_table, params, L.bq, L.bk, L.bv, dim, kv_dim, head_dim,
+                         rope_in_smem ? rope_s : 0};
             NormIn ni = {x, L.attn_norm, eps, g8};
             for (int it = bid; it < items_a; it += nblk)
                 mv_block<WT>(L.qkv, 0, 0, 0, 0, qkv_w, MODE_QKV, DEC_ROWS, qe, se0, ni, it,
                              it == bid ? staged_at<WT>(L.qkv, DEC_ROWS, buf0, stage) : none);
+            grid_arrive(bar, prof, k);
             if (stage) {
                 for (int it = bid; it < items_d; it += nblk) mv_prefetch<WT>(L.gate_up, MODE_SWIGLU, 64, ffn, it);
             } else {
@@ -203,21 +225,23 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
             }
             if (pre && h0 < n_heads) attention_preload(L.k_cache, L.v_cache, params, n_heads, n_kv_heads, head_dim, h0);
         }
-        grid_barrier(bar, base, prof, k);
+        grid_wait(bar, base, prof, k);
         // B: attention, one head per item.
         if (stage) stage_item<WT>(L.gate_up, MODE_SWIGLU, 64, ffn, bid, items_d, buf0);
         for (int h = h0; h < n_heads; h += nblk)
             attention_head(q, L.k_cache, L.v_cache, attn, attn_aq, attn_ads, params, n_heads, n_kv_heads, head_dim,
                            scale, h, 0, true, pre && h == h0);
+        grid_arrive(bar, prof, k);
         if (stage)
             for (int it = bid; it < items_e; it += nblk) mv_prefetch<WT>(L.down, MODE_ADD, DEC_ROWS, 0, it);
-        grid_barrier(bar, base, prof, k);
+        grid_wait(bar, base, prof, k);
         // C: output projection into the residual stream.
         {
             if (stage) cp_async_wait<1>();
             for (int it = bid; it < items_c; it += nblk)
                 mv_block<WT>(L.wo, attn_aq, attn_ads, x, 0, dim, MODE_ADD, DEC_ROWS, qe0, se0, ni0, it,
                              it == bid ? staged_at<WT>(L.wo, DEC_ROWS, buf1, stage) : none);
+            grid_arrive(bar, prof, k);
             if (stage) {
                 if (more)
                     for (int it = bid; it < items_a; it += nblk) mv_prefetch<WT>(layers[l + 1].qkv, MODE_QKV, DEC_ROWS, 0, it);
@@ -225,7 +249,7 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
                 for (int it = bid; it < items_d; it += nblk) mv_prefetch<WT>(L.gate_up, MODE_SWIGLU, 64, ffn, it);
             }
         }
-        grid_barrier(bar, base, prof, k);
+        grid_wait(bar, base, prof, k);
         // D: gate|up with the FFN norm, SwiGLU, Q8_1.
         {
             if (stage) {
@@ -237,10 +261,11 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
             for (int it = bid; it < items_d; it += nblk)
                 mv_block<WT>(L.gate_up, 0, 0, 0, 0, 2 * ffn, MODE_SWIGLU, 64, qe0, se, ni, it,
                              it == bid ? staged_at<WT>(L.gate_up, 64, buf0, stage) : none);
+            grid_arrive(bar, prof, k);
             if (!stage)
                 for (int it = bid; it < items_e; it += nblk) mv_prefetch<WT>(L.down, MODE_ADD, DEC_ROWS, 0, it);
         }
-        grid_barrier(bar, base, prof, k);
+        grid_wait(bar, base, prof, k);
         // E: down projection into the residual stream (l_out-l).
         {
             if (stage) {
@@ -252,6 +277,7 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
             for (int it = bid; it < items_e; it += nblk)
                 mv_block<WT>(L.down, sw_aq, sw_ads, x, t, dim, MODE_ADD, DEC_ROWS, qe0, se0, ni0, it,
                              it == bid ? staged_at<WT>(L.down, DEC_ROWS, buf1, stage) : none);
+            grid_arrive(bar, prof, k);
             if (more) {
                 if (stage) {
                     for (int it = bid; it < items_c; it += nblk) mv_prefetch<WT>(layers[l + 1].wo, MODE_ADD, DEC_ROWS, 0, it);
@@ -260,12 +286,14 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
                 }
             }
         }
-        grid_barrier(bar, base, prof, k);
+        grid_wait(bar, base, prof, k);
     }
     if (stage) cp_async_wait<0>();
     if (blockIdx.x == 0) {
         __syncthreads();
-        rmsnorm_q8_row(x, output_norm, xn, tap ? tap + (size_t)(n_layers + 1) * dim : 0, xn_aq, xn_ads, dim, eps, 0);
+        float* t = tap ? tap + (size_t)(n_layers + 1) * dim : 0;
+        if (g8) rmsnorm_q8_g8(x, output_norm, dim, eps, xn_aq, xn_ads, xn, t);
+        else rmsnorm_q8_row(x, output_norm, xn, t, xn_aq, xn_ads, dim, eps, 0);
         __syncthreads();
         if (prof && threadIdx.x == 0) prof[2 * ((size_t)5 * n_layers * gridDim.x) + 1] = globaltimer();
     }

@@ -39,9 +39,12 @@ __device__ __forceinline__ void store_out(float* out, float* tap, size_t idx, fl
 }
 
 // Epilogue arguments of the fused modes (null / 0 when unused).
+// `rope_row` (one-position blocks only, else null): the table's row for the position, already
+// in shared memory (the persistent kernel loads it once per step).
 struct QkvEpi {
     float* q_out; float* k_cache; float* v_cache; const float* table; const int* params;
     const float* bq; const float* bk; const float* bv; int dim; int kv_dim; int head_dim;
+    const float* rope_row;
 };
 struct SwigluEpi { float* out; i8* aq; float2* ads; int ffn; };
 // Fused input norm: when `w` is not null the block normalizes rows of `x` itself (rmsnorm.cu's
@@ -93,25 +96,27 @@ __device__ __forceinline__ void matvec_prefetch(const u8* __restrict__ qs, int n
 }
 
 // One lane (k) of one output: the lane's fused accumulation over all blocks and, for Q4_1, the
-// minimum terms; loads for four blocks are issued before their arithmetic.
+// minimum terms; loads for LANE_U blocks are issued before their arithmetic (more loads in
+// flight per thread; the arithmetic and its order are the same for any LANE_U).
+#define LANE_U 8
 template <int WT>
 __device__ __forceinline__ void lane_dot(const u8* __restrict__ qs, const u32* __restrict__ dm, const i8* arow,
                                          const float2* ads_row, int row, int nb, int k, float& acc, float& summs) {
     const size_t blk0 = (size_t)row * nb;
     int b = 0;
-    for (; b + 4 <= nb; b += 4) {
-        int wq[4], av[4];
-        u32 dmw[4];
-        float2 da[4];
+    for (; b + LANE_U <= nb; b += LANE_U) {
+        int wq[LANE_U], av[LANE_U];
+        u32 dmw[LANE_U];
+        float2 da[LANE_U];
 #pragma unroll
-        for (int u = 0; u < 4; u++) {
+        for (int u = 0; u < LANE_U; u++) {
             wq[u] = lane_quants<WT>(qs, blk0 + b + u, k);
             dmw[u] = dm[blk0 + b + u];
             av[u] = ((const int*)(arow + (b + u) * QK))[k];
             da[u] = ads_row[b + u];
         }
 #pragma unroll
-        for (int u = 0; u < 4; u++) {
+        for (int u = 0; u < LANE_U; u++) {
             int sumi = __dp4a(wq[u], av[u], 0);
             acc = fmaf(h2f((u16)(dmw[u] & 0xffffu)) * da[u].x, (float)sumi, acc);
             if (WT == WT_Q4_1) summs = fmaf(h2f((u16)(dmw[u] >> 16)), da[u].y, summs);
@@ -179,6 +184,9 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
         const int row = mode == MODE_SWIGLU ? (rl < 32 ? bx * 32 + rl : se.ffn + bx * 32 + rl - 32) : bx * R + rl;
         const bool active = sl < total && row < n_out;
         float acc = 0.0f, summs = 0.0f;
+        // The residual this output is added to, loaded before the dot product (not after it).
+        float prev = 0.0f;
+        if (mode == MODE_ADD && active && k == 0) prev = out[(size_t)(t0 + tt) * out_stride + row];
         if (active) {
             if (st.qs)
                 lane_dot<WT>(st.qs, st.dm, a_base + (size_t)tt * n_in, ads_base + (size_t)tt * nb, rl, nb, k, acc, summs);
@@ -188,7 +196,12 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
         float v = hsum8_shfl(acc, 0xffffffffu);
         if (WT == WT_Q4_1) v = v + summs;
         if (active && k == 0) {
-            if (mode == MODE_STORE || mode == MODE_ADD) {
+            if (mode == MODE_ADD) {
+                const size_t idx = (size_t)(t0 + tt) * out_stride + row;
+                v = prev + v;  // ops::add: x = x + v
+                out[idx] = v;
+                if (tap) tap[idx] = v;
+            } else if (mode == MODE_STORE) {
                 store_out(out, tap, (size_t)(t0 + tt) * out_stride + row, v, mode);
             } else {
                 res[tt * R + rl] = v;
@@ -205,7 +218,7 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
             size_t t = t0 + tt;
             size_t pos = (size_t)qe.params[0] + t;
             float x0 = res[tt * R + rl], x1 = res[tt * R + rl + 1];
-            const float* cs = qe.table + pos * qe.head_dim;
+            const float* cs = qe.rope_row ? qe.rope_row : qe.table + pos * qe.head_dim;
             if (row < qe.dim) {
                 if (qe.bq) { x0 = x0 + qe.bq[row]; x1 = x1 + qe.bq[row + 1]; }
                 int i = row % qe.head_dim;
@@ -249,7 +262,7 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
                                     const float* bk, const float* bv, int dim, int kv_dim, int head_dim,       \
                                     float* sw_out, i8* sw_aq, float2* sw_ads, int ffn, const float* norm_x,     \
                                     const float* norm_w, float eps) {                                          \
-        QkvEpi qe = {q_out, k_cache, v_cache, table, params, bq, bk, bv, dim, kv_dim, head_dim};              \
+        QkvEpi qe = {q_out, k_cache, v_cache, table, params, bq, bk, bv, dim, kv_dim, head_dim, 0};           \
         SwigluEpi se = {sw_out, sw_aq, sw_ads, ffn};                                                          \
         NormIn ni = {norm_x, norm_w, eps, 0};                                                                 \
         pdl_launch();                                                                                      \
