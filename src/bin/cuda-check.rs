@@ -306,6 +306,10 @@ fn profile_flags(m: &Arc<Model>, fl: u32) -> Result<()> {
     let n_layers = m.config.n_layers;
     let mut work = [0.0f64; 5];
     let mut wait = [0.0f64; 5];
+    // Additive: from the last block's departure from the previous barrier to the last departure
+    // from this one (the spans of every barrier plus the time from the last departure to the end
+    // sum to the kernel total; work and barrier overlap where blocks leave at different times).
+    let mut span = [0.0f64; 5];
     let (mut total, mut norm, mut launch_to_first, mut wall) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
     let steps = 64;
     let mut logits = b.forward(&[1], 0, LogitRows::Last, &mut NoTap)?;
@@ -321,13 +325,16 @@ fn profile_flags(m: &Arc<Model>, fl: u32) -> Result<()> {
         let last_start = (0..g).map(|blk| at(starts, blk, 0)).fold(0.0, f64::max);
         launch_to_first += last_start - first_start;
         let mut prev_leave = first_start;
+        let mut prev_leave_max = first_start;
         for k in 0..starts {
             let arrive_max = (0..g).map(|blk| at(k, blk, 0)).fold(0.0, f64::max);
             let leave_max = (0..g).map(|blk| at(k, blk, 1)).fold(0.0, f64::max);
             let leave_min = (0..g).map(|blk| at(k, blk, 1)).fold(f64::MAX, f64::min);
             work[k % 5] += arrive_max - prev_leave;
             wait[k % 5] += leave_max - arrive_max;
+            span[k % 5] += leave_max - prev_leave_max;
             prev_leave = leave_min;
+            prev_leave_max = leave_max;
         }
         let end = at(starts, 0, 1);
         norm += end - prev_leave;
@@ -335,9 +342,9 @@ fn profile_flags(m: &Arc<Model>, fl: u32) -> Result<()> {
     }
     let per = |v: f64| v / 1e3 / (steps * n_layers) as f64;
     println!("grid {} blocks; per layer, averaged over {n_layers} layers x {steps} steps (µs):", b.persistent_profile()?.map(|x| x.1).unwrap_or(0));
-    println!("| phase | work | barrier |\n|---|---|---|");
+    println!("| phase | work | barrier | span (additive) |\n|---|---|---|---|");
     for (i, name) in ["A qkv+norm+rope", "B attention", "C wo+add", "D gate_up+norm+swiglu", "E down+add"].iter().enumerate() {
-        println!("| {name} | {:.2} | {:.2} |", per(work[i]), per(wait[i]));
+        println!("| {name} | {:.2} | {:.2} | {:.2} |", per(work[i]), per(wait[i]), per(span[i]));
     }
     println!(
         "block start spread {:.2} µs, final norm {:.2} µs, kernel total {:.1} µs per step; Backend::forward wall {:.1} µs per step",
