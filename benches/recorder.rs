@@ -351,6 +351,83 @@ pub fn format_markdown(rows: &[BenchRow]) -> String {
     s
 }
 
+/// How fast the recorder writes `full` decode-step frames of `dims` with `encoders` encoder
+/// threads: `frames` frames fed through the tap as fast as it takes them (a budget that holds
+/// them all, so none is dropped), timed until the writer has written the last one. Returns
+/// (frames per second, recorder CPU ms per frame). The values are synthetic: a fixed
+/// pseudo-random draw shaped like hidden states (sums of uniforms), new for every frame.
+pub fn writer_throughput(dims: ModelDims, frames: usize, encoders: usize, dir: &std::path::Path) -> Result<(f64, f64), BenchError> {
+    use worker_orcd::backend::TapPoint;
+    let step = worker_orcd::trace::decode_step_floats(dims);
+    let mut rc = RecorderConfig::new(dir, TraceLevel::Full);
+    rc.encoders = encoders;
+    rc.budget_bytes = (frames + 16) * step * 4;
+    let mut rec = Recorder::start(rc, dims)?;
+    let req = GenerateRequest {
+        prompt_ids: vec![1],
+        params: SamplingParams::greedy(),
+        seed: 1,
+        max_tokens: frames,
+        stop: Vec::new(),
+        top_logprobs: 0,
+        prefill_chunk: 128,
+    };
+    let active = rec.begin(&format!("throughput-{encoders}"), bench_header(&req, TraceLevel::Full, dims, "synthetic", 0)).expect("one recording");
+    let (dim, vocab) = (dims.dim as usize, dims.n_vocab as usize);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut draw = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                let mut v = 0.0f32;
+                for _ in 0..4 {
+                    state = worker_orcd::trace::splitmix64(state);
+                    v += (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                }
+                v * 3.0
+            })
+            .collect()
+    };
+    // Eight steps of values: (embd, l_out per layer, result_norm, logits).
+    type Step = (Vec<f32>, Vec<Vec<f32>>, Vec<f32>, Vec<f32>);
+    let inputs: Vec<Step> = (0..8).map(|_| (draw(dim), (0..dims.n_layers).map(|_| draw(dim)).collect(), draw(dim), draw(vocab))).collect();
+    let t0 = Instant::now();
+    let dropped = {
+        let mut tap = rec.tap(&active);
+        for f in 0..frames {
+            let (embd, louts, norm, logits) = &inputs[f % inputs.len()];
+            tap.record(TapPoint::Embd, f, 1, embd);
+            for (l, v) in louts.iter().enumerate() {
+                tap.record(TapPoint::LOut(l), f, 1, v);
+            }
+            tap.record(TapPoint::ResultNorm, f, 1, norm);
+            tap.record(TapPoint::Logits, f, 1, logits);
+        }
+        tap.finish()
+    };
+    rec.flush();
+    let secs = t0.elapsed().as_secs_f64();
+    let snap = rec.status().snapshot();
+    rec.end(
+        active,
+        Footer {
+            outcome: "ok".into(),
+            error: None,
+            stop_reason: "MAX_TOKENS".into(),
+            stop_sequence: None,
+            stop_sequence_matched: None,
+            eog_token: None,
+            tokens: Vec::new(),
+            text: String::new(),
+            timings: Timings { queue_ms: 0.0, prefill_ms: 0.0, decode_ms: secs * 1e3, total_ms: secs * 1e3 },
+            dropped_trace_frames: dropped,
+            ended_at: String::new(),
+        },
+    );
+    rec.shutdown();
+    assert_eq!(dropped, 0, "the throughput budget holds every frame");
+    Ok((frames as f64 / secs, snap.writer_cpu_ms as f64 / frames as f64))
+}
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -377,5 +454,17 @@ fn main() -> anyhow::Result<()> {
         opts.repeats
     );
     println!("{}", format_markdown(&rows));
+
+    // The writer alone and with encoder threads, at `full`, SmolLM2's decode-step frames.
+    let frames = env_usize("WORKER_ORCD_BENCH_WRITER_FRAMES", 512);
+    let dims = ModelDims { n_layers: 30, dim: 576, n_vocab: 49152 };
+    println!("\n`full` decode-step frames through the recorder as fast as it takes them ({frames} frames, synthetic values):\n");
+    println!("| encoder threads | frames/s | recorder CPU ms/frame |\n|---|---:|---:|");
+    for encoders in [0usize, 1, 2, 4] {
+        let d = dir.join(format!("throughput-{encoders}"));
+        let (fps, cpu) = writer_throughput(dims, frames, encoders, &d)?;
+        println!("| {encoders} | {fps:.0} | {cpu:.2} |");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -426,7 +426,7 @@ fn bench(m: &Arc<Model>) -> Result<()> {
     }
     b.set_graphs(true);
     b.set_persistent(true);
-    // The persistent kernel's optimizations one by one (decode::flags), trace off.
+    // The persistent kernel's optimizations one by one (decode_flags), trace off.
     if b.persistent_status().is_ok() {
         use worker_orcd::backend::cuda::decode_flags as f;
         for fl in [0, f::STAGE, f::NORM_G8, f::PRELOAD, f::STAGE | f::NORM_G8, f::ALL] {

@@ -97,6 +97,10 @@ pub struct ServeArgs {
     /// Accept any `Host` and `Origin` (a worker behind a proxy); requires --api-token.
     #[arg(long)]
     pub allow_any_host: bool,
+    /// Threads that summarize and compress trace frames beside the recorder's writer (default:
+    /// the cores beyond two, at most 8; 0 = the writer alone). Recordings are the same bytes.
+    #[arg(long)]
+    pub trace_encoders: Option<usize>,
 }
 
 pub use crate::backend::BackendChoice;
@@ -162,6 +166,8 @@ pub struct ServerConfig {
     pub allow_any_host: bool,
     /// Trace buffer memory the recorder may hold.
     pub recorder_budget_bytes: usize,
+    /// The recorder's encoder threads (`None`: `trace::default_encoders()`).
+    pub trace_encoders: Option<usize>,
     /// Test hook: the inference thread waits at this gate before each job.
     #[doc(hidden)]
     pub gate: Option<Arc<Gate>>,
@@ -195,6 +201,7 @@ impl Default for ServerConfig {
             allow_hosts: Vec::new(),
             allow_any_host: false,
             recorder_budget_bytes: 64 << 20,
+            trace_encoders: None,
             gate: None,
             record_write_delay_ms: None,
             record_disk_bytes_left: None,
@@ -223,6 +230,7 @@ impl ServerConfig {
             shutdown_grace: Duration::from_secs(a.shutdown_grace_s),
             allow_hosts: a.allow_hosts,
             allow_any_host: a.allow_any_host,
+            trace_encoders: a.trace_encoders,
             ..ServerConfig::default()
         };
         cfg.validate()?;
@@ -249,6 +257,9 @@ impl ServerConfig {
         }
         if self.max_preparing == 0 || self.max_preparing > 1024 {
             return flag("max-preparing", format!("{} is outside 1 to 1024", self.max_preparing));
+        }
+        if let Some(n) = self.trace_encoders.filter(|&n| n > crate::trace::MAX_ENCODERS) {
+            return flag("trace-encoders", format!("{n} is more than {} threads", crate::trace::MAX_ENCODERS));
         }
         if self.max_connections == 0 || self.max_connections > 1 << 20 {
             return flag("max-connections", format!("{} is outside 1 to {}", self.max_connections, 1 << 20));
@@ -484,6 +495,9 @@ fn start_core(cfg: &ServerConfig) -> Result<Core, ServerError> {
         Some(dir) => {
             let mut rc = RecorderConfig::new(dir, cfg.trace);
             rc.budget_bytes = cfg.recorder_budget_bytes;
+            if let Some(n) = cfg.trace_encoders {
+                rc.encoders = n;
+            }
             rc.write_delay_ms = cfg.record_write_delay_ms.clone();
             rc.disk_bytes_left = cfg.record_disk_bytes_left.clone();
             Some(Recorder::start(rc, dims)?)

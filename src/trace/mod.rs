@@ -47,8 +47,8 @@ pub use summary::{
 };
 pub use tap::{site_of, FrameTap, TraceTap};
 pub use writer::{
-    decode_step_floats, partial_of, ActiveRecording, Recorder, RecorderConfig, RecorderError, RecorderSnapshot, RecorderStatus, RecordingOutcome, Verdict,
-    MAX_OPEN_RECORDINGS, PARTIAL_SUFFIX, RECORDING_EXT,
+    decode_step_floats, default_encoders, partial_of, ActiveRecording, Recorder, RecorderConfig, RecorderError, RecorderSnapshot, RecorderStatus,
+    RecordingOutcome, Verdict, MAX_ENCODERS, MAX_OPEN_RECORDINGS, PARTIAL_SUFFIX, RECORDING_EXT,
 };
 
 /// The projection every recording of this format version uses.

@@ -58,6 +58,10 @@ pub struct RecorderConfig {
     pub zstd_level: Option<i32>,
     /// Byte-shuffle full values before compression.
     pub shuffle: bool,
+    /// Threads that summarize and compress trace frames beside the writer thread (0: the
+    /// writer does it itself). Frames are still written one at a time in the order they were
+    /// sent, and their bytes do not depend on this number.
+    pub encoders: usize,
     /// Test hook: sleep this many milliseconds before every frame write (a slow disk); the
     /// test may change it while the recorder runs.
     #[doc(hidden)]
@@ -70,9 +74,27 @@ pub struct RecorderConfig {
 
 impl RecorderConfig {
     pub fn new(dir: impl Into<PathBuf>, level: TraceLevel) -> RecorderConfig {
-        RecorderConfig { dir: dir.into(), level, budget_bytes: 64 << 20, zstd_level: Some(1), shuffle: true, write_delay_ms: None, disk_bytes_left: None }
+        RecorderConfig {
+            dir: dir.into(),
+            level,
+            budget_bytes: 64 << 20,
+            zstd_level: Some(1),
+            shuffle: true,
+            encoders: default_encoders(),
+            write_delay_ms: None,
+            disk_bytes_left: None,
+        }
     }
 }
+
+/// Encoder threads by default: the cores beyond two (the inference thread and the writer),
+/// at most [`MAX_ENCODERS`]; none on a machine of two cores or fewer.
+pub fn default_encoders() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get().saturating_sub(2)).min(MAX_ENCODERS)
+}
+
+/// At most this many encoder threads.
+pub const MAX_ENCODERS: usize = 8;
 
 /// Counters shared between the recorder, its writer and whoever reports health.
 #[derive(Debug)]
@@ -407,23 +429,15 @@ impl Recorder {
         if !cfg.dir.is_dir() {
             return Err(RecorderError::NotADirectory { path: cfg.dir.clone() });
         }
-        let compressor = match cfg.zstd_level {
-            Some(level) => Some(zstd::bulk::Compressor::new(level).map_err(|source| RecorderError::Zstd { level, source })?),
-            None => None,
-        };
         let status = Arc::new(RecorderStatus::new(cfg.dir.clone(), cfg.level));
         let (tx, rx) = channel();
         let (free_tx, free_rx) = channel();
         let open = Arc::new(AtomicUsize::new(0));
+        let encoders = if cfg.level == TraceLevel::Off { 0 } else { cfg.encoders.min(MAX_ENCODERS) };
+        let pool_of_encoders = if encoders > 0 { Some(EncoderPool::start(&cfg, encoders, &status, &free_tx)?) } else { None };
         let writer = Writer {
-            level: cfg.level,
-            shuffle: cfg.shuffle,
-            compressor,
-            projector: Projector::default(),
-            scratch: Scratch::default(),
-            payload: Vec::new(),
-            zbuf: Vec::new(),
-            frame_values: 0,
+            enc: Encoder::new(&cfg)?,
+            encoders: pool_of_encoders,
             files: HashMap::new(),
             status: Arc::clone(&status),
             free_tx,
@@ -542,7 +556,9 @@ struct OpenFile {
     verdict: Arc<Verdict>,
 }
 
-struct Writer {
+/// Turns a trace buffer (or any frame value) into a frame's bytes: the summaries, postcard and
+/// zstd state of one thread. The writer thread has one; each encoder thread has its own.
+struct Encoder {
     level: TraceLevel,
     shuffle: bool,
     compressor: Option<zstd::bulk::Compressor<'static>>,
@@ -550,8 +566,152 @@ struct Writer {
     scratch: Scratch,
     payload: Vec<u8>,
     zbuf: Vec<u8>,
-    /// Bytes of full values held by the trace frame being written.
+    /// Bytes of full values held by the trace frame being encoded.
     frame_values: usize,
+}
+
+/// One trace frame, encoded and ready to append.
+struct EncodedTrace {
+    head: [u8; format::FRAME_HEADER_LEN],
+    stored: Vec<u8>,
+    raw_len: u64,
+    value_bytes: u64,
+}
+
+impl Encoder {
+    fn new(cfg: &RecorderConfig) -> Result<Encoder, RecorderError> {
+        let compressor = match cfg.zstd_level {
+            Some(level) => Some(zstd::bulk::Compressor::new(level).map_err(|source| RecorderError::Zstd { level, source })?),
+            None => None,
+        };
+        Ok(Encoder {
+            level: cfg.level,
+            shuffle: cfg.shuffle,
+            compressor,
+            projector: Projector::default(),
+            scratch: Scratch::default(),
+            payload: Vec::new(),
+            zbuf: Vec::new(),
+            frame_values: 0,
+        })
+    }
+
+    fn summarize(&mut self, forward: u32, buf: &TraceBuf) -> TraceFrame {
+        let sites = buf
+            .slots
+            .iter()
+            .map(|s| {
+                let n = s.n_rows as usize * s.width as usize;
+                summary::summarize_site(
+                    self.level,
+                    s.site,
+                    s.row0,
+                    s.n_rows as usize,
+                    s.width as usize,
+                    &buf.data[s.offset..s.offset + n],
+                    self.shuffle,
+                    &mut self.projector,
+                    &mut self.scratch,
+                )
+            })
+            .collect();
+        let frame = TraceFrame { forward, pos0: buf.pos0, n_tok: buf.n_tok, sites };
+        self.frame_values = frame.sites.iter().filter_map(|s| s.values.as_ref()).map(|v| v.bytes.0.len()).sum();
+        frame
+    }
+
+    /// The trace frame of `buf`, summarized, encoded and compressed.
+    fn trace(&mut self, forward: u32, buf: &TraceBuf) -> std::io::Result<EncodedTrace> {
+        let frame = self.summarize(forward, buf);
+        self.payload.clear();
+        encode(&frame, &mut self.payload)?;
+        let raw_len = self.payload.len() as u64;
+        let value_bytes = buf.slots.iter().map(|s| s.n_rows as u64 * s.width as u64 * 4).sum();
+        let (head, stored) = format::encode_frame(FrameKind::Trace, &self.payload, self.compressor.as_mut(), &mut self.zbuf)?;
+        Ok(EncodedTrace { head, stored: stored.to_vec(), raw_len, value_bytes })
+    }
+
+    /// Peak scratch of this encoder: summaries, payload, compressed payload, the frame's values.
+    fn scratch_bytes(&self) -> u64 {
+        (self.scratch.capacity_bytes() + self.payload.capacity() + self.zbuf.capacity() + self.frame_values) as u64
+    }
+}
+
+/// One trace buffer for an encoder thread, and where its frame goes back to the writer.
+struct EncodeJob {
+    forward: u32,
+    buf: TraceBuf,
+    done: std::sync::mpsc::SyncSender<std::io::Result<EncodedTrace>>,
+}
+
+/// Encoder threads taking jobs from one queue. Each returns the trace buffer to the pool as
+/// soon as it has summarized it, and its frame through the job's own channel; the writer
+/// thread keeps the order.
+struct EncoderPool {
+    jobs: Option<Sender<EncodeJob>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// Each encoder thread's CPU time after its last job (ms; Linux).
+    cpu_ms: Vec<Arc<AtomicU64>>,
+}
+
+impl EncoderPool {
+    fn start(cfg: &RecorderConfig, n: usize, status: &Arc<RecorderStatus>, free_tx: &Sender<TraceBuf>) -> Result<EncoderPool, RecorderError> {
+        let (jobs, rx) = channel::<EncodeJob>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut pool = EncoderPool { jobs: Some(jobs), threads: Vec::new(), cpu_ms: Vec::new() };
+        for i in 0..n {
+            let mut enc = Encoder::new(cfg)?;
+            let rx = Arc::clone(&rx);
+            let status = Arc::clone(status);
+            let free_tx = free_tx.clone();
+            let cpu = Arc::new(AtomicU64::new(0));
+            pool.cpu_ms.push(Arc::clone(&cpu));
+            let t = std::thread::Builder::new()
+                .name(format!("recorder-encoder-{i}"))
+                .spawn(move || loop {
+                    let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok(EncodeJob { forward, buf, done }) = job else { break };
+                    let t0 = Instant::now();
+                    let r = enc.trace(forward, &buf);
+                    let _ = free_tx.send(buf);
+                    status.writer_busy_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    status.writer_scratch_peak_bytes.fetch_max(enc.scratch_bytes(), Ordering::Relaxed);
+                    if let Some(ms) = thread_cpu_ms() {
+                        cpu.store(ms, Ordering::Relaxed);
+                    }
+                    let _ = done.send(r);
+                })
+                .map_err(|source| RecorderError::Spawn { source })?;
+            pool.threads.push(t);
+        }
+        Ok(pool)
+    }
+
+    fn cpu_ms(&self) -> u64 {
+        self.cpu_ms.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+}
+
+impl Drop for EncoderPool {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A message in the writer's order: handled as it comes, or a trace frame still being encoded.
+enum Pending {
+    Msg(WriterMsg),
+    Trace { id: u64, frame: Receiver<std::io::Result<EncodedTrace>> },
+}
+
+struct Writer {
+    /// The writer thread's own encoder: every frame without encoder threads, and the header,
+    /// token and footer frames always.
+    enc: Encoder,
+    encoders: Option<EncoderPool>,
     files: HashMap<u64, OpenFile>,
     status: Arc<RecorderStatus>,
     free_tx: Sender<TraceBuf>,
@@ -562,10 +722,15 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, rx: Receiver<WriterMsg>) {
-        while let Ok(msg) = rx.recv() {
-            self.handle(msg);
+        if self.encoders.is_some() {
+            self.run_with_encoders(&rx);
+        } else {
+            while let Ok(msg) = rx.recv() {
+                self.handle(msg);
+            }
         }
-        // The channel closed with recordings unfinished: they stay `.partial`, as after a crash.
+        self.encoders = None; // joins the encoder threads
+                              // The channel closed with recordings unfinished: they stay `.partial`, as after a crash.
         for (_, f) in self.files.drain() {
             if f.file.is_some() {
                 eprintln!("worker-orcd: recorder: job {} left unfinished at {}", f.job_id, f.temp.display());
@@ -575,6 +740,95 @@ impl Writer {
                 Some(error) => RecordingOutcome::Lost { error },
                 None => RecordingOutcome::Cut { partial: f.temp, error },
             });
+        }
+    }
+
+    /// The writer loop with encoder threads: every trace buffer that arrives goes to an
+    /// encoder at once (at most `2 * encoders` in flight, which bounds the encoded frames held
+    /// here), and the queue is worked off strictly in arrival order, so each recording's frames
+    /// are written as they were sent.
+    fn run_with_encoders(&mut self, rx: &Receiver<WriterMsg>) {
+        let max_in_flight = 2 * self.encoders.as_ref().map_or(1, |p| p.threads.len());
+        let mut queue: std::collections::VecDeque<Pending> = std::collections::VecDeque::new();
+        let mut in_flight = 0usize;
+        let mut open = true;
+        loop {
+            // Take every message that is already there (submitting trace buffers) while there
+            // is room, then wait: for the next message when nothing is queued, else for the
+            // oldest queued frame.
+            while open && in_flight < max_in_flight {
+                match rx.try_recv() {
+                    Ok(msg) => {
+                        if matches!(msg, WriterMsg::Trace { .. }) {
+                            in_flight += 1;
+                        }
+                        queue.push_back(self.submit(msg));
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => open = false,
+                }
+            }
+            match queue.pop_front() {
+                Some(Pending::Msg(msg)) => self.handle(msg),
+                Some(Pending::Trace { id, frame }) => {
+                    in_flight -= 1;
+                    let r = frame.recv().unwrap_or_else(|_| Err(std::io::Error::other("a recorder encoder thread stopped")));
+                    let t0 = Instant::now();
+                    self.write_trace(id, r);
+                    self.status.writer_busy_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                }
+                None if open => match rx.recv() {
+                    Ok(msg) => {
+                        if matches!(msg, WriterMsg::Trace { .. }) {
+                            in_flight += 1;
+                        }
+                        queue.push_back(self.submit(msg));
+                    }
+                    Err(_) => open = false,
+                },
+                None => return,
+            }
+        }
+    }
+
+    /// Hands a trace buffer to the encoder threads (or back to the pool when its recording
+    /// is no longer written); any other message waits in the queue as it is.
+    fn submit(&mut self, msg: WriterMsg) -> Pending {
+        match msg {
+            WriterMsg::Trace { id, forward, buf } => {
+                let (done, frame) = std::sync::mpsc::sync_channel(1);
+                // A recording whose writes already failed gets no more frames. One not in the
+                // table yet has its Begin still queued ahead of this buffer: encoded all the same.
+                if self.files.get(&id).is_some_and(|f| f.file.is_none()) {
+                    let _ = self.free_tx.send(buf);
+                    let _ = done.send(Err(std::io::Error::other("not written")));
+                    return Pending::Trace { id, frame };
+                }
+                let jobs = self.encoders.as_ref().and_then(|p| p.jobs.as_ref());
+                if let Some(Err(e)) = jobs.map(|j| j.send(EncodeJob { forward, buf, done })) {
+                    let EncodeJob { buf, done, .. } = e.0;
+                    let _ = self.free_tx.send(buf);
+                    let _ = done.send(Err(std::io::Error::other("the recorder's encoder threads are gone")));
+                }
+                Pending::Trace { id, frame }
+            }
+            other => Pending::Msg(other),
+        }
+    }
+
+    /// Appends an encoded trace frame to recording `id` and counts it.
+    fn write_trace(&mut self, id: u64, r: std::io::Result<EncodedTrace>) {
+        if self.files.get(&id).is_none_or(|f| f.file.is_none()) {
+            return;
+        }
+        match r.and_then(|e| self.append(id, &e.head, &e.stored).map(|stored| (e, stored))) {
+            Ok((e, stored)) => {
+                self.status.trace_frames.fetch_add(1, Ordering::Relaxed);
+                self.status.trace_raw_bytes.fetch_add(e.raw_len, Ordering::Relaxed);
+                self.status.trace_stored_bytes.fetch_add(stored, Ordering::Relaxed);
+                self.status.trace_value_bytes.fetch_add(e.value_bytes, Ordering::Relaxed);
+            }
+            Err(e) => self.fail(id, e),
         }
     }
 
@@ -598,20 +852,8 @@ impl Writer {
             }
             WriterMsg::Trace { id, forward, buf } => {
                 if self.files.get(&id).is_some_and(|f| f.file.is_some()) {
-                    let frame = self.summarize(forward, &buf);
-                    self.payload.clear();
-                    let result = encode(&frame, &mut self.payload);
-                    let raw_len = self.payload.len() as u64;
-                    let values: u64 = buf.slots.iter().map(|s| s.n_rows as u64 * s.width as u64 * 4).sum();
-                    match result.and_then(|_| self.write_payload(id, FrameKind::Trace)) {
-                        Ok(stored) => {
-                            self.status.trace_frames.fetch_add(1, Ordering::Relaxed);
-                            self.status.trace_raw_bytes.fetch_add(raw_len, Ordering::Relaxed);
-                            self.status.trace_stored_bytes.fetch_add(stored, Ordering::Relaxed);
-                            self.status.trace_value_bytes.fetch_add(values, Ordering::Relaxed);
-                        }
-                        Err(e) => self.fail(id, e),
-                    }
+                    let r = self.enc.trace(forward, &buf);
+                    self.write_trace(id, r);
                 }
                 let _ = self.free_tx.send(buf);
             }
@@ -648,15 +890,15 @@ impl Writer {
             }
             WriterMsg::Flush(done) => {
                 if let Some(ms) = thread_cpu_ms() {
-                    self.status.writer_cpu_ms.store(ms, Ordering::Relaxed);
+                    let encoders = self.encoders.as_ref().map_or(0, |p| p.cpu_ms());
+                    self.status.writer_cpu_ms.store(ms + encoders, Ordering::Relaxed);
                 }
                 let _ = done.send(());
             }
         }
         self.status.writer_busy_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        let scratch = (self.scratch.capacity_bytes() + self.payload.capacity() + self.zbuf.capacity() + self.frame_values) as u64;
-        self.frame_values = 0;
-        self.status.writer_scratch_peak_bytes.fetch_max(scratch, Ordering::Relaxed);
+        self.status.writer_scratch_peak_bytes.fetch_max(self.enc.scratch_bytes(), Ordering::Relaxed);
+        self.enc.frame_values = 0;
     }
 
     /// Creates the `.partial` file with the file header and the header frame; returns it and
@@ -668,9 +910,10 @@ impl Writer {
             }
         }
         let mut file = File::create(temp)?;
-        self.payload.clear();
-        encode(header, &mut self.payload)?;
-        let (head, stored) = format::encode_frame(FrameKind::Header, &self.payload, self.compressor.as_mut(), &mut self.zbuf)?;
+        let e = &mut self.enc;
+        e.payload.clear();
+        encode(header, &mut e.payload)?;
+        let (head, stored) = format::encode_frame(FrameKind::Header, &e.payload, e.compressor.as_mut(), &mut e.zbuf)?;
         delay(&self.write_delay_ms);
         let disk = &self.disk_bytes_left;
         write_all(&mut file, &format::file_header(), disk)?;
@@ -681,54 +924,49 @@ impl Writer {
         Ok((file, n as u64))
     }
 
-    fn summarize(&mut self, forward: u32, buf: &TraceBuf) -> TraceFrame {
-        let sites = buf
-            .slots
-            .iter()
-            .map(|s| {
-                let n = s.n_rows as usize * s.width as usize;
-                summary::summarize_site(
-                    self.level,
-                    s.site,
-                    s.row0,
-                    s.n_rows as usize,
-                    s.width as usize,
-                    &buf.data[s.offset..s.offset + n],
-                    self.shuffle,
-                    &mut self.projector,
-                    &mut self.scratch,
-                )
-            })
-            .collect();
-        let frame = TraceFrame { forward, pos0: buf.pos0, n_tok: buf.n_tok, sites };
-        self.frame_values = frame.sites.iter().filter_map(|s| s.values.as_ref()).map(|v| v.bytes.0.len()).sum();
-        frame
-    }
-
     fn write_value<T: Serialize>(&mut self, id: u64, kind: FrameKind, value: &T) {
         if self.files.get(&id).is_none_or(|f| f.file.is_none()) {
             return;
         }
-        self.payload.clear();
-        let r = encode(value, &mut self.payload);
+        self.enc.payload.clear();
+        let r = encode(value, &mut self.enc.payload);
         if let Err(e) = r.and_then(|_| self.write_payload(id, kind)) {
             self.fail(id, e);
         }
     }
 
-    /// Frames `self.payload` and appends it to recording `id`; returns the stored length.
+    /// Frames the writer encoder's payload and appends it to recording `id`; returns the
+    /// stored length.
     fn write_payload(&mut self, id: u64, kind: FrameKind) -> std::io::Result<u64> {
-        let (head, stored) = format::encode_frame(kind, &self.payload, self.compressor.as_mut(), &mut self.zbuf)?;
-        delay(&self.write_delay_ms);
-        let Some(f) = self.files.get_mut(&id).filter(|f| f.file.is_some()) else {
+        let e = &mut self.enc;
+        let (head, stored) = format::encode_frame(kind, &e.payload, e.compressor.as_mut(), &mut e.zbuf)?;
+        Self::append_to(&mut self.files, &self.status, &self.write_delay_ms, &self.disk_bytes_left, id, &head, stored)
+    }
+
+    /// Appends one frame's header and stored payload to recording `id`.
+    fn append(&mut self, id: u64, head: &[u8], stored: &[u8]) -> std::io::Result<u64> {
+        Self::append_to(&mut self.files, &self.status, &self.write_delay_ms, &self.disk_bytes_left, id, head, stored)
+    }
+
+    fn append_to(
+        files: &mut HashMap<u64, OpenFile>,
+        status: &RecorderStatus,
+        write_delay_ms: &Option<Arc<AtomicU64>>,
+        disk_bytes_left: &Option<Arc<AtomicU64>>,
+        id: u64,
+        head: &[u8],
+        stored: &[u8],
+    ) -> std::io::Result<u64> {
+        delay(write_delay_ms);
+        let Some(f) = files.get_mut(&id).filter(|f| f.file.is_some()) else {
             return Ok(0);
         };
         let file = f.file.as_mut().expect("checked above");
-        write_all(file, &head, &self.disk_bytes_left)?;
-        write_all(file, stored, &self.disk_bytes_left)?;
+        write_all(file, head, disk_bytes_left)?;
+        write_all(file, stored, disk_bytes_left)?;
         let n = (format::FRAME_HEADER_LEN + stored.len()) as u64;
         f.good_len += n;
-        self.status.bytes_written.fetch_add(n, Ordering::Relaxed);
+        status.bytes_written.fetch_add(n, Ordering::Relaxed);
         Ok(stored.len() as u64)
     }
 

@@ -690,4 +690,5 @@ fn serve_flags_out_of_range_are_refused_before_loading() {
     refused_at_start(&["--api-token", "naïve"], "--api-token");
     refused_at_start(&["--max-connections", "0"], "--max-connections");
     refused_at_start(&["--allow-any-host"], "--allow-any-host");
+    refused_at_start(&["--trace-encoders", "9"], "--trace-encoders");
 }

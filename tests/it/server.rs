@@ -173,7 +173,8 @@ pub(crate) async fn read_execute(resp: reqwest::Response) -> Execute {
 async fn execute_streams_tokens_as_produced_and_records_them() {
     let dir = tempfile::tempdir().unwrap();
     let rec_dir = dir.path().join("rec");
-    let s = start(ServerConfig { record_dir: Some(rec_dir.clone()), trace: TraceLevel::Summary, ..config() });
+    // Two encoder threads beside the recorder's writer (none by default on a 2-core machine).
+    let s = start(ServerConfig { record_dir: Some(rec_dir.clone()), trace: TraceLevel::Summary, trace_encoders: Some(2), ..config() });
     let c = client();
     let body = json!({"job_id": "haiku-1", "prompt": "Write a haiku about the sea.\n", "max_tokens": 16, "temperature": 0.7, "seed": 42, "top_p": 0.95, "top_k": 40, "min_p": 0.05, "repetition_penalty": 1.1});
     let resp = post(&c, format!("{}/execute", s.url()), &body).await;

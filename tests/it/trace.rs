@@ -373,10 +373,12 @@ fn a_full_disk_cuts_a_recording_back_to_whole_frames_and_keeps_it_partial() {
         budgets.extend([f.offset.saturating_sub(1), f.offset, f.offset + 1]);
     }
     budgets.push(whole.len() as u64);
-    for left in budgets {
+    // The writer alone and with encoder threads: the same cuts.
+    for (left, encoders) in budgets.iter().flat_map(|&l| [(l, 0usize), (l, 2)]) {
         let dir = tempfile::tempdir().unwrap();
         let disk = Arc::new(AtomicU64::new(left));
         let mut c = RecorderConfig::new(dir.path(), TraceLevel::Summary);
+        c.encoders = encoders;
         c.disk_bytes_left = Some(Arc::clone(&disk));
         let mut rec = Recorder::start(c, DIMS).unwrap();
         let active = rec.begin("rec", header(TraceLevel::Summary)).unwrap();
@@ -418,6 +420,58 @@ fn a_full_disk_cuts_a_recording_back_to_whole_frames_and_keeps_it_partial() {
             }
         }
     }
+}
+
+/// Three recordings written at once, many frames each, interleaved as the server never does
+/// but the recorder allows: with 0, 1 and 3 encoder threads every file is the same bytes, its
+/// frames in the order they were sent.
+#[test]
+fn encoder_threads_write_the_same_bytes_in_the_same_order() {
+    let mut files: Vec<Vec<Vec<u8>>> = Vec::new();
+    for encoders in [0usize, 1, 3] {
+        for level in [TraceLevel::Full, TraceLevel::Summary] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut c = RecorderConfig::new(dir.path(), level);
+            c.encoders = encoders;
+            let mut rec = Recorder::start(c, DIMS).unwrap();
+            let recs: Vec<_> = (0..3).map(|r| rec.begin(&format!("rec-{r}"), header(level)).unwrap()).collect();
+            let mut dropped = vec![0u32; recs.len()];
+            for step in 0..40u32 {
+                for (r, a) in recs.iter().enumerate() {
+                    let mut calls = forward_calls();
+                    for (_, _, _, data) in calls.iter_mut() {
+                        data.iter_mut().for_each(|v| *v += (step * 7 + r as u32) as f32);
+                    }
+                    let mut tap = rec.tap(a);
+                    play(&mut tap, &calls);
+                    dropped[r] += tap.finish();
+                    a.token(TokenFrame { index: step, id: step + r as u32, text: "x".into(), logprob: -0.5, top: vec![] });
+                }
+            }
+            let paths: Vec<PathBuf> = recs.iter().map(|a| a.path().to_path_buf()).collect();
+            for (r, a) in recs.into_iter().enumerate() {
+                rec.end(a, footer(vec![], dropped[r]));
+            }
+            rec.flush();
+            let s = rec.status().snapshot();
+            rec.shutdown();
+            assert_eq!(dropped, vec![0; 3], "{encoders} encoders: no frame may be dropped with the default budget");
+            assert_eq!(s.trace_frames, 3 * 40 * 2, "{encoders} encoders, {level:?}");
+            let bytes: Vec<Vec<u8>> = paths.iter().map(|p| std::fs::read(p).unwrap()).collect();
+            for b in &bytes {
+                let r = Recording::from_bytes(b).unwrap();
+                assert!(r.complete && r.problems().is_none(), "{encoders} encoders: {:?}", r.problems());
+                assert_eq!(r.traces.len(), 80);
+                // Each step's tap makes forward calls 0 (the prompt) and 1 (a decode step).
+                assert!(r.traces.iter().enumerate().all(|(i, t)| t.forward as usize == i % 2), "{encoders} encoders: trace frames out of order");
+            }
+            files.push(bytes.into_iter().flatten().collect::<Vec<u8>>().chunks(1 << 20).map(|c| c.to_vec()).collect());
+        }
+    }
+    assert_eq!(files[0], files[2], "1 encoder thread changed the Full recordings' bytes");
+    assert_eq!(files[0], files[4], "3 encoder threads changed the Full recordings' bytes");
+    assert_eq!(files[1], files[3], "1 encoder thread changed the Summary recordings' bytes");
+    assert_eq!(files[1], files[5], "3 encoder threads changed the Summary recordings' bytes");
 }
 
 #[test]

@@ -10,6 +10,7 @@
 
 use super::device::{Arg, DevBuf, Gpu};
 use super::launch::matvec_smem;
+use super::options::decode_flags as flags;
 use super::weights::DevMatrix;
 use super::LayerDev;
 use crate::backend::cpu::quant::QK;
@@ -59,17 +60,6 @@ fn mat(m: &DevMatrix) -> Option<MatDesc> {
         _ => return None,
     };
     Some(MatDesc { qs: m.qs, dm: m.dm, wt, n_in: m.n_in as i32, n_out: m.n_out as i32, pad: 0 })
-}
-
-/// decode.cu's `flags`: speed only, every combination computes the same bits.
-pub mod flags {
-    /// Weights of a block's next items copied into shared memory (cp.async) ahead of use.
-    pub const STAGE: u32 = 1;
-    /// The fused norms quantize with eight threads per Q8_1 block.
-    pub const NORM_G8: u32 = 2;
-    /// Attention heads on the last blocks, their cached K/V tile loaded before the barrier.
-    pub const PRELOAD: u32 = 4;
-    pub const ALL: u32 = STAGE | NORM_G8 | PRELOAD;
 }
 
 /// Bytes decode.cu's `stage_item` copies for one item of `rows` rows of `m` (quants and scales).
@@ -187,7 +177,6 @@ impl Persistent {
         self.flags = if self.stage_bytes == 0 { f & !flags::STAGE } else { f } & flags::ALL;
         self.flags
     }
-
 
     /// Turns barrier timestamps on or off (costs a little; for `cuda-check profile`).
     pub fn set_profiling(&mut self, gpu: &Gpu, on: bool) -> Result<(), BackendError> {

@@ -20,7 +20,7 @@
 //! synchronous download after each op). `Kq` and `KqSoftmax` are never recorded by this backend.
 
 mod decode;
-pub use decode::flags as decode_flags;
+pub use options::decode_flags;
 pub mod device;
 mod forward;
 pub mod kernels;
@@ -398,7 +398,7 @@ impl CudaBackend {
         self.use_persistent
     }
 
-    /// Sets the persistent decode kernel's optimizations (`decode::flags`; results are
+    /// Sets the persistent decode kernel's optimizations (`decode_flags`; results are
     /// identical for every combination) and returns those in force (graphs are recaptured).
     pub fn set_decode_flags(&mut self, f: u32) -> u32 {
         self.graphs.clear();

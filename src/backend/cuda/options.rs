@@ -7,11 +7,23 @@
 //! | `WORKER_ORCD_CUDA_PERSISTENT=0` | on | one-position steps use the per-op kernels instead of the persistent decode kernel |
 //! | `WORKER_ORCD_CUDA_MMA=0` | on | products of 16 or more positions stay on the dp4a kernels instead of the tensor cores |
 //! | `WORKER_ORCD_CUDA_PDL=0` | on (sm_90+) | kernels never overlap their predecessor's tail (programmatic dependent launch) |
-//! | `WORKER_ORCD_CUDA_DECODE_FLAGS=N` | 7 | the persistent decode kernel's optimizations, a bit mask (`decode::flags`: 1 staged weights, 2 eight-thread norm quantization, 4 attention preload) |
+//! | `WORKER_ORCD_CUDA_DECODE_FLAGS=N` | 7 | the persistent decode kernel's optimizations, a bit mask (`decode_flags`: 1 staged weights, 2 eight-thread norm quantization, 4 attention preload) |
 //! | `WORKER_ORCD_KERNEL_CACHE=DIR` | `$XDG_CACHE_HOME/worker-orcd/kernels`, else `~/.cache/worker-orcd/kernels` | where compiled kernel modules are cached |
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
+
+/// The persistent decode kernel's `flags` (kernels/decode.cu's DEC_*): speed only, every
+/// combination computes the same bits.
+pub mod decode_flags {
+    /// Weights of a block's next items copied into shared memory (cp.async) ahead of use.
+    pub const STAGE: u32 = 1;
+    /// The fused norms quantize with eight threads per Q8_1 block.
+    pub const NORM_G8: u32 = 2;
+    /// Attention heads on the last blocks, their cached K/V tile loaded before the barrier.
+    pub const PRELOAD: u32 = 4;
+    pub const ALL: u32 = STAGE | NORM_G8 | PRELOAD;
+}
 
 /// The switches (see the module table). `Default` is every switch on and the default cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +32,7 @@ pub struct CudaOptions {
     pub persistent: bool,
     pub mma: bool,
     pub pdl: bool,
-    /// The persistent decode kernel's `flags` (`decode::flags`).
+    /// The persistent decode kernel's `flags` ([`decode_flags`]).
     pub decode_flags: u32,
     /// `None` when no cache folder is known (then every start compiles).
     pub kernel_cache: Option<PathBuf>,
@@ -41,7 +53,7 @@ impl CudaOptions {
             persistent: on("WORKER_ORCD_CUDA_PERSISTENT"),
             mma: on("WORKER_ORCD_CUDA_MMA"),
             pdl: on("WORKER_ORCD_CUDA_PDL"),
-            decode_flags: get("WORKER_ORCD_CUDA_DECODE_FLAGS").and_then(|v| v.trim().parse().ok()).unwrap_or(super::decode::flags::ALL),
+            decode_flags: get("WORKER_ORCD_CUDA_DECODE_FLAGS").and_then(|v| v.trim().parse().ok()).unwrap_or(decode_flags::ALL),
             kernel_cache,
         }
     }
@@ -74,7 +86,7 @@ mod tests {
         assert_eq!(o.kernel_cache, Some(PathBuf::from("/x/worker-orcd/kernels")));
         let o = CudaOptions::from_lookup(env(&[("WORKER_ORCD_CUDA_PERSISTENT", "0"), ("WORKER_ORCD_KERNEL_CACHE", "/k"), ("HOME", "/h")]));
         assert!(!o.persistent);
-        assert_eq!(o.decode_flags, crate::backend::cuda::decode::flags::ALL);
+        assert_eq!(o.decode_flags, decode_flags::ALL);
         assert_eq!(CudaOptions::from_lookup(env(&[("WORKER_ORCD_CUDA_DECODE_FLAGS", "2")])).decode_flags, 2);
         assert_eq!(o.kernel_cache, Some(PathBuf::from("/k")));
         assert_eq!(CudaOptions::from_lookup(env(&[])).kernel_cache, None);
