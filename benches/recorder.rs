@@ -301,16 +301,22 @@ fn bench_header(req: &GenerateRequest, level: TraceLevel, dims: ModelDims, model
 }
 
 fn bench_footer(o: &worker_orcd::engine::GenerateOutcome, dropped: u32, t0: Instant) -> Footer {
+    let timings = Timings { queue_ms: 0.0, prefill_ms: o.prefill_ms, decode_ms: o.decode_ms, total_ms: t0.elapsed().as_secs_f64() * 1000.0 };
+    Footer { stop_reason: o.stop_reason.as_str().into(), eog_token: o.eog_token, tokens: o.tokens.clone(), text: o.text.clone(), ..ok_footer(timings, dropped) }
+}
+
+/// A finished run's footer with no tokens.
+fn ok_footer(timings: Timings, dropped: u32) -> Footer {
     Footer {
         outcome: "ok".into(),
         error: None,
-        stop_reason: o.stop_reason.as_str().into(),
+        stop_reason: "MAX_TOKENS".into(),
         stop_sequence: None,
         stop_sequence_matched: None,
-        eog_token: o.eog_token,
-        tokens: o.tokens.clone(),
-        text: o.text.clone(),
-        timings: Timings { queue_ms: 0.0, prefill_ms: o.prefill_ms, decode_ms: o.decode_ms, total_ms: t0.elapsed().as_secs_f64() * 1000.0 },
+        eog_token: None,
+        tokens: Vec::new(),
+        text: String::new(),
+        timings,
         dropped_trace_frames: dropped,
         ended_at: String::new(),
     }
@@ -407,22 +413,7 @@ pub fn writer_throughput(dims: ModelDims, frames: usize, encoders: usize, dir: &
     rec.flush();
     let secs = t0.elapsed().as_secs_f64();
     let snap = rec.status().snapshot();
-    rec.end(
-        active,
-        Footer {
-            outcome: "ok".into(),
-            error: None,
-            stop_reason: "MAX_TOKENS".into(),
-            stop_sequence: None,
-            stop_sequence_matched: None,
-            eog_token: None,
-            tokens: Vec::new(),
-            text: String::new(),
-            timings: Timings { queue_ms: 0.0, prefill_ms: 0.0, decode_ms: secs * 1e3, total_ms: secs * 1e3 },
-            dropped_trace_frames: dropped,
-            ended_at: String::new(),
-        },
-    );
+    rec.end(active, ok_footer(Timings { queue_ms: 0.0, prefill_ms: 0.0, decode_ms: secs * 1e3, total_ms: secs * 1e3 }, dropped));
     rec.shutdown();
     assert_eq!(dropped, 0, "the throughput budget holds every frame");
     Ok((frames as f64 / secs, snap.writer_cpu_ms as f64 / frames as f64))
