@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, BackendError, LogitRows, Tap};
-use crate::sampler::{self, SamplingParams};
+use crate::sampler::{self, PickArgs, Picked, SamplingParams};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// One generation request, with everything resolved (seed included).
@@ -125,12 +125,7 @@ impl Engine {
     /// chunk size bounds how long a cancel waits (one chunk's forward call); it never changes
     /// a result.
     pub fn prefill_cancellable(&mut self, prompt: &[u32], chunk: usize, tap: &mut dyn Tap, cancel: &AtomicBool) -> Result<Option<Vec<f32>>, EngineError> {
-        if prompt.is_empty() {
-            return Err(EngineError::EmptyPrompt);
-        }
-        if prompt.len() >= self.backend.n_ctx() {
-            return Err(EngineError::PromptTooLong { n_prompt: prompt.len(), n_ctx: self.backend.n_ctx() });
-        }
+        self.check_prompt(prompt)?;
         self.backend.truncate(0);
         let chunk = if chunk == 0 { prompt.len() } else { chunk };
         let mut logits = Vec::new();
@@ -159,9 +154,15 @@ impl Engine {
     ) -> Result<GenerateOutcome, EngineError> {
         req.params.validate()?;
         let t0 = Instant::now();
-        let prefilled = self.prefill_cancellable(&req.prompt_ids, req.prefill_chunk, tap, cancel)?;
+        let mut history = req.prompt_ids.clone();
+        let prefilled = if req.max_tokens == 0 {
+            self.prefill_cancellable(&req.prompt_ids, req.prefill_chunk, tap, cancel)?.map(|_| None)
+        } else {
+            let pick = PickArgs { params: &req.params, history: &history, coin: sampler::draw_bits(req.seed, 0), top_n: req.top_logprobs };
+            self.prefill_pick(&req.prompt_ids, req.prefill_chunk, tap, cancel, &pick)?.map(Some)
+        };
         let prefill_ms = ms(t0.elapsed());
-        let Some(mut logits) = prefilled else {
+        let Some(mut picked) = prefilled else {
             let outcome = GenerateOutcome {
                 tokens: Vec::new(),
                 text: String::new(),
@@ -175,7 +176,6 @@ impl Engine {
         };
         let t1 = Instant::now();
 
-        let mut history = req.prompt_ids.clone();
         let mut tokens = Vec::new();
         let mut decoder = StreamDecoder::new(&self.tokenizer);
         let mut text = String::new();
@@ -187,19 +187,18 @@ impl Engine {
                 stop_reason = StopReason::Cancelled;
                 break;
             }
-            let coin = sampler::draw(req.seed, index as u64);
-            let id = sampler::sample(&logits, &req.params, &history, coin);
+            let p = picked.take().expect("a token is chosen for every index below max_tokens");
+            let id = p.id;
             if self.tokenizer.is_eog(id) {
                 stop_reason = StopReason::Eos;
                 eog_token = Some(id);
                 break;
             }
-            let (logprob, top_logprobs) = sampler::log_probs(&logits, id, req.top_logprobs);
             let piece = decoder.push(id);
             text.push_str(&piece);
             tokens.push(id);
             history.push(id);
-            on_token(&TokenEvent { index, id, text: piece, logprob, top_logprobs });
+            on_token(&TokenEvent { index, id, text: piece, logprob: p.logprob(), top_logprobs: p.top_logprobs() });
             if let Some(i) = req.stop.iter().position(|s| !s.is_empty() && tokens.ends_with(s)) {
                 stop_reason = StopReason::StopSequence;
                 stop_sequence = Some(i);
@@ -213,11 +212,45 @@ impl Engine {
                 stop_reason = StopReason::ContextFull;
                 break;
             }
-            logits = self.backend.forward(&[id], pos, LogitRows::Last, tap)?;
+            let pick = PickArgs { params: &req.params, history: &history, coin: sampler::draw_bits(req.seed, index as u64 + 1), top_n: req.top_logprobs };
+            picked = Some(self.backend.forward_pick(&[id], pos, tap, &pick)?);
             tap.forward_done();
         }
         text.push_str(&decoder.finish());
         Ok(GenerateOutcome { tokens, text, stop_reason, stop_sequence, eog_token, prefill_ms, decode_ms: ms(t1.elapsed()) })
+    }
+
+    /// [`Engine::prefill_cancellable`] whose last chunk chooses the first token
+    /// (`Backend::forward_pick`).
+    fn prefill_pick(&mut self, prompt: &[u32], chunk: usize, tap: &mut dyn Tap, cancel: &AtomicBool, pick: &PickArgs) -> Result<Option<Picked>, EngineError> {
+        self.check_prompt(prompt)?;
+        self.backend.truncate(0);
+        let chunk = if chunk == 0 { prompt.len() } else { chunk };
+        let mut pos = 0;
+        loop {
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            let end = (pos + chunk).min(prompt.len());
+            if end == prompt.len() {
+                let picked = self.backend.forward_pick(&prompt[pos..end], pos, tap, pick)?;
+                tap.forward_done();
+                return Ok(Some(picked));
+            }
+            self.backend.forward(&prompt[pos..end], pos, LogitRows::None, tap)?;
+            tap.forward_done();
+            pos = end;
+        }
+    }
+
+    fn check_prompt(&self, prompt: &[u32]) -> Result<(), EngineError> {
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if prompt.len() >= self.backend.n_ctx() {
+            return Err(EngineError::PromptTooLong { n_prompt: prompt.len(), n_ctx: self.backend.n_ctx() });
+        }
+        Ok(())
     }
 }
 

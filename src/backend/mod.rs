@@ -230,6 +230,19 @@ pub trait Backend: Send {
     /// Runs `tokens` at positions `pos0..`, which must continue the cache (`pos0 == n_cached()`),
     /// and returns the logits of the rows selected by `rows`, row-major (rows, n_vocab).
     fn forward(&mut self, tokens: &[u32], pos0: usize, rows: LogitRows, tap: &mut dyn Tap) -> Result<Vec<f32>, BackendError>;
+    /// [`Backend::forward`] of `tokens` with the last row's logits, then the token choice of
+    /// `sampler::pick` on them. A backend may choose on its device and return only the
+    /// result (the tap still gets the logits when it wants them); the result is the same bits.
+    fn forward_pick(
+        &mut self,
+        tokens: &[u32],
+        pos0: usize,
+        tap: &mut dyn Tap,
+        args: &crate::sampler::PickArgs,
+    ) -> Result<crate::sampler::Picked, BackendError> {
+        let logits = self.forward(tokens, pos0, LogitRows::Last, tap)?;
+        Ok(crate::sampler::pick(&logits, args))
+    }
     /// Whether this backend ever records `p` (replay does not count a point a backend never
     /// produces as missing; one it should produce and did not is a finding).
     fn produces(&self, p: TapPoint) -> bool {

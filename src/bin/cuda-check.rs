@@ -18,7 +18,7 @@ use worker_orcd::backend::{Backend, CaptureTap, LogitRows, NoTap, Tap, TapPoint}
 use worker_orcd::model::Model;
 use worker_orcd::reference::ReferenceRecording;
 use worker_orcd::replay::metrics::nmse;
-use worker_orcd::sampler::argmax;
+use worker_orcd::sampler::{argmax, draw_bits, PickArgs, SamplingParams};
 
 const USAGE: &str = "usage: cuda-check <info|parity|determinism|bench|profile|prefill|all> [--model PATH] [--corpus DIR] [--runs N]";
 
@@ -441,6 +441,33 @@ fn bench(m: &Arc<Model>) -> Result<()> {
         }
         b.set_decode_flags(f::ALL);
     }
+    // The engine's step (Backend::forward_pick): forward, then the token choice and the top-5
+    // log-probabilities a recording keeps, on the device (280 bytes downloaded) or on the host
+    // over the downloaded logits.
+    let pick_decode = |b: &mut CudaBackend, params: &SamplingParams, n: usize| -> Result<f64> {
+        b.truncate(0);
+        let mut history = vec![prompt[0]];
+        let mut p = b.forward_pick(&prompt[..1], 0, &mut NoTap, &PickArgs { params, history: &history, coin: draw_bits(1, 0), top_n: 5 })?;
+        let t = Instant::now();
+        for i in 0..n {
+            history.push(p.id);
+            p = b.forward_pick(&[p.id], 1 + i, &mut NoTap, &PickArgs { params, history: &history, coin: draw_bits(1, i as u64 + 1), top_n: 5 })?;
+        }
+        Ok(n as f64 / t.elapsed().as_secs_f64())
+    };
+    let sampled = SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.9, min_p: 0.0, repetition_penalty: 1.1 };
+    for (what, params) in [("greedy", SamplingParams::greedy()), ("sampled t 0.8 top-k 40 top-p 0.9 penalty 1.1", sampled)] {
+        for (place, on) in [("device", true), ("host", false)] {
+            b.set_device_pick(on);
+            pick_decode(&mut b, &params, 16)?;
+            let r = median((0..5).map(|_| pick_decode(&mut b, &params, 128)).collect::<Result<Vec<_>>>()?);
+            rows.push(format!(
+                "| decode tg128 + token choice and top-5 logprobs on the {place} ({what}), trace off | {r:.0} tok/s | {:.1} µs/token |",
+                1e6 / r
+            ));
+        }
+    }
+    b.set_device_pick(true);
     for n in [128usize, 512] {
         let mut times = Vec::new();
         for _ in 0..6 {

@@ -66,8 +66,8 @@ const LAYERS: &[&[&str]] = &[
     &["fetch", "vocab_fetch"],
     &["tokenizer", "chat"],
     &["model"],
-    &["backend"],
     &["sampler"],
+    &["backend"],
     &["engine"],
     &["reference", "trace"],
     &["run"],
@@ -481,6 +481,13 @@ fn named_cpu_functions(header: &str) -> Vec<(String, String)> {
             None => vec![name.to_string()],
         };
         out.extend(names.into_iter().map(|n| (format!("src/backend/cpu/{file}.rs"), n)));
+    }
+    // The sampler's device twin (kernels/sample.cu) names `sampler::NAME` and `exact::NAME`.
+    let sampler = fancy_regex::Regex::new(r"(?<![\w:])(sampler::exact|sampler|exact)::([a-z_][a-z0-9_]*)\b").unwrap();
+    for c in sampler.captures_iter(header) {
+        let c = c.unwrap();
+        let file = if &c[1] == "sampler" { "src/sampler/mod.rs" } else { "src/sampler/exact.rs" };
+        out.push((file.to_string(), c[2].to_string()));
     }
     out
 }

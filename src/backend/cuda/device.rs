@@ -127,6 +127,17 @@ impl PinnedBuf {
         // SAFETY: as above.
         unsafe { std::slice::from_raw_parts_mut(self.ptr as *mut i32, n) }
     }
+    pub fn u32s_mut(&mut self, n: usize) -> &mut [u32] {
+        assert!(n * 4 <= self.bytes);
+        // SAFETY: as above.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr as *mut u32, n) }
+    }
+    /// The first `n` bytes. Only valid after the copy that fills them has completed.
+    pub fn bytes_of(&self, n: usize) -> &[u8] {
+        assert!(n <= self.bytes);
+        // SAFETY: as above.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, n) }
+    }
 }
 
 impl Drop for PinnedBuf {
@@ -146,6 +157,7 @@ pub enum Arg {
     Ptr(u64),
     I32(i32),
     F32(f32),
+    U64(u64),
 }
 
 /// The device: context, streams, compiled kernels, device memory accounting.
@@ -362,6 +374,7 @@ impl Gpu {
                 Arg::Ptr(p) => p,
                 Arg::I32(i) => i as u32 as u64,
                 Arg::F32(f) => f.to_bits() as u64,
+                Arg::U64(v) => v,
             })
             .collect();
         let mut params: Vec<*mut std::ffi::c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut std::ffi::c_void).collect();

@@ -20,6 +20,7 @@ use crate::backend::cpu::kquant::QK_K;
 use crate::backend::cpu::ops::RopeKind;
 use crate::backend::cpu::quant::QK;
 use crate::backend::{BackendError, LogitRows, Tap, TapPoint};
+use crate::sampler::PickArgs;
 
 const F32: usize = 4;
 
@@ -112,9 +113,19 @@ impl Tap for Buffered<'_> {
 }
 
 impl CudaBackend {
-    pub(super) fn forward_chunks(&mut self, tokens: &[u32], pos0: usize, rows: LogitRows, tap: &mut dyn Tap) -> Result<Vec<f32>, BackendError> {
+    /// The pass over `tokens` in chunks of at most MAX_BATCH positions; with `pick`, the last
+    /// row's token is chosen on the device (into `self.picked`) and the logits are downloaded
+    /// only when the tap wants them (else the returned rows are empty).
+    pub(super) fn forward_chunks(
+        &mut self,
+        tokens: &[u32],
+        pos0: usize,
+        rows: LogitRows,
+        tap: &mut dyn Tap,
+        pick: Option<&PickArgs>,
+    ) -> Result<Vec<f32>, BackendError> {
         if tokens.len() <= MAX_BATCH {
-            return self.run_chunk(tokens, pos0, rows, tap);
+            return self.run_chunk(tokens, pos0, rows, tap, pick);
         }
         let mut buffered = Buffered { inner: tap, data: BTreeMap::new() };
         let mut logits = Vec::new();
@@ -124,7 +135,8 @@ impl CudaBackend {
                 LogitRows::Last if i + 1 < n_chunks => LogitRows::None,
                 other => other,
             };
-            logits.extend(self.run_chunk(chunk, pos0 + i * MAX_BATCH, r, &mut buffered)?);
+            let last = i + 1 == n_chunks;
+            logits.extend(self.run_chunk(chunk, pos0 + i * MAX_BATCH, r, &mut buffered, if last { pick } else { None })?);
         }
         for (p, (p0, n, data)) in std::mem::take(&mut buffered.data) {
             buffered.inner.record(p, p0, n, &data);
@@ -132,7 +144,7 @@ impl CudaBackend {
         Ok(logits)
     }
 
-    fn run_chunk(&mut self, tokens: &[u32], pos0: usize, rows: LogitRows, tap: &mut dyn Tap) -> Result<Vec<f32>, BackendError> {
+    fn run_chunk(&mut self, tokens: &[u32], pos0: usize, rows: LogitRows, tap: &mut dyn Tap, pick: Option<&PickArgs>) -> Result<Vec<f32>, BackendError> {
         let c = self.model.config.clone();
         let n = tokens.len();
         let (first, count) = match rows {
@@ -186,7 +198,15 @@ impl CudaBackend {
         let n_vocab = c.n_vocab;
         let slots = c.n_layers + 2;
         let stream = self.gpu.stream.cu_stream();
-        if count > 0 {
+        let picking = match pick {
+            Some(args) if count == 1 => {
+                self.pick.enqueue(&self.gpu, self.scratch.logits, args)?;
+                true
+            }
+            _ => false,
+        };
+        let download = count > 0 && (!picking || tap.wants(TapPoint::Logits));
+        if download {
             let need = count * n_vocab * F32;
             if self.pinned.logits.as_ref().is_none_or(|p| p.bytes() < need) {
                 self.pinned.logits = Some(self.gpu.pinned(need)?);
@@ -226,7 +246,10 @@ impl CudaBackend {
                 tap.record(TapPoint::ResultNorm, pos0, n, slot(slots - 1));
             }
         }
-        if count == 0 {
+        if picking {
+            self.picked = Some(self.pick.result());
+        }
+        if !download {
             return Ok(Vec::new());
         }
         let logits = self.pinned.logits.as_ref().expect("allocated above").f32s(count * n_vocab).to_vec();

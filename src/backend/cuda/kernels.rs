@@ -28,10 +28,11 @@ pub enum KernelModule {
     Swiglu,
     Add,
     Decode,
+    Sample,
 }
 
 impl KernelModule {
-    pub const ALL: [KernelModule; 10] = [
+    pub const ALL: [KernelModule; 11] = [
         KernelModule::Embedding,
         KernelModule::Rmsnorm,
         KernelModule::Quantize,
@@ -42,6 +43,7 @@ impl KernelModule {
         KernelModule::Swiglu,
         KernelModule::Add,
         KernelModule::Decode,
+        KernelModule::Sample,
     ];
 
     pub fn file_name(self) -> &'static str {
@@ -56,6 +58,7 @@ impl KernelModule {
             KernelModule::Swiglu => "swiglu.cu",
             KernelModule::Add => "add.cu",
             KernelModule::Decode => "decode.cu",
+            KernelModule::Sample => "sample.cu",
         }
     }
 
@@ -71,6 +74,7 @@ impl KernelModule {
             KernelModule::Swiglu => include_str!("../../../kernels/swiglu.cu"),
             KernelModule::Add => include_str!("../../../kernels/add.cu"),
             KernelModule::Decode => include_str!("../../../kernels/decode.cu"),
+            KernelModule::Sample => include_str!("../../../kernels/sample.cu"),
         }
     }
 
@@ -107,6 +111,7 @@ impl KernelModule {
             KernelModule::Swiglu => &["swiglu_f32", "geglu_f32"],
             KernelModule::Add => &["add_f32", "exp_f32", "scale_f32"],
             KernelModule::Decode => &["decoder_layers_q4_1", "decoder_layers_q4_0", "decoder_layers_q8_0"],
+            KernelModule::Sample => &["pick_prepare", "pick_lanes", "pick_choose"],
         }
     }
 

@@ -27,6 +27,7 @@ pub mod kernels;
 mod launch;
 pub mod ops;
 pub mod options;
+mod pick;
 mod weights;
 
 use std::collections::HashMap;
@@ -158,6 +159,12 @@ pub struct CudaBackend {
     use_persistent: bool,
     /// The persistent kernel's barrier counter before its next launch (uploaded with pos0).
     barrier_base: u32,
+    /// The token choice on the device (`forward_pick`).
+    pick: pick::DevicePick,
+    /// The last chunk's device choice, when it made one.
+    picked: Option<crate::sampler::Picked>,
+    /// Whether `forward_pick` chooses on the device (`WORKER_ORCD_CUDA_PICK`).
+    use_device_pick: bool,
 }
 
 /// gemma3's per-layer device data: the four extra norms, the layer's RoPE table and window.
@@ -332,7 +339,11 @@ impl CudaBackend {
             crate::backend::cpu::ops::RopeKind::Neox => Err("the persistent decode kernel fuses NORM RoPE only; NEOX models decode per op".to_string()),
             crate::backend::cpu::ops::RopeKind::Norm => decode::Persistent::new(&gpu, &c, &layers, k_cache.ptr(), v_cache.ptr(), n_ctx)?,
         };
+        let pick = pick::DevicePick::new(&gpu, c.n_vocab, n_ctx)?;
         Ok(CudaBackend {
+            pick,
+            picked: None,
+            use_device_pick: options::options().device_pick,
             use_persistent: persistent.is_ok(),
             persistent,
             barrier_base: 0,
@@ -400,6 +411,12 @@ impl CudaBackend {
 
     /// Sets the persistent decode kernel's optimizations (`decode_flags`; results are
     /// identical for every combination) and returns those in force (graphs are recaptured).
+    /// Chooses tokens on the device (true, the default) or on the host over downloaded logits;
+    /// the same bits either way. Returns the previous setting.
+    pub fn set_device_pick(&mut self, on: bool) -> bool {
+        std::mem::replace(&mut self.use_device_pick, on)
+    }
+
     pub fn set_decode_flags(&mut self, f: u32) -> u32 {
         self.graphs.clear();
         match &mut self.persistent {
@@ -533,6 +550,28 @@ impl Backend for CudaBackend {
             return Ok(Vec::new());
         }
         self.gpu.bind()?;
-        self.forward_chunks(tokens, pos0, rows, tap)
+        self.forward_chunks(tokens, pos0, rows, tap, None)
+    }
+
+    fn forward_pick(
+        &mut self,
+        tokens: &[u32],
+        pos0: usize,
+        tap: &mut dyn Tap,
+        args: &crate::sampler::PickArgs,
+    ) -> Result<crate::sampler::Picked, BackendError> {
+        crate::backend::check_batch(tokens, pos0, self.n_cached, self.n_ctx, self.model.config.n_vocab)?;
+        if tokens.is_empty() || !self.pick.supports(args) || !self.use_device_pick {
+            let logits = self.forward(tokens, pos0, LogitRows::Last, tap)?;
+            return Ok(crate::sampler::pick(&logits, args));
+        }
+        self.gpu.bind()?;
+        self.picked = None;
+        let r = self.forward_chunks(tokens, pos0, LogitRows::Last, tap, Some(args));
+        if r.is_err() {
+            self.pick.invalidate();
+        }
+        r?;
+        self.picked.take().ok_or_else(|| BackendError::Device("the device choice was not made".into()))
     }
 }

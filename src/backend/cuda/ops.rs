@@ -8,6 +8,7 @@ use crate::backend::cpu::kquant::{BlockQ8K, QK_K};
 use crate::backend::cpu::ops as cpu_ops;
 use crate::backend::cpu::quant::{BlockQ8_1, QMatrix, QK};
 use crate::backend::BackendError;
+use crate::sampler::{PickArgs, Picked};
 
 use super::device::{Arg, DevBuf, Gpu};
 use super::weights::{push_stacked, ArenaBuilder};
@@ -493,4 +494,32 @@ pub fn matmul_kquant(gpu: &Gpu, w: &QMatrix<'_>, x: &[f32], n_tok: usize) -> Res
         gpu.launch(name, grid, 128, 0, &args)?;
     }
     gpu.read(out.ptr(), n_tok * w.n_out)
+}
+
+/// `sampler::pick` of rows of logits on the device (`kernels/sample.cu`), keeping the
+/// seen-token bitmap between calls as the backend does (a history that continues the last
+/// call's marks only its new ids).
+pub struct Picker {
+    inner: super::pick::DevicePick,
+    logits: DevBuf,
+    n_vocab: usize,
+}
+
+impl Picker {
+    pub fn new(gpu: &Gpu, n_vocab: usize) -> Result<Picker, BackendError> {
+        Ok(Picker { inner: super::pick::DevicePick::new(gpu, n_vocab, 16)?, logits: gpu.alloc(n_vocab * 4)?, n_vocab })
+    }
+
+    /// Whether the device computes these arguments (else `forward_pick` leaves them to the host).
+    pub fn supports(&self, args: &PickArgs) -> bool {
+        self.inner.supports(args)
+    }
+
+    pub fn pick(&mut self, gpu: &Gpu, logits: &[f32], args: &PickArgs) -> Result<Picked, BackendError> {
+        assert_eq!(logits.len(), self.n_vocab, "one row of the vocabulary");
+        gpu.write(&self.logits, 0, logits)?;
+        self.inner.enqueue(gpu, self.logits.ptr(), args)?;
+        gpu.sync()?;
+        Ok(self.inner.result())
+    }
 }

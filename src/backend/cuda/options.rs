@@ -7,6 +7,7 @@
 //! | `WORKER_ORCD_CUDA_PERSISTENT=0` | on | one-position steps use the per-op kernels instead of the persistent decode kernel |
 //! | `WORKER_ORCD_CUDA_MMA=0` | on | products of 16 or more positions stay on the dp4a kernels instead of the tensor cores |
 //! | `WORKER_ORCD_CUDA_PDL=0` | on (sm_90+) | kernels never overlap their predecessor's tail (programmatic dependent launch) |
+//! | `WORKER_ORCD_CUDA_PICK=0` | on | the engine's token choice (`sampler::pick`) runs on the host over downloaded logits instead of on the device (`kernels/sample.cu`) |
 //! | `WORKER_ORCD_CUDA_DECODE_FLAGS=N` | 7 | the persistent decode kernel's optimizations, a bit mask (`decode_flags`: 1 staged weights, 2 eight-thread norm quantization, 4 attention preload) |
 //! | `WORKER_ORCD_KERNEL_CACHE=DIR` | `$XDG_CACHE_HOME/worker-orcd/kernels`, else `~/.cache/worker-orcd/kernels` | where compiled kernel modules are cached |
 
@@ -32,6 +33,8 @@ pub struct CudaOptions {
     pub persistent: bool,
     pub mma: bool,
     pub pdl: bool,
+    /// `Backend::forward_pick` chooses on the device.
+    pub device_pick: bool,
     /// The persistent decode kernel's `flags` ([`decode_flags`]).
     pub decode_flags: u32,
     /// `None` when no cache folder is known (then every start compiles).
@@ -53,6 +56,7 @@ impl CudaOptions {
             persistent: on("WORKER_ORCD_CUDA_PERSISTENT"),
             mma: on("WORKER_ORCD_CUDA_MMA"),
             pdl: on("WORKER_ORCD_CUDA_PDL"),
+            device_pick: on("WORKER_ORCD_CUDA_PICK"),
             decode_flags: get("WORKER_ORCD_CUDA_DECODE_FLAGS").and_then(|v| v.trim().parse().ok()).unwrap_or(decode_flags::ALL),
             kernel_cache,
         }
@@ -73,7 +77,7 @@ mod tests {
     fn a_switch_is_off_only_at_zero_and_the_cache_falls_back_in_order() {
         let env = |pairs: &'static [(&'static str, &'static str)]| move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
         let all_on = CudaOptions::from_lookup(env(&[("HOME", "/h")]));
-        assert!(all_on.graphs && all_on.persistent && all_on.mma && all_on.pdl);
+        assert!(all_on.graphs && all_on.persistent && all_on.mma && all_on.pdl && all_on.device_pick);
         assert_eq!(all_on.kernel_cache, Some(PathBuf::from("/h/.cache/worker-orcd/kernels")));
         let o = CudaOptions::from_lookup(env(&[
             ("WORKER_ORCD_CUDA_GRAPHS", "0"),
