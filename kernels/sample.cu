@@ -17,12 +17,16 @@
 // until a bin holds one element. Top-k, top-p, the draw and the top_n alternatives are all
 // such searches.
 //
-// Three launches, in order on one stream:
-//   pick_prepare  (1 block of 1024): marks the new history ids in the seen bitmap, the raw
-//                 maximum and the first candidate's key after temperature and penalty.
-//   pick_lanes    (PICK_LANES/256 blocks of 256): lane j of `exact::sum_exp` (elements j,
-//                 j + PICK_LANES, ... in order), and when sampling the weight of every token.
-//   pick_choose   (1 block of 1024): the lane tree, the searches, the result.
+// Four launches, in order on one stream:
+//   pick_mark     (1 block): the new history ids into the seen bitmap.
+//   pick_prepare  (ceil(n / 4096) blocks of 1024): per span, the raw maximum and the first
+//                 candidate's key after temperature and penalty.
+//   pick_lanes    (PICK_LANES/256 blocks of 256): those reduced, lane j of `exact::sum_exp`
+//                 (elements j, j + PICK_LANES, ... in order), and when sampling the weight of
+//                 every token.
+//   pick_choose   (1 block of 1024, the logits staged in shared memory where they fit): the lane
+//                 tree, the top_n alternatives (rounds of a block maximum below the last), and
+//                 when sampling the searches.
 
 #define PICK_LANES 4096
 #define PICK_TOPN 32
@@ -114,7 +118,7 @@ __device__ __forceinline__ u64 draw_threshold(u64 coin, u64 total) {
 __device__ __forceinline__ u64 min_p_threshold(float min_p) { return (u64)ceil((double)min_p * 17592186044416.0); }
 
 // sampler::tempered at one id: IEEE division by the temperature, then the penalty when the id
-// is in the context. `seen` is read through L2 (pick_prepare writes it with atomics).
+// is in the context. `seen` is read through L2 (pick_mark writes it with atomics).
 __device__ __forceinline__ float tempered_at(const float* __restrict__ logits, const u32* seen, int i, float t, float rp) {
     float v = logits[i];
     if (t > 0.0f) v = v / t;
@@ -150,42 +154,84 @@ __device__ u64 block_sum_u64(u64 v, u64* sh) {
     return warp_sum_u64(r);
 }
 
-extern "C" __global__ void pick_prepare(const float* __restrict__ logits, int n, u32* seen, const u32* __restrict__ new_ids, int n_new, float t,
-                                        float rp, PickState* st) {
-    __shared__ u64 sh[32];
-    __shared__ float shf[32];
+// f(i) for this thread's elements, four at a time so that their loads are in flight together
+// (one block reads the whole vocabulary: the loops are latency-bound). f only accumulates.
+template <class F>
+__device__ __forceinline__ void for_each4(int n, F f) {
+    for (int base = threadIdx.x; base < n; base += 4 * blockDim.x) {
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int i = base + u * blockDim.x;
+            if (i < n) f(i);
+        }
+    }
+}
+
+// The new history ids into the seen bitmap (one block; before anything reads the bitmap).
+extern "C" __global__ void pick_mark(int n, u32* seen, const u32* __restrict__ new_ids, int n_new) {
     for (int j = threadIdx.x; j < n_new; j += blockDim.x) {
         u32 id = new_ids[j];
         if (id < (u32)n) atomicOr(seen + (id >> 5), 1u << (id & 31));
     }
-    __threadfence_block();
-    __syncthreads();
+}
+
+// Block b of ceil(n / PICK_SPAN) (1024 threads, four elements each): the largest raw logit and
+// the largest tempered key of its span, into part_max[b] and part_key[b].
+#define PICK_SPAN 4096
+extern "C" __global__ void __launch_bounds__(1024, 1) pick_prepare(const float* __restrict__ logits, int n, const u32* seen, float t, float rp,
+                                                                   float* part_max, u64* part_key) {
+    __shared__ u64 sh[32];
+    __shared__ float shf[32];
     float m = NEG_INF;
     u64 best = 0;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        m = fmaxf(m, logits[i]);
-        best = max(best, key(tempered_at(logits, seen, i, t, rp), (u32)i));
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        int i = blockIdx.x * PICK_SPAN + u * blockDim.x + threadIdx.x;
+        if (i < n) {
+            m = fmaxf(m, logits[i]);
+            best = max(best, key(tempered_at(logits, seen, i, t, rp), (u32)i));
+        }
     }
     m = block_max_f32(m, shf);
     best = block_max_u64(best, sh);
     if (threadIdx.x == 0) {
-        st->max = m == 0.0f ? 0.0f : m;
-        st->first_key = best;
-        st->first = tempered_at(logits, seen, (int)key_id(best), t, rp);
+        part_max[blockIdx.x] = m;
+        part_key[blockIdx.x] = best;
     }
 }
 
+// The partial maxima of pick_prepare, reduced (max is exact in any order; -0 reads as +0).
+__device__ __forceinline__ void pick_reduce(const float* part_max, const u64* part_key, int n_part, float* max_out, u64* key_out) {
+    float m = NEG_INF;
+    u64 k = 0;
+    for (int b = 0; b < n_part; b++) {
+        m = fmaxf(m, part_max[b]);
+        k = max(k, part_key[b]);
+    }
+    *max_out = m == 0.0f ? 0.0f : m;
+    *key_out = k;
+}
+
 // Lane j of exact::sum_exp, and with t > 0 the weight of every token: fixed_exp of its
-// tempered logit minus the first candidate's.
-extern "C" __global__ void pick_lanes(const float* __restrict__ logits, int n, const u32* seen, float t, float rp, const PickState* st,
-                                      double* lanes, u64* weight) {
+// tempered logit minus the first candidate's. Block 0's thread 0 also writes the state.
+extern "C" __global__ void pick_lanes(const float* __restrict__ logits, int n, const u32* seen, float t, float rp, const float* part_max,
+                                      const u64* part_key, int n_part, PickState* st, double* lanes, u64* weight) {
     int j = blockIdx.x * blockDim.x + threadIdx.x;
-    double m = (double)st->max;
+    float mx;
+    u64 first_key;
+    pick_reduce(part_max, part_key, n_part, &mx, &first_key);
+    float first = tempered_at(logits, seen, (int)key_id(first_key), t, rp);
+    if (j == 0) {
+        st->max = mx;
+        st->first_key = first_key;
+        st->first = first;
+    }
+    double m = (double)mx;
     double s = 0.0;
     for (int i = j; i < n; i += PICK_LANES) s = s + exp_det((double)logits[i] - m);
     lanes[j] = s;
     if (t > 0.0f) {
-        double f = (double)st->first;
+        double f = (double)first;
         for (int i = j; i < n; i += PICK_LANES) weight[i] = fixed_exp((double)tempered_at(logits, seen, i, t, rp) - f);
     }
 }
@@ -205,8 +251,57 @@ struct Elem {
     bool in;
 };
 
+// One digit's running count, weight and largest key in a thread's registers.
+struct SelectSlot {
+    int d = -1;
+    u32 c = 0;
+    u64 w = 0, k = 0;
+    __device__ __forceinline__ void flush(SelectSmem* s) {
+        if (!c) return;
+        atomicAdd(&s->cnt[d], c);
+        if (w) atomicAdd((unsigned long long*)&s->wsum[d], (unsigned long long)w);
+        atomicMax((unsigned long long*)&s->kmax[d], (unsigned long long)k);
+    }
+    // flush() for a whole converged warp: when every lane holds the same digit (the crowded
+    // bins of the first passes), one lane adds the warp's sums.
+    __device__ __forceinline__ void flush_warp(SelectSmem* s) {
+        int dd = c ? d : -1;
+        unsigned peers = __match_any_sync(0xffffffffu, dd);
+        if (peers != 0xffffffffu) {
+            flush(s);
+            return;
+        }
+        if (dd < 0) return;
+        u32 cc = c;
+        u64 ww = w, kk = k;
+        for (int o = 16; o > 0; o >>= 1) {
+            cc += __shfl_xor_sync(0xffffffffu, cc, o);
+            ww += __shfl_xor_sync(0xffffffffu, ww, o);
+            kk = max(kk, __shfl_xor_sync(0xffffffffu, kk, o));
+        }
+        if ((threadIdx.x & 31) == 0) {
+            atomicAdd(&s->cnt[dd], cc);
+            if (ww) atomicAdd((unsigned long long*)&s->wsum[dd], (unsigned long long)ww);
+            atomicMax((unsigned long long*)&s->kmax[dd], (unsigned long long)kk);
+        }
+    }
+    __device__ __forceinline__ void add(SelectSmem* s, int digit, const Elem& e) {
+        if (d != digit) {
+            flush(s);
+            d = digit;
+            c = 0;
+            w = 0;
+            k = 0;
+        }
+        c += 1;
+        w += e.w;
+        k = max(k, e.k);
+    }
+};
+
 // The key of the element of the set at which the running weight, in key order (largest first),
-// first reaches `thr` (1 <= thr <= the set's total weight). `elem(i)` describes element i.
+// first reaches `thr` (1 <= thr <= the set's total weight). `elem(i)` describes element i. A
+// weighted search may leave weight-0 elements out of the set: the crossing is never one.
 template <class F>
 __device__ u64 select_reaching(int n, u64 thr, F elem, SelectSmem* s) {
     if (threadIdx.x == 0) {
@@ -223,14 +318,35 @@ __device__ u64 select_reaching(int n, u64 thr, F elem, SelectSmem* s) {
         __syncthreads();
         u64 hi_mask = shift == 56 ? 0 : (~0ull << (shift + 8));
         u64 prefix = s->prefix;
-        for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            Elem e = elem(i);
-            if (!e.in || ((e.k ^ prefix) & hi_mask) != 0) continue;
-            int d = (int)((e.k >> shift) & 255);
-            atomicAdd(&s->cnt[d], 1u);
-            if (e.w) atomicAdd((unsigned long long*)&s->wsum[d], (unsigned long long)e.w);
-            atomicMax((unsigned long long*)&s->kmax[d], (unsigned long long)e.k);
+        // Most elements share a few digits in the first passes: each thread sums its own
+        // elements per digit in four register slots (slot = digit & 3) and adds a slot to the
+        // shared histogram only when another digit needs it, so a shared bin takes about one
+        // atomic per thread instead of one per element.
+        SelectSlot s0, s1, s2, s3;
+        // Four elements per step, all loaded before any is used (the loop is latency-bound).
+        for (int base = threadIdx.x; base < n; base += 4 * blockDim.x) {
+            Elem e[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                int i = base + u * blockDim.x;
+                e[u] = i < n ? elem(i) : Elem{0, 0, false};
+            }
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                if (!e[u].in || ((e[u].k ^ prefix) & hi_mask) != 0) continue;
+                int d = (int)((e[u].k >> shift) & 255);
+                switch (d & 3) {
+                    case 0: s0.add(s, d, e[u]); break;
+                    case 1: s1.add(s, d, e[u]); break;
+                    case 2: s2.add(s, d, e[u]); break;
+                    default: s3.add(s, d, e[u]); break;
+                }
+            }
         }
+        s0.flush_warp(s);
+        s1.flush_warp(s);
+        s2.flush_warp(s);
+        s3.flush_warp(s);
         __syncthreads();
         if (threadIdx.x < 32) {
             // Lane l holds bins 255 - 8l down to 248 - 8l: running sums from the top bin.
@@ -270,15 +386,30 @@ __device__ u64 select_reaching(int n, u64 thr, F elem, SelectSmem* s) {
     return r;
 }
 
-extern "C" __global__ void pick_choose(const float* __restrict__ logits, int n, const u32* seen, float t, float rp, int top_k, float top_p,
+// sampler::tempered of one value (seen: the bitmap, here in shared memory).
+__device__ __forceinline__ float tempered_v(float v, const u32* seen, int i, float t, float rp) {
+    if (t > 0.0f) v = v / t;
+    if (rp != 1.0f && ((seen[i >> 5] >> (i & 31)) & 1u)) v = v > 0.0f ? v / rp : v * rp;
+    return v;
+}
+
+// Dynamic shared memory: the seen bitmap ((n + 31) / 32 words), then, when `staged`, the
+// logits (n floats; after the top_n search, when sampling, the tempered logits in their place).
+extern "C" __global__ void __launch_bounds__(1024, 1) pick_choose(const float* __restrict__ logits, int n, const u32* seen, float t, float rp, int top_k, float top_p,
                                        float min_p, u64 coin, int top_n, const PickState* st, const double* lanes, const u64* weight,
-                                       PickOut* out) {
+                                       PickOut* out, int staged) {
     __shared__ SelectSmem s;
     __shared__ double tree[1024];
     __shared__ u64 sh[32];
-    __shared__ u64 top_key[PICK_TOPN];
-    __shared__ u32 n_gathered;
+    extern __shared__ u32 dyn[];
     int tid = threadIdx.x;  // blockDim.x == 1024 == PICK_LANES / 4
+    int words = (n + 31) >> 5;
+    u32* sseen = dyn;
+    float* sl = (float*)(dyn + words);
+    for (int j = tid; j < words; j += blockDim.x) sseen[j] = __ldcg(seen + j);
+    if (staged)
+        for (int i = tid; i < n; i += blockDim.x) sl[i] = logits[i];
+    const float* L = staged ? sl : logits;
 
     // exact::sum_exp's tree: widths 2048 and 1024 within each thread's four lanes, then shared.
     tree[tid] = (lanes[tid] + lanes[tid + 2048]) + (lanes[tid + 1024] + lanes[tid + 3072]);
@@ -288,41 +419,43 @@ extern "C" __global__ void pick_choose(const float* __restrict__ logits, int n, 
         __syncthreads();
     }
 
-    // The top_n alternatives (raw logits): the keys at or above the top_n-th, ranked.
+    // The top_n alternatives (raw logits): top_n rounds, each the largest key below the last.
     int k = top_n < n ? top_n : n;
-    if (k > 0) {
-        u64 kth = select_reaching(n, (u64)k, [&](int i) { return Elem{key(logits[i], (u32)i), 1, true}; }, &s);
-        if (tid == 0) n_gathered = 0;
-        __syncthreads();
-        for (int i = tid; i < n; i += blockDim.x) {
-            u64 ki = key(logits[i], (u32)i);
-            if (ki >= kth) top_key[atomicAdd(&n_gathered, 1u)] = ki;
-        }
-        __syncthreads();
-        if (tid < k) {
-            u64 mine = top_key[tid];
-            int rank = 0;
-            for (int j = 0; j < k; j++) rank += top_key[j] > mine;
-            u32 id = key_id(mine);
-            out->top_id[rank] = id;
-            out->top_logit[rank] = logits[id];
+    u64 prev = ~0ull;
+    for (int r = 0; r < k; r++) {
+        u64 best = 0;
+        for_each4(n, [&](int i) {
+            u64 ki = key(L[i], (u32)i);
+            if (ki < prev) best = max(best, ki);
+        });
+        prev = block_max_u64(best, sh);
+        if (tid == 0) {
+            u32 id = key_id(prev);
+            out->top_id[r] = id;
+            out->top_logit[r] = logits[id];
         }
     }
 
     u64 chosen = st->first_key;
     if (t > 0.0f) {
-        auto tkey = [&](int i) { return key(tempered_at(logits, seen, i, t, rp), (u32)i); };
+        if (staged) {
+            __syncthreads();
+            for (int i = tid; i < n; i += blockDim.x) sl[i] = tempered_v(sl[i], sseen, i, t, rp);
+            __syncthreads();
+        }
+        auto tkey = [&](int i) { return key(staged ? sl[i] : tempered_v(logits[i], sseen, i, t, rp), (u32)i); };
         u64 floor_key = 0;
         if (top_k > 0 && top_k < n) floor_key = select_reaching(n, (u64)top_k, [&](int i) { return Elem{tkey(i), 1, true}; }, &s);
         u64 part = 0;
-        for (int i = tid; i < n; i += blockDim.x)
+        for_each4(n, [&](int i) {
             if (tkey(i) >= floor_key) part += weight[i];
+        });
         u64 total = block_sum_u64(part, sh);
         if (total > 0) {
             u64 keep = floor_key;
             if (top_p < 1.0f) {
                 u64 thr = ceil_mul(top_p, total);
-                u64 kp = select_reaching(n, thr, [&](int i) { u64 ki = tkey(i); return Elem{ki, weight[i], ki >= floor_key}; }, &s);
+                u64 kp = select_reaching(n, thr, [&](int i) { u64 ki = tkey(i), wi = weight[i]; return Elem{ki, wi, wi > 0 && ki >= floor_key}; }, &s);
                 keep = max(keep, kp);
             }
             if (min_p > 0.0f) {
@@ -330,19 +463,20 @@ extern "C" __global__ void pick_choose(const float* __restrict__ logits, int n, 
                 // threshold ends the prefix min-p keeps.
                 u64 thr = min_p_threshold(min_p);
                 u64 b = 0;
-                for (int i = tid; i < n; i += blockDim.x) {
+                for_each4(n, [&](int i) {
                     u64 ki = tkey(i);
                     if (ki >= floor_key && weight[i] < thr) b = max(b, ki);
-                }
+                });
                 b = block_max_u64(b, sh);
                 if (b > 0) keep = max(keep, b + 1);
             }
             u64 kpart = 0;
-            for (int i = tid; i < n; i += blockDim.x)
+            for_each4(n, [&](int i) {
                 if (tkey(i) >= keep) kpart += weight[i];
+            });
             u64 kept = block_sum_u64(kpart, sh);
             u64 thr = draw_threshold(coin, kept);
-            chosen = select_reaching(n, thr, [&](int i) { u64 ki = tkey(i); return Elem{ki, weight[i], ki >= keep}; }, &s);
+            chosen = select_reaching(n, thr, [&](int i) { u64 ki = tkey(i), wi = weight[i]; return Elem{ki, wi, wi > 0 && ki >= keep}; }, &s);
         }
     }
     if (tid == 0) {

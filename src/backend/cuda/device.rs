@@ -243,15 +243,27 @@ impl Gpu {
         let optin =
             ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN).map_err(|e| dev_err("shared memory limit", e))?;
         let max_dynamic_smem = (optin as usize).saturating_sub(4096).max(48 * 1024);
-        for name in
-            ["attention_f32", "matvec_q4_1_q8_1", "matvec_q4_0_q8_0", "matvec_q8_0_q8_0", "decoder_layers_q4_1", "decoder_layers_q4_0", "decoder_layers_q8_0"]
-        {
-            // SAFETY: a loaded function handle; plain attribute call.
-            unsafe {
-                sys::cuFuncSetAttribute(functions[name], sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, max_dynamic_smem as i32)
-            }
-            .result()
-            .map_err(|e| dev_err(&format!("raising the shared memory limit of {name}"), e))?;
+        for name in [
+            "attention_f32",
+            "matvec_q4_1_q8_1",
+            "matvec_q4_0_q8_0",
+            "matvec_q8_0_q8_0",
+            "decoder_layers_q4_1",
+            "decoder_layers_q4_0",
+            "decoder_layers_q8_0",
+            "pick_choose",
+        ] {
+            // The dynamic limit plus the kernel's static shared memory may not pass the opt-in.
+            let mut stat = 0i32;
+            // SAFETY: a loaded function handle; plain attribute calls.
+            unsafe { sys::cuFuncGetAttribute(&mut stat, sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, functions[name]) }
+                .result()
+                .map_err(|e| dev_err(&format!("reading the static shared memory of {name}"), e))?;
+            let limit = max_dynamic_smem.min((optin as usize).saturating_sub(stat.max(0) as usize));
+            // SAFETY: as above.
+            unsafe { sys::cuFuncSetAttribute(functions[name], sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, limit as i32) }
+                .result()
+                .map_err(|e| dev_err(&format!("raising the shared memory limit of {name}"), e))?;
         }
         let sm_count =
             ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_err(|e| dev_err("multiprocessor count", e))? as usize;

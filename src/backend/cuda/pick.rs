@@ -17,6 +17,9 @@ pub const TOPN_MAX: usize = 32;
 const LANES: usize = exact::LANES;
 /// sizeof(PickOut): id, logit, max, n_top, sum, then TOPN_MAX ids and TOPN_MAX logits.
 const OUT_BYTES: usize = 24 + 8 * TOPN_MAX;
+/// Logits per pick_prepare block (`PICK_SPAN`), and the most blocks the vocabulary limit needs.
+const SPAN: usize = 4096;
+const PARTS_MAX: usize = exact::MAX_VOCAB / SPAN;
 
 pub(crate) struct DevicePick {
     n_vocab: usize,
@@ -44,7 +47,8 @@ impl DevicePick {
             seen: gpu.alloc(words * 4)?,
             ids: gpu.alloc(ids_cap * 4)?,
             ids_cap,
-            state: gpu.alloc(16)?,
+            // PickState (16 bytes), then PARTS_MAX partial maxima (f32) and keys (u64).
+            state: gpu.alloc(16 + 12 * PARTS_MAX)?,
             lanes: gpu.alloc(LANES * 8)?,
             weight: gpu.alloc(n_vocab * 8)?,
             out: gpu.alloc(OUT_BYTES)?,
@@ -91,20 +95,22 @@ impl DevicePick {
         let p = args.params;
         let n = self.n_vocab as i32;
         gpu.set_overlap(false);
+        let n_part = self.n_vocab.div_ceil(SPAN);
+        let (part_max, part_key) = (self.state.at(16), self.state.at(16 + 4 * PARTS_MAX));
+        gpu.launch("pick_mark", (1, 1, 1), 256, 0, &[Arg::I32(n), Arg::Ptr(self.seen.ptr()), Arg::Ptr(self.ids.ptr()), Arg::I32(new.len() as i32)])?;
         gpu.launch(
             "pick_prepare",
-            (1, 1, 1),
+            (n_part as u32, 1, 1),
             1024,
             0,
             &[
                 Arg::Ptr(logits),
                 Arg::I32(n),
                 Arg::Ptr(self.seen.ptr()),
-                Arg::Ptr(self.ids.ptr()),
-                Arg::I32(new.len() as i32),
                 Arg::F32(p.temperature),
                 Arg::F32(p.repetition_penalty),
-                Arg::Ptr(self.state.ptr()),
+                Arg::Ptr(part_max),
+                Arg::Ptr(part_key),
             ],
         )?;
         gpu.launch(
@@ -118,16 +124,27 @@ impl DevicePick {
                 Arg::Ptr(self.seen.ptr()),
                 Arg::F32(p.temperature),
                 Arg::F32(p.repetition_penalty),
+                Arg::Ptr(part_max),
+                Arg::Ptr(part_key),
+                Arg::I32(n_part as i32),
                 Arg::Ptr(self.state.ptr()),
                 Arg::Ptr(self.lanes.ptr()),
                 Arg::Ptr(self.weight.ptr()),
             ],
         )?;
+        // The seen bitmap always, the logits too where they fit, in shared memory (static ~14 KiB).
+        let words = self.n_vocab.div_ceil(32) * 4;
+        let room = gpu.max_dynamic_smem.saturating_sub(16 << 10);
+        let staged = words + self.n_vocab * 4 <= room;
+        let smem = if staged { words + self.n_vocab * 4 } else { words };
+        if smem > room {
+            return Err(BackendError::Device(format!("pick_choose: the seen bitmap of {} tokens exceeds shared memory", self.n_vocab)));
+        }
         gpu.launch(
             "pick_choose",
             (1, 1, 1),
             1024,
-            0,
+            smem as u32,
             &[
                 Arg::Ptr(logits),
                 Arg::I32(n),
@@ -143,6 +160,7 @@ impl DevicePick {
                 Arg::Ptr(self.lanes.ptr()),
                 Arg::Ptr(self.weight.ptr()),
                 Arg::Ptr(self.out.ptr()),
+                Arg::I32(staged as i32),
             ],
         )?;
         self.dirty = false;
