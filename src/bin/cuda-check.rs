@@ -468,6 +468,23 @@ fn bench(m: &Arc<Model>) -> Result<()> {
         }
     }
     b.set_device_pick(true);
+    // The server bench's shape (xtask/python/server_bench.py): 256 tokens after a 24-token
+    // prompt, so that attention spans the same positions as its requests.
+    let long_decode = |b: &mut CudaBackend, n_prompt: usize, n: usize| -> Result<f64> {
+        b.truncate(0);
+        let params = SamplingParams::greedy();
+        let mut history = prompt[..n_prompt].to_vec();
+        let mut p = b.forward_pick(&prompt[..n_prompt], 0, &mut NoTap, &PickArgs { params: &params, history: &history, coin: 0, top_n: 5 })?;
+        let t = Instant::now();
+        for i in 0..n {
+            history.push(p.id);
+            p = b.forward_pick(&[p.id], n_prompt + i, &mut NoTap, &PickArgs { params: &params, history: &history, coin: 0, top_n: 5 })?;
+        }
+        Ok(n as f64 / t.elapsed().as_secs_f64())
+    };
+    long_decode(&mut b, 24, 32)?;
+    let r = median((0..5).map(|_| long_decode(&mut b, 24, 255)).collect::<Result<Vec<_>>>()?);
+    rows.push(format!("| decode 255 tokens after a 24-token prompt + choice on the device (greedy, top 5; the server bench's shape), trace off | {r:.0} tok/s | {:.1} µs/token |", 1e6 / r));
     for n in [128usize, 512] {
         let mut times = Vec::new();
         for _ in 0..6 {

@@ -47,22 +47,34 @@ const INV_FACT: [f64; 13] = [
 /// e^x for x ≤ 709, within a few ulps: x = k·ln 2 + r with |r| ≤ ln 2 / 2, the degree-12
 /// Taylor polynomial of e^r by Horner's rule, times 2^k. Below −708 (and for NaN) it is 0;
 /// `exp_det(0.0)` is exactly 1.
-#[inline]
+#[inline(always)]
 pub fn exp_det(x: f64) -> f64 {
-    if !(x >= -708.0) {
-        return 0.0;
+    let v = exp_core(x);
+    if x >= -708.0 {
+        if x > 709.0 {
+            f64::INFINITY
+        } else {
+            v
+        }
+    } else {
+        0.0
     }
-    if x > 709.0 {
-        return f64::INFINITY;
-    }
-    let kf = (x * INV_LN2 + ROUND) - ROUND;
+}
+
+/// exp_det inside its range (garbage outside, which exp_det discards). Branch-free so that
+/// loops over it vectorize: k is read from the rounded sum's low mantissa bits (the same
+/// integer as `kf as i64`, without a float-to-integer conversion).
+#[inline(always)]
+fn exp_core(x: f64) -> f64 {
+    let t = x * INV_LN2 + ROUND;
+    let kf = t - ROUND;
     let r = (x - kf * LN2_HI) - kf * LN2_LO;
     let mut p = INV_FACT[0];
     for &c in &INV_FACT[1..] {
         p = p * r + c;
     }
-    let k = kf as i64;
-    p * f64::from_bits(((k + 1023) as u64) << 52)
+    let biased = t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(1023);
+    p * f64::from_bits(biased << 52)
 }
 
 /// The fixed-point probability weight of a logit `x` below the maximum (x = l − max ≤ 0):
@@ -87,6 +99,23 @@ pub fn max_logit(logits: &[f32]) -> f32 {
 
 /// Σ exp_det(lᵢ − max) over all logits, in the fixed order described in the module header.
 pub fn sum_exp(logits: &[f32], max: f32) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present (checked above).
+        return unsafe { sum_exp_avx2(logits, max) };
+    }
+    sum_exp_lanes(logits, max)
+}
+
+/// [`sum_exp`] compiled for AVX2: the same element-wise operations, four lanes at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn sum_exp_avx2(logits: &[f32], max: f32) -> f64 {
+    sum_exp_lanes(logits, max)
+}
+
+#[inline(always)]
+fn sum_exp_lanes(logits: &[f32], max: f32) -> f64 {
     let m = max as f64;
     let mut lanes = [0.0f64; LANES];
     for chunk in logits.chunks(LANES) {
@@ -211,6 +240,41 @@ mod tests {
     fn draw_threshold_bounds() {
         assert_eq!(draw_threshold(0, 1000), 1);
         assert_eq!(draw_threshold((1 << 53) - 1, 1000), 1000);
+    }
+
+    #[test]
+    fn exp_det_is_the_plain_formula() {
+        // The written-out definition (branches, a float-to-integer conversion).
+        fn plain(x: f64) -> f64 {
+            if !(x >= -708.0) {
+                return 0.0;
+            }
+            if x > 709.0 {
+                return f64::INFINITY;
+            }
+            let kf = (x * INV_LN2 + ROUND) - ROUND;
+            let r = (x - kf * LN2_HI) - kf * LN2_LO;
+            let mut p = INV_FACT[0];
+            for &c in &INV_FACT[1..] {
+                p = p * r + c;
+            }
+            p * f64::from_bits(((kf as i64 + 1023) as u64) << 52)
+        }
+        let mut x = -720.0f64;
+        while x < 712.0 {
+            assert_eq!(exp_det(x).to_bits(), plain(x).to_bits(), "{x}");
+            x += 0.00731;
+        }
+        for x in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.0, 0.0, -708.0, 709.0] {
+            assert_eq!(exp_det(x).to_bits(), plain(x).to_bits(), "{x}");
+        }
+    }
+
+    #[test]
+    fn sum_exp_twins_agree_bitwise() {
+        let logits: Vec<f32> = (0..50_000).map(|i| ((i * 7919 % 2003) as f32) * 0.013 - 13.0).collect();
+        let m = max_logit(&logits);
+        assert_eq!(sum_exp(&logits, m).to_bits(), sum_exp_lanes(&logits, m).to_bits());
     }
 
     #[test]

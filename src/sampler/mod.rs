@@ -153,11 +153,14 @@ pub fn sample(logits: &[f32], params: &SamplingParams, history: &[u32], coin: u6
     if params.temperature == 0.0 {
         return argmax(&l);
     }
-    let mut cand: Vec<(u32, f32)> = l.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
-    cand.sort_by_key(|&(i, v)| std::cmp::Reverse(exact::key(v, i)));
-    if params.top_k > 0 && params.top_k < cand.len() {
-        cand.truncate(params.top_k);
-    }
+    let cand: Vec<(u32, f32)> = if params.top_k > 0 && params.top_k < l.len() {
+        // The same first top_k of the order, without sorting the rest.
+        top_n(&l, params.top_k)
+    } else {
+        let mut all: Vec<(u32, f32)> = l.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
+        all.sort_by_key(|&(i, v)| std::cmp::Reverse(exact::key(v, i)));
+        all
+    };
     let m = cand[0].1 as f64;
     let weights: Vec<u64> = cand.iter().map(|c| exact::fixed_exp(c.1 as f64 - m)).collect();
     let total: u64 = weights.iter().sum();
@@ -207,15 +210,8 @@ fn first_reaching(w: &[u64], thr: u64) -> Option<usize> {
 /// The id of the first candidate in sampling order: the largest value by `total_cmp`, the
 /// lowest id on ties.
 pub fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0u64;
-    for (i, &x) in v.iter().enumerate() {
-        best = best.max(exact::key(x, i as u32));
-    }
-    if v.is_empty() {
-        0
-    } else {
-        exact::key_id(best)
-    }
+    let Some(best) = v.iter().map(|&x| exact::ord(x)).max() else { return 0 };
+    v.iter().position(|&x| exact::ord(x) == best).unwrap_or(0) as u32
 }
 
 /// Everything the engine needs from the logits of one position, beyond them.
@@ -276,11 +272,27 @@ pub fn top_n(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     if k == 0 {
         return Vec::new();
     }
-    let mut keys: Vec<u64> = logits.iter().enumerate().map(|(i, &v)| exact::key(v, i as u32)).collect();
-    keys.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
-    keys.truncate(k);
-    keys.sort_unstable_by(|a, b| b.cmp(a));
-    keys.into_iter().map(|kk| (exact::key_id(kk), logits[exact::key_id(kk) as usize])).collect()
+    // The best k keys so far, descending; a run of 64 logits whose largest is below the k-th
+    // best cannot enter (the max over a run is a cheap pass), so most runs are skipped.
+    let mut best: Vec<u64> = Vec::with_capacity(k + 1);
+    for (r, run) in logits.chunks(64).enumerate() {
+        if best.len() == k {
+            let run_max = run.iter().map(|&x| exact::ord(x)).max().unwrap_or(0);
+            if run_max < (best[k - 1] >> 32) as u32 {
+                continue;
+            }
+        }
+        for (j, &x) in run.iter().enumerate() {
+            let key = exact::key(x, (r * 64 + j) as u32);
+            if best.len() == k && key <= best[k - 1] {
+                continue;
+            }
+            let at = best.partition_point(|&b| b > key);
+            best.insert(at, key);
+            best.truncate(k);
+        }
+    }
+    best.into_iter().map(|kk| (exact::key_id(kk), logits[exact::key_id(kk) as usize])).collect()
 }
 
 /// log-softmax of `logits` (temperature 1) at `id`, and the `k` most likely tokens with their
@@ -446,5 +458,28 @@ mod tests {
         assert_eq!(top.len(), 3);
         assert_eq!(top[0].0, p.id);
         assert!(top.windows(2).all(|w| w[0].1 >= w[1].1));
+    }
+
+    #[test]
+    fn top_n_and_argmax_follow_the_key_order() {
+        use rand_chacha::rand_core::{RngCore, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        for case in 0..60 {
+            let n = 1 + (rng.next_u32() % 3000) as usize;
+            let mut v: Vec<f32> = (0..n).map(|_| ((rng.next_u32() % 64) as f32 - 32.0) * 0.25).collect();
+            if case % 3 == 0 {
+                v[rng.next_u32() as usize % n] = f32::NAN;
+                v[rng.next_u32() as usize % n] = f32::NEG_INFINITY;
+                v[rng.next_u32() as usize % n] = -0.0;
+            }
+            let mut keys: Vec<u64> = v.iter().enumerate().map(|(i, &x)| exact::key(x, i as u32)).collect();
+            keys.sort_unstable_by(|a, b| b.cmp(a));
+            for k in [1usize, 5, 32, 100] {
+                let want: Vec<u32> = keys.iter().take(k).map(|&kk| exact::key_id(kk)).collect();
+                let got: Vec<u32> = top_n(&v, k).into_iter().map(|t| t.0).collect();
+                assert_eq!(got, want, "case {case} n {n} k {k}");
+            }
+            assert_eq!(argmax(&v), exact::key_id(keys[0]), "case {case}");
+        }
     }
 }
