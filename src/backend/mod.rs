@@ -240,8 +240,7 @@ pub trait Backend: Send {
         tap: &mut dyn Tap,
         args: &crate::sampler::PickArgs,
     ) -> Result<crate::sampler::Picked, BackendError> {
-        let logits = self.forward(tokens, pos0, LogitRows::Last, tap)?;
-        Ok(crate::sampler::pick(&logits, args))
+        pick_on_host(self, tokens, pos0, tap, args)
     }
     /// Whether this backend ever records `p` (replay does not count a point a backend never
     /// produces as missing; one it should produce and did not is a finding).
@@ -254,6 +253,19 @@ pub trait Backend: Send {
     fn device_facts(&self) -> Option<DeviceFacts> {
         None
     }
+}
+
+/// `Backend::forward_pick` with the choice made on the host over the downloaded logits (the
+/// default, and a device backend's fallback).
+pub fn pick_on_host<B: Backend + ?Sized>(
+    b: &mut B,
+    tokens: &[u32],
+    pos0: usize,
+    tap: &mut dyn Tap,
+    args: &crate::sampler::PickArgs,
+) -> Result<crate::sampler::Picked, BackendError> {
+    let logits = b.forward(tokens, pos0, LogitRows::Last, tap)?;
+    Ok(crate::sampler::pick(&logits, args))
 }
 
 /// The device facts a backend reports for recordings' fingerprints (see

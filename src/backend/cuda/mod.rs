@@ -562,8 +562,7 @@ impl Backend for CudaBackend {
     ) -> Result<crate::sampler::Picked, BackendError> {
         crate::backend::check_batch(tokens, pos0, self.n_cached, self.n_ctx, self.model.config.n_vocab)?;
         if tokens.is_empty() || !self.pick.supports(args) || !self.use_device_pick {
-            let logits = self.forward(tokens, pos0, LogitRows::Last, tap)?;
-            return Ok(crate::sampler::pick(&logits, args));
+            return crate::backend::pick_on_host(self, tokens, pos0, tap, args);
         }
         self.gpu.bind()?;
         self.picked = None;

@@ -98,40 +98,23 @@ impl DevicePick {
         let n_part = self.n_vocab.div_ceil(SPAN);
         let (part_max, part_key) = (self.state.at(16), self.state.at(16 + 4 * PARTS_MAX));
         gpu.launch("pick_mark", (1, 1, 1), 256, 0, &[Arg::I32(n), Arg::Ptr(self.seen.ptr()), Arg::Ptr(self.ids.ptr()), Arg::I32(new.len() as i32)])?;
-        gpu.launch(
-            "pick_prepare",
-            (n_part as u32, 1, 1),
-            1024,
-            0,
-            &[
-                Arg::Ptr(logits),
-                Arg::I32(n),
-                Arg::Ptr(self.seen.ptr()),
-                Arg::F32(p.temperature),
-                Arg::F32(p.repetition_penalty),
-                Arg::Ptr(part_max),
-                Arg::Ptr(part_key),
-            ],
-        )?;
-        gpu.launch(
-            "pick_lanes",
-            ((LANES / 256) as u32, 1, 1),
-            256,
-            0,
-            &[
-                Arg::Ptr(logits),
-                Arg::I32(n),
-                Arg::Ptr(self.seen.ptr()),
-                Arg::F32(p.temperature),
-                Arg::F32(p.repetition_penalty),
-                Arg::Ptr(part_max),
-                Arg::Ptr(part_key),
-                Arg::I32(n_part as i32),
-                Arg::Ptr(self.state.ptr()),
-                Arg::Ptr(self.lanes.ptr()),
-                Arg::Ptr(self.weight.ptr()),
-            ],
-        )?;
+        // pick_prepare's arguments open pick_lanes' too.
+        let head = [
+            Arg::Ptr(logits),
+            Arg::I32(n),
+            Arg::Ptr(self.seen.ptr()),
+            Arg::F32(p.temperature),
+            Arg::F32(p.repetition_penalty),
+            Arg::Ptr(part_max),
+            Arg::Ptr(part_key),
+        ];
+        gpu.launch("pick_prepare", (n_part as u32, 1, 1), 1024, 0, &head)?;
+        let lanes_args: Vec<Arg> = head
+            .iter()
+            .copied()
+            .chain([Arg::I32(n_part as i32), Arg::Ptr(self.state.ptr()), Arg::Ptr(self.lanes.ptr()), Arg::Ptr(self.weight.ptr())])
+            .collect();
+        gpu.launch("pick_lanes", ((LANES / 256) as u32, 1, 1), 256, 0, &lanes_args)?;
         // The seen bitmap always, the logits too where they fit, in shared memory (static ~14 KiB).
         let words = self.n_vocab.div_ceil(32) * 4;
         let room = gpu.max_dynamic_smem.saturating_sub(16 << 10);
