@@ -7,15 +7,15 @@
 // operations only (compiled with --fmad=false like every module), so each value is the host's
 // bit for bit.
 //
-// The host sorts the vocabulary; the device never does. A candidate order is one 64-bit key
+// The host may sort the candidates; the device never does. A candidate order is one 64-bit key
 // (`key`: the logit's total order, then the id inverted), so "the first m candidates" is "the
 // keys at or above the m-th key", and probabilities are integers (`fixed_exp`), so totals and
 // running sums are exact in any order. `select_reaching` finds the key at which the running
 // weight (in key order) first reaches a threshold by a most-significant-digit radix search:
 // per 8-bit digit a histogram of counts, weight sums and the largest key per bin (integer
 // atomics: their result does not depend on their order), the bin that holds the crossing,
-// until a bin holds one element. Top-k, top-p, the draw and the top_n alternatives are all
-// such searches.
+// until a bin holds one element. Top-k, top-p and the draw are such searches; the top_n
+// alternatives (at most 32) are rounds of a block maximum.
 //
 // Four launches, in order on one stream:
 //   pick_mark     (1 block): the new history ids into the seen bitmap.
