@@ -153,49 +153,94 @@ pub fn sample(logits: &[f32], params: &SamplingParams, history: &[u32], coin: u6
     if params.temperature == 0.0 {
         return argmax(&l);
     }
-    let cand: Vec<(u32, f32)> = if params.top_k > 0 && params.top_k < l.len() {
-        // The same first top_k of the order, without sorting the rest.
-        top_n(&l, params.top_k)
-    } else {
-        let mut all: Vec<(u32, f32)> = l.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
-        all.sort_by_key(|&(i, v)| std::cmp::Reverse(exact::key(v, i)));
-        all
-    };
-    let m = cand[0].1 as f64;
-    let weights: Vec<u64> = cand.iter().map(|c| exact::fixed_exp(c.1 as f64 - m)).collect();
-    let total: u64 = weights.iter().sum();
-    if total == 0 {
-        // Only when the first candidate is not finite (NaN or infinite logits).
-        return cand[0].0;
-    }
-    let mut keep = cand.len();
     #[cfg(feature = "fault-injection")]
     let on_logits = TOP_P_ON_LOGITS.with(|c| c.get());
     #[cfg(not(feature = "fault-injection"))]
     let on_logits = false;
+    if params.top_k > 0 && params.top_k < l.len() {
+        // The same first top_k of the order, without sorting the rest.
+        return choose(&top_n(&l, params.top_k), params, coin, None, on_logits).expect("a whole candidate list decides");
+    }
+    // Every token is a candidate, but the rules read only a prefix of the order: sort the
+    // largest 256, then 2,048, ..., until `choose` can decide on the prefix (the token sorting
+    // them all gives; the planted fault always sorts all).
+    let m = l[argmax(&l) as usize] as f64;
+    let total: u64 = l.iter().map(|&v| exact::fixed_exp(v as f64 - m)).sum();
+    let mut keys: Vec<u64> = l.iter().enumerate().map(|(i, &v)| exact::key(v, i as u32)).collect();
+    let mut size = if on_logits { keys.len() } else { 256 };
+    loop {
+        let size_c = size.min(keys.len());
+        if size_c < keys.len() {
+            keys.select_nth_unstable_by(size_c - 1, |a, b| b.cmp(a));
+        }
+        let mut top = keys[..size_c].to_vec();
+        top.sort_unstable_by(|a, b| b.cmp(a));
+        let cand: Vec<(u32, f32)> = top.iter().map(|&k| (exact::key_id(k), l[exact::key_id(k) as usize])).collect();
+        let prefix_of = (size_c < keys.len()).then_some(total);
+        if let Some(id) = choose(&cand, params, coin, prefix_of, on_logits) {
+            return id;
+        }
+        size = size_c * 8;
+    }
+}
+
+/// The rules after top-k over candidates in order: top-p, min-p, the draw. `prefix_of`: when
+/// `cand` is only the first part of the candidates, the total weight of all of them; then `None`
+/// means the prefix does not decide (a rule reaches past it).
+fn choose(cand: &[(u32, f32)], params: &SamplingParams, coin: u64, prefix_of: Option<u64>, on_logits: bool) -> Option<u32> {
+    let m = cand[0].1 as f64;
+    let weights: Vec<u64> = cand.iter().map(|c| exact::fixed_exp(c.1 as f64 - m)).collect();
+    let total: u64 = prefix_of.unwrap_or_else(|| weights.iter().sum());
+    if total == 0 {
+        // Only when the first candidate is not finite (NaN or infinite logits).
+        return Some(cand[0].0);
+    }
+    let partial = prefix_of.is_some();
+    // How many candidates each rule keeps; `None`: the rule is off; `Some(usize::MAX)`: it
+    // keeps more than the prefix holds (not yet known how many).
+    let beyond = usize::MAX;
+    let mut by_p = None;
     if params.top_p < 1.0 {
         if on_logits {
             // The planted fault sums raw logits instead of probabilities.
             let mut cum = 0.0f64;
+            by_p = Some(cand.len());
             for (i, c) in cand.iter().enumerate() {
                 cum += c.1 as f64;
                 if cum >= params.top_p as f64 {
-                    keep = i + 1;
+                    by_p = Some(i + 1);
                     break;
                 }
             }
         } else {
             let thr = exact::ceil_mul(params.top_p, total);
-            keep = first_reaching(&weights, thr).map_or(keep, |i| i + 1);
+            by_p = Some(first_reaching(&weights, thr).map_or(if partial { beyond } else { cand.len() }, |i| i + 1));
         }
     }
+    let mut by_min = None;
     if params.min_p > 0.0 {
         let thr = exact::min_p_threshold(params.min_p);
-        keep = keep.min(weights.iter().take_while(|&&w| w >= thr).count().max(1));
+        let run = weights.iter().take_while(|&&w| w >= thr).count();
+        by_min = Some(if run == cand.len() && partial { beyond } else { run.max(1) });
     }
-    let kept = &weights[..keep];
-    let thr = exact::draw_threshold(coin, kept.iter().sum());
-    cand[first_reaching(kept, thr).unwrap_or(keep - 1)].0
+    let keep = match (by_p, by_min) {
+        (None, None) => None,
+        (Some(a), None) | (None, Some(a)) => Some(a),
+        (Some(a), Some(b)) => Some(a.min(b)),
+    };
+    let (keep, kept_total) = match keep {
+        Some(k) if k <= cand.len() => (k, weights[..k].iter().sum()),
+        Some(_) => return None,
+        None => (cand.len(), total),
+    };
+    // Without a cut the draw may land past a prefix; with one it lands inside the kept part.
+    let uncut_prefix = partial && by_p.is_none() && by_min.is_none();
+    let thr = exact::draw_threshold(coin, kept_total);
+    match first_reaching(&weights[..keep], thr) {
+        Some(i) => Some(cand[i].0),
+        None if uncut_prefix => None,
+        None => Some(cand[keep - 1].0),
+    }
 }
 
 /// The first index whose running sum of `w` reaches `thr`.
@@ -480,6 +525,32 @@ mod tests {
                 assert_eq!(got, want, "case {case} n {n} k {k}");
             }
             assert_eq!(argmax(&v), exact::key_id(keys[0]), "case {case}");
+        }
+    }
+
+    #[test]
+    fn sampling_a_sorted_prefix_chooses_what_sorting_all_chooses() {
+        use rand_chacha::rand_core::{RngCore, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+        let mut f = |lo: f32, hi: f32| lo + (hi - lo) * (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32;
+        for case in 0..400u64 {
+            let n = [300usize, 3000, 20_000][case as usize % 3];
+            let spread = [2.0f32, 10.0, 40.0][(case / 3) as usize % 3];
+            let logits: Vec<f32> = (0..n).map(|_| (f(-1.0, 1.0) * spread * 4.0).round() / 4.0).collect();
+            let p = SamplingParams {
+                temperature: [0.3f32, 1.0, 2.0][(case / 9) as usize % 3],
+                top_k: 0,
+                top_p: [1.0f32, 0.9, 0.5, 0.999][(case / 27) as usize % 4],
+                min_p: [0.0f32, 0.01, 0.3][(case / 108) as usize % 3],
+                repetition_penalty: 1.0,
+            };
+            let coin = [draw_bits(case, 3), 0, (1 << 53) - 1][case as usize % 3];
+            // The reference: every candidate sorted, the rules over the whole list.
+            let l = tempered(&logits, &p, &[]);
+            let mut all: Vec<(u32, f32)> = l.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
+            all.sort_by_key(|&(i, v)| std::cmp::Reverse(exact::key(v, i)));
+            let want = choose(&all, &p, coin, None, false).unwrap();
+            assert_eq!(sample(&logits, &p, &[], coin), want, "case {case}: n {n} spread {spread} {p:?} coin {coin}");
         }
     }
 }
