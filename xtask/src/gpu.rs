@@ -23,7 +23,8 @@ const RUN_SH: &str = r#"#!/usr/bin/env bash
 # per-op parity tests, the tiny- and real-model tests, every replay corpus case on CUDA (the
 # llama.cpp batch and token-by-token recordings, the worker recordings), parity with the CPU
 # backend, determinism, chunking, the benchmark and profile, and the server on the GPU (two
-# identical requests, recorded, then the recordings replayed on the GPU and on the CPU).
+# identical requests, recorded, then the recordings replayed on the GPU and on the CPU), and the
+# server's decode rate per trace level (xtask/python/server_bench.py).
 # usage: run.sh MODEL.gguf [CORPUS_DIR] [OUT_DIR]   (MODEL may be a folder of parts to join)
 # Run it from the root of a checkout (the corpus, the snapshots).
 # The server's recordings are copied to OUT_DIR (default: $OUT when set).
@@ -73,6 +74,10 @@ kill $pid; wait $pid 2>/dev/null || true
 trap - EXIT
 step "$here/worker-orcd" replay "$rec" --backend cuda --model "$model"
 step "$here/worker-orcd" replay "$rec" --backend cpu --model "$model"
+# The server's decode rate per trace level through /execute SSE, with dropped frames (BENCHMARKS.md).
+if [ -f xtask/python/server_bench.py ]; then
+  step python3 xtask/python/server_bench.py --binary "$here/worker-orcd" --model "$model" --runs 3 --max-tokens 256
+fi
 if [ -n "$out" ]; then cp "$rec"/*.wrec "$out"/ && ls -l "$out"; fi
 if [ ${#failed[@]} -gt 0 ]; then printf 'FAILED: %s\n' "${failed[@]}"; exit 1; fi
 echo "run.sh: every step passed"
