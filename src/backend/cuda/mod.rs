@@ -409,14 +409,14 @@ impl CudaBackend {
         self.use_persistent
     }
 
-    /// Sets the persistent decode kernel's optimizations (`decode_flags`; results are
-    /// identical for every combination) and returns those in force (graphs are recaptured).
     /// Chooses tokens on the device (true, the default) or on the host over downloaded logits;
     /// the same bits either way. Returns the previous setting.
     pub fn set_device_pick(&mut self, on: bool) -> bool {
         std::mem::replace(&mut self.use_device_pick, on)
     }
 
+    /// Sets the persistent decode kernel's optimizations (`decode_flags`; results are
+    /// identical for every combination) and returns those in force (graphs are recaptured).
     pub fn set_decode_flags(&mut self, f: u32) -> u32 {
         self.graphs.clear();
         match &mut self.persistent {
