@@ -63,6 +63,41 @@ __device__ __forceinline__ void attention_preload(const float* k_cache, const fl
     if (rows > 0) load_tiles(k_cache, kv, v_cache, kv + tile * ld, 0, rows, kv_dim, kvh * head_dim, head_dim, ld);
 }
 
+// attention_preload with asynchronous copies (cp.async, 4 bytes each: the padded tile rows are
+// not 16-byte aligned): issues them and commits one group, so the block goes on while they
+// land; the caller waits for the group (cp_async_wait) before attention_head reads the tile.
+// The persistent kernel's DEC_EARLY issues it phases ahead. Starts with a barrier.
+__device__ __forceinline__ void attention_preload_async(const float* k_cache, const float* v_cache,
+                                                        const int* __restrict__ params, int n_heads,
+                                                        int n_kv_heads, int head_dim, int h) {
+    extern __shared__ float sh[];
+    __syncthreads();
+    const int kv_dim = n_kv_heads * head_dim, off = (h / (n_heads / n_kv_heads)) * head_dim;
+    const int tile = blockDim.x, ld = head_dim + 1;
+    float* kv = sh + 2 * head_dim;
+    const int rows = min(tile, params[0]);
+    if (tile % head_dim == 0) {
+        // Thread t copies column t % head_dim of rows t / head_dim, + tile / head_dim, ...: no
+        // division in the loop (issuing these copies is the whole cost to the block).
+        const int c = threadIdx.x % head_dim, step = tile / head_dim;
+        const float* ks = k_cache + off + c;
+        const float* vs = v_cache + off + c;
+        float* kd = kv + c;
+        float* vd = kv + tile * ld + c;
+        for (int r = threadIdx.x / head_dim; r < rows; r += step) {
+            cp_async4(kd + r * ld, ks + (size_t)r * kv_dim);
+            cp_async4(vd + r * ld, vs + (size_t)r * kv_dim);
+        }
+    } else {
+        const int per = rows * head_dim;
+        for (int e = threadIdx.x; e < 2 * per; e += blockDim.x) {
+            const int w = e >= per, ee = e - w * per, r = ee / head_dim, c = ee - r * head_dim;
+            cp_async4(kv + w * tile * ld + r * ld + c, (w ? v_cache : k_cache) + (size_t)r * kv_dim + off + c);
+        }
+    }
+    cp_async_commit();
+}
+
 // One (head h, query row t) of the grid: the body of attention_f32, callable from a persistent
 // kernel (decode.cu). q and the caches are not __restrict__ (there, other blocks wrote them in
 // the same launch). Starts with a barrier so shared memory may be reused. With `dual`, shared

@@ -191,6 +191,16 @@ __device__ __forceinline__ int warp_sum_i32(int v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
+// Integer maximum and sum over a warp (exact: any order gives the same result).
+__device__ __forceinline__ u64 warp_max_u64(u64 v) {
+    for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ u64 warp_sum_u64(u64 v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 __device__ __forceinline__ double warp_sum_f64(double v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
@@ -336,6 +346,41 @@ __device__ __forceinline__ void rmsnorm_q8_regs(const float* xr, const float* __
     }
 }
 
+// quantize_block_warp's arithmetic with eight threads per Q8_1 block, four adjacent elements
+// each (thread sub = t % 8 holds elements 4 sub .. 4 sub + 3): the exact max and the exact
+// integer sum meet by three xor shuffles in the group of eight, then the same two divisions
+// and round half even. Every lane of the warp must call it (the shuffles); `store` says
+// whether this lane's group writes (qs: its four quants, ds: the block's (d, s), by sub 0).
+__device__ __forceinline__ void quantize4_g8(float o0, float o1, float o2, float o3, bool store, i8* qs, float2* ds) {
+    float amax = fmaxf(fmaxf(fabsf(o0), fabsf(o1)), fmaxf(fabsf(o2), fabsf(o3)));
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 4));
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+    const float d = amax / 127.0f;
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    const int q0 = __float2int_rn(o0 * id), q1 = __float2int_rn(o1 * id);
+    const int q2 = __float2int_rn(o2 * id), q3 = __float2int_rn(o3 * id);
+    int isum = q0 + q1 + q2 + q3;
+    isum += __shfl_xor_sync(0xffffffffu, isum, 4);
+    isum += __shfl_xor_sync(0xffffffffu, isum, 2);
+    isum += __shfl_xor_sync(0xffffffffu, isum, 1);
+    if (store) {
+        *(u32*)qs = (u32)(q0 & 0xff) | ((u32)(q1 & 0xff) << 8) | ((u32)(q2 & 0xff) << 16) | ((u32)(q3 & 0xff) << 24);
+        if ((threadIdx.x & 7) == 0) *ds = make_float2(f16_round(d), f16_round(d * (float)isum));
+    }
+}
+
+// quantize_row_q8_1 of one row of `dim` floats (dim % 32 == 0) into aq/ads, by quantize4_g8:
+// 16-byte loads, blockDim.x / 8 blocks per round. Bitwise quantize_block_warp's blocks.
+__device__ __forceinline__ void quantize_q8_g8(const float* xr, int dim, i8* aq, float2* ads) {
+    const int t = threadIdx.x, per = blockDim.x / 8, nb = dim / QK, sub = t & 7;
+    for (int b0 = 0; b0 < nb; b0 += per) {  // block-uniform: every lane joins the shuffles
+        const int b = b0 + t / 8;
+        float4 v = b < nb ? *(const float4*)(xr + b * QK + 4 * sub) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        quantize4_g8(v.x, v.y, v.z, v.w, b < nb, aq + b * QK + 4 * sub, ads + b);
+    }
+}
+
 // rmsnorm_q8_regs with eight threads per Q8_1 block, four adjacent elements each (16-byte
 // loads): thread t takes block t / 8 + (blockDim.x / 8) * j, elements 4 (t % 8) .. + 3. The same
 // values: the f64 sum of squares reaches its f32 mean through rms_mean_exact, which gives the
@@ -384,26 +429,12 @@ __device__ __forceinline__ void rmsnorm_q8_g8(const float* xr, const float* __re
         const int b = t / 8 + per * j;
         float o0 = (xv[j].x * scale) * wv[j].x, o1 = (xv[j].y * scale) * wv[j].y;
         float o2 = (xv[j].z * scale) * wv[j].z, o3 = (xv[j].w * scale) * wv[j].w;
-        float amax = fmaxf(fmaxf(fabsf(o0), fabsf(o1)), fmaxf(fabsf(o2), fabsf(o3)));
-        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 4));
-        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-        const float d = amax / 127.0f;
-        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
-        const int q0 = __float2int_rn(o0 * id), q1 = __float2int_rn(o1 * id);
-        const int q2 = __float2int_rn(o2 * id), q3 = __float2int_rn(o3 * id);
-        int isum = q0 + q1 + q2 + q3;
-        isum += __shfl_xor_sync(0xffffffffu, isum, 4);
-        isum += __shfl_xor_sync(0xffffffffu, isum, 2);
-        isum += __shfl_xor_sync(0xffffffffu, isum, 1);
         if (b < nb) {
             const int i = b * QK + 4 * sub;
             if (out) *(float4*)(out + i) = make_float4(o0, o1, o2, o3);
             if (tap) *(float4*)(tap + i) = make_float4(o0, o1, o2, o3);
-            const u32 packed = (u32)(q0 & 0xff) | ((u32)(q1 & 0xff) << 8) | ((u32)(q2 & 0xff) << 16) | ((u32)(q3 & 0xff) << 24);
-            *(u32*)(aq + b * QK + 4 * sub) = packed;
-            if (sub == 0) ads[b] = make_float2(f16_round(d), f16_round(d * (float)isum));
         }
+        quantize4_g8(o0, o1, o2, o3, b < nb, aq + b * QK + 4 * sub, ads + b);
     }
 }
 

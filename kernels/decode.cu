@@ -65,6 +65,8 @@ __device__ __forceinline__ u64 globaltimer() {
 // Split in two: grid_arrive (after the block's last global write of the phase) and grid_wait;
 // between them a block may only issue work that writes no global memory (prefetches, copies
 // into its own shared memory), which then overlaps the other blocks' arrivals.
+#define DEC_ROWS 8
+
 __device__ __forceinline__ void grid_arrive(u32* bar, u64* prof, int k) {
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -95,6 +97,53 @@ __device__ __forceinline__ void grid_barrier(u32* bar, u32 base, u64* prof, int&
     grid_wait(bar, base, prof, k);
 }
 
+__device__ __forceinline__ void st_release(u32* p, u32 v) {
+    asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
+// Per-item flags (DEC_HEAD_FLAGS), at bar + 4: after its arrival at barrier k, a block stores
+// that barrier's target (base + (k + 1) * grid, see grid_wait) into the flag of each Q|K|V item
+// it computed (a release store after the arrival's __syncthreads: the item's q rows and cache
+// stores are visible before the flag). Targets only grow (modulo 2^32, compared modularly) and
+// a flag is at most one layer behind the one awaited (the next layer's stores come after
+// barriers that the waiting block must pass first), so the flags are never reset.
+__device__ __forceinline__ void item_flags_set(u32* iflag, u32 base, int k, int items) {
+    if (threadIdx.x == 0) {
+        const u32 target = base + (u32)(k + 1) * gridDim.x;
+        for (int it = blockIdx.x; it < items; it += gridDim.x) st_release(iflag + it, target);
+    }
+}
+
+// In place of grid_wait at the end of phase A: the block waits only for the Q|K|V items its
+// attention heads read (head h's q rows, its KV head's k and v rows; each lane one item, an
+// acquire load, the 2 s trap of grid_wait), then goes on; a block with no head goes on at once.
+// Its arrival was counted, so the later barriers' targets are unchanged.
+__device__ __forceinline__ void head_wait(const u32* iflag, u32 base, u64* prof, int& k, int h0, int n_heads,
+                                          int n_kv_heads, int head_dim, int dim) {
+    const u32 target = base + (u32)(k + 1) * gridDim.x;
+    const int kv_dim = n_kv_heads * head_dim;
+    for (int h = h0; h < n_heads; h += gridDim.x) {
+        const int kvh = h / (n_heads / n_kv_heads);
+        const int r0[3] = {h * head_dim, dim + kvh * head_dim, dim + kv_dim + kvh * head_dim};
+        for (int s = 0; s < 3; s++) {
+            const int i1 = (r0[s] + head_dim - 1) / DEC_ROWS;
+            for (int i = r0[s] / DEC_ROWS + threadIdx.x; i <= i1; i += blockDim.x) {
+                u64 t0 = 0;
+                for (int spin = 0; (int)(ld_acquire(iflag + i) - target) < 0; spin++) {
+                    if ((spin & 1023) == 1023) {
+                        u64 now = globaltimer();
+                        if (t0 == 0) t0 = now;
+                        else if (now - t0 > 2000000000ull) __trap();
+                    }
+                }
+            }
+        }
+    }
+    __syncthreads();
+    if (prof && threadIdx.x == 0) prof[2 * ((size_t)k * gridDim.x + blockIdx.x) + 1] = globaltimer();
+    k++;
+}
+
 template <int WT>
 __device__ __forceinline__ void mv_prefetch(const Mat& m, int mode, int rows, int ffn, int bx) {
     matvec_prefetch<WT>(m.qs, m.n_in, m.n_out, mode, rows, ffn, bx);
@@ -108,7 +157,6 @@ __device__ __forceinline__ void mv_block(const Mat& m, const i8* aq, const float
                        st);
 }
 
-#define DEC_ROWS 8
 #define ROPE_ROW_MAX 256
 
 // `flags` (backend::cuda::decode::Flags): speed only, every combination gives the same bits.
@@ -118,12 +166,28 @@ __device__ __forceinline__ void mv_block(const Mat& m, const i8* aq, const float
 //   DEC_NORM_G8  the fused norms quantize with eight threads per block (rmsnorm_q8_g8);
 //   DEC_PRELOAD  attention head h runs on block gridDim.x - 1 - h (the last blocks, which have
 //                the fewest Q|K|V rows), and that block copies the head's cached K/V cells of
-//                the first tile into shared memory before the barrier that ends phase A.
+//                the first tile into shared memory before the barrier that ends phase A;
+//   DEC_EARLY    (with DEC_PRELOAD) an attention block with no Q|K|V item issues the next
+//                layer's tile preload as asynchronous copies (attention_preload_async) once
+//                its last item of this layer is done (at the earliest after arriving in phase
+//                C), and waits for them at the attention phase: the copies run while the block
+//                idles through the barriers between, and no phase's barrier waits for them;
+//   DEC_SPLIT_D  phase D in ffn/16 items of 16 gate + 16 up rows (twice the blocks, half the
+//                rows each) storing the SwiGLU row as f32; each item of phase E quantizes that
+//                row itself (quantize_q8_g8: the same Q8_1 blocks the 32-row items make).
+//   DEC_HEAD_FLAGS  no grid-wide wait between A and B: each block flags its Q|K|V items
+//                (item_flags_set) and an attention block waits for the items its heads read
+//                (head_wait); the others go straight on to the barrier after B, which still
+//                orders everything A wrote before phase C.
 #define DEC_STAGE 1
 #define DEC_NORM_G8 2
 #define DEC_PRELOAD 4
+#define DEC_EARLY 8
+#define DEC_SPLIT_D 16
+#define DEC_HEAD_FLAGS 32
 
-// The bytes stage_item copies for one item: R rows (64 for MODE_SWIGLU) of qs, then of dm.
+// The bytes stage_item copies for one item: R rows (MODE_SWIGLU: H gate rows, then H up rows,
+// R = 2H) of qs, then of dm.
 template <int WT>
 __device__ __forceinline__ size_t stage_qs_bytes(const Mat& m, int R) {
     return (size_t)R * (m.n_in / QK) * (WT == WT_Q8_0 ? 32 : 16);
@@ -137,11 +201,11 @@ __device__ __forceinline__ void stage_item(const Mat& m, int mode, int R, int ff
         const size_t nb = m.n_in / QK, qrow = nb * (WT == WT_Q8_0 ? 32 : 16), drow = nb * 4;
         char* dbuf = buf + stage_qs_bytes<WT>(m, R);
         if (mode == MODE_SWIGLU) {
-            const size_t g = (size_t)bx * 32, u = (size_t)ffn + (size_t)bx * 32;
-            cp_async_bytes(buf, m.qs + g * qrow, 32 * qrow);
-            cp_async_bytes(buf + 32 * qrow, m.qs + u * qrow, 32 * qrow);
-            cp_async_bytes(dbuf, (const char*)m.dm + g * drow, 32 * drow);
-            cp_async_bytes(dbuf + 32 * drow, (const char*)m.dm + u * drow, 32 * drow);
+            const size_t H = R / 2, g = (size_t)bx * H, u = (size_t)ffn + (size_t)bx * H;
+            cp_async_bytes(buf, m.qs + g * qrow, H * qrow);
+            cp_async_bytes(buf + H * qrow, m.qs + u * qrow, H * qrow);
+            cp_async_bytes(dbuf, (const char*)m.dm + g * drow, H * drow);
+            cp_async_bytes(dbuf + H * drow, (const char*)m.dm + u * drow, H * drow);
         } else {
             const size_t r0 = (size_t)bx * R, n = min(R, m.n_out - bx * R);
             cp_async_bytes(buf, m.qs + r0 * qrow, n * qrow);
@@ -167,11 +231,12 @@ __device__ __forceinline__ Staged staged_at(const Mat& m, int R, char* buf, bool
 // Staging schedule (buffer 0: A and D, buffer 1: C and E; a buffer is refilled only after the
 // barrier that ends the phase reading it): A(l) copies C(l), B(l) copies D(l), D(l) copies E(l),
 // E(l) copies A(l+1); before layer 0 A(0) is copied. Each product waits for all but the newest
-// group (cp_async_wait<1>), which is always its own plus the one issued after it.
+// group (cp_async_wait<1>), which is always its own plus the one issued after it; a block with
+// no item in a phase skips the wait (a later wait covers every older group anyway).
 template <int WT>
 __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ layers, int n_layers, float* x, float* q,
-                                          float* attn, i8* attn_aq, float2* attn_ads, i8* sw_aq, float2* sw_ads,
-                                          float* xn, i8* xn_aq, float2* xn_ads, const float* __restrict__ output_norm,
+                                          float* attn, i8* attn_aq, float2* attn_ads, float* sw, i8* sw_aq,
+                                          float2* sw_ads, float* xn, i8* xn_aq, float2* xn_ads, const float* __restrict__ output_norm,
                                           float* tap, const float* __restrict__ rope_table,
                                           const int* __restrict__ params, int dim, int kv_dim, int head_dim,
                                           int n_heads, int n_kv_heads, int ffn, float eps, float scale, u32* bar,
@@ -184,8 +249,10 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
     const int nblk = gridDim.x, bid = blockIdx.x;
     const int qkv_w = dim + 2 * kv_dim;
     const int items_a = (qkv_w + DEC_ROWS - 1) / DEC_ROWS, items_c = (dim + DEC_ROWS - 1) / DEC_ROWS;
-    const int items_d = ffn / 32, items_e = items_c;
-    const bool stage = flags & DEC_STAGE, pre = flags & DEC_PRELOAD;
+    const bool split = flags & DEC_SPLIT_D;
+    const int rows_d = split ? 32 : 64;
+    const int items_d = ffn / (rows_d / 2), items_e = items_c;
+    const bool stage = flags & DEC_STAGE, pre = flags & DEC_PRELOAD, hflags = flags & DEC_HEAD_FLAGS;
     const int g8 = (flags & DEC_NORM_G8) ? 1 : 0;
     char* buf0 = (char*)sh + stage_off;
     char* buf1 = buf0 + stage_bytes;
@@ -201,15 +268,32 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
     const Staged none = {0, 0};
     // Attention heads: block bid serves h0, h0 + nblk, ...; with DEC_PRELOAD the last blocks.
     const int h0 = pre ? nblk - 1 - bid : bid;
+    // DEC_EARLY: the phase (2 C .. 4 E) after whose arrival this block issues the next layer's
+    // preload: that of its last item of a layer, at the earliest C (issuing takes the block a
+    // while after it arrives; after C the long D phase hides that, after B the short C would
+    // wait for it). Blocks with a Q|K|V item keep preloading in phase A.
+    const bool early = pre && (flags & DEC_EARLY) && h0 < n_heads && bid >= items_a;
+    const int last = bid < items_e ? 4 : bid < items_d ? 3 : 2;
+    // cp.async groups: with DEC_EARLY the preload is one group of its own, committed before the
+    // staging group of the phase after it, so every cp_async_wait<1> of a product still
+    // leaves only its successor's group pending (the preload, older, is waited for too).
+    if (early)
+        attention_preload_async(layers[0].k_cache, layers[0].v_cache, params, n_heads, n_kv_heads, head_dim, h0);
     if (stage) stage_item<WT>(layers[0].qkv, MODE_QKV, DEC_ROWS, 0, bid, items_a, buf0);
     for (int l = 0; l < n_layers; l++) {
         const LayerDesc& L = layers[l];
         const bool more = l + 1 < n_layers;
+        // DEC_EARLY's preload of layer l + 1, run after this block's arrival in phase p.
+        auto preload_next = [&](int p) {
+            if (early && more && last == p)
+                attention_preload_async(layers[l + 1].k_cache, layers[l + 1].v_cache, params, n_heads,
+                                        n_kv_heads, head_dim, h0);
+        };
         // A: Q|K|V with the attention norm, bias, RoPE, cache store.
         {
             if (stage) {
                 stage_item<WT>(L.wo, MODE_ADD, DEC_ROWS, 0, bid, items_c, buf1);
-                cp_async_wait<1>();
+                if (bid < items_a) cp_async_wait<1>();
             }
             QkvEpi qe = {q, L.k_cache, L.v_cache, rope_table, params, L.bq, L.bk, L.bv, dim, kv_dim, head_dim,
                          rope_in_smem ? rope_s : 0};
@@ -218,16 +302,24 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
                 mv_block<WT>(L.qkv, 0, 0, 0, 0, qkv_w, MODE_QKV, DEC_ROWS, qe, se0, ni, it,
                              it == bid ? staged_at<WT>(L.qkv, DEC_ROWS, buf0, stage) : none);
             grid_arrive(bar, prof, k);
+            if (hflags) item_flags_set(bar + 4, base, k, items_a);
             if (stage) {
-                for (int it = bid; it < items_d; it += nblk) mv_prefetch<WT>(L.gate_up, MODE_SWIGLU, 64, ffn, it);
+                for (int it = bid; it < items_d; it += nblk) mv_prefetch<WT>(L.gate_up, MODE_SWIGLU, rows_d, ffn, it);
             } else {
                 for (int it = bid; it < items_c; it += nblk) mv_prefetch<WT>(L.wo, MODE_ADD, DEC_ROWS, 0, it);
             }
-            if (pre && h0 < n_heads) attention_preload(L.k_cache, L.v_cache, params, n_heads, n_kv_heads, head_dim, h0);
+            if (pre && h0 < n_heads && !early)
+                attention_preload(L.k_cache, L.v_cache, params, n_heads, n_kv_heads, head_dim, h0);
         }
-        grid_wait(bar, base, prof, k);
-        // B: attention, one head per item.
-        if (stage) stage_item<WT>(L.gate_up, MODE_SWIGLU, 64, ffn, bid, items_d, buf0);
+        if (hflags) head_wait(bar + 4, base, prof, k, h0, n_heads, n_kv_heads, head_dim, dim);
+        else grid_wait(bar, base, prof, k);
+        // B: attention, one head per item. DEC_EARLY: the preload's group is complete once
+        // at most the newest group (phase A's staging of C, with DEC_STAGE) is pending.
+        if (early) {
+            if (stage) cp_async_wait<1>();
+            else cp_async_wait<0>();
+        }
+        if (stage) stage_item<WT>(L.gate_up, MODE_SWIGLU, rows_d, ffn, bid, items_d, buf0);
         for (int h = h0; h < n_heads; h += nblk)
             attention_head(q, L.k_cache, L.v_cache, attn, attn_aq, attn_ads, params, n_heads, n_kv_heads, head_dim,
                            scale, h, 0, true, pre && h == h0);
@@ -237,7 +329,7 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
         grid_wait(bar, base, prof, k);
         // C: output projection into the residual stream.
         {
-            if (stage) cp_async_wait<1>();
+            if (stage && bid < items_c) cp_async_wait<1>();
             for (int it = bid; it < items_c; it += nblk)
                 mv_block<WT>(L.wo, attn_aq, attn_ads, x, 0, dim, MODE_ADD, DEC_ROWS, qe0, se0, ni0, it,
                              it == bid ? staged_at<WT>(L.wo, DEC_ROWS, buf1, stage) : none);
@@ -246,24 +338,26 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
                 if (more)
                     for (int it = bid; it < items_a; it += nblk) mv_prefetch<WT>(layers[l + 1].qkv, MODE_QKV, DEC_ROWS, 0, it);
             } else {
-                for (int it = bid; it < items_d; it += nblk) mv_prefetch<WT>(L.gate_up, MODE_SWIGLU, 64, ffn, it);
+                for (int it = bid; it < items_d; it += nblk) mv_prefetch<WT>(L.gate_up, MODE_SWIGLU, rows_d, ffn, it);
             }
+            preload_next(2);
         }
         grid_wait(bar, base, prof, k);
         // D: gate|up with the FFN norm, SwiGLU, Q8_1.
         {
             if (stage) {
                 stage_item<WT>(L.down, MODE_ADD, DEC_ROWS, 0, bid, items_e, buf1);
-                cp_async_wait<1>();
+                if (bid < items_d) cp_async_wait<1>();
             }
-            SwigluEpi se = {0, sw_aq, sw_ads, ffn};
+            SwigluEpi se = {split ? sw : 0, sw_aq, sw_ads, ffn};
             NormIn ni = {x, L.ffn_norm, eps, g8};
             for (int it = bid; it < items_d; it += nblk)
-                mv_block<WT>(L.gate_up, 0, 0, 0, 0, 2 * ffn, MODE_SWIGLU, 64, qe0, se, ni, it,
-                             it == bid ? staged_at<WT>(L.gate_up, 64, buf0, stage) : none);
+                mv_block<WT>(L.gate_up, 0, 0, 0, 0, 2 * ffn, MODE_SWIGLU, rows_d, qe0, se, ni, it,
+                             it == bid ? staged_at<WT>(L.gate_up, rows_d, buf0, stage) : none);
             grid_arrive(bar, prof, k);
             if (!stage)
                 for (int it = bid; it < items_e; it += nblk) mv_prefetch<WT>(L.down, MODE_ADD, DEC_ROWS, 0, it);
+            preload_next(3);
         }
         grid_wait(bar, base, prof, k);
         // E: down projection into the residual stream (l_out-l).
@@ -271,13 +365,15 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
             if (stage) {
                 if (more) stage_item<WT>(layers[l + 1].qkv, MODE_QKV, DEC_ROWS, 0, bid, items_a, buf0);
                 else cp_async_commit();
-                cp_async_wait<1>();
+                if (bid < items_e) cp_async_wait<1>();
             }
             float* t = tap ? tap + (size_t)(1 + l) * dim : 0;
+            const NormIn ni = {split ? sw : 0, 0, 0.0f, 0};
             for (int it = bid; it < items_e; it += nblk)
-                mv_block<WT>(L.down, sw_aq, sw_ads, x, t, dim, MODE_ADD, DEC_ROWS, qe0, se0, ni0, it,
+                mv_block<WT>(L.down, sw_aq, sw_ads, x, t, dim, MODE_ADD, DEC_ROWS, qe0, se0, ni, it,
                              it == bid ? staged_at<WT>(L.down, DEC_ROWS, buf1, stage) : none);
             grid_arrive(bar, prof, k);
+            preload_next(4);
             if (more) {
                 if (stage) {
                     for (int it = bid; it < items_c; it += nblk) mv_prefetch<WT>(layers[l + 1].wo, MODE_ADD, DEC_ROWS, 0, it);
@@ -304,13 +400,14 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
 // instruction cache (the launcher falls back to the per-op kernels for mixed types).
 #define DECODER_LAYERS_KERNEL(name, WT)                                                                        \
     extern "C" __global__ void name(const LayerDesc* __restrict__ layers, int n_layers, float* x, float* q,    \
-                                    float* attn, i8* attn_aq, float2* attn_ads, i8* sw_aq, float2* sw_ads,     \
+                                    float* attn, i8* attn_aq, float2* attn_ads, float* sw, i8* sw_aq,          \
+                                    float2* sw_ads,                                                            \
                                     float* xn, i8* xn_aq, float2* xn_ads, const float* __restrict__ output_norm, \
                                     float* tap, const float* __restrict__ rope_table,                          \
                                     const int* __restrict__ params, int dim, int kv_dim, int head_dim,         \
                                     int n_heads, int n_kv_heads, int ffn, float eps, float scale, u32* bar,    \
                                     u64* prof, int flags, int stage_off, int stage_bytes) {                    \
-        decoder_layers<WT>(layers, n_layers, x, q, attn, attn_aq, attn_ads, sw_aq, sw_ads, xn, xn_aq, xn_ads,  \
+        decoder_layers<WT>(layers, n_layers, x, q, attn, attn_aq, attn_ads, sw, sw_aq, sw_ads, xn, xn_aq, xn_ads, \
                            output_norm, tap, rope_table, params, dim, kv_dim, head_dim, n_heads, n_kv_heads,  \
                            ffn, eps, scale, bar, prof, flags, stage_off, stage_bytes);                         \
     }

@@ -49,7 +49,9 @@ struct QkvEpi {
 struct SwigluEpi { float* out; i8* aq; float2* ads; int ffn; };
 // Fused input norm: when `w` is not null the block normalizes rows of `x` itself (rmsnorm.cu's
 // rmsnorm_q8 arithmetic) into shared memory instead of reading aq/ads; `g8` (one-token blocks
-// only) takes common.cuh's rmsnorm_q8_g8, the same values with eight threads per block.
+// only) takes common.cuh's rmsnorm_q8_g8, the same values with eight threads per block. With
+// `x` and no `w` the block quantizes the f32 rows of `x` itself (quantize_row_q8_1, by
+// common.cuh's quantize_q8_g8): the input of a split SwiGLU phase (decode.cu's DEC_SPLIT_D).
 struct NormIn { const float* x; const float* w; float eps; int g8; };
 // Weights of this block's rows already in shared memory (decode.cu's staging), or null: `qs`
 // and `dm` hold the item's rows from local row 0 (MODE_SWIGLU: the 32 gate rows, then the 32
@@ -71,10 +73,17 @@ __device__ __forceinline__ int lane_quants(const u8* __restrict__ qs, size_t blk
 
 // Grid (n_out / rows_per_block, ceil(n_tok / tok_per_block)); see the header for the numerics.
 // Block x covers `rows_per_block` output rows: rows x*R + rl, except in MODE_SWIGLU, where
-// R = 64 covers gate rows x*32 + (0..32) and up rows ffn + x*32 + (0..32). Block y covers tokens
-// y*TT .. y*TT + TT. Dynamic shared memory: R * TT floats of results, then, with a fused norm
-// or TT == 1, 16-byte aligned, TT * n_in int8 and TT * n_in/32 float2 of staged activations.
+// R = 2H covers gate rows x*H + (0..H) and up rows ffn + x*H + (0..H) (swiglu_row): H = 32
+// quantizes the block's 32 SwiGLU outputs here (one Q8_1 block); H < 32 (the persistent
+// kernel's DEC_SPLIT_D, H dividing 32) only stores them as f32 in se.out, and the consumer
+// quantizes the row (NormIn with x and no w). Block y covers tokens y*TT .. y*TT + TT. Dynamic
+// shared memory: R * TT floats of results, then, with a fused norm or quantization, or TT == 1,
+// 16-byte aligned, TT * n_in int8 and TT * n_in/32 float2 of staged activations.
 // n_in % 32 == 0. Block size 128 (the fused norm's reduction tree assumes it).
+__device__ __forceinline__ int swiglu_row(int rl, int R, int ffn, int bx) {
+    const int H = R / 2;
+    return rl < H ? bx * H + rl : ffn + bx * H + rl - H;
+}
 
 // Pulls the weights block `bx` will read towards L2 (they never depend on a previous kernel, so
 // this runs before pdl_wait / a grid barrier).
@@ -86,7 +95,7 @@ __device__ __forceinline__ void matvec_prefetch(const u8* __restrict__ qs, int n
     const int n_items = R * nb;
     for (int it = threadIdx.x; it < n_items; it += blockDim.x) {
         int rl = it / nb, b = it - (it / nb) * nb;
-        int row = mode == MODE_SWIGLU ? (rl < 32 ? bx * 32 + rl : ffn + bx * 32 + rl - 32) : bx * R + rl;
+        int row = mode == MODE_SWIGLU ? swiglu_row(rl, R, ffn, bx) : bx * R + rl;
         if (row < n_out) {
             size_t blk = (size_t)row * nb + b;
             const u8* p = qs + blk * (WT == WT_Q8_0 ? 32 : 16);
@@ -154,11 +163,14 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
     // shared memory (normalized here, or copied with all loads in flight at once).
     const i8* a_base = aq + (size_t)t0 * n_in;
     const float2* ads_base = ads + (size_t)t0 * nb;
-    if (ni.w || tok_per_block == 1) {
+    if (ni.w || ni.x || tok_per_block == 1) {
         size_t off = ((size_t)slots * sizeof(float) + 15) & ~(size_t)15;
         i8* aq_s = (i8*)((char*)sh + off);
         float2* ads_s = (float2*)((char*)sh + off + (((size_t)tok_per_block * n_in + 15) & ~(size_t)15));
-        if (ni.w) {
+        if (ni.x && !ni.w) {
+            for (int tt = 0; tt < tcount; tt++)
+                quantize_q8_g8(ni.x + (size_t)(t0 + tt) * n_in, n_in, aq_s + tt * n_in, ads_s + tt * nb);
+        } else if (ni.w) {
             if (ni.g8 && tcount == 1)
                 rmsnorm_q8_g8(ni.x + (size_t)t0 * n_in, ni.w, n_in, ni.eps, aq_s, ads_s);
             else
@@ -181,7 +193,7 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
     for (int base = 0; base < total; base += n_grp) {
         const int sl = base + grp;
         const int tt = sl / R, rl = sl - (sl / R) * R;
-        const int row = mode == MODE_SWIGLU ? (rl < 32 ? bx * 32 + rl : se.ffn + bx * 32 + rl - 32) : bx * R + rl;
+        const int row = mode == MODE_SWIGLU ? swiglu_row(rl, R, se.ffn, bx) : bx * R + rl;
         const bool active = sl < total && row < n_out;
         float acc = 0.0f, summs = 0.0f;
         // The residual this output is added to, loaded before the dot product (not after it).
@@ -239,6 +251,15 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
                 qe.v_cache[pos * qe.kv_dim + r + 1] = x1;
             }
         }
+    } else if (mode == MODE_SWIGLU && R < 64) {
+        // swiglu.cu's swiglu_f32 on the H outputs of this block, stored as f32 only.
+        __syncthreads();
+        const int H = R / 2;
+        for (int idx = threadIdx.x; idx < tcount * H; idx += blockDim.x) {
+            const int tt = idx / H, j = idx - tt * H;
+            const size_t t = t0 + tt;
+            se.out[t * se.ffn + bx * H + j] = swiglu_elem(res[tt * R + j], res[tt * R + H + j], bx * H + j, se.ffn);
+        }
     } else if (mode == MODE_SWIGLU) {
         // swiglu.cu's swiglu_f32 on the 32 outputs of this block, one warp per token.
         __syncthreads();
@@ -274,6 +295,43 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
 MATVEC_Q_KERNEL(matvec_q4_1_q8_1, WT_Q4_1)
 MATVEC_Q_KERNEL(matvec_q4_0_q8_0, WT_Q4_0)
 MATVEC_Q_KERNEL(matvec_q8_0_q8_0, WT_Q8_0)
+
+// One-token products with no fused epilogue or norm (MODE_STORE / MODE_ADD; the logits above
+// all): each output is the same lane_dot, hsum8_shfl and epilogue as matvec_q_block's, so the
+// same bits; only the layout is for bandwidth. Sixteen rows per block of 128 threads (eight per
+// output, every thread busy), the activation row read straight from global memory (every block
+// reads the same few hundred bytes: cache hits), no shared memory and no barrier, so few
+// registers and many resident blocks keep enough weight loads in flight (the general kernel
+// above, 136 registers, fits three blocks per SM and reads the 32 MB output matrix at ~0.65
+// TB/s). Launch: grid ceil(n_out / 16), block 128; out and tap indexed by row (n_tok = 1).
+template <int WT>
+__device__ __forceinline__ void matvec_one(const u8* __restrict__ qs, const u32* __restrict__ dm,
+                                           const i8* __restrict__ aq, const float2* __restrict__ ads, float* out,
+                                           float* tap, int n_in, int n_out, int mode) {
+    pdl_launch();
+    pdl_wait();
+    const int k = threadIdx.x & 7, row = blockIdx.x * 16 + (threadIdx.x >> 3);
+    const bool active = row < n_out;
+    float acc = 0.0f, summs = 0.0f, prev = 0.0f;
+    if (mode == MODE_ADD && active && k == 0) prev = out[row];
+    if (active) lane_dot<WT>(qs, dm, aq, ads, row, n_in / QK, k, acc, summs);
+    float v = hsum8_shfl(acc, 0xffffffffu);
+    if (WT == WT_Q4_1) v = v + summs;
+    if (active && k == 0) {
+        if (mode == MODE_ADD) v = prev + v;  // ops::add: x = x + v
+        out[row] = v;
+        if (tap) tap[row] = v;
+    }
+}
+
+#define MATVEC_ONE_KERNEL(name, WT)                                                                        \
+    extern "C" __global__ void name(const u8* qs, const u32* dm, const i8* aq, const float2* ads, float* out,   \
+                                    float* tap, int n_in, int n_out, int mode) {                               \
+        matvec_one<WT>(qs, dm, aq, ads, out, tap, n_in, n_out, mode);                                       \
+    }
+MATVEC_ONE_KERNEL(matvec_one_q4_1_q8_1, WT_Q4_1)
+MATVEC_ONE_KERNEL(matvec_one_q4_0_q8_0, WT_Q4_0)
+MATVEC_ONE_KERNEL(matvec_one_q8_0_q8_0, WT_Q8_0)
 
 // ---------------------------------------------------------------------------------------------
 // Tensor-core variant for many tokens (prefill): the same numbers through int8 MMA.

@@ -117,22 +117,19 @@ __device__ __forceinline__ u64 draw_threshold(u64 coin, u64 total) {
 
 __device__ __forceinline__ u64 min_p_threshold(float min_p) { return (u64)ceil((double)min_p * 17592186044416.0); }
 
-// sampler::tempered at one id: IEEE division by the temperature, then the penalty when the id
-// is in the context. `seen` is read through L2 (pick_mark writes it with atomics).
-__device__ __forceinline__ float tempered_at(const float* __restrict__ logits, const u32* seen, int i, float t, float rp) {
-    float v = logits[i];
+// sampler::tempered of one logit: IEEE division by the temperature, then the penalty when the
+// id is in the context (`in_seen`: its bit in the seen bitmap).
+__device__ __forceinline__ float tempered(float v, bool in_seen, float t, float rp) {
     if (t > 0.0f) v = v / t;
-    if (rp != 1.0f && ((__ldcg(seen + (i >> 5)) >> (i & 31)) & 1u)) v = v > 0.0f ? v / rp : v * rp;
+    if (rp != 1.0f && in_seen) v = v > 0.0f ? v / rp : v * rp;
     return v;
 }
+__device__ __forceinline__ bool seen_bit(u32 word, int i) { return (word >> (i & 31)) & 1u; }
 
-__device__ __forceinline__ u64 warp_max_u64(u64 v) {
-    for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-__device__ __forceinline__ u64 warp_sum_u64(u64 v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
+// The same at one id of `logits`, the bitmap in global memory, read through L2 (pick_mark
+// writes it with atomics); only read when the penalty applies.
+__device__ __forceinline__ float tempered_at(const float* __restrict__ logits, const u32* seen, int i, float t, float rp) {
+    return tempered(logits[i], rp != 1.0f && seen_bit(__ldcg(seen + (i >> 5)), i), t, rp);
 }
 // Block-wide integer max and sum (any order gives the same result). `sh` holds 32 values.
 __device__ u64 block_max_u64(u64 v, u64* sh) {
@@ -386,11 +383,9 @@ __device__ u64 select_reaching(int n, u64 thr, F elem, SelectSmem* s) {
     return r;
 }
 
-// sampler::tempered of one value (seen: the bitmap, here in shared memory).
+// The same of one value, the bitmap in shared memory.
 __device__ __forceinline__ float tempered_v(float v, const u32* seen, int i, float t, float rp) {
-    if (t > 0.0f) v = v / t;
-    if (rp != 1.0f && ((seen[i >> 5] >> (i & 31)) & 1u)) v = v > 0.0f ? v / rp : v * rp;
-    return v;
+    return tempered(v, rp != 1.0f && seen_bit(seen[i >> 5], i), t, rp);
 }
 
 // Dynamic shared memory: the seen bitmap ((n + 31) / 32 words), then, when `staged`, the

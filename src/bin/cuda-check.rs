@@ -293,7 +293,7 @@ fn prefill(m: &Arc<Model>) -> Result<()> {
 /// barrier (last departure minus last arrival), averaged over layers and 64 steps.
 fn profile(m: &Arc<Model>) -> Result<()> {
     use worker_orcd::backend::cuda::decode_flags as f;
-    for fl in [f::ALL, 0] {
+    for fl in [f::DEFAULT, f::ALL & !f::HEAD_FLAGS, f::STAGE | f::NORM_G8 | f::PRELOAD, 0] {
         profile_flags(m, fl)?;
     }
     Ok(())
@@ -302,7 +302,11 @@ fn profile(m: &Arc<Model>) -> Result<()> {
 fn profile_flags(m: &Arc<Model>, fl: u32) -> Result<()> {
     println!("\n== profile: persistent decode step ==");
     let mut b = CudaBackend::new(Arc::clone(m), 2048)?;
-    println!("decode flags {} (asked {fl})", b.set_decode_flags(fl));
+    let got = b.set_decode_flags(fl);
+    println!("decode flags {got} (asked {fl})");
+    if got & worker_orcd::backend::cuda::decode_flags::HEAD_FLAGS != 0 {
+        println!("(per-head flags: A's barrier is the attention blocks' wait for their heads' Q|K|V items; the other blocks leave A at once, so B's work starts from their early departure)");
+    }
     b.set_persistent_profiling(true)?;
     let n_layers = m.config.n_layers;
     let mut work = [0.0f64; 5];
@@ -433,13 +437,27 @@ fn bench(m: &Arc<Model>) -> Result<()> {
     // The persistent kernel's optimizations one by one (decode_flags), trace off.
     if b.persistent_status().is_ok() {
         use worker_orcd::backend::cuda::decode_flags as f;
-        for fl in [0, f::STAGE, f::NORM_G8, f::PRELOAD, f::STAGE | f::NORM_G8, f::ALL] {
+        let s7 = f::STAGE | f::NORM_G8 | f::PRELOAD;
+        for fl in [
+            0,
+            f::STAGE,
+            f::NORM_G8,
+            f::PRELOAD,
+            f::STAGE | f::NORM_G8,
+            s7,
+            s7 | f::EARLY,
+            s7 | f::SPLIT_D,
+            f::ALL & !f::HEAD_FLAGS,
+            f::ALL & !f::EARLY,
+            f::ALL,
+        ] {
             let got = b.set_decode_flags(fl);
             decode(&mut b, &mut NoTap, 16)?;
             let r = median((0..5).map(|_| decode(&mut b, &mut NoTap, 128)).collect::<Result<Vec<_>>>()?);
             rows.push(format!("| decode tg128 (persistent kernel, graph, decode flags {got}), trace off | {r:.0} tok/s | {:.1} µs/token |", 1e6 / r));
         }
-        b.set_decode_flags(f::ALL);
+        // Back to the flags in force for the rows below (WORKER_ORCD_CUDA_DECODE_FLAGS or the default).
+        b.set_decode_flags(worker_orcd::backend::cuda::options().decode_flags);
     }
     // The engine's step (Backend::forward_pick): forward, then the token choice and the top-5
     // log-probabilities a recording keeps, on the device (280 bytes downloaded) or on the host

@@ -704,18 +704,40 @@ fn persistent_decode_step_equals_per_op_path_and_cpu_bitwise() {
         for _ in 0..20 {
             assert_eq!(decode_steps(&mut b, &prompt, &steps, false).0, want, "{}: a repeated persistent run differs", ty.name());
         }
-        // Each optimization of the persistent kernel alone and none: the same bits.
+        // Each optimization of the persistent kernel alone, some together, all and none, on the
+        // full grid and on grids of 3 and 7 blocks (blocks with several items of a phase, and
+        // with several heads, attention blocks with products): the same bits.
         use worker_orcd::backend::cuda::decode_flags as f;
-        for fl in [0, f::STAGE, f::NORM_G8, f::PRELOAD, f::ALL] {
-            assert_eq!(b.set_decode_flags(fl), fl, "decode flags {fl} not taken");
-            let (got, taps) = decode_steps(&mut b, &prompt, &steps, false);
-            assert_eq!(got, want, "{} decode flags {fl}: logits differ from the CPU backend", ty.name());
-            for (p, v) in &want_taps.tensors {
-                assert_eq!(bits(&taps.tensors[p]), bits(v), "{} decode flags {fl}: {} differs", ty.name(), p.name());
+        let full = b.set_decode_grid(None);
+        let flag_sets = [
+            0,
+            f::STAGE,
+            f::NORM_G8,
+            f::PRELOAD,
+            f::PRELOAD | f::EARLY,
+            f::SPLIT_D,
+            f::STAGE | f::SPLIT_D,
+            f::HEAD_FLAGS,
+            f::PRELOAD | f::HEAD_FLAGS,
+            f::ALL & !f::EARLY,
+            f::ALL & !f::HEAD_FLAGS,
+            f::ALL,
+        ];
+        for grid in [None, Some(7), Some(3)] {
+            assert_eq!(b.set_decode_grid(grid), grid.unwrap_or(full));
+            for &fl in &flag_sets {
+                assert_eq!(b.set_decode_flags(fl), fl, "decode flags {fl} not taken");
+                let (got, taps) = decode_steps(&mut b, &prompt, &steps, false);
+                assert_eq!(got, want, "{} decode flags {fl} grid {grid:?}: logits differ from the CPU backend", ty.name());
+                for (p, v) in &want_taps.tensors {
+                    assert_eq!(bits(&taps.tensors[p]), bits(v), "{} decode flags {fl} grid {grid:?}: {} differs", ty.name(), p.name());
+                }
             }
         }
+        b.set_decode_grid(None);
+        b.set_decode_flags(f::DEFAULT);
         println!(
-            "tiny {}: {} decode steps, persistent/per-op x graphs on/off, trace on/off, decode flags 0/1/2/4/7, 20 repeats: bit-identical to the CPU backend ({} taps)",
+            "tiny {}: {} decode steps, persistent/per-op x graphs on/off, trace on/off, decode flags {flag_sets:?} on grids {full}/7/3, 20 repeats: bit-identical to the CPU backend ({} taps)",
             ty.name(),
             steps.len(),
             want_taps.tensors.len()
@@ -739,15 +761,29 @@ fn persistent_decode_past_the_first_attention_tile_equals_cpu() {
     if let Err(why) = b.persistent_status() {
         panic!("the persistent decode kernel is unavailable on this device: {why}");
     }
-    for fl in [f::ALL, f::PRELOAD, 0] {
+    let runs = [
+        (f::ALL, None),
+        (f::ALL, Some(3)),
+        (f::ALL & !f::HEAD_FLAGS, None),
+        (f::HEAD_FLAGS, Some(3)),
+        (f::PRELOAD | f::EARLY, None),
+        (f::PRELOAD, None),
+        (0, None),
+    ];
+    for (fl, grid) in runs {
         assert_eq!(b.set_decode_flags(fl), fl);
+        b.set_decode_grid(grid);
         let (got, taps) = decode_steps(&mut b, &prompt, &steps, false);
-        assert_eq!(got, want, "decode flags {fl}: logits differ from the CPU backend");
+        assert_eq!(got, want, "decode flags {fl} grid {grid:?}: logits differ from the CPU backend");
         for (p, v) in &want_taps.tensors {
-            assert_eq!(bits(&taps.tensors[p]), bits(v), "decode flags {fl}: {} differs", p.name());
+            assert_eq!(bits(&taps.tensors[p]), bits(v), "decode flags {fl} grid {grid:?}: {} differs", p.name());
         }
     }
-    println!("tiny Q4_1: {} decode steps to position {}, decode flags 7/4/0: bit-identical to the CPU backend", steps.len(), prompt.len() + steps.len());
+    println!(
+        "tiny Q4_1: {} decode steps to position {}, (decode flags, grid) {runs:?}: bit-identical to the CPU backend",
+        steps.len(),
+        prompt.len() + steps.len()
+    );
 }
 
 #[test]

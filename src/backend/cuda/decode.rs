@@ -73,6 +73,8 @@ pub(crate) struct Persistent {
     table: DevBuf,
     bar: DevBuf,
     grid: u32,
+    /// The resident limit (one block per SM); `grid` may be set lower for tests.
+    max_grid: u32,
     smem: usize,
     /// Shared memory before the staging buffers, and each buffer's size (0: no staging).
     stage_off: usize,
@@ -91,7 +93,8 @@ pub(crate) struct StepBuffers {
     pub x: u64,
     pub q: u64,
     pub attn: (u64, u64, u64),
-    pub sw: (u64, u64),
+    /// SwiGLU row: f32 (DEC_SPLIT_D), Q8_1 quants and scales.
+    pub sw: (u64, u64, u64),
     pub xn: (u64, u64, u64),
     pub tap: u64,
     pub params: u64,
@@ -165,8 +168,12 @@ impl Persistent {
         // SAFETY: LayerDesc is repr(C) plain data (u64/i32 fields, no padding holes read).
         let bytes = unsafe { std::slice::from_raw_parts(descs.as_ptr() as *const u8, std::mem::size_of_val(descs.as_slice())) };
         let table = gpu.upload(bytes)?;
-        let bar = gpu.upload(&[0u32; 2])?;
-        let mut p = Persistent { table, bar, grid: gpu.sm_count as u32, smem, stage_off, stage_bytes, flags: 0, n_layers: layers.len(), kernel, prof: None };
+        // The barrier counter, then (from word 4) one flag per Q|K|V item (decode.cu's
+        // item_flags_set), zero before the first launch.
+        let items_a = (dim + 2 * kv_dim).div_ceil(ROWS);
+        let bar = gpu.upload(&vec![0u32; 4 + items_a])?;
+        let grid = gpu.sm_count as u32;
+        let mut p = Persistent { table, bar, grid, max_grid: grid, smem, stage_off, stage_bytes, flags: 0, n_layers: layers.len(), kernel, prof: None };
         p.set_flags(flags);
         Ok(Ok(p))
     }
@@ -185,7 +192,16 @@ impl Persistent {
     }
 
     fn prof_words(&self) -> usize {
-        2 * (5 * self.n_layers + 1) * self.grid as usize
+        2 * (5 * self.n_layers + 1) * self.max_grid as usize
+    }
+
+    /// Runs the next launches on `n` blocks (clamped to 1..=the resident limit; `None`: the
+    /// limit, the default). Results are the same bits for every grid (decode.cu: block b takes
+    /// items b, b + grid, ...); tests use small grids so that blocks take several items of a
+    /// phase and attention blocks have products too. Returns the grid in force.
+    pub fn set_grid(&mut self, n: Option<usize>) -> usize {
+        self.grid = n.map_or(self.max_grid, |n| (n as u32).clamp(1, self.max_grid));
+        self.grid as usize
     }
 
     /// The last step's timestamps: per barrier k (5 per layer, then one row of start times),
@@ -193,7 +209,7 @@ impl Persistent {
     pub fn profile(&self, gpu: &Gpu) -> Result<Option<Vec<u64>>, BackendError> {
         match &self.prof {
             None => Ok(None),
-            Some(b) => Ok(Some(gpu.read(b.ptr(), self.prof_words())?)),
+            Some(b) => Ok(Some(gpu.read(b.ptr(), 2 * (5 * self.n_layers + 1) * self.grid as usize)?)),
         }
     }
 
@@ -219,6 +235,7 @@ impl Persistent {
             Arg::Ptr(b.attn.2),
             Arg::Ptr(b.sw.0),
             Arg::Ptr(b.sw.1),
+            Arg::Ptr(b.sw.2),
             Arg::Ptr(b.xn.0),
             Arg::Ptr(b.xn.1),
             Arg::Ptr(b.xn.2),

@@ -316,7 +316,7 @@ impl CudaBackend {
                 x: s.x,
                 q: s.q,
                 attn: (s.attn.f32, s.attn.aq, s.attn.ads),
-                sw: (s.sw.aq, s.sw.ads),
+                sw: (s.sw.f32, s.sw.aq, s.sw.ads),
                 xn: (s.xn.f32, s.xn.aq, s.xn.ads),
                 tap: tap_slot(0),
                 params: s.io,

@@ -42,6 +42,8 @@ pub(crate) const MV_ROWS: usize = 16;
 const MV_ROWS_ONE: usize = 8;
 /// Tokens per block: each weight block is loaded once per this many tokens.
 const MV_TOKENS: usize = 8;
+/// Rows per block of the lean one-token kernel (matvec.cu's matvec_one).
+const ONE_ROWS: usize = 16;
 
 /// Positions from which quantized products run on the tensor cores (`matvec_mma_*`, the same
 /// bits); `WORKER_ORCD_CUDA_MMA=0` keeps every product on the dp4a kernels.
@@ -101,23 +103,21 @@ pub(crate) fn launch_matvec(
         ];
         return gpu.launch(m.kernel(), (m.n_out.div_ceil(128) as u32, n_tok as u32, 1), 128, 0, &args);
     }
+    // The tensor-core and one-token kernels' arguments: the matrix, the Q8_1 activations, the
+    // outputs and shape, then their own.
+    let plain = |tail: &[Arg]| -> Vec<Arg> {
+        let head =
+            [Arg::Ptr(m.qs), Arg::Ptr(m.dm), Arg::Ptr(aq), Arg::Ptr(ads), Arg::Ptr(out), Arg::Ptr(tap), Arg::I32(m.n_in as i32), Arg::I32(m.n_out as i32)];
+        head.into_iter().chain(tail.iter().copied()).collect()
+    };
     if let (Some(kernel), true, None, true) = (m.mma_kernel(), mma_tokens(n_tok), norm, m.n_out % 16 == 0) {
         if mode <= 1 {
-            let args = [
-                Arg::Ptr(m.qs),
-                Arg::Ptr(m.dm),
-                Arg::Ptr(aq),
-                Arg::Ptr(ads),
-                Arg::Ptr(out),
-                Arg::Ptr(tap),
-                Arg::I32(m.n_in as i32),
-                Arg::I32(m.n_out as i32),
-                Arg::I32(out_stride as i32),
-                Arg::I32(mode),
-                Arg::I32(n_tok as i32),
-            ];
+            let args = plain(&[Arg::I32(out_stride as i32), Arg::I32(mode), Arg::I32(n_tok as i32)]);
             return gpu.launch(kernel, ((m.n_out / 16) as u32, n_tok.div_ceil(32) as u32, 1), 128, 0, &args);
         }
+    }
+    if let (Some(kernel), 1, None, true) = (m.one_kernel(), n_tok, norm, mode <= 1) {
+        return gpu.launch(kernel, (m.n_out.div_ceil(ONE_ROWS) as u32, 1, 1), 128, 0, &plain(&[Arg::I32(mode)]));
     }
     let toks = n_tok.min(MV_TOKENS);
     let (rows, grid_x) = match epi {

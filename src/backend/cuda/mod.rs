@@ -425,6 +425,17 @@ impl CudaBackend {
         }
     }
 
+    /// Runs the persistent decode kernel on `n` blocks (`None`: one per SM, the default;
+    /// clamped to that). The same bits for every grid; tests use small grids so that blocks
+    /// take several items per phase. Returns the grid in force (0 without the kernel).
+    pub fn set_decode_grid(&mut self, n: Option<usize>) -> usize {
+        self.graphs.clear();
+        match &mut self.persistent {
+            Ok(p) => p.set_grid(n),
+            Err(_) => 0,
+        }
+    }
+
     /// Records barrier timestamps in the persistent kernel (profiling; graphs are recaptured).
     pub fn set_persistent_profiling(&mut self, on: bool) -> Result<(), BackendError> {
         self.graphs.clear();

@@ -8,7 +8,7 @@
 //! | `WORKER_ORCD_CUDA_MMA=0` | on | products of 16 or more positions stay on the dp4a kernels instead of the tensor cores |
 //! | `WORKER_ORCD_CUDA_PDL=0` | on (sm_90+) | kernels never overlap their predecessor's tail (programmatic dependent launch) |
 //! | `WORKER_ORCD_CUDA_PICK=0` | on | the engine's token choice (`sampler::pick`) runs on the host over downloaded logits instead of on the device (`kernels/sample.cu`) |
-//! | `WORKER_ORCD_CUDA_DECODE_FLAGS=N` | 7 | the persistent decode kernel's optimizations, a bit mask (`decode_flags`: 1 staged weights, 2 eight-thread norm quantization, 4 attention preload) |
+//! | `WORKER_ORCD_CUDA_DECODE_FLAGS=N` | 31 (every flag but 32) | the persistent decode kernel's optimizations, a bit mask (`decode_flags`: 1 staged weights, 2 eight-thread norm quantization, 4 attention preload, 8 that preload early, 16 the gate\|up phase split, 32 per-head flags instead of the Q\|K\|V barrier) |
 //! | `WORKER_ORCD_KERNEL_CACHE=DIR` | `$XDG_CACHE_HOME/worker-orcd/kernels`, else `~/.cache/worker-orcd/kernels` | where compiled kernel modules are cached |
 
 use std::path::PathBuf;
@@ -23,7 +23,19 @@ pub mod decode_flags {
     pub const NORM_G8: u32 = 2;
     /// Attention heads on the last blocks, their cached K/V tile loaded before the barrier.
     pub const PRELOAD: u32 = 4;
-    pub const ALL: u32 = STAGE | NORM_G8 | PRELOAD;
+    /// With PRELOAD: an attention block without a Q|K|V item preloads the next layer's tile
+    /// right after its last item of the layer instead of in the Q|K|V phase.
+    pub const EARLY: u32 = 8;
+    /// The gate|up phase in twice the items of half the rows, its SwiGLU row quantized by
+    /// each item of the down projection.
+    pub const SPLIT_D: u32 = 16;
+    /// No grid-wide wait between the Q|K|V and attention phases: attention blocks wait on
+    /// per-item flags for the rows their heads read.
+    pub const HEAD_FLAGS: u32 = 32;
+    /// Every flag (the mask of valid bits).
+    pub const ALL: u32 = STAGE | NORM_G8 | PRELOAD | EARLY | SPLIT_D | HEAD_FLAGS;
+    /// What runs unless `WORKER_ORCD_CUDA_DECODE_FLAGS` says otherwise.
+    pub const DEFAULT: u32 = ALL & !HEAD_FLAGS;
 }
 
 /// The switches (see the module table). `Default` is every switch on and the default cache.
@@ -57,7 +69,7 @@ impl CudaOptions {
             mma: on("WORKER_ORCD_CUDA_MMA"),
             pdl: on("WORKER_ORCD_CUDA_PDL"),
             device_pick: on("WORKER_ORCD_CUDA_PICK"),
-            decode_flags: get("WORKER_ORCD_CUDA_DECODE_FLAGS").and_then(|v| v.trim().parse().ok()).unwrap_or(decode_flags::ALL),
+            decode_flags: get("WORKER_ORCD_CUDA_DECODE_FLAGS").and_then(|v| v.trim().parse().ok()).unwrap_or(decode_flags::DEFAULT),
             kernel_cache,
         }
     }
@@ -90,7 +102,7 @@ mod tests {
         assert_eq!(o.kernel_cache, Some(PathBuf::from("/x/worker-orcd/kernels")));
         let o = CudaOptions::from_lookup(env(&[("WORKER_ORCD_CUDA_PERSISTENT", "0"), ("WORKER_ORCD_KERNEL_CACHE", "/k"), ("HOME", "/h")]));
         assert!(!o.persistent);
-        assert_eq!(o.decode_flags, decode_flags::ALL);
+        assert_eq!(o.decode_flags, decode_flags::DEFAULT);
         assert_eq!(CudaOptions::from_lookup(env(&[("WORKER_ORCD_CUDA_DECODE_FLAGS", "2")])).decode_flags, 2);
         assert_eq!(o.kernel_cache, Some(PathBuf::from("/k")));
         assert_eq!(CudaOptions::from_lookup(env(&[])).kernel_cache, None);

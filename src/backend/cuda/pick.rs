@@ -32,16 +32,30 @@ pub(crate) struct DevicePick {
     out: DevBuf,
     pin_ids: PinnedBuf,
     pin_out: PinnedBuf,
-    /// The history the bitmap holds.
-    marked: Vec<u32>,
-    /// The bitmap must be cleared before the next marking.
-    dirty: bool,
+    /// The history the bitmap holds; `None` when its state is unknown (new, or after a failed
+    /// launch), so that the next call clears it first.
+    marked: Option<Vec<u32>>,
+    /// pick_choose's dynamic shared memory: the seen bitmap, then the logits when `staged`;
+    /// `None` when even the bitmap does not fit (then [`DevicePick::supports`] says no and the
+    /// host chooses).
+    smem: Option<(u32, bool)>,
 }
 
 impl DevicePick {
     pub fn new(gpu: &Gpu, n_vocab: usize, n_ctx: usize) -> Result<DevicePick, BackendError> {
         let words = n_vocab.div_ceil(32);
         let ids_cap = n_ctx.max(1);
+        // The seen bitmap always, the logits too where they fit, beside pick_choose's static
+        // shared memory (~14 KiB).
+        let room = gpu.max_dynamic_smem.saturating_sub(16 << 10);
+        let (bitmap, staged) = (words * 4, words * 4 + n_vocab * 4);
+        let smem = if staged <= room {
+            Some((staged as u32, true))
+        } else if bitmap <= room {
+            Some((bitmap as u32, false))
+        } else {
+            None
+        };
         Ok(DevicePick {
             n_vocab,
             seen: gpu.alloc(words * 4)?,
@@ -54,14 +68,14 @@ impl DevicePick {
             out: gpu.alloc(OUT_BYTES)?,
             pin_ids: gpu.pinned(ids_cap * 4)?,
             pin_out: gpu.pinned(OUT_BYTES)?,
-            marked: Vec::new(),
-            dirty: true,
+            marked: None,
+            smem,
         })
     }
 
     /// Whether the kernel computes `pick` for these arguments (else the host does).
     pub fn supports(&self, args: &PickArgs) -> bool {
-        args.top_n <= TOPN_MAX && self.n_vocab <= exact::MAX_VOCAB && self.n_vocab > 0
+        args.top_n <= TOPN_MAX && self.n_vocab <= exact::MAX_VOCAB && self.n_vocab > 0 && self.smem.is_some()
     }
 
     /// Enqueues the choice from the logits at `logits` (one row) on the compute stream, then
@@ -69,14 +83,20 @@ impl DevicePick {
     /// synchronized. The pinned staging is reused: the caller synchronizes between calls.
     pub fn enqueue(&mut self, gpu: &Gpu, logits: u64, args: &PickArgs) -> Result<(), BackendError> {
         let stream = gpu.stream.cu_stream();
-        if self.dirty || !args.history.starts_with(&self.marked) {
-            // SAFETY: `seen` holds words * 4 bytes; stream-ordered before the kernels below.
-            unsafe { cudarc::driver::result::memset_d8_async(self.seen.ptr(), 0, self.seen.bytes(), stream) }
-                .map_err(|e| dev_err("clearing the seen bitmap", e))?;
-            self.marked.clear();
-            self.dirty = false;
-        }
-        let new = &args.history[self.marked.len()..];
+        let Some((smem, staged)) = self.smem else {
+            return Err(BackendError::Device(format!("pick_choose: the seen bitmap of {} tokens exceeds shared memory", self.n_vocab)));
+        };
+        // Should anything below fail, the bitmap's state is unknown: cleared next time.
+        let mut marked = match self.marked.take() {
+            Some(m) if args.history.starts_with(&m) => m,
+            _ => {
+                // SAFETY: `seen` holds words * 4 bytes; stream-ordered before the kernels below.
+                unsafe { cudarc::driver::result::memset_d8_async(self.seen.ptr(), 0, self.seen.bytes(), stream) }
+                    .map_err(|e| dev_err("clearing the seen bitmap", e))?;
+                Vec::new()
+            }
+        };
+        let new = &args.history[marked.len()..];
         if new.len() > self.ids_cap {
             self.ids_cap = new.len();
             self.ids = gpu.alloc(self.ids_cap * 4)?;
@@ -89,9 +109,6 @@ impl DevicePick {
             // SAFETY: pinned source untouched until the caller synchronizes the stream.
             unsafe { cudarc::driver::result::memcpy_htod_async(self.ids.ptr(), src, stream) }.map_err(|e| dev_err("uploading history ids", e))?;
         }
-        self.marked.extend_from_slice(new);
-        // Should a launch fail, the bitmap's state is unknown: clear it next time.
-        self.dirty = true;
         let p = args.params;
         let n = self.n_vocab as i32;
         gpu.set_overlap(false);
@@ -115,19 +132,11 @@ impl DevicePick {
             .chain([Arg::I32(n_part as i32), Arg::Ptr(self.state.ptr()), Arg::Ptr(self.lanes.ptr()), Arg::Ptr(self.weight.ptr())])
             .collect();
         gpu.launch("pick_lanes", ((LANES / 256) as u32, 1, 1), 256, 0, &lanes_args)?;
-        // The seen bitmap always, the logits too where they fit, in shared memory (static ~14 KiB).
-        let words = self.n_vocab.div_ceil(32) * 4;
-        let room = gpu.max_dynamic_smem.saturating_sub(16 << 10);
-        let staged = words + self.n_vocab * 4 <= room;
-        let smem = if staged { words + self.n_vocab * 4 } else { words };
-        if smem > room {
-            return Err(BackendError::Device(format!("pick_choose: the seen bitmap of {} tokens exceeds shared memory", self.n_vocab)));
-        }
         gpu.launch(
             "pick_choose",
             (1, 1, 1),
             1024,
-            smem as u32,
+            smem,
             &[
                 Arg::Ptr(logits),
                 Arg::I32(n),
@@ -146,7 +155,8 @@ impl DevicePick {
                 Arg::I32(staged as i32),
             ],
         )?;
-        self.dirty = false;
+        marked.extend_from_slice(new);
+        self.marked = Some(marked);
         let dst: &mut [u8] = pinned_bytes_mut(&mut self.pin_out);
         // SAFETY: written by pick_choose above (stream order); the caller synchronizes.
         unsafe { cudarc::driver::result::memcpy_dtoh_async(dst, self.out.ptr(), stream) }.map_err(|e| dev_err("downloading the choice", e))?;
@@ -160,8 +170,7 @@ impl DevicePick {
 
     /// Forgets the bitmap (after an error, or when the cache is cleared by another path).
     pub fn invalidate(&mut self) {
-        self.dirty = true;
-        self.marked.clear();
+        self.marked = None;
     }
 }
 

@@ -87,6 +87,17 @@ impl DevMatrix {
         }
     }
 
+    /// The lean one-token kernel (`matvec_one_*`: no fused epilogue or norm; quantized
+    /// repacked types only).
+    pub fn one_kernel(&self) -> Option<&'static str> {
+        match self.ty {
+            GgmlType::Q4_1 => Some("matvec_one_q4_1_q8_1"),
+            GgmlType::Q4_0 => Some("matvec_one_q4_0_q8_0"),
+            GgmlType::Q8_0 => Some("matvec_one_q8_0_q8_0"),
+            _ => None,
+        }
+    }
+
     /// The tensor-core matvec kernel for many tokens (quantized types only).
     pub fn mma_kernel(&self) -> Option<&'static str> {
         match self.ty {
