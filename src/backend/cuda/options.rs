@@ -30,7 +30,8 @@ pub mod decode_flags {
     /// each item of the down projection.
     pub const SPLIT_D: u32 = 16;
     /// No grid-wide wait between the Q|K|V and attention phases: attention blocks wait on
-    /// per-item flags for the rows their heads read.
+    /// per-item flags for the rows their heads read. Not in [`DEFAULT`]: on the H200 it
+    /// measured slower than the barrier (BENCHMARKS.md).
     pub const HEAD_FLAGS: u32 = 32;
     /// Every flag (the mask of valid bits).
     pub const ALL: u32 = STAGE | NORM_G8 | PRELOAD | EARLY | SPLIT_D | HEAD_FLAGS;
