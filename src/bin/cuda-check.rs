@@ -293,7 +293,8 @@ fn prefill(m: &Arc<Model>) -> Result<()> {
 /// barrier (last departure minus last arrival), averaged over layers and 64 steps.
 fn profile(m: &Arc<Model>) -> Result<()> {
     use worker_orcd::backend::cuda::decode_flags as f;
-    for fl in [f::DEFAULT, f::ALL & !f::HEAD_FLAGS, f::STAGE | f::NORM_G8 | f::PRELOAD, 0] {
+    // The default, every flag (with HEAD_FLAGS, off by default), the earlier default 7, none.
+    for fl in [f::DEFAULT, f::ALL, f::STAGE | f::NORM_G8 | f::PRELOAD, 0] {
         profile_flags(m, fl)?;
     }
     Ok(())

@@ -187,12 +187,15 @@ impl Persistent {
 
     /// Turns barrier timestamps on or off (costs a little; for `cuda-check profile`).
     pub fn set_profiling(&mut self, gpu: &Gpu, on: bool) -> Result<(), BackendError> {
-        self.prof = if on { Some(gpu.alloc(self.prof_words() * 8)?) } else { None };
+        // Sized for the largest grid, so that set_grid needs no reallocation.
+        self.prof = if on { Some(gpu.alloc(self.prof_words(self.max_grid) * 8)?) } else { None };
         Ok(())
     }
 
-    fn prof_words(&self) -> usize {
-        2 * (5 * self.n_layers + 1) * self.max_grid as usize
+    /// Timestamp words for `grid` blocks: (arrived, left) per barrier and block, then a row of
+    /// start times.
+    fn prof_words(&self, grid: u32) -> usize {
+        2 * (5 * self.n_layers + 1) * grid as usize
     }
 
     /// Runs the next launches on `n` blocks (clamped to 1..=the resident limit; `None`: the
@@ -209,7 +212,7 @@ impl Persistent {
     pub fn profile(&self, gpu: &Gpu) -> Result<Option<Vec<u64>>, BackendError> {
         match &self.prof {
             None => Ok(None),
-            Some(b) => Ok(Some(gpu.read(b.ptr(), 2 * (5 * self.n_layers + 1) * self.grid as usize)?)),
+            Some(b) => Ok(Some(gpu.read(b.ptr(), self.prof_words(self.grid))?)),
         }
     }
 
