@@ -305,3 +305,193 @@ extern "C" __global__ void attention_window_f32(const float* __restrict__ q, con
         }
     }
 }
+
+// attention_rows_f32_p{6,8}: attention_f32's arithmetic for several (query row, head) pairs per
+// block: the G = n_heads / n_kv_heads query heads of KV head blockIdx.x for R query rows
+// (rows blockIdx.y * R ..), G * R <= NP pairs, so each K and V tile is loaded from the cache
+// once for all of them instead of once per pair (prefill reads each cached row ~n_tok times).
+// Per pair the operations are attention_head's, in its order: scores by vec_dot_f32_ref times
+// the scale, the exact max, v_expf, hsum_float_8 group sums added in f64 in order, p = e * (float)
+// (1 / sum), and each channel's 32-lane accumulation over the cells by cell index with
+// reduce_f32x8_4; with aq/ads each head's output is quantized by quantize_block_warp. So every
+// output is bitwise attention_f32's (and the CPU's), whatever R and the chunking.
+// Launch: grid (n_kv_heads, ceil(n_tok / R)), block 128 (the K/V tile), head_dim 64 (thread
+// (c, d): channel d of pairs c, c + 2, ..), dynamic shared memory attention_rows_smem floats
+// (ops.rs): the pairs' q rows (later their outputs), one tile of 128 x 65, each pair's row of
+// `stride` scores and its stride / 8 group sums.
+template <int NP>
+__device__ __forceinline__ void attention_rows(const float* __restrict__ q, const float* __restrict__ k_cache,
+                                               const float* __restrict__ v_cache, float* __restrict__ out,
+                                               i8* __restrict__ aq, float2* __restrict__ ads,
+                                               const int* __restrict__ params, int n_heads, int n_kv_heads,
+                                               float scale, int stride, int rows_per_block, int n_tok) {
+    constexpr int HD = 64, PPT = NP / 2;
+    extern __shared__ float sh[];
+    __shared__ float red[4][NP];
+    __shared__ float inv_sum[NP];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int dim = n_heads * HD, kv_dim = n_kv_heads * HD, G = n_heads / n_kv_heads;
+    const int kvh = blockIdx.x, t0 = blockIdx.y * rows_per_block;
+    const int pos0 = params[0];
+    const int tile = blockDim.x, ld = HD + 1;
+    float* qh = sh;                      // [NP][HD]
+    float* kv = qh + NP * HD;            // [tile][ld]
+    float* s = kv + tile * ld;           // [NP][stride]
+    float* gsum = s + NP * stride;       // [NP][stride / 8]
+    const int gstride = stride / 8;
+    // Pair p: row t0 + p / G, head kvh * G + p % G; n_kv 0 marks a pair that does not exist.
+    int n_kv[NP];
+#pragma unroll
+    for (int p = 0; p < NP; p++) {
+        const int t = t0 + p / G;
+        n_kv[p] = (p < G * rows_per_block && t < n_tok) ? pos0 + t + 1 : 0;
+    }
+    int n_max = 0;
+#pragma unroll
+    for (int p = 0; p < NP; p++) n_max = max(n_max, n_kv[p]);
+    for (int e = tid; e < NP * HD; e += blockDim.x) {
+        const int p = e / HD, d = e - p * HD;
+        const int t = t0 + p / G, h = kvh * G + p % G;
+        float v = 0.0f;
+#pragma unroll
+        for (int pp = 0; pp < NP; pp++)
+            if (pp == p && n_kv[pp] > 0) v = q[(size_t)t * dim + h * HD + d];
+        qh[e] = v;
+    }
+
+    // Scores: thread j forms row j of each tile against every pair's q.
+    float lmax[NP];
+#pragma unroll
+    for (int p = 0; p < NP; p++) lmax[p] = NEG_INF;
+    for (int j0 = 0; j0 < n_max; j0 += tile) {
+        const int rows = min(tile, n_max - j0);
+        __syncthreads();
+        load_tiles(k_cache, kv, 0, 0, j0, rows, kv_dim, kvh * HD, HD, ld);
+        __syncthreads();
+        const int j = j0 + tid;
+        if (tid < rows) {
+#pragma unroll
+            for (int p = 0; p < NP; p++) {
+                if (j < n_kv[p]) {
+                    const float v = vec_dot_f32_ref(kv + tid * ld, qh + p * HD, HD) * scale;
+                    s[p * stride + j] = v;
+                    lmax[p] = fmaxf(lmax[p], v);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int p = 0; p < NP; p++) {
+        const float m = warp_max(lmax[p]);
+        if (lane == 0) red[warp][p] = m;
+    }
+    __syncthreads();
+    float mx[NP];
+#pragma unroll
+    for (int p = 0; p < NP; p++) mx[p] = fmaxf(fmaxf(red[0][p], red[1][p]), fmaxf(red[2][p], red[3][p]));
+
+    // ggml_vec_soft_max_f32 per pair, on its row padded with -inf to a multiple of 8.
+#pragma unroll
+    for (int p = 0; p < NP; p++)
+        for (int j = tid; j < n_kv[p]; j += blockDim.x) s[p * stride + j] = v_expf(s[p * stride + j] - mx[p]);
+    __syncthreads();
+#pragma unroll
+    for (int p = 0; p < NP; p++) {
+        const int n_groups = (n_kv[p] + 7) / 8;
+        for (int gi = tid; gi < n_groups; gi += blockDim.x) {
+            float x[8];
+#pragma unroll
+            for (int l = 0; l < 8; l++) x[l] = 8 * gi + l < n_kv[p] ? s[p * stride + 8 * gi + l] : 0.0f;
+            gsum[p * gstride + gi] = ((x[4] + x[0]) + (x[6] + x[2])) + ((x[5] + x[1]) + (x[7] + x[3]));
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int p = 0; p < NP; p++) {
+        if (tid == p) {
+            const int n_groups = (n_kv[p] + 7) / 8;
+            double sum = 0.0;
+            for (int gi = 0; gi < n_groups; gi++) sum += (double)gsum[p * gstride + gi];
+            inv_sum[p] = (float)(1.0 / sum);
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int p = 0; p < NP; p++) {
+        const float inv = inv_sum[p];
+        for (int j = tid; j < n_kv[p]; j += blockDim.x) s[p * stride + j] *= inv;
+    }
+
+    // Values: thread (c, d) accumulates channel d of pairs c, c + 2, .. in 32 lanes by cell index.
+    const int c = tid / HD, d = tid - c * HD;
+    float acc[PPT][32];
+#pragma unroll
+    for (int k = 0; k < PPT; k++)
+#pragma unroll
+        for (int i = 0; i < 32; i++) acc[k][i] = 0.0f;
+    for (int j0 = 0; j0 < n_max; j0 += tile) {
+        const int rows = min(tile, n_max - j0);
+        __syncthreads();
+        load_tiles(v_cache, kv, 0, 0, j0, rows, kv_dim, kvh * HD, HD, ld);
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < PPT; k++) {
+            const int p = c + 2 * k;
+            int rp = 0;
+#pragma unroll
+            for (int pp = 0; pp < NP; pp++)
+                if (pp == p) rp = min(tile, n_kv[pp] - j0);
+            const float* sp = s + p * stride + j0;
+            for (int r0 = 0; r0 < rp; r0 += 32) {
+#pragma unroll
+                for (int u = 0; u < 32; u++) {
+                    if (r0 + u < rp) acc[k][u] = fmaf(kv[(r0 + u) * ld + d], sp[r0 + u], acc[k][u]);
+                }
+            }
+        }
+    }
+    __syncthreads();  // qh becomes the outputs
+#pragma unroll
+    for (int k = 0; k < PPT; k++) {
+        const int p = c + 2 * k;
+        bool ok = false;
+#pragma unroll
+        for (int pp = 0; pp < NP; pp++)
+            if (pp == p) ok = n_kv[pp] > 0;
+        if (ok) {
+            const float o = reduce_f32x8_4(acc[k]);
+            const int t = t0 + p / G, h = kvh * G + p % G;
+            out[(size_t)t * dim + h * HD + d] = o;
+            qh[p * HD + d] = o;
+        }
+    }
+    if (aq) {
+        __syncthreads();
+        for (int item = warp; item < NP * (HD / QK); item += blockDim.x >> 5) {
+            const int p = item / (HD / QK), b = item - p * (HD / QK);
+            bool ok = false;
+#pragma unroll
+            for (int pp = 0; pp < NP; pp++)
+                if (pp == p) ok = n_kv[pp] > 0;
+            if (ok) {  // warp-uniform
+                const int t = t0 + p / G, h = kvh * G + p % G;
+                const int blk = (h * HD) / QK + b;
+                quantize_block_warp(qh[p * HD + b * QK + lane], aq + (size_t)t * dim + blk * QK,
+                                    ads + (size_t)t * (dim / QK) + blk);
+            }
+        }
+    }
+}
+
+#define ATTENTION_ROWS_KERNEL(name, NP)                                                                          \
+    extern "C" __global__ void __launch_bounds__(128) name(                                                      \
+        const float* q, const float* k_cache, const float* v_cache, float* out, i8* aq, float2* ads,             \
+        const int* __restrict__ params, int n_heads, int n_kv_heads, float scale, int stride, int rows_per_block, \
+        int n_tok) {                                                                                              \
+        pdl_launch();                                                                                             \
+        pdl_wait();                                                                                               \
+        attention_rows<NP>(q, k_cache, v_cache, out, aq, ads, params, n_heads, n_kv_heads, scale, stride,        \
+                           rows_per_block, n_tok);                                                                \
+    }
+ATTENTION_ROWS_KERNEL(attention_rows_f32_p6, 6)
+ATTENTION_ROWS_KERNEL(attention_rows_f32_p8, 8)

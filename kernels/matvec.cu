@@ -347,57 +347,80 @@ MATVEC_ONE_KERNEL(matvec_one_q8_0_q8_0, WT_Q8_0)
 // g, g+8 at k = 4t..4t+3, 4t..4t+3, 16+4t.., 16+4t..; B regs 0..1 hold column g at k = 4t..
 // and 16+4t..; C regs 0..3 hold (g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1). So B reg 0 is the
 // token's activation word t when g == t, reg 1 its word 4 + t when g == 4 + t, else 0.
-// Q4_x byte j holds element j (low nibble) and j + 16 (high nibble), so a thread's A word for
-// a row is bytes 4t..4t+3 of the block: low nibbles give k = 4t.., high nibbles k = 16+4t...
-// Launch: grid (n_out / 16, ceil(n_tok / 32)), block 128 (warp w: tokens 32y + 8w .. + 8),
-// no shared memory. n_out % 16 == 0. Modes: MODE_STORE and MODE_ADD (with tap) only.
+// Tensor-core products (many positions). Every 32-block's eight lane sums must stay separate
+// (the lanes are accumulated apart, as above), so each mma gives lane sums, not block sums:
+// mma.m16n8k16 (s8 x s8 -> s32) multiplies 16 rows by one half block (16 elements, four lanes)
+// against a B operand whose eight columns are two tokens x the four lanes of that half, each
+// column zero outside its lane's four elements. Two such mmas (the low and the high half)
+// give 16 rows x 2 tokens x 8 lanes: a quarter of the multiplies count, twice the m16n8k32
+// form with one token per mma. The accumulator starts at 0x4B400000 (1.5 * 2^23 as a float's
+// bits), so each lane sum s (|s| <= 65,536 < 2^22) comes out as the bits of 12582912 + s and
+// one float subtraction gives (float)s exactly: no integer-to-float conversion (a quarter-rate
+// instruction) per lane.
+//
+// Fragments (PTX ISA, integer m16n8k16): A a0 = row g, k 4t..4t+3; a1 = row g + 8, same k;
+// B b0 = k 4t..4t+3 of column g; C c0, c1 = row g, columns 2t, 2t + 1; c2, c3 = row g + 8.
+// Q4_x byte j holds element j (low nibble) and j + 16 (high nibble), so a thread's A words are
+// bytes 4t..4t+3 of its rows' blocks: the low nibbles for the low half, the high for the high.
+// Column c of B is token c >> 2, lane (c & 3) of the half: thread (g, t) feeds token g >> 2's
+// word at byte 4t of the half when t == (g & 3), else zero. Thread t receives token t >> 1's
+// lanes 2(t & 1) and 2(t & 1) + 1 of each half, so a thread pair (t, t ^ 1) holds one (row,
+// token)'s eight lanes: hsum_float_8 is two local adds, two shuffles and a final add.
+//
+// Launch: grid (n_out / 16, ceil(n_tok / (8 * NP))), block 128: warp w of block (x, y) computes
+// rows 16x..16x+15 for tokens (4y + w) * 2NP .. + 2NP (NP token pairs). No shared memory;
+// the four warps of a block share their rows' weights through L1. Each thread keeps the next
+// PF blocks' operands in flight (a ring of registers) while it works on the current one.
+// n_out % 16 == 0. Modes: MODE_STORE and MODE_ADD (with tap) only.
 
-__device__ __forceinline__ void mma_s8_16x8x32(int (&c)[4], const u32 (&a)[4], const u32 (&b)[2]) {
-    c[0] = c[1] = c[2] = c[3] = 0;
-    asm volatile(
-        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+__device__ __forceinline__ void mma_s8_16x8x16(int (&c)[4], u32 a0, u32 a1, u32 b0) {
+    asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
+                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+                 : "r"(a0), "r"(a1), "r"(b0));
 }
 
-template <int WT>
-__device__ __forceinline__ void mma_a_fragment(const u8* __restrict__ qs, size_t blk_a, size_t blk_b, int t,
-                                               u32 (&a)[4]) {
+// The accumulator's starting bits and their float value (see above).
+#define MMA_BIAS_BITS 0x4B400000
+#define MMA_BIAS_F 12582912.0f
+__device__ __forceinline__ float mma_lane(int c) { return __int_as_float(c) - MMA_BIAS_F; }
+
+// One thread's operands of one weight block: its A words of rows g and g + 8 (Q4_x: one word
+// each, both halves in its nibbles; Q8_0: the low and high half words), their scale words, and
+// per token pair the fed B words (low, high half) and the received token's (d, s).
+template <int WT, int NP>
+struct MmaStage {
+    u32 wa, wb, wa2, wb2, dma, dmb;
+    u32 lo[NP], hi[NP];
+    float2 da[NP];
+};
+
+template <int WT, int NP>
+__device__ __forceinline__ void mma_stage_load(MmaStage<WT, NP>& st, const u8* __restrict__ qs,
+                                               const u32* __restrict__ dm, const i8* const (&feed)[NP],
+                                               const float2* const (&recv)[NP], size_t ia, size_t ib, int b,
+                                               int t) {
     if (WT == WT_Q8_0) {
-        const u8* pa = qs + blk_a * 32 + 4 * t;
-        const u8* pb = qs + blk_b * 32 + 4 * t;
-        a[0] = *(const u32*)pa;
-        a[1] = *(const u32*)pb;
-        a[2] = *(const u32*)(pa + 16);
-        a[3] = *(const u32*)(pb + 16);
+        st.wa = *(const u32*)(qs + ia * 32 + 4 * t);
+        st.wb = *(const u32*)(qs + ib * 32 + 4 * t);
+        st.wa2 = *(const u32*)(qs + ia * 32 + 16 + 4 * t);
+        st.wb2 = *(const u32*)(qs + ib * 32 + 16 + 4 * t);
     } else {
-        const u32 m4 = 0x0F0F0F0Fu;
-        u32 wa = *(const u32*)(qs + blk_a * 16 + 4 * t);
-        u32 wb = *(const u32*)(qs + blk_b * 16 + 4 * t);
-        a[0] = wa & m4;
-        a[1] = wb & m4;
-        a[2] = (wa >> 4) & m4;
-        a[3] = (wb >> 4) & m4;
-        if (WT == WT_Q4_0) {
-            // q - 8 per byte (exact: the same integer sums).
+        st.wa = *(const u32*)(qs + ia * 16 + 4 * t);
+        st.wb = *(const u32*)(qs + ib * 16 + 4 * t);
+        st.wa2 = st.wb2 = 0u;
+    }
+    st.dma = dm[ia];
+    st.dmb = dm[ib];
 #pragma unroll
-            for (int i = 0; i < 4; i++) a[i] = __vsub4(a[i], 0x08080808u);
-        }
+    for (int j = 0; j < NP; j++) {
+        const i8* f = feed[j];
+        st.lo[j] = f ? *(const u32*)(f + b * QK) : 0u;
+        st.hi[j] = f ? *(const u32*)(f + b * QK + 16) : 0u;
+        st.da[j] = recv[j] ? recv[j][b] : make_float2(0.0f, 0.0f);
     }
 }
 
-// The quad's hsum_float_8 of one row: this thread holds lanes 2t and 2t+1 (x0, x1); lanes
-// i and i+4 are two threads apart, lanes 2t.. and 2t+2.. one apart. Thread t = 0 gets the sum.
-__device__ __forceinline__ float quad_hsum8(float x0, float x1) {
-    float r0 = x0 + __shfl_xor_sync(0xffffffffu, x0, 2);  // lanes 2t + (2t+4)
-    float r1 = x1 + __shfl_xor_sync(0xffffffffu, x1, 2);
-    float s0 = r0 + __shfl_xor_sync(0xffffffffu, r0, 1);  // (x0+x4) + (x2+x6)
-    float s1 = r1 + __shfl_xor_sync(0xffffffffu, r1, 1);  // (x1+x5) + (x3+x7)
-    return s0 + s1;
-}
-
-template <int WT>
+template <int WT, int NP, int PF>
 __device__ __forceinline__ void matvec_mma(const u8* __restrict__ qs, const u32* __restrict__ dm,
                                            const i8* __restrict__ aq, const float2* __restrict__ ads, float* out,
                                            float* tap, int n_in, int n_out, int out_stride, int mode, int n_tok) {
@@ -407,67 +430,116 @@ __device__ __forceinline__ void matvec_mma(const u8* __restrict__ qs, const u32*
     const int g = lane >> 2, t = lane & 3;
     const int nb = n_in / QK;
     const int row_a = blockIdx.x * 16 + g, row_b = row_a + 8;
-    const int tok0 = blockIdx.y * 32 + warp * 8;
+    const int tok0 = (blockIdx.y * 4 + warp) * (2 * NP);
     if (tok0 >= n_tok) return;  // whole warps
-    const int ntk = min(8, n_tok - tok0);
-    // Per token k: (row_a, lane 2t), (row_a, lane 2t+1), (row_b, lane 2t), (row_b, lane 2t+1).
-    float acc[8][4], summs[8][2];
+    // Pair j: the token this thread feeds (null: it feeds zeros) and the one it receives.
+    const i8* feed[NP];
+    const float2* recv[NP];
+    int rtok[NP];
 #pragma unroll
-    for (int k = 0; k < 8; k++) {
-        acc[k][0] = acc[k][1] = acc[k][2] = acc[k][3] = 0.0f;
-        summs[k][0] = summs[k][1] = 0.0f;
+    for (int j = 0; j < NP; j++) {
+        const int ft = tok0 + 2 * j + (g >> 2);
+        feed[j] = ((g & 3) == t && ft < n_tok) ? aq + (size_t)ft * n_in + 4 * t : nullptr;
+        rtok[j] = tok0 + 2 * j + (t >> 1);
+        recv[j] = rtok[j] < n_tok ? ads + (size_t)rtok[j] * nb : nullptr;
     }
-    for (int b = 0; b < nb; b++) {
-        u32 a[4];
-        mma_a_fragment<WT>(qs, (size_t)row_a * nb + b, (size_t)row_b * nb + b, t, a);
-        u32 dma = dm[(size_t)row_a * nb + b], dmb = dm[(size_t)row_b * nb + b];
-        float d_a = h2f((u16)(dma & 0xffffu)), d_b = h2f((u16)(dmb & 0xffffu));
-        float m_a = h2f((u16)(dma >> 16)), m_b = h2f((u16)(dmb >> 16));
+    // acc[j][r][i]: pair j, row a / b, lanes q, q + 1 (low half), q + 4, q + 5 (high), q = 2(t & 1).
+    float acc[NP][2][4], summs[NP][2];
 #pragma unroll
-        for (int k = 0; k < 8; k++) {
-            if (k < ntk) {  // warp-uniform
-                const size_t tok = (size_t)(tok0 + k);
-                const i8* ablk = aq + tok * n_in + b * QK;
-                u32 w0 = *(const u32*)(ablk + 4 * t), w1 = *(const u32*)(ablk + 16 + 4 * t);
-                u32 bf[2] = {g == t ? w0 : 0u, g == t + 4 ? w1 : 0u};
-                int c[4];
-                mma_s8_16x8x32(c, a, bf);
-                float2 da = ads[tok * nb + b];
-                acc[k][0] = fmaf(d_a * da.x, (float)c[0], acc[k][0]);
-                acc[k][1] = fmaf(d_a * da.x, (float)c[1], acc[k][1]);
-                acc[k][2] = fmaf(d_b * da.x, (float)c[2], acc[k][2]);
-                acc[k][3] = fmaf(d_b * da.x, (float)c[3], acc[k][3]);
-                if (WT == WT_Q4_1) {
-                    summs[k][0] = fmaf(m_a, da.y, summs[k][0]);
-                    summs[k][1] = fmaf(m_b, da.y, summs[k][1]);
+    for (int j = 0; j < NP; j++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[j][0][i] = acc[j][1][i] = 0.0f;
+        summs[j][0] = summs[j][1] = 0.0f;
+    }
+    const size_t ra = (size_t)row_a * nb, rb = (size_t)row_b * nb;
+    MmaStage<WT, NP> st[PF];
+#pragma unroll
+    for (int s = 0; s < PF; s++)
+        if (s < nb) mma_stage_load<WT, NP>(st[s], qs, dm, feed, recv, ra + s, rb + s, s, t);
+    for (int b0 = 0; b0 < nb; b0 += PF) {
+#pragma unroll
+        for (int s = 0; s < PF; s++) {
+            const int b = b0 + s;
+            if (b < nb) {  // uniform
+                const MmaStage<WT, NP>& c = st[s];
+                u32 a0, a1, a2, a3;
+                if (WT == WT_Q8_0) {
+                    a0 = c.wa; a1 = c.wb; a2 = c.wa2; a3 = c.wb2;
+                } else {
+                    const u32 m4 = 0x0F0F0F0Fu;
+                    a0 = c.wa & m4; a1 = c.wb & m4; a2 = (c.wa >> 4) & m4; a3 = (c.wb >> 4) & m4;
+                    if (WT == WT_Q4_0) {
+                        // q - 8 per byte (exact: the same integer sums).
+                        a0 = __vsub4(a0, 0x08080808u); a1 = __vsub4(a1, 0x08080808u);
+                        a2 = __vsub4(a2, 0x08080808u); a3 = __vsub4(a3, 0x08080808u);
+                    }
                 }
+                const float d_a = h2f((u16)(c.dma & 0xffffu)), d_b = h2f((u16)(c.dmb & 0xffffu));
+                const float m_a = h2f((u16)(c.dma >> 16)), m_b = h2f((u16)(c.dmb >> 16));
+#pragma unroll
+                for (int j = 0; j < NP; j++) {
+                    if (tok0 + 2 * j < n_tok) {  // warp-uniform
+                        int lo[4] = {MMA_BIAS_BITS, MMA_BIAS_BITS, MMA_BIAS_BITS, MMA_BIAS_BITS};
+                        int hi[4] = {MMA_BIAS_BITS, MMA_BIAS_BITS, MMA_BIAS_BITS, MMA_BIAS_BITS};
+                        mma_s8_16x8x16(lo, a0, a1, c.lo[j]);
+                        mma_s8_16x8x16(hi, a2, a3, c.hi[j]);
+                        const float sa = d_a * c.da[j].x, sb = d_b * c.da[j].x;
+                        acc[j][0][0] = fmaf(sa, mma_lane(lo[0]), acc[j][0][0]);
+                        acc[j][0][1] = fmaf(sa, mma_lane(lo[1]), acc[j][0][1]);
+                        acc[j][0][2] = fmaf(sa, mma_lane(hi[0]), acc[j][0][2]);
+                        acc[j][0][3] = fmaf(sa, mma_lane(hi[1]), acc[j][0][3]);
+                        acc[j][1][0] = fmaf(sb, mma_lane(lo[2]), acc[j][1][0]);
+                        acc[j][1][1] = fmaf(sb, mma_lane(lo[3]), acc[j][1][1]);
+                        acc[j][1][2] = fmaf(sb, mma_lane(hi[2]), acc[j][1][2]);
+                        acc[j][1][3] = fmaf(sb, mma_lane(hi[3]), acc[j][1][3]);
+                        if (WT == WT_Q4_1) {
+                            summs[j][0] = fmaf(m_a, c.da[j].y, summs[j][0]);
+                            summs[j][1] = fmaf(m_b, c.da[j].y, summs[j][1]);
+                        }
+                    }
+                }
+                if (b + PF < nb) mma_stage_load<WT, NP>(st[s], qs, dm, feed, recv, ra + b + PF, rb + b + PF, b + PF, t);
             }
         }
     }
 #pragma unroll
-    for (int k = 0; k < 8; k++) {
-        if (k < ntk) {  // warp-uniform: every thread joins the shuffles
-            float va = quad_hsum8(acc[k][0], acc[k][1]);
-            float vb = quad_hsum8(acc[k][2], acc[k][3]);
-            if (WT == WT_Q4_1) {
-                va = va + summs[k][0];
-                vb = vb + summs[k][1];
+    for (int j = 0; j < NP; j++) {
+        if (tok0 + 2 * j < n_tok) {  // warp-uniform: every thread joins the shuffles
+            float v[2];
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                // hsum_float_8: ((x0 + x4) + (x2 + x6)) + ((x1 + x5) + (x3 + x7)).
+                const float u0 = acc[j][r][0] + acc[j][r][2], u1 = acc[j][r][1] + acc[j][r][3];
+                const float s0 = u0 + __shfl_xor_sync(0xffffffffu, u0, 1);
+                const float s1 = u1 + __shfl_xor_sync(0xffffffffu, u1, 1);
+                v[r] = s0 + s1;
+                if (WT == WT_Q4_1) v[r] = v[r] + summs[j][r];
             }
-            const size_t tok = (size_t)(tok0 + k);
-            if (t == 0 && row_a < n_out) store_out(out, tap, tok * out_stride + row_a, va, mode);
-            if (t == 0 && row_b < n_out) store_out(out, tap, tok * out_stride + row_b, vb, mode);
+            if ((t & 1) == 0 && rtok[j] < n_tok) {
+                const size_t o = (size_t)rtok[j] * out_stride;
+                if (row_a < n_out) store_out(out, tap, o + row_a, v[0], mode);
+                if (row_b < n_out) store_out(out, tap, o + row_b, v[1], mode);
+            }
         }
     }
 }
 
-#define MATVEC_MMA_KERNEL(name, WT)                                                                        \
+// Kernels by tokens per warp (2 * NP): launch.rs picks by n_tok so that short prompts still
+// spread over the grid.
+#define MATVEC_MMA_KERNEL(name, WT, NP, PF)                                                                \
     extern "C" __global__ void name(const u8* qs, const u32* dm, const i8* aq, const float2* ads, float* out,   \
                                     float* tap, int n_in, int n_out, int out_stride, int mode, int n_tok) {    \
-        matvec_mma<WT>(qs, dm, aq, ads, out, tap, n_in, n_out, out_stride, mode, n_tok);                    \
+        matvec_mma<WT, NP, PF>(qs, dm, aq, ads, out, tap, n_in, n_out, out_stride, mode, n_tok);            \
     }
-MATVEC_MMA_KERNEL(matvec_mma_q4_1_q8_1, WT_Q4_1)
-MATVEC_MMA_KERNEL(matvec_mma_q4_0_q8_0, WT_Q4_0)
-MATVEC_MMA_KERNEL(matvec_mma_q8_0_q8_0, WT_Q8_0)
+MATVEC_MMA_KERNEL(matvec_mma_q4_1_q8_1_t2, WT_Q4_1, 1, 4)
+MATVEC_MMA_KERNEL(matvec_mma_q4_1_q8_1_t4, WT_Q4_1, 2, 3)
+MATVEC_MMA_KERNEL(matvec_mma_q4_1_q8_1_t8, WT_Q4_1, 4, 2)
+MATVEC_MMA_KERNEL(matvec_mma_q4_0_q8_0_t2, WT_Q4_0, 1, 4)
+MATVEC_MMA_KERNEL(matvec_mma_q4_0_q8_0_t4, WT_Q4_0, 2, 3)
+MATVEC_MMA_KERNEL(matvec_mma_q4_0_q8_0_t8, WT_Q4_0, 4, 2)
+MATVEC_MMA_KERNEL(matvec_mma_q8_0_q8_0_t2, WT_Q8_0, 1, 4)
+MATVEC_MMA_KERNEL(matvec_mma_q8_0_q8_0_t4, WT_Q8_0, 2, 3)
+MATVEC_MMA_KERNEL(matvec_mma_q8_0_q8_0_t8, WT_Q8_0, 4, 2)
 
 // Float weights: w (n_out, n_in) raw from the GGUF file (f16 / bf16 bits, or f32).
 enum { FT_F16 = 0, FT_BF16 = 1, FT_F32 = 2 };

@@ -220,8 +220,12 @@ fn matvec_matches_cpu_for_every_weight_type() {
     let Some(g) = gpu() else { return };
     let mut rng = Rng::new(4);
     for ty in [GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::F16, GgmlType::BF16, GgmlType::F32] {
-        // 40 and 517 tokens take the tensor-core kernels (n_out % 16 == 0); the rest dp4a.
-        for (n_out, n_in, n_tok) in [(200, 576, 1), (77, 1536, 5), (576, 576, 3), (192, 1536, 40), (960, 576, 517)] {
+        // From 16 tokens the tensor-core kernels (n_out % 16 == 0): 2 tokens per warp up to 95
+        // (17 and 33 leave a pair half-filled, 40 a block), 4 to 255 (100), then 8 (517); the
+        // rest dp4a.
+        for (n_out, n_in, n_tok) in
+            [(200, 576, 1), (77, 1536, 5), (576, 576, 3), (64, 576, 17), (192, 1536, 33), (192, 1536, 40), (576, 1536, 100), (960, 576, 517)]
+        {
             let data = random_matrix(&mut rng, ty, n_out, n_in);
             let m = quant::QMatrix { ty, data: &data, n_in, n_out };
             let x = rng.activations(n_tok, n_in);
@@ -392,8 +396,11 @@ fn rope_store_kv_matches_cpu() {
 fn attention_matches_cpu() {
     let Some(g) = gpu() else { return };
     let mut rng = Rng::new(6);
-    let (n_heads, n_kv_heads, hd) = (9, 3, 64);
-    for (n_pos, pos0) in [(1, 0), (50, 45), (700, 690)] {
+    // One position takes attention_f32; batches attention_rows_f32 (3 query heads per KV head:
+    // 2 rows a block, 6 pairs; 7: 1 row, the 8-pair kernel; 1: 8 rows), odd counts leaving
+    // a block's last row empty, 131 positions crossing a K/V tile.
+    for (n_heads, n_kv_heads, n_pos, pos0) in [(9, 3, 1, 0), (9, 3, 50, 45), (9, 3, 700, 690), (9, 3, 131, 0), (14, 2, 133, 0), (4, 4, 77, 60)] {
+        let hd = 64;
         let n_tok = n_pos - pos0;
         let q = rng.vec(n_tok * n_heads * hd, -3.0, 3.0);
         let k = rng.vec(n_pos * n_kv_heads * hd, -3.0, 3.0);
@@ -404,7 +411,7 @@ fn attention_matches_cpu() {
             ops::attention(&q[t * dim..(t + 1) * dim], &k, &v, pos0 + t + 1, n_heads, n_kv_heads, hd, &mut want[t * dim..(t + 1) * dim], None, None);
         }
         let (got, blocks) = gops::attention(&g, &q, &k, &v, pos0, n_heads, n_kv_heads, hd).unwrap();
-        exact(&format!("attention n_kv={n_pos} n_tok={n_tok}"), &got, &want);
+        exact(&format!("attention {n_heads}/{n_kv_heads} heads n_kv={n_pos} n_tok={n_tok}"), &got, &want);
         let want_q: Vec<_> = want.chunks(dim).flat_map(quant::quantize_row_q8_1).collect();
         blocks_equal("attention (fused q8_1)", &blocks, &want_q);
     }

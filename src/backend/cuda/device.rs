@@ -245,6 +245,8 @@ impl Gpu {
         let max_dynamic_smem = (optin as usize).saturating_sub(4096).max(48 * 1024);
         for name in [
             "attention_f32",
+            "attention_rows_f32_p6",
+            "attention_rows_f32_p8",
             "matvec_q4_1_q8_1",
             "matvec_q4_0_q8_0",
             "matvec_q8_0_q8_0",

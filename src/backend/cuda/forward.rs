@@ -184,13 +184,8 @@ impl CudaBackend {
         if debug {
             self.encode(n, first, count, false, Some(&mut *tap))?;
             self.n_cached = pos0 + n;
-        } else if n == 1 && self.use_graphs {
-            let key = (trace, count > 0);
-            if !self.graphs.contains_key(&key) {
-                let g = self.capture(first, count, trace)?;
-                self.graphs.insert(key, g);
-            }
-            self.graphs[&key].0.launch().map_err(|e| dev_err("graph launch", e))?;
+        } else if self.use_graphs && self.graph_for(n, first, count, trace)? {
+            self.graphs[&(n, first, count, trace)].0.launch().map_err(|e| dev_err("graph launch", e))?;
         } else {
             self.encode(n, first, count, trace, None)?;
         }
@@ -259,11 +254,39 @@ impl CudaBackend {
         Ok(logits)
     }
 
-    /// Captures the launch sequence of a one-position step into a CUDA graph.
-    fn capture(&mut self, first: usize, count: usize, trace: bool) -> Result<SendGraph, BackendError> {
+    /// Whether a captured graph runs this step, capturing it first where that pays: a decode
+    /// step (one position) always, a prefill chunk when its shape is seen the second time (a
+    /// capture costs more than the launches it saves once, so a prompt length met once is
+    /// launched kernel by kernel), keeping the newest `PREFILL_GRAPHS` of them.
+    fn graph_for(&mut self, n: usize, first: usize, count: usize, trace: bool) -> Result<bool, BackendError> {
+        let key = (n, first, count, trace);
+        if self.graphs.contains_key(&key) {
+            return Ok(true);
+        }
+        if n > 1 {
+            if self.prefill_seen.insert(key) {
+                if self.prefill_seen.len() > 4 * super::PREFILL_GRAPHS {
+                    self.prefill_seen.clear();
+                }
+                return Ok(false);
+            }
+            while self.prefill_order.len() >= super::PREFILL_GRAPHS {
+                if let Some(old) = self.prefill_order.pop_front() {
+                    self.graphs.remove(&old);
+                }
+            }
+            self.prefill_order.push_back(key);
+        }
+        let g = self.capture(n, first, count, trace)?;
+        self.graphs.insert(key, g);
+        Ok(true)
+    }
+
+    /// Captures the launch sequence of one step of `n` positions into a CUDA graph.
+    fn capture(&mut self, n: usize, first: usize, count: usize, trace: bool) -> Result<SendGraph, BackendError> {
         let stream = self.gpu.stream.clone();
         stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(|e| dev_err("begin capture", e))?;
-        let encoded = self.encode(1, first, count, trace, None);
+        let encoded = self.encode(n, first, count, trace, None);
         let graph = stream.end_capture(sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH);
         encoded?;
         let graph = graph.map_err(|e| dev_err("end capture", e))?.ok_or_else(|| BackendError::Device("empty CUDA graph".into()))?;

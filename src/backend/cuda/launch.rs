@@ -53,6 +53,18 @@ pub(crate) fn mma_tokens(n_tok: usize) -> bool {
     n_tok >= MMA_MIN_TOKENS && super::options::options().mma
 }
 
+/// Tokens per warp of the tensor-core products (matvec.cu's `_t2`/`_t4`/`_t8` kernels): more
+/// tokens per warp reuse each weight fragment more, fewer put more warps on a short prompt
+/// (a 32-token prompt at 8 per warp would leave most of the grid idle). Results do not depend
+/// on it.
+pub(crate) fn mma_tokens_per_warp(n_tok: usize) -> usize {
+    match n_tok {
+        0..=95 => 2,
+        96..=255 => 4,
+        _ => 8,
+    }
+}
+
 /// A matvec's input normalized inside the kernel: rows of the residual stream `x` and the norm
 /// weight `w` (rmsnorm_q8's arithmetic), instead of precomputed Q8_1 rows.
 #[derive(Debug, Clone, Copy)]
@@ -110,10 +122,11 @@ pub(crate) fn launch_matvec(
             [Arg::Ptr(m.qs), Arg::Ptr(m.dm), Arg::Ptr(aq), Arg::Ptr(ads), Arg::Ptr(out), Arg::Ptr(tap), Arg::I32(m.n_in as i32), Arg::I32(m.n_out as i32)];
         head.into_iter().chain(tail.iter().copied()).collect()
     };
-    if let (Some(kernel), true, None, true) = (m.mma_kernel(), mma_tokens(n_tok), norm, m.n_out % 16 == 0) {
+    let tw = mma_tokens_per_warp(n_tok);
+    if let (Some(kernel), true, None, true) = (m.mma_kernel(tw), mma_tokens(n_tok), norm, m.n_out % 16 == 0) {
         if mode <= 1 {
             let args = plain(&[Arg::I32(out_stride as i32), Arg::I32(mode), Arg::I32(n_tok as i32)]);
-            return gpu.launch(kernel, ((m.n_out / 16) as u32, n_tok.div_ceil(32) as u32, 1), 128, 0, &args);
+            return gpu.launch(kernel, ((m.n_out / 16) as u32, n_tok.div_ceil(4 * tw) as u32, 1), 128, 0, &args);
         }
     }
     if let (Some(kernel), 1, None, true) = (m.one_kernel(), n_tok, norm, mode <= 1) {

@@ -30,7 +30,7 @@ pub mod options;
 mod pick;
 mod weights;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use crate::backend::{Backend, BackendError, LogitRows, Tap};
@@ -128,8 +128,11 @@ pub(crate) struct SendGraph(cudarc::driver::CudaGraph);
 // SAFETY: CUDA graph executables may be launched from any thread that binds their context.
 unsafe impl Send for SendGraph {}
 
-/// Which decode graph: (trace slots written, logits computed).
-pub(crate) type GraphKey = (bool, bool);
+/// Which step graph: (positions, first logits row, logits rows, trace slots written).
+pub(crate) type GraphKey = (usize, usize, usize, bool);
+
+/// Prefill graphs kept at once (each a chunk length seen twice; the oldest goes first).
+pub(crate) const PREFILL_GRAPHS: usize = 16;
 
 pub struct CudaBackend {
     model: Arc<Model>,
@@ -147,6 +150,10 @@ pub struct CudaBackend {
     scratch: Scratch,
     pinned: Pinned,
     graphs: HashMap<GraphKey, SendGraph>,
+    /// Prefill shapes run once without a graph (captured when seen again), and the captured
+    /// ones in capture order (evicted oldest first beyond `PREFILL_GRAPHS`).
+    prefill_seen: HashSet<GraphKey>,
+    prefill_order: VecDeque<GraphKey>,
     event: cudarc::driver::CudaEvent,
     n_ctx: usize,
     n_cached: usize,
@@ -359,6 +366,8 @@ impl CudaBackend {
             scratch,
             pinned,
             graphs: HashMap::new(),
+            prefill_seen: HashSet::new(),
+            prefill_order: VecDeque::new(),
             event,
             n_ctx,
             n_cached: 0,
@@ -394,6 +403,12 @@ impl CudaBackend {
         self.gpu.allocated_bytes()
     }
 
+    /// Forgets every captured graph (the next steps capture again).
+    fn drop_graphs(&mut self) {
+        self.graphs.clear();
+        self.prefill_order.clear();
+    }
+
     /// Turns decode-step CUDA graphs on or off (results are identical either way).
     pub fn set_graphs(&mut self, on: bool) {
         // gemma3 decodes per op without graphs (its captured step is not checked bitwise yet).
@@ -405,7 +420,7 @@ impl CudaBackend {
     /// unavailable (see [`CudaBackend::persistent_status`]).
     pub fn set_persistent(&mut self, on: bool) -> bool {
         self.use_persistent = on && self.persistent.is_ok();
-        self.graphs.clear();
+        self.drop_graphs();
         self.use_persistent
     }
 
@@ -418,7 +433,7 @@ impl CudaBackend {
     /// Sets the persistent decode kernel's optimizations (`decode_flags`; results are
     /// identical for every combination) and returns those in force (graphs are recaptured).
     pub fn set_decode_flags(&mut self, f: u32) -> u32 {
-        self.graphs.clear();
+        self.drop_graphs();
         match &mut self.persistent {
             Ok(p) => p.set_flags(f),
             Err(_) => 0,
@@ -429,7 +444,7 @@ impl CudaBackend {
     /// clamped to that). The same bits for every grid; tests use small grids so that blocks
     /// take several items per phase. Returns the grid in force (0 without the kernel).
     pub fn set_decode_grid(&mut self, n: Option<usize>) -> usize {
-        self.graphs.clear();
+        self.drop_graphs();
         match &mut self.persistent {
             Ok(p) => p.set_grid(n),
             Err(_) => 0,
@@ -438,7 +453,7 @@ impl CudaBackend {
 
     /// Records barrier timestamps in the persistent kernel (profiling; graphs are recaptured).
     pub fn set_persistent_profiling(&mut self, on: bool) -> Result<(), BackendError> {
-        self.graphs.clear();
+        self.drop_graphs();
         match &mut self.persistent {
             Ok(p) => p.set_profiling(&self.gpu, on),
             Err(_) => Ok(()),

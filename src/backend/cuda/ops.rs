@@ -244,6 +244,29 @@ pub(crate) fn launch_attention(
     head_dim: usize,
 ) -> Result<(), BackendError> {
     let scale = 1.0f32 / (head_dim as f32).sqrt();
+    if let Some((kernel, rows, stride, smem)) = attention_rows_plan(gpu, n_tok, n_ctx, n_heads, n_kv_heads, head_dim) {
+        return gpu.launch(
+            kernel,
+            (n_kv_heads as u32, n_tok.div_ceil(rows) as u32, 1),
+            ATTENTION_THREADS as u32,
+            smem as u32,
+            &[
+                Arg::Ptr(q),
+                Arg::Ptr(k),
+                Arg::Ptr(v),
+                Arg::Ptr(out),
+                Arg::Ptr(aq),
+                Arg::Ptr(ads),
+                Arg::Ptr(params),
+                Arg::I32(n_heads as i32),
+                Arg::I32(n_kv_heads as i32),
+                Arg::F32(scale),
+                Arg::I32(stride as i32),
+                Arg::I32(rows as i32),
+                Arg::I32(n_tok as i32),
+            ],
+        );
+    }
     gpu.launch(
         "attention_f32",
         (n_heads as u32, n_tok as u32, 1),
@@ -371,6 +394,37 @@ pub const ATTENTION_THREADS: usize = 128;
 pub fn attention_smem(head_dim: usize, n_ctx: usize) -> usize {
     // q, the output, one K/V tile, the row of scores and its group sums of eight.
     (2 * head_dim + ATTENTION_THREADS * (head_dim + 1) + n_ctx + n_ctx / 8 + 16) * 4
+}
+
+/// How `attention_rows_f32_p*` runs a batch, where it can: (kernel, query rows per block, the
+/// score row stride, dynamic shared memory). It takes several positions (one goes to
+/// `attention_f32`), heads of 64 and at most 8 query heads per KV head; the rows per block are
+/// the most that fit 8 pairs, fewer where the context's score rows would not fit in shared
+/// memory (none: `attention_f32`). Results do not depend on the choice.
+pub(crate) fn attention_rows_plan(
+    gpu: &Gpu,
+    n_tok: usize,
+    n_ctx: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+) -> Option<(&'static str, usize, usize, usize)> {
+    let g = n_heads / n_kv_heads;
+    if n_tok < 2 || head_dim != 64 || g == 0 || g > 8 || !super::options::options().attention_rows {
+        return None;
+    }
+    let stride = n_ctx.next_multiple_of(8);
+    let smem = |np: usize| (np * head_dim + ATTENTION_THREADS * (head_dim + 1) + np * stride + np * stride / 8) * 4;
+    // The most rows whose pairs fit the larger kernel, then the smaller kernel where they fit it.
+    let mut rows = (8 / g).min(n_tok);
+    while rows > 0 {
+        let np = if g * rows <= 6 { 6 } else { 8 };
+        if smem(np) <= gpu.max_dynamic_smem {
+            return Some((if np == 6 { "attention_rows_f32_p6" } else { "attention_rows_f32_p8" }, rows, stride, smem(np)));
+        }
+        rows -= 1;
+    }
+    None
 }
 
 /// Dynamic shared memory of `attention_head` with `dual` (a second K/V tile), as the persistent

@@ -6,6 +6,7 @@
 //! | `WORKER_ORCD_CUDA_GRAPHS=0` | on | decode steps launch kernel by kernel instead of as a captured CUDA graph |
 //! | `WORKER_ORCD_CUDA_PERSISTENT=0` | on | one-position steps use the per-op kernels instead of the persistent decode kernel |
 //! | `WORKER_ORCD_CUDA_MMA=0` | on | products of 16 or more positions stay on the dp4a kernels instead of the tensor cores |
+//! | `WORKER_ORCD_CUDA_ATTN_ROWS=0` | on | batch attention runs one block per (position, head) (`attention_f32`) instead of several pairs per block sharing each K/V tile (`attention_rows_f32_p*`) |
 //! | `WORKER_ORCD_CUDA_PDL=0` | on (sm_90+) | kernels never overlap their predecessor's tail (programmatic dependent launch) |
 //! | `WORKER_ORCD_CUDA_PICK=0` | on | the engine's token choice (`sampler::pick`) runs on the host over downloaded logits instead of on the device (`kernels/sample.cu`) |
 //! | `WORKER_ORCD_CUDA_DECODE_FLAGS=N` | 31 (every flag but 32) | the persistent decode kernel's optimizations, a bit mask (`decode_flags`: 1 staged weights, 2 eight-thread norm quantization, 4 attention preload, 8 that preload early, 16 the gate\|up phase split, 32 per-head flags instead of the Q\|K\|V barrier) |
@@ -45,6 +46,8 @@ pub struct CudaOptions {
     pub graphs: bool,
     pub persistent: bool,
     pub mma: bool,
+    /// Batch attention shares K/V tiles among several (position, head) pairs.
+    pub attention_rows: bool,
     pub pdl: bool,
     /// `Backend::forward_pick` chooses on the device.
     pub device_pick: bool,
@@ -68,6 +71,7 @@ impl CudaOptions {
             graphs: on("WORKER_ORCD_CUDA_GRAPHS"),
             persistent: on("WORKER_ORCD_CUDA_PERSISTENT"),
             mma: on("WORKER_ORCD_CUDA_MMA"),
+            attention_rows: on("WORKER_ORCD_CUDA_ATTN_ROWS"),
             pdl: on("WORKER_ORCD_CUDA_PDL"),
             device_pick: on("WORKER_ORCD_CUDA_PICK"),
             decode_flags: get("WORKER_ORCD_CUDA_DECODE_FLAGS").and_then(|v| v.trim().parse().ok()).unwrap_or(decode_flags::DEFAULT),

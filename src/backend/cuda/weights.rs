@@ -98,14 +98,21 @@ impl DevMatrix {
         }
     }
 
-    /// The tensor-core matvec kernel for many tokens (quantized types only).
-    pub fn mma_kernel(&self) -> Option<&'static str> {
-        match self.ty {
-            GgmlType::Q4_1 => Some("matvec_mma_q4_1_q8_1"),
-            GgmlType::Q4_0 => Some("matvec_mma_q4_0_q8_0"),
-            GgmlType::Q8_0 => Some("matvec_mma_q8_0_q8_0"),
-            _ => None,
-        }
+    /// The tensor-core matvec kernel for many tokens (quantized types only), by tokens per
+    /// warp (2, 4 or 8: see `launch::mma_tokens_per_warp`).
+    pub fn mma_kernel(&self, tokens_per_warp: usize) -> Option<&'static str> {
+        Some(match (self.ty, tokens_per_warp) {
+            (GgmlType::Q4_1, 2) => "matvec_mma_q4_1_q8_1_t2",
+            (GgmlType::Q4_1, 4) => "matvec_mma_q4_1_q8_1_t4",
+            (GgmlType::Q4_1, 8) => "matvec_mma_q4_1_q8_1_t8",
+            (GgmlType::Q4_0, 2) => "matvec_mma_q4_0_q8_0_t2",
+            (GgmlType::Q4_0, 4) => "matvec_mma_q4_0_q8_0_t4",
+            (GgmlType::Q4_0, 8) => "matvec_mma_q4_0_q8_0_t8",
+            (GgmlType::Q8_0, 2) => "matvec_mma_q8_0_q8_0_t2",
+            (GgmlType::Q8_0, 4) => "matvec_mma_q8_0_q8_0_t4",
+            (GgmlType::Q8_0, 8) => "matvec_mma_q8_0_q8_0_t8",
+            _ => return None,
+        })
     }
 
     /// The embedding kernel reading rows of this matrix as a table.
