@@ -528,29 +528,25 @@ fn bench(m: &Arc<Model>) -> Result<()> {
         let tt = median(times[1..].to_vec());
         rows.push(format!("| prefill pp{n}, trace taps | {:.0} tok/s | {:.2} ms |", n as f64 / tt, tt * 1e3));
     }
-    // Time to first token: a 32-token prompt, prefill + argmax, warm backend.
-    let mut times = Vec::new();
-    for _ in 0..11 {
-        b.truncate(0);
-        let t = Instant::now();
-        let l = b.forward(&prompt[..32], 0, LogitRows::Last, &mut NoTap)?;
-        let _tok = argmax(&l);
-        times.push(t.elapsed().as_secs_f64());
-    }
-    let ttft = median(times);
+    // Time to first token: a 32-token prompt, prefill + argmax, warm backend; with graphs (a
+    // captured graph from the second run) and without (what a length met once costs).
+    let ttft_of = |b: &mut CudaBackend, graphs: bool| -> Result<f64> {
+        b.set_graphs(graphs);
+        let mut times = Vec::new();
+        for _ in 0..11 {
+            b.truncate(0);
+            let t = Instant::now();
+            let l = b.forward(&prompt[..32], 0, LogitRows::Last, &mut NoTap)?;
+            let _tok = argmax(&l);
+            times.push(t.elapsed().as_secs_f64());
+        }
+        b.set_graphs(true);
+        Ok(median(times))
+    };
+    let ttft = ttft_of(&mut b, true)?;
+    let ttft_once = ttft_of(&mut b, false)?;
     rows.push(format!("| time to first token, 32-token prompt (warm: from the second run, a captured graph) | {:.2} ms | |", ttft * 1e3));
-    // The same without graphs: what a prompt length met for the first time costs.
-    b.set_graphs(false);
-    let mut times = Vec::new();
-    for _ in 0..11 {
-        b.truncate(0);
-        let t = Instant::now();
-        let l = b.forward(&prompt[..32], 0, LogitRows::Last, &mut NoTap)?;
-        let _tok = argmax(&l);
-        times.push(t.elapsed().as_secs_f64());
-    }
-    b.set_graphs(true);
-    rows.push(format!("| time to first token, 32-token prompt, kernel by kernel (a length met once) | {:.2} ms | |", median(times) * 1e3));
+    rows.push(format!("| time to first token, 32-token prompt, kernel by kernel (a length met once) | {:.2} ms | |", ttft_once * 1e3));
     rows.push(format!("| time to first token incl. backend start | {:.2} s | |", load_s + ttft));
     rows.push(format!("| device memory allocated by the backend (n_ctx 2048) | {:.1} MiB | |", b.device_bytes() as f64 / (1u64 << 20) as f64));
     rows.push(format!("| device memory in use on the card (cuMemGetInfo) | {:.1} MiB | |", b.gpu().device_used_bytes() as f64 / (1u64 << 20) as f64));

@@ -244,35 +244,9 @@ pub(crate) fn launch_attention(
     head_dim: usize,
 ) -> Result<(), BackendError> {
     let scale = 1.0f32 / (head_dim as f32).sqrt();
-    if let Some((kernel, rows, stride, smem)) = attention_rows_plan(gpu, n_tok, n_ctx, n_heads, n_kv_heads, head_dim) {
-        return gpu.launch(
-            kernel,
-            (n_kv_heads as u32, n_tok.div_ceil(rows) as u32, 1),
-            ATTENTION_THREADS as u32,
-            smem as u32,
-            &[
-                Arg::Ptr(q),
-                Arg::Ptr(k),
-                Arg::Ptr(v),
-                Arg::Ptr(out),
-                Arg::Ptr(aq),
-                Arg::Ptr(ads),
-                Arg::Ptr(params),
-                Arg::I32(n_heads as i32),
-                Arg::I32(n_kv_heads as i32),
-                Arg::F32(scale),
-                Arg::I32(stride as i32),
-                Arg::I32(rows as i32),
-                Arg::I32(n_tok as i32),
-            ],
-        );
-    }
-    gpu.launch(
-        "attention_f32",
-        (n_heads as u32, n_tok as u32, 1),
-        ATTENTION_THREADS as u32,
-        attention_smem(head_dim, n_ctx) as u32,
-        &[
+    // Both kernels' arguments begin alike: the tensors, the positions, the head counts.
+    let args = |tail: &[Arg]| -> Vec<Arg> {
+        let head = [
             Arg::Ptr(q),
             Arg::Ptr(k),
             Arg::Ptr(v),
@@ -282,11 +256,15 @@ pub(crate) fn launch_attention(
             Arg::Ptr(params),
             Arg::I32(n_heads as i32),
             Arg::I32(n_kv_heads as i32),
-            Arg::I32(head_dim as i32),
-            Arg::F32(scale),
-            Arg::I32(n_ctx as i32),
-        ],
-    )
+        ];
+        head.into_iter().chain(tail.iter().copied()).collect()
+    };
+    if let Some((kernel, rows, stride, smem)) = attention_rows_plan(gpu, n_tok, n_ctx, n_heads, n_kv_heads, head_dim) {
+        let tail = [Arg::F32(scale), Arg::I32(stride as i32), Arg::I32(rows as i32), Arg::I32(n_tok as i32)];
+        return gpu.launch(kernel, (n_kv_heads as u32, n_tok.div_ceil(rows) as u32, 1), ATTENTION_THREADS as u32, smem as u32, &args(&tail));
+    }
+    let tail = [Arg::I32(head_dim as i32), Arg::F32(scale), Arg::I32(n_ctx as i32)];
+    gpu.launch("attention_f32", (n_heads as u32, n_tok as u32, 1), ATTENTION_THREADS as u32, attention_smem(head_dim, n_ctx) as u32, &args(&tail))
 }
 
 /// `attention_window_f32` (gemma3): attention over the window of each query position (n_swa 0:
