@@ -336,21 +336,10 @@ MATVEC_ONE_KERNEL(matvec_one_q8_0_q8_0, WT_Q8_0)
 // ---------------------------------------------------------------------------------------------
 // Tensor-core variant for many tokens (prefill): the same numbers through int8 MMA.
 //
-// The CPU's arithmetic needs every block's eight lane sums (four elements each), not the
-// block's total, so each mma.sync.m16n8k32 (s8 x s8 -> s32) here takes 16 weight rows against
-// ONE token whose activation block is spread over the eight B columns, column n holding only
-// lane n's four elements (k = 4n..4n+3): C[row][n] is then exactly lane n's integer sum. Each
-// thread accumulates its C entries per lane as the CPU does, `acc = fmaf(d_w * d_a, sum, acc)`
-// in block order, and (Q4_1) `summs = fmaf(m_w, s_a, summs)`; the lanes of a row, held by the
-// four threads of a quad, meet in hsum_float_8's order through two shuffles. Bitwise the CPU.
-// Fragments (PTX ISA, m16n8k32 .s8): g = lane / 4, t = lane % 4; A regs 0..3 hold rows g, g+8,
-// g, g+8 at k = 4t..4t+3, 4t..4t+3, 16+4t.., 16+4t..; B regs 0..1 hold column g at k = 4t..
-// and 16+4t..; C regs 0..3 hold (g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1). So B reg 0 is the
-// token's activation word t when g == t, reg 1 its word 4 + t when g == 4 + t, else 0.
-// Tensor-core products (many positions). Every 32-block's eight lane sums must stay separate
-// (the lanes are accumulated apart, as above), so each mma gives lane sums, not block sums:
-// mma.m16n8k16 (s8 x s8 -> s32) multiplies 16 rows by one half block (16 elements, four lanes)
-// against a B operand whose eight columns are two tokens x the four lanes of that half, each
+// Every 32-block's eight lane sums must stay separate (each lane is accumulated apart over the
+// blocks, as the file header says), so each mma gives lane sums, not block sums: mma.m16n8k16
+// (s8 x s8 -> s32) multiplies 16 rows by one half block (16 elements, four lanes) against a B
+// operand whose eight columns are two tokens x the four lanes of that half, each
 // column zero outside its lane's four elements. Two such mmas (the low and the high half)
 // give 16 rows x 2 tokens x 8 lanes: a quarter of the multiplies count, twice the m16n8k32
 // form with one token per mma. The accumulator starts at 0x4B400000 (1.5 * 2^23 as a float's
@@ -375,8 +364,8 @@ MATVEC_ONE_KERNEL(matvec_one_q8_0_q8_0, WT_Q8_0)
 
 __device__ __forceinline__ void mma_s8_16x8x16(int (&c)[4], u32 a0, u32 a1, u32 b0) {
     asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
-                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-                 : "r"(a0), "r"(a1), "r"(b0));
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a0), "r"(a1), "r"(b0));
 }
 
 // The accumulator's starting bits and their float value (see above).
