@@ -319,6 +319,39 @@ extern "C" __global__ void attention_window_f32(const float* __restrict__ q, con
 // (c, d): channel d of pairs c, c + 2, ..), dynamic shared memory attention_rows_smem floats
 // (ops.rs): the pairs' q rows (later their outputs), one tile of 128 x 65, each pair's row of
 // `stride` scores and its stride / 8 group sums.
+// a[p] for a p known only at run time, without indexing the array (so it stays in registers).
+template <int NP>
+__device__ __forceinline__ int reg_at(const int (&a)[NP], int p) {
+    int r = 0;
+#pragma unroll
+    for (int pp = 0; pp < NP; pp++)
+        if (pp == p) r = a[pp];
+    return r;
+}
+
+// vec_dot_f32_ref(k, q, 64) with k in registers and q in shared memory (16-byte aligned, read
+// as float4): the same 32 fused lanes over the two halves and the same reduction.
+__device__ __forceinline__ float dot64_regs(const float (&k)[64], const float* q) {
+    float acc[32];
+#pragma unroll
+    for (int e = 0; e < 32; e += 4) {
+        const float4 a = *(const float4*)(q + e);
+        acc[e] = fmaf(k[e], a.x, 0.0f);
+        acc[e + 1] = fmaf(k[e + 1], a.y, 0.0f);
+        acc[e + 2] = fmaf(k[e + 2], a.z, 0.0f);
+        acc[e + 3] = fmaf(k[e + 3], a.w, 0.0f);
+    }
+#pragma unroll
+    for (int e = 0; e < 32; e += 4) {
+        const float4 a = *(const float4*)(q + 32 + e);
+        acc[e] = fmaf(k[32 + e], a.x, acc[e]);
+        acc[e + 1] = fmaf(k[33 + e], a.y, acc[e + 1]);
+        acc[e + 2] = fmaf(k[34 + e], a.z, acc[e + 2]);
+        acc[e + 3] = fmaf(k[35 + e], a.w, acc[e + 3]);
+    }
+    return reduce_f32x8_4(acc);
+}
+
 template <int NP>
 __device__ __forceinline__ void attention_rows(const float* __restrict__ q, const float* __restrict__ k_cache,
                                                const float* __restrict__ v_cache, float* __restrict__ out,
@@ -352,11 +385,7 @@ __device__ __forceinline__ void attention_rows(const float* __restrict__ q, cons
     for (int e = tid; e < NP * HD; e += blockDim.x) {
         const int p = e / HD, d = e - p * HD;
         const int t = t0 + p / G, h = kvh * G + p % G;
-        float v = 0.0f;
-#pragma unroll
-        for (int pp = 0; pp < NP; pp++)
-            if (pp == p && n_kv[pp] > 0) v = q[(size_t)t * dim + h * HD + d];
-        qh[e] = v;
+        qh[e] = reg_at<NP>(n_kv, p) > 0 ? q[(size_t)t * dim + h * HD + d] : 0.0f;
     }
 
     // Scores: thread j forms row j of each tile against every pair's q.
@@ -370,10 +399,14 @@ __device__ __forceinline__ void attention_rows(const float* __restrict__ q, cons
         __syncthreads();
         const int j = j0 + tid;
         if (tid < rows) {
+            // The key row in registers, read once for every pair (q rows: float4 broadcasts).
+            float kr[HD];
+#pragma unroll
+            for (int e = 0; e < HD; e++) kr[e] = kv[tid * ld + e];
 #pragma unroll
             for (int p = 0; p < NP; p++) {
                 if (j < n_kv[p]) {
-                    const float v = vec_dot_f32_ref(kv + tid * ld, qh + p * HD, HD) * scale;
+                    const float v = dot64_regs(kr, qh + p * HD) * scale;
                     s[p * stride + j] = v;
                     lmax[p] = fmaxf(lmax[p], v);
                 }
@@ -434,18 +467,32 @@ __device__ __forceinline__ void attention_rows(const float* __restrict__ q, cons
         __syncthreads();
         load_tiles(v_cache, kv, 0, 0, j0, rows, kv_dim, kvh * HD, HD, ld);
         __syncthreads();
+        // Each value cell is read once for the thread's PPT pairs and their probabilities four
+        // cells at a time (float4; a read past a pair's last cell lands in the next row or the
+        // group sums, inside the allocation, and is masked); each lane still takes its cells in
+        // index order.
+        int rp[PPT];
+        int r_max = 0;
 #pragma unroll
         for (int k = 0; k < PPT; k++) {
-            const int p = c + 2 * k;
-            int rp = 0;
+            rp[k] = min(tile, reg_at<NP>(n_kv, c + 2 * k) - j0);
+            r_max = max(r_max, rp[k]);
+        }
+        for (int r0 = 0; r0 < r_max; r0 += 32) {
 #pragma unroll
-            for (int pp = 0; pp < NP; pp++)
-                if (pp == p) rp = min(tile, n_kv[pp] - j0);
-            const float* sp = s + p * stride + j0;
-            for (int r0 = 0; r0 < rp; r0 += 32) {
+            for (int u = 0; u < 32; u += 4) {
+                if (r0 + u < r_max) {
+                    float v[4];
 #pragma unroll
-                for (int u = 0; u < 32; u++) {
-                    if (r0 + u < rp) acc[k][u] = fmaf(kv[(r0 + u) * ld + d], sp[r0 + u], acc[k][u]);
+                    for (int i = 0; i < 4; i++) v[i] = kv[(r0 + u + i) * ld + d];
+#pragma unroll
+                    for (int k = 0; k < PPT; k++) {
+                        const float4 p4 = *(const float4*)(s + (c + 2 * k) * stride + j0 + r0 + u);
+                        const float pv[4] = {p4.x, p4.y, p4.z, p4.w};
+#pragma unroll
+                        for (int i = 0; i < 4; i++)
+                            if (r0 + u + i < rp[k]) acc[k][u + i] = fmaf(v[i], pv[i], acc[k][u + i]);
+                    }
                 }
             }
         }
@@ -454,11 +501,7 @@ __device__ __forceinline__ void attention_rows(const float* __restrict__ q, cons
 #pragma unroll
     for (int k = 0; k < PPT; k++) {
         const int p = c + 2 * k;
-        bool ok = false;
-#pragma unroll
-        for (int pp = 0; pp < NP; pp++)
-            if (pp == p) ok = n_kv[pp] > 0;
-        if (ok) {
+        if (reg_at<NP>(n_kv, p) > 0) {
             const float o = reduce_f32x8_4(acc[k]);
             const int t = t0 + p / G, h = kvh * G + p % G;
             out[(size_t)t * dim + h * HD + d] = o;
@@ -469,11 +512,7 @@ __device__ __forceinline__ void attention_rows(const float* __restrict__ q, cons
         __syncthreads();
         for (int item = warp; item < NP * (HD / QK); item += blockDim.x >> 5) {
             const int p = item / (HD / QK), b = item - p * (HD / QK);
-            bool ok = false;
-#pragma unroll
-            for (int pp = 0; pp < NP; pp++)
-                if (pp == p) ok = n_kv[pp] > 0;
-            if (ok) {  // warp-uniform
+            if (reg_at<NP>(n_kv, p) > 0) {  // warp-uniform
                 const int t = t0 + p / G, h = kvh * G + p % G;
                 const int blk = (h * HD) / QK + b;
                 quantize_block_warp(qh[p * HD + b * QK + lane], aq + (size_t)t * dim + blk * QK,

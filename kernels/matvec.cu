@@ -409,6 +409,72 @@ __device__ __forceinline__ void mma_stage_load(MmaStage<WT, NP>& st, const u8* _
     }
 }
 
+// A thread's A operand words of one weight block (rows g and g + 8) from its raw words: Q8_0
+// the low and high half words as they are; Q4_x one word per row holding both halves'
+// nibbles (low nibbles: the low half), Q4_0 offset by 8 (per-byte subtraction, exact).
+template <int WT>
+__device__ __forceinline__ void mma_a_words(u32 wa, u32 wb, u32 wa2, u32 wb2, u32& a0, u32& a1, u32& a2, u32& a3) {
+    if (WT == WT_Q8_0) {
+        a0 = wa; a1 = wb; a2 = wa2; a3 = wb2;
+    } else {
+        const u32 m4 = 0x0F0F0F0Fu;
+        a0 = wa & m4; a1 = wb & m4; a2 = (wa >> 4) & m4; a3 = (wb >> 4) & m4;
+        if (WT == WT_Q4_0) {
+            a0 = __vsub4(a0, 0x08080808u); a1 = __vsub4(a1, 0x08080808u);
+            a2 = __vsub4(a2, 0x08080808u); a3 = __vsub4(a3, 0x08080808u);
+        }
+    }
+}
+
+// One weight block against one token pair: the two half-block mmas, then each lane's fmaf
+// into acc[r][i] (row a / b; lanes q, q + 1, q + 4, q + 5, q = 2(t & 1)) and, for Q4_1, the
+// minimum terms. dma / dmb: the rows' scale words; lo / hi: the fed B words; da: the
+// received token's (d, s).
+template <int WT>
+__device__ __forceinline__ void mma_pair(float (&acc)[2][4], float (&summs)[2], u32 a0, u32 a1, u32 a2, u32 a3,
+                                         u32 dma, u32 dmb, u32 lo_w, u32 hi_w, float2 da) {
+    int lo[4] = {MMA_BIAS_BITS, MMA_BIAS_BITS, MMA_BIAS_BITS, MMA_BIAS_BITS};
+    int hi[4] = {MMA_BIAS_BITS, MMA_BIAS_BITS, MMA_BIAS_BITS, MMA_BIAS_BITS};
+    mma_s8_16x8x16(lo, a0, a1, lo_w);
+    mma_s8_16x8x16(hi, a2, a3, hi_w);
+    const float sa = h2f((u16)(dma & 0xffffu)) * da.x, sb = h2f((u16)(dmb & 0xffffu)) * da.x;
+    acc[0][0] = fmaf(sa, mma_lane(lo[0]), acc[0][0]);
+    acc[0][1] = fmaf(sa, mma_lane(lo[1]), acc[0][1]);
+    acc[0][2] = fmaf(sa, mma_lane(hi[0]), acc[0][2]);
+    acc[0][3] = fmaf(sa, mma_lane(hi[1]), acc[0][3]);
+    acc[1][0] = fmaf(sb, mma_lane(lo[2]), acc[1][0]);
+    acc[1][1] = fmaf(sb, mma_lane(lo[3]), acc[1][1]);
+    acc[1][2] = fmaf(sb, mma_lane(hi[2]), acc[1][2]);
+    acc[1][3] = fmaf(sb, mma_lane(hi[3]), acc[1][3]);
+    if (WT == WT_Q4_1) {
+        summs[0] = fmaf(h2f((u16)(dma >> 16)), da.y, summs[0]);
+        summs[1] = fmaf(h2f((u16)(dmb >> 16)), da.y, summs[1]);
+    }
+}
+
+// A pair's two outputs (rows a and b, token rtok) from its lanes: hsum_float_8, ((x0 + x4) +
+// (x2 + x6)) + ((x1 + x5) + (x3 + x7)), over the thread pair (t, t ^ 1), then summs. Every
+// thread of the warp must call it (shuffles); threads with even t store.
+template <int WT>
+__device__ __forceinline__ void mma_store(const float (&acc)[2][4], const float (&summs)[2], float* out, float* tap,
+                                          int out_stride, int mode, int n_tok, int n_out, int rtok, int row_a,
+                                          int row_b, int t) {
+    float v[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const float u0 = acc[r][0] + acc[r][2], u1 = acc[r][1] + acc[r][3];
+        const float s0 = u0 + __shfl_xor_sync(0xffffffffu, u0, 1);
+        const float s1 = u1 + __shfl_xor_sync(0xffffffffu, u1, 1);
+        v[r] = s0 + s1;
+        if (WT == WT_Q4_1) v[r] = v[r] + summs[r];
+    }
+    if ((t & 1) == 0 && rtok < n_tok) {
+        const size_t o = (size_t)rtok * out_stride;
+        if (row_a < n_out) store_out(out, tap, o + row_a, v[0], mode);
+        if (row_b < n_out) store_out(out, tap, o + row_b, v[1], mode);
+    }
+}
+
 template <int WT, int NP, int PF>
 __device__ __forceinline__ void matvec_mma(const u8* __restrict__ qs, const u32* __restrict__ dm,
                                            const i8* __restrict__ aq, const float2* __restrict__ ads, float* out,
@@ -432,7 +498,6 @@ __device__ __forceinline__ void matvec_mma(const u8* __restrict__ qs, const u32*
         rtok[j] = tok0 + 2 * j + (t >> 1);
         recv[j] = rtok[j] < n_tok ? ads + (size_t)rtok[j] * nb : nullptr;
     }
-    // acc[j][r][i]: pair j, row a / b, lanes q, q + 1 (low half), q + 4, q + 5 (high), q = 2(t & 1).
     float acc[NP][2][4], summs[NP][2];
 #pragma unroll
     for (int j = 0; j < NP; j++) {
@@ -452,65 +517,19 @@ __device__ __forceinline__ void matvec_mma(const u8* __restrict__ qs, const u32*
             if (b < nb) {  // uniform
                 const MmaStage<WT, NP>& c = st[s];
                 u32 a0, a1, a2, a3;
-                if (WT == WT_Q8_0) {
-                    a0 = c.wa; a1 = c.wb; a2 = c.wa2; a3 = c.wb2;
-                } else {
-                    const u32 m4 = 0x0F0F0F0Fu;
-                    a0 = c.wa & m4; a1 = c.wb & m4; a2 = (c.wa >> 4) & m4; a3 = (c.wb >> 4) & m4;
-                    if (WT == WT_Q4_0) {
-                        // q - 8 per byte (exact: the same integer sums).
-                        a0 = __vsub4(a0, 0x08080808u); a1 = __vsub4(a1, 0x08080808u);
-                        a2 = __vsub4(a2, 0x08080808u); a3 = __vsub4(a3, 0x08080808u);
-                    }
-                }
-                const float d_a = h2f((u16)(c.dma & 0xffffu)), d_b = h2f((u16)(c.dmb & 0xffffu));
-                const float m_a = h2f((u16)(c.dma >> 16)), m_b = h2f((u16)(c.dmb >> 16));
+                mma_a_words<WT>(c.wa, c.wb, c.wa2, c.wb2, a0, a1, a2, a3);
 #pragma unroll
-                for (int j = 0; j < NP; j++) {
-                    if (tok0 + 2 * j < n_tok) {  // warp-uniform
-                        int lo[4] = {MMA_BIAS_BITS, MMA_BIAS_BITS, MMA_BIAS_BITS, MMA_BIAS_BITS};
-                        int hi[4] = {MMA_BIAS_BITS, MMA_BIAS_BITS, MMA_BIAS_BITS, MMA_BIAS_BITS};
-                        mma_s8_16x8x16(lo, a0, a1, c.lo[j]);
-                        mma_s8_16x8x16(hi, a2, a3, c.hi[j]);
-                        const float sa = d_a * c.da[j].x, sb = d_b * c.da[j].x;
-                        acc[j][0][0] = fmaf(sa, mma_lane(lo[0]), acc[j][0][0]);
-                        acc[j][0][1] = fmaf(sa, mma_lane(lo[1]), acc[j][0][1]);
-                        acc[j][0][2] = fmaf(sa, mma_lane(hi[0]), acc[j][0][2]);
-                        acc[j][0][3] = fmaf(sa, mma_lane(hi[1]), acc[j][0][3]);
-                        acc[j][1][0] = fmaf(sb, mma_lane(lo[2]), acc[j][1][0]);
-                        acc[j][1][1] = fmaf(sb, mma_lane(lo[3]), acc[j][1][1]);
-                        acc[j][1][2] = fmaf(sb, mma_lane(hi[2]), acc[j][1][2]);
-                        acc[j][1][3] = fmaf(sb, mma_lane(hi[3]), acc[j][1][3]);
-                        if (WT == WT_Q4_1) {
-                            summs[j][0] = fmaf(m_a, c.da[j].y, summs[j][0]);
-                            summs[j][1] = fmaf(m_b, c.da[j].y, summs[j][1]);
-                        }
-                    }
-                }
+                for (int j = 0; j < NP; j++)
+                    if (tok0 + 2 * j < n_tok)  // warp-uniform
+                        mma_pair<WT>(acc[j], summs[j], a0, a1, a2, a3, c.dma, c.dmb, c.lo[j], c.hi[j], c.da[j]);
                 if (b + PF < nb) mma_stage_load<WT, NP>(st[s], qs, dm, feed, recv, ra + b + PF, rb + b + PF, b + PF, t);
             }
         }
     }
 #pragma unroll
-    for (int j = 0; j < NP; j++) {
-        if (tok0 + 2 * j < n_tok) {  // warp-uniform: every thread joins the shuffles
-            float v[2];
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                // hsum_float_8: ((x0 + x4) + (x2 + x6)) + ((x1 + x5) + (x3 + x7)).
-                const float u0 = acc[j][r][0] + acc[j][r][2], u1 = acc[j][r][1] + acc[j][r][3];
-                const float s0 = u0 + __shfl_xor_sync(0xffffffffu, u0, 1);
-                const float s1 = u1 + __shfl_xor_sync(0xffffffffu, u1, 1);
-                v[r] = s0 + s1;
-                if (WT == WT_Q4_1) v[r] = v[r] + summs[j][r];
-            }
-            if ((t & 1) == 0 && rtok[j] < n_tok) {
-                const size_t o = (size_t)rtok[j] * out_stride;
-                if (row_a < n_out) store_out(out, tap, o + row_a, v[0], mode);
-                if (row_b < n_out) store_out(out, tap, o + row_b, v[1], mode);
-            }
-        }
-    }
+    for (int j = 0; j < NP; j++)
+        if (tok0 + 2 * j < n_tok)  // warp-uniform: every thread joins the shuffles
+            mma_store<WT>(acc[j], summs[j], out, tap, out_stride, mode, n_tok, n_out, rtok[j], row_a, row_b, t);
 }
 
 // Kernels by tokens per warp (2 * NP): launch.rs picks by n_tok so that short prompts still
@@ -529,6 +548,173 @@ MATVEC_MMA_KERNEL(matvec_mma_q4_0_q8_0_t8, WT_Q4_0, 4, 2)
 MATVEC_MMA_KERNEL(matvec_mma_q8_0_q8_0_t2, WT_Q8_0, 1, 4)
 MATVEC_MMA_KERNEL(matvec_mma_q8_0_q8_0_t4, WT_Q8_0, 2, 3)
 MATVEC_MMA_KERNEL(matvec_mma_q8_0_q8_0_t8, WT_Q8_0, 4, 2)
+
+// ---------------------------------------------------------------------------------------------
+// Tiled tensor-core products (longer prompts): matvec_mma's arithmetic (the same fragments,
+// lane sums, biased accumulators, fmaf chains and hsum: the same bits), with the block's weight
+// rows and activation rows staged in shared memory by cp.async, TILE_STAGES chunks of TILE_KC
+// blocks in flight, so each weight block is read from L2 once per 4NP tokens and each
+// activation block once per 64 rows, in 16-byte pieces, instead of once per warp in words.
+// Block of 256 threads (8 warps): warp w computes rows 16 (w & 3) .. + 16 of the block's 64
+// and tokens (w >> 2) 2NP .. + 2NP of its 4NP, as matvec_mma's warps do (B columns: two
+// tokens x the half block's four lanes).
+// Launch: grid (ceil(n_out / 64), ceil(n_tok / (4 NP))), block 256, dynamic shared memory
+// TILE_STAGES * TileLayout::STAGE (tile_smem in launch.rs). n_out % 16 == 0 (a warp's 16 rows
+// are all in or all out), qs / aq 16-byte aligned, dm 4, ads 8. Modes: MODE_STORE and
+// MODE_ADD (with tap) only. Rows, tokens and blocks past the ends are not copied: their
+// shared memory holds stale bytes that only reach outputs that are not stored (an mma's
+// column depends on its B column alone, a row on its A row alone).
+#define TILE_KC 4
+#define TILE_STAGES 3
+#define TILE_ROWS 64
+#define TILE_THREADS 256
+
+// One stage: wq (64 rows x KC blocks of quants; the row stride's extra 16 bytes put the eight
+// rows of a warp's A load on distinct banks), wd (64 x KC scale words), xq (4NP tokens x KC
+// blocks of int8, padded likewise), xd (4NP x KC (d, s)).
+template <int WT, int NP>
+struct TileLayout {
+    static constexpr int QB = WT == WT_Q8_0 ? 32 : 16;
+    static constexpr int TOK = 4 * NP;
+    static constexpr int WQ_STRIDE = TILE_KC * QB + 16;
+    static constexpr int XQ_STRIDE = TILE_KC * QK + 16;
+    static constexpr int WD = TILE_ROWS * WQ_STRIDE;
+    static constexpr int XQ = WD + TILE_ROWS * TILE_KC * 4;
+    static constexpr int XD = XQ + TOK * XQ_STRIDE;
+    static constexpr int STAGE = XD + TOK * TILE_KC * 8;
+};
+
+// Issues chunk c's weight copies (rows row0.., blocks c*KC..) into stage `st`.
+template <int WT, int NP>
+__device__ __forceinline__ void tile_load_w(char* st, const u8* __restrict__ qs, const u32* __restrict__ dm, int nb,
+                                            int n_out, int row0, int c) {
+    using L = TileLayout<WT, NP>;
+    constexpr int PIECES = L::QB / 16;
+    const int b0 = c * TILE_KC;
+    for (int i = threadIdx.x; i < TILE_ROWS * TILE_KC * PIECES; i += TILE_THREADS) {
+        const int r = i / (TILE_KC * PIECES), kb = (i / PIECES) % TILE_KC, p = i % PIECES;
+        const int row = row0 + r, b = b0 + kb;
+        if (row < n_out && b < nb)
+            cp_async16(st + r * L::WQ_STRIDE + kb * L::QB + p * 16, qs + ((size_t)row * nb + b) * L::QB + p * 16);
+    }
+    for (int i = threadIdx.x; i < TILE_ROWS * TILE_KC; i += TILE_THREADS) {
+        const int r = i / TILE_KC, kb = i % TILE_KC;
+        const int row = row0 + r, b = b0 + kb;
+        if (row < n_out && b < nb) cp_async4(st + L::WD + i * 4, dm + (size_t)row * nb + b);
+    }
+}
+
+// Issues chunk c's activation copies (tokens tok0..) into stage `st`.
+template <int WT, int NP>
+__device__ __forceinline__ void tile_load_x(char* st, const i8* __restrict__ aq, const float2* __restrict__ ads,
+                                            int n_in, int n_tok, int tok0, int c) {
+    using L = TileLayout<WT, NP>;
+    const int nb = n_in / QK, b0 = c * TILE_KC;
+    for (int i = threadIdx.x; i < L::TOK * TILE_KC * 2; i += TILE_THREADS) {
+        const int tk = i / (TILE_KC * 2), kb = (i / 2) % TILE_KC, p = i % 2;
+        const int tok = tok0 + tk, b = b0 + kb;
+        if (tok < n_tok && b < nb)
+            cp_async16(st + L::XQ + tk * L::XQ_STRIDE + kb * QK + p * 16, aq + (size_t)tok * n_in + b * QK + p * 16);
+    }
+    for (int i = threadIdx.x; i < L::TOK * TILE_KC; i += TILE_THREADS) {
+        const int tk = i / TILE_KC, kb = i % TILE_KC;
+        const int tok = tok0 + tk, b = b0 + kb;
+        if (tok < n_tok && b < nb) cp_async8(st + L::XD + i * 8, ads + (size_t)tok * nb + b);
+    }
+}
+
+template <int WT, int NP>
+__device__ __forceinline__ void matvec_tile(const u8* __restrict__ qs, const u32* __restrict__ dm,
+                                            const i8* __restrict__ aq, const float2* __restrict__ ads, float* out,
+                                            float* tap, int n_in, int n_out, int out_stride, int mode, int n_tok) {
+    using L = TileLayout<WT, NP>;
+    extern __shared__ __align__(16) char tsh[];
+    pdl_launch();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int nb = n_in / QK, nc = (nb + TILE_KC - 1) / TILE_KC;
+    const int row0 = blockIdx.x * TILE_ROWS, tok0 = blockIdx.y * L::TOK;
+    const int wr = (warp & 3) * 16, wt = (warp >> 2) * (2 * NP);
+    // The weights never depend on the previous kernel: their first chunks are requested before
+    // pdl_wait; each commit group then holds chunk s's activations (group 0 also the weights).
+#pragma unroll
+    for (int s = 0; s < TILE_STAGES - 1; s++)
+        if (s < nc) tile_load_w<WT, NP>(tsh + s * L::STAGE, qs, dm, nb, n_out, row0, s);
+    pdl_wait();
+#pragma unroll
+    for (int s = 0; s < TILE_STAGES - 1; s++) {
+        if (s < nc) tile_load_x<WT, NP>(tsh + s * L::STAGE, aq, ads, n_in, n_tok, tok0, s);
+        cp_async_commit();
+    }
+    float acc[NP][2][4], summs[NP][2];
+#pragma unroll
+    for (int j = 0; j < NP; j++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[j][0][i] = acc[j][1][i] = 0.0f;
+        summs[j][0] = summs[j][1] = 0.0f;
+    }
+    const bool rows_in = row0 + wr < n_out;  // warp-uniform
+    const bool feeds = (g & 3) == t;
+    for (int c = 0; c < nc; c++) {
+        cp_async_wait<TILE_STAGES - 2>();
+        __syncthreads();  // chunk c is visible to all; every thread is done with chunk c - 1
+        {
+            const int nx = c + TILE_STAGES - 1;
+            if (nx < nc) {
+                char* sn = tsh + (nx % TILE_STAGES) * L::STAGE;
+                tile_load_w<WT, NP>(sn, qs, dm, nb, n_out, row0, nx);
+                tile_load_x<WT, NP>(sn, aq, ads, n_in, n_tok, tok0, nx);
+            }
+            cp_async_commit();
+        }
+        const char* st = tsh + (c % TILE_STAGES) * L::STAGE;
+        if (rows_in) {
+#pragma unroll
+            for (int kb = 0; kb < TILE_KC; kb++) {
+                if (c * TILE_KC + kb < nb) {  // uniform
+                    const char* w = st + (wr + g) * L::WQ_STRIDE + kb * L::QB + 4 * t;
+                    const u32 wa = *(const u32*)w, wb = *(const u32*)(w + 8 * L::WQ_STRIDE);
+                    const u32 wa2 = WT == WT_Q8_0 ? *(const u32*)(w + 16) : 0u;
+                    const u32 wb2 = WT == WT_Q8_0 ? *(const u32*)(w + 8 * L::WQ_STRIDE + 16) : 0u;
+                    u32 a0, a1, a2, a3;
+                    mma_a_words<WT>(wa, wb, wa2, wb2, a0, a1, a2, a3);
+                    const u32* wd = (const u32*)(st + L::WD);
+                    const u32 dma = wd[(wr + g) * TILE_KC + kb], dmb = wd[(wr + g + 8) * TILE_KC + kb];
+                    const float2* xd = (const float2*)(st + L::XD);
+#pragma unroll
+                    for (int j = 0; j < NP; j++) {
+                        if (tok0 + wt + 2 * j < n_tok) {  // warp-uniform
+                            const char* x = st + L::XQ + (wt + 2 * j + (g >> 2)) * L::XQ_STRIDE + kb * QK + 4 * t;
+                            const u32 lo = feeds ? *(const u32*)x : 0u, hi = feeds ? *(const u32*)(x + 16) : 0u;
+                            const float2 da = xd[(wt + 2 * j + (t >> 1)) * TILE_KC + kb];
+                            mma_pair<WT>(acc[j], summs[j], a0, a1, a2, a3, dma, dmb, lo, hi, da);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    cp_async_wait<0>();
+    if (!rows_in) return;  // whole warps; no barrier follows
+    const int row_a = row0 + wr + g;
+#pragma unroll
+    for (int j = 0; j < NP; j++)
+        if (tok0 + wt + 2 * j < n_tok)  // warp-uniform: every thread joins the shuffles
+            mma_store<WT>(acc[j], summs[j], out, tap, out_stride, mode, n_tok, n_out, tok0 + wt + 2 * j + (t >> 1), row_a,
+                          row_a + 8, t);
+}
+
+// 32 tokens per block (NP = 8). A 16-token variant (NP = 4) measured no faster than the
+// per-warp kernels at any shape (BENCHMARKS.md, 2026-12-07 second session).
+#define MATVEC_TILE_KERNEL(name, WT, NP)                                                                   \
+    extern "C" __global__ void __launch_bounds__(TILE_THREADS) name(                                       \
+        const u8* qs, const u32* dm, const i8* aq, const float2* ads, float* out, float* tap, int n_in,        \
+        int n_out, int out_stride, int mode, int n_tok) {                                                      \
+        matvec_tile<WT, NP>(qs, dm, aq, ads, out, tap, n_in, n_out, out_stride, mode, n_tok);              \
+    }
+MATVEC_TILE_KERNEL(matvec_tile_q4_1_q8_1_t32, WT_Q4_1, 8)
+MATVEC_TILE_KERNEL(matvec_tile_q4_0_q8_0_t32, WT_Q4_0, 8)
+MATVEC_TILE_KERNEL(matvec_tile_q8_0_q8_0_t32, WT_Q8_0, 8)
 
 // Float weights: w (n_out, n_in) raw from the GGUF file (f16 / bf16 bits, or f32).
 enum { FT_F16 = 0, FT_BF16 = 1, FT_F32 = 2 };

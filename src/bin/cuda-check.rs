@@ -20,7 +20,7 @@ use worker_orcd::reference::ReferenceRecording;
 use worker_orcd::replay::metrics::nmse;
 use worker_orcd::sampler::{argmax, draw_bits, PickArgs, SamplingParams};
 
-const USAGE: &str = "usage: cuda-check <info|parity|determinism|bench|profile|prefill|all> [--model PATH] [--corpus DIR] [--runs N]";
+const USAGE: &str = "usage: cuda-check <info|parity|determinism|bench|profile|prefill|matvec|all> [--model PATH] [--corpus DIR] [--runs N]";
 
 struct Args {
     cmd: String,
@@ -54,6 +54,7 @@ fn main() -> Result<()> {
         "bench" => bench(&load_model(&a)?),
         "profile" => profile(&load_model(&a)?),
         "prefill" => prefill(&load_model(&a)?),
+        "matvec" => matvec(a.model.is_some().then(|| load_model(&a)).transpose()?.as_deref()),
         "all" => {
             info()?;
             let m = load_model(&a)?;
@@ -287,6 +288,57 @@ fn prefill(m: &Arc<Model>) -> Result<()> {
             let t = Instant::now();
             b.forward(&prompt[..n], 0, LogitRows::Last, &mut NoTap)?;
             println!("prefill pp{n}: {:.2} ms", t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(())
+}
+
+/// Every tensor-core product kernel on the model's four product shapes (Q|K|V, output, gate|up,
+/// down; random weights of the layers' type quantized by our quantizer, random activations) at
+/// prompt lengths 32 to 512: µs per launch (mean of 50 back to back after a warm-up) and
+/// whether each result is bitwise the CPU's, with the kernel `launch_matvec` picks marked.
+/// Without `--model`, the default model's shapes (576 wide, K/V 192, FFN 1536) in Q4_1.
+fn matvec(m: Option<&Model>) -> Result<()> {
+    use worker_orcd::backend::cpu::quant::QMatrix;
+    use worker_orcd::backend::cuda::{ops as gops, Gpu, MmaKernel};
+    use worker_orcd::gguf::GgmlType;
+    let (dim, kv_dim, ffn, ty) = match m {
+        Some(m) => (m.config.dim, m.config.kv_dim(), m.config.ffn_dim, m.layers.first().context("a model without layers")?.w_down.ty()),
+        None => (576, 192, 1536, GgmlType::Q4_1),
+    };
+    let gpu = Gpu::open(0)?;
+    let kernels = [MmaKernel::Warp(2), MmaKernel::Warp(4), MmaKernel::Warp(8), MmaKernel::Tile(32)];
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    };
+    println!("\n== tensor-core products, {} weights: µs per launch (* = launch_matvec's pick; every result checked bitwise against the CPU) ==", ty.name());
+    println!("| product | n_out x n_in | tokens | {} |", kernels.map(|k| format!("{k:?}")).join(" | "));
+    println!("|---|---|---:|{}", "---:|".repeat(kernels.len()));
+    let shapes = [("Q|K|V", dim + 2 * kv_dim, dim), ("output", dim, dim), ("gate|up", 2 * ffn, dim), ("down", dim, ffn)];
+    for (name, n_out, n_in) in shapes {
+        let src: Vec<f32> = (0..n_out * n_in).map(|_| uniform() * 0.05).collect();
+        let mut data = vec![0u8; ty.row_bytes(n_in).context("row size")? * n_out];
+        worker_orcd::quantize::rows::quantize_rows(ty, &src, &mut data)?;
+        let w = QMatrix { ty, data: &data, n_in, n_out };
+        for n in [32usize, 64, 128, 256, 512] {
+            let x: Vec<f32> = (0..n * n_in).map(|_| uniform()).collect();
+            let mut want = vec![0.0; n * n_out];
+            worker_orcd::backend::cpu::simd::matmul(&w, &x, n, &mut want);
+            let pick = cuda::mma_pick(n, n_out, gpu.sm_count);
+            let mut cells = Vec::new();
+            for k in kernels {
+                gops::matmul_mma(&gpu, &w, &x, n, k, 3)?;
+                let (got, us) = gops::matmul_mma(&gpu, &w, &x, n, k, 50)?;
+                if bits(&got) != bits(&want) {
+                    bail!("{k:?} {name} {n_out}x{n_in} n={n}: differs from the CPU");
+                }
+                cells.push(format!("{}{us:.1}", if Some(k) == pick { "*" } else { "" }));
+            }
+            println!("| {name} | {n_out} x {n_in} | {n} | {} |", cells.join(" | "));
         }
     }
     Ok(())

@@ -240,6 +240,32 @@ fn matvec_matches_cpu_for_every_weight_type() {
     }
 }
 
+/// Every tensor-core kernel, whichever `launch_matvec` would pick for the shape: the per-warp
+/// kernels (2, 4, 8 tokens per warp) and the tiled ones (32 tokens per block of 64 rows),
+/// bitwise the CPU's, on shapes that leave a row tile part-filled (208, 48 rows), a chunk of
+/// blocks part-filled (576 and 96 inputs: 18 and 3 blocks of 32, chunks of 4), a token tile
+/// and a token pair part-filled (33, 37, 65, 70, 517 tokens).
+#[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
+fn every_tensor_core_kernel_matches_cpu_bitwise() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(41);
+    let kernels = [cuda::MmaKernel::Warp(2), cuda::MmaKernel::Warp(4), cuda::MmaKernel::Warp(8), cuda::MmaKernel::Tile(32)];
+    for ty in [GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q8_0] {
+        for (n_out, n_in, n_tok) in [(64, 576, 16), (208, 576, 70), (48, 1536, 33), (64, 96, 65), (3072, 576, 37), (576, 1536, 100), (960, 576, 517)] {
+            let data = random_matrix(&mut rng, ty, n_out, n_in);
+            let m = quant::QMatrix { ty, data: &data, n_in, n_out };
+            let x = rng.activations(n_tok, n_in);
+            let mut want = vec![0.0; n_tok * n_out];
+            simd::matmul(&m, &x, n_tok, &mut want);
+            for k in kernels {
+                let (got, _) = gops::matmul_mma(&g, &m, &x, n_tok, k, 1).unwrap();
+                exact(&format!("{k:?} {} {n_out}x{n_in} n_tok={n_tok}", ty.name()), &got, &want);
+            }
+        }
+    }
+}
+
 /// A matrix of a type added with the k-quants: the model's own kind of rows (our quantizer,
 /// byte-identical to ggml's, on random weights) or random block bytes with random f16 scales of
 /// either sign (every quant bit pattern is valid).

@@ -7,6 +7,7 @@ use super::device::{Arg, Gpu};
 use super::weights::DevMatrix;
 use crate::backend::cpu::quant::QK;
 use crate::backend::BackendError;
+use crate::gguf::GgmlType;
 
 const F32: usize = 4;
 /// What a quantized matvec does with its results (see `kernels/matvec.cu`, `mode`).
@@ -62,6 +63,102 @@ pub(crate) fn mma_tokens_per_warp(n_tok: usize) -> usize {
         0..=95 => 2,
         96..=255 => 4,
         _ => 8,
+    }
+}
+
+/// Which tensor-core kernel runs a product: `Warp(t)` is `matvec_mma_*_t{t}` (t tokens per
+/// warp, every warp loading its own operands), `Tile(t)` is `matvec_tile_*_t{t}` (64 rows x t
+/// tokens per block of 8 warps, staged in shared memory; t = 32). Results do not depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MmaKernel {
+    Warp(usize),
+    Tile(usize),
+}
+
+/// Blocks per stage and stages of the tiled products (matvec.cu's TILE_KC, TILE_STAGES).
+const TILE_KC: usize = 4;
+const TILE_STAGES: usize = 3;
+/// Rows and tokens per block of the tiled products (matvec.cu's TILE_ROWS, 4 NP).
+const TILE_ROWS: usize = 64;
+const TILE_TOKENS: usize = 32;
+
+/// Dynamic shared memory of a tiled product block (matvec.cu's TILE_STAGES *
+/// TileLayout::STAGE): per stage 64 weight rows and `toks` activation rows of TILE_KC blocks,
+/// each quant row padded by 16 bytes, and their scales.
+pub(crate) fn tile_smem(m: &DevMatrix, toks: usize) -> usize {
+    let qb = if m.ty == GgmlType::Q8_0 { 32 } else { 16 };
+    let stage = TILE_ROWS * (TILE_KC * qb + 16) + TILE_ROWS * TILE_KC * 4 + toks * (TILE_KC * QK + 16) + toks * TILE_KC * 8;
+    TILE_STAGES * stage
+}
+
+/// The tensor-core kernel `launch_matvec` runs for `m` over `n_tok` positions of the Q8_1
+/// rows at `aq`/`ads` (None: the dp4a kernels). The tiled kernels copy 16-byte pieces, so they
+/// need 16-byte aligned quants.
+pub(crate) fn mma_choice(gpu: &Gpu, m: &DevMatrix, n_tok: usize, aq: u64, ads: u64) -> Option<MmaKernel> {
+    if !m.n_out.is_multiple_of(16) || m.mma_kernel(2).is_none() {
+        return None;
+    }
+    let aligned = m.qs.is_multiple_of(16) && m.dm.is_multiple_of(4) && aq.is_multiple_of(16) && ads.is_multiple_of(8);
+    match mma_pick(n_tok, m.n_out, gpu.sm_count)? {
+        MmaKernel::Tile(_) if !aligned => Some(MmaKernel::Warp(mma_tokens_per_warp(n_tok))),
+        k => Some(k),
+    }
+}
+
+/// The tensor-core kernel for a product of `n_out` rows over `n_tok` positions that can take
+/// any (None: the dp4a kernels), under this process's switches, on a GPU of `sm_count` SMs.
+/// The tiled kernel runs from `WORKER_ORCD_CUDA_TILE` positions (`options().tile_min`, default
+/// 256; 0: never) where its grid gives every SM at least 1.5 blocks: it has a quarter of the
+/// per-warp kernels' blocks, and on the H100 it beat them by 6-14% on 960- and 3,072-row
+/// products at 256 and 512 positions (240-768 blocks) and lost 20-30% on 576-row ones (72-144
+/// blocks; BENCHMARKS.md, 2026-12-07 second session).
+pub fn mma_pick(n_tok: usize, n_out: usize, sm_count: usize) -> Option<MmaKernel> {
+    if !mma_tokens(n_tok) {
+        return None;
+    }
+    let min = super::options::options().tile_min;
+    let blocks = n_out.div_ceil(TILE_ROWS) * n_tok.div_ceil(TILE_TOKENS);
+    Some(if min != 0 && n_tok >= min && 2 * blocks >= 3 * sm_count { MmaKernel::Tile(TILE_TOKENS) } else { MmaKernel::Warp(mma_tokens_per_warp(n_tok)) })
+}
+
+/// Launches tensor-core kernel `k` (MODE_STORE / MODE_ADD: `mode` 0 / 1, `tap` with Add).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn launch_mma(
+    gpu: &Gpu,
+    m: &DevMatrix,
+    k: MmaKernel,
+    aq: u64,
+    ads: u64,
+    n_tok: usize,
+    out: u64,
+    out_stride: usize,
+    mode: i32,
+    tap: u64,
+) -> Result<(), BackendError> {
+    let args = [
+        Arg::Ptr(m.qs),
+        Arg::Ptr(m.dm),
+        Arg::Ptr(aq),
+        Arg::Ptr(ads),
+        Arg::Ptr(out),
+        Arg::Ptr(tap),
+        Arg::I32(m.n_in as i32),
+        Arg::I32(m.n_out as i32),
+        Arg::I32(out_stride as i32),
+        Arg::I32(mode),
+        Arg::I32(n_tok as i32),
+    ];
+    let missing = || BackendError::Device(format!("no tensor-core kernel {k:?} for {} weights", m.ty.name()));
+    match k {
+        MmaKernel::Warp(tw) => {
+            let kernel = m.mma_kernel(tw).ok_or_else(missing)?;
+            gpu.launch(kernel, ((m.n_out / 16) as u32, n_tok.div_ceil(4 * tw) as u32, 1), 128, 0, &args)
+        }
+        MmaKernel::Tile(tt) => {
+            let kernel = m.tile_kernel(tt).ok_or_else(missing)?;
+            let grid = (m.n_out.div_ceil(TILE_ROWS) as u32, n_tok.div_ceil(tt) as u32, 1);
+            gpu.launch(kernel, grid, 256, tile_smem(m, tt) as u32, &args)
+        }
     }
 }
 
@@ -122,12 +219,8 @@ pub(crate) fn launch_matvec(
             [Arg::Ptr(m.qs), Arg::Ptr(m.dm), Arg::Ptr(aq), Arg::Ptr(ads), Arg::Ptr(out), Arg::Ptr(tap), Arg::I32(m.n_in as i32), Arg::I32(m.n_out as i32)];
         head.into_iter().chain(tail.iter().copied()).collect()
     };
-    let tw = mma_tokens_per_warp(n_tok);
-    if let (Some(kernel), true, None, true) = (m.mma_kernel(tw), mma_tokens(n_tok), norm, m.n_out % 16 == 0) {
-        if mode <= 1 {
-            let args = plain(&[Arg::I32(out_stride as i32), Arg::I32(mode), Arg::I32(n_tok as i32)]);
-            return gpu.launch(kernel, ((m.n_out / 16) as u32, n_tok.div_ceil(4 * tw) as u32, 1), 128, 0, &args);
-        }
+    if let (Some(k), None, true) = (mma_choice(gpu, m, n_tok, aq, ads), norm, mode <= 1) {
+        return launch_mma(gpu, m, k, aq, ads, n_tok, out, out_stride, mode, tap);
     }
     if let (Some(kernel), 1, None, true) = (m.one_kernel(), n_tok, norm, mode <= 1) {
         return gpu.launch(kernel, (m.n_out.div_ceil(ONE_ROWS) as u32, 1, 1), 128, 0, &plain(&[Arg::I32(mode)]));

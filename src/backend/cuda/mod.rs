@@ -38,6 +38,7 @@ use crate::gguf::GgmlType;
 use crate::model::{Model, ModelConfig};
 
 pub use device::{check_libraries, DeviceInfo, Gpu};
+pub use launch::{mma_pick, MmaKernel};
 pub use options::{options, CudaOptions};
 
 use device::{dev_err, unavailable, DevBuf, PinnedBuf};

@@ -11,6 +11,7 @@ use crate::backend::BackendError;
 use crate::sampler::{PickArgs, Picked};
 
 use super::device::{Arg, DevBuf, Gpu};
+use super::launch::MmaKernel;
 use super::weights::{push_stacked, ArenaBuilder};
 
 fn blocks(n: usize, per: usize) -> u32 {
@@ -118,6 +119,32 @@ pub fn matmul(gpu: &Gpu, w: &QMatrix<'_>, x: &[f32], n_tok: usize) -> Result<Vec
     }
     super::launch::launch_matvec(gpu, &m, xd.ptr(), qa.aq.ptr(), qa.ads.ptr(), n_tok, out.ptr(), w.n_out, super::launch::Epilogue::Store, None)?;
     gpu.read(out.ptr(), n_tok * w.n_out)
+}
+
+/// `matmul` through tensor-core kernel `k` whatever `launch_matvec` would pick (n_out % 16 ==
+/// 0, a repacked quantized type), launched `reps` times (at least once) back to back: the
+/// result of the last and the mean device time per launch in µs (one stream synchronization
+/// around all of them, so the host's launch cost overlaps the kernels).
+pub fn matmul_mma(gpu: &Gpu, w: &QMatrix<'_>, x: &[f32], n_tok: usize, k: MmaKernel, reps: usize) -> Result<(Vec<f32>, f64), BackendError> {
+    let mut arena = ArenaBuilder::default();
+    let m = push_stacked(&mut arena, std::slice::from_ref(w));
+    let wbuf = arena.upload(gpu)?;
+    let m = m.resolve(wbuf.ptr());
+    if !m.is_quantized() || !m.n_out.is_multiple_of(16) {
+        return Err(BackendError::Device(format!("no tensor-core product for {} x {} {} weights", m.n_out, m.n_in, m.ty.name())));
+    }
+    let xd = gpu.upload(x)?;
+    let out = gpu.alloc(n_tok * w.n_out * 4)?;
+    let qa = QAct::alloc(gpu, n_tok, w.n_in)?;
+    quantize_dev(gpu, xd.ptr(), &qa, n_tok, w.n_in)?;
+    gpu.sync()?;
+    let t = std::time::Instant::now();
+    for _ in 0..reps.max(1) {
+        super::launch::launch_mma(gpu, &m, k, qa.aq.ptr(), qa.ads.ptr(), n_tok, out.ptr(), w.n_out, 0, 0)?;
+    }
+    gpu.sync()?;
+    let us = t.elapsed().as_secs_f64() * 1e6 / reps.max(1) as f64;
+    Ok((gpu.read(out.ptr(), n_tok * w.n_out)?, us))
 }
 
 /// A RoPE table for positions `0..n_pos`: `ops::Rope::cache` per position, concatenated.

@@ -6,6 +6,7 @@
 //! | `WORKER_ORCD_CUDA_GRAPHS=0` | on | decode steps launch kernel by kernel instead of as a captured CUDA graph |
 //! | `WORKER_ORCD_CUDA_PERSISTENT=0` | on | one-position steps use the per-op kernels instead of the persistent decode kernel |
 //! | `WORKER_ORCD_CUDA_MMA=0` | on | products of 16 or more positions stay on the dp4a kernels instead of the tensor cores |
+//! | `WORKER_ORCD_CUDA_TILE=N` | 256 | tensor-core products of N or more positions whose tiled grid gives every SM 1.5 blocks stage weight and activation tiles in shared memory (`matvec_tile_*`, `launch::mma_pick`); `0` keeps every product on the per-warp kernels (`matvec_mma_*`) |
 //! | `WORKER_ORCD_CUDA_ATTN_ROWS=0` | on | batch attention runs one block per (position, head) (`attention_f32`) instead of several pairs per block sharing each K/V tile (`attention_rows_f32_p*`) |
 //! | `WORKER_ORCD_CUDA_PDL=0` | on (sm_90+) | kernels never overlap their predecessor's tail (programmatic dependent launch) |
 //! | `WORKER_ORCD_CUDA_PICK=0` | on | the engine's token choice (`sampler::pick`) runs on the host over downloaded logits instead of on the device (`kernels/sample.cu`) |
@@ -40,12 +41,18 @@ pub mod decode_flags {
     pub const DEFAULT: u32 = ALL & !HEAD_FLAGS;
 }
 
+/// `WORKER_ORCD_CUDA_TILE`'s default: below this many positions the tiled products never beat
+/// the per-warp ones on the H100 (BENCHMARKS.md, 2026-12-07 second session).
+pub const TILE_MIN_DEFAULT: usize = 256;
+
 /// The switches (see the module table). `Default` is every switch on and the default cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CudaOptions {
     pub graphs: bool,
     pub persistent: bool,
     pub mma: bool,
+    /// Positions from which the tensor-core products run tiled (`matvec_tile_*`); 0: never.
+    pub tile_min: usize,
     /// Batch attention shares K/V tiles among several (position, head) pairs.
     pub attention_rows: bool,
     pub pdl: bool,
@@ -71,6 +78,7 @@ impl CudaOptions {
             graphs: on("WORKER_ORCD_CUDA_GRAPHS"),
             persistent: on("WORKER_ORCD_CUDA_PERSISTENT"),
             mma: on("WORKER_ORCD_CUDA_MMA"),
+            tile_min: get("WORKER_ORCD_CUDA_TILE").and_then(|v| v.trim().parse().ok()).unwrap_or(TILE_MIN_DEFAULT),
             attention_rows: on("WORKER_ORCD_CUDA_ATTN_ROWS"),
             pdl: on("WORKER_ORCD_CUDA_PDL"),
             device_pick: on("WORKER_ORCD_CUDA_PICK"),
@@ -109,6 +117,9 @@ mod tests {
         assert!(!o.persistent);
         assert_eq!(o.decode_flags, decode_flags::DEFAULT);
         assert_eq!(CudaOptions::from_lookup(env(&[("WORKER_ORCD_CUDA_DECODE_FLAGS", "2")])).decode_flags, 2);
+        assert_eq!(o.tile_min, TILE_MIN_DEFAULT);
+        assert_eq!(CudaOptions::from_lookup(env(&[("WORKER_ORCD_CUDA_TILE", "0")])).tile_min, 0);
+        assert_eq!(CudaOptions::from_lookup(env(&[("WORKER_ORCD_CUDA_TILE", "256")])).tile_min, 256);
         assert_eq!(o.kernel_cache, Some(PathBuf::from("/k")));
         assert_eq!(CudaOptions::from_lookup(env(&[])).kernel_cache, None);
     }

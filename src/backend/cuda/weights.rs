@@ -115,6 +115,17 @@ impl DevMatrix {
         })
     }
 
+    /// The tiled tensor-core kernel (quantized types only), by tokens per block (32: see
+    /// `launch::mma_pick`).
+    pub fn tile_kernel(&self, tokens_per_block: usize) -> Option<&'static str> {
+        Some(match (self.ty, tokens_per_block) {
+            (GgmlType::Q4_1, 32) => "matvec_tile_q4_1_q8_1_t32",
+            (GgmlType::Q4_0, 32) => "matvec_tile_q4_0_q8_0_t32",
+            (GgmlType::Q8_0, 32) => "matvec_tile_q8_0_q8_0_t32",
+            _ => return None,
+        })
+    }
+
     /// The embedding kernel reading rows of this matrix as a table.
     pub fn embedding_kernel(&self) -> &'static str {
         match self.ty {
