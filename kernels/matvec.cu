@@ -360,7 +360,8 @@ MATVEC_ONE_KERNEL(matvec_one_q8_0_q8_0, WT_Q8_0)
 // rows 16x..16x+15 for tokens (4y + w) * 2NP .. + 2NP (NP token pairs). No shared memory;
 // the four warps of a block share their rows' weights through L1. Each thread keeps the next
 // PF blocks' operands in flight (a ring of registers) while it works on the current one.
-// n_out % 16 == 0. Modes: MODE_STORE and MODE_ADD (with tap) only.
+// n_out % 16 == 0. Modes: MODE_STORE, MODE_ADD (with tap), MODE_QKV (NORM pairs) and MODE_SWIGLU
+// (grid x = ffn / 32: block x is SwiGLU block x, its four warps its gate and up rows).
 
 __device__ __forceinline__ void mma_s8_16x8x16(int (&c)[4], u32 a0, u32 a1, u32 b0) {
     asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
@@ -452,14 +453,11 @@ __device__ __forceinline__ void mma_pair(float (&acc)[2][4], float (&summs)[2], 
     }
 }
 
-// A pair's two outputs (rows a and b, token rtok) from its lanes: hsum_float_8, ((x0 + x4) +
-// (x2 + x6)) + ((x1 + x5) + (x3 + x7)), over the thread pair (t, t ^ 1), then summs. Every
-// thread of the warp must call it (shuffles); threads with even t store.
+// A pair's two outputs (rows a and b) from its lanes: hsum_float_8, ((x0 + x4) + (x2 + x6)) +
+// ((x1 + x5) + (x3 + x7)), over the thread pair (t, t ^ 1), then summs. Every thread of the
+// warp must call it (shuffles); both threads of a pair get the same values.
 template <int WT>
-__device__ __forceinline__ void mma_store(const float (&acc)[2][4], const float (&summs)[2], float* out, float* tap,
-                                          int out_stride, int mode, int n_tok, int n_out, int rtok, int row_a,
-                                          int row_b, int t) {
-    float v[2];
+__device__ __forceinline__ void mma_values(const float (&acc)[2][4], const float (&summs)[2], float (&v)[2]) {
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         const float u0 = acc[r][0] + acc[r][2], u1 = acc[r][1] + acc[r][3];
@@ -468,6 +466,54 @@ __device__ __forceinline__ void mma_store(const float (&acc)[2][4], const float 
         v[r] = s0 + s1;
         if (WT == WT_Q4_1) v[r] = v[r] + summs[r];
     }
+}
+
+// MODE_QKV for one output: rope_store_kv's arithmetic (the fused one-position epilogue's in
+// matvec_q_block) on row `row` of token t, from its raw value `own` and that of row ^ 1
+// (`partner`, the other half of its NORM pair): each thread forms its pair's two biased
+// inputs and stores its own row's rotated value.
+__device__ __forceinline__ void qkv_store_row(const QkvEpi& qe, int row, size_t t, float own, float partner) {
+    const bool odd = row & 1;
+    const int re = row - (int)odd;
+    const size_t pos = (size_t)qe.params[0] + t;
+    float x0 = odd ? partner : own, x1 = odd ? own : partner;
+    const float* cs = qe.table + pos * qe.head_dim;
+    if (re < qe.dim) {
+        if (qe.bq) { x0 = x0 + qe.bq[re]; x1 = x1 + qe.bq[re + 1]; }
+        const int i = re % qe.head_dim;
+        const float c = cs[i], s = cs[i + 1];
+        qe.q_out[t * qe.dim + row] = odd ? fmaf(x0, s, x1 * c) : fmaf(x0, c, -(x1 * s));
+    } else if (re < qe.dim + qe.kv_dim) {
+        const int r = re - qe.dim;
+        if (qe.bk) { x0 = x0 + qe.bk[r]; x1 = x1 + qe.bk[r + 1]; }
+        const int i = r % qe.head_dim;
+        const float c = cs[i], s = cs[i + 1];
+        qe.k_cache[pos * qe.kv_dim + r + (int)odd] = odd ? fmaf(x0, s, x1 * c) : fmaf(x0, c, -(x1 * s));
+    } else {
+        const int r = re - qe.dim - qe.kv_dim;
+        if (qe.bv) { x0 = x0 + qe.bv[r]; x1 = x1 + qe.bv[r + 1]; }
+        qe.v_cache[pos * qe.kv_dim + r + (int)odd] = odd ? x1 : x0;
+    }
+}
+
+// A pair's two outputs (rows a and b, token rtok): MODE_STORE / MODE_ADD write them to `out`,
+// MODE_QKV takes each row's NORM partner from the thread four lanes over (row g ^ 1; a warp's
+// 16 rows start at a multiple of 16, so pairs never straddle warps) and applies qkv_store_row.
+// Every thread of the warp must call it (shuffles); threads with even t store.
+template <int WT>
+__device__ __forceinline__ void mma_store(const float (&acc)[2][4], const float (&summs)[2], float* out, float* tap,
+                                          int out_stride, int mode, int n_tok, int n_out, int rtok, int row_a,
+                                          int row_b, int t, const QkvEpi& qe) {
+    float v[2];
+    mma_values<WT>(acc, summs, v);
+    if (mode == MODE_QKV) {
+        const float pa = __shfl_xor_sync(0xffffffffu, v[0], 4), pb = __shfl_xor_sync(0xffffffffu, v[1], 4);
+        if ((t & 1) == 0 && rtok < n_tok) {
+            if (row_a < n_out) qkv_store_row(qe, row_a, rtok, v[0], pa);
+            if (row_b < n_out) qkv_store_row(qe, row_b, rtok, v[1], pb);
+        }
+        return;
+    }
     if ((t & 1) == 0 && rtok < n_tok) {
         const size_t o = (size_t)rtok * out_stride;
         if (row_a < n_out) store_out(out, tap, o + row_a, v[0], mode);
@@ -475,18 +521,50 @@ __device__ __forceinline__ void mma_store(const float (&acc)[2][4], const float 
     }
 }
 
+// MODE_SWIGLU's second half: `res` holds n tokens x 64 values (the block's 32 gate rows, then
+// its 32 up rows, of SwiGLU block `blk`); warp w of `n_warps` takes tokens w, w + n_warps, ..:
+// swiglu_f32's element and quantize_row_q8_1's block, as matvec_q_block's fused epilogue.
+__device__ __forceinline__ void swiglu_rows(const float* res, const SwigluEpi& se, int blk, int tok0, int n,
+                                            int n_warps) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int tt = warp; tt < n; tt += n_warps) {
+        const size_t t = tok0 + tt;
+        const float s = swiglu_elem(res[tt * 64 + lane], res[tt * 64 + 32 + lane], blk * 32 + lane, se.ffn);
+        if (se.out) se.out[t * se.ffn + blk * 32 + lane] = s;
+        quantize_block_warp(s, se.aq + t * se.ffn + blk * QK, se.ads + t * (se.ffn / QK) + blk);
+    }
+}
+
+// A pair's two outputs into a MODE_SWIGLU block's result rows (see swiglu_rows): columns ca and
+// ca + 8, token row rt (rtok minus the block's first token).
+template <int WT>
+__device__ __forceinline__ void mma_store_res(const float (&acc)[2][4], const float (&summs)[2], float* res, int rt,
+                                              int ca, int t) {
+    float v[2];
+    mma_values<WT>(acc, summs, v);
+    if ((t & 1) == 0) {
+        res[rt * 64 + ca] = v[0];
+        res[rt * 64 + ca + 8] = v[1];
+    }
+}
+
 template <int WT, int NP, int PF>
 __device__ __forceinline__ void matvec_mma(const u8* __restrict__ qs, const u32* __restrict__ dm,
                                            const i8* __restrict__ aq, const float2* __restrict__ ads, float* out,
-                                           float* tap, int n_in, int n_out, int out_stride, int mode, int n_tok) {
+                                           float* tap, int n_in, int n_out, int out_stride, int mode, int n_tok,
+                                           const QkvEpi& qe, const SwigluEpi& se) {
     pdl_launch();
     pdl_wait();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int nb = n_in / QK;
-    const int row_a = blockIdx.x * 16 + g, row_b = row_a + 8;
-    const int tok0 = (blockIdx.y * 4 + warp) * (2 * NP);
-    if (tok0 >= n_tok) return;  // whole warps
+    // MODE_SWIGLU: block x is SwiGLU block x (gate rows 32x.., up rows ffn + 32x..), warp w its
+    // 16 rows (w >> 1) * ffn + 32x + 16 (w & 1), every warp the block's 2NP tokens.
+    const bool sw = mode == MODE_SWIGLU;
+    const int row_a = (sw ? (warp >> 1) * se.ffn + blockIdx.x * 32 + (warp & 1) * 16 : blockIdx.x * 16) + g;
+    const int row_b = row_a + 8;
+    const int tok0 = (sw ? blockIdx.y : blockIdx.y * 4 + warp) * (2 * NP);
+    if (tok0 >= n_tok) return;  // whole warps (MODE_SWIGLU: the whole block)
     // Pair j: the token this thread feeds (null: it feeds zeros) and the one it receives.
     const i8* feed[NP];
     const float2* recv[NP];
@@ -526,18 +604,38 @@ __device__ __forceinline__ void matvec_mma(const u8* __restrict__ qs, const u32*
             }
         }
     }
+    if (sw) {
+        __shared__ float res[8 * 64];  // 2NP <= 8 tokens x 64 rows
+#pragma unroll
+        for (int j = 0; j < NP; j++)
+            if (tok0 + 2 * j < n_tok)  // block-uniform
+                mma_store_res<WT>(acc[j], summs[j], res, 2 * j + (t >> 1), (warp >> 1) * 32 + (warp & 1) * 16 + g, t);
+        __syncthreads();
+        swiglu_rows(res, se, blockIdx.x, tok0, min(2 * NP, n_tok - tok0), 4);
+        return;
+    }
 #pragma unroll
     for (int j = 0; j < NP; j++)
         if (tok0 + 2 * j < n_tok)  // warp-uniform: every thread joins the shuffles
-            mma_store<WT>(acc[j], summs[j], out, tap, out_stride, mode, n_tok, n_out, rtok[j], row_a, row_b, t);
+            mma_store<WT>(acc[j], summs[j], out, tap, out_stride, mode, n_tok, n_out, rtok[j], row_a, row_b, t, qe);
 }
 
 // Kernels by tokens per warp (2 * NP): launch.rs picks by n_tok so that short prompts still
-// spread over the grid.
+// spread over the grid. The epilogue arguments after n_tok are matvec_q's (MODE_QKV's, then
+// MODE_SWIGLU's; null / 0 when unused).
+#define MMA_EPI_PARAMS                                                                                     \
+    float *q_out, float *k_cache, float *v_cache, const float *table, const int *params, const float *bq,   \
+        const float *bk, const float *bv, int dim, int kv_dim, int head_dim, float *sw_out, i8 *sw_aq,     \
+        float2 *sw_ads, int ffn
+#define MMA_EPI_STRUCTS                                                                                    \
+    QkvEpi qe = {q_out, k_cache, v_cache, table, params, bq, bk, bv, dim, kv_dim, head_dim, 0};           \
+    SwigluEpi se = {sw_out, sw_aq, sw_ads, ffn}
 #define MATVEC_MMA_KERNEL(name, WT, NP, PF)                                                                \
     extern "C" __global__ void name(const u8* qs, const u32* dm, const i8* aq, const float2* ads, float* out,   \
-                                    float* tap, int n_in, int n_out, int out_stride, int mode, int n_tok) {    \
-        matvec_mma<WT, NP, PF>(qs, dm, aq, ads, out, tap, n_in, n_out, out_stride, mode, n_tok);            \
+                                    float* tap, int n_in, int n_out, int out_stride, int mode, int n_tok,      \
+                                    MMA_EPI_PARAMS) {                                                      \
+        MMA_EPI_STRUCTS;                                                                                   \
+        matvec_mma<WT, NP, PF>(qs, dm, aq, ads, out, tap, n_in, n_out, out_stride, mode, n_tok, qe, se);    \
     }
 MATVEC_MMA_KERNEL(matvec_mma_q4_1_q8_1_t2, WT_Q4_1, 1, 4)
 MATVEC_MMA_KERNEL(matvec_mma_q4_1_q8_1_t4, WT_Q4_1, 2, 3)
@@ -560,8 +658,9 @@ MATVEC_MMA_KERNEL(matvec_mma_q8_0_q8_0_t8, WT_Q8_0, 4, 2)
 // tokens x the half block's four lanes).
 // Launch: grid (ceil(n_out / 64), ceil(n_tok / (4 NP))), block 256, dynamic shared memory
 // TILE_STAGES * TileLayout::STAGE (tile_smem in launch.rs). n_out % 16 == 0 (a warp's 16 rows
-// are all in or all out), qs / aq 16-byte aligned, dm 4, ads 8. Modes: MODE_STORE and
-// MODE_ADD (with tap) only. Rows, tokens and blocks past the ends are not copied: their
+// are all in or all out), qs / aq 16-byte aligned, dm 4, ads 8. Modes: MODE_STORE, MODE_ADD
+// (with tap), MODE_QKV (NORM pairs) and MODE_SWIGLU (grid x = ffn / 32: local rows 0..31 are
+// SwiGLU block x's gate rows, 32..63 its up rows). Rows, tokens and blocks past the ends are not copied: their
 // shared memory holds stale bytes that only reach outputs that are not stored (an mma's
 // column depends on its B column alone, a row on its A row alone).
 #define TILE_KC 4
@@ -585,21 +684,27 @@ struct TileLayout {
 };
 
 // Issues chunk c's weight copies (rows row0.., blocks c*KC..) into stage `st`.
+// Local row r of a block whose rows start at row0, or (sw_ffn != 0, MODE_SWIGLU) of SwiGLU
+// block `blk`: its 32 gate rows, then its 32 up rows.
+__device__ __forceinline__ int tile_row(int r, int row0, int sw_ffn, int blk) {
+    return sw_ffn ? (r < 32 ? blk * 32 + r : sw_ffn + blk * 32 + r - 32) : row0 + r;
+}
+
 template <int WT, int NP>
 __device__ __forceinline__ void tile_load_w(char* st, const u8* __restrict__ qs, const u32* __restrict__ dm, int nb,
-                                            int n_out, int row0, int c) {
+                                            int n_out, int row0, int c, int sw_ffn) {
     using L = TileLayout<WT, NP>;
     constexpr int PIECES = L::QB / 16;
     const int b0 = c * TILE_KC;
     for (int i = threadIdx.x; i < TILE_ROWS * TILE_KC * PIECES; i += TILE_THREADS) {
         const int r = i / (TILE_KC * PIECES), kb = (i / PIECES) % TILE_KC, p = i % PIECES;
-        const int row = row0 + r, b = b0 + kb;
+        const int row = tile_row(r, row0, sw_ffn, blockIdx.x), b = b0 + kb;
         if (row < n_out && b < nb)
             cp_async16(st + r * L::WQ_STRIDE + kb * L::QB + p * 16, qs + ((size_t)row * nb + b) * L::QB + p * 16);
     }
     for (int i = threadIdx.x; i < TILE_ROWS * TILE_KC; i += TILE_THREADS) {
         const int r = i / TILE_KC, kb = i % TILE_KC;
-        const int row = row0 + r, b = b0 + kb;
+        const int row = tile_row(r, row0, sw_ffn, blockIdx.x), b = b0 + kb;
         if (row < n_out && b < nb) cp_async4(st + L::WD + i * 4, dm + (size_t)row * nb + b);
     }
 }
@@ -626,9 +731,12 @@ __device__ __forceinline__ void tile_load_x(char* st, const i8* __restrict__ aq,
 template <int WT, int NP>
 __device__ __forceinline__ void matvec_tile(const u8* __restrict__ qs, const u32* __restrict__ dm,
                                             const i8* __restrict__ aq, const float2* __restrict__ ads, float* out,
-                                            float* tap, int n_in, int n_out, int out_stride, int mode, int n_tok) {
+                                            float* tap, int n_in, int n_out, int out_stride, int mode, int n_tok,
+                                            const QkvEpi& qe, const SwigluEpi& se) {
     using L = TileLayout<WT, NP>;
     extern __shared__ __align__(16) char tsh[];
+    const bool sw = mode == MODE_SWIGLU;
+    const int sw_ffn = sw ? se.ffn : 0;
     pdl_launch();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
@@ -639,7 +747,7 @@ __device__ __forceinline__ void matvec_tile(const u8* __restrict__ qs, const u32
     // pdl_wait; each commit group then holds chunk s's activations (group 0 also the weights).
 #pragma unroll
     for (int s = 0; s < TILE_STAGES - 1; s++)
-        if (s < nc) tile_load_w<WT, NP>(tsh + s * L::STAGE, qs, dm, nb, n_out, row0, s);
+        if (s < nc) tile_load_w<WT, NP>(tsh + s * L::STAGE, qs, dm, nb, n_out, row0, s, sw_ffn);
     pdl_wait();
 #pragma unroll
     for (int s = 0; s < TILE_STAGES - 1; s++) {
@@ -653,7 +761,7 @@ __device__ __forceinline__ void matvec_tile(const u8* __restrict__ qs, const u32
         for (int i = 0; i < 4; i++) acc[j][0][i] = acc[j][1][i] = 0.0f;
         summs[j][0] = summs[j][1] = 0.0f;
     }
-    const bool rows_in = row0 + wr < n_out;  // warp-uniform
+    const bool rows_in = sw || row0 + wr < n_out;  // warp-uniform
     const bool feeds = (g & 3) == t;
     for (int c = 0; c < nc; c++) {
         cp_async_wait<TILE_STAGES - 2>();
@@ -662,7 +770,7 @@ __device__ __forceinline__ void matvec_tile(const u8* __restrict__ qs, const u32
             const int nx = c + TILE_STAGES - 1;
             if (nx < nc) {
                 char* sn = tsh + (nx % TILE_STAGES) * L::STAGE;
-                tile_load_w<WT, NP>(sn, qs, dm, nb, n_out, row0, nx);
+                tile_load_w<WT, NP>(sn, qs, dm, nb, n_out, row0, nx, sw_ffn);
                 tile_load_x<WT, NP>(sn, aq, ads, n_in, n_tok, tok0, nx);
             }
             cp_async_commit();
@@ -695,13 +803,25 @@ __device__ __forceinline__ void matvec_tile(const u8* __restrict__ qs, const u32
         }
     }
     cp_async_wait<0>();
+    if (sw) {
+        // The staging memory becomes the block's 4NP x 64 results (swiglu_rows).
+        __syncthreads();
+        float* res = (float*)tsh;
+#pragma unroll
+        for (int j = 0; j < NP; j++)
+            if (tok0 + wt + 2 * j < n_tok)  // warp-uniform
+                mma_store_res<WT>(acc[j], summs[j], res, wt + 2 * j + (t >> 1), wr + g, t);
+        __syncthreads();
+        swiglu_rows(res, se, blockIdx.x, tok0, min(L::TOK, n_tok - tok0), TILE_THREADS / 32);
+        return;
+    }
     if (!rows_in) return;  // whole warps; no barrier follows
     const int row_a = row0 + wr + g;
 #pragma unroll
     for (int j = 0; j < NP; j++)
         if (tok0 + wt + 2 * j < n_tok)  // warp-uniform: every thread joins the shuffles
             mma_store<WT>(acc[j], summs[j], out, tap, out_stride, mode, n_tok, n_out, tok0 + wt + 2 * j + (t >> 1), row_a,
-                          row_a + 8, t);
+                          row_a + 8, t, qe);
 }
 
 // 32 tokens per block (NP = 8). A 16-token variant (NP = 4) measured no faster than the
@@ -709,8 +829,9 @@ __device__ __forceinline__ void matvec_tile(const u8* __restrict__ qs, const u32
 #define MATVEC_TILE_KERNEL(name, WT, NP)                                                                   \
     extern "C" __global__ void __launch_bounds__(TILE_THREADS) name(                                       \
         const u8* qs, const u32* dm, const i8* aq, const float2* ads, float* out, float* tap, int n_in,        \
-        int n_out, int out_stride, int mode, int n_tok) {                                                      \
-        matvec_tile<WT, NP>(qs, dm, aq, ads, out, tap, n_in, n_out, out_stride, mode, n_tok);              \
+        int n_out, int out_stride, int mode, int n_tok, MMA_EPI_PARAMS) {                                      \
+        MMA_EPI_STRUCTS;                                                                                   \
+        matvec_tile<WT, NP>(qs, dm, aq, ads, out, tap, n_in, n_out, out_stride, mode, n_tok, qe, se);      \
     }
 MATVEC_TILE_KERNEL(matvec_tile_q4_1_q8_1_t32, WT_Q4_1, 8)
 MATVEC_TILE_KERNEL(matvec_tile_q4_0_q8_0_t32, WT_Q4_0, 8)

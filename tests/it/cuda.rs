@@ -266,6 +266,69 @@ fn every_tensor_core_kernel_matches_cpu_bitwise() {
     }
 }
 
+/// The tensor-core kernels' fused epilogues, every kernel and weight type, bitwise against the
+/// CPU's product followed by its reference ops: Q|K|V (960 = 576 + 2 x 192 rows) with the biases,
+/// NORM RoPE and K/V cache writes of `ops::rope_store_kv` at positions from 5 (with and without
+/// Qwen-sized biases), and gate|up with `ops::swiglu` and `quantize_row_q8_1` of the result
+/// (ffn 1,536 and 96: 48 and 3 SwiGLU blocks). Token counts leave a token pair, a warp's tokens
+/// and a 32-token tile part-filled.
+#[test]
+#[ignore = "needs a CUDA GPU: run with --include-ignored and WORKER_ORCD_EXPECT_GPU=1"]
+fn tensor_core_fused_epilogues_match_cpu_bitwise() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(43);
+    let kernels = [cuda::MmaKernel::Warp(2), cuda::MmaKernel::Warp(4), cuda::MmaKernel::Warp(8), cuda::MmaKernel::Tile(32)];
+    let (q_dim, kv_dim, n_in, pos0) = (576, 192, 576, 5);
+    let width = q_dim + 2 * kv_dim;
+    let r = ops::Rope::plain(ops::RopeKind::Norm, 64, 10000.0);
+    let biases = [rng.vec(q_dim, -80.0, 80.0), rng.vec(kv_dim, -80.0, 80.0), rng.vec(kv_dim, -8.0, 8.0)];
+    for ty in [GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q8_0] {
+        let data = random_matrix(&mut rng, ty, width, n_in);
+        let m = quant::QMatrix { ty, data: &data, n_in, n_out: width };
+        for n_tok in [17, 70, 517] {
+            let x = rng.activations(n_tok, n_in);
+            let mut raw = vec![0.0; n_tok * width];
+            simd::matmul(&m, &x, n_tok, &mut raw);
+            for with_bias in [false, true] {
+                let b = |i: usize| with_bias.then(|| biases[i].as_slice());
+                let (mut wq, mut wk, mut wv) = (Vec::new(), Vec::new(), Vec::new());
+                for (t, row) in raw.chunks_exact(width).enumerate() {
+                    let (mut q, mut k, mut v) = (row[..q_dim].to_vec(), row[q_dim..q_dim + kv_dim].to_vec(), row[q_dim + kv_dim..].to_vec());
+                    ops::rope_store_kv(&mut q, &mut k, &mut v, b(0), b(1), b(2), &r, pos0 + t);
+                    wq.extend(q);
+                    wk.extend(k);
+                    wv.extend(v);
+                }
+                for k in kernels {
+                    let (q, kc, vc) = gops::matmul_mma_qkv(&g, &m, &x, n_tok, k, &r, (q_dim, kv_dim), [b(0), b(1), b(2)], pos0).unwrap();
+                    let what = format!("{k:?} {} Q|K|V n_tok={n_tok} bias {with_bias}", ty.name());
+                    exact(&format!("{what}: q"), &q, &wq);
+                    exact(&format!("{what}: k cache"), &kc, &wk);
+                    exact(&format!("{what}: v cache"), &vc, &wv);
+                }
+            }
+        }
+        for (ffn, n_tok) in [(1536, 33), (1536, 517), (96, 70), (96, 16)] {
+            let data = random_matrix(&mut rng, ty, 2 * ffn, n_in);
+            let m = quant::QMatrix { ty, data: &data, n_in, n_out: 2 * ffn };
+            let x = rng.activations(n_tok, n_in);
+            let mut raw = vec![0.0; n_tok * 2 * ffn];
+            simd::matmul(&m, &x, n_tok, &mut raw);
+            let mut want = vec![0.0; n_tok * ffn];
+            for (row, out) in raw.chunks_exact(2 * ffn).zip(want.chunks_exact_mut(ffn)) {
+                ops::swiglu(&row[..ffn], &row[ffn..], out);
+            }
+            let want_q: Vec<_> = want.chunks(ffn).flat_map(quant::quantize_row_q8_1).collect();
+            for k in kernels {
+                let (got, blocks) = gops::matmul_mma_swiglu(&g, &m, &x, n_tok, k).unwrap();
+                let what = format!("{k:?} {} gate|up ffn={ffn} n_tok={n_tok}", ty.name());
+                exact(&format!("{what}: swiglu"), &got, &want);
+                blocks_equal(&format!("{what}: q8_1"), &blocks, &want_q);
+            }
+        }
+    }
+}
+
 /// A matrix of a type added with the k-quants: the model's own kind of rows (our quantizer,
 /// byte-identical to ggml's, on random weights) or random block bytes with random f16 scales of
 /// either sign (every quant bit pattern is valid).

@@ -12,7 +12,7 @@ use cudarc::driver::sys;
 
 use super::decode::StepBuffers;
 use super::device::{dev_err, Arg, Gpu};
-use super::launch::{launch_embedding, launch_matvec, mma_tokens, Epilogue, NormIn, MV_ROWS};
+use super::launch::{launch_embedding, launch_matvec, mma_fuses, mma_tokens, Epilogue, NormIn, MV_ROWS};
 use super::ops::launch_attention;
 use super::weights::{DevMatrix, Segment};
 use super::{Act, CudaBackend, SendGraph, MAX_BATCH};
@@ -385,14 +385,13 @@ impl CudaBackend {
             let kc = self.k_cache.ptr() + (l * layer_kv) as u64;
             let vc = self.v_cache.ptr() + (l * layer_kv) as u64;
             // Attention block.
-            // Tensor-core products (many positions) have no fused epilogues: RoPE and SwiGLU run
-            // as their own kernels there.
             // The fused epilogue rotates adjacent output rows: NORM pairs only (a NEOX pair's rows
-            // lie head_dim/2 apart, in another block); NEOX models take rope_store_kv.
+            // lie head_dim/2 apart, in another block); NEOX models take rope_store_kv. The
+            // tensor-core products (many positions) fuse it unless WORKER_ORCD_CUDA_MMA_EPI=0.
             let fuse_qkv = dbg.is_none()
-                && !mma_tokens(n)
                 && c.rope_kind == RopeKind::Norm
                 && lw.qkv.len() == 1
+                && (!mma_tokens(n) || mma_fuses(&lw.qkv[0].m, n))
                 && lw.qkv[0].m.is_quantized()
                 && dim % MV_ROWS == 0
                 && kv_dim % MV_ROWS == 0;
@@ -472,7 +471,8 @@ impl CudaBackend {
             emit(&mut dbg, TapPoint::FfnInp(l), s.x, dim, 0)?;
 
             // Feed-forward block (SwiGLU).
-            let fuse_swiglu = dbg.is_none() && !mma_tokens(n) && lw.gate_up.len() == 1 && lw.gate_up[0].m.is_quantized() && ffn % QK == 0;
+            let fuse_swiglu =
+                dbg.is_none() && lw.gate_up.len() == 1 && (!mma_tokens(n) || mma_fuses(&lw.gate_up[0].m, n)) && lw.gate_up[0].m.is_quantized() && ffn % QK == 0;
             let fuse_norm = fuse_swiglu && n == 1;
             if !fuse_norm {
                 self.rmsnorm_q8(s.x, lw.ffn_norm, &s.xn, 0, n)?;

@@ -54,6 +54,12 @@ pub(crate) fn mma_tokens(n_tok: usize) -> bool {
     n_tok >= MMA_MIN_TOKENS && super::options::options().mma
 }
 
+/// Whether the tensor-core product of `m` over `n_tok` positions runs a fused Q|K|V or SwiGLU
+/// epilogue (`WORKER_ORCD_CUDA_MMA_EPI`): it takes the tensor cores there and the switch is on.
+pub(crate) fn mma_fuses(m: &DevMatrix, n_tok: usize) -> bool {
+    mma_tokens(n_tok) && super::options::options().mma_epi && m.n_out.is_multiple_of(16) && m.mma_kernel(2).is_some()
+}
+
 /// Tokens per warp of the tensor-core products (matvec.cu's `_t2`/`_t4`/`_t8` kernels): more
 /// tokens per warp reuse each weight fragment more, fewer put more warps on a short prompt
 /// (a 32-token prompt at 8 per warp would leave most of the grid idle). Results do not depend
@@ -121,7 +127,8 @@ pub fn mma_pick(n_tok: usize, n_out: usize, sm_count: usize) -> Option<MmaKernel
     Some(if min != 0 && n_tok >= min && 2 * blocks >= 3 * sm_count { MmaKernel::Tile(TILE_TOKENS) } else { MmaKernel::Warp(mma_tokens_per_warp(n_tok)) })
 }
 
-/// Launches tensor-core kernel `k` (MODE_STORE / MODE_ADD: `mode` 0 / 1, `tap` with Add).
+/// Launches tensor-core kernel `k` with epilogue `epi` (`Qkv`: NORM pairs, `head_dim` even;
+/// `Swiglu`: `m` is gate|up stacked, `m.n_out == 2 * ffn`, `ffn % 32 == 0`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn launch_mma(
     gpu: &Gpu,
@@ -132,10 +139,10 @@ pub(crate) fn launch_mma(
     n_tok: usize,
     out: u64,
     out_stride: usize,
-    mode: i32,
-    tap: u64,
+    epi: Epilogue,
 ) -> Result<(), BackendError> {
-    let args = [
+    let (mode, tap) = epi.mode();
+    let mut args = vec![
         Arg::Ptr(m.qs),
         Arg::Ptr(m.dm),
         Arg::Ptr(aq),
@@ -148,17 +155,55 @@ pub(crate) fn launch_mma(
         Arg::I32(mode),
         Arg::I32(n_tok as i32),
     ];
+    epi_args(&mut args, epi);
+    // MODE_SWIGLU: one block per SwiGLU block of 32 gate and 32 up rows.
+    let sw_blocks = match epi {
+        Epilogue::Swiglu { ffn, .. } => {
+            debug_assert!(m.n_out == 2 * ffn && ffn.is_multiple_of(QK));
+            Some(ffn / QK)
+        }
+        _ => None,
+    };
     let missing = || BackendError::Device(format!("no tensor-core kernel {k:?} for {} weights", m.ty.name()));
     match k {
         MmaKernel::Warp(tw) => {
             let kernel = m.mma_kernel(tw).ok_or_else(missing)?;
-            gpu.launch(kernel, ((m.n_out / 16) as u32, n_tok.div_ceil(4 * tw) as u32, 1), 128, 0, &args)
+            let grid = match sw_blocks {
+                Some(b) => (b as u32, n_tok.div_ceil(tw) as u32, 1),
+                None => ((m.n_out / 16) as u32, n_tok.div_ceil(4 * tw) as u32, 1),
+            };
+            gpu.launch(kernel, grid, 128, 0, &args)
         }
         MmaKernel::Tile(tt) => {
             let kernel = m.tile_kernel(tt).ok_or_else(missing)?;
-            let grid = (m.n_out.div_ceil(TILE_ROWS) as u32, n_tok.div_ceil(tt) as u32, 1);
+            let grid = (sw_blocks.unwrap_or(m.n_out.div_ceil(TILE_ROWS)) as u32, n_tok.div_ceil(tt) as u32, 1);
             gpu.launch(kernel, grid, 256, tile_smem(m, tt) as u32, &args)
         }
+    }
+}
+
+/// The fused epilogues' kernel arguments (matvec.cu's QkvEpi, then SwigluEpi; null / 0 for
+/// the modes that do not use them).
+fn epi_args(args: &mut Vec<Arg>, epi: Epilogue) {
+    match epi {
+        Epilogue::Qkv { q_out, k_cache, v_cache, table, params, bq, bk, bv, dim, kv_dim, head_dim } => args.extend([
+            Arg::Ptr(q_out),
+            Arg::Ptr(k_cache),
+            Arg::Ptr(v_cache),
+            Arg::Ptr(table),
+            Arg::Ptr(params),
+            Arg::Ptr(bq),
+            Arg::Ptr(bk),
+            Arg::Ptr(bv),
+            Arg::I32(dim as i32),
+            Arg::I32(kv_dim as i32),
+            Arg::I32(head_dim as i32),
+        ]),
+        _ => args.extend([Arg::Ptr(0); 8].into_iter().chain([Arg::I32(0); 3])),
+    }
+    match epi {
+        Epilogue::Swiglu { out, aq, ads, ffn } => args.extend([Arg::Ptr(out), Arg::Ptr(aq), Arg::Ptr(ads), Arg::I32(ffn as i32)]),
+        _ => args.extend([Arg::Ptr(0), Arg::Ptr(0), Arg::Ptr(0), Arg::I32(0)]),
     }
 }
 
@@ -219,8 +264,8 @@ pub(crate) fn launch_matvec(
             [Arg::Ptr(m.qs), Arg::Ptr(m.dm), Arg::Ptr(aq), Arg::Ptr(ads), Arg::Ptr(out), Arg::Ptr(tap), Arg::I32(m.n_in as i32), Arg::I32(m.n_out as i32)];
         head.into_iter().chain(tail.iter().copied()).collect()
     };
-    if let (Some(k), None, true) = (mma_choice(gpu, m, n_tok, aq, ads), norm, mode <= 1) {
-        return launch_mma(gpu, m, k, aq, ads, n_tok, out, out_stride, mode, tap);
+    if let (Some(k), None, true) = (mma_choice(gpu, m, n_tok, aq, ads), norm, mode <= 1 || super::options::options().mma_epi) {
+        return launch_mma(gpu, m, k, aq, ads, n_tok, out, out_stride, epi);
     }
     if let (Some(kernel), 1, None, true) = (m.one_kernel(), n_tok, norm, mode <= 1) {
         return gpu.launch(kernel, (m.n_out.div_ceil(ONE_ROWS) as u32, 1, 1), 128, 0, &plain(&[Arg::I32(mode)]));
@@ -248,26 +293,7 @@ pub(crate) fn launch_matvec(
         Arg::I32(rows as i32),
         Arg::I32(toks as i32),
     ];
-    match epi {
-        Epilogue::Qkv { q_out, k_cache, v_cache, table, params, bq, bk, bv, dim, kv_dim, head_dim } => args.extend([
-            Arg::Ptr(q_out),
-            Arg::Ptr(k_cache),
-            Arg::Ptr(v_cache),
-            Arg::Ptr(table),
-            Arg::Ptr(params),
-            Arg::Ptr(bq),
-            Arg::Ptr(bk),
-            Arg::Ptr(bv),
-            Arg::I32(dim as i32),
-            Arg::I32(kv_dim as i32),
-            Arg::I32(head_dim as i32),
-        ]),
-        _ => args.extend([Arg::Ptr(0); 8].into_iter().chain([Arg::I32(0); 3])),
-    }
-    match epi {
-        Epilogue::Swiglu { out, aq, ads, ffn } => args.extend([Arg::Ptr(out), Arg::Ptr(aq), Arg::Ptr(ads), Arg::I32(ffn as i32)]),
-        _ => args.extend([Arg::Ptr(0), Arg::Ptr(0), Arg::Ptr(0), Arg::I32(0)]),
-    }
+    epi_args(&mut args, epi);
     match norm {
         Some(n) => args.extend([Arg::Ptr(n.x), Arg::Ptr(n.w), Arg::F32(n.eps)]),
         None => args.extend([Arg::Ptr(0), Arg::Ptr(0), Arg::F32(0.0)]),

@@ -140,11 +140,96 @@ pub fn matmul_mma(gpu: &Gpu, w: &QMatrix<'_>, x: &[f32], n_tok: usize, k: MmaKer
     gpu.sync()?;
     let t = std::time::Instant::now();
     for _ in 0..reps.max(1) {
-        super::launch::launch_mma(gpu, &m, k, qa.aq.ptr(), qa.ads.ptr(), n_tok, out.ptr(), w.n_out, 0, 0)?;
+        super::launch::launch_mma(gpu, &m, k, qa.aq.ptr(), qa.ads.ptr(), n_tok, out.ptr(), w.n_out, super::launch::Epilogue::Store)?;
     }
     gpu.sync()?;
     let us = t.elapsed().as_secs_f64() * 1e6 / reps.max(1) as f64;
     Ok((gpu.read(out.ptr(), n_tok * w.n_out)?, us))
+}
+
+/// What the Q|K|V epilogue leaves for positions `pos0..`: (RoPE'd Q rows, the K cache rows, the
+/// V cache rows).
+pub type QkvRows = (Vec<f32>, Vec<f32>, Vec<f32>);
+
+/// The tensor-core product of `w` (Q|K|V stacked: q_dim + 2 kv_dim rows) through kernel `k`
+/// with the fused Q|K|V epilogue (biases, NORM RoPE of `rope`, the K/V cache writes) at
+/// positions `pos0..pos0 + n_tok`: (RoPE'd Q rows, the K cache rows, the V cache rows) of those
+/// positions, as `rope_store_kv` returns them.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_mma_qkv(
+    gpu: &Gpu,
+    w: &QMatrix<'_>,
+    x: &[f32],
+    n_tok: usize,
+    k: MmaKernel,
+    rope: &cpu_ops::Rope,
+    (q_dim, kv_dim): (usize, usize),
+    biases: [Option<&[f32]>; 3],
+    pos0: usize,
+) -> Result<QkvRows, BackendError> {
+    let (m, _wbuf) = upload_mma(gpu, w)?;
+    let n_pos = pos0 + n_tok;
+    let table = gpu.upload(&rope_table(rope, n_pos))?;
+    let params = gpu.upload(&[pos0 as i32, 0, 0, 0])?;
+    let b: Vec<Option<DevBuf>> = biases.iter().map(|b| b.map(|b| gpu.upload(b)).transpose()).collect::<Result<_, _>>()?;
+    let bp = |i: usize| b[i].as_ref().map_or(0, |d| d.ptr());
+    let q = gpu.alloc(n_tok * q_dim * 4)?;
+    let kc = gpu.alloc(n_pos * kv_dim * 4)?;
+    let vc = gpu.alloc(n_pos * kv_dim * 4)?;
+    let qa = quantized_input(gpu, x, n_tok, w.n_in)?;
+    let epi = super::launch::Epilogue::Qkv {
+        q_out: q.ptr(),
+        k_cache: kc.ptr(),
+        v_cache: vc.ptr(),
+        table: table.ptr(),
+        params: params.ptr(),
+        bq: bp(0),
+        bk: bp(1),
+        bv: bp(2),
+        dim: q_dim,
+        kv_dim,
+        head_dim: rope.head_dim,
+    };
+    super::launch::launch_mma(gpu, &m, k, qa.aq.ptr(), qa.ads.ptr(), n_tok, 0, 0, epi)?;
+    let off = pos0 * kv_dim;
+    let kr: Vec<f32> = gpu.read(kc.ptr(), n_pos * kv_dim)?;
+    let vr: Vec<f32> = gpu.read(vc.ptr(), n_pos * kv_dim)?;
+    Ok((gpu.read(q.ptr(), n_tok * q_dim)?, kr[off..].to_vec(), vr[off..].to_vec()))
+}
+
+/// The tensor-core product of `w` (gate|up stacked: 2 ffn rows) through kernel `k` with the
+/// fused SwiGLU epilogue: the SwiGLU rows (n_tok, ffn) and their Q8_1 blocks, as `swiglu`
+/// returns them.
+pub fn matmul_mma_swiglu(gpu: &Gpu, w: &QMatrix<'_>, x: &[f32], n_tok: usize, k: MmaKernel) -> Result<(Vec<f32>, Vec<BlockQ8_1>), BackendError> {
+    let (m, _wbuf) = upload_mma(gpu, w)?;
+    let ffn = w.n_out / 2;
+    let qa = quantized_input(gpu, x, n_tok, w.n_in)?;
+    let out = gpu.alloc(n_tok * ffn * 4)?;
+    let sw = QAct::alloc(gpu, n_tok, ffn)?;
+    let epi = super::launch::Epilogue::Swiglu { out: out.ptr(), aq: sw.aq.ptr(), ads: sw.ads.ptr(), ffn };
+    super::launch::launch_mma(gpu, &m, k, qa.aq.ptr(), qa.ads.ptr(), n_tok, 0, 0, epi)?;
+    Ok((gpu.read(out.ptr(), n_tok * ffn)?, sw.read(gpu, n_tok, ffn)?))
+}
+
+/// `w` on the device for the tensor-core kernels (n_out % 16 == 0, a repacked quantized type).
+fn upload_mma(gpu: &Gpu, w: &QMatrix<'_>) -> Result<(super::weights::DevMatrix, DevBuf), BackendError> {
+    let mut arena = ArenaBuilder::default();
+    let m = push_stacked(&mut arena, std::slice::from_ref(w));
+    let wbuf = arena.upload(gpu)?;
+    let m = m.resolve(wbuf.ptr());
+    if !m.is_quantized() || !m.n_out.is_multiple_of(16) {
+        return Err(BackendError::Device(format!("no tensor-core product for {} x {} {} weights", m.n_out, m.n_in, m.ty.name())));
+    }
+    Ok((m, wbuf))
+}
+
+/// Rows `x` (n_tok, width) quantized to Q8_1 on the device.
+fn quantized_input(gpu: &Gpu, x: &[f32], n_tok: usize, width: usize) -> Result<QAct, BackendError> {
+    let xd = gpu.upload(x)?;
+    let qa = QAct::alloc(gpu, n_tok, width)?;
+    quantize_dev(gpu, xd.ptr(), &qa, n_tok, width)?;
+    gpu.sync()?;
+    Ok(qa)
 }
 
 /// A RoPE table for positions `0..n_pos`: `ops::Rope::cache` per position, concatenated.
@@ -191,7 +276,7 @@ pub fn rope_store_kv(
     kv_dim: usize,
     biases: [Option<&[f32]>; 3],
     pos0: usize,
-) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), BackendError> {
+) -> Result<QkvRows, BackendError> {
     let n_pos = pos0 + n_tok;
     let table = gpu.upload(&rope_table(rope, n_pos))?;
     let params = gpu.upload(&[pos0 as i32, 0, 0, 0])?;

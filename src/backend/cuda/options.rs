@@ -7,6 +7,7 @@
 //! | `WORKER_ORCD_CUDA_PERSISTENT=0` | on | one-position steps use the per-op kernels instead of the persistent decode kernel |
 //! | `WORKER_ORCD_CUDA_MMA=0` | on | products of 16 or more positions stay on the dp4a kernels instead of the tensor cores |
 //! | `WORKER_ORCD_CUDA_TILE=N` | 256 | tensor-core products of N or more positions whose tiled grid gives every SM 1.5 blocks stage weight and activation tiles in shared memory (`matvec_tile_*`, `launch::mma_pick`); `0` keeps every product on the per-warp kernels (`matvec_mma_*`) |
+//! | `WORKER_ORCD_CUDA_MMA_EPI=0` | on | tensor-core Q\|K\|V and gate\|up products store raw rows and RoPE / SwiGLU run as their own kernels (`rope_store_kv`, `swiglu_f32`) instead of in the products' epilogues |
 //! | `WORKER_ORCD_CUDA_ATTN_ROWS=0` | on | batch attention runs one block per (position, head) (`attention_f32`) instead of several pairs per block sharing each K/V tile (`attention_rows_f32_p*`) |
 //! | `WORKER_ORCD_CUDA_PDL=0` | on (sm_90+) | kernels never overlap their predecessor's tail (programmatic dependent launch) |
 //! | `WORKER_ORCD_CUDA_PICK=0` | on | the engine's token choice (`sampler::pick`) runs on the host over downloaded logits instead of on the device (`kernels/sample.cu`) |
@@ -53,6 +54,9 @@ pub struct CudaOptions {
     pub mma: bool,
     /// Positions from which the tensor-core products run tiled (`matvec_tile_*`); 0: never.
     pub tile_min: usize,
+    /// The tensor-core products apply RoPE and the K/V cache writes (Q|K|V, NORM pairs) and
+    /// SwiGLU with its Q8_1 blocks (gate|up) in their epilogues.
+    pub mma_epi: bool,
     /// Batch attention shares K/V tiles among several (position, head) pairs.
     pub attention_rows: bool,
     pub pdl: bool,
@@ -79,6 +83,7 @@ impl CudaOptions {
             persistent: on("WORKER_ORCD_CUDA_PERSISTENT"),
             mma: on("WORKER_ORCD_CUDA_MMA"),
             tile_min: get("WORKER_ORCD_CUDA_TILE").and_then(|v| v.trim().parse().ok()).unwrap_or(TILE_MIN_DEFAULT),
+            mma_epi: on("WORKER_ORCD_CUDA_MMA_EPI"),
             attention_rows: on("WORKER_ORCD_CUDA_ATTN_ROWS"),
             pdl: on("WORKER_ORCD_CUDA_PDL"),
             device_pick: on("WORKER_ORCD_CUDA_PICK"),
@@ -102,7 +107,8 @@ mod tests {
     fn a_switch_is_off_only_at_zero_and_the_cache_falls_back_in_order() {
         let env = |pairs: &'static [(&'static str, &'static str)]| move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
         let all_on = CudaOptions::from_lookup(env(&[("HOME", "/h")]));
-        assert!(all_on.graphs && all_on.persistent && all_on.mma && all_on.pdl && all_on.device_pick);
+        assert!(all_on.graphs && all_on.persistent && all_on.mma && all_on.mma_epi && all_on.pdl && all_on.device_pick);
+        assert!(!CudaOptions::from_lookup(env(&[("WORKER_ORCD_CUDA_MMA_EPI", "0")])).mma_epi);
         assert_eq!(all_on.kernel_cache, Some(PathBuf::from("/h/.cache/worker-orcd/kernels")));
         let o = CudaOptions::from_lookup(env(&[
             ("WORKER_ORCD_CUDA_GRAPHS", "0"),
