@@ -34,7 +34,11 @@ extern "C" __global__ void rmsnorm_q8(const float* __restrict__ x, const float* 
                                       i8* __restrict__ aq, float2* __restrict__ ads, int dim, float eps) {
     pdl_launch();
     pdl_wait();
-    rmsnorm_q8_row(x, w, out, tap, aq, ads, dim, eps, blockIdx.x);
+    // Eight threads per Q8_1 block (common.cuh's rmsnorm_q8_g8): rmsnorm_q8_row's values, with
+    // 16 blocks quantized per round instead of one per warp.
+    const size_t t = blockIdx.x;
+    rmsnorm_q8_g8(x + t * dim, w, dim, eps, aq + t * dim, ads + t * (dim / QK), out ? out + t * dim : 0,
+                  tap ? tap + t * dim : 0);
 }
 
 // head_rmsnorm_f32: matches backend::cpu::ops::rmsnorm over each head of a strided buffer, in
