@@ -548,6 +548,17 @@ __device__ __forceinline__ void mma_store_res(const float (&acc)[2][4], const fl
     }
 }
 
+// Every token pair's lane sums and minimum terms at zero.
+template <int NP>
+__device__ __forceinline__ void mma_zero(float (&acc)[NP][2][4], float (&summs)[NP][2]) {
+#pragma unroll
+    for (int j = 0; j < NP; j++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[j][0][i] = acc[j][1][i] = 0.0f;
+        summs[j][0] = summs[j][1] = 0.0f;
+    }
+}
+
 template <int WT, int NP, int PF>
 __device__ __forceinline__ void matvec_mma(const u8* __restrict__ qs, const u32* __restrict__ dm,
                                            const i8* __restrict__ aq, const float2* __restrict__ ads, float* out,
@@ -577,12 +588,7 @@ __device__ __forceinline__ void matvec_mma(const u8* __restrict__ qs, const u32*
         recv[j] = rtok[j] < n_tok ? ads + (size_t)rtok[j] * nb : nullptr;
     }
     float acc[NP][2][4], summs[NP][2];
-#pragma unroll
-    for (int j = 0; j < NP; j++) {
-#pragma unroll
-        for (int i = 0; i < 4; i++) acc[j][0][i] = acc[j][1][i] = 0.0f;
-        summs[j][0] = summs[j][1] = 0.0f;
-    }
+    mma_zero<NP>(acc, summs);
     const size_t ra = (size_t)row_a * nb, rb = (size_t)row_b * nb;
     MmaStage<WT, NP> st[PF];
 #pragma unroll
@@ -755,12 +761,7 @@ __device__ __forceinline__ void matvec_tile(const u8* __restrict__ qs, const u32
         cp_async_commit();
     }
     float acc[NP][2][4], summs[NP][2];
-#pragma unroll
-    for (int j = 0; j < NP; j++) {
-#pragma unroll
-        for (int i = 0; i < 4; i++) acc[j][0][i] = acc[j][1][i] = 0.0f;
-        summs[j][0] = summs[j][1] = 0.0f;
-    }
+    mma_zero<NP>(acc, summs);
     const bool rows_in = sw || row0 + wr < n_out;  // warp-uniform
     const bool feeds = (g & 3) == t;
     for (int c = 0; c < nc; c++) {

@@ -141,20 +141,7 @@ pub(crate) fn launch_mma(
     out_stride: usize,
     epi: Epilogue,
 ) -> Result<(), BackendError> {
-    let (mode, tap) = epi.mode();
-    let mut args = vec![
-        Arg::Ptr(m.qs),
-        Arg::Ptr(m.dm),
-        Arg::Ptr(aq),
-        Arg::Ptr(ads),
-        Arg::Ptr(out),
-        Arg::Ptr(tap),
-        Arg::I32(m.n_in as i32),
-        Arg::I32(m.n_out as i32),
-        Arg::I32(out_stride as i32),
-        Arg::I32(mode),
-        Arg::I32(n_tok as i32),
-    ];
+    let mut args = product_args(m, aq, ads, out, out_stride, epi, n_tok);
     epi_args(&mut args, epi);
     // MODE_SWIGLU: one block per SwiGLU block of 32 gate and 32 up rows.
     let sw_blocks = match epi {
@@ -180,6 +167,25 @@ pub(crate) fn launch_mma(
             gpu.launch(kernel, grid, 256, tile_smem(m, tt) as u32, &args)
         }
     }
+}
+
+/// The quantized product kernels' first arguments (matvec.cu): the matrix, the Q8_1
+/// activations, the output, its tap, the shape, the mode and the positions.
+fn product_args(m: &DevMatrix, aq: u64, ads: u64, out: u64, out_stride: usize, epi: Epilogue, n_tok: usize) -> Vec<Arg> {
+    let (mode, tap) = epi.mode();
+    vec![
+        Arg::Ptr(m.qs),
+        Arg::Ptr(m.dm),
+        Arg::Ptr(aq),
+        Arg::Ptr(ads),
+        Arg::Ptr(out),
+        Arg::Ptr(tap),
+        Arg::I32(m.n_in as i32),
+        Arg::I32(m.n_out as i32),
+        Arg::I32(out_stride as i32),
+        Arg::I32(mode),
+        Arg::I32(n_tok as i32),
+    ]
 }
 
 /// The fused epilogues' kernel arguments (matvec.cu's QkvEpi, then SwigluEpi; null / 0 for
@@ -278,21 +284,8 @@ pub(crate) fn launch_matvec(
             (r, m.n_out.div_ceil(r))
         }
     };
-    let mut args = vec![
-        Arg::Ptr(m.qs),
-        Arg::Ptr(m.dm),
-        Arg::Ptr(aq),
-        Arg::Ptr(ads),
-        Arg::Ptr(out),
-        Arg::Ptr(tap),
-        Arg::I32(m.n_in as i32),
-        Arg::I32(m.n_out as i32),
-        Arg::I32(out_stride as i32),
-        Arg::I32(mode),
-        Arg::I32(n_tok as i32),
-        Arg::I32(rows as i32),
-        Arg::I32(toks as i32),
-    ];
+    let mut args = product_args(m, aq, ads, out, out_stride, epi, n_tok);
+    args.extend([Arg::I32(rows as i32), Arg::I32(toks as i32)]);
     epi_args(&mut args, epi);
     match norm {
         Some(n) => args.extend([Arg::Ptr(n.x), Arg::Ptr(n.w), Arg::F32(n.eps)]),

@@ -126,18 +126,9 @@ pub fn matmul(gpu: &Gpu, w: &QMatrix<'_>, x: &[f32], n_tok: usize) -> Result<Vec
 /// result of the last and the mean device time per launch in µs (one stream synchronization
 /// around all of them, so the host's launch cost overlaps the kernels).
 pub fn matmul_mma(gpu: &Gpu, w: &QMatrix<'_>, x: &[f32], n_tok: usize, k: MmaKernel, reps: usize) -> Result<(Vec<f32>, f64), BackendError> {
-    let mut arena = ArenaBuilder::default();
-    let m = push_stacked(&mut arena, std::slice::from_ref(w));
-    let wbuf = arena.upload(gpu)?;
-    let m = m.resolve(wbuf.ptr());
-    if !m.is_quantized() || !m.n_out.is_multiple_of(16) {
-        return Err(BackendError::Device(format!("no tensor-core product for {} x {} {} weights", m.n_out, m.n_in, m.ty.name())));
-    }
-    let xd = gpu.upload(x)?;
+    let (m, _wbuf) = upload_mma(gpu, w)?;
     let out = gpu.alloc(n_tok * w.n_out * 4)?;
-    let qa = QAct::alloc(gpu, n_tok, w.n_in)?;
-    quantize_dev(gpu, xd.ptr(), &qa, n_tok, w.n_in)?;
-    gpu.sync()?;
+    let qa = quantized_input(gpu, x, n_tok, w.n_in)?;
     let t = std::time::Instant::now();
     for _ in 0..reps.max(1) {
         super::launch::launch_mma(gpu, &m, k, qa.aq.ptr(), qa.ads.ptr(), n_tok, out.ptr(), w.n_out, super::launch::Epilogue::Store)?;
