@@ -387,7 +387,7 @@ impl CudaBackend {
             // Attention block.
             // The fused epilogue rotates adjacent output rows: NORM pairs only (a NEOX pair's rows
             // lie head_dim/2 apart, in another block); NEOX models take rope_store_kv. The
-            // tensor-core products (many positions) fuse it unless WORKER_ORCD_CUDA_MMA_EPI=0.
+            // tensor-core products (many positions) fuse it only with WORKER_ORCD_CUDA_MMA_EPI=1.
             let fuse_qkv = dbg.is_none()
                 && c.rope_kind == RopeKind::Norm
                 && lw.qkv.len() == 1

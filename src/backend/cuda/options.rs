@@ -1,5 +1,6 @@
 //! The CUDA backend's switches, read from the environment once per process and nowhere else.
-//! Every switch changes speed only: results are bit-identical whichever is set.
+//! Every switch changes speed only: results are bit-identical whichever is set. Most are on
+//! unless set to `0`; `WORKER_ORCD_CUDA_MMA_EPI` is off unless set to `1`.
 //!
 //! | variable | default | effect |
 //! | --- | --- | --- |
@@ -7,7 +8,7 @@
 //! | `WORKER_ORCD_CUDA_PERSISTENT=0` | on | one-position steps use the per-op kernels instead of the persistent decode kernel |
 //! | `WORKER_ORCD_CUDA_MMA=0` | on | products of 16 or more positions stay on the dp4a kernels instead of the tensor cores |
 //! | `WORKER_ORCD_CUDA_TILE=N` | 256 | tensor-core products of N or more positions whose tiled grid gives every SM 1.5 blocks stage weight and activation tiles in shared memory (`matvec_tile_*`, `launch::mma_pick`); `0` keeps every product on the per-warp kernels (`matvec_mma_*`) |
-//! | `WORKER_ORCD_CUDA_MMA_EPI=0` | on | tensor-core Q\|K\|V and gate\|up products store raw rows and RoPE / SwiGLU run as their own kernels (`rope_store_kv`, `swiglu_f32`) instead of in the products' epilogues |
+//! | `WORKER_ORCD_CUDA_MMA_EPI=1` | off | tensor-core Q\|K\|V and gate\|up products apply RoPE with the K/V cache writes and SwiGLU with its Q8_1 blocks in their epilogues instead of leaving them to `rope_store_kv` and `swiglu_f32` (off by default: measured slower on the H100, BENCHMARKS.md) |
 //! | `WORKER_ORCD_CUDA_ATTN_ROWS=0` | on | batch attention runs one block per (position, head) (`attention_f32`) instead of several pairs per block sharing each K/V tile (`attention_rows_f32_p*`) |
 //! | `WORKER_ORCD_CUDA_PDL=0` | on (sm_90+) | kernels never overlap their predecessor's tail (programmatic dependent launch) |
 //! | `WORKER_ORCD_CUDA_PICK=0` | on | the engine's token choice (`sampler::pick`) runs on the host over downloaded logits instead of on the device (`kernels/sample.cu`) |
@@ -55,7 +56,7 @@ pub struct CudaOptions {
     /// Positions from which the tensor-core products run tiled (`matvec_tile_*`); 0: never.
     pub tile_min: usize,
     /// The tensor-core products apply RoPE and the K/V cache writes (Q|K|V, NORM pairs) and
-    /// SwiGLU with its Q8_1 blocks (gate|up) in their epilogues.
+    /// SwiGLU with its Q8_1 blocks (gate|up) in their epilogues. Opt-in (on only at `1`).
     pub mma_epi: bool,
     /// Batch attention shares K/V tiles among several (position, head) pairs.
     pub attention_rows: bool,
@@ -83,7 +84,7 @@ impl CudaOptions {
             persistent: on("WORKER_ORCD_CUDA_PERSISTENT"),
             mma: on("WORKER_ORCD_CUDA_MMA"),
             tile_min: get("WORKER_ORCD_CUDA_TILE").and_then(|v| v.trim().parse().ok()).unwrap_or(TILE_MIN_DEFAULT),
-            mma_epi: on("WORKER_ORCD_CUDA_MMA_EPI"),
+            mma_epi: get("WORKER_ORCD_CUDA_MMA_EPI").is_some_and(|v| v == "1"),
             attention_rows: on("WORKER_ORCD_CUDA_ATTN_ROWS"),
             pdl: on("WORKER_ORCD_CUDA_PDL"),
             device_pick: on("WORKER_ORCD_CUDA_PICK"),
@@ -107,8 +108,10 @@ mod tests {
     fn a_switch_is_off_only_at_zero_and_the_cache_falls_back_in_order() {
         let env = |pairs: &'static [(&'static str, &'static str)]| move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
         let all_on = CudaOptions::from_lookup(env(&[("HOME", "/h")]));
-        assert!(all_on.graphs && all_on.persistent && all_on.mma && all_on.mma_epi && all_on.pdl && all_on.device_pick);
-        assert!(!CudaOptions::from_lookup(env(&[("WORKER_ORCD_CUDA_MMA_EPI", "0")])).mma_epi);
+        assert!(all_on.graphs && all_on.persistent && all_on.mma && all_on.pdl && all_on.device_pick);
+        assert!(!all_on.mma_epi, "the fused tensor-core epilogues are opt-in");
+        assert!(CudaOptions::from_lookup(env(&[("WORKER_ORCD_CUDA_MMA_EPI", "1")])).mma_epi);
+        assert!(!CudaOptions::from_lookup(env(&[("WORKER_ORCD_CUDA_MMA_EPI", "yes")])).mma_epi);
         assert_eq!(all_on.kernel_cache, Some(PathBuf::from("/h/.cache/worker-orcd/kernels")));
         let o = CudaOptions::from_lookup(env(&[
             ("WORKER_ORCD_CUDA_GRAPHS", "0"),
