@@ -57,7 +57,12 @@ pub(crate) fn mma_tokens(n_tok: usize) -> bool {
 /// Whether the tensor-core product of `m` over `n_tok` positions runs a fused Q|K|V or SwiGLU
 /// epilogue (`WORKER_ORCD_CUDA_MMA_EPI`): it takes the tensor cores there and the switch is on.
 pub(crate) fn mma_fuses(m: &DevMatrix, n_tok: usize) -> bool {
-    mma_tokens(n_tok) && super::options::options().mma_epi && m.n_out.is_multiple_of(16) && m.mma_kernel(2).is_some()
+    mma_tokens(n_tok) && super::options::options().mma_epi && has_mma(m)
+}
+
+/// Whether `m` has tensor-core kernels: a repacked 32-block type in whole 16-row tiles.
+fn has_mma(m: &DevMatrix) -> bool {
+    m.n_out.is_multiple_of(16) && m.mma_kernel(2).is_some()
 }
 
 /// Tokens per warp of the tensor-core products (matvec.cu's `_t2`/`_t4`/`_t8` kernels): more
@@ -101,7 +106,7 @@ pub(crate) fn tile_smem(m: &DevMatrix, toks: usize) -> usize {
 /// rows at `aq`/`ads` (None: the dp4a kernels). The tiled kernels copy 16-byte pieces, so they
 /// need 16-byte aligned quants.
 pub(crate) fn mma_choice(gpu: &Gpu, m: &DevMatrix, n_tok: usize, aq: u64, ads: u64) -> Option<MmaKernel> {
-    if !m.n_out.is_multiple_of(16) || m.mma_kernel(2).is_none() {
+    if !has_mma(m) {
         return None;
     }
     let aligned = m.qs.is_multiple_of(16) && m.dm.is_multiple_of(4) && aq.is_multiple_of(16) && ads.is_multiple_of(8);
@@ -169,23 +174,19 @@ pub(crate) fn launch_mma(
     }
 }
 
-/// The quantized product kernels' first arguments (matvec.cu): the matrix, the Q8_1
-/// activations, the output, its tap, the shape, the mode and the positions.
+/// Every quantized product kernel's first arguments (matvec.cu): the matrix, the Q8_1
+/// activations, the output, its tap and the shape.
+fn matrix_args(m: &DevMatrix, aq: u64, ads: u64, out: u64, tap: u64) -> Vec<Arg> {
+    vec![Arg::Ptr(m.qs), Arg::Ptr(m.dm), Arg::Ptr(aq), Arg::Ptr(ads), Arg::Ptr(out), Arg::Ptr(tap), Arg::I32(m.n_in as i32), Arg::I32(m.n_out as i32)]
+}
+
+/// The tensor-core and dp4a product kernels' first arguments: `matrix_args`, then the output
+/// stride, the mode and the positions.
 fn product_args(m: &DevMatrix, aq: u64, ads: u64, out: u64, out_stride: usize, epi: Epilogue, n_tok: usize) -> Vec<Arg> {
     let (mode, tap) = epi.mode();
-    vec![
-        Arg::Ptr(m.qs),
-        Arg::Ptr(m.dm),
-        Arg::Ptr(aq),
-        Arg::Ptr(ads),
-        Arg::Ptr(out),
-        Arg::Ptr(tap),
-        Arg::I32(m.n_in as i32),
-        Arg::I32(m.n_out as i32),
-        Arg::I32(out_stride as i32),
-        Arg::I32(mode),
-        Arg::I32(n_tok as i32),
-    ]
+    let mut args = matrix_args(m, aq, ads, out, tap);
+    args.extend([Arg::I32(out_stride as i32), Arg::I32(mode), Arg::I32(n_tok as i32)]);
+    args
 }
 
 /// The fused epilogues' kernel arguments (matvec.cu's QkvEpi, then SwigluEpi; null / 0 for
@@ -263,18 +264,13 @@ pub(crate) fn launch_matvec(
         ];
         return gpu.launch(m.kernel(), (m.n_out.div_ceil(128) as u32, n_tok as u32, 1), 128, 0, &args);
     }
-    // The tensor-core and one-token kernels' arguments: the matrix, the Q8_1 activations, the
-    // outputs and shape, then their own.
-    let plain = |tail: &[Arg]| -> Vec<Arg> {
-        let head =
-            [Arg::Ptr(m.qs), Arg::Ptr(m.dm), Arg::Ptr(aq), Arg::Ptr(ads), Arg::Ptr(out), Arg::Ptr(tap), Arg::I32(m.n_in as i32), Arg::I32(m.n_out as i32)];
-        head.into_iter().chain(tail.iter().copied()).collect()
-    };
     if let (Some(k), None, true) = (mma_choice(gpu, m, n_tok, aq, ads), norm, mode <= 1 || super::options::options().mma_epi) {
         return launch_mma(gpu, m, k, aq, ads, n_tok, out, out_stride, epi);
     }
     if let (Some(kernel), 1, None, true) = (m.one_kernel(), n_tok, norm, mode <= 1) {
-        return gpu.launch(kernel, (m.n_out.div_ceil(ONE_ROWS) as u32, 1, 1), 128, 0, &plain(&[Arg::I32(mode)]));
+        let mut args = matrix_args(m, aq, ads, out, tap);
+        args.push(Arg::I32(mode));
+        return gpu.launch(kernel, (m.n_out.div_ceil(ONE_ROWS) as u32, 1, 1), 128, 0, &args);
     }
     let toks = n_tok.min(MV_TOKENS);
     let (rows, grid_x) = match epi {

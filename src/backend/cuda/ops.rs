@@ -159,33 +159,77 @@ pub fn matmul_mma_qkv(
     pos0: usize,
 ) -> Result<QkvRows, BackendError> {
     let (m, _wbuf) = upload_mma(gpu, w)?;
-    let n_pos = pos0 + n_tok;
-    let table = gpu.upload(&rope_table(rope, n_pos))?;
-    let params = gpu.upload(&[pos0 as i32, 0, 0, 0])?;
-    let b: Vec<Option<DevBuf>> = biases.iter().map(|b| b.map(|b| gpu.upload(b)).transpose()).collect::<Result<_, _>>()?;
-    let bp = |i: usize| b[i].as_ref().map_or(0, |d| d.ptr());
-    let q = gpu.alloc(n_tok * q_dim * 4)?;
-    let kc = gpu.alloc(n_pos * kv_dim * 4)?;
-    let vc = gpu.alloc(n_pos * kv_dim * 4)?;
+    let o = QkvOut::new(gpu, rope, n_tok, (q_dim, kv_dim), biases, pos0)?;
     let qa = quantized_input(gpu, x, n_tok, w.n_in)?;
     let epi = super::launch::Epilogue::Qkv {
-        q_out: q.ptr(),
-        k_cache: kc.ptr(),
-        v_cache: vc.ptr(),
-        table: table.ptr(),
-        params: params.ptr(),
-        bq: bp(0),
-        bk: bp(1),
-        bv: bp(2),
+        q_out: o.q.ptr(),
+        k_cache: o.kc.ptr(),
+        v_cache: o.vc.ptr(),
+        table: o.table.ptr(),
+        params: o.params.ptr(),
+        bq: o.bias(0),
+        bk: o.bias(1),
+        bv: o.bias(2),
         dim: q_dim,
         kv_dim,
         head_dim: rope.head_dim,
     };
     super::launch::launch_mma(gpu, &m, k, qa.aq.ptr(), qa.ads.ptr(), n_tok, 0, 0, epi)?;
-    let off = pos0 * kv_dim;
-    let kr: Vec<f32> = gpu.read(kc.ptr(), n_pos * kv_dim)?;
-    let vr: Vec<f32> = gpu.read(vc.ptr(), n_pos * kv_dim)?;
-    Ok((gpu.read(q.ptr(), n_tok * q_dim)?, kr[off..].to_vec(), vr[off..].to_vec()))
+    o.read(gpu)
+}
+
+/// The inputs and outputs of a Q|K|V epilogue at positions `pos0..pos0 + n_tok` on the device
+/// (`rope_store_kv` and the fused tensor-core one): the RoPE table and params, the biases, the
+/// Q rows and caches of `pos0 + n_tok` positions.
+struct QkvOut {
+    table: DevBuf,
+    params: DevBuf,
+    biases: Vec<Option<DevBuf>>,
+    q: DevBuf,
+    kc: DevBuf,
+    vc: DevBuf,
+    n_tok: usize,
+    pos0: usize,
+    q_dim: usize,
+    kv_dim: usize,
+}
+
+impl QkvOut {
+    fn new(
+        gpu: &Gpu,
+        rope: &cpu_ops::Rope,
+        n_tok: usize,
+        (q_dim, kv_dim): (usize, usize),
+        biases: [Option<&[f32]>; 3],
+        pos0: usize,
+    ) -> Result<QkvOut, BackendError> {
+        let n_pos = pos0 + n_tok;
+        Ok(QkvOut {
+            table: gpu.upload(&rope_table(rope, n_pos))?,
+            params: gpu.upload(&[pos0 as i32, 0, 0, 0])?,
+            biases: biases.iter().map(|b| b.map(|b| gpu.upload(b)).transpose()).collect::<Result<_, _>>()?,
+            q: gpu.alloc(n_tok * q_dim * 4)?,
+            kc: gpu.alloc(n_pos * kv_dim * 4)?,
+            vc: gpu.alloc(n_pos * kv_dim * 4)?,
+            n_tok,
+            pos0,
+            q_dim,
+            kv_dim,
+        })
+    }
+
+    /// Bias `i` (Q, K, V) on the device, 0 where there is none.
+    fn bias(&self, i: usize) -> u64 {
+        self.biases[i].as_ref().map_or(0, |d| d.ptr())
+    }
+
+    /// The Q rows and the caches' rows of positions `pos0..`.
+    fn read(&self, gpu: &Gpu) -> Result<QkvRows, BackendError> {
+        let (n_pos, off) = (self.pos0 + self.n_tok, self.pos0 * self.kv_dim);
+        let k: Vec<f32> = gpu.read(self.kc.ptr(), n_pos * self.kv_dim)?;
+        let v: Vec<f32> = gpu.read(self.vc.ptr(), n_pos * self.kv_dim)?;
+        Ok((gpu.read(self.q.ptr(), self.n_tok * self.q_dim)?, k[off..].to_vec(), v[off..].to_vec()))
+    }
 }
 
 /// The tensor-core product of `w` (gate|up stacked: 2 ffn rows) through kernel `k` with the
@@ -268,15 +312,8 @@ pub fn rope_store_kv(
     biases: [Option<&[f32]>; 3],
     pos0: usize,
 ) -> Result<QkvRows, BackendError> {
-    let n_pos = pos0 + n_tok;
-    let table = gpu.upload(&rope_table(rope, n_pos))?;
-    let params = gpu.upload(&[pos0 as i32, 0, 0, 0])?;
+    let o = QkvOut::new(gpu, rope, n_tok, (q_dim, kv_dim), biases, pos0)?;
     let src = gpu.upload(qkv)?;
-    let b: Vec<Option<DevBuf>> = biases.iter().map(|b| b.map(|b| gpu.upload(b)).transpose()).collect::<Result<_, _>>()?;
-    let bp = |i: usize| b[i].as_ref().map_or(0, |d| d.ptr());
-    let q = gpu.alloc(n_tok * q_dim * 4)?;
-    let kc = gpu.alloc(n_pos * kv_dim * 4)?;
-    let vc = gpu.alloc(n_pos * kv_dim * 4)?;
     gpu.launch(
         "rope_store_kv",
         (n_tok as u32, 1, 1),
@@ -284,24 +321,21 @@ pub fn rope_store_kv(
         0,
         &[
             Arg::Ptr(src.ptr()),
-            Arg::Ptr(bp(0)),
-            Arg::Ptr(bp(1)),
-            Arg::Ptr(bp(2)),
-            Arg::Ptr(q.ptr()),
-            Arg::Ptr(kc.ptr()),
-            Arg::Ptr(vc.ptr()),
-            Arg::Ptr(table.ptr()),
-            Arg::Ptr(params.ptr()),
+            Arg::Ptr(o.bias(0)),
+            Arg::Ptr(o.bias(1)),
+            Arg::Ptr(o.bias(2)),
+            Arg::Ptr(o.q.ptr()),
+            Arg::Ptr(o.kc.ptr()),
+            Arg::Ptr(o.vc.ptr()),
+            Arg::Ptr(o.table.ptr()),
+            Arg::Ptr(o.params.ptr()),
             Arg::I32(q_dim as i32),
             Arg::I32(kv_dim as i32),
             Arg::I32(rope.head_dim as i32),
             Arg::I32((rope.kind == cpu_ops::RopeKind::Neox) as i32),
         ],
     )?;
-    let off = pos0 * kv_dim;
-    let k: Vec<f32> = gpu.read(kc.ptr(), n_pos * kv_dim)?;
-    let v: Vec<f32> = gpu.read(vc.ptr(), n_pos * kv_dim)?;
-    Ok((gpu.read(q.ptr(), n_tok * q_dim)?, k[off..].to_vec(), v[off..].to_vec()))
+    o.read(gpu)
 }
 
 /// `attention` for query rows q (n_tok, n_heads*head_dim) at positions `pos0..pos0 + n_tok`
