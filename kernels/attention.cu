@@ -107,7 +107,8 @@ __device__ __forceinline__ void attention_preload_async(const float* k_cache, co
 __device__ __forceinline__ void attention_head(const float* q, const float* k_cache, const float* v_cache,
                                                float* out, i8* aq, float2* ads, const int* __restrict__ params,
                                                int n_heads, int n_kv_heads, int head_dim, float scale, int h,
-                                               size_t t, bool dual, bool preloaded = false) {
+                                               size_t t, bool dual, bool preloaded = false, u64* ll = 0,
+                                               u32 ll_e = 0) {
     extern __shared__ float sh[];
     __shared__ float fscratch[32];
     __syncthreads();
@@ -197,6 +198,8 @@ __device__ __forceinline__ void attention_head(const float* q, const float* k_ca
     if (threadIdx.x < head_dim) {
         out[t * dim + h * head_dim + threadIdx.x] = acc;
         oh[threadIdx.x] = acc;
+        // decode.cu's DEC_LL: the head's output also as flag-in-data words (one position, t 0).
+        if (ll) st_ll(ll + h * head_dim + threadIdx.x, acc, ll_e);
     }
     if (aq) {
         __syncthreads();

@@ -35,6 +35,30 @@ __device__ __forceinline__ void pdl_launch() {
 }
 #define NEG_INF __int_as_float(0xff800000)
 
+// Flag-in-data words (decode.cu's DEC_LL, the low-latency form of NCCL's LL protocol): a float
+// and the epoch of the write that made it share one naturally aligned 64-bit word, written and
+// read as single 64-bit accesses (single-copy atomic), so a reader that sees the epoch it awaits
+// sees that write's value: no fence and no separate flag between producer and consumer.
+__device__ __forceinline__ void st_ll(u64* p, float v, u32 e) {
+    const u64 w = ((u64)e << 32) | (u64)__float_as_uint(v);
+    asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(w) : "memory");
+}
+__device__ __forceinline__ u64 ld_ll(const u64* p) {
+    u64 w;
+    asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(w) : "l"(p) : "memory");
+    return w;
+}
+// A flag-in-data poll loop's guard: after 2 s of waiting the block traps (a launch error, never
+// a hung device). Checked every 1024 polls.
+__device__ __forceinline__ void ll_spin_timeout(int spin, unsigned long long& t0) {
+    if ((spin & 1023) == 1023) {
+        unsigned long long now;
+        asm volatile("mov.u64 %0, %globaltimer;" : "=l"(now));
+        if (t0 == 0) t0 = now;
+        else if (now - t0 > 2000000000ull) __trap();
+    }
+}
+
 // f16 <-> f32 through PTX (NVRTC is used without cuda_fp16.h). cvt.rn is round-to-nearest-even,
 // as the `half` crate's f16::from_f32.
 __device__ __forceinline__ float h2f(u16 h) {

@@ -49,99 +49,184 @@ __device__ __forceinline__ u32 ld_acquire(const u32* p) {
     return v;
 }
 
+__device__ __forceinline__ u32 ld_relaxed(const u32* p) {
+    u32 v;
+    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
 __device__ __forceinline__ u64 globaltimer() {
     u64 t;
     asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
     return t;
 }
 
-// Barrier k of a launch: every block adds 1 to the counter bar[0] (a release reduction: its
-// writes are visible before the count) and waits until the count reaches base + (k+1) * grid,
-// where base (params[1]) is the counter's value before the launch, kept by the host (each
-// launch adds exactly 5 * n_layers * grid). The counter wraps; comparisons are modular. A
-// block that waits more than 2 s traps (a launch error, never a hung device).
-// `prof` (profiling only, else null): per barrier k and block b, the time the block arrived
-// and left, at prof[2 * (k * gridDim.x + b)] and the next word (ns, %globaltimer).
+// Every spin loop below traps after 2 s of waiting (common.cuh's ll_spin_timeout).
+__device__ __forceinline__ void spin_timeout(int spin, u64& t0) { ll_spin_timeout(spin, t0); }
+
+// The pause between two polls of a spin loop (DEC_BACKOFF: flags bits 12..15 times 32 ns; 0:
+// none). Fewer polls in flight leave the L2 slices that hold the awaited words (and receive the
+// arrivals) to the writers.
+__device__ __forceinline__ void poll_pause(unsigned ns) {
+    if (ns) __nanosleep(ns);
+}
+
+// Polls *p until it reaches `target` (modular comparison). `relaxed` (DEC_RELAXED): relaxed
+// loads and one acquire fence once it has, instead of an acquire load per poll.
+__device__ __forceinline__ void poll_until(const u32* p, u32 target, bool relaxed, unsigned pause) {
+    u64 t0 = 0;
+    if (relaxed) {
+        for (int spin = 0; (int)(ld_relaxed(p) - target) < 0; spin++) {
+            spin_timeout(spin, t0);
+            poll_pause(pause);
+        }
+        asm volatile("fence.acq_rel.gpu;" ::: "memory");
+    } else {
+        for (int spin = 0; (int)(ld_acquire(p) - target) < 0; spin++) {
+            spin_timeout(spin, t0);
+            poll_pause(pause);
+        }
+    }
+}
+
+// Barrier number kb of a launch: every block adds 1 to the counter bar[0] (a release reduction:
+// its writes are visible before the count) and waits until the count reaches base + (kb+1) *
+// grid (barrier_target), where base (params[1]) is the counter's value before the launch, kept
+// by the host (each launch adds exactly counter_advance: 5 barriers per layer, 1 with DEC_LL,
+// times the grid). The counter wraps; comparisons are modular.
+// `prof` (profiling only, else null): per phase k and block b, the time the block arrived
+// (finished its items) and left (may start the next phase), at prof[2 * (k * gridDim.x + b)]
+// and the next word (ns, %globaltimer). k counts the five phases of every layer in every mode.
 // Split in two: grid_arrive (after the block's last global write of the phase) and grid_wait;
 // between them a block may only issue work that writes no global memory (prefetches, copies
 // into its own shared memory), which then overlaps the other blocks' arrivals.
 #define DEC_ROWS 8
 
+__device__ __forceinline__ u32 barrier_target(u32 base, int kb) { return base + (u32)(kb + 1) * gridDim.x; }
+
+__device__ __forceinline__ void stamp_arrived(u64* prof, int k) {
+    if (prof && threadIdx.x == 0) prof[2 * ((size_t)k * gridDim.x + blockIdx.x)] = globaltimer();
+}
+
+__device__ __forceinline__ void stamp_left(u64* prof, int& k) {
+    if (prof && threadIdx.x == 0) prof[2 * ((size_t)k * gridDim.x + blockIdx.x) + 1] = globaltimer();
+    k++;
+}
+
 __device__ __forceinline__ void grid_arrive(u32* bar, u64* prof, int k) {
     __syncthreads();
     if (threadIdx.x == 0) {
-        if (prof) prof[2 * ((size_t)k * gridDim.x + blockIdx.x)] = globaltimer();
+        stamp_arrived(prof, k);
         asm volatile("red.release.gpu.global.add.u32 [%0], %1;" :: "l"(bar), "r"(1u) : "memory");
     }
 }
 
-__device__ __forceinline__ void grid_wait(u32* bar, u32 base, u64* prof, int& k) {
-    if (threadIdx.x == 0) {
-        const u32 target = base + (u32)(k + 1) * gridDim.x;
-        u64 t0 = 0;
-        for (int spin = 0; (int)(ld_acquire(bar) - target) < 0; spin++) {
-            if ((spin & 1023) == 1023) {
-                u64 now = globaltimer();
-                if (t0 == 0) t0 = now;
-                else if (now - t0 > 2000000000ull) __trap();
-            }
-        }
-        if (prof) prof[2 * ((size_t)k * gridDim.x + blockIdx.x) + 1] = globaltimer();
-    }
-    k++;
+__device__ __forceinline__ void grid_wait(u32* bar, u32 target, u64* prof, int& k, bool relaxed, unsigned pause) {
+    if (threadIdx.x == 0) poll_until(bar, target, relaxed, pause);
+    stamp_left(prof, k);
     __syncthreads();
-}
-
-__device__ __forceinline__ void grid_barrier(u32* bar, u32 base, u64* prof, int& k) {
-    grid_arrive(bar, prof, k);
-    grid_wait(bar, base, prof, k);
 }
 
 __device__ __forceinline__ void st_release(u32* p, u32 v) {
     asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
 
-// Per-item flags (DEC_HEAD_FLAGS), at bar + 4: after its arrival at barrier k, a block stores
-// that barrier's target (base + (k + 1) * grid, see grid_wait) into the flag of each Q|K|V item
-// it computed (a release store after the arrival's __syncthreads: the item's q rows and cache
-// stores are visible before the flag). Targets only grow (modulo 2^32, compared modularly) and
-// a flag is at most one layer behind the one awaited (the next layer's stores come after
-// barriers that the waiting block must pass first), so the flags are never reset.
-__device__ __forceinline__ void item_flags_set(u32* iflag, u32 base, int k, int items) {
-    if (threadIdx.x == 0) {
-        const u32 target = base + (u32)(k + 1) * gridDim.x;
+// Per-item flags (DEC_HEAD_FLAGS), at bar + 4: after its arrival at the barrier of `target`, a
+// block stores that target into the flag of each Q|K|V item it computed (a release store after
+// the arrival's __syncthreads: the item's q rows and cache stores are visible before the flag).
+// Targets only grow (modulo 2^32, compared modularly) and a flag is at most one layer behind the
+// one awaited (the next layer's stores come after barriers that the waiting block must pass
+// first), so the flags are never reset.
+__device__ __forceinline__ void item_flags_set(u32* iflag, u32 target, int items) {
+    if (threadIdx.x == 0)
         for (int it = blockIdx.x; it < items; it += gridDim.x) st_release(iflag + it, target);
-    }
 }
 
 // In place of grid_wait at the end of phase A: the block waits only for the Q|K|V items its
-// attention heads read (head h's q rows, its KV head's k and v rows; each lane one item, an
-// acquire load, the 2 s trap of grid_wait), then goes on; a block with no head goes on at once.
-// Its arrival was counted, so the later barriers' targets are unchanged.
-__device__ __forceinline__ void head_wait(const u32* iflag, u32 base, u64* prof, int& k, int h0, int n_heads,
-                                          int n_kv_heads, int head_dim, int dim) {
-    const u32 target = base + (u32)(k + 1) * gridDim.x;
+// attention heads read (head h's q rows, its KV head's k and v rows; each lane one item, see
+// poll_until), then goes on; a block with no head goes on at once. Its arrival was counted, so
+// the later barriers' targets are unchanged.
+__device__ __forceinline__ void head_wait(const u32* iflag, u32 target, u64* prof, int& k, int h0, int n_heads,
+                                          int n_kv_heads, int head_dim, int dim, bool relaxed, unsigned pause) {
     const int kv_dim = n_kv_heads * head_dim;
     for (int h = h0; h < n_heads; h += gridDim.x) {
         const int kvh = h / (n_heads / n_kv_heads);
         const int r0[3] = {h * head_dim, dim + kvh * head_dim, dim + kv_dim + kvh * head_dim};
         for (int s = 0; s < 3; s++) {
             const int i1 = (r0[s] + head_dim - 1) / DEC_ROWS;
-            for (int i = r0[s] / DEC_ROWS + threadIdx.x; i <= i1; i += blockDim.x) {
-                u64 t0 = 0;
-                for (int spin = 0; (int)(ld_acquire(iflag + i) - target) < 0; spin++) {
-                    if ((spin & 1023) == 1023) {
-                        u64 now = globaltimer();
-                        if (t0 == 0) t0 = now;
-                        else if (now - t0 > 2000000000ull) __trap();
-                    }
-                }
-            }
+            for (int i = r0[s] / DEC_ROWS + threadIdx.x; i <= i1; i += blockDim.x) poll_until(iflag + i, target, relaxed, pause);
         }
     }
     __syncthreads();
-    if (prof && threadIdx.x == 0) prof[2 * ((size_t)k * gridDim.x + blockIdx.x) + 1] = globaltimer();
-    k++;
+    stamp_left(prof, k);
+}
+
+// DEC_LL: instead of a grid barrier, the consumer of a phase's output polls the output itself.
+// The rows a phase writes for the next (x after the output projection and after the down
+// projection, in two buffers; the attention output; the SwiGLU row) are flag-in-data words
+// (common.cuh's st_ll) tagged with the layer's epoch, base + 1 + l: a launch moves base by at
+// least n_layers, so no word left from an earlier launch carries an epoch this one awaits, and
+// no buffer is rewritten before every reader of its previous contents is done (each rewrite
+// depends, through the phases between, on every block's read). ll_gather copies the n values of
+// src into dst (shared memory) once each carries epoch e; all of a thread's loads of a round are
+// in flight before it checks any. It starts and ends with __syncthreads (dst may still be read
+// by the previous phase; the next reads it from every thread).
+#define LL_PER 16
+__device__ __forceinline__ void ll_gather(const u64* src, float* dst, int n, u32 e, unsigned pause) {
+    __syncthreads();
+    for (int i0 = 0; i0 < n; i0 += LL_PER * blockDim.x) {
+        u64 w[LL_PER];
+#pragma unroll
+        for (int j = 0; j < LL_PER; j++) {
+            const int i = i0 + j * blockDim.x + threadIdx.x;
+            w[j] = i < n ? ld_ll(src + i) : ((u64)e << 32);
+        }
+#pragma unroll
+        for (int j = 0; j < LL_PER; j++) {
+            const int i = i0 + j * blockDim.x + threadIdx.x;
+            u64 t0 = 0;
+            for (int spin = 0; (u32)(w[j] >> 32) != e; spin++) {
+                spin_timeout(spin, t0);
+                poll_pause(pause);
+                w[j] = ld_ll(src + i);
+            }
+            if (i < n) dst[i] = __uint_as_float((u32)w[j]);
+        }
+    }
+    __syncthreads();
+}
+
+// DEC_LL_QKV: ll_gather of head_dim words from each of three offsets of the stacked Q|K|V
+// words: the first run into q_dst + q0 (head h's q row, where attention_head reads it), the
+// other two into kv_dst and kv_dst + head_dim.
+__device__ __forceinline__ void ll_gather_head(const u64* qkv, float* q_dst, float* kv_dst, int q0, int k0, int v0,
+                                               int head_dim, u32 e, unsigned pause) {
+    __syncthreads();
+    const int n = 3 * head_dim;
+    for (int i0 = 0; i0 < n; i0 += LL_PER * blockDim.x) {
+        u64 w[LL_PER];
+        const u64* src[LL_PER];
+        float* dst[LL_PER];
+#pragma unroll
+        for (int j = 0; j < LL_PER; j++) {
+            const int i = i0 + j * blockDim.x + threadIdx.x;
+            const int seg = i / head_dim, d = i - seg * head_dim;
+            src[j] = qkv + (seg == 0 ? q0 : seg == 1 ? k0 : v0) + d;
+            dst[j] = seg == 0 ? q_dst + q0 + d : kv_dst + (seg - 1) * head_dim + d;
+            w[j] = i < n ? ld_ll(src[j]) : ((u64)e << 32);
+        }
+#pragma unroll
+        for (int j = 0; j < LL_PER; j++) {
+            u64 t0 = 0;
+            for (int spin = 0; (u32)(w[j] >> 32) != e; spin++) {
+                spin_timeout(spin, t0);
+                poll_pause(pause);
+                w[j] = ld_ll(src[j]);
+            }
+            if (i0 + j * blockDim.x + threadIdx.x < n) *dst[j] = __uint_as_float((u32)w[j]);
+        }
+    }
+    __syncthreads();
 }
 
 template <int WT>
@@ -152,9 +237,9 @@ __device__ __forceinline__ void mv_prefetch(const Mat& m, int mode, int rows, in
 template <int WT>
 __device__ __forceinline__ void mv_block(const Mat& m, const i8* aq, const float2* ads, float* out, float* tap,
                                          int out_stride, int mode, int rows, QkvEpi qe, SwigluEpi se, NormIn ni,
-                                         int bx, Staged st) {
+                                         int bx, Staged st, LLOut lo = LLOut{0, 0, 0u}) {
     matvec_q_block<WT>(m.qs, m.dm, aq, ads, out, tap, m.n_in, m.n_out, out_stride, mode, 1, rows, 1, qe, se, ni, bx, 0,
-                       st);
+                       st, lo);
 }
 
 #define ROPE_ROW_MAX 256
@@ -179,12 +264,30 @@ __device__ __forceinline__ void mv_block(const Mat& m, const i8* aq, const float
 //                (item_flags_set) and an attention block waits for the items its heads read
 //                (head_wait); the others go straight on to the barrier after B, which still
 //                orders everything A wrote before phase C.
+//   DEC_LL       no grid barrier after B, C, D and E: their outputs (attention, x after C, the
+//                SwiGLU row, x after E) go out as flag-in-data words (ll_gather) and each block
+//                that has an item in the next phase polls the words it reads into shared memory
+//                (ll_x: x, ll_in: the attention output or the SwiGLU row) and goes on. Phase C
+//                quantizes the attention output itself (as DEC_SPLIT_D's phase E its SwiGLU
+//                row; the same Q8_1 blocks); DEC_LL implies DEC_SPLIT_D. The barrier after A
+//                (or DEC_HEAD_FLAGS) stays: attention reads the K/V cache rows A stored.
+//   DEC_LL_QKV   (with DEC_LL) no barrier after A either: the Q|K|V items also store their
+//                stacked rows as flag-in-data words, and an attention block polls its head's q
+//                row and its KV head's k and v rows, stores those two into this position's
+//                cache cells itself (the same bits the Q|K|V item stores there) and reads them
+//                back after a __syncthreads. No barrier is left in the step.
+//   DEC_RELAXED  the barrier polls use relaxed loads and one acquire fence (poll_until).
+//   bits 12..15  DEC_BACKOFF: every spin loop pauses that many times 32 ns between polls.
 #define DEC_STAGE 1
 #define DEC_NORM_G8 2
 #define DEC_PRELOAD 4
 #define DEC_EARLY 8
 #define DEC_SPLIT_D 16
 #define DEC_HEAD_FLAGS 32
+#define DEC_LL 64
+#define DEC_RELAXED 128
+#define DEC_LL_QKV 256
+#define DEC_BACKOFF_SHIFT 12
 
 // The bytes stage_item copies for one item: R rows (MODE_SWIGLU: H gate rows, then H up rows,
 // R = 2H) of qs, then of dm.
@@ -249,13 +352,26 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
     const int nblk = gridDim.x, bid = blockIdx.x;
     const int qkv_w = dim + 2 * kv_dim;
     const int items_a = (qkv_w + DEC_ROWS - 1) / DEC_ROWS, items_c = (dim + DEC_ROWS - 1) / DEC_ROWS;
-    const bool split = flags & DEC_SPLIT_D;
+    const bool ll = flags & DEC_LL, relaxed = flags & DEC_RELAXED, llq = ll && (flags & DEC_LL_QKV);
+    const unsigned pause = ((flags >> DEC_BACKOFF_SHIFT) & 15) * 32;
+    const bool split = flags & (DEC_SPLIT_D | DEC_LL);
     const int rows_d = split ? 32 : 64;
     const int items_d = ffn / (rows_d / 2), items_e = items_c;
     const bool stage = flags & DEC_STAGE, pre = flags & DEC_PRELOAD, hflags = flags & DEC_HEAD_FLAGS;
     const int g8 = (flags & DEC_NORM_G8) ? 1 : 0;
     char* buf0 = (char*)sh + stage_off;
     char* buf1 = buf0 + stage_bytes;
+    // DEC_LL: the shared copies after the staging buffers (x; the attention output, the SwiGLU
+    // row or the q rows, then with DEC_LL_QKV a head's k and v rows at ll_in + dim), and the flag-in-data words after the barrier words (decode.rs's ll_words):
+    // x after E (ll_x0) and after C (ll_x1), the attention output, the SwiGLU row, the stacked
+    // Q|K|V row (DEC_LL_QKV). Epochs count from params[2] (the host adds n_layers per launch).
+    float* ll_x = (float*)(buf1 + stage_bytes);
+    float* ll_in = ll_x + dim;
+    u64* ll_x0 = (u64*)(bar + ((4 + items_a + 1) & ~1));
+    u64* ll_x1 = ll_x0 + dim;
+    u64* ll_attn = ll_x1 + dim;
+    u64* ll_sw = ll_attn + dim;
+    u64* ll_qkv = ll_sw + ffn;
     const QkvEpi qe0 = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
     // This position's RoPE row, read once per step (every layer's Q|K|V epilogue uses it).
     __shared__ float rope_s[ROPE_ROW_MAX];
@@ -264,7 +380,6 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
         for (int i = threadIdx.x; i < head_dim; i += blockDim.x) rope_s[i] = rope_table[(size_t)params[0] * head_dim + i];
     __syncthreads();
     const SwigluEpi se0 = {0, 0, 0, 0};
-    const NormIn ni0 = {0, 0, 0.0f, 0};
     const Staged none = {0, 0};
     // Attention heads: block bid serves h0, h0 + nblk, ...; with DEC_PRELOAD the last blocks.
     const int h0 = pre ? nblk - 1 - bid : bid;
@@ -283,26 +398,40 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
     for (int l = 0; l < n_layers; l++) {
         const LayerDesc& L = layers[l];
         const bool more = l + 1 < n_layers;
+        // DEC_LL: this layer's epoch and the x rows its phases read (layer 0: the embedding in x).
+        const u32 ep = (u32)params[2] + 1u + (u32)l;
         // DEC_EARLY's preload of layer l + 1, run after this block's arrival in phase p.
         auto preload_next = [&](int p) {
             if (early && more && last == p)
                 attention_preload_async(layers[l + 1].k_cache, layers[l + 1].v_cache, params, n_heads,
                                         n_kv_heads, head_dim, h0);
         };
+        // The end of a phase without a barrier (DEC_LL): every thread of the block is done with
+        // the phase (its shared memory may be refilled), the arrival stamped.
+        auto ll_arrive = [&]() {
+            __syncthreads();
+            stamp_arrived(prof, k);
+        };
         // A: Q|K|V with the attention norm, bias, RoPE, cache store.
         {
+            if (ll && l > 0 && bid < items_a) ll_gather(ll_x0, ll_x, dim, ep - 1, pause);
+            if (ll && l > 0) stamp_left(prof, k);  // leaving E(l - 1)
             if (stage) {
                 stage_item<WT>(L.wo, MODE_ADD, DEC_ROWS, 0, bid, items_c, buf1);
                 if (bid < items_a) cp_async_wait<1>();
             }
             QkvEpi qe = {q, L.k_cache, L.v_cache, rope_table, params, L.bq, L.bk, L.bv, dim, kv_dim, head_dim,
                          rope_in_smem ? rope_s : 0};
-            NormIn ni = {x, L.attn_norm, eps, g8};
+            NormIn ni = {ll && l > 0 ? ll_x : x, L.attn_norm, eps, g8};
+            const LLOut lo = {llq ? ll_qkv : 0, 0, 0, ep, 0u};
             for (int it = bid; it < items_a; it += nblk)
                 mv_block<WT>(L.qkv, 0, 0, 0, 0, qkv_w, MODE_QKV, DEC_ROWS, qe, se0, ni, it,
-                             it == bid ? staged_at<WT>(L.qkv, DEC_ROWS, buf0, stage) : none);
-            grid_arrive(bar, prof, k);
-            if (hflags) item_flags_set(bar + 4, base, k, items_a);
+                             it == bid ? staged_at<WT>(L.qkv, DEC_ROWS, buf0, stage) : none, lo);
+            if (llq) ll_arrive();
+            else grid_arrive(bar, prof, k);
+            // The barrier's number: one per phase, or with DEC_LL one per layer.
+            const u32 target = barrier_target(base, ll ? l : k);
+            if (hflags && !llq) item_flags_set(bar + 4, target, items_a);
             if (stage) {
                 for (int it = bid; it < items_d; it += nblk) mv_prefetch<WT>(L.gate_up, MODE_SWIGLU, rows_d, ffn, it);
             } else {
@@ -310,9 +439,26 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
             }
             if (pre && h0 < n_heads && !early)
                 attention_preload(L.k_cache, L.v_cache, params, n_heads, n_kv_heads, head_dim, h0);
+            if (llq) {
+                // Head h's q row into ll_in (where attention_head reads it), its KV head's k and
+                // v rows through ll_in + dim into this position's cache cells.
+                const size_t pos = (size_t)params[0];
+                for (int h = h0; h < n_heads; h += nblk) {
+                    const int kvo = (h / (n_heads / n_kv_heads)) * head_dim;
+                    float* kv_s = ll_in + dim;
+                    ll_gather_head(ll_qkv, ll_in, kv_s, h * head_dim, dim + kvo, dim + kv_dim + kvo, head_dim, ep, pause);
+                    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+                        L.k_cache[pos * kv_dim + kvo + d] = kv_s[d];
+                        L.v_cache[pos * kv_dim + kvo + d] = kv_s[head_dim + d];
+                    }
+                }
+                stamp_left(prof, k);
+            } else if (hflags) {
+                head_wait(bar + 4, target, prof, k, h0, n_heads, n_kv_heads, head_dim, dim, relaxed, pause);
+            } else {
+                grid_wait(bar, target, prof, k, relaxed, pause);
+            }
         }
-        if (hflags) head_wait(bar + 4, base, prof, k, h0, n_heads, n_kv_heads, head_dim, dim);
-        else grid_wait(bar, base, prof, k);
         // B: attention, one head per item. DEC_EARLY: the preload's group is complete once
         // at most the newest group (phase A's staging of C, with DEC_STAGE) is pending.
         if (early) {
@@ -321,19 +467,30 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
         }
         if (stage) stage_item<WT>(L.gate_up, MODE_SWIGLU, rows_d, ffn, bid, items_d, buf0);
         for (int h = h0; h < n_heads; h += nblk)
-            attention_head(q, L.k_cache, L.v_cache, attn, attn_aq, attn_ads, params, n_heads, n_kv_heads, head_dim,
-                           scale, h, 0, true, pre && h == h0);
-        grid_arrive(bar, prof, k);
+            attention_head(llq ? ll_in : q, L.k_cache, L.v_cache, attn, ll ? 0 : attn_aq, attn_ads, params, n_heads, n_kv_heads,
+                           head_dim, scale, h, 0, true, pre && h == h0, ll ? ll_attn : 0, ep);
+        if (ll) ll_arrive();
+        else grid_arrive(bar, prof, k);
         if (stage)
             for (int it = bid; it < items_e; it += nblk) mv_prefetch<WT>(L.down, MODE_ADD, DEC_ROWS, 0, it);
-        grid_wait(bar, base, prof, k);
-        // C: output projection into the residual stream.
+        if (ll) {
+            // The residual rows come straight from ll_x0's words (matvec_q_block's LLOut).
+            if (bid < items_c) ll_gather(ll_attn, ll_in, dim, ep, pause);
+            stamp_left(prof, k);
+        } else {
+            grid_wait(bar, barrier_target(base, k), prof, k, relaxed, pause);
+        }
+        // C: output projection into the residual stream (DEC_LL: from the x rows of E(l - 1),
+        // the embedding before layer 0, into ll_x1; the attention output quantized here).
         {
             if (stage && bid < items_c) cp_async_wait<1>();
+            const NormIn ni = {ll ? ll_in : 0, 0, 0.0f, 0};
+            const LLOut lo = {ll ? ll_x1 : 0, x, ll && l > 0 ? ll_x0 : 0, ep, ep - 1};
             for (int it = bid; it < items_c; it += nblk)
-                mv_block<WT>(L.wo, attn_aq, attn_ads, x, 0, dim, MODE_ADD, DEC_ROWS, qe0, se0, ni0, it,
-                             it == bid ? staged_at<WT>(L.wo, DEC_ROWS, buf1, stage) : none);
-            grid_arrive(bar, prof, k);
+                mv_block<WT>(L.wo, attn_aq, attn_ads, x, 0, dim, MODE_ADD, DEC_ROWS, qe0, se0, ni, it,
+                             it == bid ? staged_at<WT>(L.wo, DEC_ROWS, buf1, stage) : none, lo);
+            if (ll) ll_arrive();
+            else grid_arrive(bar, prof, k);
             if (stage) {
                 if (more)
                     for (int it = bid; it < items_a; it += nblk) mv_prefetch<WT>(layers[l + 1].qkv, MODE_QKV, DEC_ROWS, 0, it);
@@ -342,25 +499,39 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
             }
             preload_next(2);
         }
-        grid_wait(bar, base, prof, k);
-        // D: gate|up with the FFN norm, SwiGLU, Q8_1.
+        if (ll) {
+            if (bid < items_d) ll_gather(ll_x1, ll_x, dim, ep, pause);
+            stamp_left(prof, k);
+        } else {
+            grid_wait(bar, barrier_target(base, k), prof, k, relaxed, pause);
+        }
+        // D: gate|up with the FFN norm, SwiGLU, Q8_1 (DEC_SPLIT_D / DEC_LL: f32, DEC_LL as
+        // flag-in-data words).
         {
             if (stage) {
                 stage_item<WT>(L.down, MODE_ADD, DEC_ROWS, 0, bid, items_e, buf1);
                 if (bid < items_d) cp_async_wait<1>();
             }
             SwigluEpi se = {split ? sw : 0, sw_aq, sw_ads, ffn};
-            NormIn ni = {x, L.ffn_norm, eps, g8};
+            NormIn ni = {ll ? ll_x : x, L.ffn_norm, eps, g8};
+            const LLOut lo = {ll ? ll_sw : 0, 0, 0, ep, 0u};
             for (int it = bid; it < items_d; it += nblk)
                 mv_block<WT>(L.gate_up, 0, 0, 0, 0, 2 * ffn, MODE_SWIGLU, rows_d, qe0, se, ni, it,
-                             it == bid ? staged_at<WT>(L.gate_up, rows_d, buf0, stage) : none);
-            grid_arrive(bar, prof, k);
+                             it == bid ? staged_at<WT>(L.gate_up, rows_d, buf0, stage) : none, lo);
+            if (ll) ll_arrive();
+            else grid_arrive(bar, prof, k);
             if (!stage)
                 for (int it = bid; it < items_e; it += nblk) mv_prefetch<WT>(L.down, MODE_ADD, DEC_ROWS, 0, it);
             preload_next(3);
         }
-        grid_wait(bar, base, prof, k);
-        // E: down projection into the residual stream (l_out-l).
+        if (ll) {
+            // The residual rows come straight from ll_x1's words (matvec_q_block's LLOut).
+            if (bid < items_e) ll_gather(ll_sw, ll_in, ffn, ep, pause);
+            stamp_left(prof, k);
+        } else {
+            grid_wait(bar, barrier_target(base, k), prof, k, relaxed, pause);
+        }
+        // E: down projection into the residual stream (l_out-l; DEC_LL: into ll_x0).
         {
             if (stage) {
                 if (more) stage_item<WT>(layers[l + 1].qkv, MODE_QKV, DEC_ROWS, 0, bid, items_a, buf0);
@@ -368,11 +539,13 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
                 if (bid < items_e) cp_async_wait<1>();
             }
             float* t = tap ? tap + (size_t)(1 + l) * dim : 0;
-            const NormIn ni = {split ? sw : 0, 0, 0.0f, 0};
+            const NormIn ni = {ll ? ll_in : split ? sw : 0, 0, 0.0f, 0};
+            const LLOut lo = {ll ? ll_x0 : 0, 0, ll ? ll_x1 : 0, ep, ep};
             for (int it = bid; it < items_e; it += nblk)
                 mv_block<WT>(L.down, sw_aq, sw_ads, x, t, dim, MODE_ADD, DEC_ROWS, qe0, se0, ni, it,
-                             it == bid ? staged_at<WT>(L.down, DEC_ROWS, buf1, stage) : none);
-            grid_arrive(bar, prof, k);
+                             it == bid ? staged_at<WT>(L.down, DEC_ROWS, buf1, stage) : none, lo);
+            if (ll) ll_arrive();
+            else grid_arrive(bar, prof, k);
             preload_next(4);
             if (more) {
                 if (stage) {
@@ -382,14 +555,25 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
                 }
             }
         }
-        grid_wait(bar, base, prof, k);
+        if (!ll) grid_wait(bar, barrier_target(base, k), prof, k, relaxed, pause);
+        // DEC_LL: the wait for E's words is the next layer's gather (stamped there) or the
+        // final norm's.
     }
     if (stage) cp_async_wait<0>();
+    if (ll) {
+        // The last E's rows: into shared memory for the final norm, and into x (the exit value).
+        if (blockIdx.x == 0) {
+            ll_gather(ll_x0, ll_x, dim, (u32)params[2] + (u32)n_layers, pause);
+            for (int i = threadIdx.x; i < dim; i += blockDim.x) x[i] = ll_x[i];
+        }
+        stamp_left(prof, k);
+    }
     if (blockIdx.x == 0) {
         __syncthreads();
+        const float* xf = ll ? ll_x : x;
         float* t = tap ? tap + (size_t)(n_layers + 1) * dim : 0;
-        if (g8) rmsnorm_q8_g8(x, output_norm, dim, eps, xn_aq, xn_ads, xn, t);
-        else rmsnorm_q8_row(x, output_norm, xn, t, xn_aq, xn_ads, dim, eps, 0);
+        if (g8) rmsnorm_q8_g8(xf, output_norm, dim, eps, xn_aq, xn_ads, xn, t);
+        else rmsnorm_q8_row(xf, output_norm, xn, t, xn_aq, xn_ads, dim, eps, 0);
         __syncthreads();
         if (prof && threadIdx.x == 0) prof[2 * ((size_t)5 * n_layers * gridDim.x) + 1] = globaltimer();
     }

@@ -57,6 +57,15 @@ struct NormIn { const float* x; const float* w; float eps; int g8; };
 // and `dm` hold the item's rows from local row 0 (MODE_SWIGLU: the 32 gate rows, then the 32
 // up rows), in the global arrays' layout.
 struct Staged { const u8* qs; const u32* dm; };
+// Flag-in-data output (decode.cu's DEC_LL), or p null: the block's MODE_ADD rows and its split
+// SwiGLU values (H < 32) go out as st_ll words of epoch `e` into p (indexed by row / SwiGLU
+// element) instead of plain floats; MODE_ADD adds them to the residual instead of reading
+// `out`, which it leaves untouched: the flag-in-data word prev_ll[row] once it carries epoch
+// e_prev (its load issued before the dot product, awaited after it), or without prev_ll the
+// float prev[row] (the embedding, before the first layer's words exist). MODE_QKV (DEC_LL_QKV)
+// stores q and the cache rows as before and also each stacked row's final value into p[row].
+// The values are the same.
+struct LLOut { u64* p; const float* prev; const u64* prev_ll; u32 e; u32 e_prev; };
 
 // The four quants of lane k (elements 4k..4k+3) of weight block `blk`, as signed bytes in one
 // word: Q8_0 word k of the block; Q4_x byte j holds element j (low nibble) and j + 16 (high),
@@ -150,7 +159,7 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
                                                float* out, float* tap, int n_in, int n_out, int out_stride,
                                                int mode, int n_tok, int rows_per_block, int tok_per_block,
                                                QkvEpi qe, SwigluEpi se, NormIn ni, int bx, int by,
-                                               Staged st = Staged{0, 0}) {
+                                               Staged st = Staged{0, 0}, LLOut lo = LLOut{0, 0, 0, 0u, 0u}) {
     extern __shared__ float sh[];
     __syncthreads();
     const int R = rows_per_block;
@@ -198,7 +207,11 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
         float acc = 0.0f, summs = 0.0f;
         // The residual this output is added to, loaded before the dot product (not after it).
         float prev = 0.0f;
-        if (mode == MODE_ADD && active && k == 0) prev = out[(size_t)(t0 + tt) * out_stride + row];
+        u64 prev_w = 0;
+        if (mode == MODE_ADD && active && k == 0) {
+            if (lo.prev_ll) prev_w = ld_ll(lo.prev_ll + row);
+            else prev = lo.p ? lo.prev[row] : out[(size_t)(t0 + tt) * out_stride + row];
+        }
         if (active) {
             if (st.qs)
                 lane_dot<WT>(st.qs, st.dm, a_base + (size_t)tt * n_in, ads_base + (size_t)tt * nb, rl, nb, k, acc, summs);
@@ -210,8 +223,17 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
         if (active && k == 0) {
             if (mode == MODE_ADD) {
                 const size_t idx = (size_t)(t0 + tt) * out_stride + row;
+                if (lo.prev_ll) {
+                    u64 t0w = 0;
+                    for (int spin = 0; (u32)(prev_w >> 32) != lo.e_prev; spin++) {
+                        ll_spin_timeout(spin, t0w);
+                        prev_w = ld_ll(lo.prev_ll + row);
+                    }
+                    prev = __uint_as_float((u32)prev_w);
+                }
                 v = prev + v;  // ops::add: x = x + v
-                out[idx] = v;
+                if (lo.p) st_ll(lo.p + row, v, lo.e);
+                else out[idx] = v;
                 if (tap) tap[idx] = v;
             } else if (mode == MODE_STORE) {
                 store_out(out, tap, (size_t)(t0 + tt) * out_stride + row, v, mode);
@@ -231,24 +253,36 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
             size_t pos = (size_t)qe.params[0] + t;
             float x0 = res[tt * R + rl], x1 = res[tt * R + rl + 1];
             const float* cs = qe.rope_row ? qe.rope_row : qe.table + pos * qe.head_dim;
+            float y0, y1;
             if (row < qe.dim) {
                 if (qe.bq) { x0 = x0 + qe.bq[row]; x1 = x1 + qe.bq[row + 1]; }
                 int i = row % qe.head_dim;
                 float c = cs[i], s = cs[i + 1];
-                qe.q_out[t * qe.dim + row] = fmaf(x0, c, -(x1 * s));
-                qe.q_out[t * qe.dim + row + 1] = fmaf(x0, s, x1 * c);
+                y0 = fmaf(x0, c, -(x1 * s));
+                y1 = fmaf(x0, s, x1 * c);
+                qe.q_out[t * qe.dim + row] = y0;
+                qe.q_out[t * qe.dim + row + 1] = y1;
             } else if (row < qe.dim + qe.kv_dim) {
                 int r = row - qe.dim;
                 if (qe.bk) { x0 = x0 + qe.bk[r]; x1 = x1 + qe.bk[r + 1]; }
                 int i = r % qe.head_dim;
                 float c = cs[i], s = cs[i + 1];
-                qe.k_cache[pos * qe.kv_dim + r] = fmaf(x0, c, -(x1 * s));
-                qe.k_cache[pos * qe.kv_dim + r + 1] = fmaf(x0, s, x1 * c);
+                y0 = fmaf(x0, c, -(x1 * s));
+                y1 = fmaf(x0, s, x1 * c);
+                qe.k_cache[pos * qe.kv_dim + r] = y0;
+                qe.k_cache[pos * qe.kv_dim + r + 1] = y1;
             } else {
                 int r = row - qe.dim - qe.kv_dim;
                 if (qe.bv) { x0 = x0 + qe.bv[r]; x1 = x1 + qe.bv[r + 1]; }
+                y0 = x0;
+                y1 = x1;
                 qe.v_cache[pos * qe.kv_dim + r] = x0;
                 qe.v_cache[pos * qe.kv_dim + r + 1] = x1;
+            }
+            // decode.cu's DEC_LL_QKV (one position): the stacked row also as flag-in-data words.
+            if (lo.p) {
+                st_ll(lo.p + row, y0, lo.e);
+                st_ll(lo.p + row + 1, y1, lo.e);
             }
         }
     } else if (mode == MODE_SWIGLU && R < 64) {
@@ -258,7 +292,9 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
         for (int idx = threadIdx.x; idx < tcount * H; idx += blockDim.x) {
             const int tt = idx / H, j = idx - tt * H;
             const size_t t = t0 + tt;
-            se.out[t * se.ffn + bx * H + j] = swiglu_elem(res[tt * R + j], res[tt * R + H + j], bx * H + j, se.ffn);
+            const float v = swiglu_elem(res[tt * R + j], res[tt * R + H + j], bx * H + j, se.ffn);
+            if (lo.p) st_ll(lo.p + bx * H + j, v, lo.e);
+            else se.out[t * se.ffn + bx * H + j] = v;
         }
     } else if (mode == MODE_SWIGLU) {
         // swiglu.cu's swiglu_f32 on the 32 outputs of this block, one warp per token.

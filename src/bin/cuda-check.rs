@@ -349,8 +349,9 @@ fn matvec(m: Option<&Model>) -> Result<()> {
 /// barrier (last departure minus last arrival), averaged over layers and 64 steps.
 fn profile(m: &Arc<Model>) -> Result<()> {
     use worker_orcd::backend::cuda::decode_flags as f;
-    // The default, every flag (with HEAD_FLAGS, off by default), the earlier default 7, none.
-    for fl in [f::DEFAULT, f::ALL, f::STAGE | f::NORM_G8 | f::PRELOAD, 0] {
+    // The default, with a pause between polls, with the flag-in-data words (and a pause),
+    // the earlier default 7, none.
+    for fl in [f::DEFAULT, f::DEFAULT | (2 << f::BACKOFF_SHIFT), f::DEFAULT | f::LL, f::DEFAULT | f::LL | (4 << f::BACKOFF_SHIFT), f::STAGE | f::NORM_G8 | f::PRELOAD, 0] {
         profile_flags(m, fl)?;
     }
     Ok(())
@@ -363,6 +364,9 @@ fn profile_flags(m: &Arc<Model>, fl: u32) -> Result<()> {
     println!("decode flags {got} (asked {fl})");
     if got & worker_orcd::backend::cuda::decode_flags::HEAD_FLAGS != 0 {
         println!("(per-head flags: A's barrier is the attention blocks' wait for their heads' Q|K|V items; the other blocks leave A at once, so B's work starts from their early departure)");
+    }
+    if got & worker_orcd::backend::cuda::decode_flags::LL != 0 {
+        println!("(flag-in-data words: after B, C, D and E a block 'leaves' once it has polled the next phase's inputs into shared memory, at once where it has no item there; 'barrier' is then the last block's wait for its inputs)");
     }
     b.set_persistent_profiling(true)?;
     let n_layers = m.config.n_layers;
@@ -504,9 +508,22 @@ fn bench(m: &Arc<Model>) -> Result<()> {
             s7,
             s7 | f::EARLY,
             s7 | f::SPLIT_D,
-            f::ALL & !f::HEAD_FLAGS,
-            f::ALL & !f::EARLY,
-            f::ALL,
+            f::DEFAULT,
+            f::DEFAULT | f::RELAXED,
+            f::DEFAULT | f::LL,
+            f::DEFAULT | f::LL | f::RELAXED,
+            f::DEFAULT | f::LL | f::HEAD_FLAGS,
+            f::DEFAULT | f::LL | f::LL_QKV,
+            f::DEFAULT | (1 << f::BACKOFF_SHIFT),
+            f::DEFAULT | (2 << f::BACKOFF_SHIFT),
+            f::DEFAULT | (4 << f::BACKOFF_SHIFT),
+            f::DEFAULT | (8 << f::BACKOFF_SHIFT),
+            f::DEFAULT | f::RELAXED | (2 << f::BACKOFF_SHIFT),
+            f::DEFAULT | f::LL | (2 << f::BACKOFF_SHIFT),
+            f::DEFAULT | f::LL | (8 << f::BACKOFF_SHIFT),
+            f::DEFAULT | f::LL | f::LL_QKV | (4 << f::BACKOFF_SHIFT),
+            f::ALL & !f::EARLY & !f::BACKOFF,
+            f::ALL & !f::BACKOFF,
         ] {
             let got = b.set_decode_flags(fl);
             decode(&mut b, &mut NoTap, 16)?;

@@ -79,6 +79,8 @@ pub(crate) struct Persistent {
     /// Shared memory before the staging buffers, and each buffer's size (0: no staging).
     stage_off: usize,
     stage_bytes: usize,
+    /// Whether DEC_LL's shared copies fit (else LL is dropped from the flags).
+    ll_ok: bool,
     /// decode.cu's `flags` for the next launches (STAGE only where the buffers fit).
     flags: u32,
     n_layers: usize,
@@ -164,6 +166,12 @@ impl Persistent {
         let stage_off = smem.div_ceil(16) * 16;
         let stage_bytes = stage_bytes.div_ceil(16) * 16;
         let (smem, stage_bytes) = if stage_off + 2 * stage_bytes <= gpu.max_dynamic_smem { (stage_off + 2 * stage_bytes, stage_bytes) } else { (smem, 0) };
+        // DEC_LL's shared copies (x, then the attention output, the SwiGLU row or the q rows,
+        // then DEC_LL_QKV's k and v rows) after the staging buffers (decode.cu's ll_x, ll_in);
+        // without room for them, no DEC_LL.
+        let ll_at = stage_off + 2 * stage_bytes;
+        let ll_end = ll_at + (dim + ffn.max(dim + 2 * c.head_dim)) * 4;
+        let (smem, ll_ok) = if ll_end <= gpu.max_dynamic_smem { (smem.max(ll_end), true) } else { (smem, false) };
         let flags = super::options::options().decode_flags;
         // SAFETY: LayerDesc is repr(C) plain data (u64/i32 fields, no padding holes read).
         let bytes = unsafe { std::slice::from_raw_parts(descs.as_ptr() as *const u8, std::mem::size_of_val(descs.as_slice())) };
@@ -171,17 +179,32 @@ impl Persistent {
         // The barrier counter, then (from word 4) one flag per Q|K|V item (decode.cu's
         // item_flags_set), zero before the first launch.
         let items_a = (dim + 2 * kv_dim).div_ceil(ROWS);
-        let bar = gpu.upload(&vec![0u32; 4 + items_a])?;
+        // Then, from an even word, DEC_LL's flag-in-data words (decode.cu's ll_x0, ll_x1,
+        // ll_attn, ll_sw, ll_qkv: 3 dim + ffn + dim + 2 kv_dim u64), epoch 0, which no launch
+        // awaits.
+        let ll_words = 2 * (4 * dim + ffn + 2 * kv_dim);
+        let bar = gpu.upload(&vec![0u32; (4 + items_a).next_multiple_of(2) + ll_words])?;
         let grid = gpu.sm_count as u32;
-        let mut p = Persistent { table, bar, grid, max_grid: grid, smem, stage_off, stage_bytes, flags: 0, n_layers: layers.len(), kernel, prof: None };
+        let mut p = Persistent { table, bar, grid, max_grid: grid, smem, stage_off, stage_bytes, ll_ok, flags: 0, n_layers: layers.len(), kernel, prof: None };
         p.set_flags(flags);
         Ok(Ok(p))
     }
 
     /// Sets decode.cu's `flags` for the next launches (see [`flags`]); STAGE is dropped where
-    /// the staging buffers did not fit. Returns the flags in force.
+    /// the staging buffers did not fit, LL where its shared copies did not. Returns the flags
+    /// in force.
     pub fn set_flags(&mut self, f: u32) -> u32 {
-        self.flags = if self.stage_bytes == 0 { f & !flags::STAGE } else { f } & flags::ALL;
+        let mut f = f & flags::ALL;
+        if self.stage_bytes == 0 {
+            f &= !flags::STAGE;
+        }
+        if !self.ll_ok {
+            f &= !flags::LL;
+        }
+        if f & flags::LL == 0 {
+            f &= !flags::LL_QKV;
+        }
+        self.flags = f;
         self.flags
     }
 
@@ -216,9 +239,21 @@ impl Persistent {
         }
     }
 
-    /// How far one launch moves the barrier counter (5 barriers per layer, one arrival per block).
+    /// How far one launch moves the barrier counter (5 barriers per layer, 1 with LL, none
+    /// with LL and LL_QKV; one arrival per block).
     pub fn counter_advance(&self) -> u32 {
-        (5 * self.n_layers as u32).wrapping_mul(self.grid)
+        let per_layer = match (self.flags & flags::LL != 0, self.flags & flags::LL_QKV != 0) {
+            (false, _) => 5,
+            (true, false) => 1,
+            (true, true) => 0,
+        };
+        (per_layer * self.n_layers as u32).wrapping_mul(self.grid)
+    }
+
+    /// How far one launch moves DEC_LL's epoch base (params[2]): one epoch per layer, so no
+    /// flag-in-data word left from an earlier launch carries an epoch a later one awaits.
+    pub fn epoch_advance(&self) -> u32 {
+        self.n_layers as u32
     }
 
     pub fn grid(&self) -> usize {

@@ -168,7 +168,7 @@ impl CudaBackend {
         // Upload pos0 and the ids (the only host-to-device copy of a step).
         {
             let io = self.pinned.io.i32s_mut(4 + n);
-            io[..4].copy_from_slice(&[pos0 as i32, self.barrier_base as i32, 0, 0]);
+            io[..4].copy_from_slice(&[pos0 as i32, self.barrier_base as i32, self.ll_epoch as i32, 0]);
             for (d, &t) in io[4..].iter_mut().zip(tokens) {
                 *d = t as i32;
             }
@@ -180,6 +180,7 @@ impl CudaBackend {
         if let (true, Ok(p)) = (n == 1 && !debug && self.use_persistent, &self.persistent) {
             // Moved whether or not the launch succeeds: a failed launch poisons the context.
             self.barrier_base = self.barrier_base.wrapping_add(p.counter_advance());
+            self.ll_epoch = self.ll_epoch.wrapping_add(p.epoch_advance());
         }
         if debug {
             self.encode(n, first, count, false, Some(&mut *tap))?;

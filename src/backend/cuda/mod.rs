@@ -167,6 +167,9 @@ pub struct CudaBackend {
     use_persistent: bool,
     /// The persistent kernel's barrier counter before its next launch (uploaded with pos0).
     barrier_base: u32,
+    /// The persistent kernel's flag-in-data epoch base (decode.cu's DEC_LL, params[2]), moved
+    /// by `epoch_advance` per launch.
+    ll_epoch: u32,
     /// The token choice on the device (`forward_pick`).
     pick: pick::DevicePick,
     /// The last chunk's device choice, when it made one.
@@ -355,6 +358,7 @@ impl CudaBackend {
             use_persistent: persistent.is_ok(),
             persistent,
             barrier_base: 0,
+            ll_epoch: 0,
             embd: embd.resolve(base),
             output: output.resolve(base),
             output_norm: output_norm + base,

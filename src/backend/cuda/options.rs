@@ -12,7 +12,7 @@
 //! | `WORKER_ORCD_CUDA_ATTN_ROWS=0` | on | batch attention runs one block per (position, head) (`attention_f32`) instead of several pairs per block sharing each K/V tile (`attention_rows_f32_p*`) |
 //! | `WORKER_ORCD_CUDA_PDL=0` | on (sm_90+) | kernels never overlap their predecessor's tail (programmatic dependent launch) |
 //! | `WORKER_ORCD_CUDA_PICK=0` | on | the engine's token choice (`sampler::pick`) runs on the host over downloaded logits instead of on the device (`kernels/sample.cu`) |
-//! | `WORKER_ORCD_CUDA_DECODE_FLAGS=N` | 31 (every flag but 32) | the persistent decode kernel's optimizations, a bit mask (`decode_flags`: 1 staged weights, 2 eight-thread norm quantization, 4 attention preload, 8 that preload early, 16 the gate\|up phase split, 32 per-head flags instead of the Q\|K\|V barrier) |
+//! | `WORKER_ORCD_CUDA_DECODE_FLAGS=N` | 31 (every flag but 32) | the persistent decode kernel's optimizations, a bit mask (`decode_flags`: 1 staged weights, 2 eight-thread norm quantization, 4 attention preload, 8 that preload early, 16 the gate\|up phase split, 32 per-head flags instead of the Q\|K\|V barrier, 64 flag-in-data words instead of the other four barriers, 128 relaxed barrier polls, 256 with 64 flag-in-data words after Q\|K\|V too, bits 12-15 a pause of n x 32 ns between polls) |
 //! | `WORKER_ORCD_KERNEL_CACHE=DIR` | `$XDG_CACHE_HOME/worker-orcd/kernels`, else `~/.cache/worker-orcd/kernels` | where compiled kernel modules are cached |
 
 use std::path::PathBuf;
@@ -37,10 +37,23 @@ pub mod decode_flags {
     /// per-item flags for the rows their heads read. Not in [`DEFAULT`]: on the H200 it
     /// measured slower than the barrier (BENCHMARKS.md).
     pub const HEAD_FLAGS: u32 = 32;
+    /// No grid barrier after the attention, output, gate|up and down phases: their outputs
+    /// are flag-in-data words (value and epoch in one 64-bit word) that the next phase's
+    /// blocks poll. Implies SPLIT_D.
+    pub const LL: u32 = 64;
+    /// The barrier polls use relaxed loads and one acquire fence instead of acquire loads.
+    pub const RELAXED: u32 = 128;
+    /// With LL: no barrier after the Q|K|V phase either (its rows as flag-in-data words too;
+    /// the attention blocks store this position's K/V cells themselves). Dropped without LL.
+    pub const LL_QKV: u32 = 256;
+    /// Bits 12..15, a number n: every spin loop of the kernel (barrier, flag and
+    /// flag-in-data polls) pauses n x 32 ns between two polls.
+    pub const BACKOFF_SHIFT: u32 = 12;
+    pub const BACKOFF: u32 = 15 << BACKOFF_SHIFT;
     /// Every flag (the mask of valid bits).
-    pub const ALL: u32 = STAGE | NORM_G8 | PRELOAD | EARLY | SPLIT_D | HEAD_FLAGS;
+    pub const ALL: u32 = STAGE | NORM_G8 | PRELOAD | EARLY | SPLIT_D | HEAD_FLAGS | LL | RELAXED | LL_QKV | BACKOFF;
     /// What runs unless `WORKER_ORCD_CUDA_DECODE_FLAGS` says otherwise.
-    pub const DEFAULT: u32 = ALL & !HEAD_FLAGS;
+    pub const DEFAULT: u32 = STAGE | NORM_G8 | PRELOAD | EARLY | SPLIT_D;
 }
 
 /// `WORKER_ORCD_CUDA_TILE`'s default: below this many positions the tiled products never beat
