@@ -351,7 +351,14 @@ fn profile(m: &Arc<Model>) -> Result<()> {
     use worker_orcd::backend::cuda::decode_flags as f;
     // The default, with a pause between polls, with the flag-in-data words (and a pause),
     // the earlier default 7, none.
-    for fl in [f::DEFAULT, f::DEFAULT | (2 << f::BACKOFF_SHIFT), f::DEFAULT | f::LL, f::DEFAULT | f::LL | (4 << f::BACKOFF_SHIFT), f::STAGE | f::NORM_G8 | f::PRELOAD, 0] {
+    for fl in [
+        f::DEFAULT,
+        f::DEFAULT | (2 << f::BACKOFF_SHIFT),
+        f::DEFAULT | f::LL,
+        f::DEFAULT | f::LL | (4 << f::BACKOFF_SHIFT),
+        f::STAGE | f::NORM_G8 | f::PRELOAD,
+        0,
+    ] {
         profile_flags(m, fl)?;
     }
     Ok(())
