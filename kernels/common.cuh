@@ -48,15 +48,30 @@ __device__ __forceinline__ u64 ld_ll(const u64* p) {
     asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(w) : "l"(p) : "memory");
     return w;
 }
-// A flag-in-data poll loop's guard: after 2 s of waiting the block traps (a launch error, never
-// a hung device). Checked every 1024 polls.
-__device__ __forceinline__ void ll_spin_timeout(int spin, unsigned long long& t0) {
+__device__ __forceinline__ u64 globaltimer() {
+    u64 t;
+    asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+    return t;
+}
+// Every spin loop's guard (decode.cu's barriers and flag-in-data polls): after 2 s of waiting
+// the block traps (a launch error, never a hung device). Checked every 1024 polls.
+__device__ __forceinline__ void spin_timeout(int spin, u64& t0) {
     if ((spin & 1023) == 1023) {
-        unsigned long long now;
-        asm volatile("mov.u64 %0, %globaltimer;" : "=l"(now));
+        u64 now = globaltimer();
         if (t0 == 0) t0 = now;
         else if (now - t0 > 2000000000ull) __trap();
     }
+}
+// The value of flag-in-data word *p once it carries epoch e; `w` is a load of it already made
+// (issued early by the caller). `pause` ns between polls (0: none).
+__device__ __forceinline__ float ll_await(const u64* p, u64 w, u32 e, unsigned pause) {
+    u64 t0 = 0;
+    for (int spin = 0; (u32)(w >> 32) != e; spin++) {
+        spin_timeout(spin, t0);
+        if (pause) __nanosleep(pause);
+        w = ld_ll(p);
+    }
+    return __uint_as_float((u32)w);
 }
 
 // f16 <-> f32 through PTX (NVRTC is used without cuda_fp16.h). cvt.rn is round-to-nearest-even,

@@ -55,14 +55,7 @@ __device__ __forceinline__ u32 ld_relaxed(const u32* p) {
     return v;
 }
 
-__device__ __forceinline__ u64 globaltimer() {
-    u64 t;
-    asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
-    return t;
-}
-
-// Every spin loop below traps after 2 s of waiting (common.cuh's ll_spin_timeout).
-__device__ __forceinline__ void spin_timeout(int spin, u64& t0) { ll_spin_timeout(spin, t0); }
+// Every spin loop below traps after 2 s of waiting (common.cuh's spin_timeout).
 
 // The pause between two polls of a spin loop (DEC_BACKOFF: flags bits 12..15 times 32 ns; 0:
 // none). Fewer polls in flight leave the L2 slices that hold the awaited words (and receive the
@@ -93,7 +86,7 @@ __device__ __forceinline__ void poll_until(const u32* p, u32 target, bool relaxe
 // its writes are visible before the count) and waits until the count reaches base + (kb+1) *
 // grid (barrier_target), where base (params[1]) is the counter's value before the launch, kept
 // by the host (each launch adds exactly counter_advance: 5 barriers per layer, 1 with DEC_LL,
-// times the grid). The counter wraps; comparisons are modular.
+// none with DEC_LL_QKV too, times the grid). The counter wraps; comparisons are modular.
 // `prof` (profiling only, else null): per phase k and block b, the time the block arrived
 // (finished its items) and left (may start the next phase), at prof[2 * (k * gridDim.x + b)]
 // and the next word (ns, %globaltimer). k counts the five phases of every layer in every mode.
@@ -164,69 +157,54 @@ __device__ __forceinline__ void head_wait(const u32* iflag, u32 target, u64* pro
 // DEC_LL: instead of a grid barrier, the consumer of a phase's output polls the output itself.
 // The rows a phase writes for the next (x after the output projection and after the down
 // projection, in two buffers; the attention output; the SwiGLU row) are flag-in-data words
-// (common.cuh's st_ll) tagged with the layer's epoch, base + 1 + l: a launch moves base by at
-// least n_layers, so no word left from an earlier launch carries an epoch this one awaits, and
-// no buffer is rewritten before every reader of its previous contents is done (each rewrite
-// depends, through the phases between, on every block's read). ll_gather copies the n values of
+// (common.cuh's st_ll) tagged with the layer's epoch, params[2] + 1 + l: the host moves
+// params[2] by n_layers per launch, so no word left from an earlier launch carries an epoch
+// this one awaits, and no buffer is rewritten before every reader of its previous contents is
+// done (each rewrite depends, through the phases between, on every block's read). ll_gather copies the n values of
 // src into dst (shared memory) once each carries epoch e; all of a thread's loads of a round are
 // in flight before it checks any. It starts and ends with __syncthreads (dst may still be read
 // by the previous phase; the next reads it from every thread).
 #define LL_PER 16
-__device__ __forceinline__ void ll_gather(const u64* src, float* dst, int n, u32 e, unsigned pause) {
+// The general form: n_runs (1 to 3) runs of `run` words, run r from s_r into d_r (ll_gather:
+// one run; ll_gather_head: three). The run's pointers are chosen by value, not indexed, so
+// they stay in registers.
+struct LLRuns { const u64* s0; const u64* s1; const u64* s2; float* d0; float* d1; float* d2; };
+__device__ __forceinline__ void ll_gather_runs(const LLRuns& rs, int run, int n_runs, u32 e, unsigned pause) {
     __syncthreads();
+    const int n = run * n_runs;
     for (int i0 = 0; i0 < n; i0 += LL_PER * blockDim.x) {
         u64 w[LL_PER];
 #pragma unroll
         for (int j = 0; j < LL_PER; j++) {
             const int i = i0 + j * blockDim.x + threadIdx.x;
-            w[j] = i < n ? ld_ll(src + i) : ((u64)e << 32);
+            const int r = n_runs == 1 ? 0 : i / run;
+            const u64* src = r == 0 ? rs.s0 : r == 1 ? rs.s1 : rs.s2;
+            w[j] = i < n ? ld_ll(src + (i - r * run)) : ((u64)e << 32);
         }
 #pragma unroll
         for (int j = 0; j < LL_PER; j++) {
             const int i = i0 + j * blockDim.x + threadIdx.x;
-            u64 t0 = 0;
-            for (int spin = 0; (u32)(w[j] >> 32) != e; spin++) {
-                spin_timeout(spin, t0);
-                poll_pause(pause);
-                w[j] = ld_ll(src + i);
+            if (i < n) {
+                const int r = n_runs == 1 ? 0 : i / run, d = i - r * run;
+                const u64* src = r == 0 ? rs.s0 : r == 1 ? rs.s1 : rs.s2;
+                float* dst = r == 0 ? rs.d0 : r == 1 ? rs.d1 : rs.d2;
+                dst[d] = ll_await(src + d, w[j], e, pause);
             }
-            if (i < n) dst[i] = __uint_as_float((u32)w[j]);
         }
     }
     __syncthreads();
 }
 
-// DEC_LL_QKV: ll_gather of head_dim words from each of three offsets of the stacked Q|K|V
-// words: the first run into q_dst + q0 (head h's q row, where attention_head reads it), the
-// other two into kv_dst and kv_dst + head_dim.
+__device__ __forceinline__ void ll_gather(const u64* src, float* dst, int n, u32 e, unsigned pause) {
+    ll_gather_runs(LLRuns{src, src, src, dst, dst, dst}, n, 1, e, pause);
+}
+
+// DEC_LL_QKV: head_dim words from each of three offsets of the stacked Q|K|V words: the first
+// run into q_dst + q0 (head h's q row, where attention_head reads it), the other two into
+// kv_dst and kv_dst + head_dim.
 __device__ __forceinline__ void ll_gather_head(const u64* qkv, float* q_dst, float* kv_dst, int q0, int k0, int v0,
                                                int head_dim, u32 e, unsigned pause) {
-    __syncthreads();
-    const int n = 3 * head_dim;
-    for (int i0 = 0; i0 < n; i0 += LL_PER * blockDim.x) {
-        u64 w[LL_PER];
-        const u64* src[LL_PER];
-        float* dst[LL_PER];
-#pragma unroll
-        for (int j = 0; j < LL_PER; j++) {
-            const int i = i0 + j * blockDim.x + threadIdx.x;
-            const int seg = i / head_dim, d = i - seg * head_dim;
-            src[j] = qkv + (seg == 0 ? q0 : seg == 1 ? k0 : v0) + d;
-            dst[j] = seg == 0 ? q_dst + q0 + d : kv_dst + (seg - 1) * head_dim + d;
-            w[j] = i < n ? ld_ll(src[j]) : ((u64)e << 32);
-        }
-#pragma unroll
-        for (int j = 0; j < LL_PER; j++) {
-            u64 t0 = 0;
-            for (int spin = 0; (u32)(w[j] >> 32) != e; spin++) {
-                spin_timeout(spin, t0);
-                poll_pause(pause);
-                w[j] = ld_ll(src[j]);
-            }
-            if (i0 + j * blockDim.x + threadIdx.x < n) *dst[j] = __uint_as_float((u32)w[j]);
-        }
-    }
-    __syncthreads();
+    ll_gather_runs(LLRuns{qkv + q0, qkv + k0, qkv + v0, q_dst + q0, kv_dst, kv_dst + head_dim}, head_dim, 3, e, pause);
 }
 
 template <int WT>

@@ -223,14 +223,7 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
         if (active && k == 0) {
             if (mode == MODE_ADD) {
                 const size_t idx = (size_t)(t0 + tt) * out_stride + row;
-                if (lo.prev_ll) {
-                    u64 t0w = 0;
-                    for (int spin = 0; (u32)(prev_w >> 32) != lo.e_prev; spin++) {
-                        ll_spin_timeout(spin, t0w);
-                        prev_w = ld_ll(lo.prev_ll + row);
-                    }
-                    prev = __uint_as_float((u32)prev_w);
-                }
+                if (lo.prev_ll) prev = ll_await(lo.prev_ll + row, prev_w, lo.e_prev, 0);
                 v = prev + v;  // ops::add: x = x + v
                 if (lo.p) st_ll(lo.p + row, v, lo.e);
                 else out[idx] = v;
