@@ -90,6 +90,8 @@ __device__ __forceinline__ void poll_until(const u32* p, u32 target, bool relaxe
 // `prof` (profiling only, else null): per phase k and block b, the time the block arrived
 // (finished its items) and left (may start the next phase), at prof[2 * (k * gridDim.x + b)]
 // and the next word (ns, %globaltimer). k counts the five phases of every layer in every mode.
+// After those rows (and the row of start times), four words per phase and block: the stamps
+// of matvec_q_block inside the block's first item of a product phase (see decoder_layers).
 // Split in two: grid_arrive (after the block's last global write of the phase) and grid_wait;
 // between them a block may only issue work that writes no global memory (prefetches, copies
 // into its own shared memory), which then overlaps the other blocks' arrivals.
@@ -215,9 +217,9 @@ __device__ __forceinline__ void mv_prefetch(const Mat& m, int mode, int rows, in
 template <int WT>
 __device__ __forceinline__ void mv_block(const Mat& m, const i8* aq, const float2* ads, float* out, float* tap,
                                          int out_stride, int mode, int rows, QkvEpi qe, SwigluEpi se, NormIn ni,
-                                         int bx, Staged st, LLOut lo = LLOut{0, 0, 0u}) {
+                                         int bx, Staged st, LLOut lo = LLOut{0, 0, 0, 0u, 0u}, u64* stamps = 0) {
     matvec_q_block<WT>(m.qs, m.dm, aq, ads, out, tap, m.n_in, m.n_out, out_stride, mode, 1, rows, 1, qe, se, ni, bx, 0,
-                       st, lo);
+                       st, lo, stamps);
 }
 
 #define ROPE_ROW_MAX 256
@@ -351,6 +353,11 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
     u64* ll_sw = ll_attn + dim;
     u64* ll_qkv = ll_sw + ffn;
     const QkvEpi qe0 = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    // Profiling only: the sub-phase stamps of this block's first item of product phase k
+    // (matvec_q_block's `stamps`: input ready, products done, epilogue done; a fourth word
+    // unused), after the barrier words (decode.rs's prof_words).
+    u64* sub = prof ? prof + 2 * (size_t)(5 * n_layers + 1) * gridDim.x : 0;
+    auto sub_at = [&](int kk) -> u64* { return sub ? sub + 4 * ((size_t)kk * gridDim.x + bid) : 0; };
     // This position's RoPE row, read once per step (every layer's Q|K|V epilogue uses it).
     __shared__ float rope_s[ROPE_ROW_MAX];
     const bool rope_in_smem = head_dim <= ROPE_ROW_MAX;
@@ -404,7 +411,7 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
             const LLOut lo = {llq ? ll_qkv : 0, 0, 0, ep, 0u};
             for (int it = bid; it < items_a; it += nblk)
                 mv_block<WT>(L.qkv, 0, 0, 0, 0, qkv_w, MODE_QKV, DEC_ROWS, qe, se0, ni, it,
-                             it == bid ? staged_at<WT>(L.qkv, DEC_ROWS, buf0, stage) : none, lo);
+                             it == bid ? staged_at<WT>(L.qkv, DEC_ROWS, buf0, stage) : none, lo, it == bid ? sub_at(k) : 0);
             if (llq) ll_arrive();
             else grid_arrive(bar, prof, k);
             // The barrier's number: one per phase, or with DEC_LL one per layer.
@@ -466,7 +473,7 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
             const LLOut lo = {ll ? ll_x1 : 0, x, ll && l > 0 ? ll_x0 : 0, ep, ep - 1};
             for (int it = bid; it < items_c; it += nblk)
                 mv_block<WT>(L.wo, attn_aq, attn_ads, x, 0, dim, MODE_ADD, DEC_ROWS, qe0, se0, ni, it,
-                             it == bid ? staged_at<WT>(L.wo, DEC_ROWS, buf1, stage) : none, lo);
+                             it == bid ? staged_at<WT>(L.wo, DEC_ROWS, buf1, stage) : none, lo, it == bid ? sub_at(k) : 0);
             if (ll) ll_arrive();
             else grid_arrive(bar, prof, k);
             if (stage) {
@@ -495,7 +502,7 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
             const LLOut lo = {ll ? ll_sw : 0, 0, 0, ep, 0u};
             for (int it = bid; it < items_d; it += nblk)
                 mv_block<WT>(L.gate_up, 0, 0, 0, 0, 2 * ffn, MODE_SWIGLU, rows_d, qe0, se, ni, it,
-                             it == bid ? staged_at<WT>(L.gate_up, rows_d, buf0, stage) : none, lo);
+                             it == bid ? staged_at<WT>(L.gate_up, rows_d, buf0, stage) : none, lo, it == bid ? sub_at(k) : 0);
             if (ll) ll_arrive();
             else grid_arrive(bar, prof, k);
             if (!stage)
@@ -521,7 +528,7 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
             const LLOut lo = {ll ? ll_x0 : 0, 0, ll ? ll_x1 : 0, ep, ep};
             for (int it = bid; it < items_e; it += nblk)
                 mv_block<WT>(L.down, sw_aq, sw_ads, x, t, dim, MODE_ADD, DEC_ROWS, qe0, se0, ni, it,
-                             it == bid ? staged_at<WT>(L.down, DEC_ROWS, buf1, stage) : none, lo);
+                             it == bid ? staged_at<WT>(L.down, DEC_ROWS, buf1, stage) : none, lo, it == bid ? sub_at(k) : 0);
             if (ll) ll_arrive();
             else grid_arrive(bar, prof, k);
             preload_next(4);

@@ -159,7 +159,8 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
                                                float* out, float* tap, int n_in, int n_out, int out_stride,
                                                int mode, int n_tok, int rows_per_block, int tok_per_block,
                                                QkvEpi qe, SwigluEpi se, NormIn ni, int bx, int by,
-                                               Staged st = Staged{0, 0}, LLOut lo = LLOut{0, 0, 0, 0u, 0u}) {
+                                               Staged st = Staged{0, 0}, LLOut lo = LLOut{0, 0, 0, 0u, 0u},
+                                               u64* stamps = 0) {
     extern __shared__ float sh[];
     __syncthreads();
     const int R = rows_per_block;
@@ -195,6 +196,9 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
         a_base = aq_s;
         ads_base = ads_s;
     }
+    // Profiling only (decode.cu's sub-phase stamps): input in shared memory, products done,
+    // epilogue done, each after a __syncthreads (which only profiling adds).
+    if (stamps && threadIdx.x == 0) stamps[0] = globaltimer();
     // Eight threads per (token, row) output; every thread runs the same number of rounds so the
     // shuffles of hsum8_shfl always have the whole warp.
     const int k = threadIdx.x & 7, grp = threadIdx.x >> 3, n_grp = blockDim.x >> 3;
@@ -234,6 +238,10 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
                 res[tt * R + rl] = v;
             }
         }
+    }
+    if (stamps) {
+        __syncthreads();
+        if (threadIdx.x == 0) stamps[1] = globaltimer();
     }
     if (mode == MODE_QKV) {
         // Bias, RoPE and the cache writes of rope.cu's rope_store_kv, on pairs of adjacent rows.
@@ -301,6 +309,10 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
             if (se.out) se.out[t * se.ffn + blk * 32 + lane] = s;
             quantize_block_warp(s, se.aq + t * se.ffn + blk * QK, se.ads + t * (se.ffn / QK) + blk);
         }
+    }
+    if (stamps) {
+        __syncthreads();
+        if (threadIdx.x == 0) stamps[2] = globaltimer();
     }
 }
 

@@ -349,16 +349,9 @@ fn matvec(m: Option<&Model>) -> Result<()> {
 /// barrier (last departure minus last arrival), averaged over layers and 64 steps.
 fn profile(m: &Arc<Model>) -> Result<()> {
     use worker_orcd::backend::cuda::decode_flags as f;
-    // The default, with a pause between polls, with the flag-in-data words (and a pause),
-    // the earlier default 7, none.
-    for fl in [
-        f::DEFAULT,
-        f::DEFAULT | (2 << f::BACKOFF_SHIFT),
-        f::DEFAULT | f::LL,
-        f::DEFAULT | f::LL | (4 << f::BACKOFF_SHIFT),
-        f::STAGE | f::NORM_G8 | f::PRELOAD,
-        0,
-    ] {
+    // The default, with the flag-in-data words (and after Q|K|V too), the earlier default 7,
+    // none.
+    for fl in [f::DEFAULT, f::DEFAULT | f::LL, f::DEFAULT | f::LL | f::LL_QKV, f::STAGE | f::NORM_G8 | f::PRELOAD, 0] {
         profile_flags(m, fl)?;
     }
     Ok(())
@@ -383,6 +376,14 @@ fn profile_flags(m: &Arc<Model>, fl: u32) -> Result<()> {
     // from this one (the spans of every barrier plus the time from the last departure to the end
     // sum to the kernel total; work and barrier overlap where blocks leave at different times).
     let mut span = [0.0f64; 5];
+    // Inside the product phases (decode.cu's sub-phase stamps of a block's first item): from the
+    // block's departure from the previous phase to its input in shared memory, the products,
+    // the epilogue, and from there to its arrival; the mean over the blocks with an item, and
+    // the block that arrives last (the one the barrier waits for).
+    let mut sub_mean = [[0.0f64; 4]; 5];
+    let mut sub_n = [0.0f64; 5];
+    let mut sub_last = [[0.0f64; 4]; 5];
+    let mut sub_last_n = [0.0f64; 5];
     let (mut total, mut norm, mut launch_to_first, mut wall) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
     let steps = 64;
     let mut logits = b.forward(&[1], 0, LogitRows::Last, &mut NoTap)?;
@@ -399,7 +400,32 @@ fn profile_flags(m: &Arc<Model>, fl: u32) -> Result<()> {
         launch_to_first += last_start - first_start;
         let mut prev_leave = first_start;
         let mut prev_leave_max = first_start;
+        let end = at(starts, 0, 1);
+        let sub0 = 2 * (starts + 1) * g;
+        let stamp = |k: usize, blk: usize, j: usize| p[sub0 + 4 * (k * g + blk) + j] as f64;
         for k in 0..starts {
+            // Sub-phase stamps of this step only (the buffer keeps older ones for blocks with no item).
+            let left_before = |blk: usize| if k == 0 { at(starts, blk, 0) } else { at(k - 1, blk, 1) };
+            let parts = |blk: usize| -> Option<[f64; 4]> {
+                let (s0, s1, s2) = (stamp(k, blk, 0), stamp(k, blk, 1), stamp(k, blk, 2));
+                let (l, a) = (left_before(blk), at(k, blk, 0));
+                (s0 >= l && s0 <= s1 && s1 <= s2 && s2 <= a && a <= end).then(|| [s0 - l, s1 - s0, s2 - s1, a - s2])
+            };
+            for blk in 0..g {
+                if let Some(v) = parts(blk) {
+                    for j in 0..4 {
+                        sub_mean[k % 5][j] += v[j];
+                    }
+                    sub_n[k % 5] += 1.0;
+                }
+            }
+            let last_blk = (0..g).max_by(|&x, &y| at(k, x, 0).total_cmp(&at(k, y, 0))).unwrap_or(0);
+            if let Some(v) = parts(last_blk) {
+                for j in 0..4 {
+                    sub_last[k % 5][j] += v[j];
+                }
+                sub_last_n[k % 5] += 1.0;
+            }
             let arrive_max = (0..g).map(|blk| at(k, blk, 0)).fold(0.0, f64::max);
             let leave_max = (0..g).map(|blk| at(k, blk, 1)).fold(0.0, f64::max);
             let leave_min = (0..g).map(|blk| at(k, blk, 1)).fold(f64::MAX, f64::min);
@@ -409,7 +435,6 @@ fn profile_flags(m: &Arc<Model>, fl: u32) -> Result<()> {
             prev_leave = leave_min;
             prev_leave_max = leave_max;
         }
-        let end = at(starts, 0, 1);
         norm += end - prev_leave;
         total += end - first_start;
     }
@@ -418,6 +443,18 @@ fn profile_flags(m: &Arc<Model>, fl: u32) -> Result<()> {
     println!("| phase | work | barrier | span (additive) |\n|---|---|---|---|");
     for (i, name) in ["A qkv+norm+rope", "B attention", "C wo+add", "D gate_up+norm+swiglu", "E down+add"].iter().enumerate() {
         println!("| {name} | {:.2} | {:.2} | {:.2} |", per(work[i]), per(wait[i]), per(span[i]));
+    }
+    println!("inside the product phases, per block (µs; mean over the blocks with an item / the block that arrives last, where it has one):");
+    println!("| phase | leave to input in shared memory | products | epilogue | epilogue end to arrival |\n|---|---|---|---|---|");
+    for (i, name) in ["A qkv+norm+rope", "B attention", "C wo+add", "D gate_up+norm+swiglu", "E down+add"].iter().enumerate() {
+        if sub_n[i] == 0.0 {
+            continue;
+        }
+        let cell = |j: usize| {
+            let last = if sub_last_n[i] > 0.0 { format!("{:.2}", sub_last[i][j] / sub_last_n[i] / 1e3) } else { "-".into() };
+            format!("{:.2} / {last}", sub_mean[i][j] / sub_n[i] / 1e3)
+        };
+        println!("| {name} | {} | {} | {} | {} |", cell(0), cell(1), cell(2), cell(3));
     }
     println!(
         "block start spread {:.2} µs, final norm {:.2} µs, kernel total {:.1} µs per step; Backend::forward wall {:.1} µs per step",

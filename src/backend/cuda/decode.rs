@@ -216,9 +216,10 @@ impl Persistent {
     }
 
     /// Timestamp words for `grid` blocks: (arrived, left) per barrier and block, then a row of
-    /// start times.
+    /// start times, then per phase and block four sub-phase stamps of the block's first
+    /// product item (input ready, products done, epilogue done, unused; decode.cu's `sub`).
     fn prof_words(&self, grid: u32) -> usize {
-        2 * (5 * self.n_layers + 1) * grid as usize
+        2 * (5 * self.n_layers + 1) * grid as usize + 4 * 5 * self.n_layers * grid as usize
     }
 
     /// Runs the next launches on `n` blocks (clamped to 1..=the resident limit; `None`: the
