@@ -123,6 +123,14 @@ __device__ __forceinline__ void attention_head(const float* q, const float* k_ca
     float* kv2 = kv + tile * ld;       // dual: the first V tile
     float* s = kv + (dual ? 2 : 1) * tile * ld;  // [n_ctx] scores, then probabilities
     float* gsum = s + ((n_kv + 7) & ~7);          // [ceil(n_kv / 8)] group sums, after the row
+    // With `preloaded` and a block of at least 2 * head_dim threads, thread c loads its cell of
+    // the new position's K (c < head_dim) or V row before q, so the two loads are in flight
+    // together (stored into the tile below).
+    const int p_new = n_kv - 1, c_new = threadIdx.x, w_new = c_new >= head_dim, d_new = c_new - w_new * head_dim;
+    const bool row_early = preloaded && p_new < tile && 2 * head_dim <= (int)blockDim.x;
+    float kv_new = 0.0f;
+    if (row_early && c_new < 2 * head_dim)
+        kv_new = (w_new ? v_cache : k_cache)[(size_t)p_new * kv_dim + kvh * head_dim + d_new];
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qh[d] = q[t * dim + h * head_dim + d];
 
     // Scores, one tile of positions at a time: the tile is loaded with coalesced 16-byte loads,
@@ -133,7 +141,9 @@ __device__ __forceinline__ void attention_head(const float* q, const float* k_ca
         __syncthreads();
         if (preloaded && j0 == 0) {
             const int p = n_kv - 1;  // the new position (t == 0)
-            if (p < tile) {
+            if (row_early) {
+                if (c_new < 2 * head_dim) (w_new ? kv2 : kv)[p * ld + d_new] = kv_new;
+            } else if (p < tile) {
                 for (int c = threadIdx.x; c < 2 * head_dim; c += blockDim.x) {
                     const int w = c >= head_dim, d = c - w * head_dim;
                     (w ? kv2 : kv)[p * ld + d] = (w ? v_cache : k_cache)[(size_t)p * kv_dim + kvh * head_dim + d];
@@ -174,22 +184,63 @@ __device__ __forceinline__ void attention_head(const float* q, const float* k_ca
 
     // Values: thread d accumulates channel d in 32 lanes by cell index (ggml_vec_dot_f32 over
     // the cells), tile by tile; tiles start at multiples of 128, so cell j0 + r is lane r % 32.
+    // With at least 2 * head_dim threads, two threads share channel d: thread d the lanes 0..15,
+    // thread head_dim + d the lanes 16..31 (each lane's chain over its cells unchanged), and
+    // the second hands its lanes to the first through shared memory before the reduction.
     float acc32[32];
 #pragma unroll
     for (int i = 0; i < 32; i++) acc32[i] = 0.0f;
-    for (int j0 = 0; j0 < n_kv; j0 += tile) {
-        int rows = min(tile, n_kv - j0);
-        const bool pre = dual && j0 == 0;
-        __syncthreads();
-        if (!pre) load_tiles(v_cache, kv, 0, 0, j0, rows, kv_dim, kvh * head_dim, head_dim, ld);
-        __syncthreads();
-        const float* vt = pre ? kv2 : kv;
-        int d = threadIdx.x;
-        if (d < head_dim) {
-            for (int r0 = 0; r0 < rows; r0 += 32) {
+    if (2 * head_dim <= (int)blockDim.x) {
+        const int half = threadIdx.x >= head_dim, d = threadIdx.x - half * head_dim, o = 16 * half;
+        const bool on = threadIdx.x < 2 * head_dim;
+        float a16[16];
 #pragma unroll
-                for (int u = 0; u < 32; u++) {
-                    if (r0 + u < rows) acc32[u] = fmaf(vt[(r0 + u) * ld + d], s[j0 + r0 + u], acc32[u]);
+        for (int i = 0; i < 16; i++) a16[i] = 0.0f;
+        for (int j0 = 0; j0 < n_kv; j0 += tile) {
+            int rows = min(tile, n_kv - j0);
+            const bool pre = dual && j0 == 0;
+            __syncthreads();
+            if (!pre) load_tiles(v_cache, kv, 0, 0, j0, rows, kv_dim, kvh * head_dim, head_dim, ld);
+            __syncthreads();
+            const float* vt = pre ? kv2 : kv;
+            if (on) {
+                for (int r0 = 0; r0 < rows; r0 += 32) {
+#pragma unroll
+                    for (int u = 0; u < 16; u++) {
+                        const int r = r0 + o + u;
+                        if (r < rows) a16[u] = fmaf(vt[r * ld + d], s[j0 + r], a16[u]);
+                    }
+                }
+            }
+        }
+        __syncthreads();  // every read of the tiles is done: kv holds the exchange
+        if (on && half) {
+#pragma unroll
+            for (int u = 0; u < 16; u++) kv[u * head_dim + d] = a16[u];
+        }
+        __syncthreads();
+        if (!half) {
+#pragma unroll
+            for (int u = 0; u < 16; u++) {
+                acc32[u] = a16[u];
+                acc32[16 + u] = kv[u * head_dim + d];
+            }
+        }
+    } else {
+        for (int j0 = 0; j0 < n_kv; j0 += tile) {
+            int rows = min(tile, n_kv - j0);
+            const bool pre = dual && j0 == 0;
+            __syncthreads();
+            if (!pre) load_tiles(v_cache, kv, 0, 0, j0, rows, kv_dim, kvh * head_dim, head_dim, ld);
+            __syncthreads();
+            const float* vt = pre ? kv2 : kv;
+            int d = threadIdx.x;
+            if (d < head_dim) {
+                for (int r0 = 0; r0 < rows; r0 += 32) {
+#pragma unroll
+                    for (int u = 0; u < 32; u++) {
+                        if (r0 + u < rows) acc32[u] = fmaf(vt[(r0 + u) * ld + d], s[j0 + r0 + u], acc32[u]);
+                    }
                 }
             }
         }

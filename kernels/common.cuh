@@ -264,6 +264,20 @@ __device__ double block_sum_f64(double v, double* scratch) {
     return total;
 }
 
+// A block-wide f64 sum in another fixed order, with two barriers instead of four: each warp's
+// butterfly, then every thread adds the warp totals in warp order itself. For sums whose order
+// is free (rms_mean_exact's input). `scratch` holds 32 doubles; blockDim.x % 32 == 0.
+__device__ __forceinline__ double block_sum_f64_2(double v, double* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+    v = warp_sum_f64(v);
+    __syncthreads();  // the previous call's readers are done with scratch
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    double total = scratch[0];
+    for (int w = 1; w < n_warps; w++) total += scratch[w];
+    return total;
+}
+
 __device__ float block_max_f32(float v, float* scratch) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
     v = warp_max(v);
@@ -409,10 +423,30 @@ __device__ __forceinline__ void quantize4_g8(float o0, float o1, float o2, float
     }
 }
 
+// At most this many rounds of blockDim.x / 8 Q8_1 blocks are held in registers at once by the
+// eight-thread quantizers below (all their loads in flight before the first is used).
+#define G8_MAXR 4
+
 // quantize_row_q8_1 of one row of `dim` floats (dim % 32 == 0) into aq/ads, by quantize4_g8:
-// 16-byte loads, blockDim.x / 8 blocks per round. Bitwise quantize_block_warp's blocks.
+// 16-byte loads, blockDim.x / 8 blocks per round, every round's load issued before the first
+// round is quantized when the row fits G8_MAXR rounds. Bitwise quantize_block_warp's blocks.
 __device__ __forceinline__ void quantize_q8_g8(const float* xr, int dim, i8* aq, float2* ads) {
     const int t = threadIdx.x, per = blockDim.x / 8, nb = dim / QK, sub = t & 7;
+    if (nb <= G8_MAXR * per) {
+        float4 v[G8_MAXR];
+#pragma unroll
+        for (int j = 0; j < G8_MAXR; j++) {
+            const int b = t / 8 + per * j;
+            v[j] = b < nb ? *(const float4*)(xr + b * QK + 4 * sub) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+#pragma unroll
+        for (int j = 0; j < G8_MAXR; j++) {
+            if (per * j >= nb) break;  // block-uniform: every lane joins the shuffles
+            const int b = t / 8 + per * j;
+            quantize4_g8(v[j].x, v[j].y, v[j].z, v[j].w, b < nb, aq + b * QK + 4 * sub, ads + b);
+        }
+        return;
+    }
     for (int b0 = 0; b0 < nb; b0 += per) {  // block-uniform: every lane joins the shuffles
         const int b = b0 + t / 8;
         float4 v = b < nb ? *(const float4*)(xr + b * QK + 4 * sub) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
@@ -428,7 +462,6 @@ __device__ __forceinline__ void quantize_q8_g8(const float* xr, int dim, i8* aq,
 // half even, exact integer sum), its amax and sum met by three xor shuffles in the group of
 // eight instead of five in a warp. A block of 128 threads quantizes 16 blocks per round instead
 // of 4. Rows longer than G8_MAXR rounds take rmsnorm_q8_regs. dim % 32 == 0; blockDim.x % 32 == 0.
-#define G8_MAXR 4
 // `out` and `tap`, when not null, get the normalized row as f32 (as rmsnorm_q8_regs).
 __device__ __forceinline__ void rmsnorm_q8_g8(const float* xr, const float* __restrict__ w, int dim, float eps,
                                               i8* aq, float2* ads, float* out = 0, float* tap = 0) {
@@ -454,12 +487,13 @@ __device__ __forceinline__ void rmsnorm_q8_g8(const float* xr, const float* __re
     double s = 0.0;
 #pragma unroll
     for (int j = 0; j < G8_MAXR; j++) {
+        if (per * j >= nb) break;  // block-uniform: rounds past the row hold only zeros
         s += (double)(xv[j].x * xv[j].x);
         s += (double)(xv[j].y * xv[j].y);
         s += (double)(xv[j].z * xv[j].z);
         s += (double)(xv[j].w * xv[j].w);
     }
-    const double sum = block_sum_f64(s, gscratch);
+    const double sum = block_sum_f64_2(s, gscratch);
     const float mean = rms_mean_exact(xr, dim, sum);
     const float scale = 1.0f / sqrtf(mean + eps);
 #pragma unroll
@@ -497,14 +531,28 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
 
-// Copies `bytes` (a multiple of 4) from global `src` to shared `dst` with every thread of the
-// block issuing cp.async: 16-byte pieces when both ends are 16-byte aligned, else 4-byte ones.
-__device__ __forceinline__ void cp_async_bytes(void* dst, const void* src, size_t bytes) {
+// Copies `bytes` (a multiple of 4) from global `src` to shared `dst`, thread t of nt issuing
+// every nt-th cp.async (a thread with t < 0 issues none): 16-byte pieces when both ends are
+// 16-byte aligned, else 4-byte ones.
+__device__ __forceinline__ void cp_async_bytes_by(void* dst, const void* src, size_t bytes, int t, int nt) {
+    if (t < 0) return;
     if ((((size_t)src | (size_t)smem_addr(dst) | bytes) & 15) == 0) {
-        for (size_t i = (size_t)threadIdx.x * 16; i < bytes; i += (size_t)blockDim.x * 16)
+        for (size_t i = (size_t)t * 16; i < bytes; i += (size_t)nt * 16)
             cp_async16((char*)dst + i, (const char*)src + i);
     } else {
-        for (size_t i = (size_t)threadIdx.x * 4; i < bytes; i += (size_t)blockDim.x * 4)
+        for (size_t i = (size_t)t * 4; i < bytes; i += (size_t)nt * 4)
             cp_async4((char*)dst + i, (const char*)src + i);
     }
+}
+// The same with every thread of the block.
+__device__ __forceinline__ void cp_async_bytes(void* dst, const void* src, size_t bytes) {
+    cp_async_bytes_by(dst, src, bytes, threadIdx.x, blockDim.x);
+}
+
+// Pulls the 128-byte lines of [p, p + bytes) towards L2, thread t of nt taking every nt-th line.
+__device__ __forceinline__ void prefetch_lines(const void* p, size_t bytes, int t, int nt) {
+    if (t < 0 || bytes == 0) return;
+    const size_t a = (size_t)p & ~(size_t)127, end = (size_t)p + bytes;
+    for (size_t q = a + (size_t)t * 128; q < end; q += (size_t)nt * 128)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(q));
 }

@@ -209,9 +209,35 @@ __device__ __forceinline__ void ll_gather_head(const u64* qkv, float* q_dst, flo
     ll_gather_runs(LLRuns{qkv + q0, qkv + k0, qkv + v0, q_dst + q0, kv_dst, kv_dst + head_dim}, head_dim, 3, e, pause);
 }
 
+// The helper threads of a block for the work it issues after arriving at a barrier (weight
+// prefetches, staging copies): every warp but the first, whose thread 0 polls the barrier, so
+// the last block to arrive starts polling at once (the barrier waits for that block). A block
+// of one warp has no helpers and issues that work with all its threads. Thread t of
+// helper_n() (t < 0: none).
+__device__ __forceinline__ int helper_t() { return blockDim.x > 32 ? (int)threadIdx.x - 32 : (int)threadIdx.x; }
+__device__ __forceinline__ int helper_n() { return blockDim.x > 32 ? (int)blockDim.x - 32 : (int)blockDim.x; }
+
+// The weight runs of item bx of a product phase: R rows from row0 (MODE_SWIGLU: H = R / 2
+// gate rows from bx * H and H up rows from ffn + bx * H, as swiglu_row). n1 = 0: one run.
+struct Runs { int r0; int n0; int r1; int n1; };
+__device__ __forceinline__ Runs item_runs(int n_out, int mode, int R, int ffn, int bx) {
+    if (mode == MODE_SWIGLU) return Runs{bx * (R / 2), R / 2, ffn + bx * (R / 2), R / 2};
+    return Runs{bx * R, max(0, min(R, n_out - bx * R)), 0, 0};
+}
+
+// Pulls item bx's weights (quants and scales) towards L2 by the helper threads, line by line.
 template <int WT>
 __device__ __forceinline__ void mv_prefetch(const Mat& m, int mode, int rows, int ffn, int bx) {
-    matvec_prefetch<WT>(m.qs, m.n_in, m.n_out, mode, rows, ffn, bx);
+    const int t = helper_t(), nt = helper_n();
+    if (t < 0) return;
+    const size_t nb = m.n_in / QK, qrow = nb * (WT == WT_Q8_0 ? 32 : 16), drow = nb * 4;
+    const Runs r = item_runs(m.n_out, mode, rows, ffn, bx);
+    prefetch_lines(m.qs + r.r0 * qrow, r.n0 * qrow, t, nt);
+    prefetch_lines((const char*)m.dm + r.r0 * drow, r.n0 * drow, t, nt);
+    if (r.n1) {
+        prefetch_lines(m.qs + r.r1 * qrow, r.n1 * qrow, t, nt);
+        prefetch_lines((const char*)m.dm + r.r1 * drow, r.n1 * drow, t, nt);
+    }
 }
 
 template <int WT>
@@ -225,9 +251,9 @@ __device__ __forceinline__ void mv_block(const Mat& m, const i8* aq, const float
 #define ROPE_ROW_MAX 256
 
 // `flags` (backend::cuda::decode::Flags): speed only, every combination gives the same bits.
-//   DEC_STAGE    each block copies the weights of its item of the next product phase but one
-//                into shared memory (cp.async, two buffers of stage_bytes at stage_off) while it
-//                works and waits, so the products read their weights from shared memory;
+//   DEC_STAGE    each block copies the weights of its items of the coming product phases into
+//                shared memory (cp.async, two buffers of stage_bytes at stage_off) while it
+//                waits at the barriers, so the products read their weights from shared memory;
 //   DEC_NORM_G8  the fused norms quantize with eight threads per block (rmsnorm_q8_g8);
 //   DEC_PRELOAD  attention head h runs on block gridDim.x - 1 - h (the last blocks, which have
 //                the fewest Q|K|V rows), and that block copies the head's cached K/V cells of
@@ -276,23 +302,22 @@ __device__ __forceinline__ size_t stage_qs_bytes(const Mat& m, int R) {
     return (size_t)R * (m.n_in / QK) * (WT == WT_Q8_0 ? 32 : 16);
 }
 
-// Starts the copy of item bx's weights into `buf` (if the phase has that item) and commits one
-// cp.async group either way, so every thread commits the same groups in the same order.
+// Starts the copy of item bx's weights into `buf` (if the phase has that item), issued by the
+// helper threads, and commits one cp.async group in every thread either way, so every thread
+// commits the same groups in the same order. Called right after the block's arrival at the
+// barrier that ends the last phase reading `buf`.
 template <int WT>
 __device__ __forceinline__ void stage_item(const Mat& m, int mode, int R, int ffn, int bx, int items, char* buf) {
     if (bx < items) {
+        const int t = helper_t(), nt = helper_n();
         const size_t nb = m.n_in / QK, qrow = nb * (WT == WT_Q8_0 ? 32 : 16), drow = nb * 4;
         char* dbuf = buf + stage_qs_bytes<WT>(m, R);
-        if (mode == MODE_SWIGLU) {
-            const size_t H = R / 2, g = (size_t)bx * H, u = (size_t)ffn + (size_t)bx * H;
-            cp_async_bytes(buf, m.qs + g * qrow, H * qrow);
-            cp_async_bytes(buf + H * qrow, m.qs + u * qrow, H * qrow);
-            cp_async_bytes(dbuf, (const char*)m.dm + g * drow, H * drow);
-            cp_async_bytes(dbuf + H * drow, (const char*)m.dm + u * drow, H * drow);
-        } else {
-            const size_t r0 = (size_t)bx * R, n = min(R, m.n_out - bx * R);
-            cp_async_bytes(buf, m.qs + r0 * qrow, n * qrow);
-            cp_async_bytes(dbuf, (const char*)m.dm + r0 * drow, n * drow);
+        const Runs r = item_runs(m.n_out, mode, R, ffn, bx);
+        cp_async_bytes_by(buf, m.qs + r.r0 * qrow, r.n0 * qrow, t, nt);
+        cp_async_bytes_by(dbuf, (const char*)m.dm + r.r0 * drow, r.n0 * drow, t, nt);
+        if (r.n1) {
+            cp_async_bytes_by(buf + r.n0 * qrow, m.qs + r.r1 * qrow, r.n1 * qrow, t, nt);
+            cp_async_bytes_by(dbuf + r.n0 * drow, (const char*)m.dm + r.r1 * drow, r.n1 * drow, t, nt);
         }
     }
     cp_async_commit();
@@ -311,11 +336,15 @@ __device__ __forceinline__ Staged staged_at(const Mat& m, int R, char* buf, bool
 // result_norm. `tap`, when not null, is the trace buffer: slot 1 + l gets l_out-l and slot
 // n_layers + 1 result_norm (slot 0, embd, is the embedding kernel's). `prof`: see grid_barrier;
 // its last row holds each block's start time and (block 0) the end of the final norm.
-// Staging schedule (buffer 0: A and D, buffer 1: C and E; a buffer is refilled only after the
-// barrier that ends the phase reading it): A(l) copies C(l), B(l) copies D(l), D(l) copies E(l),
-// E(l) copies A(l+1); before layer 0 A(0) is copied. Each product waits for all but the newest
-// group (cp_async_wait<1>), which is always its own plus the one issued after it; a block with
-// no item in a phase skips the wait (a later wait covers every older group anyway).
+// Staging schedule (buffer 0: A and D, buffer 1: C and E; a buffer is refilled only once the
+// block has arrived at the barrier that ends the phase reading it), each copy issued by the
+// helper threads right after the block's arrival, so it runs during the barrier and nothing of
+// it is left on the next phase's path: after A(l) C(l) and D(l), after D(l) E(l), after E(l)
+// A(l+1); before layer 0 A(0). A, D and E wait for every group (cp_async_wait<0>: theirs is
+// the newest), C for all but D's, the one newer than its own (cp_async_wait<1>); a block with
+// no item in a phase skips the wait (a later wait covers every older group anyway). Weight
+// prefetches towards L2 run a phase or more ahead of each copy: E(l) after B(l), A(l+1) after
+// C(l), C(l+1) and D(l+1) after E(l).
 template <int WT>
 __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ layers, int n_layers, float* x, float* q,
                                           float* attn, i8* attn_aq, float2* attn_ads, float* sw, i8* sw_aq,
@@ -374,9 +403,10 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
     // wait for it). Blocks with a Q|K|V item keep preloading in phase A.
     const bool early = pre && (flags & DEC_EARLY) && h0 < n_heads && bid >= items_a;
     const int last = bid < items_e ? 4 : bid < items_d ? 3 : 2;
-    // cp.async groups: with DEC_EARLY the preload is one group of its own, committed before the
-    // staging group of the phase after it, so every cp_async_wait<1> of a product still
-    // leaves only its successor's group pending (the preload, older, is waited for too).
+    // cp.async groups: with DEC_EARLY the preload is one group of its own, committed after C's,
+    // D's or E's arrival; the attention phase waits for every group (cp_async_wait<0>), and
+    // C's cp_async_wait<1> never concerns it (a block with a C item has a Q|K|V item too, so
+    // it is no early block).
     if (early)
         attention_preload_async(layers[0].k_cache, layers[0].v_cache, params, n_heads, n_kv_heads, head_dim, h0);
     if (stage) stage_item<WT>(layers[0].qkv, MODE_QKV, DEC_ROWS, 0, bid, items_a, buf0);
@@ -401,10 +431,7 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
         {
             if (ll && l > 0 && bid < items_a) ll_gather(ll_x0, ll_x, dim, ep - 1, pause);
             if (ll && l > 0) stamp_left(prof, k);  // leaving E(l - 1)
-            if (stage) {
-                stage_item<WT>(L.wo, MODE_ADD, DEC_ROWS, 0, bid, items_c, buf1);
-                if (bid < items_a) cp_async_wait<1>();
-            }
+            if (stage && bid < items_a) cp_async_wait<0>();
             QkvEpi qe = {q, L.k_cache, L.v_cache, rope_table, params, L.bq, L.bk, L.bv, dim, kv_dim, head_dim,
                          rope_in_smem ? rope_s : 0};
             NormIn ni = {ll && l > 0 ? ll_x : x, L.attn_norm, eps, g8};
@@ -418,7 +445,9 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
             const u32 target = barrier_target(base, ll ? l : k);
             if (hflags && !llq) item_flags_set(bar + 4, target, items_a);
             if (stage) {
-                for (int it = bid; it < items_d; it += nblk) mv_prefetch<WT>(L.gate_up, MODE_SWIGLU, rows_d, ffn, it);
+                // C's and D's weights (buf1 last held E(l - 1)'s, buf0 this phase's).
+                stage_item<WT>(L.wo, MODE_ADD, DEC_ROWS, 0, bid, items_c, buf1);
+                stage_item<WT>(L.gate_up, MODE_SWIGLU, rows_d, ffn, bid, items_d, buf0);
             } else {
                 for (int it = bid; it < items_c; it += nblk) mv_prefetch<WT>(L.wo, MODE_ADD, DEC_ROWS, 0, it);
             }
@@ -446,11 +475,7 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
         }
         // B: attention, one head per item. DEC_EARLY: the preload's group is complete once
         // at most the newest group (phase A's staging of C, with DEC_STAGE) is pending.
-        if (early) {
-            if (stage) cp_async_wait<1>();
-            else cp_async_wait<0>();
-        }
-        if (stage) stage_item<WT>(L.gate_up, MODE_SWIGLU, rows_d, ffn, bid, items_d, buf0);
+        if (early) cp_async_wait<0>();
         for (int h = h0; h < n_heads; h += nblk)
             attention_head(llq ? ll_in : q, L.k_cache, L.v_cache, attn, ll ? 0 : attn_aq, attn_ads, params, n_heads, n_kv_heads,
                            head_dim, scale, h, 0, true, pre && h == h0, ll ? ll_attn : 0, ep);
@@ -493,10 +518,7 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
         // D: gate|up with the FFN norm, SwiGLU, Q8_1 (DEC_SPLIT_D / DEC_LL: f32, DEC_LL as
         // flag-in-data words).
         {
-            if (stage) {
-                stage_item<WT>(L.down, MODE_ADD, DEC_ROWS, 0, bid, items_e, buf1);
-                if (bid < items_d) cp_async_wait<1>();
-            }
+            if (stage && bid < items_d) cp_async_wait<0>();
             SwigluEpi se = {split ? sw : 0, sw_aq, sw_ads, ffn};
             NormIn ni = {ll ? ll_x : x, L.ffn_norm, eps, g8};
             const LLOut lo = {ll ? ll_sw : 0, 0, 0, ep, 0u};
@@ -505,7 +527,8 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
                              it == bid ? staged_at<WT>(L.gate_up, rows_d, buf0, stage) : none, lo, it == bid ? sub_at(k) : 0);
             if (ll) ll_arrive();
             else grid_arrive(bar, prof, k);
-            if (!stage)
+            if (stage) stage_item<WT>(L.down, MODE_ADD, DEC_ROWS, 0, bid, items_e, buf1);  // buf1 last held C's
+            else
                 for (int it = bid; it < items_e; it += nblk) mv_prefetch<WT>(L.down, MODE_ADD, DEC_ROWS, 0, it);
             preload_next(3);
         }
@@ -518,11 +541,7 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
         }
         // E: down projection into the residual stream (l_out-l; DEC_LL: into ll_x0).
         {
-            if (stage) {
-                if (more) stage_item<WT>(layers[l + 1].qkv, MODE_QKV, DEC_ROWS, 0, bid, items_a, buf0);
-                else cp_async_commit();
-                if (bid < items_e) cp_async_wait<1>();
-            }
+            if (stage && bid < items_e) cp_async_wait<0>();
             float* t = tap ? tap + (size_t)(1 + l) * dim : 0;
             const NormIn ni = {ll ? ll_in : split ? sw : 0, 0, 0.0f, 0};
             const LLOut lo = {ll ? ll_x0 : 0, 0, ll ? ll_x1 : 0, ep, ep};
@@ -531,10 +550,13 @@ __device__ __forceinline__ void decoder_layers(const LayerDesc* __restrict__ lay
                              it == bid ? staged_at<WT>(L.down, DEC_ROWS, buf1, stage) : none, lo, it == bid ? sub_at(k) : 0);
             if (ll) ll_arrive();
             else grid_arrive(bar, prof, k);
+            if (stage && more) stage_item<WT>(layers[l + 1].qkv, MODE_QKV, DEC_ROWS, 0, bid, items_a, buf0);  // buf0 last held D's
             preload_next(4);
             if (more) {
                 if (stage) {
                     for (int it = bid; it < items_c; it += nblk) mv_prefetch<WT>(layers[l + 1].wo, MODE_ADD, DEC_ROWS, 0, it);
+                    for (int it = bid; it < items_d; it += nblk)
+                        mv_prefetch<WT>(layers[l + 1].gate_up, MODE_SWIGLU, rows_d, ffn, it);
                 } else {
                     for (int it = bid; it < items_a; it += nblk) mv_prefetch<WT>(layers[l + 1].qkv, MODE_QKV, DEC_ROWS, 0, it);
                 }

@@ -173,6 +173,15 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
     // shared memory (normalized here, or copied with all loads in flight at once).
     const i8* a_base = aq + (size_t)t0 * n_in;
     const float2* ads_base = ads + (size_t)t0 * nb;
+    // MODE_ADD: the residual of this thread's first output (lane 0 of its group of eight),
+    // loaded before the input so that both loads are in flight together (the residual was
+    // complete before this block started, like the input).
+    const int total = tcount * R;
+    float prev_first = 0.0f;
+    if (mode == MODE_ADD && !lo.prev_ll && (threadIdx.x & 7) == 0) {
+        const int sl = threadIdx.x >> 3, tt = sl / R, row = bx * R + (sl - tt * R);
+        if (sl < total && row < n_out) prev_first = lo.p ? lo.prev[row] : out[(size_t)(t0 + tt) * out_stride + row];
+    }
     if (ni.w || ni.x || tok_per_block == 1) {
         size_t off = ((size_t)slots * sizeof(float) + 15) & ~(size_t)15;
         i8* aq_s = (i8*)((char*)sh + off);
@@ -202,7 +211,6 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
     // Eight threads per (token, row) output; every thread runs the same number of rounds so the
     // shuffles of hsum8_shfl always have the whole warp.
     const int k = threadIdx.x & 7, grp = threadIdx.x >> 3, n_grp = blockDim.x >> 3;
-    const int total = tcount * R;
     for (int base = 0; base < total; base += n_grp) {
         const int sl = base + grp;
         const int tt = sl / R, rl = sl - (sl / R) * R;
@@ -214,6 +222,7 @@ __device__ __forceinline__ void matvec_q_block(const u8* __restrict__ qs, const 
         u64 prev_w = 0;
         if (mode == MODE_ADD && active && k == 0) {
             if (lo.prev_ll) prev_w = ld_ll(lo.prev_ll + row);
+            else if (base == 0) prev = prev_first;
             else prev = lo.p ? lo.prev[row] : out[(size_t)(t0 + tt) * out_stride + row];
         }
         if (active) {

@@ -470,7 +470,7 @@ pub fn compile_cubin(module: KernelModule, arch: &str) -> Result<Vec<u8>, Backen
     let src = CString::new(module.full_source()).expect("kernel sources contain no NUL");
     let name = CString::new(module.file_name()).expect("file names contain no NUL");
     let prog = nv::create_program(&src, Some(&name)).map_err(|e| dev_err("nvrtcCreateProgram", e))?;
-    let mut opts: Vec<String> = NVRTC_OPTIONS.iter().map(|s| s.to_string()).collect();
+    let mut opts: Vec<String> = NVRTC_OPTIONS.iter().chain(kernels::extra_options()).map(|s| s.to_string()).collect();
     opts.push(format!("--gpu-architecture={arch}"));
     // SAFETY: `prog` is a live program; options are valid C strings.
     let compiled = unsafe { nv::compile_program(prog, &opts) };

@@ -15,6 +15,16 @@ const COMMON: &str = include_str!("../../../kernels/common.cuh");
 /// division and square root, no flush of denormals. Part of the fingerprint.
 pub const NVRTC_OPTIONS: &[&str] = &["--fmad=false", "--ftz=false", "--prec-div=true", "--prec-sqrt=true", "--std=c++17"];
 
+/// The options added to [`NVRTC_OPTIONS`] by this process's switches: line information with
+/// `WORKER_ORCD_NVRTC_LINEINFO=1` (profiling only: the same instructions, a larger CUBIN).
+pub fn extra_options() -> &'static [&'static str] {
+    if super::options::options().lineinfo {
+        &["--generate-line-info"]
+    } else {
+        &[]
+    }
+}
+
 /// One `.cu` file of `kernels/`, named after the CPU reference it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KernelModule {
@@ -178,7 +188,7 @@ pub fn cache_dir() -> Option<PathBuf> {
 pub fn cache_key(module: KernelModule, arch: &str, nvrtc_version: (i32, i32)) -> String {
     let mut h = Sha256::new();
     h.update(module.full_source().as_bytes());
-    for o in NVRTC_OPTIONS {
+    for o in NVRTC_OPTIONS.iter().chain(extra_options()) {
         h.update(o.as_bytes());
     }
     h.update(arch.as_bytes());

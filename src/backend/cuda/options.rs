@@ -13,6 +13,7 @@
 //! | `WORKER_ORCD_CUDA_PDL=0` | on (sm_90+) | kernels never overlap their predecessor's tail (programmatic dependent launch) |
 //! | `WORKER_ORCD_CUDA_PICK=0` | on | the engine's token choice (`sampler::pick`) runs on the host over downloaded logits instead of on the device (`kernels/sample.cu`) |
 //! | `WORKER_ORCD_CUDA_DECODE_FLAGS=N` | 31 (every flag but 32) | the persistent decode kernel's optimizations, a bit mask (`decode_flags`: 1 staged weights, 2 eight-thread norm quantization, 4 attention preload, 8 that preload early, 16 the gate\|up phase split, 32 per-head flags instead of the Q\|K\|V barrier, 64 flag-in-data words instead of the other four barriers, 128 relaxed barrier polls, 256 with 64 flag-in-data words after Q\|K\|V too, bits 12-15 a pause of n x 32 ns between polls) |
+//! | `WORKER_ORCD_NVRTC_LINEINFO=1` | off | kernels are compiled with line information (`--generate-line-info`) so Nsight Compute's source page maps instructions to `kernels/` lines; profiling only (the code is the same) |
 //! | `WORKER_ORCD_KERNEL_CACHE=DIR` | `$XDG_CACHE_HOME/worker-orcd/kernels`, else `~/.cache/worker-orcd/kernels` | where compiled kernel modules are cached |
 
 use std::path::PathBuf;
@@ -78,6 +79,8 @@ pub struct CudaOptions {
     pub device_pick: bool,
     /// The persistent decode kernel's `flags` ([`decode_flags`]).
     pub decode_flags: u32,
+    /// NVRTC adds line information (profiling; the same instructions).
+    pub lineinfo: bool,
     /// `None` when no cache folder is known (then every start compiles).
     pub kernel_cache: Option<PathBuf>,
 }
@@ -102,6 +105,7 @@ impl CudaOptions {
             pdl: on("WORKER_ORCD_CUDA_PDL"),
             device_pick: on("WORKER_ORCD_CUDA_PICK"),
             decode_flags: get("WORKER_ORCD_CUDA_DECODE_FLAGS").and_then(|v| v.trim().parse().ok()).unwrap_or(decode_flags::DEFAULT),
+            lineinfo: get("WORKER_ORCD_NVRTC_LINEINFO").is_some_and(|v| v == "1"),
             kernel_cache,
         }
     }
@@ -123,6 +127,7 @@ mod tests {
         let all_on = CudaOptions::from_lookup(env(&[("HOME", "/h")]));
         assert!(all_on.graphs && all_on.persistent && all_on.mma && all_on.pdl && all_on.device_pick);
         assert!(!all_on.mma_epi, "the fused tensor-core epilogues are opt-in");
+        assert!(!all_on.lineinfo && CudaOptions::from_lookup(env(&[("WORKER_ORCD_NVRTC_LINEINFO", "1")])).lineinfo);
         assert!(CudaOptions::from_lookup(env(&[("WORKER_ORCD_CUDA_MMA_EPI", "1")])).mma_epi);
         assert!(!CudaOptions::from_lookup(env(&[("WORKER_ORCD_CUDA_MMA_EPI", "yes")])).mma_epi);
         assert_eq!(all_on.kernel_cache, Some(PathBuf::from("/h/.cache/worker-orcd/kernels")));
