@@ -409,7 +409,7 @@ fn profile_flags(m: &Arc<Model>, fl: u32) -> Result<()> {
             let parts = |blk: usize| -> Option<[f64; 4]> {
                 let (s0, s1, s2) = (stamp(k, blk, 0), stamp(k, blk, 1), stamp(k, blk, 2));
                 let (l, a) = (left_before(blk), at(k, blk, 0));
-                (s0 >= l && s0 <= s1 && s1 <= s2 && s2 <= a && a <= end).then(|| [s0 - l, s1 - s0, s2 - s1, a - s2])
+                (s0 >= l && s0 <= s1 && s1 <= s2 && s2 <= a && a <= end).then_some([s0 - l, s1 - s0, s2 - s1, a - s2])
             };
             for blk in 0..g {
                 if let Some(v) = parts(blk) {
