@@ -544,10 +544,6 @@ __device__ __forceinline__ void cp_async_bytes_by(void* dst, const void* src, si
             cp_async4((char*)dst + i, (const char*)src + i);
     }
 }
-// The same with every thread of the block.
-__device__ __forceinline__ void cp_async_bytes(void* dst, const void* src, size_t bytes) {
-    cp_async_bytes_by(dst, src, bytes, threadIdx.x, blockDim.x);
-}
 
 // Pulls the 128-byte lines of [p, p + bytes) towards L2, thread t of nt taking every nt-th line.
 __device__ __forceinline__ void prefetch_lines(const void* p, size_t bytes, int t, int nt) {
