@@ -323,15 +323,15 @@ impl ModelConfig {
         if self.n_layers == 0 || self.dim == 0 || self.n_heads == 0 || self.n_kv_heads == 0 || self.n_vocab == 0 || self.head_dim == 0 {
             return bad(format!("zero-sized dimension in {self:?}"));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return bad(format!("head size {} is odd: RoPE rotates pairs", self.head_dim));
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!("{} heads cannot be grouped over {} kv heads", self.n_heads, self.n_kv_heads));
         }
         // Activations are quantized in blocks of 32 (Q8_0/Q8_1) before every product.
         let qk = GgmlType::Q8_0.block_size();
-        if self.dim % qk != 0 || self.ffn_dim % qk != 0 || self.q_dim() % qk != 0 {
+        if !self.dim.is_multiple_of(qk) || !self.ffn_dim.is_multiple_of(qk) || !self.q_dim().is_multiple_of(qk) {
             return bad(format!("dimensions {} / {} / {} are not multiples of {qk}", self.dim, self.ffn_dim, self.q_dim()));
         }
         if self.dim > 1 << 16 || self.ffn_dim > 1 << 18 || self.n_layers > 1024 || self.n_vocab > 1 << 22 || self.q_dim() > 1 << 16 {

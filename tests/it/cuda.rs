@@ -79,7 +79,7 @@ impl Rng {
             let scale = [1.0, 30.0, 0.01, 1000.0][t % 4];
             for _ in 0..width {
                 let mut x = self.f32(-1.0, 1.0) * scale;
-                if self.u32() % 97 == 0 {
+                if self.u32().is_multiple_of(97) {
                     x *= 40.0;
                 }
                 v.push(x);

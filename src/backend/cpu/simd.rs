@@ -182,7 +182,7 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n_tok: usize, out: &mut [f32]) {
 /// `ggml_vec_dot_f32` on two f32 rows: the AVX2 twin where the CPU runs it, else the spec.
 pub fn vec_dot_f32(x: &[f32], y: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() && x.len() % 32 == 0 {
+    if has_avx2_fma() && x.len().is_multiple_of(32) {
         // SAFETY: AVX2 and FMA are present (checked above); lengths are checked inside.
         return unsafe { x86::vec_dot_f32(x, y) };
     }
@@ -357,7 +357,7 @@ mod x86 {
     /// `ggml_vec_dot_f32` for lengths that are multiples of 32 (no leftovers).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn vec_dot_f32(x: &[f32], y: &[f32]) -> f32 {
-        assert!(x.len() == y.len() && x.len() % 32 == 0);
+        assert!(x.len() == y.len() && x.len().is_multiple_of(32));
         let mut sum = [_mm256_setzero_ps(); 4];
         for i in (0..x.len()).step_by(32) {
             for (j, s) in sum.iter_mut().enumerate() {
@@ -712,7 +712,7 @@ mod x86 {
     ) {
         // The products take the AVX2 `ggml_vec_dot_f32` where the length allows (equal to the
         // spec's bit for bit: `simd_vec_dot_f32_equals_the_spec`).
-        let dot = |x: &[f32], y: &[f32]| if x.len() % 32 == 0 { vec_dot_f32(x, y) } else { quant::vec_dot_f32(x, y) };
+        let dot = |x: &[f32], y: &[f32]| if x.len().is_multiple_of(32) { vec_dot_f32(x, y) } else { quant::vec_dot_f32(x, y) };
         ops::attention_with(dot, q, k_cache, v_cache, n_kv, n_heads, n_kv_heads, head_dim, out, kq_out, probs_out)
     }
 
@@ -731,7 +731,7 @@ mod x86 {
         kq_out: Option<&mut [f32]>,
         probs_out: Option<&mut [f32]>,
     ) {
-        let dot = |x: &[f32], y: &[f32]| if x.len() % 32 == 0 { vec_dot_f32(x, y) } else { quant::vec_dot_f32(x, y) };
+        let dot = |x: &[f32], y: &[f32]| if x.len().is_multiple_of(32) { vec_dot_f32(x, y) } else { quant::vec_dot_f32(x, y) };
         ops::attention_window(dot, q, k_cache, v_cache, n_kv, window, n_heads, n_kv_heads, head_dim, out, kq_out, probs_out)
     }
 
@@ -780,7 +780,7 @@ mod x86 {
     /// the other types take the spec.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn quantize_activation(ty: GgmlType, x: &[f32]) -> QuantizedActivation {
-        if x.len() % QK != 0 {
+        if !x.len().is_multiple_of(QK) {
             return quant::quantize_activation(ty, x);
         }
         match ty {

@@ -116,7 +116,7 @@ impl Persistent {
             return Ok(Err("the device has no cooperative launch".into()));
         }
         let (dim, kv_dim, ffn) = (c.dim, c.kv_dim(), c.ffn_dim);
-        if dim % ROWS != 0 || kv_dim % ROWS != 0 || ffn % QK != 0 || c.head_dim % 2 != 0 {
+        if dim % ROWS != 0 || kv_dim % ROWS != 0 || ffn % QK != 0 || !c.head_dim.is_multiple_of(2) {
             return Ok(Err(format!("shapes dim {dim}, kv_dim {kv_dim}, ffn {ffn} do not tile")));
         }
         let layer_kv = (n_ctx * kv_dim * 4) as u64;

@@ -260,7 +260,7 @@ impl CudaBackend {
                 c.dim
             )));
         }
-        if c.head_dim % 32 != 0 || c.head_dim > if gemma { 256 } else { ops::ATTENTION_THREADS } {
+        if !c.head_dim.is_multiple_of(32) || c.head_dim > if gemma { 256 } else { ops::ATTENTION_THREADS } {
             return Err(unavailable(format!("head_dim {} is not a multiple of 32 up to {}", c.head_dim, ops::ATTENTION_THREADS)));
         }
         let mut arena = ArenaBuilder::default();
