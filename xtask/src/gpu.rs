@@ -116,8 +116,10 @@ export WORKER_ORCD_KERNEL_CACHE=${WORKER_ORCD_KERNEL_CACHE:-$T/worker-orcd-kerne
 export WORKER_ORCD_EXPECT_GPU=1
 failed=()
 step() { stamp "run: $*"; "$@" 2>&1 | tee -a "$log"; local rc=${PIPESTATUS[0]}; [ "$rc" = 0 ] || { failed+=("$* (rc $rc)"); stamp "FAILED rc=$rc: $*"; }; }
+# Waits at most LLAMA_WAIT_S (default 240) seconds for the background build: a device call
+# has 600 s in all.
 llama_wait() {
-  for _ in $(seq 120); do grep -q '^rc=' $T/lc/build.log 2>/dev/null && break; sleep 5; done
+  for _ in $(seq $(( ${LLAMA_WAIT_S:-240} / 5 ))); do grep -q '^rc=' $T/lc/build.log 2>/dev/null && break; sleep 5; done
   grep '^rc=0' $T/lc/build.log >/dev/null || { stamp "llama.cpp build not done: $(tail -3 $T/lc/build.log 2>/dev/null)"; return 1; }
 }
 cmd=${1:-}; shift || true
