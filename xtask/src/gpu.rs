@@ -34,10 +34,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 model=${1:?usage: run.sh MODEL.gguf|PARTS_DIR [CORPUS_DIR] [OUT_DIR]}
 if [ -d "$model" ]; then
-  name=$(cat "$model/name")
-  cat "$model"/part-* > "/tmp/$name"
-  echo "$(cat "$model/sha256")  /tmp/$name" | sha256sum -c
-  model=/tmp/$name
+  # lease.sh's model stage joins the parts and checks the sha256 (into $LEASE_TMP/model).
+  LEASE_TMP=/tmp "$here/lease.sh" model "$model"
+  model=/tmp/model/$(cat "$model/name")
+  [ -f "$model" ] || { echo "run.sh: not every part of $model is in the folder" >&2; exit 1; }
 fi
 corpus=${2:-$here/recordings/llama.cpp}
 [ -d "$corpus" ] || corpus=recordings/llama.cpp
@@ -370,16 +370,6 @@ mod sha2_lite {
 mod tests {
     use super::*;
 
-    /// A fresh folder under the system's temporary directory (xtask has no tempfile crate).
-    fn scratch(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("xtask-gpu-{tag}-{}", std::process::id()));
-        if d.exists() {
-            std::fs::remove_dir_all(&d).unwrap();
-        }
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
     fn write_script(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
@@ -393,21 +383,22 @@ mod tests {
 
     #[test]
     fn the_bundle_scripts_parse() {
-        let d = scratch("parse");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
         for (name, text) in [("run.sh", RUN_SH), ("lease.sh", LEASE_SH)] {
-            let p = write_script(&d, name, text);
+            let p = write_script(d, name, text);
             let out = Command::new("bash").arg("-n").arg(&p).output().unwrap();
             assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
         }
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     /// The model travels in parts over several calls; lease.sh joins it once the last part is
     /// there, checks its sha256, and refuses a part that was damaged on the way.
     #[test]
     fn lease_joins_a_model_carried_over_several_calls_and_checks_it() {
-        let d = scratch("join");
-        let script = write_script(&d, "lease.sh", LEASE_SH);
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let script = write_script(d, "lease.sh", LEASE_SH);
         let model: Vec<u8> = (0..10_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         let file = d.join("m.gguf");
         std::fs::write(&file, &model).unwrap();
@@ -449,14 +440,14 @@ mod tests {
         let unknown = lease(&script, &tmp, &["no-such-stage"]);
         assert_eq!(unknown.status.code(), Some(2));
         assert!(String::from_utf8_lossy(&unknown.stdout).contains("lease.sh model PARTS_DIR"));
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     /// `--llama-src` keeps the vendored llama.cpp tree as `llama.cpp/...` and drops what the CUDA
     /// build does not need (models, docs, the web UI).
     #[test]
     fn the_llama_source_is_packed_without_models_docs_and_web_ui() {
-        let d = scratch("llama");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
         let root = d.join("llama_cpp_python-0.3.36/vendor/llama.cpp");
         for f in
             ["CMakeLists.txt", "ggml/src/ggml.c", "models/ggml-vocab-gpt-2.gguf", "docs/build.md", "tools/server/webui/index.html", "tools/server/server.cpp"]
@@ -467,7 +458,7 @@ mod tests {
         }
         std::fs::write(d.join("llama_cpp_python-0.3.36/setup.py"), "x").unwrap();
         let sdist = d.join("sdist.tar.gz");
-        run(Command::new("tar").arg("czf").arg(&sdist).arg("-C").arg(&d).arg("llama_cpp_python-0.3.36")).unwrap();
+        run(Command::new("tar").arg("czf").arg(&sdist).arg("-C").arg(d).arg("llama_cpp_python-0.3.36")).unwrap();
         let dst = d.join("out/llama-src.tar.xz");
         std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
         pack_llama_src(&sdist, &dst).unwrap();
@@ -476,6 +467,5 @@ mod tests {
         files.sort();
         assert_eq!(files, ["llama.cpp/CMakeLists.txt", "llama.cpp/ggml/src/ggml.c", "llama.cpp/tools/server/server.cpp"]);
         assert!(!dst.with_extension("unpack").exists(), "the unpacked tree is removed");
-        std::fs::remove_dir_all(&d).unwrap();
     }
 }
