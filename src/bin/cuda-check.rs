@@ -553,6 +553,7 @@ fn bench(m: &Arc<Model>) -> Result<()> {
             s7 | f::EARLY,
             s7 | f::SPLIT_D,
             f::DEFAULT,
+            f::DEFAULT | f::GENERIC,
             f::DEFAULT | f::RELAXED,
             f::DEFAULT | f::LL,
             f::DEFAULT | f::LL | f::RELAXED,

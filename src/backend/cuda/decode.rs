@@ -86,6 +86,8 @@ pub(crate) struct Persistent {
     n_layers: usize,
     /// The entry point for the layers' weight type.
     kernel: &'static str,
+    /// The entry point compiled for [`flags::DEFAULT`] (decode.cu's DEC_DEFAULT).
+    kernel_default: &'static str,
     /// Barrier timestamps (profiling only, see decode.cu's grid_barrier).
     prof: Option<DevBuf>,
 }
@@ -159,6 +161,7 @@ impl Persistent {
             return Ok(Err("layer matrices mix weight types".into()));
         }
         let kernel = ["decoder_layers_q4_0", "decoder_layers_q4_1", "decoder_layers_q8_0"][wt as usize];
+        let kernel_default = ["decoder_layers_q4_0_default", "decoder_layers_q4_1_default", "decoder_layers_q8_0_default"][wt as usize];
         if smem > gpu.max_dynamic_smem {
             return Ok(Err(format!("needs {smem} bytes of shared memory per block")));
         }
@@ -185,7 +188,21 @@ impl Persistent {
         let ll_words = 2 * (4 * dim + ffn + 2 * kv_dim);
         let bar = gpu.upload(&vec![0u32; (4 + items_a).next_multiple_of(2) + ll_words])?;
         let grid = gpu.sm_count as u32;
-        let mut p = Persistent { table, bar, grid, max_grid: grid, smem, stage_off, stage_bytes, ll_ok, flags: 0, n_layers: layers.len(), kernel, prof: None };
+        let mut p = Persistent {
+            table,
+            bar,
+            grid,
+            max_grid: grid,
+            smem,
+            stage_off,
+            stage_bytes,
+            ll_ok,
+            flags: 0,
+            n_layers: layers.len(),
+            kernel,
+            kernel_default,
+            prof: None,
+        };
         p.set_flags(flags);
         Ok(Ok(p))
     }
@@ -292,10 +309,24 @@ impl Persistent {
             Arg::F32(1.0f32 / (c.head_dim as f32).sqrt()),
             Arg::Ptr(self.bar.ptr()),
             Arg::Ptr(self.prof.as_ref().map_or(0, |b| b.ptr())),
-            Arg::I32(self.flags as i32),
+            Arg::I32((self.flags & !flags::GENERIC) as i32),
             Arg::I32(self.stage_off as i32),
             Arg::I32(self.stage_bytes as i32),
         ];
-        gpu.launch_cooperative(self.kernel, self.grid, THREADS, self.smem as u32, &args)
+        // The default set runs the entry point compiled for it (decode.cu's DEC_DEFAULT).
+        let kernel = if self.flags == flags::DEFAULT { self.kernel_default } else { self.kernel };
+        gpu.launch_cooperative(kernel, self.grid, THREADS, self.smem as u32, &args)
+    }
+}
+
+#[cfg(test)]
+mod default_entry_tests {
+    use super::flags;
+
+    #[test]
+    fn decode_cu_compiles_the_default_flags_into_their_own_entry_points() {
+        let src = include_str!("../../../kernels/decode.cu");
+        assert!(src.contains(&format!("#define DEC_DEFAULT {}\n", flags::DEFAULT)), "decode.cu's DEC_DEFAULT must equal decode_flags::DEFAULT");
+        assert_eq!(flags::DEFAULT & flags::GENERIC, 0);
     }
 }

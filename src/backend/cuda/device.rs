@@ -253,6 +253,9 @@ impl Gpu {
             "decoder_layers_q4_1",
             "decoder_layers_q4_0",
             "decoder_layers_q8_0",
+            "decoder_layers_q4_1_default",
+            "decoder_layers_q4_0_default",
+            "decoder_layers_q8_0_default",
             "pick_choose",
         ] {
             // The dynamic limit plus the kernel's static shared memory may not pass the opt-in.

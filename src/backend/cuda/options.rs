@@ -51,8 +51,12 @@ pub mod decode_flags {
     /// flag-in-data polls) pauses n x 32 ns between two polls.
     pub const BACKOFF_SHIFT: u32 = 12;
     pub const BACKOFF: u32 = 15 << BACKOFF_SHIFT;
+    /// Not a kernel flag: [`DEFAULT`] runs the entry points compiled for it
+    /// (`decoder_layers_<type>_default`, the flags known at compile time) unless this bit asks
+    /// for the general ones, which read the flags at run time (the same bits either way).
+    pub const GENERIC: u32 = 1 << 16;
     /// Every flag (the mask of valid bits).
-    pub const ALL: u32 = STAGE | NORM_G8 | PRELOAD | EARLY | SPLIT_D | HEAD_FLAGS | LL | RELAXED | LL_QKV | BACKOFF;
+    pub const ALL: u32 = STAGE | NORM_G8 | PRELOAD | EARLY | SPLIT_D | HEAD_FLAGS | LL | RELAXED | LL_QKV | BACKOFF | GENERIC;
     /// What runs unless `WORKER_ORCD_CUDA_DECODE_FLAGS` says otherwise.
     pub const DEFAULT: u32 = STAGE | NORM_G8 | PRELOAD | EARLY | SPLIT_D;
 }

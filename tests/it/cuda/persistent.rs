@@ -63,6 +63,8 @@ fn persistent_decode_step_equals_per_op_path_and_cpu_bitwise() {
             f::LL,
             f::LL | f::STAGE,
             f::LL | f::HEAD_FLAGS,
+            f::DEFAULT,
+            f::DEFAULT | f::GENERIC,
             f::DEFAULT | f::LL,
             f::DEFAULT | f::RELAXED,
             f::DEFAULT | f::LL | f::RELAXED,
