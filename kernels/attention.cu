@@ -190,59 +190,43 @@ __device__ __forceinline__ void attention_head(const float* q, const float* k_ca
     float acc32[32];
 #pragma unroll
     for (int i = 0; i < 32; i++) acc32[i] = 0.0f;
-    if (2 * head_dim <= (int)blockDim.x) {
-        const int half = threadIdx.x >= head_dim, d = threadIdx.x - half * head_dim, o = 16 * half;
-        const bool on = threadIdx.x < 2 * head_dim;
-        float a16[16];
+    const bool split = 2 * head_dim <= (int)blockDim.x;
+    const int half = split && threadIdx.x >= head_dim, d = threadIdx.x - half * head_dim, o = 16 * half;
+    const bool on = threadIdx.x < (split ? 2 : 1) * head_dim;
+    for (int j0 = 0; j0 < n_kv; j0 += tile) {
+        int rows = min(tile, n_kv - j0);
+        const bool pre = dual && j0 == 0;
+        __syncthreads();
+        if (!pre) load_tiles(v_cache, kv, 0, 0, j0, rows, kv_dim, kvh * head_dim, head_dim, ld);
+        __syncthreads();
+        const float* vt = pre ? kv2 : kv;
+        if (on && split) {
+            for (int r0 = 0; r0 < rows; r0 += 32) {
 #pragma unroll
-        for (int i = 0; i < 16; i++) a16[i] = 0.0f;
-        for (int j0 = 0; j0 < n_kv; j0 += tile) {
-            int rows = min(tile, n_kv - j0);
-            const bool pre = dual && j0 == 0;
-            __syncthreads();
-            if (!pre) load_tiles(v_cache, kv, 0, 0, j0, rows, kv_dim, kvh * head_dim, head_dim, ld);
-            __syncthreads();
-            const float* vt = pre ? kv2 : kv;
-            if (on) {
-                for (int r0 = 0; r0 < rows; r0 += 32) {
+                for (int u = 0; u < 16; u++) {  // lane o + u in acc32[u]
+                    const int r = r0 + o + u;
+                    if (r < rows) acc32[u] = fmaf(vt[r * ld + d], s[j0 + r], acc32[u]);
+                }
+            }
+        } else if (on) {
+            for (int r0 = 0; r0 < rows; r0 += 32) {
 #pragma unroll
-                    for (int u = 0; u < 16; u++) {
-                        const int r = r0 + o + u;
-                        if (r < rows) a16[u] = fmaf(vt[r * ld + d], s[j0 + r], a16[u]);
-                    }
+                for (int u = 0; u < 32; u++) {
+                    if (r0 + u < rows) acc32[u] = fmaf(vt[(r0 + u) * ld + d], s[j0 + r0 + u], acc32[u]);
                 }
             }
         }
+    }
+    if (split) {
         __syncthreads();  // every read of the tiles is done: kv holds the exchange
         if (on && half) {
 #pragma unroll
-            for (int u = 0; u < 16; u++) kv[u * head_dim + d] = a16[u];
+            for (int u = 0; u < 16; u++) kv[u * head_dim + d] = acc32[u];
         }
         __syncthreads();
         if (!half) {
 #pragma unroll
-            for (int u = 0; u < 16; u++) {
-                acc32[u] = a16[u];
-                acc32[16 + u] = kv[u * head_dim + d];
-            }
-        }
-    } else {
-        for (int j0 = 0; j0 < n_kv; j0 += tile) {
-            int rows = min(tile, n_kv - j0);
-            const bool pre = dual && j0 == 0;
-            __syncthreads();
-            if (!pre) load_tiles(v_cache, kv, 0, 0, j0, rows, kv_dim, kvh * head_dim, head_dim, ld);
-            __syncthreads();
-            const float* vt = pre ? kv2 : kv;
-            int d = threadIdx.x;
-            if (d < head_dim) {
-                for (int r0 = 0; r0 < rows; r0 += 32) {
-#pragma unroll
-                    for (int u = 0; u < 32; u++) {
-                        if (r0 + u < rows) acc32[u] = fmaf(vt[(r0 + u) * ld + d], s[j0 + r0 + u], acc32[u]);
-                    }
-                }
-            }
+            for (int u = 0; u < 16; u++) acc32[16 + u] = kv[u * head_dim + d];
         }
     }
     const float acc = reduce_f32x8_4(acc32);
