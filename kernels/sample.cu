@@ -19,14 +19,16 @@
 //
 // Four launches, in order on one stream:
 //   pick_mark     (1 block): the new history ids into the seen bitmap.
-//   pick_prepare  (ceil(n / 4096) blocks of 1024): per span, the raw maximum and the first
-//                 candidate's key after temperature and penalty.
+//   pick_prepare  (ceil(n / 4096) blocks of 1024): per span, the raw maximum, the first
+//                 candidate's key after temperature and penalty, and the span's top_n raw keys
+//                 (rounds of a block maximum over 4096 logits); block 0 empties the candidate
+//                 list.
 //   pick_lanes    (PICK_LANES/256 blocks of 256): those reduced, lane j of `exact::sum_exp`
-//                 (elements j, j + PICK_LANES, ... in order), and when sampling the weight of
-//                 every token.
-//   pick_choose   (1 block of 1024, the logits staged in shared memory where they fit): the lane
-//                 tree, the top_n alternatives (rounds of a block maximum below the last), and
-//                 when sampling the searches.
+//                 (elements j, j + PICK_LANES, ... in order), and when sampling the candidate
+//                 list: the key and weight of every token that can matter (see PickCand).
+//   pick_choose   (1 block of 1024): the lane tree, the top_n alternatives (rounds of a block
+//                 maximum over the spans' top_n keys), and when sampling the searches, over
+//                 the candidate list only (staged in shared memory where it fits).
 
 #define PICK_LANES 4096
 #define PICK_TOPN 32
@@ -48,6 +50,28 @@ struct PickState {
     u64 first_key;  // key of the first candidate (tempered logits)
     float first;    // its tempered logit
     float max;      // exact::max_logit of the raw logits
+};
+
+// The candidate list (pick_lanes writes it, pick_choose searches it; t > 0 only): every token
+// whose x = tempered logit - first (in f64, as fixed_exp's argument) is at least -32, with its
+// key and weight fixed_exp(x). No other token can change the choice:
+//   - a token outside has weight 0 (fixed_exp is 0 below -32, and of NaN), so it adds nothing
+//     to any total or running sum, and the weighted searches (top-p, the draw) skip it;
+//   - every key outside lies below every key inside: x is the correctly rounded difference, so
+//     it does not decrease as the logit grows (key order); a NaN with the sign set has the
+//     smallest key of all, and one with the sign clear the largest, so it is the first
+//     candidate, every x is NaN, the list is empty and every weight 0. So where the list holds
+//     at least top_k tokens, the top_k-th key of the vocabulary is the list's; where it holds
+//     fewer, every listed token is within top-k, and a floor of 0 keeps the same listed ones;
+//   - min-p ends the kept prefix at the largest key (within top-k) whose weight is below the
+//     threshold: a listed one where the list has such a token; else any such key is an
+//     outside one, below every listed key, and keeps every listed token, as no cut does.
+// The list's order depends on the atomics that place each warp's tokens, and nothing read from
+// it does: integer sums, maxima of keys, and select_reaching (unique keys, integer weights).
+// The host's model of this, checked against sampler::sample: backend::cuda::pick's tests.
+struct PickCand {
+    u64 k;
+    u64 w;
 };
 
 __device__ __forceinline__ double exp_det(double x) {
@@ -173,19 +197,27 @@ extern "C" __global__ void pick_mark(int n, u32* seen, const u32* __restrict__ n
 }
 
 // Block b of ceil(n / PICK_SPAN) (1024 threads, four elements each): the largest raw logit and
-// the largest tempered key of its span, into part_max[b] and part_key[b].
+// the largest tempered key of its span, into part_max[b] and part_key[b], and the span's top_n
+// raw keys (largest first; 0, below every key, past the span's size) into
+// part_top[b * PICK_TOPN ..]. Block 0 empties the candidate list (pick_lanes fills it).
 #define PICK_SPAN 4096
 extern "C" __global__ void __launch_bounds__(1024, 1) pick_prepare(const float* __restrict__ logits, int n, const u32* seen, float t, float rp,
-                                                                   float* part_max, u64* part_key) {
+                                                                   float* part_max, u64* part_key, int top_n, u64* part_top,
+                                                                   u32* cand_n) {
     __shared__ u64 sh[32];
     __shared__ float shf[32];
+    if (blockIdx.x == 0 && threadIdx.x == 0) *cand_n = 0;
     float m = NEG_INF;
     u64 best = 0;
+    u64 raw[4];
 #pragma unroll
     for (int u = 0; u < 4; u++) {
         int i = blockIdx.x * PICK_SPAN + u * blockDim.x + threadIdx.x;
+        raw[u] = 0;
         if (i < n) {
-            m = fmaxf(m, logits[i]);
+            const float v = logits[i];
+            m = fmaxf(m, v);
+            raw[u] = key(v, (u32)i);
             best = max(best, key(tempered_at(logits, seen, i, t, rp), (u32)i));
         }
     }
@@ -194,6 +226,16 @@ extern "C" __global__ void __launch_bounds__(1024, 1) pick_prepare(const float* 
     if (threadIdx.x == 0) {
         part_max[blockIdx.x] = m;
         part_key[blockIdx.x] = best;
+    }
+    // Real keys are never 0 (the id's complement is not 0 below the vocabulary limit).
+    u64 prev = ~0ull;
+    for (int r = 0; r < top_n; r++) {
+        u64 c = 0;
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+            if (raw[u] < prev) c = max(c, raw[u]);
+        prev = block_max_u64(c, sh);
+        if (threadIdx.x == 0) part_top[(size_t)blockIdx.x * PICK_TOPN + r] = prev;
     }
 }
 
@@ -209,10 +251,11 @@ __device__ __forceinline__ void pick_reduce(const float* part_max, const u64* pa
     *key_out = k;
 }
 
-// Lane j of exact::sum_exp, and with t > 0 the weight of every token: fixed_exp of its
-// tempered logit minus the first candidate's. Block 0's thread 0 also writes the state.
+// Lane j of exact::sum_exp, and with t > 0 the candidate list (PickCand): each warp's
+// candidates of a round take consecutive slots from one atomic add on the count. Block 0's
+// thread 0 also writes the state.
 extern "C" __global__ void pick_lanes(const float* __restrict__ logits, int n, const u32* seen, float t, float rp, const float* part_max,
-                                      const u64* part_key, int n_part, PickState* st, double* lanes, u64* weight) {
+                                      const u64* part_key, int n_part, PickState* st, double* lanes, PickCand* cand, u32* cand_n) {
     int j = blockIdx.x * blockDim.x + threadIdx.x;
     float mx;
     u64 first_key;
@@ -228,8 +271,28 @@ extern "C" __global__ void pick_lanes(const float* __restrict__ logits, int n, c
     for (int i = j; i < n; i += PICK_LANES) s = s + exp_det((double)logits[i] - m);
     lanes[j] = s;
     if (t > 0.0f) {
-        double f = (double)first;
-        for (int i = j; i < n; i += PICK_LANES) weight[i] = fixed_exp((double)tempered_at(logits, seen, i, t, rp) - f);
+        const double f = (double)first;
+        const int lane = threadIdx.x & 31;
+        // The round count is the same for every thread of a warp (the ballots need them all).
+        for (int r = 0; r * PICK_LANES < n; r++) {
+            const int i = j + r * PICK_LANES;
+            bool in = false;
+            PickCand c = {0, 0};
+            if (i < n) {
+                const float v = tempered_at(logits, seen, i, t, rp);
+                const double x = (double)v - f;
+                c.k = key(v, (u32)i);
+                c.w = fixed_exp(x);
+                in = x >= -32.0;
+            }
+            const unsigned bal = __ballot_sync(0xffffffffu, in);
+            if (bal) {
+                u32 base = 0;
+                if (lane == 0) base = atomicAdd(cand_n, (u32)__popc(bal));
+                base = __shfl_sync(0xffffffffu, base, 0);
+                if (in) cand[base + __popc(bal & ((1u << lane) - 1u))] = c;
+            }
+        }
     }
 }
 
@@ -383,28 +446,18 @@ __device__ u64 select_reaching(int n, u64 thr, F elem, SelectSmem* s) {
     return r;
 }
 
-// The same of one value, the bitmap in shared memory.
-__device__ __forceinline__ float tempered_v(float v, const u32* seen, int i, float t, float rp) {
-    return tempered(v, rp != 1.0f && seen_bit(seen[i >> 5], i), t, rp);
-}
-
-// Dynamic shared memory: the seen bitmap ((n + 31) / 32 words), then, when `staged`, the
-// logits (n floats; after the top_n search, when sampling, the tempered logits in their place).
-extern "C" __global__ void __launch_bounds__(1024, 1) pick_choose(const float* __restrict__ logits, int n, const u32* seen, float t, float rp, int top_k, float top_p,
-                                       float min_p, u64 coin, int top_n, const PickState* st, const double* lanes, const u64* weight,
-                                       PickOut* out, int staged) {
+// Dynamic shared memory: `cap` candidates (PickCand), the list's copy where it holds at most
+// that many (else the searches read it from global memory). The top_n candidates are the
+// n_part spans' top_n keys (pick_prepare): each of the vocabulary's top_n is among its span's.
+extern "C" __global__ void __launch_bounds__(1024, 1) pick_choose(const float* __restrict__ logits, int n, float t, int top_k, float top_p,
+                                       float min_p, u64 coin, int top_n, const PickState* st, const double* lanes,
+                                       const u64* part_top, int n_part, const PickCand* cand, const u32* cand_n, int cap,
+                                       PickOut* out) {
     __shared__ SelectSmem s;
     __shared__ double tree[1024];
     __shared__ u64 sh[32];
-    extern __shared__ u32 dyn[];
+    extern __shared__ PickCand sc[];
     int tid = threadIdx.x;  // blockDim.x == 1024 == PICK_LANES / 4
-    int words = (n + 31) >> 5;
-    u32* sseen = dyn;
-    float* sl = (float*)(dyn + words);
-    for (int j = tid; j < words; j += blockDim.x) sseen[j] = __ldcg(seen + j);
-    if (staged)
-        for (int i = tid; i < n; i += blockDim.x) sl[i] = logits[i];
-    const float* L = staged ? sl : logits;
 
     // exact::sum_exp's tree: widths 2048 and 1024 within each thread's four lanes, then shared.
     tree[tid] = (lanes[tid] + lanes[tid + 2048]) + (lanes[tid + 1024] + lanes[tid + 3072]);
@@ -417,12 +470,13 @@ extern "C" __global__ void __launch_bounds__(1024, 1) pick_choose(const float* _
     // The top_n alternatives (raw logits): top_n rounds, each the largest key below the last.
     int k = top_n < n ? top_n : n;
     u64 prev = ~0ull;
+    const int n_top = n_part * k;
     for (int r = 0; r < k; r++) {
         u64 best = 0;
-        for_each4(n, [&](int i) {
-            u64 ki = key(L[i], (u32)i);
-            if (ki < prev) best = max(best, ki);
-        });
+        for (int c = tid; c < n_top; c += blockDim.x) {
+            const u64 kc = part_top[(size_t)(c / k) * PICK_TOPN + c % k];
+            if (kc < prev) best = max(best, kc);
+        }
         prev = block_max_u64(best, sh);
         if (tid == 0) {
             u32 id = key_id(prev);
@@ -433,45 +487,46 @@ extern "C" __global__ void __launch_bounds__(1024, 1) pick_choose(const float* _
 
     u64 chosen = st->first_key;
     if (t > 0.0f) {
-        if (staged) {
+        const int m = (int)*cand_n;
+        const PickCand* C = cand;
+        if (m <= cap) {
+            for (int i = tid; i < m; i += blockDim.x) sc[i] = cand[i];
             __syncthreads();
-            for (int i = tid; i < n; i += blockDim.x) sl[i] = tempered_v(sl[i], sseen, i, t, rp);
-            __syncthreads();
+            C = sc;
         }
-        auto tkey = [&](int i) { return key(staged ? sl[i] : tempered_v(logits[i], sseen, i, t, rp), (u32)i); };
         u64 floor_key = 0;
-        if (top_k > 0 && top_k < n) floor_key = select_reaching(n, (u64)top_k, [&](int i) { return Elem{tkey(i), 1, true}; }, &s);
+        if (top_k > 0 && top_k < n && m >= top_k) floor_key = select_reaching(m, (u64)top_k, [&](int i) { return Elem{C[i].k, 1, true}; }, &s);
         u64 part = 0;
-        for_each4(n, [&](int i) {
-            if (tkey(i) >= floor_key) part += weight[i];
+        for_each4(m, [&](int i) {
+            if (C[i].k >= floor_key) part += C[i].w;
         });
         u64 total = block_sum_u64(part, sh);
         if (total > 0) {
             u64 keep = floor_key;
             if (top_p < 1.0f) {
                 u64 thr = ceil_mul(top_p, total);
-                u64 kp = select_reaching(n, thr, [&](int i) { u64 ki = tkey(i), wi = weight[i]; return Elem{ki, wi, wi > 0 && ki >= floor_key}; }, &s);
+                u64 kp = select_reaching(m, thr, [&](int i) { const PickCand c = C[i]; return Elem{c.k, c.w, c.w > 0 && c.k >= floor_key}; }, &s);
                 keep = max(keep, kp);
             }
             if (min_p > 0.0f) {
                 // The first candidate (in key order, within top-k) whose weight is below the
-                // threshold ends the prefix min-p keeps.
+                // threshold ends the prefix min-p keeps (none listed: no cut, see PickCand).
                 u64 thr = min_p_threshold(min_p);
                 u64 b = 0;
-                for_each4(n, [&](int i) {
-                    u64 ki = tkey(i);
-                    if (ki >= floor_key && weight[i] < thr) b = max(b, ki);
+                for_each4(m, [&](int i) {
+                    const PickCand c = C[i];
+                    if (c.k >= floor_key && c.w < thr) b = max(b, c.k);
                 });
                 b = block_max_u64(b, sh);
                 if (b > 0) keep = max(keep, b + 1);
             }
             u64 kpart = 0;
-            for_each4(n, [&](int i) {
-                if (tkey(i) >= keep) kpart += weight[i];
+            for_each4(m, [&](int i) {
+                if (C[i].k >= keep) kpart += C[i].w;
             });
             u64 kept = block_sum_u64(kpart, sh);
             u64 thr = draw_threshold(coin, kept);
-            chosen = select_reaching(n, thr, [&](int i) { u64 ki = tkey(i), wi = weight[i]; return Elem{ki, wi, wi > 0 && ki >= keep}; }, &s);
+            chosen = select_reaching(m, thr, [&](int i) { const PickCand c = C[i]; return Elem{c.k, c.w, c.w > 0 && c.k >= keep}; }, &s);
         }
     }
     if (tid == 0) {

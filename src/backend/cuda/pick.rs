@@ -20,6 +20,14 @@ const OUT_BYTES: usize = 24 + 8 * TOPN_MAX;
 /// Logits per pick_prepare block (`PICK_SPAN`), and the most blocks the vocabulary limit needs.
 const SPAN: usize = 4096;
 const PARTS_MAX: usize = exact::MAX_VOCAB / SPAN;
+/// Bytes of one entry of the candidate list (`PickCand`: key, weight).
+const CAND_BYTES: usize = 16;
+/// The state buffer: PickState (16 bytes), then PARTS_MAX partial maxima (f32), keys (u64) and
+/// top-n keys (TOPN_MAX u64 per span).
+const PART_MAX_AT: usize = 16;
+const PART_KEY_AT: usize = PART_MAX_AT + 4 * PARTS_MAX;
+const PART_TOP_AT: usize = PART_KEY_AT + 8 * PARTS_MAX;
+const STATE_BYTES: usize = PART_TOP_AT + 8 * TOPN_MAX * PARTS_MAX;
 
 pub(crate) struct DevicePick {
     n_vocab: usize,
@@ -28,54 +36,45 @@ pub(crate) struct DevicePick {
     ids_cap: usize,
     state: DevBuf,
     lanes: DevBuf,
-    weight: DevBuf,
+    /// The candidate list of a sampled choice: its count (u32, padded to 16 bytes), then up to
+    /// n_vocab entries (kernels/sample.cu's PickCand).
+    cand: DevBuf,
     out: DevBuf,
     pin_ids: PinnedBuf,
     pin_out: PinnedBuf,
     /// The history the bitmap holds; `None` when its state is unknown (new, or after a failed
     /// launch), so that the next call clears it first.
     marked: Option<Vec<u32>>,
-    /// pick_choose's dynamic shared memory: the seen bitmap, then the logits when `staged`;
-    /// `None` when even the bitmap does not fit (then [`DevicePick::supports`] says no and the
-    /// host chooses).
-    smem: Option<(u32, bool)>,
+    /// The candidates pick_choose copies into shared memory (its dynamic shared memory holds
+    /// that many entries); a longer list is searched in global memory.
+    cap: usize,
 }
 
 impl DevicePick {
     pub fn new(gpu: &Gpu, n_vocab: usize, n_ctx: usize) -> Result<DevicePick, BackendError> {
         let words = n_vocab.div_ceil(32);
         let ids_cap = n_ctx.max(1);
-        // The seen bitmap always, the logits too where they fit, beside pick_choose's static
-        // shared memory (~14 KiB).
-        let room = gpu.max_dynamic_smem.saturating_sub(16 << 10);
-        let (bitmap, staged) = (words * 4, words * 4 + n_vocab * 4);
-        let smem = if staged <= room {
-            Some((staged as u32, true))
-        } else if bitmap <= room {
-            Some((bitmap as u32, false))
-        } else {
-            None
-        };
+        // Beside pick_choose's static shared memory (~14 KiB).
+        let cap = (gpu.max_dynamic_smem.saturating_sub(16 << 10) / CAND_BYTES).min(n_vocab);
         Ok(DevicePick {
             n_vocab,
             seen: gpu.alloc(words * 4)?,
             ids: gpu.alloc(ids_cap * 4)?,
             ids_cap,
-            // PickState (16 bytes), then PARTS_MAX partial maxima (f32) and keys (u64).
-            state: gpu.alloc(16 + 12 * PARTS_MAX)?,
+            state: gpu.alloc(STATE_BYTES)?,
             lanes: gpu.alloc(LANES * 8)?,
-            weight: gpu.alloc(n_vocab * 8)?,
+            cand: gpu.alloc(16 + CAND_BYTES * n_vocab.max(1))?,
             out: gpu.alloc(OUT_BYTES)?,
             pin_ids: gpu.pinned(ids_cap * 4)?,
             pin_out: gpu.pinned(OUT_BYTES)?,
             marked: None,
-            smem,
+            cap,
         })
     }
 
     /// Whether the kernel computes `pick` for these arguments (else the host does).
     pub fn supports(&self, args: &PickArgs) -> bool {
-        args.top_n <= TOPN_MAX && self.n_vocab <= exact::MAX_VOCAB && self.n_vocab > 0 && self.smem.is_some()
+        args.top_n <= TOPN_MAX && self.n_vocab <= exact::MAX_VOCAB && self.n_vocab > 0
     }
 
     /// Enqueues the choice from the logits at `logits` (one row) on the compute stream, then
@@ -83,9 +82,6 @@ impl DevicePick {
     /// synchronized. The pinned staging is reused: the caller synchronizes between calls.
     pub fn enqueue(&mut self, gpu: &Gpu, logits: u64, args: &PickArgs) -> Result<(), BackendError> {
         let stream = gpu.stream.cu_stream();
-        let Some((smem, staged)) = self.smem else {
-            return Err(BackendError::Device(format!("pick_choose: the seen bitmap of {} tokens exceeds shared memory", self.n_vocab)));
-        };
         // Should anything below fail, the bitmap's state is unknown: cleared next time.
         let mut marked = match self.marked.take() {
             Some(m) if args.history.starts_with(&m) => m,
@@ -113,9 +109,11 @@ impl DevicePick {
         let n = self.n_vocab as i32;
         gpu.set_overlap(false);
         let n_part = self.n_vocab.div_ceil(SPAN);
-        let (part_max, part_key) = (self.state.at(16), self.state.at(16 + 4 * PARTS_MAX));
+        let (part_max, part_key, part_top) = (self.state.at(PART_MAX_AT), self.state.at(PART_KEY_AT), self.state.at(PART_TOP_AT));
+        let (cand_n, cand) = (self.cand.ptr(), self.cand.at(16));
+        let top_n = args.top_n.min(self.n_vocab) as i32;
         gpu.launch("pick_mark", (1, 1, 1), 256, 0, &[Arg::I32(n), Arg::Ptr(self.seen.ptr()), Arg::Ptr(self.ids.ptr()), Arg::I32(new.len() as i32)])?;
-        // pick_prepare's arguments open pick_lanes' too.
+        // pick_prepare's first arguments open pick_lanes' too.
         let head = [
             Arg::Ptr(logits),
             Arg::I32(n),
@@ -125,13 +123,16 @@ impl DevicePick {
             Arg::Ptr(part_max),
             Arg::Ptr(part_key),
         ];
-        gpu.launch("pick_prepare", (n_part as u32, 1, 1), 1024, 0, &head)?;
+        let prepare_args: Vec<Arg> = head.iter().copied().chain([Arg::I32(top_n), Arg::Ptr(part_top), Arg::Ptr(cand_n)]).collect();
+        gpu.launch("pick_prepare", (n_part as u32, 1, 1), 1024, 0, &prepare_args)?;
         let lanes_args: Vec<Arg> = head
             .iter()
             .copied()
-            .chain([Arg::I32(n_part as i32), Arg::Ptr(self.state.ptr()), Arg::Ptr(self.lanes.ptr()), Arg::Ptr(self.weight.ptr())])
+            .chain([Arg::I32(n_part as i32), Arg::Ptr(self.state.ptr()), Arg::Ptr(self.lanes.ptr()), Arg::Ptr(cand), Arg::Ptr(cand_n)])
             .collect();
         gpu.launch("pick_lanes", ((LANES / 256) as u32, 1, 1), 256, 0, &lanes_args)?;
+        // The list is copied into shared memory only when sampling.
+        let smem = if p.temperature > 0.0 { (self.cap * CAND_BYTES) as u32 } else { 0 };
         gpu.launch(
             "pick_choose",
             (1, 1, 1),
@@ -140,19 +141,20 @@ impl DevicePick {
             &[
                 Arg::Ptr(logits),
                 Arg::I32(n),
-                Arg::Ptr(self.seen.ptr()),
                 Arg::F32(p.temperature),
-                Arg::F32(p.repetition_penalty),
                 Arg::I32(p.top_k.min(i32::MAX as usize) as i32),
                 Arg::F32(p.top_p),
                 Arg::F32(p.min_p),
                 Arg::U64(args.coin),
-                Arg::I32(args.top_n as i32),
+                Arg::I32(top_n),
                 Arg::Ptr(self.state.ptr()),
                 Arg::Ptr(self.lanes.ptr()),
-                Arg::Ptr(self.weight.ptr()),
+                Arg::Ptr(part_top),
+                Arg::I32(n_part as i32),
+                Arg::Ptr(cand),
+                Arg::Ptr(cand_n),
+                Arg::I32(if p.temperature > 0.0 { self.cap as i32 } else { 0 }),
                 Arg::Ptr(self.out.ptr()),
-                Arg::I32(staged as i32),
             ],
         )?;
         marked.extend_from_slice(new);
@@ -187,4 +189,166 @@ fn parse_out(b: &[u8]) -> Picked {
     let n_top = (u32_at(12) as usize).min(TOPN_MAX);
     let top = (0..n_top).map(|i| (u32_at(24 + 4 * i), f32_at(24 + 4 * TOPN_MAX + 4 * i))).collect();
     Picked { id: u32_at(0), logit: f32_at(4), max: f32_at(8), sum: f64::from_bits(u64::from_le_bytes(b[16..24].try_into().expect("8 bytes"))), top }
+}
+
+/// The device's sampled choice as plain Rust, step for step: pick_lanes' candidate list
+/// (kernels/sample.cu's `PickCand`) and pick_choose's searches over it only, checked against
+/// `sampler::sample` (the CPU's choice over the whole vocabulary) on rows that put the
+/// candidate argument's edges to work: NaNs of both signs, infinities, ties, flat and peaked
+/// rows, top-k past and below the list's length. The list is searched in an arbitrary order,
+/// as the device's atomics leave it: reversed and rotated here, with the same answers.
+#[cfg(test)]
+mod tests {
+    use crate::sampler::{draw_bits, exact, sample, tempered, SamplingParams};
+
+    /// select_reaching: the key at which the running weight of `set`, largest key first, first
+    /// reaches `thr`.
+    fn reaching(set: impl Iterator<Item = (u64, u64)>, thr: u64) -> u64 {
+        let mut v: Vec<(u64, u64)> = set.collect();
+        v.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        let mut cum = 0u64;
+        v.iter()
+            .find(|&&(_, w)| {
+                cum += w;
+                cum >= thr
+            })
+            .map(|&(k, _)| k)
+            .expect("thr is at most the set's weight")
+    }
+
+    fn device_model(logits: &[f32], p: &SamplingParams, history: &[u32], coin: u64, order: usize) -> u32 {
+        let l = tempered(logits, p, history);
+        let n = l.len();
+        let first_key = (0..n).map(|i| exact::key(l[i], i as u32)).max().expect("a row");
+        if p.temperature == 0.0 {
+            return exact::key_id(first_key);
+        }
+        let f = l[exact::key_id(first_key) as usize] as f64;
+        let mut cand: Vec<(u64, u64)> = (0..n)
+            .filter_map(|i| {
+                let x = l[i] as f64 - f;
+                (x >= -32.0).then(|| (exact::key(l[i], i as u32), exact::fixed_exp(x)))
+            })
+            .collect();
+        match order {
+            1 => cand.reverse(),
+            2 if !cand.is_empty() => {
+                let r = cand.len() / 3;
+                cand.rotate_left(r)
+            }
+            _ => {}
+        }
+        let m = cand.len();
+        let c = &cand;
+        let floor = if p.top_k > 0 && p.top_k < n && m >= p.top_k { reaching(c.iter().map(|&(k, _)| (k, 1)), p.top_k as u64) } else { 0 };
+        let total: u64 = c.iter().filter(|e| e.0 >= floor).map(|e| e.1).sum();
+        if total == 0 {
+            return exact::key_id(first_key);
+        }
+        let mut keep = floor;
+        if p.top_p < 1.0 {
+            let thr = exact::ceil_mul(p.top_p, total);
+            keep = keep.max(reaching(c.iter().copied().filter(|&(k, w)| w > 0 && k >= floor), thr));
+        }
+        if p.min_p > 0.0 {
+            let thr = exact::min_p_threshold(p.min_p);
+            let b = c.iter().filter(|&&(k, w)| k >= floor && w < thr).map(|e| e.0).max().unwrap_or(0);
+            if b > 0 {
+                keep = keep.max(b + 1);
+            }
+        }
+        let kept: u64 = c.iter().filter(|e| e.0 >= keep).map(|e| e.1).sum();
+        let thr = exact::draw_threshold(coin, kept);
+        exact::key_id(reaching(c.iter().copied().filter(|&(k, w)| w > 0 && k >= keep), thr))
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn u32(&mut self) -> u32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 16) as u32
+        }
+        fn f32(&mut self, lo: f32, hi: f32) -> f32 {
+            lo + (hi - lo) * (self.u32() as f32 / u32::MAX as f32)
+        }
+    }
+
+    fn rows(rng: &mut Rng, n: usize) -> Vec<(&'static str, Vec<f32>)> {
+        let normal: Vec<f32> = (0..n).map(|_| (rng.f32(-1.0, 1.0) + rng.f32(-1.0, 1.0) + rng.f32(-1.0, 1.0)) * 4.0).collect();
+        let mut peaked: Vec<f32> = (0..n).map(|_| rng.f32(-12.0, 2.0)).collect();
+        for _ in 0..3 {
+            let i = rng.u32() as usize % n;
+            peaked[i] = rng.f32(14.0, 18.0);
+        }
+        let tied: Vec<f32> = (0..n).map(|_| (rng.f32(-4.0, 4.0) * 2.0).round() / 2.0).collect();
+        let flat: Vec<f32> = (0..n).map(|_| rng.f32(-0.5, 0.5)).collect();
+        // Wide: most tokens fall below the list's bound (x < -32), a few straddle it.
+        let wide: Vec<f32> = (0..n).map(|_| rng.f32(-80.0, 10.0)).collect();
+        let mut odd: Vec<f32> = (0..n).map(|_| rng.f32(-40.0, 40.0)).collect();
+        let specials = [f32::NAN, -f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::from_bits(0x7fc0_0001), f32::from_bits(0xffc0_0001)];
+        for (j, &v) in specials.iter().enumerate() {
+            if j < n {
+                let i = rng.u32() as usize % n;
+                odd[i] = v;
+            }
+        }
+        let mut neg_nan: Vec<f32> = (0..n).map(|_| rng.f32(-5.0, 5.0)).collect();
+        neg_nan[rng.u32() as usize % n] = -f32::NAN;
+        let mut pos_inf: Vec<f32> = (0..n).map(|_| rng.f32(-5.0, 5.0)).collect();
+        pos_inf[rng.u32() as usize % n] = f32::INFINITY;
+        let mut zeros = vec![0.0f32; n];
+        if n > 2 {
+            zeros[1] = -0.0;
+        }
+        vec![
+            ("model-like", normal),
+            ("peaked", peaked),
+            ("tied", tied),
+            ("flat", flat),
+            ("wide", wide),
+            ("nan-inf", odd),
+            ("neg-nan", neg_nan),
+            ("pos-inf", pos_inf),
+            ("all-equal", zeros),
+        ]
+    }
+
+    #[test]
+    fn the_candidate_list_decides_as_the_whole_vocabulary() {
+        let sp = |t: f32, k: usize, p: f32, m: f32, r: f32| SamplingParams { temperature: t, top_k: k, top_p: p, min_p: m, repetition_penalty: r };
+        let params = [
+            sp(0.0, 0, 1.0, 0.0, 1.0),
+            sp(1.0, 0, 1.0, 0.0, 1.0),
+            sp(0.7, 40, 0.9, 0.0, 1.1),
+            sp(1.3, 0, 1.0, 0.05, 1.0),
+            sp(2.0, 0, 0.5, 0.0, 1.3),
+            sp(0.8, 1, 1.0, 0.0, 1.0),
+            sp(1.0, 100_000_000, 0.95, 0.1, 0.8),
+            sp(1.0, 0, f32::from_bits(1), 0.0, 1.0),
+            sp(0.5, 5000, 0.999, 1.0, 1.0),
+            sp(1e-4, 0, 1.0, 0.0, 1.0),
+            sp(3.0, 200, 1.0, 0.0, 1.0),
+            sp(0.25, 0, 1.0, 0.3, 1.0),
+            sp(4.0, 7, 0.8, 0.01, 2.0),
+        ];
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut cases = 0;
+        for n in [1usize, 7, 300, 5000] {
+            for (what, row) in rows(&mut rng, n) {
+                let history: Vec<u32> = (0..12).map(|_| rng.u32() % (n as u32 + 2)).collect();
+                for (pi, p) in params.iter().enumerate() {
+                    for coin in [draw_bits(pi as u64, n as u64), 0, (1 << 53) - 1, draw_bits(3, 9)] {
+                        let want = sample(&row, p, &history, coin);
+                        for order in 0..3 {
+                            assert_eq!(device_model(&row, p, &history, coin, order), want, "n={n} {what} {p:?} coin {coin} order {order}");
+                        }
+                        cases += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 4 * 9 * 13 * 4);
+    }
 }

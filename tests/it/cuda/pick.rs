@@ -26,7 +26,29 @@ fn pick_rows(rng: &mut Rng, n: usize) -> Vec<(&'static str, Vec<f32>)> {
     if n > 2 {
         zeros[1] = -0.0;
     }
-    vec![("model-like", normal), ("peaked", peaked), ("tied", tied), ("neg-infinities", inf), ("all-equal", zeros)]
+    // The device searches only the tokens within 32 of the first (sample.cu's PickCand): rows
+    // where few are (wide), where all are (flat: a list longer than pick_choose's shared copy),
+    // and NaNs of both signs and infinities (the list's edges).
+    let wide = rng.vec(n, -80.0, 10.0);
+    let flat = rng.vec(n, -0.5, 0.5);
+    let mut odd = rng.vec(n, -40.0, 40.0);
+    for v in [f32::NAN, -f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let i = rng.u32() as usize % n;
+        odd[i] = v;
+    }
+    let mut neg_nan = rng.vec(n, -5.0, 5.0);
+    neg_nan[rng.u32() as usize % n] = -f32::NAN;
+    vec![
+        ("model-like", normal),
+        ("peaked", peaked),
+        ("tied", tied),
+        ("neg-infinities", inf),
+        ("all-equal", zeros),
+        ("wide", wide),
+        ("flat", flat),
+        ("nan-inf", odd),
+        ("neg-nan", neg_nan),
+    ]
 }
 
 #[test]
