@@ -317,38 +317,41 @@ mod tests {
 
     #[test]
     fn the_candidate_list_decides_as_the_whole_vocabulary() {
-        let sp = |t: f32, k: usize, p: f32, m: f32, r: f32| SamplingParams { temperature: t, top_k: k, top_p: p, min_p: m, repetition_penalty: r };
-        let params = [
-            sp(0.0, 0, 1.0, 0.0, 1.0),
-            sp(1.0, 0, 1.0, 0.0, 1.0),
-            sp(0.7, 40, 0.9, 0.0, 1.1),
-            sp(1.3, 0, 1.0, 0.05, 1.0),
-            sp(2.0, 0, 0.5, 0.0, 1.3),
-            sp(0.8, 1, 1.0, 0.0, 1.0),
-            sp(1.0, 100_000_000, 0.95, 0.1, 0.8),
-            sp(1.0, 0, f32::from_bits(1), 0.0, 1.0),
-            sp(0.5, 5000, 0.999, 1.0, 1.0),
-            sp(1e-4, 0, 1.0, 0.0, 1.0),
-            sp(3.0, 200, 1.0, 0.0, 1.0),
-            sp(0.25, 0, 1.0, 0.3, 1.0),
-            sp(4.0, 7, 0.8, 0.01, 2.0),
-        ];
+        // Parameters drawn per case from each rule's edges and usual values.
+        let temps = [0.0f32, 1e-4, 0.25, 0.7, 1.0, 2.0, 4.0];
+        let top_ks = [0usize, 1, 7, 40, 200, 5000, 100_000_000];
+        let top_ps = [1.0f32, 0.999, 0.95, 0.5, f32::from_bits(1)];
+        let min_ps = [0.0f32, 0.01, 0.1, 0.3, 1.0];
+        let penalties = [1.0f32, 0.8, 1.1, 2.0];
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let pick_of = |len: usize, rng: &mut Rng| rng.u32() as usize % len;
         let mut cases = 0;
         for n in [1usize, 7, 300, 5000] {
             for (what, row) in rows(&mut rng, n) {
                 let history: Vec<u32> = (0..12).map(|_| rng.u32() % (n as u32 + 2)).collect();
-                for (pi, p) in params.iter().enumerate() {
-                    for coin in [draw_bits(pi as u64, n as u64), 0, (1 << 53) - 1, draw_bits(3, 9)] {
-                        let want = sample(&row, p, &history, coin);
+                for case in 0..24u64 {
+                    let mut p = SamplingParams {
+                        temperature: temps[pick_of(temps.len(), &mut rng)],
+                        top_k: top_ks[pick_of(top_ks.len(), &mut rng)],
+                        top_p: top_ps[pick_of(top_ps.len(), &mut rng)],
+                        min_p: min_ps[pick_of(min_ps.len(), &mut rng)],
+                        repetition_penalty: penalties[pick_of(penalties.len(), &mut rng)],
+                    };
+                    if case < 2 {
+                        // No cut: the draw reaches the smallest weights of the whole list.
+                        p = SamplingParams { temperature: [1.0, 0.7][case as usize], ..SamplingParams::default() };
+                    }
+                    // The last coin draws the kept list's end, where the smallest weights decide.
+                    for coin in [draw_bits(case, n as u64), 0, (1 << 53) - 1] {
+                        let want = sample(&row, &p, &history, coin);
                         for order in 0..3 {
-                            assert_eq!(device_model(&row, p, &history, coin, order), want, "n={n} {what} {p:?} coin {coin} order {order}");
+                            assert_eq!(device_model(&row, &p, &history, coin, order), want, "n={n} {what} {p:?} coin {coin} order {order}");
                         }
                         cases += 1;
                     }
                 }
             }
         }
-        assert_eq!(cases, 4 * 9 * 13 * 4);
+        assert_eq!(cases, 4 * 9 * 24 * 3);
     }
 }
