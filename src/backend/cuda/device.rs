@@ -243,21 +243,9 @@ impl Gpu {
         let optin =
             ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN).map_err(|e| dev_err("shared memory limit", e))?;
         let max_dynamic_smem = (optin as usize).saturating_sub(4096).max(48 * 1024);
-        for name in [
-            "attention_f32",
-            "attention_rows_f32_p6",
-            "attention_rows_f32_p8",
-            "matvec_q4_1_q8_1",
-            "matvec_q4_0_q8_0",
-            "matvec_q8_0_q8_0",
-            "decoder_layers_q4_1",
-            "decoder_layers_q4_0",
-            "decoder_layers_q8_0",
-            "decoder_layers_q4_1_default",
-            "decoder_layers_q4_0_default",
-            "decoder_layers_q8_0_default",
-            "pick_choose",
-        ] {
+        let big_smem =
+            ["attention_f32", "attention_rows_f32_p6", "attention_rows_f32_p8", "matvec_q4_1_q8_1", "matvec_q4_0_q8_0", "matvec_q8_0_q8_0", "pick_choose"];
+        for &name in big_smem.iter().chain(super::kernels::DECODER_LAYERS) {
             // The dynamic limit plus the kernel's static shared memory may not pass the opt-in.
             let mut stat = 0i32;
             // SAFETY: a loaded function handle; plain attribute calls.

@@ -41,6 +41,17 @@ pub enum KernelModule {
     Sample,
 }
 
+/// The persistent decode kernel's entry points (kernels/decode.cu): per weight type, the
+/// runtime-flag form and the default flags compiled in.
+pub(crate) const DECODER_LAYERS: &[&str] = &[
+    "decoder_layers_q4_1",
+    "decoder_layers_q4_0",
+    "decoder_layers_q8_0",
+    "decoder_layers_q4_1_default",
+    "decoder_layers_q4_0_default",
+    "decoder_layers_q8_0_default",
+];
+
 impl KernelModule {
     pub const ALL: [KernelModule; 11] = [
         KernelModule::Embedding,
@@ -132,14 +143,7 @@ impl KernelModule {
             KernelModule::Attention => &["attention_f32", "attention_window_f32", "attention_rows_f32_p6", "attention_rows_f32_p8"],
             KernelModule::Swiglu => &["swiglu_f32", "geglu_f32"],
             KernelModule::Add => &["add_f32", "exp_f32", "scale_f32"],
-            KernelModule::Decode => &[
-                "decoder_layers_q4_1",
-                "decoder_layers_q4_0",
-                "decoder_layers_q8_0",
-                "decoder_layers_q4_1_default",
-                "decoder_layers_q4_0_default",
-                "decoder_layers_q8_0_default",
-            ],
+            KernelModule::Decode => DECODER_LAYERS,
             KernelModule::Sample => &["pick_mark", "pick_prepare", "pick_lanes", "pick_choose"],
         }
     }
