@@ -143,7 +143,11 @@ __device__ __forceinline__ u64 min_p_threshold(float min_p) { return (u64)ceil((
 
 // sampler::tempered of one logit: IEEE division by the temperature, then the penalty when the
 // id is in the context (`in_seen`: its bit in the seen bitmap).
+// A NaN logit comes out as the host's arithmetic leaves it (x86 SSE: the operand's sign and
+// payload, quieted), not as the GPU's canonical positive NaN: its key, and so its place in the
+// candidate order, is the host's.
 __device__ __forceinline__ float tempered(float v, bool in_seen, float t, float rp) {
+    if (v != v) return __uint_as_float(__float_as_uint(v) | 0x00400000u);
     if (t > 0.0f) v = v / t;
     if (rp != 1.0f && in_seen) v = v > 0.0f ? v / rp : v * rp;
     return v;
