@@ -205,7 +205,7 @@ mod tests {
     /// reaches `thr`.
     fn reaching(set: impl Iterator<Item = (u64, u64)>, thr: u64) -> u64 {
         let mut v: Vec<(u64, u64)> = set.collect();
-        v.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        v.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
         let mut cum = 0u64;
         v.iter()
             .find(|&&(_, w)| {
