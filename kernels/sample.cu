@@ -180,7 +180,7 @@ __device__ u64 block_sum_u64(u64 v, u64* sh) {
 }
 
 // f(i) for this thread's elements, four at a time so that their loads are in flight together
-// (one block reads the whole vocabulary: the loops are latency-bound). f only accumulates.
+// (one block reads the whole candidate list: the loops are latency-bound). f only accumulates.
 template <class F>
 __device__ __forceinline__ void for_each4(int n, F f) {
     for (int base = threadIdx.x; base < n; base += 4 * blockDim.x) {

@@ -132,12 +132,12 @@ impl DevicePick {
             .collect();
         gpu.launch("pick_lanes", ((LANES / 256) as u32, 1, 1), 256, 0, &lanes_args)?;
         // The list is copied into shared memory only when sampling.
-        let smem = if p.temperature > 0.0 { (self.cap * CAND_BYTES) as u32 } else { 0 };
+        let cap = if p.temperature > 0.0 { self.cap } else { 0 };
         gpu.launch(
             "pick_choose",
             (1, 1, 1),
             1024,
-            smem,
+            (cap * CAND_BYTES) as u32,
             &[
                 Arg::Ptr(logits),
                 Arg::I32(n),
@@ -153,7 +153,7 @@ impl DevicePick {
                 Arg::I32(n_part as i32),
                 Arg::Ptr(cand),
                 Arg::Ptr(cand_n),
-                Arg::I32(if p.temperature > 0.0 { self.cap as i32 } else { 0 }),
+                Arg::I32(cap as i32),
                 Arg::Ptr(self.out.ptr()),
             ],
         )?;
