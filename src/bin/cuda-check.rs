@@ -593,7 +593,13 @@ fn bench(m: &Arc<Model>) -> Result<()> {
         Ok(n as f64 / t.elapsed().as_secs_f64())
     };
     let sampled = SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.9, min_p: 0.0, repetition_penalty: 1.1 };
-    for (what, params) in [("greedy", SamplingParams::greedy()), ("sampled t 0.8 top-k 40 top-p 0.9 penalty 1.1", sampled)] {
+    // No top-k (the server's default): the device searches the candidate list, not the spans' top-k.
+    let no_top_k = SamplingParams { top_k: 0, ..sampled };
+    for (what, params) in [
+        ("greedy", SamplingParams::greedy()),
+        ("sampled t 0.8 top-k 40 top-p 0.9 penalty 1.1", sampled),
+        ("sampled t 0.8 top-p 0.9 penalty 1.1, no top-k", no_top_k),
+    ] {
         for (place, on) in [("device", true), ("host", false)] {
             b.set_device_pick(on);
             pick_decode(&mut b, &params, 16)?;

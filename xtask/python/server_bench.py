@@ -76,6 +76,12 @@ def dropped(base: str) -> int:
     return -1
 
 
+def recorder(base: str) -> dict:
+    """The recorder's status from /health (`recorder`: RecorderSnapshot), or {} without one."""
+    with urllib.request.urlopen(base + "/health", timeout=5) as r:
+        return json.loads(r.read().decode()).get("recorder") or {}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--binary", required=True)
@@ -98,9 +104,13 @@ def main() -> int:
         try:
             wait_health(base, proc)
             execute(base, f"warm-{level}", 32)
+            tap0 = recorder(base).get("tap_ns", 0)
             res = [execute(base, f"bench-{level}-{i}", a.max_tokens) for i in range(a.runs)]
             time.sleep(1.0)  # the writer finishes the last recording
             d = dropped(base)
+            # The serving thread's time in the recorder's tap (copying the traced rows into the
+            # writer's buffers), per generated token.
+            tap_us = (recorder(base).get("tap_ns", 0) - tap0) / 1e3 / max(1, sum(r[0] for r in res))
         finally:
             proc.terminate()
             try:
@@ -112,12 +122,12 @@ def main() -> int:
         toks = statistics.median(r[0] for r in res)
         client = statistics.median(r[1] for r in res)
         server = statistics.median(r[2] for r in res)
-        rows.append((level, toks, client, server, d, size))
-        print(f"{level}: {res} dropped {d} recordings {size} bytes", flush=True)
-    print("\n| trace | tokens/request | client tok/s (SSE, after the first token) | server decode tok/s | dropped frames | recordings |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for level, toks, client, server, d, size in rows:
-        print(f"| {level} | {toks:.0f} | {client:.0f} | {server:.0f} | {d} | {size / 1e6:.1f} MB |")
+        rows.append((level, toks, client, server, d, size, tap_us))
+        print(f"{level}: {res} dropped {d} recordings {size} bytes tap {tap_us:.1f} us/token", flush=True)
+    print("\n| trace | tokens/request | client tok/s (SSE, after the first token) | server decode tok/s | dropped frames | recordings | tap µs/token |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for level, toks, client, server, d, size, tap_us in rows:
+        print(f"| {level} | {toks:.0f} | {client:.0f} | {server:.0f} | {d} | {size / 1e6:.1f} MB | {tap_us:.1f} |")
     return 0
 
 
