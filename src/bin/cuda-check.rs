@@ -593,7 +593,7 @@ fn bench(m: &Arc<Model>) -> Result<()> {
         Ok(n as f64 / t.elapsed().as_secs_f64())
     };
     let sampled = SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.9, min_p: 0.0, repetition_penalty: 1.1 };
-    // No top-k (the server's default): the device searches the candidate list, not the spans' top-k.
+    // No top-k: the server's default.
     let no_top_k = SamplingParams { top_k: 0, ..sampled };
     for (what, params) in [
         ("greedy", SamplingParams::greedy()),
