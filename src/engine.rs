@@ -162,7 +162,7 @@ impl Engine {
             self.prefill_pick(&req.prompt_ids, req.prefill_chunk, tap, cancel, &pick)?.map(Some)
         };
         let prefill_ms = ms(t0.elapsed());
-        let Some(mut picked) = prefilled else {
+        let Some(picked) = prefilled else {
             let outcome = GenerateOutcome {
                 tokens: Vec::new(),
                 text: String::new(),
@@ -182,14 +182,30 @@ impl Engine {
         let mut stop_reason = StopReason::MaxTokens;
         let mut stop_sequence = None;
         let mut eog_token = None;
+        // Token `index`'s step (index >= 1) is started before the host work for token index - 1
+        // (that step's trace frame, streaming its token), so the two overlap where the backend
+        // runs steps on a device (`Backend::pick_start`). The order within an index is that of
+        // the unpipelined loop: a step's frame is handed on before its token is reported.
+        let mut first = picked;
+        let mut started: Option<(u32, usize)> = None;
         for index in 0..req.max_tokens {
+            let p = match started.take() {
+                Some((id, pos)) => {
+                    let pick = PickArgs { params: &req.params, history: &history, coin: sampler::draw_bits(req.seed, index as u64), top_n: req.top_logprobs };
+                    self.backend.pick_wait(&[id], pos, tap, &pick)?
+                }
+                None => first.take().expect("the prefill chose the token of index 0"),
+            };
+            // The prefill already handed on the frame of index 0's step.
+            let stepped = index > 0;
             if cancel.load(Ordering::Relaxed) {
+                frame_done(self.backend.as_mut(), stepped, tap);
                 stop_reason = StopReason::Cancelled;
                 break;
             }
-            let p = picked.take().expect("a token is chosen for every index below max_tokens");
             let id = p.id;
             if self.tokenizer.is_eog(id) {
+                frame_done(self.backend.as_mut(), stepped, tap);
                 stop_reason = StopReason::Eos;
                 eog_token = Some(id);
                 break;
@@ -198,8 +214,21 @@ impl Engine {
             text.push_str(&piece);
             tokens.push(id);
             history.push(id);
+            let stop_at = req.stop.iter().position(|s| !s.is_empty() && tokens.ends_with(s));
+            let pos = req.prompt_ids.len() + tokens.len() - 1;
+            let context_full = pos + 1 >= self.backend.n_ctx();
+            if stop_at.is_none() && index + 1 < req.max_tokens && !context_full {
+                let pick = PickArgs { params: &req.params, history: &history, coin: sampler::draw_bits(req.seed, index as u64 + 1), top_n: req.top_logprobs };
+                let r = self.backend.pick_start(&[id], pos, tap, &pick);
+                if r.is_err() {
+                    frame_done(self.backend.as_mut(), stepped, tap);
+                }
+                r?;
+                started = Some((id, pos));
+            }
+            frame_done(self.backend.as_mut(), stepped, tap);
             on_token(&TokenEvent { index, id, text: piece, logprob: p.logprob(), top_logprobs: p.top_logprobs() });
-            if let Some(i) = req.stop.iter().position(|s| !s.is_empty() && tokens.ends_with(s)) {
+            if let Some(i) = stop_at {
                 stop_reason = StopReason::StopSequence;
                 stop_sequence = Some(i);
                 break;
@@ -207,14 +236,10 @@ impl Engine {
             if index + 1 == req.max_tokens {
                 break;
             }
-            let pos = req.prompt_ids.len() + tokens.len() - 1;
-            if pos + 1 >= self.backend.n_ctx() {
+            if context_full {
                 stop_reason = StopReason::ContextFull;
                 break;
             }
-            let pick = PickArgs { params: &req.params, history: &history, coin: sampler::draw_bits(req.seed, index as u64 + 1), top_n: req.top_logprobs };
-            picked = Some(self.backend.forward_pick(&[id], pos, tap, &pick)?);
-            tap.forward_done();
         }
         text.push_str(&decoder.finish());
         Ok(GenerateOutcome { tokens, text, stop_reason, stop_sequence, eog_token, prefill_ms, decode_ms: ms(t1.elapsed()) })
@@ -251,6 +276,15 @@ impl Engine {
             return Err(EngineError::PromptTooLong { n_prompt: prompt.len(), n_ctx: self.backend.n_ctx() });
         }
         Ok(())
+    }
+}
+
+/// The end of a decode step's trace frame: the taps the backend kept back, then the tap's
+/// `forward_done`. Nothing for index 0, whose step was the prefill's last chunk.
+fn frame_done(backend: &mut dyn Backend, stepped: bool, tap: &mut dyn Tap) {
+    if stepped {
+        backend.flush_taps(tap);
+        tap.forward_done();
     }
 }
 

@@ -242,6 +242,30 @@ pub trait Backend: Send {
     ) -> Result<crate::sampler::Picked, BackendError> {
         pick_on_host(self, tokens, pos0, tap, args)
     }
+    /// A decode step in halves, so that the caller's host work for the step before it (its
+    /// trace frame, streaming its token) runs while a device computes this one:
+    /// `pick_start`, then [`Backend::pick_wait`] with the same arguments returns what
+    /// [`Backend::forward_pick`] would. A backend that runs the step on its own device
+    /// enqueues it here and returns; the default does nothing, and `pick_wait` runs it all.
+    ///
+    /// Taps: a backend may keep a waited step's taps back until [`Backend::flush_taps`] (the
+    /// caller's next call of it); it records every step's taps in step order, each step's
+    /// before any of a later one, and any it still holds at the start of any later call that
+    /// is given a tap.
+    fn pick_start(&mut self, tokens: &[u32], pos0: usize, tap: &mut dyn Tap, args: &crate::sampler::PickArgs) -> Result<(), BackendError> {
+        let _ = (tokens, pos0, tap, args);
+        Ok(())
+    }
+    /// The second half of the step [`Backend::pick_start`] began with the same arguments (or,
+    /// without one, the whole step).
+    fn pick_wait(&mut self, tokens: &[u32], pos0: usize, tap: &mut dyn Tap, args: &crate::sampler::PickArgs) -> Result<crate::sampler::Picked, BackendError> {
+        self.forward_pick(tokens, pos0, tap, args)
+    }
+    /// Records the taps a backend kept back (see [`Backend::pick_start`]); the default keeps
+    /// none.
+    fn flush_taps(&mut self, tap: &mut dyn Tap) {
+        let _ = tap;
+    }
     /// Whether this backend ever records `p` (replay does not count a point a backend never
     /// produces as missing; one it should produce and did not is a finding).
     fn produces(&self, p: TapPoint) -> bool {

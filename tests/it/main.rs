@@ -11,6 +11,7 @@ mod ggml_kernels;
 mod gguf;
 mod model;
 mod parity;
+mod pipeline;
 mod quantize;
 mod reference;
 mod reliability;
