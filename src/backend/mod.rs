@@ -250,8 +250,9 @@ pub trait Backend: Send {
     ///
     /// Taps: a backend may keep a waited step's taps back until [`Backend::flush_taps`] (the
     /// caller's next call of it); it records every step's taps in step order, each step's
-    /// before any of a later one, and any it still holds at the start of any later call that
-    /// is given a tap.
+    /// before any of a later one, and records any it still holds during any later call that
+    /// is given a tap, before that call's own (a device backend: once the call's step is
+    /// enqueued, so that the copies run beside it).
     fn pick_start(&mut self, tokens: &[u32], pos0: usize, tap: &mut dyn Tap, args: &crate::sampler::PickArgs) -> Result<(), BackendError> {
         let _ = (tokens, pos0, tap, args);
         Ok(())
