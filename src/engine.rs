@@ -158,11 +158,10 @@ impl Engine {
         let prefilled = if req.max_tokens == 0 {
             self.prefill_cancellable(&req.prompt_ids, req.prefill_chunk, tap, cancel)?.map(|_| None)
         } else {
-            let pick = PickArgs { params: &req.params, history: &history, coin: sampler::draw_bits(req.seed, 0), top_n: req.top_logprobs };
-            self.prefill_pick(&req.prompt_ids, req.prefill_chunk, tap, cancel, &pick)?.map(Some)
+            self.prefill_pick(&req.prompt_ids, req.prefill_chunk, tap, cancel, &pick_args(req, &history, 0))?.map(Some)
         };
         let prefill_ms = ms(t0.elapsed());
-        let Some(picked) = prefilled else {
+        let Some(mut picked) = prefilled else {
             let outcome = GenerateOutcome {
                 tokens: Vec::new(),
                 text: String::new(),
@@ -186,15 +185,11 @@ impl Engine {
         // (that step's trace frame, streaming its token), so the two overlap where the backend
         // runs steps on a device (`Backend::pick_start`). The order within an index is that of
         // the unpipelined loop: a step's frame is handed on before its token is reported.
-        let mut first = picked;
         let mut started: Option<(u32, usize)> = None;
         for index in 0..req.max_tokens {
             let p = match started.take() {
-                Some((id, pos)) => {
-                    let pick = PickArgs { params: &req.params, history: &history, coin: sampler::draw_bits(req.seed, index as u64), top_n: req.top_logprobs };
-                    self.backend.pick_wait(&[id], pos, tap, &pick)?
-                }
-                None => first.take().expect("the prefill chose the token of index 0"),
+                Some((id, pos)) => self.backend.pick_wait(&[id], pos, tap, &pick_args(req, &history, index))?,
+                None => picked.take().expect("the prefill chose the token of index 0"),
             };
             // The prefill already handed on the frame of index 0's step.
             let stepped = index > 0;
@@ -217,16 +212,15 @@ impl Engine {
             let stop_at = req.stop.iter().position(|s| !s.is_empty() && tokens.ends_with(s));
             let pos = req.prompt_ids.len() + tokens.len() - 1;
             let context_full = pos + 1 >= self.backend.n_ctx();
-            if stop_at.is_none() && index + 1 < req.max_tokens && !context_full {
-                let pick = PickArgs { params: &req.params, history: &history, coin: sampler::draw_bits(req.seed, index as u64 + 1), top_n: req.top_logprobs };
-                let r = self.backend.pick_start(&[id], pos, tap, &pick);
-                if r.is_err() {
-                    frame_done(self.backend.as_mut(), stepped, tap);
-                }
-                r?;
-                started = Some((id, pos));
-            }
+            let next = (stop_at.is_none() && index + 1 < req.max_tokens && !context_full).then_some((id, pos));
+            let r = match next {
+                Some(_) => self.backend.pick_start(&[id], pos, tap, &pick_args(req, &history, index + 1)),
+                None => Ok(()),
+            };
+            // The frame is handed on whether or not the next step could be started.
             frame_done(self.backend.as_mut(), stepped, tap);
+            r?;
+            started = next;
             on_token(&TokenEvent { index, id, text: piece, logprob: p.logprob(), top_logprobs: p.top_logprobs() });
             if let Some(i) = stop_at {
                 stop_reason = StopReason::StopSequence;
@@ -277,6 +271,11 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// The choice of the token of generated index `index` over `history`.
+fn pick_args<'a>(req: &'a GenerateRequest, history: &'a [u32], index: usize) -> PickArgs<'a> {
+    PickArgs { params: &req.params, history, coin: sampler::draw_bits(req.seed, index as u64), top_n: req.top_logprobs }
 }
 
 /// The end of a decode step's trace frame: the taps the backend kept back, then the tap's
